@@ -1,0 +1,58 @@
+# Two entry points: `make demo` (train on Fashion-MNIST with the cosine_warmup policy) and
+# `make test` (every test). Each installs what it needs on first use and is quick after.
+# Installs live under $(CACHE), outside the clone, so a fresh clone reuses them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+CACHE ?= $(HOME)/.cache/trainer
+TORCH_VERSION := 2.11.0
+VENV := $(CACHE)/venv-torch-$(TORCH_VERSION)
+PYTHON := $(VENV)/bin/python
+TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+export CARGO_TARGET_DIR := $(CACHE)/target
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+WASM_TARGET := wasm32-unknown-unknown
+POLICIES := constant cosine_warmup
+POLICY_DIR := build/policies
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup policies
+
+demo: setup policies
+	cargo build --release --bin trainer
+	$(CARGO_TARGET_DIR)/release/trainer train --policy $(POLICY_DIR)/cosine_warmup.wasm \
+		--run-dir runs/demo
+
+test: setup policies
+	cargo test --release --workspace
+
+setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok
+
+# Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
+.cargo/config.toml: $(VENV)/.installed Makefile
+	mkdir -p .cargo
+	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
+		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
+
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy
+	touch $@
+
+$(FASHION_MNIST)/train-images-idx3-ubyte.gz:
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+$(CACHE)/wasm-target.ok:
+	rustup target add $(WASM_TARGET)
+	mkdir -p $(CACHE) && touch $@
+
+policies: setup
+	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES))
+	cargo build --release -p componentize
+	mkdir -p $(POLICY_DIR)
+	for p in $(POLICIES); do \
+		$(CARGO_TARGET_DIR)/release/componentize \
+			$(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(POLICY_DIR)/$$p.wasm; \
+	done

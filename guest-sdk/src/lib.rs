@@ -1,0 +1,112 @@
+//! Write a training policy for `trainer` in Rust.
+//!
+//! A policy is a type implementing [`Policy`], registered with [`export_policy!`] and built
+//! for `wasm32-unknown-unknown`, then wrapped into a component of the `trainer:policy` world.
+//! The trainer creates it once per run from the [`RunSpec`] and asks it for a [`Decision`]
+//! every step. Everything here runs inside the sandbox: the only way out is [`log`].
+//!
+//! ```ignore
+//! use trainer_policy_sdk::{export_policy, Decision, Observation, Policy, RunSpec};
+//!
+//! struct Halve;
+//!
+//! impl Policy for Halve {
+//!     fn init(_spec: RunSpec) -> Result<Self, String> { Ok(Halve) }
+//!     fn decide(&mut self, obs: Observation) -> Decision {
+//!         Decision { lrs: obs.lrs.iter().map(|lr| Some(lr * 0.5)).collect() }
+//!     }
+//! }
+//!
+//! export_policy!(Halve);
+//! ```
+
+// The bindings' generated code names this crate by its absolute path.
+extern crate self as trainer_policy_sdk;
+
+mod args;
+
+pub use args::Args;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../wit/v1",
+        pub_export_macro: true,
+        export_macro_name: "__export_component",
+        default_bindings_module: "::trainer_policy_sdk::bindings",
+        runtime_path: "::trainer_policy_sdk::__wit_bindgen",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+pub use bindings::trainer::policy::host::LogLevel;
+pub use bindings::trainer::policy::types::{Decision, Observation, ParamGroup, RunSpec};
+
+/// A training strategy. One value lives for the whole run, inside the sandbox.
+pub trait Policy: Sized + 'static {
+    /// Builds the policy from the run's fixed facts and the user's arguments. The error
+    /// message is shown to the user as is, so name the argument at fault.
+    fn init(spec: RunSpec) -> Result<Self, String>;
+
+    /// Decides the step `observation.step`, which is about to run.
+    fn decide(&mut self, observation: Observation) -> Decision;
+}
+
+/// Writes a line to the run's log, tagged with the policy's name.
+pub fn log(level: LogLevel, message: &str) {
+    bindings::trainer::policy::host::log(level, message);
+}
+
+/// Registers `$policy` (a type implementing [`Policy`]) as the component's strategy.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        const _: () = {
+            struct Export;
+
+            ::std::thread_local! {
+                static POLICY: ::std::cell::RefCell<::std::option::Option<$policy>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            impl $crate::bindings::exports::trainer::policy::strategy::Guest for Export {
+                fn init(spec: $crate::RunSpec) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init(&POLICY, spec)
+                }
+
+                fn decide(observation: $crate::Observation) -> $crate::Decision {
+                    $crate::__private::decide(&POLICY, observation)
+                }
+            }
+
+            $crate::bindings::__export_component!(Export with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::{Decision, Observation, Policy, RunSpec};
+    use std::cell::RefCell;
+    use std::thread::LocalKey;
+
+    pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
+
+    pub fn init<P: Policy>(slot: &'static Slot<P>, spec: RunSpec) -> Result<(), String> {
+        let policy = P::init(spec)?;
+        slot.with_borrow_mut(|current| *current = Some(policy));
+        Ok(())
+    }
+
+    pub fn decide<P: Policy>(slot: &'static Slot<P>, observation: Observation) -> Decision {
+        slot.with_borrow_mut(|current| match current {
+            Some(policy) => policy.decide(observation),
+            // The host always calls `init` first; reaching this is a host bug, and a trap
+            // is the only honest answer.
+            None => panic!("decide called before init"),
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! Training and evaluation data: reading datasets from disk, turning images into model
+//! input, captions into token ids, and the seeded order in which samples are seen.
+
+pub mod fashion_mnist;
+pub mod prompts;
+pub mod sampler;
+
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// A dataset file that cannot be used, with the file named.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Format { path: PathBuf, problem: String },
+}
+
+/// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing.
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// Turns `(batch, height, width)` grey `u8` images into normalised `(batch, 3, size, size)`
+/// float pixels on `device`, as CLIP's preprocessing does for RGB input.
+pub fn grey_to_pixel_values(images: &Tensor, image_size: i64, device: Device) -> Tensor {
+    let pixels = images.to_device(device).to_kind(Kind::Float).unsqueeze(1) / 255.0;
+    let (height, width) = (pixels.size()[2], pixels.size()[3]);
+    let pixels = if height == image_size && width == image_size {
+        pixels
+    } else {
+        pixels.upsample_bilinear2d([image_size, image_size], false, None, None)
+    };
+    let shape = [1, 3, 1, 1];
+    let mean = Tensor::from_slice(&CLIP_MEAN).view(shape).to_device(device);
+    let std = Tensor::from_slice(&CLIP_STD).view(shape).to_device(device);
+    (pixels.expand([-1, 3, image_size, image_size], false) - mean) / std
+}

@@ -1,0 +1,392 @@
+//! CLIP as Hugging Face `transformers` defines it (`CLIPModel`): the same `config.json`
+//! fields and the same parameter names, so a checkpoint's tensors map one to one onto
+//! these variables. A ViT image tower and a causal transformer text tower, each with a
+//! projection into a shared space, and a learnable logit scale.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// The logit scale is kept at or below this after each optimizer step, as in CLIP
+/// training (open_clip clamps the parameter the same way).
+pub const MAX_LOGIT_SCALE: f64 = 100.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    fn apply(self, xs: &Tensor) -> Tensor {
+        match self {
+            Activation::QuickGelu => xs * (xs * 1.702).sigmoid(),
+            Activation::Gelu => xs.gelu("none"),
+        }
+    }
+}
+
+/// `text_config` of a Hugging Face CLIP `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClipTextConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub max_position_embeddings: i64,
+    pub hidden_act: Activation,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// The text tower's output is read at the first occurrence of this token.
+    pub eos_token_id: i64,
+    pub bos_token_id: i64,
+    pub pad_token_id: i64,
+}
+
+/// `vision_config` of a Hugging Face CLIP `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClipVisionConfig {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    #[serde(default = "default_num_channels")]
+    pub num_channels: i64,
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub hidden_act: Activation,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// A Hugging Face CLIP `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClipConfig {
+    pub text_config: ClipTextConfig,
+    pub vision_config: ClipVisionConfig,
+    pub projection_dim: i64,
+    pub logit_scale_init_value: f64,
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    #[serde(default = "default_architectures")]
+    pub architectures: Vec<String>,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-5
+}
+fn default_num_channels() -> i64 {
+    3
+}
+fn default_model_type() -> String {
+    "clip".to_string()
+}
+fn default_architectures() -> Vec<String> {
+    vec!["CLIPModel".to_string()]
+}
+
+impl ClipConfig {
+    /// A small CLIP for 28x28 Fashion-MNIST images and short prompts: trains on a CPU in
+    /// about a minute.
+    pub fn tiny(vocab_size: i64, context_length: i64, bos: i64, eos: i64, pad: i64) -> Self {
+        ClipConfig {
+            text_config: ClipTextConfig {
+                vocab_size,
+                hidden_size: 64,
+                intermediate_size: 256,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                max_position_embeddings: context_length,
+                hidden_act: Activation::QuickGelu,
+                layer_norm_eps: 1e-5,
+                eos_token_id: eos,
+                bos_token_id: bos,
+                pad_token_id: pad,
+            },
+            vision_config: ClipVisionConfig {
+                hidden_size: 64,
+                intermediate_size: 256,
+                num_hidden_layers: 3,
+                num_attention_heads: 4,
+                num_channels: 3,
+                image_size: 28,
+                patch_size: 7,
+                hidden_act: Activation::QuickGelu,
+                layer_norm_eps: 1e-5,
+            },
+            projection_dim: 64,
+            logit_scale_init_value: (1.0f64 / 0.07).ln(),
+            model_type: default_model_type(),
+            architectures: default_architectures(),
+        }
+    }
+}
+
+fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(path, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
+}
+
+fn projection(path: nn::Path, input: i64, output: i64) -> nn::Linear {
+    nn::linear(path, input, output, nn::LinearConfig { bias: false, ..Default::default() })
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    fn new(path: nn::Path, hidden: i64, num_heads: i64) -> Self {
+        let linear = |name: &str| nn::linear(&path / name, hidden, hidden, Default::default());
+        Attention {
+            q_proj: linear("q_proj"),
+            k_proj: linear("k_proj"),
+            v_proj: linear("v_proj"),
+            out_proj: linear("out_proj"),
+            num_heads,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
+        let (batch, tokens, hidden) = xs.size3().expect("attention input is (batch, tokens, hidden)");
+        let heads = |t: Tensor| t.view([batch, tokens, self.num_heads, hidden / self.num_heads]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(xs));
+        let k = heads(self.k_proj.forward(xs));
+        let v = heads(self.v_proj.forward(xs));
+        let attended =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
+        self.out_proj.forward(&attended.transpose(1, 2).reshape([batch, tokens, hidden]))
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    layer_norm2: nn::LayerNorm,
+    activation: Activation,
+}
+
+impl EncoderLayer {
+    fn new(path: nn::Path, hidden: i64, intermediate: i64, heads: i64, act: Activation, eps: f64) -> Self {
+        EncoderLayer {
+            self_attn: Attention::new(&path / "self_attn", hidden, heads),
+            layer_norm1: layer_norm(&path / "layer_norm1", hidden, eps),
+            fc1: nn::linear(&path / "mlp" / "fc1", hidden, intermediate, Default::default()),
+            fc2: nn::linear(&path / "mlp" / "fc2", intermediate, hidden, Default::default()),
+            layer_norm2: layer_norm(&path / "layer_norm2", hidden, eps),
+            activation: act,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
+        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs), causal);
+        let mlp = self.fc2.forward(&self.activation.apply(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
+        xs + mlp
+    }
+}
+
+#[derive(Debug)]
+struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    #[allow(clippy::too_many_arguments)]
+    fn new(path: nn::Path, count: i64, hidden: i64, intermediate: i64, heads: i64, act: Activation, eps: f64) -> Self {
+        let layers = (0..count)
+            .map(|i| EncoderLayer::new(&path / "layers" / i, hidden, intermediate, heads, act, eps))
+            .collect();
+        Encoder { layers }
+    }
+
+    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
+        self.layers.iter().fold(xs.shallow_clone(), |xs, layer| layer.forward(&xs, causal))
+    }
+}
+
+/// `text_model` of `CLIPModel`.
+#[derive(Debug)]
+struct TextTransformer {
+    token_embedding: nn::Embedding,
+    position_embedding: nn::Embedding,
+    encoder: Encoder,
+    final_layer_norm: nn::LayerNorm,
+    eos_token_id: i64,
+}
+
+impl TextTransformer {
+    fn new(path: nn::Path, c: &ClipTextConfig) -> Self {
+        let embeddings = &path / "embeddings";
+        let init = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
+        TextTransformer {
+            token_embedding: nn::embedding(&embeddings / "token_embedding", c.vocab_size, c.hidden_size, init),
+            position_embedding: nn::embedding(
+                &embeddings / "position_embedding",
+                c.max_position_embeddings,
+                c.hidden_size,
+                init,
+            ),
+            encoder: Encoder::new(
+                &path / "encoder",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.hidden_act,
+                c.layer_norm_eps,
+            ),
+            final_layer_norm: layer_norm(&path / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
+            eos_token_id: c.eos_token_id,
+        }
+    }
+
+    /// Pooled output at each sequence's first end token: `(batch, hidden)`.
+    fn forward(&self, input_ids: &Tensor) -> Tensor {
+        let tokens = input_ids.size()[1];
+        let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
+        let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
+        let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true));
+        let eos_index = input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false);
+        let batch = Tensor::arange(input_ids.size()[0], (Kind::Int64, input_ids.device()));
+        xs.index(&[Some(batch), Some(eos_index)])
+    }
+}
+
+/// `vision_model` of `CLIPModel`.
+#[derive(Debug)]
+struct VisionTransformer {
+    class_embedding: Tensor,
+    patch_embedding: nn::Conv2D,
+    position_embedding: nn::Embedding,
+    pre_layrnorm: nn::LayerNorm,
+    encoder: Encoder,
+    post_layernorm: nn::LayerNorm,
+}
+
+impl VisionTransformer {
+    fn new(path: nn::Path, c: &ClipVisionConfig) -> Self {
+        let embeddings = &path / "embeddings";
+        let patches = (c.image_size / c.patch_size).pow(2);
+        let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ..Default::default() };
+        let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        VisionTransformer {
+            class_embedding: embeddings.var("class_embedding", &[c.hidden_size], init),
+            patch_embedding: nn::conv2d(&embeddings / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
+            position_embedding: nn::embedding(
+                &embeddings / "position_embedding",
+                patches + 1,
+                c.hidden_size,
+                nn::EmbeddingConfig { ws_init: init, ..Default::default() },
+            ),
+            // The misspelling is Hugging Face's parameter name.
+            pre_layrnorm: layer_norm(&path / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
+            encoder: Encoder::new(
+                &path / "encoder",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.hidden_act,
+                c.layer_norm_eps,
+            ),
+            post_layernorm: layer_norm(&path / "post_layernorm", c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    /// Pooled output at the class token: `(batch, hidden)`.
+    fn forward(&self, pixel_values: &Tensor) -> Tensor {
+        let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
+        let (batch, _, hidden) = patches.size3().expect("patch embeddings are (batch, patches, hidden)");
+        let class = self.class_embedding.view([1, 1, hidden]).expand([batch, 1, hidden], false);
+        let xs = Tensor::cat(&[class, patches], 1) + &self.position_embedding.ws;
+        let xs = self.encoder.forward(&self.pre_layrnorm.forward(&xs), false);
+        self.post_layernorm.forward(&xs.select(1, 0))
+    }
+}
+
+/// `CLIPModel`: both towers, their projections and the logit scale.
+#[derive(Debug)]
+pub struct Clip {
+    text_model: TextTransformer,
+    vision_model: VisionTransformer,
+    text_projection: nn::Linear,
+    visual_projection: nn::Linear,
+    logit_scale: Tensor,
+}
+
+impl Clip {
+    pub fn new(root: &nn::Path, config: &ClipConfig) -> Self {
+        let text = &config.text_config;
+        let vision = &config.vision_config;
+        Clip {
+            text_model: TextTransformer::new(root / "text_model", text),
+            vision_model: VisionTransformer::new(root / "vision_model", vision),
+            text_projection: projection(root / "text_projection", text.hidden_size, config.projection_dim),
+            visual_projection: projection(root / "visual_projection", vision.hidden_size, config.projection_dim),
+            logit_scale: root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
+        }
+    }
+
+    /// L2-normalised image embeddings for `(batch, channels, height, width)` pixels.
+    pub fn image_embeddings(&self, pixel_values: &Tensor) -> Tensor {
+        normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values)))
+    }
+
+    /// L2-normalised text embeddings for `(batch, tokens)` ids.
+    pub fn text_embeddings(&self, input_ids: &Tensor) -> Tensor {
+        normalize(&self.text_projection.forward(&self.text_model.forward(input_ids)))
+    }
+
+    /// exp(logit_scale): the inverse temperature of the contrastive logits.
+    pub fn logit_scale(&self) -> Tensor {
+        self.logit_scale.exp()
+    }
+
+    /// Keeps exp(logit_scale) at or below [`MAX_LOGIT_SCALE`]; called after each update.
+    pub fn clamp_logit_scale(&mut self) {
+        tch::no_grad(|| {
+            let _ = self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE.ln());
+        });
+    }
+
+    /// The symmetric InfoNCE loss of CLIP for aligned image/text pairs.
+    pub fn contrastive_loss(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Tensor {
+        let images = self.image_embeddings(pixel_values);
+        let texts = self.text_embeddings(input_ids);
+        let logits_per_image = images.matmul(&texts.tr()) * self.logit_scale();
+        let targets = Tensor::arange(logits_per_image.size()[0], (Kind::Int64, logits_per_image.device()));
+        let image_loss = logits_per_image.cross_entropy_for_logits(&targets);
+        let text_loss = logits_per_image.tr().cross_entropy_for_logits(&targets);
+        (image_loss + text_loss) / 2.0
+    }
+}
+
+fn normalize(xs: &Tensor) -> Tensor {
+    xs / xs.norm_scalaropt_dim(2.0, [-1], true)
+}
+
+/// The parameter groups of CLIP, each with its own learning rate: the two towers, the
+/// projections into the shared space, and the logit scale.
+pub const PARAMETER_GROUPS: [&str; 4] = ["vision", "text", "projection", "logit_scale"];
+
+/// The group (an index into [`PARAMETER_GROUPS`]) of a parameter, by its Hugging Face name.
+pub fn parameter_group(name: &str) -> usize {
+    if name.starts_with("vision_model.") {
+        0
+    } else if name.starts_with("text_model.") {
+        1
+    } else if name == "logit_scale" {
+        3
+    } else {
+        2
+    }
+}

@@ -1,0 +1,4 @@
+//! Model definitions, one file per model family, with Hugging Face configuration fields
+//! and parameter names so that checkpoints move between this trainer and `transformers`.
+
+pub mod clip;
