@@ -35,7 +35,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_component",
         default_bindings_module: "::trainer_policy_sdk::bindings",
-        runtime_path: "::trainer_policy_sdk::__wit_bindgen",
+        runtime_path: "::trainer_policy_sdk::__wit_bindgen::rt",
     });
 }
 

@@ -28,7 +28,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE[:ARGS]")]
     pub policy: PolicySource,
     /// Number of optimizer steps.
-    #[arg(long, default_value_t = 1200, value_parser = positive_u64, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1000, value_parser = positive_u64, allow_negative_numbers = true)]
     pub steps: u64,
     /// Images per step.
     #[arg(long, default_value_t = 256, value_parser = positive_usize, allow_negative_numbers = true)]

@@ -22,8 +22,8 @@ pub enum DataError {
 }
 
 /// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing.
-pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
-pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Turns `(batch, height, width)` grey `u8` images into normalised `(batch, 3, size, size)`
 /// float pixels on `device`, as CLIP's preprocessing does for RGB input.

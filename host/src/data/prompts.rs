@@ -123,7 +123,7 @@ mod tests {
     fn captions_encode_with_start_end_and_padding() {
         let tokenizer = PromptTokenizer::fit(["a photo of a t-shirt.", "a bag"]);
         let ids = tokenizer.encode("A bag").unwrap();
-        assert_eq!(ids.len(), 9); // "a photo of a t - shirt ." is 8 words, plus start and end.
+        assert_eq!(ids.len(), 10); // "a photo of a t - shirt ." is 8 tokens, plus start and end.
         assert_eq!(ids[0], START_ID);
         assert_eq!(ids[3], END_ID);
         assert!(ids[4..].iter().all(|&id| id == PAD_ID));

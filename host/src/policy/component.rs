@@ -23,6 +23,9 @@ struct HostState {
     log: Vec<LogLine>,
 }
 
+// The shared types interface has no functions to provide.
+impl bindings::trainer::policy::types::Host for HostState {}
+
 impl bindings::trainer::policy::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         if self.log.len() < MAX_LOG_LINES_PER_CALL {
@@ -72,7 +75,7 @@ impl PolicyRuntime {
         let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
-            .filter(|(_, item)| matches!(item, ComponentItem::ComponentInstance(_)))
+            .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .map(|(name, _)| name.to_string())
             .collect();
         if exports.contains(&wanted) {
