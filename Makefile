@@ -13,7 +13,8 @@ TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WASM_TARGET := wasm32-unknown-unknown
-POLICIES := constant cosine_warmup
+POLICIES := aug_curriculum constant cosine_warmup early_stopping layerwise loss_balance one_cycle \
+	reduce_on_plateau staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

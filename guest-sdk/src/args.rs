@@ -40,6 +40,41 @@ impl Args {
         }
     }
 
+    /// The value given for `name` as text, or `default`.
+    pub fn str_or<'s>(&'s self, name: &str, default: &'s str) -> &'s str {
+        self.raw(name).unwrap_or(default)
+    }
+
+    /// The value given for `name` as `true`/`false`, or `default`.
+    pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, String> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(text) => Err(format!("argument `{name}`: expected true or false, got `{text}`")),
+        }
+    }
+
+    /// The value given for `name`, which must be one of `options`; `default` when not given.
+    pub fn choice<'s>(&'s self, name: &str, options: &[&'s str], default: &'s str) -> Result<&'s str, String> {
+        let value = self.str_or(name, default);
+        options
+            .iter()
+            .find(|option| **option == value)
+            .copied()
+            .ok_or_else(|| format!("argument `{name}`: expected one of {}, got `{value}`", options.join(", ")))
+    }
+
+    /// Every value given for `name`, in order (for arguments that may repeat).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value.as_str()).collect()
+    }
+
+    /// A number given for `name`, if any (for keys the policy discovers, like group names).
+    pub fn f64_opt(&self, name: &str) -> Result<Option<f64>, String> {
+        self.raw(name).map(|_| self.f64_or(name, 0.0)).transpose()
+    }
+
     fn raw(&self, name: &str) -> Option<&str> {
         // The last occurrence wins, as on a command line.
         self.pairs.iter().rev().find(|(key, _)| key == name).map(|(_, value)| value.as_str())

@@ -6,24 +6,31 @@
 //! every step. Everything here runs inside the sandbox: the only way out is [`log`].
 //!
 //! ```ignore
-//! use trainer_policy_sdk::{export_policy, Decision, Observation, Policy, RunSpec};
+//! use trainer_policy_sdk::{export_policy, Decision, Knobs, Observation, Policy, RunSpec};
 //!
 //! struct Halve;
 //!
 //! impl Policy for Halve {
 //!     fn init(_spec: RunSpec) -> Result<Self, String> { Ok(Halve) }
+//!     fn knobs(&self) -> Knobs { Knobs::LEARNING_RATES }
 //!     fn decide(&mut self, obs: Observation) -> Decision {
-//!         Decision { lrs: obs.lrs.iter().map(|lr| Some(lr * 0.5)).collect() }
+//!         Decision { lrs: obs.lrs.iter().map(|lr| Some(lr * 0.5)).collect(), ..Decision::keep() }
 //!     }
 //! }
 //!
 //! export_policy!(Halve);
 //! ```
+//!
+//! A policy whose decisions depend on what it has seen must implement
+//! [`Policy::save_state`] and [`Policy::load_state`] (see [`state`]), so that a resumed run
+//! decides exactly as an uninterrupted one.
 
 // The bindings' generated code names this crate by its absolute path.
 extern crate self as trainer_policy_sdk;
 
 mod args;
+pub mod schedules;
+pub mod state;
 
 pub use args::Args;
 
@@ -43,7 +50,25 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::trainer::policy::host::LogLevel;
-pub use bindings::trainer::policy::types::{Decision, Observation, ParamGroup, RunSpec};
+pub use bindings::trainer::policy::types::{
+    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, RunSpec,
+};
+
+impl Decision {
+    /// A decision that changes nothing and requests nothing.
+    pub fn keep() -> Self {
+        Decision {
+            lrs: Vec::new(),
+            loss_weights: Vec::new(),
+            augmentation: Vec::new(),
+            grad_clip: None,
+            freeze: Vec::new(),
+            evaluate: false,
+            checkpoint: false,
+            stop: None,
+        }
+    }
+}
 
 /// A training strategy. One value lives for the whole run, inside the sandbox.
 pub trait Policy: Sized + 'static {
@@ -51,8 +76,27 @@ pub trait Policy: Sized + 'static {
     /// message is shown to the user as is, so name the argument at fault.
     fn init(spec: RunSpec) -> Result<Self, String>;
 
+    /// The kinds of knob this policy sets; the trainer refuses decisions outside them and
+    /// refuses to run two policies that claim the same kind.
+    fn knobs(&self) -> Knobs;
+
     /// Decides the step `observation.step`, which is about to run.
     fn decide(&mut self, observation: Observation) -> Decision;
+
+    /// Everything `decide` depends on beyond the run spec. Stateless policies keep the
+    /// default (no bytes).
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Restores what [`Policy::save_state`] returned, right after `init`.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("this policy keeps no state, but was given {} bytes", state.len()))
+        }
+    }
 }
 
 /// Writes a line to the run's log, tagged with the policy's name.
@@ -73,12 +117,20 @@ macro_rules! export_policy {
             }
 
             impl $crate::bindings::exports::trainer::policy::strategy::Guest for Export {
-                fn init(spec: $crate::RunSpec) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(spec: $crate::RunSpec) -> ::std::result::Result<$crate::Knobs, ::std::string::String> {
                     $crate::__private::init(&POLICY, spec)
                 }
 
                 fn decide(observation: $crate::Observation) -> $crate::Decision {
-                    $crate::__private::decide(&POLICY, observation)
+                    $crate::__private::with(&POLICY, |policy| policy.decide(observation))
+                }
+
+                fn save_state() -> ::std::vec::Vec<u8> {
+                    $crate::__private::with(&POLICY, |policy| policy.save_state())
+                }
+
+                fn load_state(state: ::std::vec::Vec<u8>) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::with(&POLICY, |policy| policy.load_state(&state))
                 }
             }
 
@@ -89,24 +141,25 @@ macro_rules! export_policy {
 
 #[doc(hidden)]
 pub mod __private {
-    use super::{Decision, Observation, Policy, RunSpec};
+    use super::{Knobs, Policy, RunSpec};
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
     pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
 
-    pub fn init<P: Policy>(slot: &'static Slot<P>, spec: RunSpec) -> Result<(), String> {
+    pub fn init<P: Policy>(slot: &'static Slot<P>, spec: RunSpec) -> Result<Knobs, String> {
         let policy = P::init(spec)?;
+        let knobs = policy.knobs();
         slot.with_borrow_mut(|current| *current = Some(policy));
-        Ok(())
+        Ok(knobs)
     }
 
-    pub fn decide<P: Policy>(slot: &'static Slot<P>, observation: Observation) -> Decision {
+    pub fn with<P: Policy, R>(slot: &'static Slot<P>, call: impl FnOnce(&mut P) -> R) -> R {
         slot.with_borrow_mut(|current| match current {
-            Some(policy) => policy.decide(observation),
+            Some(policy) => call(policy),
             // The host always calls `init` first; reaching this is a host bug, and a trap
             // is the only honest answer.
-            None => panic!("decide called before init"),
+            None => panic!("policy called before init"),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! them into a [`TrainConfig`], and maps failures to one-line messages and exit codes.
 
 use crate::data::fashion_mnist;
-use crate::engine::{EngineError, TrainConfig, TrainOutcome, train};
+use crate::engine::{EngineError, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};
 use crate::policy::{PolicyError, PolicySource};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,35 +25,54 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     /// Policy component, optionally with arguments: `file.wasm:key=value,key=value`.
-    #[arg(long, value_name = "FILE[:ARGS]")]
-    pub policy: PolicySource,
-    /// Number of optimizer steps.
-    #[arg(long, default_value_t = 1000, value_parser = positive_u64, allow_negative_numbers = true)]
-    pub steps: u64,
-    /// Images per step.
-    #[arg(long, default_value_t = 256, value_parser = positive_usize, allow_negative_numbers = true)]
-    pub batch_size: usize,
-    /// Seed of initialisation, data order and every per-sample random choice.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Base learning rate of every parameter group, before the policy's schedule.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    /// AdamW weight decay (not applied to biases, norms and the logit scale).
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
+    /// Repeat to compose policies; each kind of knob is owned by one of them.
+    #[arg(long, value_name = "FILE[:ARGS]", required_unless_present = "resume")]
+    pub policy: Vec<PolicySource>,
+    /// Number of optimizer steps [default: 1000].
+    #[arg(long, value_parser = positive_u64, allow_negative_numbers = true)]
+    pub steps: Option<u64>,
+    /// Images per step [default: 256].
+    #[arg(long, value_parser = positive_usize, allow_negative_numbers = true)]
+    pub batch_size: Option<usize>,
+    /// Seed of initialisation, data order and every per-sample random choice [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Base learning rate of every parameter group, before the policies' schedule [default: 2e-3].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// AdamW weight decay, not applied to biases, norms and the logit scale [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    /// Evaluate on the validation images every N steps; 0: only when a policy asks [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Save a checkpoint every N steps; 0: only when a policy asks [default: 0].
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Fuel (about one unit per Wasm instruction) a policy may use per call [default: 50000000].
+    #[arg(long, value_parser = positive_u64)]
+    pub policy_fuel: Option<u64>,
+    /// Directory of the Fashion-MNIST IDX files [default: /usr/share/datasets/fashion-mnist].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
-    /// Directory for metrics, decisions, weights and evaluation.
-    #[arg(long, default_value = "runs/train")]
+    /// Directory for metrics, decisions, checkpoints, weights and evaluation.
+    #[arg(long, default_value = "runs/train", conflicts_with = "resume")]
     pub run_dir: PathBuf,
-    /// Directory of the Fashion-MNIST IDX files.
-    #[arg(long, default_value = fashion_mnist::DEFAULT_DIR)]
-    pub data: PathBuf,
     /// Replace an earlier run in --run-dir instead of refusing to start.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Save a checkpoint and exit after N steps, as a preempted job would; continue with --resume.
+    #[arg(long, value_name = "N", value_parser = positive_u64)]
+    pub pause_after_steps: Option<u64>,
+    /// Continue the run in this directory from its latest checkpoint, with its saved settings.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// On --resume, continue with the policies given by --policy instead of the saved ones.
+    #[arg(long, requires = "resume")]
+    pub swap_policies: bool,
 }
 
 fn positive_u64(text: &str) -> Result<u64, String> {
@@ -100,7 +119,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Train(args) => match train(&args.into_config()) {
+        Command::Train(args) => match run_train(args) {
             Ok(outcome) => {
                 report_outcome(&outcome);
                 ExitCode::SUCCESS
@@ -113,39 +132,70 @@ pub fn main() -> ExitCode {
     }
 }
 
-impl TrainArgs {
-    fn into_config(self) -> TrainConfig {
-        TrainConfig {
-            policy: self.policy,
-            steps: self.steps,
-            batch_size: self.batch_size,
-            seed: self.seed,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            device: self.device,
-            run_dir: self.run_dir,
-            data_dir: self.data,
-            overwrite: self.overwrite,
+fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
+    let options = RunOptions {
+        run_dir: args.resume.clone().unwrap_or_else(|| args.run_dir.clone()),
+        device: args.device,
+        overwrite: args.overwrite,
+        pause_after_steps: args.pause_after_steps,
+        policy_cache: std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components")),
+    };
+    if args.resume.is_some() {
+        let fixed = [
+            ("--steps", args.steps.is_some()),
+            ("--batch-size", args.batch_size.is_some()),
+            ("--seed", args.seed.is_some()),
+            ("--lr", args.lr.is_some()),
+            ("--weight-decay", args.weight_decay.is_some()),
+            ("--eval-every", args.eval_every.is_some()),
+            ("--checkpoint-every", args.checkpoint_every.is_some()),
+            ("--policy-fuel", args.policy_fuel.is_some()),
+            ("--data", args.data.is_some()),
+        ];
+        if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
+            return Err(EngineError::Config(format!("{flag}: a resumed run keeps its saved settings (see its run.json)")));
         }
+        let policies = (!args.policy.is_empty()).then_some(args.policy);
+        return resume(&options, &Resume { policies, swap_policies: args.swap_policies });
     }
+    let config = TrainConfig {
+        policies: args.policy,
+        steps: args.steps.unwrap_or(1000),
+        batch_size: args.batch_size.unwrap_or(256),
+        seed: args.seed.unwrap_or(0),
+        lr: args.lr.unwrap_or(2e-3),
+        weight_decay: args.weight_decay.unwrap_or(0.1),
+        data_dir: args.data.unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
+        eval_every: args.eval_every.unwrap_or(0),
+        checkpoint_every: args.checkpoint_every.unwrap_or(0),
+        policy_fuel: args.policy_fuel.unwrap_or(50_000_000),
+    };
+    train(&config, &options)
 }
 
 fn report_outcome(outcome: &TrainOutcome) {
-    println!(
-        "trained {} steps in {:.1} s, final loss {:.4}",
-        outcome.steps, outcome.train_seconds, outcome.final_loss
-    );
-    println!(
-        "zero-shot accuracy on {} test images: top-1 {:.2}%, top-5 {:.2}%",
-        outcome.zero_shot.images,
-        outcome.zero_shot.top1 * 100.0,
-        outcome.zero_shot.top5 * 100.0
-    );
+    let loss = outcome.final_loss.map(|l| format!("{l:.4}")).unwrap_or("-".into());
+    println!("trained to step {} in {:.1} s, final loss {loss}", outcome.steps_done, outcome.train_seconds);
+    if let Some((policy, reason)) = &outcome.stopped_by {
+        println!("stopped early by `{policy}`: {reason}");
+    }
+    if let Some(path) = &outcome.paused_at {
+        println!("paused; checkpoint {}; continue with --resume", path.display());
+    }
+    if let Some(zero_shot) = &outcome.zero_shot {
+        println!(
+            "zero-shot accuracy on {} test images: top-1 {:.2}%, top-5 {:.2}%",
+            zero_shot.images,
+            zero_shot.top1 * 100.0,
+            zero_shot.top5 * 100.0
+        );
+    }
 }
 
 fn exit_code(err: &EngineError) -> u8 {
     match err {
-        EngineError::Policy(PolicyError::Trap { .. } | PolicyError::InvalidDecision { .. }) => EXIT_POLICY_FAULT,
+        EngineError::Policy(PolicyError::Trap { .. } | PolicyError::InvalidDecision { .. })
+        | EngineError::PolicyFault { .. } => EXIT_POLICY_FAULT,
         _ => EXIT_FAILURE,
     }
 }

@@ -1,9 +1,14 @@
 //! The training loop and what it steers. One step is:
-//! ask the policy -> validate -> apply (learning rates) -> batch -> forward -> backward ->
-//! optimizer step -> observation for the next decision. The loop owns the run directory:
-//! metrics, decisions, final weights and the evaluation.
+//! ask the policies -> validate -> apply (learning rates, loss weights, augmentation,
+//! clipping, freezing) -> batch -> augment -> forward -> backward -> clip -> optimizer step ->
+//! observation for the next decision -> requested actions (evaluate, checkpoint, stop).
+//! The loop owns the run directory: metrics, decisions, checkpoints, final weights.
 
+mod checkpoint;
+mod knobs;
 pub mod optimizer;
 mod run;
 
-pub use run::{EngineError, TrainConfig, TrainOutcome, train};
+pub use checkpoint::CHECKPOINTS_DIR;
+pub use knobs::KnobState;
+pub use run::{EngineError, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};

@@ -22,16 +22,21 @@ impl Default for AdamWConfig {
 /// A parameter the optimizer updates, with the group whose learning rate it follows.
 #[derive(Debug)]
 pub struct OptimizedParam {
+    /// The parameter's name, which also names its moments in saved optimizer state.
+    pub name: String,
     pub tensor: Tensor,
     pub group: usize,
     /// Biases, norms, 1-D embeddings and the logit scale take no weight decay.
     pub decay: bool,
 }
 
+/// Per-parameter state. The step count is per parameter, as in PyTorch, so a group
+/// unfrozen late starts with fresh bias correction instead of tiny or huge first updates.
 #[derive(Debug)]
 struct Moments {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    steps: i64,
 }
 
 #[derive(Debug)]
@@ -39,16 +44,15 @@ pub struct AdamW {
     config: AdamWConfig,
     params: Vec<OptimizedParam>,
     moments: Vec<Moments>,
-    steps_taken: i32,
 }
 
 impl AdamW {
     pub fn new(params: Vec<OptimizedParam>, config: AdamWConfig) -> Self {
         let moments = params
             .iter()
-            .map(|p| Moments { exp_avg: p.tensor.zeros_like(), exp_avg_sq: p.tensor.zeros_like() })
+            .map(|p| Moments { exp_avg: p.tensor.zeros_like(), exp_avg_sq: p.tensor.zeros_like(), steps: 0 })
             .collect();
-        AdamW { config, params, moments, steps_taken: 0 }
+        AdamW { config, params, moments }
     }
 
     pub fn zero_grad(&mut self) {
@@ -71,19 +75,73 @@ impl AdamW {
         })
     }
 
-    /// One update with learning rate `lrs[group]` for each parameter's group.
-    pub fn step(&mut self, lrs: &[f64]) {
-        self.steps_taken += 1;
+    /// Multiplies every gradient by `factor` (a scalar tensor), for clipping without a sync.
+    pub fn scale_grads(&mut self, factor: &Tensor) {
+        tch::no_grad(|| {
+            for param in &self.params {
+                let mut grad = param.tensor.grad();
+                if grad.defined() {
+                    let _ = grad.g_mul_(factor);
+                }
+            }
+        });
+    }
+
+    /// Parameters of group `group`.
+    pub fn group_params(&self, group: usize) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().filter(move |p| p.group == group).map(|p| &p.tensor)
+    }
+
+    /// Everything needed to continue exactly, as named tensors: `<parameter>.exp_avg`,
+    /// `<parameter>.exp_avg_sq` and `<parameter>.step`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .zip(&self.moments)
+            .flat_map(|(param, moments)| {
+                [
+                    (format!("{}.exp_avg", param.name), moments.exp_avg.shallow_clone()),
+                    (format!("{}.exp_avg_sq", param.name), moments.exp_avg_sq.shallow_clone()),
+                    (format!("{}.step", param.name), Tensor::from(moments.steps)),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores a state from [`AdamW::state`]; names the first entry that is missing or
+    /// has the wrong shape.
+    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<(), String> {
+        let entry = |name: String| tensors.get(&name).ok_or_else(|| format!("`{name}` is missing"));
+        tch::no_grad(|| {
+            for (param, moments) in self.params.iter().zip(&mut self.moments) {
+                for (suffix, target) in [("exp_avg", &mut moments.exp_avg), ("exp_avg_sq", &mut moments.exp_avg_sq)] {
+                    let name = format!("{}.{suffix}", param.name);
+                    let saved = entry(name.clone())?;
+                    if saved.size() != target.size() {
+                        return Err(format!("`{name}` has shape {:?}, the model needs {:?}", saved.size(), target.size()));
+                    }
+                    target.copy_(saved);
+                }
+                moments.steps = entry(format!("{}.step", param.name))?.int64_value(&[]);
+            }
+            Ok(())
+        })
+    }
+
+    /// One update with learning rate `lrs[group]` for each parameter whose group is not
+    /// frozen (`frozen[group]`); frozen groups keep their weights and moments untouched.
+    pub fn step(&mut self, lrs: &[f64], frozen: &[bool]) {
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
-        let bias_correction1 = 1.0 - beta1.powi(self.steps_taken);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(self.steps_taken)).sqrt();
         tch::no_grad(|| {
             for (param, moments) in self.params.iter_mut().zip(&mut self.moments) {
                 let grad = param.tensor.grad();
-                if !grad.defined() {
+                if !grad.defined() || frozen[param.group] {
                     continue;
                 }
                 let lr = lrs[param.group];
+                moments.steps += 1;
+                let bias_correction1 = 1.0 - beta1.powi(moments.steps as i32);
+                let bias_correction2_sqrt = (1.0 - beta2.powi(moments.steps as i32)).sqrt();
                 if param.decay && weight_decay != 0.0 {
                     let _ = param.tensor.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
@@ -110,8 +168,8 @@ mod tests {
         let bias = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
         let mut adamw = AdamW::new(
             vec![
-                OptimizedParam { tensor: weight.shallow_clone(), group: 0, decay: true },
-                OptimizedParam { tensor: bias.shallow_clone(), group: 1, decay: false },
+                OptimizedParam { name: "w".into(), tensor: weight.shallow_clone(), group: 0, decay: true },
+                OptimizedParam { name: "b".into(), tensor: bias.shallow_clone(), group: 1, decay: false },
             ],
             config,
         );
@@ -123,7 +181,7 @@ mod tests {
             adamw.zero_grad();
             // loss = sum(w^2) + 3 b: grads 2w and 3.
             (weight.square().sum(Kind::Float) + &bias * 3.0).sum(Kind::Float).backward();
-            adamw.step(&[lr_w, lr_b]);
+            adamw.step(&[lr_w, lr_b], &[false, false]);
             let grads = [2.0 * expected_w[0], 2.0 * expected_w[1], 3.0];
             let (bc1, bc2) = (1.0 - 0.9f64.powi(t), 1.0 - 0.99f64.powi(t));
             for i in 0..3 {
@@ -143,5 +201,16 @@ mod tests {
             assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
         }
         assert!((got_b[0] as f64 - expected_b).abs() < 1e-5, "{} vs {expected_b}", got_b[0]);
+    }
+
+    #[test]
+    fn frozen_groups_are_left_alone() {
+        let weight = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let param = OptimizedParam { name: "w".into(), tensor: weight.shallow_clone(), group: 0, decay: true };
+        let mut adamw = AdamW::new(vec![param], AdamWConfig::default());
+        (&weight * 2.0).sum(Kind::Float).backward();
+        adamw.step(&[0.1], &[true]);
+        assert_eq!(Vec::<f32>::try_from(&weight).unwrap(), [1.0]);
+        assert!(adamw.state().iter().all(|(_, m)| m.abs().sum(Kind::Float).double_value(&[]) == 0.0));
     }
 }

@@ -1,69 +1,89 @@
-//! A training run of CLIP on Fashion-MNIST captions, steered by one policy.
+//! A training run of CLIP on Fashion-MNIST captions, steered by one or more policies, from
+//! start or from a checkpoint.
 
-use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
+use super::checkpoint::{self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState};
+use super::knobs::KnobState;
+use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use crate::data::augment::{self, KNOBS};
+use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
 use crate::data::prompts::{CaptionTable, END_ID, PAD_ID, START_ID, TEMPLATES};
 use crate::data::sampler::{EpochSampler, keyed};
-use crate::data::{DataError, grey_to_pixel_values};
-use crate::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use crate::eval::{ZeroShotAccuracy, zero_shot_accuracy};
+use crate::data::{DataError, grey_to_unit, unit_to_pixel_values};
+use crate::eval::{VALIDATION_METRICS, ZeroShotAccuracy, validation_metrics, zero_shot_accuracy};
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
-use crate::policy::{Decision, Observation, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySource, RunSpec, validate_decision};
+use crate::policy::{
+    AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
+    PolicyError, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
+};
 use crate::report::{JsonLines, Progress};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 
-/// Everything a run is configured with.
-#[derive(Debug, Clone, Serialize)]
+/// What defines a run; saved as `run.json` and reused as is on resume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
-    #[serde(serialize_with = "serialize_policy")]
-    pub policy: PolicySource,
+    pub policies: Vec<PolicySource>,
     pub steps: u64,
     pub batch_size: usize,
     pub seed: u64,
-    /// Base learning rate of every group; the policy scales or replaces it.
+    /// Base learning rate of every group; the policies scale or replace it.
     pub lr: f64,
     pub weight_decay: f64,
-    #[serde(serialize_with = "serialize_device")]
-    pub device: Device,
-    pub run_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Evaluate on the validation images every this many steps (0: only when a policy asks).
+    pub eval_every: u64,
+    /// Save a checkpoint every this many steps (0: only when a policy asks, or on pause).
+    pub checkpoint_every: u64,
+    /// Fuel budget of one policy call.
+    pub policy_fuel: u64,
+}
+
+/// How this invocation runs, beyond what defines the run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub device: Device,
     /// Replace an earlier run in `run_dir` instead of refusing to start.
     pub overwrite: bool,
+    /// Save a checkpoint and exit once this many steps are done, as a preempted job would.
+    pub pause_after_steps: Option<u64>,
+    /// Where compiled policy components are cached.
+    pub policy_cache: Option<PathBuf>,
 }
 
-fn serialize_policy<S: serde::Serializer>(policy: &PolicySource, s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Named<'a> {
-        path: &'a Path,
-        args: BTreeMap<&'a str, &'a str>,
-    }
-    let args = policy.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Named { path: &policy.path, args }.serialize(s)
+/// What to resume, and with which policies.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Policies given on the command line to replace the saved ones; refused unless
+    /// `swap_policies`.
+    pub policies: Option<Vec<PolicySource>>,
+    pub swap_policies: bool,
 }
 
-fn serialize_device<S: serde::Serializer>(device: &Device, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&match device {
-        Device::Cuda(index) => format!("cuda:{index}"),
-        other => format!("{other:?}").to_lowercase(),
-    })
-}
-
-/// What a finished run reports.
+/// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {
-    pub steps: u64,
-    pub final_loss: f64,
-    pub zero_shot: ZeroShotAccuracy,
+    pub steps_done: u64,
+    pub final_loss: Option<f64>,
+    /// Test-set accuracy; `None` when the run paused before the end.
+    pub zero_shot: Option<ZeroShotAccuracy>,
     pub train_seconds: f64,
+    /// The policy that stopped the run early, and its reason.
+    pub stopped_by: Option<(String, String)>,
+    /// The checkpoint written on pause.
+    pub paused_at: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("{error}; the training state is saved in {}", checkpoint.display())]
+    PolicyFault { error: PolicyError, checkpoint: PathBuf },
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("{}: {source}", path.display())]
@@ -72,6 +92,8 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    #[error("checkpoint {}: {problem}", path.display())]
+    Checkpoint { path: PathBuf, problem: String },
     #[error("{0}")]
     Config(String),
     #[error("libtorch: {0}")]
@@ -87,198 +109,618 @@ const CONTRASTIVE_LOSS: &str = "contrastive";
 /// Key that separates the caption-template draw from other per-sample randomness.
 const CAPTION_DRAW: u64 = 0xC4_7104;
 const EVAL_BATCH_SIZE: usize = 1000;
+/// The last images of the training split are held out for mid-run evaluation.
+const VALIDATION_IMAGES: i64 = 5000;
 
 #[derive(Serialize)]
 struct MetricsRecord<'a> {
     step: u64,
     epoch: u64,
     loss: f64,
+    losses: BTreeMap<&'a str, f64>,
     lr: BTreeMap<&'a str, f64>,
     grad_norm: f64,
     logit_scale: f64,
     images_per_second: f64,
+    /// The update was skipped because the loss or gradient norm was not finite.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skipped: bool,
 }
 
-#[derive(Serialize)]
-struct DecisionRecord<'a> {
-    step: u64,
-    policy: &'a str,
-    lrs: BTreeMap<&'a str, Option<f64>>,
+/// Starts a new run.
+pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
+    validate_config(config, options)?;
+    prepare_run_dir(&options.run_dir, options.overwrite)?;
+    Run::start(config, options, None)?.train(options)
 }
 
-/// What the previous step measured, as the policy sees it.
-#[derive(Default)]
-struct LastStep {
-    loss: Option<f64>,
-    grad_norm: Option<f64>,
-    images_per_second: Option<f64>,
-    logit_scale: Option<f64>,
-}
-
-pub fn train(config: &TrainConfig) -> Result<TrainOutcome, EngineError> {
-    validate_config(config)?;
-    // The policy is loaded before anything slow, so that a bad policy fails at once.
-    let runtime = PolicyRuntime::new();
-    let mut policy = runtime.load(&config.policy)?;
-
-    let train_data = fashion_mnist::load(&config.data_dir, Split::Train)?;
-    let test_data = fashion_mnist::load(&config.data_dir, Split::Test)?;
-    if config.batch_size > train_data.len() {
-        return Err(EngineError::Config(format!(
-            "--batch-size {} is larger than the training set ({} images)",
-            config.batch_size,
-            train_data.len()
-        )));
+/// Continues the run in `options.run_dir` from its latest checkpoint.
+pub fn resume(options: &RunOptions, resume: &Resume) -> Result<TrainOutcome, EngineError> {
+    let config_path = options.run_dir.join("run.json");
+    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+    let saved: SavedRun = serde_json::from_str(&text)
+        .map_err(|err| EngineError::Config(format!("{}: not a run configuration: {err}", config_path.display())))?;
+    let mut config = saved.train;
+    let checkpoint_dir = checkpoint::latest(&options.run_dir)?.ok_or_else(|| {
+        EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", options.run_dir.display()))
+    })?;
+    let checkpoint = checkpoint::load(&checkpoint_dir)?;
+    if let Some(policies) = &resume.policies
+        && *policies != config.policies
+    {
+        if !resume.swap_policies {
+            return Err(EngineError::Config(format!(
+                "--resume {}: the run was trained with other policies ({}); pass --swap-policies to continue with the new ones",
+                options.run_dir.display(),
+                describe_sources(&config.policies)
+            )));
+        }
+        config.policies = policies.clone();
     }
-    prepare_run_dir(&config.run_dir, config.overwrite)?;
+    validate_config(&config, options)?;
+    Run::start(&config, options, Some((checkpoint, resume.swap_policies)))?.train(options)
+}
 
-    let captions = CaptionTable::new(&CLASS_NAMES);
-    let model_config =
-        ClipConfig::tiny(captions.tokenizer.vocab_size(), captions.tokenizer.context_length(), START_ID, END_ID, PAD_ID);
-    let image_size = model_config.vision_config.image_size;
-    tch::manual_seed(config.seed as i64);
-    let var_store = nn::VarStore::new(config.device);
-    let mut model = Clip::new(&var_store.root(), &model_config);
+#[derive(Serialize, Deserialize)]
+struct SavedRun {
+    train: TrainConfig,
+    model: ClipConfig,
+}
 
-    let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut param_counts = [0u64; PARAMETER_GROUPS.len()];
-    let params = variables
-        .into_iter()
-        .map(|(name, tensor)| {
-            let group = parameter_group(&name);
-            param_counts[group] += tensor.numel() as u64;
-            let decay = tensor.dim() >= 2 && name != "logit_scale";
-            OptimizedParam { tensor, group, decay }
-        })
-        .collect();
-    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: config.weight_decay, ..Default::default() });
+fn describe_sources(sources: &[PolicySource]) -> String {
+    sources.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
+}
 
-    let mut sampler = EpochSampler::new(config.seed, train_data.len(), config.batch_size);
-    let spec = RunSpec {
-        groups: PARAMETER_GROUPS
-            .iter()
-            .zip(param_counts)
-            .map(|(name, count)| ParamGroup { name: name.to_string(), base_lr: config.lr, param_count: count, frozen: false })
-            .collect(),
-        losses: vec![CONTRASTIVE_LOSS.to_string()],
-        total_steps: config.steps,
-        steps_per_epoch: sampler.steps_per_epoch(),
-        seed: config.seed,
-        args: config.policy.args.clone(),
-    };
-    let progress = Progress::new(config.steps);
-    policy.init(&spec)?;
-    forward_policy_log(&mut policy, &progress, None);
+/// Everything a run holds between steps.
+struct Run {
+    config: TrainConfig,
+    run_dir: PathBuf,
+    device: Device,
+    policies: PolicySet,
+    // Keep the runtime (and its deadline ticker) alive as long as the policies.
+    _runtime: PolicyRuntime,
+    model_config: ClipConfig,
+    var_store: nn::VarStore,
+    model: Clip,
+    optimizer: AdamW,
+    group_params: Vec<Vec<Tensor>>,
+    captions: CaptionTable,
+    train_images: Tensor,
+    train_labels: Tensor,
+    validation: LabelledImages,
+    test: LabelledImages,
+    sampler: EpochSampler,
+    state: TrainerState,
+    metrics: JsonLines,
+    decisions: JsonLines,
+    evaluations: JsonLines,
+    log: std::io::LineWriter<std::fs::File>,
+    progress: Progress,
+}
 
-    write_json(&config.run_dir.join("run.json"), &serde_json::json!({ "train": config, "model": model_config }))?;
-    let metrics_path = config.run_dir.join("metrics.jsonl");
-    let mut metrics = JsonLines::create(&metrics_path).map_err(io_error(&metrics_path))?;
-    let decisions_path = config.run_dir.join("decisions.jsonl");
-    let mut decisions = JsonLines::create(&decisions_path).map_err(io_error(&decisions_path))?;
-
-    let device = config.device;
-    let train_images = train_data.images.to_device(device);
-    let train_labels = train_data.labels.to_device(device);
-    let caption_ids = captions.ids.to_device(device);
-    let mut lrs = vec![config.lr; PARAMETER_GROUPS.len()];
-    let mut last = LastStep::default();
-    let started = Instant::now();
-    for step in 0..config.steps {
-        let step_started = Instant::now();
-        let epoch = sampler.epoch_of(step);
-        let observation = Observation {
-            step,
-            epoch,
-            losses: last.loss.into_iter().collect(),
-            total_loss: last.loss,
-            grad_norm: last.grad_norm,
-            lrs: lrs.clone(),
-            images_per_second: last.images_per_second,
-            logit_scale: last.logit_scale,
+impl Run {
+    fn start(config: &TrainConfig, options: &RunOptions, from: Option<(Checkpoint, bool)>) -> Result<Self, EngineError> {
+        let run_dir = options.run_dir.clone();
+        let device = options.device;
+        let all_train = fashion_mnist::load(&config.data_dir, Split::Train)?;
+        let test = fashion_mnist::load(&config.data_dir, Split::Test)?;
+        let train_count = all_train.len() as i64 - VALIDATION_IMAGES;
+        if train_count < config.batch_size as i64 {
+            return Err(EngineError::Config(format!(
+                "--batch-size {} is larger than the training images ({train_count})",
+                config.batch_size
+            )));
+        }
+        let validation = LabelledImages {
+            images: all_train.images.narrow(0, train_count, VALIDATION_IMAGES),
+            labels: all_train.labels.narrow(0, train_count, VALIDATION_IMAGES),
         };
-        let decision = policy.decide(&observation)?;
-        forward_policy_log(&mut policy, &progress, Some(step));
-        validate_decision(policy.name(), step, &spec, &decision)?;
-        decisions
-            .write(&DecisionRecord { step, policy: policy.name(), lrs: by_group(&decision_lrs(&decision)) })
-            .map_err(io_error(&decisions_path))?;
-        for (lr, decided) in lrs.iter_mut().zip(&decision.lrs) {
-            if let Some(decided) = decided {
-                *lr = *decided;
+
+        let captions = CaptionTable::new(&CLASS_NAMES);
+        let model_config = ClipConfig::tiny(
+            captions.tokenizer.vocab_size(),
+            captions.tokenizer.context_length(),
+            START_ID,
+            END_ID,
+            PAD_ID,
+        );
+        tch::manual_seed(config.seed as i64);
+        let mut var_store = nn::VarStore::new(device);
+        let model = Clip::new(&var_store.root(), &model_config);
+        let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut group_params: Vec<Vec<Tensor>> = (0..PARAMETER_GROUPS.len()).map(|_| Vec::new()).collect();
+        let params = variables
+            .into_iter()
+            .map(|(name, tensor)| {
+                let group = parameter_group(&name);
+                group_params[group].push(tensor.shallow_clone());
+                let decay = tensor.dim() >= 2 && name != "logit_scale";
+                OptimizedParam { name, tensor, group, decay }
+            })
+            .collect();
+        let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: config.weight_decay, ..Default::default() });
+        let sampler = EpochSampler::new(config.seed, train_count as usize, config.batch_size);
+
+        let spec = RunSpec {
+            groups: PARAMETER_GROUPS
+                .iter()
+                .zip(&group_params)
+                .map(|(name, params)| ParamGroup {
+                    name: name.to_string(),
+                    base_lr: config.lr,
+                    param_count: params.iter().map(|p| p.numel() as u64).sum(),
+                    frozen: false,
+                })
+                .collect(),
+            losses: vec![CONTRASTIVE_LOSS.to_string()],
+            augmentation: KNOBS
+                .iter()
+                .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
+                .collect(),
+            metrics: VALIDATION_METRICS.iter().map(|m| m.to_string()).collect(),
+            total_steps: config.steps,
+            steps_per_epoch: sampler.steps_per_epoch(),
+            seed: config.seed,
+            args: vec![],
+        };
+        let limits = SandboxLimits { fuel_per_call: config.policy_fuel, ..Default::default() };
+        let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
+        let mut policies = PolicySet::start(&runtime, &config.policies, spec)?;
+
+        let fresh_state = TrainerState {
+            steps_done: 0,
+            knobs: KnobState {
+                lrs: vec![config.lr; PARAMETER_GROUPS.len()],
+                loss_weights: vec![1.0],
+                augmentation: KNOBS.iter().map(|k| k.default).collect(),
+                grad_clip: None,
+                frozen: vec![false; PARAMETER_GROUPS.len()],
+            },
+            last: LastStep::default(),
+            pending_evaluation: None,
+        };
+        let log_path = run_dir.join("run.log");
+        let resuming = from.is_some();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resuming)
+            .write(true)
+            .truncate(!resuming)
+            .open(&log_path)
+            .map_err(io_error(&log_path))?;
+        let mut log = std::io::LineWriter::new(log_file);
+
+        let state = match from {
+            None => {
+                let saved = SavedRun { train: config.clone(), model: model_config.clone() };
+                write_json(&run_dir.join("run.json"), &saved)?;
+                fresh_state
+            }
+            Some((checkpoint, swap_policies)) => {
+                var_store.load(&checkpoint.model_file)?;
+                optimizer.load_state(&checkpoint.optimizer).map_err(|problem| EngineError::Checkpoint {
+                    path: checkpoint.dir.join("optimizer.safetensors"),
+                    problem,
+                })?;
+                restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
+                let _ = writeln!(log, "resumed from {} after step {}", checkpoint.dir.display(), checkpoint.trainer.steps_done);
+                if let Some(fault) = &checkpoint.fault {
+                    let _ = writeln!(log, "that checkpoint was saved after a policy fault: {fault}");
+                }
+                checkpoint.trainer
+            }
+        };
+        let steps_done = state.steps_done;
+        let keep = |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step < steps_done);
+        let keep_evaluations = |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step <= steps_done);
+        let open = |name: &str, keep: &dyn Fn(&serde_json::Value) -> bool| {
+            let path = run_dir.join(name);
+            if resuming { JsonLines::reopen(&path, keep) } else { JsonLines::create(&path) }.map_err(io_error(&path))
+        };
+        let metrics = open("metrics.jsonl", &keep)?;
+        let decisions = open("decisions.jsonl", &keep)?;
+        let evaluations = open("evaluations.jsonl", &keep_evaluations)?;
+
+        let progress = Progress::new(config.steps);
+        progress.set_position(steps_done);
+        let mut run = Run {
+            config: config.clone(),
+            run_dir,
+            device,
+            policies,
+            _runtime: runtime,
+            model_config,
+            var_store,
+            model,
+            optimizer,
+            group_params,
+            captions,
+            train_images: all_train.images.narrow(0, 0, train_count).to_device(device),
+            train_labels: all_train.labels.narrow(0, 0, train_count).to_device(device),
+            validation,
+            test,
+            sampler,
+            state,
+            metrics,
+            decisions,
+            evaluations,
+            log,
+            progress,
+        };
+        run.apply_freezing(&(0..PARAMETER_GROUPS.len()).collect::<Vec<_>>());
+        run.report_start();
+        Ok(run)
+    }
+
+    /// The start-up report: the policies, and which one owns each knob.
+    fn report_start(&mut self) {
+        let mut lines = Vec::new();
+        for (source, instance) in self.policies.members_mut() {
+            lines.push(format!("policy `{}`: {} (sha256 {})", instance.name(), source.path.display(), &instance.sha256()[..12]));
+        }
+        for (knob, owner) in self.policies.ownership() {
+            lines.push(format!("  {knob:<15} {}", owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())));
+        }
+        for line in lines {
+            self.say(&line);
+        }
+        self.forward_policy_logs(None);
+    }
+
+    fn say(&mut self, line: &str) {
+        let _ = writeln!(self.log, "{line}");
+        self.progress.println(line);
+    }
+
+    fn forward_policy_logs(&mut self, step: Option<u64>) {
+        for (policy, line) in self.policies.take_logs() {
+            let at = step.map(|s| format!(" step {s}")).unwrap_or_default();
+            let text = format!("[policy {policy}{at}] {:?}: {}", line.level, line.message);
+            let _ = writeln!(self.log, "{text}");
+            if matches!(line.level, crate::policy::LogLevel::Warn | crate::policy::LogLevel::Error) {
+                self.progress.println(&text);
             }
         }
+    }
 
-        let indices = sampler.batch(step);
+    fn train(mut self, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
+        let started = Instant::now();
+        let mut stopped_by = None;
+        while self.state.steps_done < self.config.steps {
+            let step = self.state.steps_done;
+            let decision = match self.policies.decide(&self.observation()) {
+                Ok(decision) => decision,
+                Err(error) => return Err(self.policy_fault(error)),
+            };
+            self.forward_policy_logs(Some(step));
+            self.record_decisions(step, &decision)?;
+            let changed = self.state.knobs.apply(&decision.merged);
+            self.apply_freezing(&changed);
+            self.state.pending_evaluation = None;
+
+            self.step(step)?;
+            self.state.steps_done = step + 1;
+            let done = self.state.steps_done;
+            let scheduled = |every: u64| every > 0 && done % every == 0;
+            if decision.merged.evaluate || scheduled(self.config.eval_every) {
+                self.evaluate()?;
+            }
+            let paused = options.pause_after_steps == Some(done);
+            if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused {
+                let path = self.checkpoint(None)?;
+                self.say(&format!("checkpoint after step {done}: {}", path.display()));
+                if paused {
+                    self.progress.finish();
+                    return Ok(self.outcome(started, None, None, Some(path)));
+                }
+            }
+            if let Some((policy, reason)) = decision.stop {
+                self.say(&format!("stopped by `{policy}` after step {done}: {reason}"));
+                stopped_by = Some((policy, reason));
+                break;
+            }
+        }
+        self.progress.finish();
+        save_final(&self.run_dir, &self.var_store, &self.model_config)?;
+        let zero_shot =
+            zero_shot_accuracy(&self.model, &self.test, &self.captions, self.image_size(), EVAL_BATCH_SIZE, self.device);
+        write_json(
+            &self.run_dir.join("eval.json"),
+            &serde_json::json!({
+                "step": self.state.steps_done,
+                "zero_shot_top1": zero_shot.top1,
+                "zero_shot_top5": zero_shot.top5,
+                "test_images": zero_shot.images,
+                "stopped_by": stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason})),
+            }),
+        )?;
+        Ok(self.outcome(started, Some(zero_shot), stopped_by, None))
+    }
+
+    fn outcome(
+        &self,
+        started: Instant,
+        zero_shot: Option<ZeroShotAccuracy>,
+        stopped_by: Option<(String, String)>,
+        paused_at: Option<PathBuf>,
+    ) -> TrainOutcome {
+        TrainOutcome {
+            steps_done: self.state.steps_done,
+            final_loss: self.state.last.total_loss,
+            zero_shot,
+            train_seconds: started.elapsed().as_secs_f64(),
+            stopped_by,
+            paused_at,
+        }
+    }
+
+    fn image_size(&self) -> i64 {
+        self.model_config.vision_config.image_size
+    }
+
+    fn observation(&self) -> Observation {
+        let state = &self.state;
+        let last = &state.last;
+        let mut non_finite = NonFinite::empty();
+        if last.total_loss.is_some_and(|l| !l.is_finite()) || last.losses.iter().any(|l| !l.is_finite()) {
+            non_finite |= NonFinite::LOSS;
+        }
+        if last.grad_norm.is_some_and(|n| !n.is_finite()) {
+            non_finite |= NonFinite::GRAD_NORM;
+        }
+        Observation {
+            step: state.steps_done,
+            epoch: self.sampler.epoch_of(state.steps_done),
+            losses: last.losses.clone(),
+            total_loss: last.total_loss,
+            grad_norm: last.grad_norm,
+            non_finite,
+            lrs: state.knobs.lrs.clone(),
+            loss_weights: state.knobs.loss_weights.clone(),
+            frozen: state.knobs.frozen.clone(),
+            images_per_second: last.images_per_second,
+            logit_scale: last.logit_scale,
+            evaluation: state.pending_evaluation.as_ref().map(|e| Evaluation { step: e.step, values: e.values.clone() }),
+        }
+    }
+
+    /// One optimizer step on the batch of global step `step`.
+    fn step(&mut self, step: u64) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let epoch = self.sampler.epoch_of(step);
+        let seed = self.config.seed;
+        let indices = self.sampler.batch(step).to_vec();
         let template_draws: Vec<i64> = indices
             .iter()
-            .map(|&index| (keyed(config.seed, &[CAPTION_DRAW, epoch, index as u64]) % TEMPLATES.len() as u64) as i64)
+            .map(|&index| (keyed(seed, &[CAPTION_DRAW, epoch, index as u64]) % TEMPLATES.len() as u64) as i64)
             .collect();
-        let indices = Tensor::from_slice(indices).to_device(device);
-        let templates = Tensor::from_slice(&template_draws).to_device(device);
-        let pixel_values = grey_to_pixel_values(&train_images.index_select(0, &indices), image_size, device);
-        let input_ids = caption_ids.index(&[Some(train_labels.index_select(0, &indices)), Some(templates)]);
+        let index_tensor = Tensor::from_slice(&indices).to_device(self.device);
+        let templates = Tensor::from_slice(&template_draws).to_device(self.device);
+        let unit = grey_to_unit(&self.train_images.index_select(0, &index_tensor), self.device);
+        let unit = augment::augment(&unit, &indices, epoch, seed, &self.state.knobs.augmentation);
+        let pixel_values = unit_to_pixel_values(&unit, self.image_size());
+        let input_ids = self.captions.ids.to_device(self.device).index(&[Some(self.train_labels.index_select(0, &index_tensor)), Some(templates)]);
 
-        let loss = model.contrastive_loss(&pixel_values, &input_ids);
-        optimizer.zero_grad();
-        loss.backward();
-        let grad_norm = optimizer.grad_norm();
-        optimizer.step(&lrs);
-        model.clamp_logit_scale();
-
-        // The one read-back per step: the policy needs these numbers.
-        let readings = Tensor::stack(&[loss.detach().to_kind(Kind::Double), grad_norm.to_kind(Kind::Double), tch::no_grad(|| model.logit_scale().to_kind(Kind::Double))], 0);
-        let readings = Vec::<f64>::try_from(&readings)?;
-        let images_per_second = config.batch_size as f64 / step_started.elapsed().as_secs_f64();
-        last = LastStep {
-            loss: Some(readings[0]),
-            grad_norm: Some(readings[1]),
-            logit_scale: Some(readings[2]),
+        let raw_loss = self.model.contrastive_loss(&pixel_values, &input_ids);
+        let total_loss = &raw_loss * self.state.knobs.loss_weights[0];
+        self.optimizer.zero_grad();
+        let any_trainable = self.state.knobs.frozen.iter().any(|f| !f);
+        if any_trainable {
+            total_loss.backward();
+        }
+        let grad_norm = if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
+        let logit_scale = tch::no_grad(|| self.model.logit_scale());
+        // The one read-back per step: the policies need these numbers, and a non-finite
+        // loss or norm must not reach the weights.
+        let readings = Tensor::stack(
+            &[raw_loss.detach(), total_loss.detach(), grad_norm.shallow_clone(), logit_scale].map(|t| t.to_kind(Kind::Double)),
+            0,
+        );
+        let [raw, total, norm, scale] = Vec::<f64>::try_from(&readings)?[..] else { unreachable!("four readings") };
+        let skipped = !(total.is_finite() && norm.is_finite());
+        if skipped {
+            self.say(&format!("step {step}: loss {total} or gradient norm {norm} is not finite; update skipped"));
+        } else if any_trainable {
+            if let Some(max_norm) = self.state.knobs.grad_clip {
+                let factor = (max_norm / (&grad_norm + 1e-6)).clamp_max(1.0);
+                self.optimizer.scale_grads(&factor);
+            }
+            self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
+            self.model.clamp_logit_scale();
+        }
+        let images_per_second = self.config.batch_size as f64 / started.elapsed().as_secs_f64();
+        self.state.last = LastStep {
+            losses: vec![raw],
+            total_loss: Some(total),
+            grad_norm: Some(norm),
+            logit_scale: Some(scale),
             images_per_second: Some(images_per_second),
         };
-        metrics
+        self.metrics
             .write(&MetricsRecord {
                 step,
                 epoch,
-                loss: readings[0],
-                lr: by_group(&lrs),
-                grad_norm: readings[1],
-                logit_scale: readings[2],
+                loss: total,
+                losses: [(CONTRASTIVE_LOSS, raw)].into_iter().collect(),
+                lr: by_name(&PARAMETER_GROUPS, &self.state.knobs.lrs),
+                grad_norm: norm,
+                logit_scale: scale,
                 images_per_second,
+                skipped,
             })
-            .map_err(io_error(&metrics_path))?;
-        progress.update(step + 1, readings[0], lrs[0], images_per_second);
+            .map_err(io_error(self.metrics.path()))?;
+        self.progress.update(step + 1, total, self.state.knobs.lrs[0], images_per_second);
+        Ok(())
     }
-    progress.finish();
-    let train_seconds = started.elapsed().as_secs_f64();
 
-    save_final(&config.run_dir, &var_store, &model_config)?;
-    let zero_shot = zero_shot_accuracy(&model, &test_data, &captions, image_size, EVAL_BATCH_SIZE, device);
-    write_json(
-        &config.run_dir.join("eval.json"),
-        &serde_json::json!({
-            "step": config.steps,
-            "zero_shot_top1": zero_shot.top1,
-            "zero_shot_top5": zero_shot.top5,
-            "test_images": zero_shot.images,
-        }),
-    )?;
-    Ok(TrainOutcome { steps: config.steps, final_loss: last.loss.unwrap_or(f64::NAN), zero_shot, train_seconds })
+    fn apply_freezing(&mut self, groups: &[usize]) {
+        for &group in groups {
+            let trainable = !self.state.knobs.frozen[group];
+            for param in &self.group_params[group] {
+                let _ = param.set_requires_grad(trainable);
+            }
+        }
+    }
+
+    fn evaluate(&mut self) -> Result<(), EngineError> {
+        let values = validation_metrics(
+            &self.model,
+            &self.validation,
+            &self.captions,
+            self.image_size(),
+            EVAL_BATCH_SIZE,
+            self.config.seed,
+            self.device,
+        );
+        let step = self.state.steps_done;
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), step.into());
+        for (name, value) in VALIDATION_METRICS.iter().zip(&values) {
+            record.insert(name.to_string(), serde_json::json!(value));
+        }
+        self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
+        self.state.pending_evaluation = Some(PendingEvaluation { step, values });
+        Ok(())
+    }
+
+    fn record_decisions(&mut self, step: u64, decision: &StepDecision) -> Result<(), EngineError> {
+        for (policy, decided) in &decision.per_policy {
+            let mut record = serde_json::Map::new();
+            record.insert("step".into(), step.into());
+            record.insert("policy".into(), policy.as_str().into());
+            let mut put = |field: &str, names: Vec<&str>, values: Vec<serde_json::Value>| {
+                if !values.is_empty() {
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        names.into_iter().map(String::from).zip(values).collect();
+                    record.insert(field.into(), map.into());
+                }
+            };
+            let json = |v: Option<f64>| serde_json::json!(v);
+            put("lrs", PARAMETER_GROUPS.to_vec(), decided.lrs.iter().map(|v| json(*v)).collect());
+            put("loss_weights", vec![CONTRASTIVE_LOSS], decided.loss_weights.iter().map(|v| json(*v)).collect());
+            put("augmentation", KNOBS.iter().map(|k| k.name).collect(), decided.augmentation.iter().map(|v| json(*v)).collect());
+            put("freeze", PARAMETER_GROUPS.to_vec(), decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
+            match decided.grad_clip {
+                Some(GradClip::Off) => drop(record.insert("grad_clip".into(), "off".into())),
+                Some(GradClip::MaxNorm(norm)) => drop(record.insert("grad_clip".into(), norm.into())),
+                None => {}
+            }
+            for (flag, set) in [("evaluate", decided.evaluate), ("checkpoint", decided.checkpoint)] {
+                if set {
+                    record.insert(flag.into(), true.into());
+                }
+            }
+            if let Some(reason) = &decided.stop {
+                record.insert("stop".into(), reason.as_str().into());
+            }
+            self.decisions.write(&record).map_err(io_error(self.decisions.path()))?;
+        }
+        Ok(())
+    }
+
+    /// Saves a checkpoint of the state after `steps_done` steps, with every policy's state
+    /// (none for a policy that trapped: it cannot be entered again).
+    fn checkpoint(&mut self, fault: Option<String>) -> Result<PathBuf, EngineError> {
+        let mut policies = Vec::new();
+        let stage = format!("checkpoint after step {}", self.state.steps_done);
+        for (source, instance) in self.policies.members_mut() {
+            let state = if instance.has_trapped() { None } else { Some(instance.save_state(&stage)?) };
+            let record = PolicyRecord {
+                name: instance.name().to_string(),
+                source: source.clone(),
+                sha256: instance.sha256().to_string(),
+                interface: format!("{INTERFACE_PACKAGE}@{INTERFACE_VERSION}"),
+                state_file: None,
+            };
+            policies.push((record, state));
+        }
+        checkpoint::save(
+            &self.run_dir,
+            CheckpointContents {
+                trainer: &self.state,
+                fault,
+                model: &self.var_store,
+                optimizer: self.optimizer.state(),
+                policies,
+            },
+        )
+    }
+
+    /// A policy failed: save what the run has so far, then report both.
+    fn policy_fault(&mut self, error: PolicyError) -> EngineError {
+        self.progress.finish();
+        match self.checkpoint(Some(error.to_string())) {
+            Ok(checkpoint) => {
+                let _ = writeln!(self.log, "error: {error}; state saved in {}", checkpoint.display());
+                EngineError::PolicyFault { error, checkpoint }
+            }
+            // The original error matters more than the failed save; the earlier checkpoints
+            // are untouched either way.
+            Err(_) => EngineError::Policy(error),
+        }
+    }
 }
 
-fn validate_config(config: &TrainConfig) -> Result<(), EngineError> {
+/// Gives each resumed policy its saved state, after checking it is the same component.
+fn restore_policies(
+    policies: &mut PolicySet,
+    checkpoint: &Checkpoint,
+    swap_policies: bool,
+    log: &mut impl Write,
+) -> Result<(), EngineError> {
+    let members: Vec<_> = policies.members_mut().collect();
+    let count = members.len();
+    let same_count = count == checkpoint.policies.len();
+    for (index, (_, instance)) in members.into_iter().enumerate() {
+        let saved = checkpoint.policies.get(index).filter(|_| same_count);
+        let state = checkpoint.policy_states.get(index).and_then(Option::as_ref);
+        match saved {
+            Some(record) if record.sha256 == instance.sha256() && record.name == instance.name() => match state {
+                Some(state) => instance.load_state(state)?,
+                None => {
+                    let _ = writeln!(log, "policy `{}` had no saved state (it had trapped); it starts fresh", instance.name());
+                }
+            },
+            _ if swap_policies => {
+                let _ = writeln!(log, "policy `{}` swapped in on resume; it starts fresh", instance.name());
+            }
+            Some(record) => {
+                return Err(EngineError::Config(format!(
+                    "policy `{}` differs from the one in checkpoint {} (sha256 {} there, {} now); pass --swap-policies to continue with it",
+                    instance.name(),
+                    checkpoint.dir.display(),
+                    &record.sha256[..12],
+                    &instance.sha256()[..12]
+                )));
+            }
+            None => {
+                return Err(EngineError::Config(format!(
+                    "checkpoint {} holds {} policies, this run has {}; pass --swap-policies to continue with them",
+                    checkpoint.dir.display(),
+                    checkpoint.policies.len(),
+                    count
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), EngineError> {
+    if config.policies.is_empty() {
+        return Err(EngineError::Config("--policy: give at least one policy".into()));
+    }
     if !(config.lr.is_finite() && config.lr >= 0.0) {
         return Err(EngineError::Config(format!("--lr {}: must be a finite number >= 0", config.lr)));
     }
     if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
         return Err(EngineError::Config(format!("--weight-decay {}: must be a finite number >= 0", config.weight_decay)));
     }
-    if let Device::Cuda(index) = config.device {
+    if let Device::Cuda(index) = options.device {
         let available = tch::Cuda::device_count();
         if index as i64 >= available {
-            return Err(EngineError::Config(format!(
-                "--device cuda:{index}: libtorch sees {available} CUDA device(s)"
-            )));
+            return Err(EngineError::Config(format!("--device cuda:{index}: libtorch sees {available} CUDA device(s)")));
         }
     }
     Ok(())
@@ -286,37 +728,32 @@ fn validate_config(config: &TrainConfig) -> Result<(), EngineError> {
 
 /// Refuses to write over an earlier run unless asked to, so no run is lost by accident.
 fn prepare_run_dir(run_dir: &Path, overwrite: bool) -> Result<(), EngineError> {
-    let holds_run = run_dir.join("metrics.jsonl").exists() || run_dir.join("run.json").exists();
+    let holds_run = run_dir.join("run.json").exists() || run_dir.join("metrics.jsonl").exists();
     if holds_run && !overwrite {
         return Err(EngineError::Config(format!(
-            "--run-dir {}: already holds a run; choose another directory or pass --overwrite",
+            "--run-dir {}: already holds a run; choose another directory, pass --overwrite, or --resume it",
             run_dir.display()
         )));
     }
     if holds_run {
-        for name in ["run.json", "metrics.jsonl", "decisions.jsonl", "eval.json"] {
+        for name in ["run.json", "run.log", "metrics.jsonl", "decisions.jsonl", "evaluations.jsonl", "eval.json"] {
             let path = run_dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
+        for dir in ["final", checkpoint::CHECKPOINTS_DIR] {
+            let path = run_dir.join(dir);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
             }
         }
     }
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))
 }
 
-fn decision_lrs(decision: &Decision) -> Vec<Option<f64>> {
-    if decision.lrs.is_empty() { vec![None; PARAMETER_GROUPS.len()] } else { decision.lrs.clone() }
-}
-
-fn by_group<T: Copy>(values: &[T]) -> BTreeMap<&'static str, T> {
-    PARAMETER_GROUPS.iter().copied().zip(values.iter().copied()).collect()
-}
-
-fn forward_policy_log(policy: &mut PolicyInstance, progress: &Progress, step: Option<u64>) {
-    for line in policy.take_log() {
-        let at = step.map(|s| format!(" step {s}")).unwrap_or_default();
-        progress.println(format!("[policy {}{at}] {:?}: {}", policy.name(), line.level, line.message));
-    }
+fn by_name<'a, T: Copy>(names: &[&'a str], values: &[T]) -> BTreeMap<&'a str, T> {
+    names.iter().copied().zip(values.iter().copied()).collect()
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
@@ -325,7 +762,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
 }
 
 /// Writes `final/` (weights and `config.json`, the Hugging Face layout) through a temporary
-/// folder and a rename, so an interrupted save never leaves half a checkpoint.
+/// folder and a rename, so an interrupted save never leaves half a model.
 fn save_final(run_dir: &Path, var_store: &nn::VarStore, model_config: &ClipConfig) -> Result<(), EngineError> {
     let staging = run_dir.join("final.tmp");
     let target = run_dir.join("final");

@@ -1,15 +1,43 @@
-//! Compiling policy components and calling them, one wasmtime store per policy.
+//! Compiling policy components and calling them, one wasmtime store per policy, each call
+//! inside the sandbox's limits: a fuel budget (deterministic), an epoch deadline (a
+//! wall-clock backstop), and a memory cap that traps when the policy tries to grow past it.
 
 use super::bindings;
-use super::{Decision, INTERFACE_PACKAGE, INTERFACE_VERSION, LogLevel, Observation, PolicyError, PolicySource, RunSpec};
-use std::path::Path;
+use super::{Decision, INTERFACE_PACKAGE, INTERFACE_VERSION, Knobs, LogLevel, Observation, PolicyError, PolicySource, RunSpec};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-/// Most log lines kept from one call, and most characters of one line: a chatty or hostile
-/// policy cannot flood the run's log or the trainer's memory.
-const MAX_LOG_LINES_PER_CALL: usize = 100;
+/// Limits on every call into a policy.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxLimits {
+    /// Wasm fuel (about one unit per instruction) one call may use.
+    pub fuel_per_call: u64,
+    /// Wall-clock time one call may take, whatever its fuel.
+    pub deadline: Duration,
+    /// Linear memory a policy may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits { fuel_per_call: 50_000_000, deadline: Duration::from_secs(2), memory_bytes: 64 << 20 }
+    }
+}
+
+/// Most log lines kept from one call, most kept over a run, and most characters of one
+/// line: a chatty or hostile policy can flood neither the run's log nor the memory.
+const MAX_LOG_LINES_PER_CALL: usize = 20;
+const MAX_LOG_LINES_PER_RUN: u64 = 10_000;
 const MAX_LOG_LINE_CHARS: usize = 1000;
+
+/// How often the epoch ticks; deadlines are counted in ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A line the policy logged, to be written to the run's log tagged with the policy's name.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +48,9 @@ pub struct LogLine {
 
 /// What the store holds for the host side of one policy.
 struct HostState {
+    limits: StoreLimits,
     log: Vec<LogLine>,
+    logged_in_run: u64,
 }
 
 // The shared types interface has no functions to provide.
@@ -28,7 +58,11 @@ impl bindings::trainer::policy::types::Host for HostState {}
 
 impl bindings::trainer::policy::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
-        if self.log.len() < MAX_LOG_LINES_PER_CALL {
+        self.logged_in_run += 1;
+        if self.logged_in_run == MAX_LOG_LINES_PER_RUN {
+            let message = format!("{MAX_LOG_LINES_PER_RUN} lines logged; the rest of this run's lines are dropped");
+            self.log.push(LogLine { level: LogLevel::Warn, message });
+        } else if self.logged_in_run < MAX_LOG_LINES_PER_RUN && self.log.len() < MAX_LOG_LINES_PER_CALL {
             let message = message.chars().take(MAX_LOG_LINE_CHARS).collect();
             self.log.push(LogLine { level, message });
         }
@@ -39,32 +73,89 @@ impl bindings::trainer::policy::host::Host for HostState {
 pub struct PolicyRuntime {
     engine: Engine,
     linker: Linker<HostState>,
+    limits: SandboxLimits,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PolicyRuntime {
-    pub fn new() -> Self {
+    /// A runtime whose compiled components are cached in `cache_dir` (when given), keyed by
+    /// the component's hash and the engine's configuration.
+    pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> Self {
         let mut config = Config::new();
         // Policies must decide the same on every machine: NaNs get one bit pattern.
         config.cranelift_nan_canonicalization(true);
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        // Threads are off: this build of wasmtime has no threads support at all.
         let engine = Engine::new(&config).expect("the policy engine's fixed configuration is valid");
         let mut linker = Linker::new(&engine);
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .expect("the host interface is added once to a fresh linker");
-        PolicyRuntime { engine, linker }
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("policy-deadline".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .expect("a thread can be started")
+        };
+        PolicyRuntime { engine, linker, limits, cache_dir, ticker_stop, ticker: Some(ticker) }
     }
 
-    /// Reads, checks and instantiates the component named by `source`.
+    /// Reads, checks, compiles (or takes from the cache) and instantiates `source`.
     pub fn load(&self, source: &PolicySource) -> Result<PolicyInstance, PolicyError> {
         let path = source.path.as_path();
         let bytes = std::fs::read(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
         check_header(path, &bytes)?;
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|err| PolicyError::Compile { path: path.to_path_buf(), detail: format!("{err:#}") })?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let component = self.compile(path, &bytes, &sha256)?;
         self.check_interface_version(path, &component)?;
-        let mut store = Store::new(&self.engine, HostState { log: Vec::new() });
-        let bindings = bindings::Policy::instantiate(&mut store, &component, &self.linker)
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let mut store = Store::new(&self.engine, HostState { limits, log: Vec::new(), logged_in_run: 0 });
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        let name = source.name();
+        let mut instance =
+            PolicyInstance { name, sha256, store, bindings: None, limits: self.limits, trapped: None, last_fuel_used: 0 };
+        instance.prepare_call();
+        let bindings = bindings::Policy::instantiate(&mut instance.store, &component, &self.linker)
             .map_err(|err| PolicyError::WrongWorld { path: path.to_path_buf(), detail: format!("{err:#}") })?;
-        Ok(PolicyInstance { name: source.name(), store, bindings })
+        instance.bindings = Some(bindings);
+        Ok(instance)
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component, PolicyError> {
+        let compile_error = |err: wasmtime::Error| PolicyError::Compile { path: path.to_path_buf(), detail: format!("{err:#}") };
+        let Some(cache_dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(compile_error);
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cached = cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
+        if cached.exists() {
+            // SAFETY: the cache holds only files this function wrote with `precompile_component`
+            // of this engine configuration (the file name carries its hash), and wasmtime checks
+            // the engine compatibility of the bytes again. A file that fails to load is rebuilt.
+            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                return Ok(component);
+            }
+        }
+        let compiled = self.engine.precompile_component(bytes).map_err(compile_error)?;
+        // The cache only saves time: failing to write it is not an error for the run.
+        let staging = cached.with_extension("tmp");
+        if std::fs::create_dir_all(cache_dir).and_then(|_| std::fs::write(&staging, &compiled)).is_ok() {
+            let _ = std::fs::rename(&staging, &cached);
+        }
+        // SAFETY: the bytes were produced just above by this engine.
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(compile_error)
     }
 
     /// Refuses a component that exports the strategy interface at another version, with
@@ -94,10 +185,17 @@ impl PolicyRuntime {
     }
 }
 
-impl Default for PolicyRuntime {
-    fn default() -> Self {
-        Self::new()
+impl Drop for PolicyRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Tells a component from a core module or a file that is not Wasm at all, so the error
@@ -116,8 +214,13 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PolicyError> {
 /// One live policy: its sandbox and its entry points.
 pub struct PolicyInstance {
     name: String,
+    sha256: String,
     store: Store<HostState>,
-    bindings: bindings::Policy,
+    bindings: Option<bindings::Policy>,
+    limits: SandboxLimits,
+    /// Set once a call trapped: the instance may be inconsistent and is never entered again.
+    trapped: Option<String>,
+    last_fuel_used: u64,
 }
 
 impl PolicyInstance {
@@ -126,22 +229,39 @@ impl PolicyInstance {
         &self.name
     }
 
-    /// Starts the policy with the run's fixed facts; its refusal is returned as its message.
-    pub fn init(&mut self, spec: &RunSpec) -> Result<(), PolicyError> {
-        let outcome = self
-            .bindings
-            .trainer_policy_strategy()
-            .call_init(&mut self.store, spec)
-            .map_err(|err| self.trap("init".into(), err))?;
+    /// SHA-256 of the component file, stored with checkpoints.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Fuel the last call used.
+    pub fn last_fuel_used(&self) -> u64 {
+        self.last_fuel_used
+    }
+
+    /// Starts the policy with the run's fixed facts; returns the kinds of knob it claims.
+    pub fn init(&mut self, spec: &RunSpec) -> Result<Knobs, PolicyError> {
+        let outcome = self.call("init".into(), |bindings, store| bindings.trainer_policy_strategy().call_init(store, spec))?;
         outcome.map_err(|message| PolicyError::InitRefused { policy: self.name.clone(), message })
     }
 
     /// The policy's decision for the step `observation.step`, not yet validated.
     pub fn decide(&mut self, observation: &Observation) -> Result<Decision, PolicyError> {
-        self.bindings
-            .trainer_policy_strategy()
-            .call_decide(&mut self.store, observation)
-            .map_err(|err| self.trap(format!("step {}", observation.step), err))
+        self.call(format!("step {}", observation.step), |bindings, store| {
+            bindings.trainer_policy_strategy().call_decide(store, observation)
+        })
+    }
+
+    /// The policy's state, for a checkpoint.
+    pub fn save_state(&mut self, stage: &str) -> Result<Vec<u8>, PolicyError> {
+        self.call(format!("save-state ({stage})"), |bindings, store| bindings.trainer_policy_strategy().call_save_state(store))
+    }
+
+    /// Restores a state from a checkpoint, right after `init`.
+    pub fn load_state(&mut self, state: &[u8]) -> Result<(), PolicyError> {
+        let outcome =
+            self.call("load-state".into(), |bindings, store| bindings.trainer_policy_strategy().call_load_state(store, state))?;
+        outcome.map_err(|message| PolicyError::StateRefused { policy: self.name.clone(), message })
     }
 
     /// Lines the policy logged since the last call to this.
@@ -149,7 +269,52 @@ impl PolicyInstance {
         std::mem::take(&mut self.store.data_mut().log)
     }
 
-    fn trap(&self, stage: String, err: wasmtime::Error) -> PolicyError {
-        PolicyError::Trap { policy: self.name.clone(), stage, cause: format!("{err:#}") }
+    /// Whether a call trapped (the instance is then closed for good).
+    pub fn has_trapped(&self) -> bool {
+        self.trapped.is_some()
+    }
+
+    fn prepare_call(&mut self) {
+        self.store.set_fuel(self.limits.fuel_per_call).expect("fuel is enabled in the engine");
+        let ticks = (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    fn call<T>(
+        &mut self,
+        stage: String,
+        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PolicyError> {
+        if let Some(earlier) = &self.trapped {
+            return Err(PolicyError::Trap {
+                policy: self.name.clone(),
+                stage,
+                cause: format!("the policy trapped earlier ({earlier}) and cannot be entered again"),
+            });
+        }
+        self.prepare_call();
+        let bindings = self.bindings.as_ref().expect("instances are returned only once instantiated");
+        let outcome = call(bindings, &mut self.store);
+        self.last_fuel_used = self.limits.fuel_per_call - self.store.get_fuel().unwrap_or(0);
+        outcome.map_err(|err| {
+            let cause = describe_trap(&err, &self.limits);
+            self.trapped = Some(format!("{stage}: {cause}"));
+            PolicyError::Trap { policy: self.name.clone(), stage, cause }
+        })
+    }
+}
+
+/// Names the limit a trap hit, in the user's terms, before wasmtime's own words.
+fn describe_trap(err: &wasmtime::Error, limits: &SandboxLimits) -> String {
+    let detail = format!("{err:#}").lines().next().unwrap_or_default().to_string();
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => {
+            format!("ran out of fuel ({} units per call; raise it with --policy-fuel)", limits.fuel_per_call)
+        }
+        Some(wasmtime::Trap::Interrupt) => format!("exceeded its wall-clock deadline of {:?} per call", limits.deadline),
+        _ if detail.contains("memory") && detail.contains("grow") || detail.contains("forcing trap when growing memory") => {
+            format!("exceeded its memory cap of {} MiB ({detail})", limits.memory_bytes >> 20)
+        }
+        _ => detail,
     }
 }

@@ -4,10 +4,12 @@
 //! failure names the policy, the step and the cause.
 
 mod component;
+mod compose;
 mod source;
 mod validate;
 
-pub use component::{LogLine, PolicyInstance, PolicyRuntime};
+pub use component::{LogLine, PolicyInstance, PolicyRuntime, SandboxLimits};
+pub use compose::{KNOB_NAMES, PolicySet, StepDecision, knob_name};
 pub use source::PolicySource;
 pub use validate::validate_decision;
 
@@ -20,7 +22,9 @@ mod bindings {
 }
 
 pub use bindings::trainer::policy::host::LogLevel;
-pub use bindings::trainer::policy::types::{Decision, Observation, ParamGroup, RunSpec};
+pub use bindings::trainer::policy::types::{
+    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, RunSpec,
+};
 
 /// The interface package this trainer implements, as components name it in their exports.
 pub const INTERFACE_PACKAGE: &str = "trainer:policy";
@@ -53,6 +57,10 @@ pub enum PolicyError {
     BadArgument { argument: String, problem: String },
     #[error("policy `{policy}` refused to start: {message}")]
     InitRefused { policy: String, message: String },
+    #[error("policy `{policy}` refused its saved state: {message}")]
+    StateRefused { policy: String, message: String },
+    #[error("policies `{first}` and `{second}` both claim the {knob} knob; compose policies that set different knobs")]
+    KnobConflict { knob: &'static str, first: String, second: String },
     #[error("policy `{policy}` trapped at {stage}: {cause}")]
     Trap { policy: String, stage: String, cause: String },
     #[error("policy `{policy}` at step {step}: invalid decision: {field}: {problem}")]

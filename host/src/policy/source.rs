@@ -2,10 +2,11 @@
 //! followed by `:key=value,key=value` arguments for the policy.
 
 use super::PolicyError;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicySource {
     pub path: PathBuf,
     /// Arguments in the order given; the policy decides what they mean.

@@ -1,28 +1,77 @@
 //! Checks a policy's decision against the run before anything is applied, so that a bad
 //! value stops the run with the policy, step and field named instead of corrupting it.
 
-use super::{Decision, PolicyError, RunSpec};
+use super::{Decision, GradClip, Knobs, PolicyError, RunSpec};
 
-/// Accepts `decision` for step `step` of the run described by `spec`, or says what is wrong.
-pub fn validate_decision(policy: &str, step: u64, spec: &RunSpec, decision: &Decision) -> Result<(), PolicyError> {
-    let invalid = |field: String, problem: String| PolicyError::InvalidDecision {
-        policy: policy.to_string(),
-        step,
-        field,
-        problem,
+/// Longest stop reason kept; a policy cannot flood the run's records through it.
+pub const MAX_STOP_REASON_CHARS: usize = 500;
+
+/// Accepts `decision` of `policy` (which claimed `claimed`) for step `step`, or says what is
+/// wrong with the first bad field.
+pub fn validate_decision(
+    policy: &str,
+    step: u64,
+    spec: &RunSpec,
+    claimed: Knobs,
+    decision: &Decision,
+) -> Result<(), PolicyError> {
+    let invalid = |field: String, problem: String| PolicyError::InvalidDecision { policy: policy.to_string(), step, field, problem };
+    let group_names: Vec<&str> = spec.groups.iter().map(|g| g.name.as_str()).collect();
+    let loss_names: Vec<&str> = spec.losses.iter().map(String::as_str).collect();
+    let knob_names: Vec<&str> = spec.augmentation.iter().map(|k| k.name.as_str()).collect();
+
+    let aligned = |field: &str, len: usize, names: &[&str], knob: Knobs, sets_any: bool| {
+        if len != 0 && len != names.len() {
+            return Err(invalid(field.into(), format!("{len} values for {} names (give one per name, or none)", names.len())));
+        }
+        if sets_any && !claimed.contains(knob) {
+            return Err(invalid(field.into(), format!("the policy did not claim the {} knob in init", super::knob_name(knob))));
+        }
+        Ok(())
     };
-    if !decision.lrs.is_empty() && decision.lrs.len() != spec.groups.len() {
-        return Err(invalid(
-            "lrs".into(),
-            format!("{} values for {} parameter groups (give one per group, or none)", decision.lrs.len(), spec.groups.len()),
-        ));
-    }
-    for (group, lr) in spec.groups.iter().zip(&decision.lrs) {
+    aligned("lrs", decision.lrs.len(), &group_names, Knobs::LEARNING_RATES, decision.lrs.iter().any(Option::is_some))?;
+    aligned("loss_weights", decision.loss_weights.len(), &loss_names, Knobs::LOSS_WEIGHTS, decision.loss_weights.iter().any(Option::is_some))?;
+    aligned("augmentation", decision.augmentation.len(), &knob_names, Knobs::AUGMENTATION, decision.augmentation.iter().any(Option::is_some))?;
+    aligned("freeze", decision.freeze.len(), &group_names, Knobs::FREEZING, decision.freeze.iter().any(Option::is_some))?;
+
+    for (name, lr) in group_names.iter().zip(&decision.lrs) {
         if let Some(lr) = *lr
             && !(lr.is_finite() && lr >= 0.0)
         {
-            return Err(invalid(format!("lrs[{}]", group.name), format!("learning rate {lr} is not a finite number >= 0")));
+            return Err(invalid(format!("lrs[{name}]"), format!("learning rate {lr} is not a finite number >= 0")));
         }
+    }
+    for (name, weight) in loss_names.iter().zip(&decision.loss_weights) {
+        if let Some(weight) = *weight
+            && !(weight.is_finite() && weight >= 0.0)
+        {
+            return Err(invalid(format!("loss_weights[{name}]"), format!("weight {weight} is not a finite number >= 0")));
+        }
+    }
+    for (knob, value) in spec.augmentation.iter().zip(&decision.augmentation) {
+        if let Some(value) = *value
+            && !(value.is_finite() && (knob.min..=knob.max).contains(&value))
+        {
+            return Err(invalid(
+                format!("augmentation[{}]", knob.name),
+                format!("{value} is outside the knob's range [{}, {}]", knob.min, knob.max),
+            ));
+        }
+    }
+    if let Some(clip) = &decision.grad_clip {
+        if !claimed.contains(Knobs::GRAD_CLIP) {
+            return Err(invalid("grad_clip".into(), "the policy did not claim the grad-clip knob in init".into()));
+        }
+        if let GradClip::MaxNorm(norm) = *clip
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            return Err(invalid("grad_clip".into(), format!("max norm {norm} is not a finite number > 0")));
+        }
+    }
+    if let Some(reason) = &decision.stop
+        && reason.chars().count() > MAX_STOP_REASON_CHARS
+    {
+        return Err(invalid("stop".into(), format!("reason longer than {MAX_STOP_REASON_CHARS} characters")));
     }
     Ok(())
 }
@@ -30,13 +79,15 @@ pub fn validate_decision(policy: &str, step: u64, spec: &RunSpec, decision: &Dec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ParamGroup;
+    use crate::policy::{AugmentationKnob, ParamGroup};
 
     fn spec() -> RunSpec {
         let group = |name: &str| ParamGroup { name: name.into(), base_lr: 1e-3, param_count: 10, frozen: false };
         RunSpec {
             groups: vec![group("vision"), group("text")],
             losses: vec!["contrastive".into()],
+            augmentation: vec![AugmentationKnob { name: "flip_prob".into(), min: 0.0, max: 1.0, default: 0.0 }],
+            metrics: vec!["val_loss".into()],
             total_steps: 10,
             steps_per_epoch: 5,
             seed: 0,
@@ -44,25 +95,55 @@ mod tests {
         }
     }
 
+    fn keep() -> Decision {
+        Decision {
+            lrs: vec![],
+            loss_weights: vec![],
+            augmentation: vec![],
+            grad_clip: None,
+            freeze: vec![],
+            evaluate: false,
+            checkpoint: false,
+            stop: None,
+        }
+    }
+
     #[test]
     fn good_decisions_pass() {
         for lrs in [vec![], vec![Some(0.0), None], vec![Some(1.0), Some(2.0)]] {
-            validate_decision("p", 3, &spec(), &Decision { lrs }).unwrap();
+            validate_decision("p", 3, &spec(), Knobs::LEARNING_RATES, &Decision { lrs, ..keep() }).unwrap();
+        }
+        let all = Knobs::all();
+        let decision = Decision {
+            loss_weights: vec![Some(0.0)],
+            augmentation: vec![Some(1.0)],
+            grad_clip: Some(GradClip::MaxNorm(1.0)),
+            freeze: vec![Some(true), None],
+            ..keep()
+        };
+        validate_decision("p", 3, &spec(), all, &decision).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_policy_step_and_field() {
+        let cases = [
+            (Decision { lrs: vec![None, Some(f64::NAN)], ..keep() }, "lrs[text]"),
+            (Decision { lrs: vec![None, Some(-1e-9)], ..keep() }, "lrs[text]"),
+            (Decision { loss_weights: vec![Some(-1.0)], ..keep() }, "loss_weights[contrastive]"),
+            (Decision { augmentation: vec![Some(1.5)], ..keep() }, "augmentation[flip_prob]"),
+            (Decision { grad_clip: Some(GradClip::MaxNorm(f64::INFINITY)), ..keep() }, "grad_clip"),
+            (Decision { lrs: vec![Some(1.0)], ..keep() }, "1 values for 2 names"),
+        ];
+        for (decision, field) in cases {
+            let text = validate_decision("cosine", 7, &spec(), Knobs::all(), &decision).unwrap_err().to_string();
+            assert!(text.contains("`cosine`") && text.contains("step 7") && text.contains(field), "{text}");
         }
     }
 
     #[test]
-    fn bad_values_name_policy_step_and_group() {
-        for bad in [f64::NAN, f64::INFINITY, -1e-9] {
-            let err = validate_decision("cosine", 7, &spec(), &Decision { lrs: vec![None, Some(bad)] }).unwrap_err();
-            let text = err.to_string();
-            assert!(text.contains("`cosine`") && text.contains("step 7") && text.contains("lrs[text]"), "{text}");
-        }
-    }
-
-    #[test]
-    fn a_wrong_length_is_refused() {
-        let err = validate_decision("p", 0, &spec(), &Decision { lrs: vec![Some(1.0)] }).unwrap_err();
-        assert!(err.to_string().contains("1 values for 2 parameter groups"), "{err}");
+    fn unclaimed_knobs_are_refused() {
+        let decision = Decision { freeze: vec![Some(true), None], ..keep() };
+        let text = validate_decision("p", 0, &spec(), Knobs::LEARNING_RATES, &decision).unwrap_err().to_string();
+        assert!(text.contains("freeze") && text.contains("did not claim"), "{text}");
     }
 }

@@ -18,6 +18,11 @@ impl Progress {
         Progress { bar }
     }
 
+    /// Starts the bar part-way, for a resumed run.
+    pub fn set_position(&self, steps_done: u64) {
+        self.bar.set_position(steps_done);
+    }
+
     /// Shows the state after `step` steps.
     pub fn update(&self, steps_done: u64, loss: f64, lr: f64, images_per_second: f64) {
         self.bar.set_position(steps_done);

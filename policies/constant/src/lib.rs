@@ -1,8 +1,8 @@
 //! `constant`: every group keeps one learning rate for the whole run.
 //!
-//! Arguments: `lr` (default: each group's base learning rate).
+//! Arguments: `lr` (default: each group's base learning rate). Owns: learning rates.
 
-use trainer_policy_sdk::{export_policy, Args, Decision, Observation, Policy, RunSpec};
+use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct Constant {
     lrs: Vec<f64>,
@@ -22,8 +22,12 @@ impl Policy for Constant {
         Ok(Self { lrs })
     }
 
+    fn knobs(&self) -> Knobs {
+        Knobs::LEARNING_RATES
+    }
+
     fn decide(&mut self, _observation: Observation) -> Decision {
-        Decision { lrs: self.lrs.iter().copied().map(Some).collect() }
+        Decision { lrs: self.lrs.iter().copied().map(Some).collect(), ..Decision::keep() }
     }
 }
 

@@ -3,11 +3,13 @@
 //! For a group with base learning rate `base`, with `w = warmup_steps`, `T = total_steps`
 //! and `floor = min(min_lr, base)`:
 //! - during warmup (`step < w`): `lr = base * (step + 1) / w`
-//! - after: `lr = floor + (base - floor) * (1 + cos(pi * p)) / 2`, `p = (step - w) / max(1, T - w)`
+//! - after: `lr = floor + (base - floor) * (1 + cos(pi * p)) / 2`, `p = min(1, (step - w) / max(1, T - w))`
 //!
 //! Arguments: `warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0).
+//! Owns: learning rates.
 
-use trainer_policy_sdk::{export_policy, Args, Decision, Observation, Policy, RunSpec};
+use trainer_policy_sdk::schedules::cosine_warmup;
+use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct CosineWarmup {
     base_lrs: Vec<f64>,
@@ -31,21 +33,18 @@ impl Policy for CosineWarmup {
         })
     }
 
-    fn decide(&mut self, observation: Observation) -> Decision {
-        let lrs = self.base_lrs.iter().map(|&base| Some(self.lr(base, observation.step))).collect();
-        Decision { lrs }
+    fn knobs(&self) -> Knobs {
+        Knobs::LEARNING_RATES
     }
-}
 
-impl CosineWarmup {
-    fn lr(&self, base: f64, step: u64) -> f64 {
-        if step < self.warmup_steps {
-            return base * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let floor = self.min_lr.min(base);
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
-        floor + (base - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    fn decide(&mut self, observation: Observation) -> Decision {
+        let step = observation.step;
+        let lrs = self
+            .base_lrs
+            .iter()
+            .map(|&base| Some(cosine_warmup(step, base, self.warmup_steps, self.total_steps, self.min_lr)))
+            .collect();
+        Decision { lrs, ..Decision::keep() }
     }
 }
 

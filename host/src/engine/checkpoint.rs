@@ -1,0 +1,246 @@
+//! Checkpoints: everything a run needs to continue bit for bit (weights, optimizer moments,
+//! the knob values, what the last step measured, every policy's state with its component's
+//! hash). A checkpoint is written to `step-N.tmp/` and renamed to `step-N/` when complete,
+//! with SHA-256 checksums of its files verified on load, so a crash mid-write leaves the
+//! previous checkpoints intact and a damaged one is refused by name.
+
+use super::EngineError;
+use super::knobs::KnobState;
+use crate::policy::PolicySource;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+const MANIFEST: &str = "manifest.json";
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const FORMAT_VERSION: u32 = 1;
+
+/// Floats that may be NaN or infinite (losses, norms) are stored as Rust's exact text
+/// ("0.1", "NaN", "inf"), which JSON numbers cannot carry and which parses back bit for bit.
+mod exact {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn to_text(value: f64) -> String {
+        format!("{value:?}")
+    }
+
+    pub fn from_text<E: serde::de::Error>(text: &str) -> Result<f64, E> {
+        text.parse::<f64>().map_err(|_| E::custom(format!("`{text}` is not a number")))
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(value.iter().map(|v| to_text(*v)))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            let texts = Vec::<String>::deserialize(d)?;
+            texts.first().map(|text| from_text(text)).transpose()
+        }
+    }
+
+    pub mod list {
+        use super::*;
+        pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(values.iter().map(|v| to_text(*v)))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            Vec::<String>::deserialize(d)?.iter().map(|text| from_text(text)).collect()
+        }
+    }
+}
+
+/// What the last step measured: the next observation is built from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LastStep {
+    #[serde(with = "exact::list")]
+    pub losses: Vec<f64>,
+    #[serde(with = "exact::option")]
+    pub total_loss: Option<f64>,
+    #[serde(with = "exact::option")]
+    pub grad_norm: Option<f64>,
+    #[serde(with = "exact::option")]
+    pub logit_scale: Option<f64>,
+    #[serde(with = "exact::option")]
+    pub images_per_second: Option<f64>,
+}
+
+/// An evaluation that finished but has not yet been shown to the policies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingEvaluation {
+    pub step: u64,
+    #[serde(with = "exact::list")]
+    pub values: Vec<f64>,
+}
+
+/// The trainer's own state between steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub steps_done: u64,
+    pub knobs: KnobState,
+    pub last: LastStep,
+    pub pending_evaluation: Option<PendingEvaluation>,
+}
+
+/// A policy as recorded in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    pub source: PolicySource,
+    pub sha256: String,
+    pub interface: String,
+    /// `None` when the policy had trapped and its state could not be read.
+    pub state_file: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    /// Why this checkpoint was written out of turn (a policy fault), if it was.
+    fault: Option<String>,
+    trainer: TrainerState,
+    policies: Vec<PolicyRecord>,
+    /// SHA-256 of each file of the checkpoint.
+    checksums: BTreeMap<String, String>,
+}
+
+/// A checkpoint read back and verified.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub fault: Option<String>,
+    pub trainer: TrainerState,
+    pub policies: Vec<PolicyRecord>,
+    /// Policy states, aligned with `policies`.
+    pub policy_states: Vec<Option<Vec<u8>>>,
+    pub model_file: PathBuf,
+    pub optimizer: HashMap<String, Tensor>,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+fn sha256_file(path: &Path) -> Result<String, EngineError> {
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What to write in a checkpoint.
+pub struct CheckpointContents<'a> {
+    pub trainer: &'a TrainerState,
+    pub fault: Option<String>,
+    pub model: &'a tch::nn::VarStore,
+    pub optimizer: Vec<(String, Tensor)>,
+    /// Each policy's record (with `state_file` filled in here) and state.
+    pub policies: Vec<(PolicyRecord, Option<Vec<u8>>)>,
+}
+
+/// Writes `run_dir/checkpoints/step-N/` atomically; returns its path.
+pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let name = format!("step-{}", contents.trainer.steps_done);
+    let staging = root.join(format!("{name}.tmp"));
+    let target = root.join(&name);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+    contents.model.save(staging.join(MODEL_FILE))?;
+    Tensor::write_safetensors(&contents.optimizer, staging.join(OPTIMIZER_FILE))?;
+    let mut files = vec![MODEL_FILE.to_string(), OPTIMIZER_FILE.to_string()];
+    let mut policies = Vec::with_capacity(contents.policies.len());
+    for (index, (mut record, state)) in contents.policies.into_iter().enumerate() {
+        record.state_file = match state {
+            Some(bytes) => {
+                let file = format!("policy-{index}-{}.state", record.name);
+                let path = staging.join(&file);
+                std::fs::write(&path, bytes).map_err(io_error(&path))?;
+                files.push(file.clone());
+                Some(file)
+            }
+            None => None,
+        };
+        policies.push(record);
+    }
+    let mut checksums = BTreeMap::new();
+    for file in files {
+        let digest = sha256_file(&staging.join(&file))?;
+        checksums.insert(file, digest);
+    }
+    let manifest =
+        Manifest { format: FORMAT_VERSION, fault: contents.fault, trainer: contents.trainer.clone(), policies, checksums };
+    let manifest_path = staging.join(MANIFEST);
+    let text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
+    std::fs::write(&manifest_path, text + "\n").map_err(io_error(&manifest_path))?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(io_error(&target))?;
+    }
+    std::fs::rename(&staging, &target).map_err(io_error(&target))?;
+    Ok(target)
+}
+
+/// The most recent complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    if !root.exists() {
+        return Ok(None);
+    }
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(&root).map_err(io_error(&root))? {
+        let path = entry.map_err(io_error(&root))?.path();
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step
+            && path.join(MANIFEST).exists()
+            && best.as_ref().is_none_or(|(b, _)| step > *b)
+        {
+            best = Some((step, path));
+        }
+    }
+    Ok(best.map(|(_, path)| path))
+}
+
+/// Reads and verifies the checkpoint in `dir`.
+pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
+    let manifest_path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&manifest_path).map_err(io_error(&manifest_path))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|err| EngineError::Checkpoint { path: manifest_path.clone(), problem: err.to_string() })?;
+    if manifest.format != FORMAT_VERSION {
+        return Err(EngineError::Checkpoint {
+            path: manifest_path,
+            problem: format!("format {} is not the supported {FORMAT_VERSION}", manifest.format),
+        });
+    }
+    for (file, expected) in &manifest.checksums {
+        let path = dir.join(file);
+        let actual = sha256_file(&path)?;
+        if &actual != expected {
+            return Err(EngineError::Checkpoint { path, problem: "checksum mismatch: the file is damaged".into() });
+        }
+    }
+    let policy_states = manifest
+        .policies
+        .iter()
+        .map(|record| {
+            record
+                .state_file
+                .as_ref()
+                .map(|file| std::fs::read(dir.join(file)).map_err(io_error(&dir.join(file))))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let optimizer = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE))?.into_iter().collect();
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        fault: manifest.fault,
+        trainer: manifest.trainer,
+        policies: manifest.policies,
+        policy_states,
+        model_file: dir.join(MODEL_FILE),
+        optimizer,
+    })
+}
