@@ -35,6 +35,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
+		'LIBTORCH = "$(TORCH_DIR)"' > $@
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
