@@ -16,6 +16,8 @@ WASM_TARGET := wasm32-unknown-unknown
 POLICIES := aug_curriculum constant cosine_warmup early_stopping layerwise loss_balance one_cycle \
 	reduce_on_plateau staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
+FIXTURES := hostile_policy
+FIXTURE_DIR := build/fixtures
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup policies
@@ -50,11 +52,16 @@ $(CACHE)/wasm-target.ok:
 	rustup target add $(WASM_TARGET)
 	mkdir -p $(CACHE) && touch $@
 
+# The standard policies into build/policies/, and the test fixtures into build/fixtures/.
 policies: setup
-	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES))
+	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES) $(FIXTURES))
 	cargo build --release -p componentize
-	mkdir -p $(POLICY_DIR)
+	mkdir -p $(POLICY_DIR) $(FIXTURE_DIR)
 	for p in $(POLICIES); do \
 		$(CARGO_TARGET_DIR)/release/componentize \
 			$(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(POLICY_DIR)/$$p.wasm; \
+	done
+	for p in $(FIXTURES); do \
+		$(CARGO_TARGET_DIR)/release/componentize \
+			$(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(FIXTURE_DIR)/$$p.wasm; \
 	done

@@ -1,22 +1,11 @@
 //! The `trainer` binary on the real Fashion-MNIST data with real policy components, as a
 //! user runs it. Policies come from `build/policies/` (built by `make test`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ sits in the workspace").to_path_buf()
-}
-
-fn policy(name: &str) -> PathBuf {
-    let path = workspace().join("build/policies").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` (or `make test`) first", path.display());
-    path
-}
-
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("the trainer binary runs")
-}
+use common::{assert_one_line_error, assert_success, policy, read_json, read_jsonl, stderr, trainer};
+use std::path::Path;
+use std::process::Output;
 
 /// A short CPU run: small enough for tests, long enough for warmup and decay.
 fn short_run(policy_arg: &str, run_dir: &Path, steps: u64) -> Output {
@@ -38,16 +27,8 @@ fn short_run(policy_arg: &str, run_dir: &Path, steps: u64) -> Output {
         "--run-dir",
         run_dir.to_str().unwrap(),
     ]);
-    assert!(output.status.success(), "trainer failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_success(&output);
     output
-}
-
-fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-        .collect()
 }
 
 const GROUPS: [&str; 4] = ["vision", "text", "projection", "logit_scale"];
@@ -93,9 +74,7 @@ fn recorded_learning_rates_follow_the_cosine_warmup_schedule() {
     assert_eq!(decisions[3]["policy"], "cosine_warmup");
 
     assert!(dir.path().join("final/model.safetensors").exists());
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap()).unwrap();
-    let top1 = eval["zero_shot_top1"].as_f64().expect("eval.json has zero_shot_top1");
+    let top1 = read_json(&dir.path().join("eval.json"))["zero_shot_top1"].as_f64().expect("eval.json has zero_shot_top1");
     assert!((0.0..=1.0).contains(&top1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("zero-shot"), "the accuracy is printed: {stdout}");
@@ -130,23 +109,9 @@ fn the_demo_configuration_reaches_80_percent_zero_shot() {
         "--run-dir",
         dir.path().to_str().unwrap(),
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap()).unwrap();
-    let top1 = eval["zero_shot_top1"].as_f64().unwrap();
+    assert_success(&output);
+    let top1 = read_json(&dir.path().join("eval.json"))["zero_shot_top1"].as_f64().unwrap();
     assert!(top1 >= 0.80, "zero-shot top-1 {top1} is below 0.80");
-}
-
-/// A failed start: non-zero exit, one line on stderr that contains each of `needles`.
-fn assert_one_line_error(output: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "`{needle}` missing from: {}", lines[0]);
-    }
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
 }
 
 fn train_with_policy(policy_path: &Path) -> Output {
@@ -157,7 +122,7 @@ fn train_with_policy(policy_path: &Path) -> Output {
 #[test]
 fn a_missing_policy_file_is_named() {
     let output = train_with_policy(Path::new("/nonexistent/policy.wasm"));
-    assert_one_line_error(&output, &["/nonexistent/policy.wasm", "No such file"]);
+    assert_one_line_error(&output, 1, &["/nonexistent/policy.wasm", "No such file"]);
 }
 
 #[test]
@@ -165,7 +130,7 @@ fn a_file_that_is_not_wasm_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.wasm");
     std::fs::write(&path, "these are not WebAssembly bytes").unwrap();
-    assert_one_line_error(&train_with_policy(&path), &["notes.wasm", "not a WebAssembly file"]);
+    assert_one_line_error(&train_with_policy(&path), 1, &["notes.wasm", "not a WebAssembly file"]);
 }
 
 #[test]
@@ -173,7 +138,7 @@ fn a_core_module_is_told_apart_from_a_component() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core.wasm");
     std::fs::write(&path, wat::parse_str("(module (func (export \"decide\")))").unwrap()).unwrap();
-    assert_one_line_error(&train_with_policy(&path), &["core.wasm", "not a component"]);
+    assert_one_line_error(&train_with_policy(&path), 1, &["core.wasm", "not a component"]);
 }
 
 #[test]
@@ -181,7 +146,7 @@ fn a_component_without_the_world_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.wasm");
     std::fs::write(&path, wat::parse_str("(component)").unwrap()).unwrap();
-    assert_one_line_error(&train_with_policy(&path), &["empty.wasm", "does not implement", "trainer:policy/strategy@1.0.0"]);
+    assert_one_line_error(&train_with_policy(&path), 1, &["empty.wasm", "does not implement", "trainer:policy/strategy@1.0.0"]);
 }
 
 #[test]
@@ -193,7 +158,7 @@ fn a_component_with_another_interface_version_is_refused_with_both_versions() {
         (instance $i (instantiate $strategy))
         (export "trainer:policy/strategy@2.0.0" (instance $i)))"#;
     std::fs::write(&path, wat::parse_str(component).unwrap()).unwrap();
-    assert_one_line_error(&train_with_policy(&path), &["future.wasm", "strategy@2.0.0", "trainer:policy@1.0.0"]);
+    assert_one_line_error(&train_with_policy(&path), 1, &["future.wasm", "strategy@2.0.0", "trainer:policy@1.0.0"]);
 }
 
 #[test]
@@ -201,8 +166,7 @@ fn non_positive_steps_are_refused_naming_the_flag() {
     let cosine = policy("cosine_warmup");
     for steps in ["0", "-3"] {
         let output = trainer(&["train", "--policy", cosine.to_str().unwrap(), "--steps", steps]);
-        assert_one_line_error(&output, &["--steps", "positive"]);
-        assert_eq!(output.status.code(), Some(2));
+        assert_one_line_error(&output, 2, &["--steps", "positive"]);
     }
 }
 
@@ -211,5 +175,83 @@ fn a_policy_refusing_its_arguments_is_named() {
     let arg = format!("{}:warmup=3", policy("cosine_warmup").display());
     let dir = tempfile::tempdir().unwrap();
     let output = trainer(&["train", "--policy", &arg, "--steps", "2", "--run-dir", dir.path().to_str().unwrap()]);
-    assert_one_line_error(&output, &["cosine_warmup", "`warmup`", "warmup_steps"]);
+    assert_one_line_error(&output, 1, &["cosine_warmup", "`warmup`", "warmup_steps"]);
+}
+
+#[test]
+fn composed_policies_report_who_owns_which_knob() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = trainer(&[
+        "train",
+        "--policy",
+        policy("cosine_warmup").to_str().unwrap(),
+        "--policy",
+        &format!("{}:metric=val_loss,patience=50,eval_every=4", policy("early_stopping").display()),
+        "--policy",
+        policy("loss_balance").to_str().unwrap(),
+        "--steps",
+        "8",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    let report = stderr(&output);
+    for line in ["learning-rates  owned by `cosine_warmup`", "loss-weights    owned by `loss_balance`", "freezing        trainer default"] {
+        assert!(report.contains(line), "`{line}` missing from the start-up report:\n{report}");
+    }
+    let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
+    assert_eq!(decisions.len(), 8 * 3, "one line per policy per step");
+    assert!(decisions.iter().any(|d| d["policy"] == "early_stopping" && d["evaluate"] == true));
+    assert_eq!(read_jsonl(&dir.path().join("evaluations.jsonl")).len(), 2);
+    let metrics = read_jsonl(&dir.path().join("metrics.jsonl"));
+    let loss_weighted = metrics[5]["loss"].as_f64().unwrap() / metrics[5]["losses"]["contrastive"].as_f64().unwrap();
+    assert!((loss_weighted - 1.0).abs() > 1e-3, "loss_balance's weight is applied: {loss_weighted}");
+}
+
+#[test]
+fn two_policies_claiming_one_knob_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = trainer(&[
+        "train",
+        "--policy",
+        policy("cosine_warmup").to_str().unwrap(),
+        "--policy",
+        policy("constant").to_str().unwrap(),
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&output, 1, &["`cosine_warmup`", "`constant`", "learning-rates"]);
+}
+
+#[test]
+fn a_stop_request_ends_the_run_after_that_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let early_stopping = format!("{}:metric=val_loss,patience=1,eval_every=2,min_delta=100", policy("early_stopping").display());
+    let output = trainer(&[
+        "train",
+        "--policy",
+        policy("constant").to_str().unwrap(),
+        "--policy",
+        &early_stopping,
+        "--steps",
+        "50",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_success(&output);
+    // Evaluations after steps 2 and 4; the second cannot improve by 100, so the decision of
+    // step 4 (index 4, the fifth step) stops the run after it.
+    assert_eq!(read_jsonl(&dir.path().join("metrics.jsonl")).len(), 5);
+    let eval = read_json(&dir.path().join("eval.json"));
+    assert_eq!(eval["step"], 5);
+    assert_eq!(eval["stopped_by"]["policy"], "early_stopping");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("stopped early by `early_stopping`"));
 }

@@ -117,6 +117,7 @@ impl PolicyRuntime {
         check_header(path, &bytes)?;
         let sha256 = hex(&Sha256::digest(&bytes));
         let component = self.compile(path, &bytes, &sha256)?;
+        self.check_imports(path, &component)?;
         self.check_interface_version(path, &component)?;
         let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
         let mut store = Store::new(&self.engine, HostState { limits, log: Vec::new(), logged_in_run: 0 });
@@ -156,6 +157,19 @@ impl PolicyRuntime {
         }
         // SAFETY: the bytes were produced just above by this engine.
         unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(compile_error)
+    }
+
+    /// Refuses a component that imports anything but the host interface (WASI, say): the
+    /// sandbox offers nothing else, and the message should say so rather than "missing".
+    fn check_imports(&self, path: &Path, component: &Component) -> Result<(), PolicyError> {
+        let allowed = [format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}"), format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}")];
+        let component_type = component.component_type();
+        let foreign: Vec<&str> =
+            component_type.imports(&self.engine).map(|(name, _)| name).filter(|name| !allowed.iter().any(|a| a == name)).collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        Err(PolicyError::ForbiddenImports { path: path.to_path_buf(), imports: foreign.join(", ") })
     }
 
     /// Refuses a component that exports the strategy interface at another version, with
@@ -304,17 +318,19 @@ impl PolicyInstance {
     }
 }
 
-/// Names the limit a trap hit, in the user's terms, before wasmtime's own words.
+/// Names the limit a trap hit, in the user's terms, or the trap itself.
 fn describe_trap(err: &wasmtime::Error, limits: &SandboxLimits) -> String {
-    let detail = format!("{err:#}").lines().next().unwrap_or_default().to_string();
+    let full = format!("{err:#}");
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => {
             format!("ran out of fuel ({} units per call; raise it with --policy-fuel)", limits.fuel_per_call)
         }
         Some(wasmtime::Trap::Interrupt) => format!("exceeded its wall-clock deadline of {:?} per call", limits.deadline),
-        _ if detail.contains("memory") && detail.contains("grow") || detail.contains("forcing trap when growing memory") => {
-            format!("exceeded its memory cap of {} MiB ({detail})", limits.memory_bytes >> 20)
+        Some(wasmtime::Trap::UnreachableCodeReached) => "it panicked (wasm `unreachable` executed)".to_string(),
+        Some(trap) => trap.to_string(),
+        None if full.contains("forcing trap when growing memory") => {
+            format!("exceeded its memory cap of {} MiB", limits.memory_bytes >> 20)
         }
-        _ => detail,
+        None => full.lines().next().unwrap_or_default().to_string(),
     }
 }

@@ -51,6 +51,11 @@ pub enum PolicyError {
     Compile { path: std::path::PathBuf, detail: String },
     #[error("policy file {}: exports {found}, but this trainer supports {INTERFACE_PACKAGE}@{INTERFACE_VERSION}", path.display())]
     UnsupportedVersion { path: std::path::PathBuf, found: String },
+    #[error(
+        "policy file {}: imports {imports}; a policy may import only {INTERFACE_PACKAGE}/host (no WASI, no other host access)",
+        path.display()
+    )]
+    ForbiddenImports { path: std::path::PathBuf, imports: String },
     #[error("policy file {}: does not implement the {INTERFACE_PACKAGE}@{INTERFACE_VERSION} world: {detail}", path.display())]
     WrongWorld { path: std::path::PathBuf, detail: String },
     #[error("policy argument `{argument}`: {problem}")]

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: locating the built components, running the
+//! real `trainer` binary, reading what a run wrote.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ sits in the workspace").to_path_buf()
+}
+
+fn built(folder: &str, name: &str) -> PathBuf {
+    let path = workspace().join("build").join(folder).join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make policies` (or `make test`) first", path.display());
+    path
+}
+
+/// A standard policy, as built into `build/policies/`.
+pub fn policy(name: &str) -> PathBuf {
+    built("policies", name)
+}
+
+/// A test fixture policy, as built into `build/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    built("fixtures", name)
+}
+
+pub fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("the trainer binary runs")
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn assert_success(output: &Output) {
+    assert!(output.status.success(), "trainer failed: {}", stderr(output));
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display())))
+        .expect("the file is JSON")
+}
+
+/// A failed run: the exit code, and an `error:` line containing each of `needles`, with
+/// no panic or backtrace.
+pub fn assert_error(output: &Output, code: i32, needles: &[&str]) {
+    let stderr = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "exit code; stderr: {stderr}");
+    let line = stderr.lines().find(|line| line.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    for needle in needles {
+        assert!(line.contains(needle), "`{needle}` missing from: {line}");
+    }
+    assert!(!stderr.contains("panicked at") && !stderr.contains("stack backtrace"), "{stderr}");
+}
+
+/// A failed start: like [`assert_error`], and the error is the only line on stderr.
+pub fn assert_one_line_error(output: &Output, code: i32, needles: &[&str]) {
+    assert_error(output, code, needles);
+    let stderr = stderr(output);
+    let lines = stderr.lines().filter(|line| !line.trim().is_empty()).count();
+    assert_eq!(lines, 1, "one line expected, got: {stderr}");
+}
