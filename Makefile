@@ -52,16 +52,13 @@ $(CACHE)/wasm-target.ok:
 	rustup target add $(WASM_TARGET)
 	mkdir -p $(CACHE) && touch $@
 
+# Wraps the core modules named in $(1) into components in folder $(2).
+componentize = mkdir -p $(2) && for p in $(1); do \
+	$(CARGO_TARGET_DIR)/release/componentize $(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(2)/$$p.wasm; done
+
 # The standard policies into build/policies/, and the test fixtures into build/fixtures/.
 policies: setup
 	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES) $(FIXTURES))
 	cargo build --release -p componentize
-	mkdir -p $(POLICY_DIR) $(FIXTURE_DIR)
-	for p in $(POLICIES); do \
-		$(CARGO_TARGET_DIR)/release/componentize \
-			$(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(POLICY_DIR)/$$p.wasm; \
-	done
-	for p in $(FIXTURES); do \
-		$(CARGO_TARGET_DIR)/release/componentize \
-			$(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(FIXTURE_DIR)/$$p.wasm; \
-	done
+	$(call componentize,$(POLICIES),$(POLICY_DIR))
+	$(call componentize,$(FIXTURES),$(FIXTURE_DIR))

@@ -432,3 +432,28 @@ fn stateful_policies_resume_mid_stream_with_identical_decisions() {
         }
     }
 }
+
+#[test]
+fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
+    let cache = tempfile::tempdir().unwrap();
+    let source = PolicySource { path: policy_path("cosine_warmup"), args: vec![] };
+    let cached_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(cache.path()).unwrap().map(|entry| entry.unwrap().path()).collect()
+    };
+    let load = || {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), Some(cache.path().to_path_buf()));
+        let mut policy = runtime.load(&source).unwrap();
+        policy.init(&spec(&[])).unwrap();
+        policy.decide(&observe(7)).unwrap().lrs
+    };
+    let expected = load();
+    let files = cached_files();
+    assert_eq!(files.len(), 1, "one compiled component: {files:?}");
+    assert_eq!(files[0].extension().unwrap(), "cwasm");
+    let compiled = std::fs::read(&files[0]).unwrap();
+
+    assert_eq!(load(), expected, "the cached component decides the same");
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    assert_eq!(load(), expected, "a damaged entry is compiled again");
+    assert_eq!(std::fs::read(&files[0]).unwrap().len(), compiled.len(), "and rewritten");
+}

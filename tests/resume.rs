@@ -105,3 +105,28 @@ fn resume_keeps_the_saved_settings() {
     assert_success(&run(dir.path(), &["--pause-after-steps", "2"]));
     assert_error(&resume(dir.path(), &["--lr", "1"]), 1, &["--lr", "saved settings"]);
 }
+
+#[test]
+fn sigterm_saves_a_checkpoint_after_the_step_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy("cosine_warmup");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "--policy", policy.to_str().unwrap(), "--steps", "100000", "--batch-size", "16", "--device", "cpu"])
+        .args(["--run-dir", dir.path().to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&metrics).map(|text| text.lines().count()).unwrap_or(0) < 3 {
+        assert!(std::time::Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success(), "an interrupted run exits cleanly");
+    let checkpoints: Vec<_> = std::fs::read_dir(dir.path().join("checkpoints")).unwrap().collect();
+    assert_eq!(checkpoints.len(), 1, "one checkpoint, written on the signal");
+    let steps_done = read_jsonl(&metrics).len();
+    assert!(dir.path().join(format!("checkpoints/step-{steps_done}/manifest.json")).exists());
+}

@@ -56,8 +56,12 @@ fn crop_and_flip(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, scale_
             let u = |draw| uniform(seed, epoch, sample, draw);
             let area = scale_min + (1.0 - scale_min) * u(0);
             let aspect = (log_low + (log_high - log_low) * u(1)).exp();
-            let width = (area * aspect).sqrt().min(1.0);
-            let height = (area / aspect).sqrt().min(1.0);
+            // A side that would leave the image is cut to it, keeping the area.
+            let (width, height) = match ((area * aspect).sqrt(), (area / aspect).sqrt()) {
+                (w, _) if w > 1.0 => (1.0, area),
+                (_, h) if h > 1.0 => (area, 1.0),
+                sides => sides,
+            };
             let center_x = (2.0 * u(2) - 1.0) * (1.0 - width);
             let center_y = (2.0 * u(3) - 1.0) * (1.0 - height);
             let flip = if u(4) < flip_prob { -1.0 } else { 1.0 };

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -49,7 +51,7 @@ pub struct RunOptions {
     pub device: Device,
     /// Replace an earlier run in `run_dir` instead of refusing to start.
     pub overwrite: bool,
-    /// Save a checkpoint and exit once this many steps are done, as a preempted job would.
+    /// Save a checkpoint and exit once this many steps are done, as on SIGINT or SIGTERM.
     pub pause_after_steps: Option<u64>,
     /// Where compiled policy components are cached.
     pub policy_cache: Option<PathBuf>,
@@ -387,6 +389,12 @@ impl Run {
     fn train(mut self, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
         let started = Instant::now();
         let mut stopped_by = None;
+        // SIGINT or SIGTERM (Ctrl-C, a preempted job) ends the step in flight, then the run
+        // saves a checkpoint and exits as on --pause-after-steps.
+        let interrupted = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, interrupted.clone()).map_err(io_error(Path::new("signal handler")))?;
+        }
         while self.state.steps_done < self.config.steps {
             let step = self.state.steps_done;
             let decision = match self.policies.decide(&self.observation()) {
@@ -406,7 +414,7 @@ impl Run {
             if decision.merged.evaluate || scheduled(self.config.eval_every) {
                 self.evaluate()?;
             }
-            let paused = options.pause_after_steps == Some(done);
+            let paused = options.pause_after_steps == Some(done) || interrupted.load(Ordering::Relaxed);
             if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused {
                 let path = self.checkpoint(None)?;
                 self.say(&format!("checkpoint after step {done}: {}", path.display()));

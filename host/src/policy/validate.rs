@@ -16,32 +16,33 @@ pub fn validate_decision(
     decision: &Decision,
 ) -> Result<(), PolicyError> {
     let invalid = |field: String, problem: String| PolicyError::InvalidDecision { policy: policy.to_string(), step, field, problem };
-    let group_names: Vec<&str> = spec.groups.iter().map(|g| g.name.as_str()).collect();
-    let loss_names: Vec<&str> = spec.losses.iter().map(String::as_str).collect();
-    let knob_names: Vec<&str> = spec.augmentation.iter().map(|k| k.name.as_str()).collect();
-
-    let aligned = |field: &str, len: usize, names: &[&str], knob: Knobs, sets_any: bool| {
-        if len != 0 && len != names.len() {
-            return Err(invalid(field.into(), format!("{len} values for {} names (give one per name, or none)", names.len())));
+    let check_slots = |field: &str, len: usize, names: usize, knob: Knobs, sets_any: bool| {
+        if len != 0 && len != names {
+            return Err(invalid(field.into(), format!("{len} values for {names} names (give one per name, or none)")));
         }
         if sets_any && !claimed.contains(knob) {
             return Err(invalid(field.into(), format!("the policy did not claim the {} knob in init", super::knob_name(knob))));
         }
         Ok(())
     };
-    aligned("lrs", decision.lrs.len(), &group_names, Knobs::LEARNING_RATES, decision.lrs.iter().any(Option::is_some))?;
-    aligned("loss_weights", decision.loss_weights.len(), &loss_names, Knobs::LOSS_WEIGHTS, decision.loss_weights.iter().any(Option::is_some))?;
-    aligned("augmentation", decision.augmentation.len(), &knob_names, Knobs::AUGMENTATION, decision.augmentation.iter().any(Option::is_some))?;
-    aligned("freeze", decision.freeze.len(), &group_names, Knobs::FREEZING, decision.freeze.iter().any(Option::is_some))?;
+    let groups = spec.groups.len();
+    check_slots("lrs", decision.lrs.len(), groups, Knobs::LEARNING_RATES, decision.lrs.iter().any(Option::is_some))?;
+    let losses = spec.losses.len();
+    let sets_weights = decision.loss_weights.iter().any(Option::is_some);
+    check_slots("loss_weights", decision.loss_weights.len(), losses, Knobs::LOSS_WEIGHTS, sets_weights)?;
+    let knobs = spec.augmentation.len();
+    let sets_knobs = decision.augmentation.iter().any(Option::is_some);
+    check_slots("augmentation", decision.augmentation.len(), knobs, Knobs::AUGMENTATION, sets_knobs)?;
+    check_slots("freeze", decision.freeze.len(), groups, Knobs::FREEZING, decision.freeze.iter().any(Option::is_some))?;
 
-    for (name, lr) in group_names.iter().zip(&decision.lrs) {
+    for (group, lr) in spec.groups.iter().zip(&decision.lrs) {
         if let Some(lr) = *lr
             && !(lr.is_finite() && lr >= 0.0)
         {
-            return Err(invalid(format!("lrs[{name}]"), format!("learning rate {lr} is not a finite number >= 0")));
+            return Err(invalid(format!("lrs[{}]", group.name), format!("learning rate {lr} is not a finite number >= 0")));
         }
     }
-    for (name, weight) in loss_names.iter().zip(&decision.loss_weights) {
+    for (name, weight) in spec.losses.iter().zip(&decision.loss_weights) {
         if let Some(weight) = *weight
             && !(weight.is_finite() && weight >= 0.0)
         {
