@@ -25,7 +25,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: setup policies
 	cargo build --release --bin trainer
 	$(CARGO_TARGET_DIR)/release/trainer train --policy $(POLICY_DIR)/cosine_warmup.wasm \
-		--run-dir runs/demo
+		--run-dir runs/demo --overwrite
 
 test: setup policies
 	cargo test --release --workspace

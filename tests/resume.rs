@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, assert_success, policy, read_json, read_jsonl, trainer};
+use common::{assert_error, assert_success, policy, read_json, read_jsonl, train_cpu, trainer};
 use std::path::Path;
 
 const STEPS: &str = "24";
@@ -20,14 +20,9 @@ fn policies() -> Vec<String> {
 }
 
 fn run(run_dir: &Path, extra: &[&str]) -> std::process::Output {
-    let policies = policies();
-    let mut args = vec!["train", "--steps", STEPS, "--batch-size", "16", "--seed", "3", "--device", "cpu"];
-    for policy in &policies {
-        args.extend(["--policy", policy.as_str()]);
-    }
-    args.extend(["--run-dir", run_dir.to_str().unwrap()]);
+    let mut args = vec!["--steps", STEPS, "--batch-size", "16", "--seed", "3"];
     args.extend(extra);
-    trainer(&args)
+    train_cpu(run_dir, &policies(), &args)
 }
 
 fn resume(run_dir: &Path, extra: &[&str]) -> std::process::Output {

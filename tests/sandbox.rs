@@ -3,17 +3,16 @@
 
 mod common;
 
-use common::{assert_error, assert_one_line_error, assert_success, fixture, trainer};
+use common::{assert_error, assert_one_line_error, assert_success, fixture, train_cpu, trainer};
 use std::path::Path;
 
 /// Trains with the hostile fixture in `mode`, checkpointing every 2 steps; it misbehaves
 /// from step 3 on.
 fn hostile_run(run_dir: &Path, mode: &str, extra: &[&str]) -> std::process::Output {
     let policy = format!("{}:mode={mode},at=3", fixture("hostile_policy").display());
-    let mut args = vec!["train", "--policy", &policy, "--steps", "8", "--batch-size", "8", "--device", "cpu"];
-    args.extend(["--checkpoint-every", "2", "--run-dir", run_dir.to_str().unwrap()]);
+    let mut args = vec!["--steps", "8", "--batch-size", "8", "--checkpoint-every", "2"];
     args.extend(extra);
-    trainer(&args)
+    train_cpu(run_dir, &[policy], &args)
 }
 
 /// The checkpoint after step 2 is intact, and a fault checkpoint after step 3 names the fault.

@@ -3,30 +3,15 @@
 
 mod common;
 
-use common::{assert_one_line_error, assert_success, policy, read_json, read_jsonl, stderr, trainer};
+use common::{assert_one_line_error, assert_success, policy, read_json, read_jsonl, stderr, train_cpu, trainer};
 use std::path::Path;
 use std::process::Output;
 
 /// A short CPU run: small enough for tests, long enough for warmup and decay.
 fn short_run(policy_arg: &str, run_dir: &Path, steps: u64) -> Output {
     let steps = steps.to_string();
-    let output = trainer(&[
-        "train",
-        "--policy",
-        policy_arg,
-        "--steps",
-        &steps,
-        "--batch-size",
-        "32",
-        "--lr",
-        "1e-3",
-        "--seed",
-        "7",
-        "--device",
-        "cpu",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ]);
+    let extra = ["--steps", &steps, "--batch-size", "32", "--lr", "1e-3", "--seed", "7"];
+    let output = train_cpu(run_dir, &[policy_arg.to_string()], &extra);
     assert_success(&output);
     output
 }
@@ -100,15 +85,7 @@ fn a_second_policy_file_changes_the_run_without_rebuilding() {
 #[test]
 fn the_demo_configuration_reaches_80_percent_zero_shot() {
     let dir = tempfile::tempdir().unwrap();
-    let output = trainer(&[
-        "train",
-        "--policy",
-        policy("cosine_warmup").to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--run-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let output = train_cpu(dir.path(), &[policy("cosine_warmup").display().to_string()], &[]);
     assert_success(&output);
     let top1 = read_json(&dir.path().join("eval.json"))["zero_shot_top1"].as_f64().unwrap();
     assert!(top1 >= 0.80, "zero-shot top-1 {top1} is below 0.80");
@@ -181,23 +158,12 @@ fn a_policy_refusing_its_arguments_is_named() {
 #[test]
 fn composed_policies_report_who_owns_which_knob() {
     let dir = tempfile::tempdir().unwrap();
-    let output = trainer(&[
-        "train",
-        "--policy",
-        policy("cosine_warmup").to_str().unwrap(),
-        "--policy",
-        &format!("{}:metric=val_loss,patience=50,eval_every=4", policy("early_stopping").display()),
-        "--policy",
-        policy("loss_balance").to_str().unwrap(),
-        "--steps",
-        "8",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--run-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let policies = [
+        policy("cosine_warmup").display().to_string(),
+        format!("{}:metric=val_loss,patience=50,eval_every=4", policy("early_stopping").display()),
+        policy("loss_balance").display().to_string(),
+    ];
+    let output = train_cpu(dir.path(), &policies, &["--steps", "8", "--batch-size", "16"]);
     assert_success(&output);
     let report = stderr(&output);
     for line in ["learning-rates  owned by `cosine_warmup`", "loss-weights    owned by `loss_balance`", "freezing        trainer default"] {
@@ -215,15 +181,8 @@ fn composed_policies_report_who_owns_which_knob() {
 #[test]
 fn two_policies_claiming_one_knob_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let output = trainer(&[
-        "train",
-        "--policy",
-        policy("cosine_warmup").to_str().unwrap(),
-        "--policy",
-        policy("constant").to_str().unwrap(),
-        "--run-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let policies = [policy("cosine_warmup").display().to_string(), policy("constant").display().to_string()];
+    let output = train_cpu(dir.path(), &policies, &[]);
     assert_one_line_error(&output, 1, &["`cosine_warmup`", "`constant`", "learning-rates"]);
 }
 
@@ -231,21 +190,8 @@ fn two_policies_claiming_one_knob_are_refused_by_name() {
 fn a_stop_request_ends_the_run_after_that_step() {
     let dir = tempfile::tempdir().unwrap();
     let early_stopping = format!("{}:metric=val_loss,patience=1,eval_every=2,min_delta=100", policy("early_stopping").display());
-    let output = trainer(&[
-        "train",
-        "--policy",
-        policy("constant").to_str().unwrap(),
-        "--policy",
-        &early_stopping,
-        "--steps",
-        "50",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--run-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let policies = [policy("constant").display().to_string(), early_stopping];
+    let output = train_cpu(dir.path(), &policies, &["--steps", "50", "--batch-size", "16"]);
     assert_success(&output);
     // Evaluations after steps 2 and 4; the second cannot improve by 100, so the decision of
     // step 4 (index 4, the fifth step) stops the run after it.

@@ -30,6 +30,16 @@ pub fn trainer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("the trainer binary runs")
 }
 
+/// `trainer train` on the CPU into `run_dir`, with each of `policies` as a `--policy`.
+pub fn train_cpu(run_dir: &Path, policies: &[String], extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--device", "cpu", "--run-dir", run_dir.to_str().expect("UTF-8 temp paths")];
+    for policy in policies {
+        args.extend(["--policy", policy.as_str()]);
+    }
+    args.extend(extra);
+    trainer(&args)
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -58,13 +58,10 @@ mod tests {
         };
         let decision = Decision {
             lrs: vec![None, Some(3.0)],
-            loss_weights: vec![],
             augmentation: vec![Some(0.5)],
             grad_clip: Some(GradClip::Off),
             freeze: vec![Some(true), Some(false)],
-            evaluate: false,
-            checkpoint: false,
-            stop: None,
+            ..Decision::keep()
         };
         assert_eq!(knobs.apply(&decision), vec![0]);
         assert_eq!(knobs.lrs, [1.0, 3.0]);

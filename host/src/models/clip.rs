@@ -165,6 +165,43 @@ impl Attention {
     }
 }
 
+/// The sizes a transformer encoder is built with; both towers have one.
+#[derive(Debug, Clone, Copy)]
+struct EncoderShape {
+    layers: i64,
+    hidden: i64,
+    intermediate: i64,
+    heads: i64,
+    activation: Activation,
+    eps: f64,
+}
+
+impl From<&ClipTextConfig> for EncoderShape {
+    fn from(c: &ClipTextConfig) -> Self {
+        EncoderShape {
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            activation: c.hidden_act,
+            eps: c.layer_norm_eps,
+        }
+    }
+}
+
+impl From<&ClipVisionConfig> for EncoderShape {
+    fn from(c: &ClipVisionConfig) -> Self {
+        EncoderShape {
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            activation: c.hidden_act,
+            eps: c.layer_norm_eps,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct EncoderLayer {
     self_attn: Attention,
@@ -176,14 +213,15 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(path: nn::Path, hidden: i64, intermediate: i64, heads: i64, act: Activation, eps: f64) -> Self {
+    fn new(path: nn::Path, shape: EncoderShape) -> Self {
+        let EncoderShape { hidden, intermediate, heads, activation, eps, .. } = shape;
         EncoderLayer {
             self_attn: Attention::new(&path / "self_attn", hidden, heads),
             layer_norm1: layer_norm(&path / "layer_norm1", hidden, eps),
             fc1: nn::linear(&path / "mlp" / "fc1", hidden, intermediate, Default::default()),
             fc2: nn::linear(&path / "mlp" / "fc2", intermediate, hidden, Default::default()),
             layer_norm2: layer_norm(&path / "layer_norm2", hidden, eps),
-            activation: act,
+            activation,
         }
     }
 
@@ -200,11 +238,8 @@ struct Encoder {
 }
 
 impl Encoder {
-    #[allow(clippy::too_many_arguments)]
-    fn new(path: nn::Path, count: i64, hidden: i64, intermediate: i64, heads: i64, act: Activation, eps: f64) -> Self {
-        let layers = (0..count)
-            .map(|i| EncoderLayer::new(&path / "layers" / i, hidden, intermediate, heads, act, eps))
-            .collect();
+    fn new(path: nn::Path, shape: EncoderShape) -> Self {
+        let layers = (0..shape.layers).map(|i| EncoderLayer::new(&path / "layers" / i, shape)).collect();
         Encoder { layers }
     }
 
@@ -235,15 +270,7 @@ impl TextTransformer {
                 c.hidden_size,
                 init,
             ),
-            encoder: Encoder::new(
-                &path / "encoder",
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.intermediate_size,
-                c.num_attention_heads,
-                c.hidden_act,
-                c.layer_norm_eps,
-            ),
+            encoder: Encoder::new(&path / "encoder", c.into()),
             final_layer_norm: layer_norm(&path / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
             eos_token_id: c.eos_token_id,
         }
@@ -289,15 +316,7 @@ impl VisionTransformer {
             ),
             // The misspelling is Hugging Face's parameter name.
             pre_layrnorm: layer_norm(&path / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
-            encoder: Encoder::new(
-                &path / "encoder",
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.intermediate_size,
-                c.num_attention_heads,
-                c.hidden_act,
-                c.layer_norm_eps,
-            ),
+            encoder: Encoder::new(&path / "encoder", c.into()),
             post_layernorm: layer_norm(&path / "post_layernorm", c.hidden_size, c.layer_norm_eps),
         }
     }

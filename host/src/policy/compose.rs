@@ -72,16 +72,7 @@ impl PolicySet {
 
     /// Asks every policy, validates each decision and merges them.
     pub fn decide(&mut self, observation: &super::Observation) -> Result<StepDecision, PolicyError> {
-        let mut merged = Decision {
-            lrs: vec![],
-            loss_weights: vec![],
-            augmentation: vec![],
-            grad_clip: None,
-            freeze: vec![],
-            evaluate: false,
-            checkpoint: false,
-            stop: None,
-        };
+        let mut merged = Decision::keep();
         let mut per_policy = Vec::with_capacity(self.members.len());
         let mut stop = None;
         for member in &mut self.members {

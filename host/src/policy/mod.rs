@@ -26,6 +26,22 @@ pub use bindings::trainer::policy::types::{
     AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, RunSpec,
 };
 
+impl Decision {
+    /// A decision that changes nothing and requests nothing.
+    pub fn keep() -> Self {
+        Decision {
+            lrs: vec![],
+            loss_weights: vec![],
+            augmentation: vec![],
+            grad_clip: None,
+            freeze: vec![],
+            evaluate: false,
+            checkpoint: false,
+            stop: None,
+        }
+    }
+}
+
 /// The interface package this trainer implements, as components name it in their exports.
 pub const INTERFACE_PACKAGE: &str = "trainer:policy";
 pub const INTERFACE_VERSION: &str = "1.0.0";

@@ -96,23 +96,10 @@ mod tests {
         }
     }
 
-    fn keep() -> Decision {
-        Decision {
-            lrs: vec![],
-            loss_weights: vec![],
-            augmentation: vec![],
-            grad_clip: None,
-            freeze: vec![],
-            evaluate: false,
-            checkpoint: false,
-            stop: None,
-        }
-    }
-
     #[test]
     fn good_decisions_pass() {
         for lrs in [vec![], vec![Some(0.0), None], vec![Some(1.0), Some(2.0)]] {
-            validate_decision("p", 3, &spec(), Knobs::LEARNING_RATES, &Decision { lrs, ..keep() }).unwrap();
+            validate_decision("p", 3, &spec(), Knobs::LEARNING_RATES, &Decision { lrs, ..Decision::keep() }).unwrap();
         }
         let all = Knobs::all();
         let decision = Decision {
@@ -120,7 +107,7 @@ mod tests {
             augmentation: vec![Some(1.0)],
             grad_clip: Some(GradClip::MaxNorm(1.0)),
             freeze: vec![Some(true), None],
-            ..keep()
+            ..Decision::keep()
         };
         validate_decision("p", 3, &spec(), all, &decision).unwrap();
     }
@@ -128,12 +115,12 @@ mod tests {
     #[test]
     fn bad_values_name_policy_step_and_field() {
         let cases = [
-            (Decision { lrs: vec![None, Some(f64::NAN)], ..keep() }, "lrs[text]"),
-            (Decision { lrs: vec![None, Some(-1e-9)], ..keep() }, "lrs[text]"),
-            (Decision { loss_weights: vec![Some(-1.0)], ..keep() }, "loss_weights[contrastive]"),
-            (Decision { augmentation: vec![Some(1.5)], ..keep() }, "augmentation[flip_prob]"),
-            (Decision { grad_clip: Some(GradClip::MaxNorm(f64::INFINITY)), ..keep() }, "grad_clip"),
-            (Decision { lrs: vec![Some(1.0)], ..keep() }, "1 values for 2 names"),
+            (Decision { lrs: vec![None, Some(f64::NAN)], ..Decision::keep() }, "lrs[text]"),
+            (Decision { lrs: vec![None, Some(-1e-9)], ..Decision::keep() }, "lrs[text]"),
+            (Decision { loss_weights: vec![Some(-1.0)], ..Decision::keep() }, "loss_weights[contrastive]"),
+            (Decision { augmentation: vec![Some(1.5)], ..Decision::keep() }, "augmentation[flip_prob]"),
+            (Decision { grad_clip: Some(GradClip::MaxNorm(f64::INFINITY)), ..Decision::keep() }, "grad_clip"),
+            (Decision { lrs: vec![Some(1.0)], ..Decision::keep() }, "1 values for 2 names"),
         ];
         for (decision, field) in cases {
             let text = validate_decision("cosine", 7, &spec(), Knobs::all(), &decision).unwrap_err().to_string();
@@ -143,7 +130,7 @@ mod tests {
 
     #[test]
     fn unclaimed_knobs_are_refused() {
-        let decision = Decision { freeze: vec![Some(true), None], ..keep() };
+        let decision = Decision { freeze: vec![Some(true), None], ..Decision::keep() };
         let text = validate_decision("p", 0, &spec(), Knobs::LEARNING_RATES, &decision).unwrap_err().to_string();
         assert!(text.contains("freeze") && text.contains("did not claim"), "{text}");
     }
