@@ -13,7 +13,7 @@ TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WASM_TARGET := wasm32-unknown-unknown
-POLICIES := aug_curriculum constant cosine_warmup early_stopping layerwise loss_balance one_cycle \
+POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_clip layerwise loss_balance one_cycle \
 	reduce_on_plateau staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
 FIXTURES := hostile_policy

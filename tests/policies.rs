@@ -4,7 +4,7 @@
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 use trainer::policy::{
-    AugmentationKnob, Decision, Evaluation, Knobs, NonFinite, Observation, ParamGroup, PolicyInstance, PolicyRuntime,
+    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, PolicyInstance, PolicyRuntime,
     PolicySource, RunSpec, SandboxLimits,
 };
 
@@ -217,6 +217,16 @@ fn aug_curriculum_ramps_up_then_switches_off() {
         for (value, expected) in values.iter().zip(expected) {
             assert!((value - expected).abs() <= 1e-15, "step {step}: {value} vs {expected}");
         }
+    }
+}
+
+#[test]
+fn grad_clip_sets_the_max_norm_from_its_start() {
+    let mut harness = start("grad_clip", &[("max_norm", "0.5"), ("start", "100")]);
+    assert_eq!(harness.knobs, Knobs::GRAD_CLIP);
+    for step in 0..TOTAL {
+        let expected = if step < 100 { GradClip::Off } else { GradClip::MaxNorm(0.5) };
+        assert_eq!(harness.decide(&observe(step)).grad_clip, Some(expected), "step {step}");
     }
 }
 

@@ -201,3 +201,31 @@ fn a_stop_request_ends_the_run_after_that_step() {
     assert_eq!(eval["stopped_by"]["policy"], "early_stopping");
     assert!(String::from_utf8_lossy(&output.stdout).contains("stopped early by `early_stopping`"));
 }
+
+#[test]
+fn gradient_clipping_is_applied_after_measuring_the_norm() {
+    let constant = policy("constant").display().to_string();
+    let clip = format!("{}:max_norm=1e-9", policy("grad_clip").display());
+    let extra = ["--steps", "6", "--batch-size", "16", "--seed", "5"];
+    let free = tempfile::tempdir().unwrap();
+    let clipped = tempfile::tempdir().unwrap();
+    assert_success(&train_cpu(free.path(), &[constant.clone()], &extra));
+    assert_success(&train_cpu(clipped.path(), &[constant, clip], &extra));
+
+    let decisions = read_jsonl(&clipped.path().join("decisions.jsonl"));
+    assert!(decisions.iter().filter(|d| d["policy"] == "grad_clip").all(|d| d["grad_clip"] == 1e-9));
+    let norms = |dir: &Path| -> Vec<f64> {
+        read_jsonl(&dir.join("metrics.jsonl")).iter().map(|r| r["grad_norm"].as_f64().unwrap()).collect()
+    };
+    let (free_norms, clipped_norms) = (norms(free.path()), norms(clipped.path()));
+    assert_eq!(free_norms[0], clipped_norms[0], "the norm is measured before clipping");
+    assert!(clipped_norms[0] > 1e-3, "and it is the real norm: {}", clipped_norms[0]);
+    // Gradients scaled to 1e-9 drown in AdamW's epsilon: the weights barely move.
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert_ne!(weights(free.path()), weights(clipped.path()));
+    let losses = |dir: &Path| -> Vec<f64> {
+        read_jsonl(&dir.join("metrics.jsonl")).iter().map(|r| r["loss"].as_f64().unwrap()).collect()
+    };
+    let drop = |l: Vec<f64>| l[0] - l[5];
+    assert!(drop(losses(clipped.path())) < drop(losses(free.path())), "clipped training learns less in 6 steps");
+}
