@@ -13,7 +13,8 @@ use trainer::engine::KnobState;
 use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use trainer::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use trainer::policy::{
-    AugmentationKnob, NonFinite, Observation, ParamGroup, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits,
+    AugmentationKnob, NonFinite, Observation, ParamGroup, PolicyRuntime, PolicySet, PolicySource, RunSpec,
+    SandboxLimits,
 };
 
 /// Median time per call of `body`, over `rounds` rounds of `calls` calls.
@@ -81,8 +82,13 @@ fn policy_step() -> Duration {
 fn demo_step() -> Duration {
     tch::manual_seed(0);
     let captions = CaptionTable::new(&CLASS_NAMES);
-    let config =
-        ClipConfig::tiny(captions.tokenizer.vocab_size(), captions.tokenizer.context_length(), START_ID, END_ID, PAD_ID);
+    let config = ClipConfig::tiny(
+        captions.tokenizer.vocab_size(),
+        captions.tokenizer.context_length(),
+        START_ID,
+        END_ID,
+        PAD_ID,
+    );
     let var_store = nn::VarStore::new(Device::Cpu);
     let mut model = Clip::new(&var_store.root(), &config);
     let params = var_store
@@ -112,5 +118,8 @@ fn main() {
     let step = demo_step();
     println!("policy step, cosine_warmup (decide + validate + apply): {:.2} µs", policy.as_secs_f64() * 1e6);
     println!("demo training step (CLIP demo size, batch 256, CPU):     {:.1} ms", step.as_secs_f64() * 1e3);
-    println!("policy share of a demo step:                             {:.4}%", 100.0 * policy.as_secs_f64() / step.as_secs_f64());
+    println!(
+        "policy share of a demo step:                             {:.4}%",
+        100.0 * policy.as_secs_f64() / step.as_secs_f64()
+    );
 }

@@ -4,8 +4,8 @@
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 use trainer::policy::{
-    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, PolicyInstance, PolicyRuntime,
-    PolicySource, RunSpec, SandboxLimits,
+    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, PolicyInstance,
+    PolicyRuntime, PolicySource, RunSpec, SandboxLimits,
 };
 
 const TOTAL: u64 = 1000;
@@ -78,7 +78,9 @@ impl Harness {
 
     /// Each group's learning rate at every step of the run.
     fn lr_stream(&mut self) -> Vec<Vec<f64>> {
-        (0..TOTAL).map(|step| self.decide(&observe(step)).lrs.iter().map(|lr| lr.expect("every group set")).collect()).collect()
+        (0..TOTAL)
+            .map(|step| self.decide(&observe(step)).lrs.iter().map(|lr| lr.expect("every group set")).collect())
+            .collect()
     }
 }
 
@@ -130,22 +132,28 @@ fn warmup_stable_decay_matches_its_formula() {
         ("cosine", half_cosine as fn(f64) -> f64),
         ("sqrt", (|p: f64| 1.0 - p.sqrt()) as fn(f64) -> f64),
     ] {
-        assert_lrs("warmup_stable_decay", &[("warmup_steps", "40"), ("decay_steps", "300"), ("min_lr", "1e-4"), ("shape", shape)], |step, base| {
-            if step < 40 {
-                base * (step + 1) as f64 / 40.0
-            } else if step < 700 {
-                base
-            } else {
-                let floor = 1e-4f64.min(base);
-                floor + (base - floor) * fall((step - 700) as f64 / 300.0)
-            }
-        });
+        assert_lrs(
+            "warmup_stable_decay",
+            &[("warmup_steps", "40"), ("decay_steps", "300"), ("min_lr", "1e-4"), ("shape", shape)],
+            |step, base| {
+                if step < 40 {
+                    base * (step + 1) as f64 / 40.0
+                } else if step < 700 {
+                    base
+                } else {
+                    let floor = 1e-4f64.min(base);
+                    floor + (base - floor) * fall((step - 700) as f64 / 300.0)
+                }
+            },
+        );
     }
 }
 
 #[test]
 fn step_decay_matches_step_and_multistep() {
-    assert_lrs("step_decay", &[("step_size", "150"), ("gamma", "0.5")], |step, base| base * 0.5f64.powi((step / 150) as i32));
+    assert_lrs("step_decay", &[("step_size", "150"), ("gamma", "0.5")], |step, base| {
+        base * 0.5f64.powi((step / 150) as i32)
+    });
     assert_lrs("step_decay", &[("milestone", "300"), ("milestone", "800"), ("gamma", "0.1")], |step, base| {
         base * 0.1f64.powi((step >= 300) as i32 + (step >= 800) as i32)
     });
@@ -155,14 +163,22 @@ fn step_decay_matches_step_and_multistep() {
 fn one_cycle_matches_pytorch_one_cycle_lr() {
     // torch.optim.lr_scheduler.OneCycleLR(anneal_strategy="cos", three_phase=False).
     let anneal = |start: f64, end: f64, pct: f64| end + (start - end) / 2.0 * ((PI * pct).cos() + 1.0);
-    assert_lrs("one_cycle", &[("pct_start", "0.25"), ("div_factor", "10"), ("final_div_factor", "100")], |step, max_lr| {
-        let initial = max_lr / 10.0;
-        let min_lr = initial / 100.0;
-        let end1 = 0.25 * TOTAL as f64 - 1.0;
-        let end2 = TOTAL as f64 - 1.0;
-        let step = step as f64;
-        if step <= end1 { anneal(initial, max_lr, step / end1) } else { anneal(max_lr, min_lr, (step - end1) / (end2 - end1)) }
-    });
+    assert_lrs(
+        "one_cycle",
+        &[("pct_start", "0.25"), ("div_factor", "10"), ("final_div_factor", "100")],
+        |step, max_lr| {
+            let initial = max_lr / 10.0;
+            let min_lr = initial / 100.0;
+            let end1 = 0.25 * TOTAL as f64 - 1.0;
+            let end2 = TOTAL as f64 - 1.0;
+            let step = step as f64;
+            if step <= end1 {
+                anneal(initial, max_lr, step / end1)
+            } else {
+                anneal(max_lr, min_lr, (step - end1) / (end2 - end1))
+            }
+        },
+    );
 }
 
 #[test]
@@ -172,15 +188,24 @@ fn layerwise_scales_a_cosine_schedule_per_group() {
     for (step, lrs) in harness.lr_stream().iter().enumerate() {
         let step = step as u64;
         for ((lr, base), multiplier) in lrs.iter().zip(BASES).zip(multipliers) {
-            let scheduled = if step < 10 { base * (step + 1) as f64 / 10.0 } else { base * half_cosine((step - 10) as f64 / 990.0) };
-            assert!((lr - multiplier * scheduled).abs() <= 1e-12 * base, "step {step}: {lr} vs {}", multiplier * scheduled);
+            let scheduled = if step < 10 {
+                base * (step + 1) as f64 / 10.0
+            } else {
+                base * half_cosine((step - 10) as f64 / 990.0)
+            };
+            assert!(
+                (lr - multiplier * scheduled).abs() <= 1e-12 * base,
+                "step {step}: {lr} vs {}",
+                multiplier * scheduled
+            );
         }
     }
 }
 
 #[test]
 fn staged_unfreeze_freezes_first_then_ramps_and_never_refreezes() {
-    let mut harness = start("staged_unfreeze", &[("unfreeze", "vision@200"), ("unfreeze", "text@500"), ("ramp_steps", "50")]);
+    let mut harness =
+        start("staged_unfreeze", &[("unfreeze", "vision@200"), ("unfreeze", "text@500"), ("ramp_steps", "50")]);
     assert_eq!(harness.knobs, Knobs::LEARNING_RATES | Knobs::FREEZING);
     let unfreeze_at = [Some(200u64), Some(500), None, None];
     let mut frozen = [false; 4];
@@ -188,7 +213,10 @@ fn staged_unfreeze_freezes_first_then_ramps_and_never_refreezes() {
         let decision = harness.decide(&observe(step));
         for (group, change) in decision.freeze.iter().enumerate() {
             if let Some(freeze) = change {
-                assert!(!(*freeze && unfreeze_at[group].is_some_and(|at| step >= at)), "refroze group {group} at {step}");
+                assert!(
+                    !(*freeze && unfreeze_at[group].is_some_and(|at| step >= at)),
+                    "refroze group {group} at {step}"
+                );
                 frozen[group] = *freeze;
             }
         }
@@ -427,7 +455,8 @@ fn stateful_policies_resume_mid_stream_with_identical_decisions() {
     let stream = |step: u64| Observation {
         losses: if step == 0 { vec![] } else { three_losses(step) },
         total_loss: (step > 0).then(|| plateau_curve(step / 13)),
-        evaluation: (step % 10 == 0 && step > 0).then(|| Evaluation { step, values: vec![plateau_curve(step / 10), 0.0] }),
+        evaluation: (step.is_multiple_of(10) && step > 0)
+            .then(|| Evaluation { step, values: vec![plateau_curve(step / 10), 0.0] }),
         ..observe(step)
     };
     for (name, args) in cases {
@@ -442,7 +471,11 @@ fn stateful_policies_resume_mid_stream_with_identical_decisions() {
             let mut second = start(name, args);
             second.policy.load_state(&state).unwrap();
             for step in cut..TOTAL {
-                assert_eq!(format!("{:?}", second.decide(&stream(step))), expected[step as usize], "{name}: cut {cut}, step {step}");
+                assert_eq!(
+                    format!("{:?}", second.decide(&stream(step))),
+                    expected[step as usize],
+                    "{name}: cut {cut}, step {step}"
+                );
             }
         }
     }
@@ -452,9 +485,8 @@ fn stateful_policies_resume_mid_stream_with_identical_decisions() {
 fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
     let cache = tempfile::tempdir().unwrap();
     let source = PolicySource { path: policy_path("cosine_warmup"), args: vec![] };
-    let cached_files = || -> Vec<PathBuf> {
-        std::fs::read_dir(cache.path()).unwrap().map(|entry| entry.unwrap().path()).collect()
-    };
+    let cached_files =
+        || -> Vec<PathBuf> { std::fs::read_dir(cache.path()).unwrap().map(|entry| entry.unwrap().path()).collect() };
     let load = || {
         let runtime = PolicyRuntime::new(SandboxLimits::default(), Some(cache.path().to_path_buf()));
         let mut policy = runtime.load(&source).unwrap();

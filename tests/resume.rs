@@ -63,7 +63,11 @@ fn paused_and_resumed_runs_end_bit_identical() {
         for file in ["final/model.safetensors", "decisions.jsonl", "evaluations.jsonl", "eval.json"] {
             assert!(same(file), "{file} differs after pausing at step {pause}");
         }
-        assert_eq!(metrics_without_timing(whole.path()), metrics_without_timing(part.path()), "metrics, paused at {pause}");
+        assert_eq!(
+            metrics_without_timing(whole.path()),
+            metrics_without_timing(part.path()),
+            "metrics, paused at {pause}"
+        );
     }
 }
 
@@ -106,7 +110,17 @@ fn sigterm_saves_a_checkpoint_after_the_step_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let policy = policy("cosine_warmup");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["train", "--policy", policy.to_str().unwrap(), "--steps", "100000", "--batch-size", "16", "--device", "cpu"])
+        .args([
+            "train",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+        ])
         .args(["--run-dir", dir.path().to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .spawn()

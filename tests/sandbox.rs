@@ -75,7 +75,15 @@ fn run_component(wat: &str, name: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
     std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
-    trainer(&["train", "--policy", path.to_str().unwrap(), "--steps", "2", "--run-dir", dir.path().join("run").to_str().unwrap()])
+    trainer(&[
+        "train",
+        "--policy",
+        path.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--run-dir",
+        dir.path().join("run").to_str().unwrap(),
+    ])
 }
 
 #[test]

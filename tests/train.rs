@@ -59,7 +59,8 @@ fn recorded_learning_rates_follow_the_cosine_warmup_schedule() {
     assert_eq!(decisions[3]["policy"], "cosine_warmup");
 
     assert!(dir.path().join("final/model.safetensors").exists());
-    let top1 = read_json(&dir.path().join("eval.json"))["zero_shot_top1"].as_f64().expect("eval.json has zero_shot_top1");
+    let top1 =
+        read_json(&dir.path().join("eval.json"))["zero_shot_top1"].as_f64().expect("eval.json has zero_shot_top1");
     assert!((0.0..=1.0).contains(&top1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("zero-shot"), "the accuracy is printed: {stdout}");
@@ -93,7 +94,15 @@ fn the_demo_configuration_reaches_80_percent_zero_shot() {
 
 fn train_with_policy(policy_path: &Path) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    trainer(&["train", "--policy", policy_path.to_str().unwrap(), "--steps", "2", "--run-dir", dir.path().to_str().unwrap()])
+    trainer(&[
+        "train",
+        "--policy",
+        policy_path.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ])
 }
 
 #[test]
@@ -123,7 +132,11 @@ fn a_component_without_the_world_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.wasm");
     std::fs::write(&path, wat::parse_str("(component)").unwrap()).unwrap();
-    assert_one_line_error(&train_with_policy(&path), 1, &["empty.wasm", "does not implement", "trainer:policy/strategy@1.0.0"]);
+    assert_one_line_error(
+        &train_with_policy(&path),
+        1,
+        &["empty.wasm", "does not implement", "trainer:policy/strategy@1.0.0"],
+    );
 }
 
 #[test]
@@ -166,7 +179,11 @@ fn composed_policies_report_who_owns_which_knob() {
     let output = train_cpu(dir.path(), &policies, &["--steps", "8", "--batch-size", "16"]);
     assert_success(&output);
     let report = stderr(&output);
-    for line in ["learning-rates  owned by `cosine_warmup`", "loss-weights    owned by `loss_balance`", "freezing        trainer default"] {
+    for line in [
+        "learning-rates  owned by `cosine_warmup`",
+        "loss-weights    owned by `loss_balance`",
+        "freezing        trainer default",
+    ] {
         assert!(report.contains(line), "`{line}` missing from the start-up report:\n{report}");
     }
     let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
@@ -189,7 +206,8 @@ fn two_policies_claiming_one_knob_are_refused_by_name() {
 #[test]
 fn a_stop_request_ends_the_run_after_that_step() {
     let dir = tempfile::tempdir().unwrap();
-    let early_stopping = format!("{}:metric=val_loss,patience=1,eval_every=2,min_delta=100", policy("early_stopping").display());
+    let early_stopping =
+        format!("{}:metric=val_loss,patience=1,eval_every=2,min_delta=100", policy("early_stopping").display());
     let policies = [policy("constant").display().to_string(), early_stopping];
     let output = train_cpu(dir.path(), &policies, &["--steps", "50", "--batch-size", "16"]);
     assert_success(&output);
@@ -209,7 +227,7 @@ fn gradient_clipping_is_applied_after_measuring_the_norm() {
     let extra = ["--steps", "6", "--batch-size", "16", "--seed", "5"];
     let free = tempfile::tempdir().unwrap();
     let clipped = tempfile::tempdir().unwrap();
-    assert_success(&train_cpu(free.path(), &[constant.clone()], &extra));
+    assert_success(&train_cpu(free.path(), std::slice::from_ref(&constant), &extra));
     assert_success(&train_cpu(clipped.path(), &[constant, clip], &extra));
 
     let decisions = read_jsonl(&clipped.path().join("decisions.jsonl"));

@@ -34,9 +34,10 @@ impl Args {
     pub fn u64_or(&self, name: &str, default: u64) -> Result<u64, String> {
         match self.raw(name) {
             None => Ok(default),
-            Some(text) => text.trim().parse::<u64>().map_err(|_| {
-                format!("argument `{name}`: expected a non-negative whole number, got `{text}`")
-            }),
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("argument `{name}`: expected a non-negative whole number, got `{text}`")),
         }
     }
 

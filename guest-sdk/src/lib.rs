@@ -134,7 +134,7 @@ macro_rules! export_policy {
                 }
             }
 
-            $crate::bindings::__export_component!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_component!(Export with_types_in $crate::bindings);
         };
     };
 }

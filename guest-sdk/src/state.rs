@@ -83,7 +83,11 @@ impl<'a> StateReader<'a> {
 
     /// Fails if bytes are left over: a state from another policy or version.
     pub fn finish(self) -> Result<(), String> {
-        if self.bytes.is_empty() { Ok(()) } else { Err(format!("{} unexpected bytes at the end of the state", self.bytes.len())) }
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} unexpected bytes at the end of the state", self.bytes.len()))
+        }
     }
 }
 

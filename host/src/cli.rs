@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use tch::Device;
 
 #[derive(Debug, Parser)]
-#[command(name = "trainer", version, about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy.")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -153,7 +157,9 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--data", args.data.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
-            return Err(EngineError::Config(format!("{flag}: a resumed run keeps its saved settings (see its run.json)")));
+            return Err(EngineError::Config(format!(
+                "{flag}: a resumed run keeps its saved settings (see its run.json)"
+            )));
         }
         let policies = (!args.policy.is_empty()).then_some(args.policy);
         return resume(&options, &Resume { policies, swap_policies: args.swap_policies });

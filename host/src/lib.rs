@@ -1,13 +1,13 @@
 //! `trainer`: a fine-tuning trainer for vision and vision-language models on libtorch,
 //! whose training strategy is a sandboxed WebAssembly policy chosen at run time.
 //!
-//! - [`policy`]: the wasmtime host that loads policies and checks their decisions
-//! - [`engine`]: the training loop, parameter groups, the optimizer
-//! - [`models`]: model definitions with Hugging Face names
-//! - [`data`]: data sets, captions, sampling
-//! - [`eval`]: evaluation
-//! - [`report`]: metrics files and progress display
-//! - [`cli`]: the command line
+//! - [`policy`] is the wasmtime host that loads policies and checks their decisions
+//! - [`engine`] holds the training loop, parameter groups, the optimizer, checkpoints
+//! - [`models`] defines models with Hugging Face names
+//! - [`data`] reads data sets, makes captions, augments, samples
+//! - [`eval`] evaluates
+//! - [`report`] writes metrics files and shows progress
+//! - [`cli`] is the command line
 
 pub mod cli;
 pub mod data;

@@ -66,7 +66,8 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 pub fn assert_error(output: &Output, code: i32, needles: &[&str]) {
     let stderr = stderr(output);
     assert_eq!(output.status.code(), Some(code), "exit code; stderr: {stderr}");
-    let line = stderr.lines().find(|line| line.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    let line =
+        stderr.lines().find(|line| line.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
     for needle in needles {
         assert!(line.contains(needle), "`{needle}` missing from: {line}");
     }

@@ -48,7 +48,15 @@ pub fn augment(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, values: 
     out
 }
 
-fn crop_and_flip(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, scale_min: f64, flip_prob: f64, device: Device) -> Tensor {
+fn crop_and_flip(
+    pixels: &Tensor,
+    samples: &[i64],
+    epoch: u64,
+    seed: u64,
+    scale_min: f64,
+    flip_prob: f64,
+    device: Device,
+) -> Tensor {
     let (log_low, log_high) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
     let theta: Vec<f32> = samples
         .iter()
@@ -74,10 +82,19 @@ fn crop_and_flip(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, scale_
     pixels.grid_sampler(&grid, 0, 0, false)
 }
 
-fn brightness_contrast(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, strength: f64, device: Device) -> Tensor {
+fn brightness_contrast(
+    pixels: &Tensor,
+    samples: &[i64],
+    epoch: u64,
+    seed: u64,
+    strength: f64,
+    device: Device,
+) -> Tensor {
     let factors = |draw| -> Tensor {
-        let values: Vec<f32> =
-            samples.iter().map(|&sample| (1.0 + strength * (2.0 * uniform(seed, epoch, sample, draw) - 1.0)) as f32).collect();
+        let values: Vec<f32> = samples
+            .iter()
+            .map(|&sample| (1.0 + strength * (2.0 * uniform(seed, epoch, sample, draw) - 1.0)) as f32)
+            .collect();
         Tensor::from_slice(&values).view([-1, 1, 1, 1]).to_device(device)
     };
     let mean = pixels.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);

@@ -12,9 +12,8 @@ use tch::Tensor;
 pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The ten classes, in label order, worded for captions.
-pub const CLASS_NAMES: [&str; 10] = [
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -66,7 +65,10 @@ pub fn load(dir: &Path, split: Split) -> Result<LabelledImages, DataError> {
     }
     let shape: Vec<i64> = image_dims.iter().map(|&d| d as i64).collect();
     let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
-    Ok(LabelledImages { images: Tensor::from_slice(&pixels).view(shape.as_slice()), labels: Tensor::from_slice(&labels) })
+    Ok(LabelledImages {
+        images: Tensor::from_slice(&pixels).view(shape.as_slice()),
+        labels: Tensor::from_slice(&labels),
+    })
 }
 
 /// Reads an IDX file of unsigned bytes with `rank` dimensions, from `<name>.gz` or `<name>`.
@@ -91,10 +93,8 @@ fn read_idx(dir: &Path, name: &str, rank: usize) -> Result<(PathBuf, Vec<usize>,
     if bytes[..4] != [0, 0, 0x08, rank as u8] {
         return Err(format_error(format!("not an IDX file of unsigned bytes with {rank} dimensions")));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|be| u32::from_be_bytes([be[0], be[1], be[2], be[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..header].chunks_exact(4).map(|be| u32::from_be_bytes([be[0], be[1], be[2], be[3]]) as usize).collect();
     let expected = dims.iter().product::<usize>();
     let data = bytes[header..].to_vec();
     if data.len() != expected {

@@ -22,8 +22,11 @@ pub enum DataError {
     Format { path: PathBuf, problem: String },
 }
 
-/// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing.
+/// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing, as
+/// published (more digits than `f32` keeps).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// `(batch, height, width)` grey `u8` images as `(batch, 1, height, width)` floats in [0, 1]

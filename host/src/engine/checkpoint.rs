@@ -171,8 +171,13 @@ pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, Eng
         let digest = sha256_file(&staging.join(&file))?;
         checksums.insert(file, digest);
     }
-    let manifest =
-        Manifest { format: FORMAT_VERSION, fault: contents.fault, trainer: contents.trainer.clone(), policies, checksums };
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        fault: contents.fault,
+        trainer: contents.trainer.clone(),
+        policies,
+        checksums,
+    };
     let manifest_path = staging.join(MANIFEST);
     let text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
     std::fs::write(&manifest_path, text + "\n").map_err(io_error(&manifest_path))?;
@@ -192,7 +197,11 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(&root).map_err(io_error(&root))? {
         let path = entry.map_err(io_error(&root))?.path();
-        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse::<u64>().ok());
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok());
         if let Some(step) = step
             && path.join(MANIFEST).exists()
             && best.as_ref().is_none_or(|(b, _)| step > *b)

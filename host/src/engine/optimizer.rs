@@ -118,7 +118,11 @@ impl AdamW {
                     let name = format!("{}.{suffix}", param.name);
                     let saved = entry(name.clone())?;
                     if saved.size() != target.size() {
-                        return Err(format!("`{name}` has shape {:?}, the model needs {:?}", saved.size(), target.size()));
+                        return Err(format!(
+                            "`{name}` has shape {:?}, the model needs {:?}",
+                            saved.size(),
+                            target.size()
+                        ));
                     }
                     target.copy_(saved);
                 }

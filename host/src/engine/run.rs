@@ -1,7 +1,9 @@
 //! A training run of CLIP on Fashion-MNIST captions, steered by one or more policies, from
 //! start or from a checkpoint.
 
-use super::checkpoint::{self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState};
+use super::checkpoint::{
+    self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
+};
 use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use crate::data::augment::{self, KNOBS};
@@ -187,6 +189,8 @@ struct Run {
     optimizer: AdamW,
     group_params: Vec<Vec<Tensor>>,
     captions: CaptionTable,
+    /// `captions.ids` on the training device.
+    caption_ids: Tensor,
     train_images: Tensor,
     train_labels: Tensor,
     validation: LabelledImages,
@@ -201,7 +205,11 @@ struct Run {
 }
 
 impl Run {
-    fn start(config: &TrainConfig, options: &RunOptions, from: Option<(Checkpoint, bool)>) -> Result<Self, EngineError> {
+    fn start(
+        config: &TrainConfig,
+        options: &RunOptions,
+        from: Option<(Checkpoint, bool)>,
+    ) -> Result<Self, EngineError> {
         let run_dir = options.run_dir.clone();
         let device = options.device;
         let all_train = fashion_mnist::load(&config.data_dir, Split::Train)?;
@@ -306,7 +314,12 @@ impl Run {
                     problem,
                 })?;
                 restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
-                let _ = writeln!(log, "resumed from {} after step {}", checkpoint.dir.display(), checkpoint.trainer.steps_done);
+                let _ = writeln!(
+                    log,
+                    "resumed from {} after step {}",
+                    checkpoint.dir.display(),
+                    checkpoint.trainer.steps_done
+                );
                 if let Some(fault) = &checkpoint.fault {
                     let _ = writeln!(log, "that checkpoint was saved after a policy fault: {fault}");
                 }
@@ -315,7 +328,8 @@ impl Run {
         };
         let steps_done = state.steps_done;
         let keep = |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step < steps_done);
-        let keep_evaluations = |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step <= steps_done);
+        let keep_evaluations =
+            |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step <= steps_done);
         let open = |name: &str, keep: &dyn Fn(&serde_json::Value) -> bool| {
             let path = run_dir.join(name);
             if resuming { JsonLines::reopen(&path, keep) } else { JsonLines::create(&path) }.map_err(io_error(&path))
@@ -337,6 +351,7 @@ impl Run {
             model,
             optimizer,
             group_params,
+            caption_ids: captions.ids.to_device(device),
             captions,
             train_images: all_train.images.narrow(0, 0, train_count).to_device(device),
             train_labels: all_train.labels.narrow(0, 0, train_count).to_device(device),
@@ -359,10 +374,18 @@ impl Run {
     fn report_start(&mut self) {
         let mut lines = Vec::new();
         for (source, instance) in self.policies.members_mut() {
-            lines.push(format!("policy `{}`: {} (sha256 {})", instance.name(), source.path.display(), &instance.sha256()[..12]));
+            lines.push(format!(
+                "policy `{}`: {} (sha256 {})",
+                instance.name(),
+                source.path.display(),
+                &instance.sha256()[..12]
+            ));
         }
         for (knob, owner) in self.policies.ownership() {
-            lines.push(format!("  {knob:<15} {}", owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())));
+            lines.push(format!(
+                "  {knob:<15} {}",
+                owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())
+            ));
         }
         for line in lines {
             self.say(&line);
@@ -410,7 +433,7 @@ impl Run {
             self.step(step)?;
             self.state.steps_done = step + 1;
             let done = self.state.steps_done;
-            let scheduled = |every: u64| every > 0 && done % every == 0;
+            let scheduled = |every: u64| every > 0 && done.is_multiple_of(every);
             if decision.merged.evaluate || scheduled(self.config.eval_every) {
                 self.evaluate()?;
             }
@@ -431,8 +454,14 @@ impl Run {
         }
         self.progress.finish();
         save_final(&self.run_dir, &self.var_store, &self.model_config)?;
-        let zero_shot =
-            zero_shot_accuracy(&self.model, &self.test, &self.captions, self.image_size(), EVAL_BATCH_SIZE, self.device);
+        let zero_shot = zero_shot_accuracy(
+            &self.model,
+            &self.test,
+            &self.captions,
+            self.image_size(),
+            EVAL_BATCH_SIZE,
+            self.device,
+        );
         write_json(
             &self.run_dir.join("eval.json"),
             &serde_json::json!({
@@ -489,7 +518,10 @@ impl Run {
             frozen: state.knobs.frozen.clone(),
             images_per_second: last.images_per_second,
             logit_scale: last.logit_scale,
-            evaluation: state.pending_evaluation.as_ref().map(|e| Evaluation { step: e.step, values: e.values.clone() }),
+            evaluation: state
+                .pending_evaluation
+                .as_ref()
+                .map(|e| Evaluation { step: e.step, values: e.values.clone() }),
         }
     }
 
@@ -508,7 +540,8 @@ impl Run {
         let unit = grey_to_unit(&self.train_images.index_select(0, &index_tensor), self.device);
         let unit = augment::augment(&unit, &indices, epoch, seed, &self.state.knobs.augmentation);
         let pixel_values = unit_to_pixel_values(&unit, self.image_size());
-        let input_ids = self.captions.ids.to_device(self.device).index(&[Some(self.train_labels.index_select(0, &index_tensor)), Some(templates)]);
+        let labels = self.train_labels.index_select(0, &index_tensor);
+        let input_ids = self.caption_ids.index(&[Some(labels), Some(templates)]);
 
         let raw_loss = self.model.contrastive_loss(&pixel_values, &input_ids);
         let total_loss = &raw_loss * self.state.knobs.loss_weights[0];
@@ -517,12 +550,14 @@ impl Run {
         if any_trainable {
             total_loss.backward();
         }
-        let grad_norm = if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
+        let grad_norm =
+            if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
         let logit_scale = tch::no_grad(|| self.model.logit_scale());
         // The one read-back per step: the policies need these numbers, and a non-finite
         // loss or norm must not reach the weights.
         let readings = Tensor::stack(
-            &[raw_loss.detach(), total_loss.detach(), grad_norm.shallow_clone(), logit_scale].map(|t| t.to_kind(Kind::Double)),
+            &[raw_loss.detach(), total_loss.detach(), grad_norm.shallow_clone(), logit_scale]
+                .map(|t| t.to_kind(Kind::Double)),
             0,
         );
         let [raw, total, norm, scale] = Vec::<f64>::try_from(&readings)?[..] else { unreachable!("four readings") };
@@ -607,7 +642,11 @@ impl Run {
             let json = |v: Option<f64>| serde_json::json!(v);
             put("lrs", PARAMETER_GROUPS.to_vec(), decided.lrs.iter().map(|v| json(*v)).collect());
             put("loss_weights", vec![CONTRASTIVE_LOSS], decided.loss_weights.iter().map(|v| json(*v)).collect());
-            put("augmentation", KNOBS.iter().map(|k| k.name).collect(), decided.augmentation.iter().map(|v| json(*v)).collect());
+            put(
+                "augmentation",
+                KNOBS.iter().map(|k| k.name).collect(),
+                decided.augmentation.iter().map(|v| json(*v)).collect(),
+            );
             put("freeze", PARAMETER_GROUPS.to_vec(), decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
             match decided.grad_clip {
                 Some(GradClip::Off) => drop(record.insert("grad_clip".into(), "off".into())),
@@ -687,7 +726,11 @@ fn restore_policies(
             Some(record) if record.sha256 == instance.sha256() && record.name == instance.name() => match state {
                 Some(state) => instance.load_state(state)?,
                 None => {
-                    let _ = writeln!(log, "policy `{}` had no saved state (it had trapped); it starts fresh", instance.name());
+                    let _ = writeln!(
+                        log,
+                        "policy `{}` had no saved state (it had trapped); it starts fresh",
+                        instance.name()
+                    );
                 }
             },
             _ if swap_policies => {
@@ -723,12 +766,17 @@ fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), Eng
         return Err(EngineError::Config(format!("--lr {}: must be a finite number >= 0", config.lr)));
     }
     if !(config.weight_decay.is_finite() && config.weight_decay >= 0.0) {
-        return Err(EngineError::Config(format!("--weight-decay {}: must be a finite number >= 0", config.weight_decay)));
+        return Err(EngineError::Config(format!(
+            "--weight-decay {}: must be a finite number >= 0",
+            config.weight_decay
+        )));
     }
     if let Device::Cuda(index) = options.device {
         let available = tch::Cuda::device_count();
         if index as i64 >= available {
-            return Err(EngineError::Config(format!("--device cuda:{index}: libtorch sees {available} CUDA device(s)")));
+            return Err(EngineError::Config(format!(
+                "--device cuda:{index}: libtorch sees {available} CUDA device(s)"
+            )));
         }
     }
     Ok(())

@@ -29,7 +29,8 @@ pub fn zero_shot_accuracy(
             unreachable!("caption tables are (classes, templates, context)")
         };
         let prompts = captions.ids.view([classes * templates, context]).to_device(device);
-        let class_embeddings = model.text_embeddings(&prompts).view([classes, templates, -1]).mean_dim(1, false, Kind::Float);
+        let class_embeddings =
+            model.text_embeddings(&prompts).view([classes, templates, -1]).mean_dim(1, false, Kind::Float);
         let class_embeddings = &class_embeddings / class_embeddings.norm_scalaropt_dim(2.0, [-1], true);
         let k = classes.min(5);
         let (mut top1, mut top5) = (0i64, 0i64);
@@ -37,7 +38,9 @@ pub fn zero_shot_accuracy(
             let count = batch_size.min(data.len() - start) as i64;
             let images = data.images.narrow(0, start as i64, count);
             let labels = data.labels.narrow(0, start as i64, count).to_device(device).unsqueeze(1);
-            let logits = model.image_embeddings(&grey_to_pixel_values(&images, image_size, device)).matmul(&class_embeddings.tr());
+            let logits = model
+                .image_embeddings(&grey_to_pixel_values(&images, image_size, device))
+                .matmul(&class_embeddings.tr());
             let (_, best) = logits.topk(k, -1, true, true);
             let hits = best.eq_tensor(&labels);
             top1 += hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
@@ -47,4 +50,3 @@ pub fn zero_shot_accuracy(
         ZeroShotAccuracy { top1: top1 as f64 / total, top5: top5 as f64 / total, images: data.len() }
     })
 }
-

@@ -159,8 +159,7 @@ impl Attention {
         let q = heads(self.q_proj.forward(xs));
         let k = heads(self.k_proj.forward(xs));
         let v = heads(self.v_proj.forward(xs));
-        let attended =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
+        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
         self.out_proj.forward(&attended.transpose(1, 2).reshape([batch, tokens, hidden]))
     }
 }
@@ -307,7 +306,13 @@ impl VisionTransformer {
         let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         VisionTransformer {
             class_embedding: embeddings.var("class_embedding", &[c.hidden_size], init),
-            patch_embedding: nn::conv2d(&embeddings / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
+            patch_embedding: nn::conv2d(
+                &embeddings / "patch_embedding",
+                c.num_channels,
+                c.hidden_size,
+                c.patch_size,
+                conv,
+            ),
             position_embedding: nn::embedding(
                 &embeddings / "position_embedding",
                 patches + 1,

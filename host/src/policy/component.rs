@@ -3,7 +3,9 @@
 //! wall-clock backstop), and a memory cap that traps when the policy tries to grow past it.
 
 use super::bindings;
-use super::{Decision, INTERFACE_PACKAGE, INTERFACE_VERSION, Knobs, LogLevel, Observation, PolicyError, PolicySource, RunSpec};
+use super::{
+    Decision, INTERFACE_PACKAGE, INTERFACE_VERSION, Knobs, LogLevel, Observation, PolicyError, PolicySource, RunSpec,
+};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -124,8 +126,15 @@ impl PolicyRuntime {
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
         let name = source.name();
-        let mut instance =
-            PolicyInstance { name, sha256, store, bindings: None, limits: self.limits, trapped: None, last_fuel_used: 0 };
+        let mut instance = PolicyInstance {
+            name,
+            sha256,
+            store,
+            bindings: None,
+            limits: self.limits,
+            trapped: None,
+            last_fuel_used: 0,
+        };
         instance.prepare_call();
         let bindings = bindings::Policy::instantiate(&mut instance.store, &component, &self.linker)
             .map_err(|err| PolicyError::WrongWorld { path: path.to_path_buf(), detail: format!("{err:#}") })?;
@@ -134,7 +143,8 @@ impl PolicyRuntime {
     }
 
     fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component, PolicyError> {
-        let compile_error = |err: wasmtime::Error| PolicyError::Compile { path: path.to_path_buf(), detail: format!("{err:#}") };
+        let compile_error =
+            |err: wasmtime::Error| PolicyError::Compile { path: path.to_path_buf(), detail: format!("{err:#}") };
         let Some(cache_dir) = &self.cache_dir else {
             return Component::new(&self.engine, bytes).map_err(compile_error);
         };
@@ -162,10 +172,16 @@ impl PolicyRuntime {
     /// Refuses a component that imports anything but the host interface (WASI, say): the
     /// sandbox offers nothing else, and the message should say so rather than "missing".
     fn check_imports(&self, path: &Path, component: &Component) -> Result<(), PolicyError> {
-        let allowed = [format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}"), format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}")];
+        let allowed = [
+            format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}"),
+            format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}"),
+        ];
         let component_type = component.component_type();
-        let foreign: Vec<&str> =
-            component_type.imports(&self.engine).map(|(name, _)| name).filter(|name| !allowed.iter().any(|a| a == name)).collect();
+        let foreign: Vec<&str> = component_type
+            .imports(&self.engine)
+            .map(|(name, _)| name)
+            .filter(|name| !allowed.iter().any(|a| a == name))
+            .collect();
         if foreign.is_empty() {
             return Ok(());
         }
@@ -255,7 +271,8 @@ impl PolicyInstance {
 
     /// Starts the policy with the run's fixed facts; returns the kinds of knob it claims.
     pub fn init(&mut self, spec: &RunSpec) -> Result<Knobs, PolicyError> {
-        let outcome = self.call("init".into(), |bindings, store| bindings.trainer_policy_strategy().call_init(store, spec))?;
+        let outcome =
+            self.call("init".into(), |bindings, store| bindings.trainer_policy_strategy().call_init(store, spec))?;
         outcome.map_err(|message| PolicyError::InitRefused { policy: self.name.clone(), message })
     }
 
@@ -268,13 +285,16 @@ impl PolicyInstance {
 
     /// The policy's state, for a checkpoint.
     pub fn save_state(&mut self, stage: &str) -> Result<Vec<u8>, PolicyError> {
-        self.call(format!("save-state ({stage})"), |bindings, store| bindings.trainer_policy_strategy().call_save_state(store))
+        self.call(format!("save-state ({stage})"), |bindings, store| {
+            bindings.trainer_policy_strategy().call_save_state(store)
+        })
     }
 
     /// Restores a state from a checkpoint, right after `init`.
     pub fn load_state(&mut self, state: &[u8]) -> Result<(), PolicyError> {
-        let outcome =
-            self.call("load-state".into(), |bindings, store| bindings.trainer_policy_strategy().call_load_state(store, state))?;
+        let outcome = self.call("load-state".into(), |bindings, store| {
+            bindings.trainer_policy_strategy().call_load_state(store, state)
+        })?;
         outcome.map_err(|message| PolicyError::StateRefused { policy: self.name.clone(), message })
     }
 
@@ -325,7 +345,9 @@ fn describe_trap(err: &wasmtime::Error, limits: &SandboxLimits) -> String {
         Some(wasmtime::Trap::OutOfFuel) => {
             format!("ran out of fuel ({} units per call; raise it with --policy-fuel)", limits.fuel_per_call)
         }
-        Some(wasmtime::Trap::Interrupt) => format!("exceeded its wall-clock deadline of {:?} per call", limits.deadline),
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("exceeded its wall-clock deadline of {:?} per call", limits.deadline)
+        }
         Some(wasmtime::Trap::UnreachableCodeReached) => "it panicked (wasm `unreachable` executed)".to_string(),
         Some(trap) => trap.to_string(),
         None if full.contains("forcing trap when growing memory") => {

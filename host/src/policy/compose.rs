@@ -3,7 +3,9 @@
 //! start, naming both. Actions are merged: any policy may request an evaluation, a
 //! checkpoint, or the stop (the first reason, in command-line order, is reported).
 
-use super::{Decision, Knobs, LogLine, PolicyError, PolicyInstance, PolicyRuntime, PolicySource, RunSpec, validate_decision};
+use super::{
+    Decision, Knobs, LogLine, PolicyError, PolicyInstance, PolicyRuntime, PolicySource, RunSpec, validate_decision,
+};
 
 /// Every kind of knob with its name in messages and reports.
 pub const KNOB_NAMES: [(Knobs, &str); 5] = [
@@ -66,7 +68,9 @@ impl PolicySet {
     pub fn ownership(&self) -> Vec<(&'static str, Option<&str>)> {
         KNOB_NAMES
             .iter()
-            .map(|(knob, name)| (*name, self.members.iter().find(|m| m.claimed.contains(*knob)).map(|m| m.instance.name())))
+            .map(|(knob, name)| {
+                (*name, self.members.iter().find(|m| m.claimed.contains(*knob)).map(|m| m.instance.name()))
+            })
             .collect()
     }
 

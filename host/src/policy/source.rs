@@ -16,7 +16,10 @@ pub struct PolicySource {
 impl PolicySource {
     /// The policy's name in messages and logs: the file name without `.wasm`.
     pub fn name(&self) -> String {
-        self.path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_else(|| self.path.display().to_string())
+        self.path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
     }
 }
 

@@ -15,13 +15,21 @@ pub fn validate_decision(
     claimed: Knobs,
     decision: &Decision,
 ) -> Result<(), PolicyError> {
-    let invalid = |field: String, problem: String| PolicyError::InvalidDecision { policy: policy.to_string(), step, field, problem };
+    let invalid = |field: String, problem: String| PolicyError::InvalidDecision {
+        policy: policy.to_string(),
+        step,
+        field,
+        problem,
+    };
     let check_slots = |field: &str, len: usize, names: usize, knob: Knobs, sets_any: bool| {
         if len != 0 && len != names {
             return Err(invalid(field.into(), format!("{len} values for {names} names (give one per name, or none)")));
         }
         if sets_any && !claimed.contains(knob) {
-            return Err(invalid(field.into(), format!("the policy did not claim the {} knob in init", super::knob_name(knob))));
+            return Err(invalid(
+                field.into(),
+                format!("the policy did not claim the {} knob in init", super::knob_name(knob)),
+            ));
         }
         Ok(())
     };
@@ -39,14 +47,20 @@ pub fn validate_decision(
         if let Some(lr) = *lr
             && !(lr.is_finite() && lr >= 0.0)
         {
-            return Err(invalid(format!("lrs[{}]", group.name), format!("learning rate {lr} is not a finite number >= 0")));
+            return Err(invalid(
+                format!("lrs[{}]", group.name),
+                format!("learning rate {lr} is not a finite number >= 0"),
+            ));
         }
     }
     for (name, weight) in spec.losses.iter().zip(&decision.loss_weights) {
         if let Some(weight) = *weight
             && !(weight.is_finite() && weight >= 0.0)
         {
-            return Err(invalid(format!("loss_weights[{name}]"), format!("weight {weight} is not a finite number >= 0")));
+            return Err(invalid(
+                format!("loss_weights[{name}]"),
+                format!("weight {weight} is not a finite number >= 0"),
+            ));
         }
     }
     for (knob, value) in spec.augmentation.iter().zip(&decision.augmentation) {

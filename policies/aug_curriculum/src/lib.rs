@@ -25,7 +25,8 @@ impl Policy for AugCurriculum {
         let args = Args::new(&spec.args, &known)?;
         let mut targets = Vec::with_capacity(spec.augmentation.len());
         for knob in &spec.augmentation {
-            let farthest = if (knob.max - knob.default).abs() >= (knob.default - knob.min).abs() { knob.max } else { knob.min };
+            let farthest =
+                if (knob.max - knob.default).abs() >= (knob.default - knob.min).abs() { knob.max } else { knob.min };
             let target = args.f64_or(&knob.name, farthest)?;
             if !(knob.min..=knob.max).contains(&target) {
                 return Err(format!("argument `{}`: {target} is outside [{}, {}]", knob.name, knob.min, knob.max));
@@ -58,7 +59,9 @@ impl Policy for AugCurriculum {
             .iter()
             .zip(&self.targets)
             // Clamped so that rounding never steps outside the segment (and the knob's range).
-            .map(|(&default, &target)| Some((default + strength * (target - default)).clamp(default.min(target), default.max(target))))
+            .map(|(&default, &target)| {
+                Some((default + strength * (target - default)).clamp(default.min(target), default.max(target)))
+            })
             .collect();
         Decision { augmentation, ..Decision::keep() }
     }

@@ -39,12 +39,25 @@ impl Policy for EarlyStopping {
     fn init(spec: RunSpec) -> Result<Self, String> {
         let args = Args::new(
             &spec.args,
-            &["metric", "mode", "patience", "unit", "min_delta", "start", "eval_every", "stop_on_non_finite", "diverge_factor"],
+            &[
+                "metric",
+                "mode",
+                "patience",
+                "unit",
+                "min_delta",
+                "start",
+                "eval_every",
+                "stop_on_non_finite",
+                "diverge_factor",
+            ],
         )?;
         let first = spec.metrics.first().map(String::as_str).unwrap_or("");
         let metric_name = args.str_or("metric", first).to_string();
         let metric = spec.metrics.iter().position(|name| *name == metric_name).ok_or_else(|| {
-            format!("argument `metric`: `{metric_name}` is not a metric of this run (metrics: {})", spec.metrics.join(", "))
+            format!(
+                "argument `metric`: `{metric_name}` is not a metric of this run (metrics: {})",
+                spec.metrics.join(", ")
+            )
         })?;
         let default_mode = if metric_name.ends_with("loss") { "min" } else { "max" };
         Ok(Self {
@@ -69,7 +82,7 @@ impl Policy for EarlyStopping {
     }
 
     fn decide(&mut self, observation: Observation) -> Decision {
-        let evaluate = self.eval_every > 0 && (observation.step + 1) % self.eval_every == 0;
+        let evaluate = self.eval_every > 0 && (observation.step + 1).is_multiple_of(self.eval_every);
         Decision { evaluate, stop: self.stop_reason(&observation), ..Decision::keep() }
     }
 
@@ -130,7 +143,10 @@ impl EarlyStopping {
             self.evaluations_without_improvement >= self.patience
         };
         out_of_patience.then(|| {
-            format!("{} has not improved on {best} (step {best_step}) for {} evaluations", self.metric_name, self.evaluations_without_improvement)
+            format!(
+                "{} has not improved on {best} (step {best_step}) for {} evaluations",
+                self.metric_name, self.evaluations_without_improvement
+            )
         })
     }
 }

@@ -65,7 +65,10 @@ impl Policy for LossBalance {
 
     fn decide(&mut self, observation: Observation) -> Decision {
         if !self.adaptive {
-            return Decision { loss_weights: self.base_weights.iter().copied().map(Some).collect(), ..Decision::keep() };
+            return Decision {
+                loss_weights: self.base_weights.iter().copied().map(Some).collect(),
+                ..Decision::keep()
+            };
         }
         for ((average, count), loss) in self.averages.iter_mut().zip(&mut self.counts).zip(&observation.losses) {
             if loss.is_finite() {

@@ -38,15 +38,20 @@ struct ReduceOnPlateau {
 
 impl Policy for ReduceOnPlateau {
     fn init(spec: RunSpec) -> Result<Self, String> {
-        let args =
-            Args::new(&spec.args, &["metric", "mode", "factor", "patience", "threshold", "cooldown", "min_lr", "window"])?;
+        let args = Args::new(
+            &spec.args,
+            &["metric", "mode", "factor", "patience", "threshold", "cooldown", "min_lr", "window"],
+        )?;
         let metric = args.str_or("metric", "loss");
         let monitor = if metric == "loss" {
             let window = args.u64_or("window", spec.steps_per_epoch.max(1))?.max(1);
             Monitor::TrainingLoss { window }
         } else {
             let index = spec.metrics.iter().position(|name| name == metric).ok_or_else(|| {
-                format!("argument `metric`: `{metric}` is not a metric of this run (metrics: loss, {})", spec.metrics.join(", "))
+                format!(
+                    "argument `metric`: `{metric}` is not a metric of this run (metrics: loss, {})",
+                    spec.metrics.join(", ")
+                )
             })?;
             Monitor::Metric { index }
         };

@@ -37,7 +37,8 @@ impl Policy for StagedUnfreeze {
                 let names: Vec<&str> = spec.groups.iter().map(|g| g.name.as_str()).collect();
                 format!("argument `unfreeze`: no group `{group}` (groups: {})", names.join(", "))
             })?;
-            let step = step.parse::<u64>().map_err(|_| format!("argument `unfreeze`: `{step}` is not a step number"))?;
+            let step =
+                step.parse::<u64>().map_err(|_| format!("argument `unfreeze`: `{step}` is not a step number"))?;
             unfreeze_at[index] = Some(step);
         }
         if unfreeze_at.iter().all(Option::is_none) {
@@ -63,8 +64,11 @@ impl Policy for StagedUnfreeze {
         let mut lrs = Vec::with_capacity(self.base_lrs.len());
         let mut freeze = Vec::with_capacity(self.base_lrs.len());
         for (&base, &unfreeze_at) in self.base_lrs.iter().zip(&self.unfreeze_at) {
-            let scheduled =
-                if self.cosine { cosine_warmup(step, base, self.warmup_steps, self.total_steps, self.min_lr) } else { base };
+            let scheduled = if self.cosine {
+                cosine_warmup(step, base, self.warmup_steps, self.total_steps, self.min_lr)
+            } else {
+                base
+            };
             let (lr, change) = match unfreeze_at {
                 None => (scheduled, None),
                 Some(at) if step < at => (0.0, (step == 0).then_some(true)),

@@ -30,7 +30,9 @@ impl Policy for StepDecay {
         let milestones = args
             .all("milestone")
             .iter()
-            .map(|text| text.parse::<u64>().map_err(|_| format!("argument `milestone`: expected a step number, got `{text}`")))
+            .map(|text| {
+                text.parse::<u64>().map_err(|_| format!("argument `milestone`: expected a step number, got `{text}`"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let decay = if milestones.is_empty() {
             let step_size = args.u64_or("step_size", (spec.total_steps / 3).max(1))?;

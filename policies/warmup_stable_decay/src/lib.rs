@@ -36,7 +36,9 @@ impl Policy for WarmupStableDecay {
         let warmup_steps = args.u64_or("warmup_steps", total / 20)?;
         let decay_steps = args.u64_or("decay_steps", total / 5)?.max(1);
         if warmup_steps + decay_steps > total {
-            return Err(format!("warmup_steps ({warmup_steps}) + decay_steps ({decay_steps}) exceed the run ({total} steps)"));
+            return Err(format!(
+                "warmup_steps ({warmup_steps}) + decay_steps ({decay_steps}) exceed the run ({total} steps)"
+            ));
         }
         let shape = match args.choice("shape", &["linear", "cosine", "sqrt"], "linear")? {
             "cosine" => Shape::Cosine,
