@@ -122,6 +122,7 @@ fn sigterm_saves_a_checkpoint_after_the_step_in_flight() {
             "cpu",
         ])
         .args(["--run-dir", dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
