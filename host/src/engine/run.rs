@@ -13,6 +13,7 @@ use crate::data::sampler::{EpochSampler, keyed};
 use crate::data::{DataError, grey_to_unit, unit_to_pixel_values};
 use crate::eval::{VALIDATION_METRICS, ZeroShotAccuracy, validation_metrics, zero_shot_accuracy};
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
+use crate::models::pretrained::{self, PretrainedError};
 use crate::policy::{
     AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
     PolicyError, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
@@ -100,6 +101,8 @@ pub enum EngineError {
     Checkpoint { path: PathBuf, problem: String },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Pretrained(#[from] PretrainedError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -235,7 +238,7 @@ impl Run {
             PAD_ID,
         );
         tch::manual_seed(config.seed as i64);
-        let mut var_store = nn::VarStore::new(device);
+        let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &model_config);
         let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -308,7 +311,7 @@ impl Run {
                 fresh_state
             }
             Some((checkpoint, swap_policies)) => {
-                var_store.load(&checkpoint.model_file)?;
+                pretrained::load_weights(&var_store, &checkpoint.model_file)?;
                 optimizer.load_state(&checkpoint.optimizer).map_err(|problem| EngineError::Checkpoint {
                     path: checkpoint.dir.join("optimizer.safetensors"),
                     problem,
@@ -453,7 +456,7 @@ impl Run {
             }
         }
         self.progress.finish();
-        save_final(&self.run_dir, &self.var_store, &self.model_config)?;
+        pretrained::save(&self.run_dir.join("final"), &self.var_store, &self.model_config)?;
         let zero_shot = zero_shot_accuracy(
             &self.model,
             &self.test,
@@ -815,21 +818,4 @@ fn by_name<'a, T: Copy>(names: &[&'a str], values: &[T]) -> BTreeMap<&'a str, T>
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
     let text = serde_json::to_string_pretty(value).expect("run records serialize");
     std::fs::write(path, text + "\n").map_err(io_error(path))
-}
-
-/// Writes `final/` (weights and `config.json`, the Hugging Face layout) through a temporary
-/// folder and a rename, so an interrupted save never leaves half a model.
-fn save_final(run_dir: &Path, var_store: &nn::VarStore, model_config: &ClipConfig) -> Result<(), EngineError> {
-    let staging = run_dir.join("final.tmp");
-    let target = run_dir.join("final");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
-    var_store.save(staging.join("model.safetensors"))?;
-    write_json(&staging.join("config.json"), model_config)?;
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(io_error(&target))?;
-    }
-    std::fs::rename(&staging, &target).map_err(io_error(&target))
 }

@@ -3,9 +3,11 @@
 //! these variables. A ViT image tower and a causal transformer text tower, each with a
 //! projection into a shared space, and a learnable logit scale.
 
+use super::pretrained::{self, PretrainedError};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The logit scale is kept at or below this after each optimizer step, as in CLIP
 /// training (open_clip clamps the parameter the same way).
@@ -27,8 +29,10 @@ impl Activation {
     }
 }
 
-/// `text_config` of a Hugging Face CLIP `config.json`.
+/// `text_config` of a Hugging Face CLIP `config.json`. A missing field takes the
+/// `transformers` default, as `save_pretrained` may leave defaults out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClipTextConfig {
     pub vocab_size: i64,
     pub hidden_size: i64,
@@ -37,54 +41,86 @@ pub struct ClipTextConfig {
     pub num_attention_heads: i64,
     pub max_position_embeddings: i64,
     pub hidden_act: Activation,
-    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    /// The text tower's output is read at the first occurrence of this token.
+    /// The text tower's output is read at the first occurrence of this token (or, for the
+    /// legacy value 2, at the largest id, as `transformers` does).
     pub eos_token_id: i64,
     pub bos_token_id: i64,
     pub pad_token_id: i64,
 }
 
-/// `vision_config` of a Hugging Face CLIP `config.json`.
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            eos_token_id: 49407,
+            bos_token_id: 49406,
+            pad_token_id: 1,
+        }
+    }
+}
+
+/// `vision_config` of a Hugging Face CLIP `config.json`, with the `transformers` defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClipVisionConfig {
     pub hidden_size: i64,
     pub intermediate_size: i64,
     pub num_hidden_layers: i64,
     pub num_attention_heads: i64,
-    #[serde(default = "default_num_channels")]
     pub num_channels: i64,
     pub image_size: i64,
     pub patch_size: i64,
     pub hidden_act: Activation,
-    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
 }
 
-/// A Hugging Face CLIP `config.json`.
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        ClipVisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+/// A Hugging Face CLIP `config.json`, with the `transformers` defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClipConfig {
     pub text_config: ClipTextConfig,
     pub vision_config: ClipVisionConfig,
     pub projection_dim: i64,
     pub logit_scale_init_value: f64,
-    #[serde(default = "default_model_type")]
     pub model_type: String,
-    #[serde(default = "default_architectures")]
     pub architectures: Vec<String>,
 }
 
-fn default_layer_norm_eps() -> f64 {
-    1e-5
-}
-fn default_num_channels() -> i64 {
-    3
-}
-fn default_model_type() -> String {
-    "clip".to_string()
-}
-fn default_architectures() -> Vec<String> {
-    vec!["CLIPModel".to_string()]
+impl Default for ClipConfig {
+    fn default() -> Self {
+        ClipConfig {
+            text_config: ClipTextConfig::default(),
+            vision_config: ClipVisionConfig::default(),
+            projection_dim: 512,
+            logit_scale_init_value: 2.6592,
+            model_type: "clip".to_string(),
+            architectures: vec!["CLIPModel".to_string()],
+        }
+    }
 }
 
 impl ClipConfig {
@@ -118,8 +154,7 @@ impl ClipConfig {
             },
             projection_dim: 64,
             logit_scale_init_value: (1.0f64 / 0.07).ln(),
-            model_type: default_model_type(),
-            architectures: default_architectures(),
+            ..ClipConfig::default()
         }
     }
 }
@@ -281,7 +316,12 @@ impl TextTransformer {
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
         let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
         let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true));
-        let eos_index = input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false);
+        // Configs from before transformers PR #24773 say 2; their end token is the largest id.
+        let eos_index = if self.eos_token_id == 2 {
+            input_ids.argmax(-1, false)
+        } else {
+            input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        };
         let batch = Tensor::arange(input_ids.size()[0], (Kind::Int64, input_ids.device()));
         xs.index(&[Some(batch), Some(eos_index)])
     }
@@ -360,6 +400,16 @@ impl Clip {
         }
     }
 
+    /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors`) onto `device`,
+    /// with float32 variables whatever the file's dtype.
+    pub fn from_pretrained(dir: &Path, device: Device) -> Result<(ClipConfig, nn::VarStore, Clip), PretrainedError> {
+        let config: ClipConfig = pretrained::read_config(dir)?;
+        let var_store = nn::VarStore::new(device);
+        let model = Clip::new(&var_store.root(), &config);
+        pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        Ok((config, var_store, model))
+    }
+
     /// L2-normalised image embeddings for `(batch, channels, height, width)` pixels.
     pub fn image_embeddings(&self, pixel_values: &Tensor) -> Tensor {
         normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values)))
@@ -382,11 +432,14 @@ impl Clip {
         });
     }
 
+    /// `logits_per_image` of `transformers`: scaled cosine similarities, `(images, texts)`.
+    pub fn logits_per_image(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Tensor {
+        self.image_embeddings(pixel_values).matmul(&self.text_embeddings(input_ids).tr()) * self.logit_scale()
+    }
+
     /// The symmetric InfoNCE loss of CLIP for aligned image/text pairs.
     pub fn contrastive_loss(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Tensor {
-        let images = self.image_embeddings(pixel_values);
-        let texts = self.text_embeddings(input_ids);
-        let logits_per_image = images.matmul(&texts.tr()) * self.logit_scale();
+        let logits_per_image = self.logits_per_image(pixel_values, input_ids);
         let targets = Tensor::arange(logits_per_image.size()[0], (Kind::Int64, logits_per_image.device()));
         let image_loss = logits_per_image.cross_entropy_for_logits(&targets);
         let text_loss = logits_per_image.tr().cross_entropy_for_logits(&targets);

@@ -2,3 +2,4 @@
 //! and parameter names so that checkpoints move between this trainer and `transformers`.
 
 pub mod clip;
+pub mod pretrained;

@@ -1,0 +1,88 @@
+//! CLIP as `transformers` defines it: a checkpoint written by `transformers` (the fixture
+//! made by `tests/fixtures/clip/make_fixture.py`) loads and gives the outputs `transformers`
+//! computed, float32 or bfloat16; and the trainer's saved folder loads back into
+//! `transformers` with the same outputs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+use trainer::models::clip::Clip;
+use trainer::models::pretrained;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/clip")
+}
+
+fn tensors(file: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixtures().join(file)).unwrap().into_iter().collect()
+}
+
+fn assert_close(name: &str, got: &Tensor, expected: &Tensor) {
+    assert_eq!(got.size(), expected.size(), "{name} shape");
+    let difference = (got - expected).abs().max().double_value(&[]);
+    assert!(difference <= 1e-4, "{name}: max difference {difference}");
+}
+
+/// The model's outputs on the fixture inputs against `expected_file`.
+fn assert_matches_transformers(model: &Clip, expected_file: &str) {
+    let inputs = tensors("tiny-expected.safetensors");
+    let expected = tensors(expected_file);
+    let (pixels, ids) = (&inputs["pixel_values"], &inputs["input_ids"]);
+    tch::no_grad(|| {
+        assert_close("image_embeds", &model.image_embeddings(pixels), &expected["image_embeds"]);
+        assert_close("text_embeds", &model.text_embeddings(ids), &expected["text_embeds"]);
+        assert_close("logits_per_image", &model.logits_per_image(pixels, ids), &expected["logits_per_image"]);
+    });
+}
+
+#[test]
+fn a_transformers_checkpoint_gives_the_same_outputs() {
+    let (config, _store, model) = Clip::from_pretrained(&fixtures().join("tiny"), Device::Cpu).unwrap();
+    assert_eq!(config.text_config.eos_token_id, 98);
+    assert_matches_transformers(&model, "tiny-expected.safetensors");
+}
+
+#[test]
+fn bfloat16_weights_become_float32_master_weights() {
+    let (_, store, model) = Clip::from_pretrained(&fixtures().join("tiny-bf16"), Device::Cpu).unwrap();
+    assert!(store.variables().values().all(|v| v.kind() == Kind::Float), "every variable is float32");
+    assert_matches_transformers(&model, "tiny-bf16-expected.safetensors");
+}
+
+#[test]
+fn a_saved_model_loads_back_into_transformers() {
+    let (config, store, _) = Clip::from_pretrained(&fixtures().join("tiny"), Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let saved = out.path().join("final");
+    pretrained::save(&saved, &store, &config).unwrap();
+    let python = option_env!("TRAINER_PYTHON").expect("TRAINER_PYTHON is set by `make` in .cargo/config.toml");
+    let check = std::process::Command::new(python)
+        .arg(fixtures().join("check_roundtrip.py"))
+        .arg(&saved)
+        .output()
+        .expect("the project's Python runs");
+    assert!(
+        check.status.success(),
+        "transformers disagrees with the saved model:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn a_missing_or_misshapen_tensor_is_named() {
+    let (config, store, _) = Clip::from_pretrained(&fixtures().join("tiny"), Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut named: Vec<(String, Tensor)> = store.variables().into_iter().collect();
+    named.retain(|(name, _)| name != "logit_scale");
+    let file = dir.path().join("model.safetensors");
+    Tensor::write_safetensors(&named, &file).unwrap();
+    let err = pretrained::load_weights(&store, &file).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("`logit_scale`"), "{err}");
+
+    named.push(("logit_scale".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    Tensor::write_safetensors(&named, &file).unwrap();
+    let err = pretrained::load_weights(&store, &file).unwrap_err().to_string();
+    assert!(err.contains("`logit_scale` has shape [2]"), "{err}");
+    drop(config);
+}
