@@ -55,7 +55,8 @@ fn a_saved_model_loads_back_into_transformers() {
     let out = tempfile::tempdir().unwrap();
     let saved = out.path().join("final");
     pretrained::save(&saved, &store, &config).unwrap();
-    let python = option_env!("TRAINER_PYTHON").expect("TRAINER_PYTHON is set by `make` in .cargo/config.toml");
+    // `make` sets it in .cargo/config.toml, which cargo passes to the tests it runs.
+    let python = std::env::var("TRAINER_PYTHON").expect("TRAINER_PYTHON names the project's Python; run `make` once");
     let check = std::process::Command::new(python)
         .arg(fixtures().join("check_roundtrip.py"))
         .arg(&saved)
