@@ -33,16 +33,16 @@ test: setup policies
 setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-torch-transformers Makefile
+.cargo/config.toml: $(VENV)/.installed-torch-transformers-tensorboard Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
 		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' > $@
 
-# transformers writes and reads the Hugging Face fixtures the tests compare against.
-$(VENV)/.installed-torch-transformers:
+# transformers and tensorboard read what the trainer writes, in the tests.
+$(VENV)/.installed-torch-transformers-tensorboard:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard
 	touch $@
 
 $(FASHION_MNIST)/train-images-idx3-ubyte.gz:

@@ -247,3 +247,31 @@ fn gradient_clipping_is_applied_after_measuring_the_norm() {
     let drop = |l: Vec<f64>| l[0] - l[5];
     assert!(drop(losses(clipped.path())) < drop(losses(free.path())), "clipped training learns less in 6 steps");
 }
+
+#[test]
+fn the_tensorboard_event_file_reads_back_with_the_tensorboard_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let early_stopping = format!("{}:metric=val_loss,patience=50,eval_every=3", policy("early_stopping").display());
+    let policies = [policy("cosine_warmup").display().to_string(), early_stopping];
+    assert_success(&train_cpu(dir.path(), &policies, &["--steps", "6", "--batch-size", "16"]));
+
+    let python = std::env::var("TRAINER_PYTHON").expect("TRAINER_PYTHON names the project's Python; run `make` once");
+    let script = common::workspace().join("tests/fixtures/read_tensorboard.py");
+    let read = std::process::Command::new(python).arg(script).arg(dir.path()).output().unwrap();
+    assert!(read.status.success(), "tensorboard could not read the run: {}", String::from_utf8_lossy(&read.stderr));
+    let series: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+
+    let metrics = read_jsonl(&dir.path().join("metrics.jsonl"));
+    let loss = series["loss/total"].as_array().expect("a loss/total series");
+    assert_eq!(loss.len(), 6);
+    for (point, record) in loss.iter().zip(&metrics) {
+        assert_eq!(point[0], record["step"]);
+        let (logged, recorded) = (point[1].as_f64().unwrap(), record["loss"].as_f64().unwrap());
+        assert!((logged - recorded).abs() <= 1e-6 * recorded.abs(), "{logged} vs {recorded} (stored as f32)");
+    }
+    for tag in ["lr/vision", "lr/logit_scale", "grad_norm", "logit_scale", "loss/contrastive"] {
+        assert_eq!(series[tag].as_array().map(Vec::len), Some(6), "{tag}");
+    }
+    let evaluations = series["eval/val_zero_shot_top1"].as_array().expect("evaluation series");
+    assert_eq!(evaluations.iter().map(|p| p[0].as_u64().unwrap()).collect::<Vec<_>>(), [3, 6]);
+}

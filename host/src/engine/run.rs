@@ -18,7 +18,7 @@ use crate::policy::{
     AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
     PolicyError, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
 };
-use crate::report::{JsonLines, Progress};
+use crate::report::{EventWriter, JsonLines, Progress};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -203,6 +203,7 @@ struct Run {
     metrics: JsonLines,
     decisions: JsonLines,
     evaluations: JsonLines,
+    tensorboard: EventWriter,
     log: std::io::LineWriter<std::fs::File>,
     progress: Progress,
 }
@@ -340,6 +341,8 @@ impl Run {
         let metrics = open("metrics.jsonl", &keep)?;
         let decisions = open("decisions.jsonl", &keep)?;
         let evaluations = open("evaluations.jsonl", &keep_evaluations)?;
+        // A resumed run adds a new event file; TensorBoard reads them all.
+        let tensorboard = EventWriter::create(&run_dir).map_err(io_error(&run_dir))?;
 
         let progress = Progress::new(config.steps);
         progress.set_position(steps_done);
@@ -365,6 +368,7 @@ impl Run {
             metrics,
             decisions,
             evaluations,
+            tensorboard,
             log,
             progress,
         };
@@ -596,6 +600,16 @@ impl Run {
                 skipped,
             })
             .map_err(io_error(self.metrics.path()))?;
+        let mut scalars = vec![
+            ("loss/total", total),
+            ("loss/contrastive", raw),
+            ("grad_norm", norm),
+            ("logit_scale", scale),
+            ("throughput/images_per_second", images_per_second),
+        ];
+        let lr_tags = PARAMETER_GROUPS.map(|group| format!("lr/{group}"));
+        scalars.extend(lr_tags.iter().map(String::as_str).zip(self.state.knobs.lrs.iter().copied()));
+        self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
         self.progress.update(step + 1, total, self.state.knobs.lrs[0], images_per_second);
         Ok(())
     }
@@ -626,6 +640,9 @@ impl Run {
             record.insert(name.to_string(), serde_json::json!(value));
         }
         self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
+        let tags = VALIDATION_METRICS.map(|name| format!("eval/{name}"));
+        let scalars = tags.iter().map(String::as_str).zip(values.iter().copied());
+        self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
         self.state.pending_evaluation = Some(PendingEvaluation { step, values });
         Ok(())
     }
@@ -799,6 +816,11 @@ fn prepare_run_dir(run_dir: &Path, overwrite: bool) -> Result<(), EngineError> {
             let path = run_dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
+        for entry in std::fs::read_dir(run_dir).map_err(io_error(run_dir))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("events.out.tfevents.") {
+                std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
             }
         }
         for dir in ["final", checkpoint::CHECKPOINTS_DIR] {
