@@ -30,7 +30,10 @@ demo: setup policies
 test: setup policies
 	cargo test --release --workspace
 
-setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok
+OPEN_CLIP := $(CACHE)/open_clip
+CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
+
+setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(VENV)/.installed-torch-transformers-tensorboard Makefile
@@ -44,6 +47,17 @@ $(VENV)/.installed-torch-transformers-tensorboard:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard
 	touch $@
+
+# OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),
+# taken from the open_clip_torch wheel on PyPI.
+$(CLIP_BPE): $(VENV)/.installed-torch-transformers-tensorboard
+	rm -rf $(OPEN_CLIP).tmp && mkdir -p $(OPEN_CLIP).tmp
+	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0 -d $(OPEN_CLIP).tmp
+	cd $(OPEN_CLIP).tmp && $(PYTHON) -c 'import glob, zipfile; wheel = zipfile.ZipFile(glob.glob("*.whl")[0]); \
+		[open(name.split("/")[-1], "wb").write(wheel.read(name)) for name in \
+		 ("open_clip/tokenizer.py", "open_clip/bpe_simple_vocab_16e6.txt.gz")]'
+	mkdir -p $(OPEN_CLIP) && mv $(OPEN_CLIP).tmp/tokenizer.py $(OPEN_CLIP).tmp/bpe_simple_vocab_16e6.txt.gz $(OPEN_CLIP)/
+	rm -rf $(OPEN_CLIP).tmp
 
 $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -qq

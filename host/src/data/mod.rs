@@ -2,6 +2,7 @@
 //! input, captions into token ids, and the seeded order in which samples are seen.
 
 pub mod augment;
+pub mod clip_tokenizer;
 pub mod fashion_mnist;
 pub mod prompts;
 pub mod sampler;

@@ -1,0 +1,246 @@
+//! OpenAI CLIP's tokenizer: byte-level BPE over lower-cased, cleaned text, with start and end
+//! tokens, context 77 and truncation, giving the ids `open_clip` and OpenAI's `clip` give
+//! (checked against golden ids made by `tests/fixtures/tokenizer/make_golden.py`).
+//!
+//! Cleaning follows `basic_clean` + `whitespace_clean` + lower-casing. Of `ftfy.fix_text`
+//! it applies what changes text that is not mojibake: curly quotes made straight, Latin
+//! ligatures expanded, full-width characters made normal width, NFC normalisation. HTML
+//! entities are unescaped (the named ones CLIP captions use, and numeric ones). Mojibake
+//! repair is left out.
+
+use flate2::read::GzDecoder;
+use regex::Regex;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use unicode_normalization::UnicodeNormalization;
+
+/// Where `make` puts OpenAI's BPE merges (from the `open_clip_torch` wheel).
+pub fn default_bpe_path() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/trainer/open_clip/bpe_simple_vocab_16e6.txt.gz"))
+}
+
+pub const CONTEXT_LENGTH: usize = 77;
+const START: &str = "<start_of_text>";
+const END: &str = "<end_of_text>";
+/// Merges used by CLIP: the file's lines 1..=48894 (49152 - 256 - 2).
+const MERGES: usize = 49152 - 256 - 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Format { path: PathBuf, problem: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClipTokenizer {
+    encoder: HashMap<String, i64>,
+    ranks: HashMap<(String, String), usize>,
+    byte_encoder: [char; 256],
+    pattern: Regex,
+    pub start_id: i64,
+    pub end_id: i64,
+}
+
+/// GPT-2's reversible map from bytes to printable characters.
+fn bytes_to_unicode() -> ([char; 256], Vec<u8>) {
+    let mut order: Vec<u8> = (b'!'..=b'~').chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut chars = [' '; 256];
+    for &b in &order {
+        chars[b as usize] = char::from(b);
+    }
+    let mut next = 0u32;
+    for b in 0..=255u8 {
+        if !order.contains(&b) {
+            order.push(b);
+            chars[b as usize] = char::from_u32(256 + next).expect("below the surrogates");
+            next += 1;
+        }
+    }
+    (chars, order)
+}
+
+impl ClipTokenizer {
+    /// Reads OpenAI's `bpe_simple_vocab_16e6.txt.gz`.
+    pub fn from_bpe_file(path: &Path) -> Result<Self, TokenizerError> {
+        let mut text = String::new();
+        let read = std::fs::File::open(path).and_then(|file| GzDecoder::new(file).read_to_string(&mut text));
+        read.map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
+        let merges: Vec<(String, String)> = text
+            .split('\n')
+            .skip(1)
+            .take(MERGES)
+            .map(|line| {
+                let mut parts = line.split_whitespace();
+                match (parts.next(), parts.next()) {
+                    (Some(a), Some(b)) => Ok((a.to_string(), b.to_string())),
+                    _ => Err(TokenizerError::Format {
+                        path: path.to_path_buf(),
+                        problem: format!("bad merge line `{line}`"),
+                    }),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        if merges.len() != MERGES {
+            let problem = format!("{} merges, CLIP needs {MERGES}", merges.len());
+            return Err(TokenizerError::Format { path: path.to_path_buf(), problem });
+        }
+        let (byte_encoder, order) = bytes_to_unicode();
+        let mut vocab: Vec<String> = order.iter().map(|&b| byte_encoder[b as usize].to_string()).collect();
+        vocab.extend(order.iter().map(|&b| format!("{}</w>", byte_encoder[b as usize])));
+        vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+        vocab.extend([START.to_string(), END.to_string()]);
+        let encoder: HashMap<String, i64> = vocab.into_iter().enumerate().map(|(i, token)| (token, i as i64)).collect();
+        let ranks = merges.into_iter().enumerate().map(|(rank, pair)| (pair, rank)).collect();
+        let pattern = Regex::new(&format!(
+            r"(?i){START}|{END}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
+        ))
+        .expect("the pattern is valid");
+        Ok(ClipTokenizer { start_id: encoder[START], end_id: encoder[END], encoder, ranks, byte_encoder, pattern })
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        self.encoder.len() as i64
+    }
+
+    /// Ids of `text` without start and end tokens.
+    pub fn encode(&self, text: &str) -> Vec<i64> {
+        let text = clean(text);
+        let mut ids = Vec::new();
+        for piece in self.pattern.find_iter(&text) {
+            let piece = piece.as_str();
+            if piece == START || piece == END {
+                ids.push(self.encoder[piece]);
+                continue;
+            }
+            let mapped: Vec<String> = piece.bytes().map(|b| self.byte_encoder[b as usize].to_string()).collect();
+            ids.extend(self.bpe(mapped).iter().map(|token| self.encoder[token.as_str()]));
+        }
+        ids
+    }
+
+    /// Start, the ids of `text`, end, cut to `context_length` (the last kept id becomes the end
+    /// token) and padded with zeros, as `open_clip.tokenize` does.
+    pub fn tokenize(&self, text: &str, context_length: usize) -> Vec<i64> {
+        let mut ids = vec![self.start_id];
+        ids.extend(self.encode(text));
+        ids.push(self.end_id);
+        if ids.len() > context_length {
+            ids.truncate(context_length);
+            ids[context_length - 1] = self.end_id;
+        }
+        ids.resize(context_length, 0);
+        ids
+    }
+
+    /// Merges the pair of lowest rank until none applies.
+    fn bpe(&self, mut word: Vec<String>) -> Vec<String> {
+        if let Some(last) = word.last_mut() {
+            last.push_str("</w>");
+        }
+        while word.len() > 1 {
+            let best = word
+                .windows(2)
+                .filter_map(|pair| self.ranks.get(&(pair[0].clone(), pair[1].clone())).map(|&rank| (rank, pair)))
+                .min_by_key(|(rank, _)| *rank);
+            let Some((_, pair)) = best else { break };
+            let (first, second) = (pair[0].clone(), pair[1].clone());
+            let mut merged = Vec::with_capacity(word.len());
+            let mut i = 0;
+            while i < word.len() {
+                if i + 1 < word.len() && word[i] == first && word[i + 1] == second {
+                    merged.push(format!("{first}{second}"));
+                    i += 2;
+                } else {
+                    merged.push(std::mem::take(&mut word[i]));
+                    i += 1;
+                }
+            }
+            word = merged;
+        }
+        word
+    }
+}
+
+/// `whitespace_clean(basic_clean(text)).lower()` of OpenAI CLIP (see the module doc).
+pub fn clean(text: &str) -> String {
+    let fixed: String = text.chars().flat_map(fix_char).collect::<String>().nfc().collect();
+    let unescaped = unescape_html(&unescape_html(&unescape_html(&fixed)));
+    unescaped.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// ftfy's per-character fixes: quotes, ligatures, character width.
+fn fix_char(ch: char) -> Vec<char> {
+    let expand = |s: &str| s.chars().collect();
+    match ch {
+        '\u{02BC}' | '\u{2018}'..='\u{201B}' => vec!['\''],
+        '\u{201C}'..='\u{201F}' => vec!['"'],
+        '\u{FB00}' => expand("ff"),
+        '\u{FB01}' => expand("fi"),
+        '\u{FB02}' => expand("fl"),
+        '\u{FB03}' => expand("ffi"),
+        '\u{FB04}' => expand("ffl"),
+        '\u{FB05}' => expand("\u{017F}t"),
+        '\u{FB06}' => expand("st"),
+        '\u{0132}' => expand("IJ"),
+        '\u{0133}' => expand("ij"),
+        '\u{3000}' => vec![' '],
+        '\u{FF01}'..='\u{FF5E}' => vec![char::from_u32(ch as u32 - 0xFF01 + 0x21).expect("ASCII")],
+        '\u{FF5F}'..='\u{FFEF}' => ch.to_string().nfkc().collect(),
+        _ => vec![ch],
+    }
+}
+
+/// Python's `html.unescape` for numeric references and the common named ones.
+fn unescape_html(text: &str) -> String {
+    if !text.contains('&') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end =
+            rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).map(|i| i + 1).unwrap_or(rest.len());
+        let name = &rest[1..end];
+        let with_semicolon = rest[end..].starts_with(';');
+        let decoded = match name.strip_prefix('#') {
+            Some(number) => {
+                let value = match number.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => number.parse::<u32>().ok(),
+                };
+                value.map(|v| char::from_u32(v).unwrap_or('\u{FFFD}').to_string())
+            }
+            None => match name {
+                "amp" => Some("&".into()),
+                "lt" => Some("<".into()),
+                "gt" => Some(">".into()),
+                "quot" => Some("\"".into()),
+                "apos" if with_semicolon => Some("'".into()),
+                "nbsp" => Some("\u{A0}".into()),
+                _ => None,
+            },
+        };
+        match decoded {
+            Some(decoded) => {
+                out.push_str(&decoded);
+                rest = &rest[end + usize::from(with_semicolon)..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
