@@ -82,13 +82,7 @@ fn policy_step() -> Duration {
 fn demo_step() -> Duration {
     tch::manual_seed(0);
     let captions = CaptionTable::new(&CLASS_NAMES);
-    let config = ClipConfig::tiny(
-        captions.tokenizer.vocab_size(),
-        captions.tokenizer.context_length(),
-        START_ID,
-        END_ID,
-        PAD_ID,
-    );
+    let config = ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
     let var_store = nn::VarStore::new(Device::Cpu);
     let mut model = Clip::new(&var_store.root(), &config);
     let params = var_store

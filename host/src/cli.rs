@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// Repeat to compose policies; each kind of knob is owned by one of them.
     #[arg(long, value_name = "FILE[:ARGS]", required_unless_present = "resume")]
     pub policy: Vec<PolicySource>,
+    /// A Hugging Face CLIP folder (config.json, model.safetensors) to fine-tune; without it a
+    /// small CLIP is trained from scratch.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
     /// Number of optimizer steps [default: 1000].
     #[arg(long, value_parser = positive_u64, allow_negative_numbers = true)]
     pub steps: Option<u64>,
@@ -155,6 +159,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
             ("--data", args.data.is_some()),
+            ("--model", args.model.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
             return Err(EngineError::Config(format!(
@@ -166,6 +171,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
     }
     let config = TrainConfig {
         policies: args.policy,
+        model: args.model,
         steps: args.steps.unwrap_or(1000),
         batch_size: args.batch_size.unwrap_or(256),
         seed: args.seed.unwrap_or(0),

@@ -2,6 +2,7 @@
 //! {}."), and a word-level tokenizer over exactly the words those captions use, with
 //! CLIP's layout of start token, words, end token, padding.
 
+use super::clip_tokenizer::ClipTokenizer;
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -94,24 +95,44 @@ impl PromptTokenizer {
 /// Token ids of every (class, template) caption: `(classes, templates, context)`.
 #[derive(Debug)]
 pub struct CaptionTable {
-    pub tokenizer: PromptTokenizer,
     /// `(classes, templates, context)`, `i64`, on the CPU.
     pub ids: Tensor,
+    /// Size of the vocabulary the ids come from.
+    pub vocab_size: i64,
+}
+
+fn captions(class_names: &[&str]) -> Vec<String> {
+    class_names.iter().flat_map(|name| TEMPLATES.iter().map(move |template| template.replace("{}", name))).collect()
 }
 
 impl CaptionTable {
+    /// Captions tokenized with a word-level vocabulary fitted to them (for models trained
+    /// from scratch).
     pub fn new(class_names: &[&str]) -> Self {
-        let captions: Vec<String> = class_names
-            .iter()
-            .flat_map(|name| TEMPLATES.iter().map(move |template| template.replace("{}", name)))
-            .collect();
+        let captions = captions(class_names);
         let tokenizer = PromptTokenizer::fit(captions.iter().map(String::as_str));
         let ids: Vec<i64> = captions
             .iter()
             .flat_map(|caption| tokenizer.encode(caption).expect("the vocabulary was fitted on these captions"))
             .collect();
         let shape = [class_names.len() as i64, TEMPLATES.len() as i64, tokenizer.context_length()];
-        CaptionTable { tokenizer, ids: Tensor::from_slice(&ids).view(shape) }
+        CaptionTable { ids: Tensor::from_slice(&ids).view(shape), vocab_size: tokenizer.vocab_size() }
+    }
+
+    /// Captions tokenized as OpenAI CLIP does, cut to the longest caption (at most
+    /// `max_context` tokens), for pretrained CLIP models.
+    pub fn with_clip_tokenizer(class_names: &[&str], tokenizer: &ClipTokenizer, max_context: usize) -> Self {
+        let captions = captions(class_names);
+        let longest = captions.iter().map(|caption| tokenizer.encode(caption).len() + 2).max().unwrap_or(2);
+        let context = longest.min(max_context);
+        let ids: Vec<i64> = captions.iter().flat_map(|caption| tokenizer.tokenize(caption, context)).collect();
+        let shape = [class_names.len() as i64, TEMPLATES.len() as i64, context as i64];
+        CaptionTable { ids: Tensor::from_slice(&ids).view(shape), vocab_size: tokenizer.vocab_size() }
+    }
+
+    /// Tokens per caption.
+    pub fn context_length(&self) -> i64 {
+        self.ids.size()[2]
     }
 }
 
@@ -140,6 +161,6 @@ mod tests {
     #[test]
     fn table_holds_every_class_and_template() {
         let table = CaptionTable::new(&["bag", "ankle boot"]);
-        assert_eq!(table.ids.size(), [2, TEMPLATES.len() as i64, table.tokenizer.context_length()]);
+        assert_eq!(table.ids.size(), [2, TEMPLATES.len() as i64, table.context_length()]);
     }
 }

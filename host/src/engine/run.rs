@@ -7,6 +7,7 @@ use super::checkpoint::{
 use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use crate::data::augment::{self, KNOBS};
+use crate::data::clip_tokenizer::{self, ClipTokenizer};
 use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
 use crate::data::prompts::{CaptionTable, END_ID, PAD_ID, START_ID, TEMPLATES};
 use crate::data::sampler::{EpochSampler, keyed};
@@ -32,6 +33,9 @@ use tch::{Device, Kind, Tensor, nn};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub policies: Vec<PolicySource>,
+    /// A Hugging Face CLIP folder to fine-tune; `None`: a small CLIP trained from scratch.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
     pub steps: u64,
     pub batch_size: usize,
     pub seed: u64,
@@ -230,17 +234,22 @@ impl Run {
             labels: all_train.labels.narrow(0, train_count, VALIDATION_IMAGES),
         };
 
-        let captions = CaptionTable::new(&CLASS_NAMES);
-        let model_config = ClipConfig::tiny(
-            captions.tokenizer.vocab_size(),
-            captions.tokenizer.context_length(),
-            START_ID,
-            END_ID,
-            PAD_ID,
-        );
+        let (captions, model_config) = match &config.model {
+            None => {
+                let captions = CaptionTable::new(&CLASS_NAMES);
+                let model_config =
+                    ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
+                (captions, model_config)
+            }
+            Some(dir) => pretrained_captions(dir)?,
+        };
         tch::manual_seed(config.seed as i64);
         let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &model_config);
+        // A resumed run takes its weights from the checkpoint instead.
+        if let (Some(dir), None) = (&config.model, &from) {
+            pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        }
         let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let mut group_params: Vec<Vec<Tensor>> = (0..PARAMETER_GROUPS.len()).map(|_| Vec::new()).collect();
@@ -776,6 +785,32 @@ fn restore_policies(
         }
     }
     Ok(())
+}
+
+/// The Fashion-MNIST captions in OpenAI CLIP's tokens, and the configuration of the
+/// pretrained CLIP in `dir`, checked to fit each other.
+fn pretrained_captions(dir: &Path) -> Result<(CaptionTable, ClipConfig), EngineError> {
+    let model_config: ClipConfig = pretrained::read_config(dir)?;
+    let bpe = clip_tokenizer::default_bpe_path().ok_or_else(|| {
+        EngineError::Config("HOME is not set, so the CLIP tokenizer's vocabulary cannot be found".into())
+    })?;
+    let tokenizer = ClipTokenizer::from_bpe_file(&bpe)
+        .map_err(|err| EngineError::Config(format!("CLIP tokenizer: {err} (run `make` once to install it)")))?;
+    let text = &model_config.text_config;
+    let captions =
+        CaptionTable::with_clip_tokenizer(&CLASS_NAMES, &tokenizer, text.max_position_embeddings.max(2) as usize);
+    if captions.vocab_size > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
+        return Err(EngineError::Config(format!(
+            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit OpenAI CLIP's tokenizer \
+             (vocab {}, end token {})",
+            dir.display(),
+            text.vocab_size,
+            text.eos_token_id,
+            captions.vocab_size,
+            tokenizer.end_id
+        )));
+    }
+    Ok((captions, model_config))
 }
 
 fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), EngineError> {
