@@ -151,9 +151,19 @@ impl AdamW {
                 }
                 let _ = moments.exp_avg.lerp_(&grad, 1.0 - beta1);
                 let _ = moments.exp_avg_sq.g_mul_scalar_(beta2);
-                let _ = moments.exp_avg_sq.addcmul_(&grad, &(&grad * (1.0 - beta2)));
-                let denom = moments.exp_avg_sq.sqrt() / bias_correction2_sqrt + eps;
-                let _ = param.tensor.addcdiv_(&(&moments.exp_avg * (-lr / bias_correction1)), &denom);
+                // tch's addcmul_/addcdiv_ take no scale, so the scales ride on one operand:
+                // (sqrt(1 - b2) g)^2 = (1 - b2) g^2, and the step's -lr/bc1 divides into denom.
+                // Two temporaries per parameter instead of five.
+                let scaled_grad = &grad * (1.0 - beta2).sqrt();
+                let _ = moments.exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
+                if lr == 0.0 {
+                    continue;
+                }
+                let mut denom = moments.exp_avg_sq.sqrt();
+                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+                let _ = denom.g_add_scalar_(eps);
+                let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
+                let _ = param.tensor.addcdiv_(&moments.exp_avg, &denom);
             }
         });
     }
