@@ -7,8 +7,10 @@
 //! - [`data`] reads data sets, makes captions, augments, samples
 //! - [`eval`] evaluates
 //! - [`report`] writes metrics files and shows progress
+//! - [`check`] is the property-based conformance check of a policy
 //! - [`cli`] is the command line
 
+pub mod check;
 pub mod cli;
 pub mod data;
 pub mod engine;

@@ -114,6 +114,12 @@ impl PolicyRuntime {
 
     /// Reads, checks, compiles (or takes from the cache) and instantiates `source`.
     pub fn load(&self, source: &PolicySource) -> Result<PolicyInstance, PolicyError> {
+        self.instantiate(&self.prepare(source)?)
+    }
+
+    /// Reads, checks and compiles (or takes from the cache) the component named by `source`,
+    /// ready to be instantiated any number of times.
+    pub fn prepare(&self, source: &PolicySource) -> Result<PreparedPolicy, PolicyError> {
         let path = source.path.as_path();
         let bytes = std::fs::read(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
         check_header(path, &bytes)?;
@@ -121,11 +127,17 @@ impl PolicyRuntime {
         let component = self.compile(path, &bytes, &sha256)?;
         self.check_imports(path, &component)?;
         self.check_interface_version(path, &component)?;
+        Ok(PreparedPolicy { path: path.to_path_buf(), name: source.name(), sha256, component })
+    }
+
+    /// A fresh instance of a prepared policy, in its own sandbox.
+    pub fn instantiate(&self, prepared: &PreparedPolicy) -> Result<PolicyInstance, PolicyError> {
+        let (path, component) = (&prepared.path, &prepared.component);
+        let (name, sha256) = (prepared.name.clone(), prepared.sha256.clone());
         let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
         let mut store = Store::new(&self.engine, HostState { limits, log: Vec::new(), logged_in_run: 0 });
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
-        let name = source.name();
         let mut instance = PolicyInstance {
             name,
             sha256,
@@ -136,8 +148,8 @@ impl PolicyRuntime {
             last_fuel_used: 0,
         };
         instance.prepare_call();
-        let bindings = bindings::Policy::instantiate(&mut instance.store, &component, &self.linker)
-            .map_err(|err| PolicyError::WrongWorld { path: path.to_path_buf(), detail: format!("{err:#}") })?;
+        let bindings = bindings::Policy::instantiate(&mut instance.store, component, &self.linker)
+            .map_err(|err| PolicyError::WrongWorld { path: path.clone(), detail: format!("{err:#}") })?;
         instance.bindings = Some(bindings);
         Ok(instance)
     }
@@ -239,6 +251,14 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PolicyError> {
         return Err(PolicyError::CoreModule { path: path.to_path_buf() });
     }
     Ok(())
+}
+
+/// A compiled, checked policy component, not yet instantiated.
+pub struct PreparedPolicy {
+    path: PathBuf,
+    name: String,
+    sha256: String,
+    component: Component,
 }
 
 /// One live policy: its sandbox and its entry points.

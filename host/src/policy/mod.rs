@@ -8,7 +8,7 @@ mod compose;
 mod source;
 mod validate;
 
-pub use component::{LogLine, PolicyInstance, PolicyRuntime, SandboxLimits};
+pub use component::{LogLine, PolicyInstance, PolicyRuntime, PreparedPolicy, SandboxLimits};
 pub use compose::{KNOB_NAMES, PolicySet, StepDecision, knob_name};
 pub use source::PolicySource;
 pub use validate::validate_decision;
