@@ -1,0 +1,145 @@
+//! What the standard policies mean, as properties over generated arguments and streams:
+//! warmup rises and decay never rises or undercuts the floor; early stopping never stops
+//! before patience plus delay; loss balancing evens out stationary losses; staged unfreezing
+//! never freezes again what it unfroze.
+
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use trainer::check::check_spec;
+use trainer::policy::{Evaluation, NonFinite, Observation, PolicyInstance, PolicyRuntime, PolicySource, SandboxLimits};
+
+fn policy_path(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/policies").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make policies` first", path.display());
+    path
+}
+
+/// Starts `name` with `args` on the check spec for a run of `total` steps.
+fn start(runtime: &PolicyRuntime, name: &str, args: Vec<(String, String)>, total: u64) -> PolicyInstance {
+    let source = PolicySource { path: policy_path(name), args: vec![] };
+    let mut policy = runtime.load(&source).unwrap();
+    policy.init(&check_spec(total, args)).unwrap();
+    policy
+}
+
+fn args(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn observation(step: u64, losses: Vec<f64>, evaluation: Option<Evaluation>) -> Observation {
+    let total = (!losses.is_empty()).then(|| losses.iter().sum());
+    Observation {
+        step,
+        epoch: 0,
+        losses,
+        total_loss: total,
+        grad_norm: Some(1.0),
+        non_finite: NonFinite::empty(),
+        lrs: vec![1e-4, 1e-4, 1e-3, 1e-3],
+        loss_weights: vec![1.0; 3],
+        frozen: vec![false; 4],
+        images_per_second: None,
+        logit_scale: None,
+        evaluation,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cosine_warmup_rises_then_never_rises_nor_undercuts_its_floor(
+        total in 10u64..3000, warmup_share in 0.0f64..0.5, min_lr in 0.0f64..2e-4,
+    ) {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+        let warmup = (total as f64 * warmup_share) as u64;
+        let mut policy = start(&runtime, "cosine_warmup", args(&[("warmup_steps", warmup.to_string()), ("min_lr", min_lr.to_string())]), total);
+        let spec = check_spec(total, vec![]);
+        let mut previous: Option<Vec<f64>> = None;
+        for step in 0..total + 5 {
+            let lrs: Vec<f64> = policy.decide(&observation(step, vec![], None)).unwrap().lrs.iter().map(|l| l.unwrap()).collect();
+            for (group, (&lr, g)) in lrs.iter().zip(&spec.groups).enumerate() {
+                prop_assert!(lr <= g.base_lr * (1.0 + 1e-12), "step {step}: above base");
+                if step >= warmup {
+                    prop_assert!(lr >= min_lr.min(g.base_lr) * (1.0 - 1e-12), "step {step}: below floor");
+                }
+                if let Some(previous) = &previous {
+                    if step < warmup {
+                        prop_assert!(lr > previous[group], "step {step}: warmup must rise");
+                    } else if step > warmup {
+                        prop_assert!(lr <= previous[group], "step {step}: decay must not rise");
+                    }
+                }
+            }
+            previous = Some(lrs);
+        }
+    }
+
+    #[test]
+    fn early_stopping_never_stops_before_patience_plus_delay(
+        patience in 1u64..8, delay in 0u64..400, every in 1u64..40, seed in 0u64..1000,
+    ) {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+        let total = 1000;
+        let mut policy = start(&runtime, "early_stopping", args(&[
+            ("metric", "val_loss".into()), ("patience", patience.to_string()), ("start", delay.to_string()),
+        ]), total);
+        let mut evaluations_after_delay = 0u64;
+        for step in 0..total {
+            let evaluation = (step > 0 && step % every == 0).then(|| {
+                let noise = ((seed * 7919 + step * 104729) % 1000) as f64 / 1000.0;
+                Evaluation { step, values: vec![1.0 + noise, 0.5, 0.6] }
+            });
+            if evaluation.is_some() && step >= delay {
+                evaluations_after_delay += 1;
+            }
+            let stop = policy.decide(&observation(step, vec![1.0, 0.5, 0.1], evaluation)).unwrap().stop;
+            if stop.is_some() {
+                prop_assert!(step >= delay, "stopped at {step} before the delay {delay}");
+                // The first evaluation after the delay sets the best; patience more must follow.
+                prop_assert!(evaluations_after_delay > patience, "stopped at {step} after {evaluations_after_delay} evaluations");
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn loss_balance_evens_out_stationary_losses(
+        magnitudes in prop::array::uniform3(1e-3f64..1e3), beta in 0.5f64..0.99,
+    ) {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+        let mut policy = start(&runtime, "loss_balance", args(&[("beta", beta.to_string())]), 2000);
+        let mut weights = vec![];
+        for step in 0..2000u64 {
+            let wiggle = 1.0 + 0.05 * (((step * 31) % 7) as f64 / 7.0 - 0.5);
+            let losses: Vec<f64> = if step == 0 { vec![] } else { magnitudes.iter().map(|m| m * wiggle).collect() };
+            weights = policy.decide(&observation(step, losses, None)).unwrap().loss_weights;
+        }
+        let weighted: Vec<f64> = weights.iter().zip(magnitudes).map(|(w, m)| w.unwrap() * m).collect();
+        for value in &weighted {
+            prop_assert!((value - 1.0).abs() < 0.1, "weighted magnitudes {weighted:?} for {magnitudes:?}");
+        }
+    }
+
+    #[test]
+    fn staged_unfreeze_never_freezes_again_what_it_unfroze(
+        vision_at in 0u64..500, text_at in 0u64..500, ramp in 1u64..100,
+    ) {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+        let mut policy = start(&runtime, "staged_unfreeze", args(&[
+            ("unfreeze", format!("vision@{vision_at}")), ("unfreeze", format!("text@{text_at}")), ("ramp_steps", ramp.to_string()),
+        ]), 600);
+        let mut unfrozen = [false; 4];
+        for step in 0..600 {
+            let decision = policy.decide(&observation(step, vec![], None)).unwrap();
+            for (group, change) in decision.freeze.iter().enumerate() {
+                match change {
+                    Some(true) => prop_assert!(!unfrozen[group], "group {group} frozen again at step {step}"),
+                    Some(false) => unfrozen[group] = true,
+                    None => {}
+                }
+            }
+        }
+        prop_assert!(unfrozen[0] && unfrozen[1], "both groups are unfrozen by the end");
+    }
+}
