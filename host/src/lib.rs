@@ -15,6 +15,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod files;
 pub mod models;
 pub mod policy;
 pub mod report;

@@ -8,6 +8,7 @@
 //! entities are unescaped (the named ones CLIP captions use, and numeric ones). Mojibake
 //! repair is left out.
 
+use crate::files::FileError;
 use flate2::read::GzDecoder;
 use regex::Regex;
 use std::collections::HashMap;
@@ -26,18 +27,6 @@ const START: &str = "<start_of_text>";
 const END: &str = "<end_of_text>";
 /// Merges used by CLIP: the file's lines 1..=48894 (49152 - 256 - 2).
 const MERGES: usize = 49152 - 256 - 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {problem}", path.display())]
-    Format { path: PathBuf, problem: String },
-}
 
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
@@ -69,10 +58,10 @@ fn bytes_to_unicode() -> ([char; 256], Vec<u8>) {
 
 impl ClipTokenizer {
     /// Reads OpenAI's `bpe_simple_vocab_16e6.txt.gz`.
-    pub fn from_bpe_file(path: &Path) -> Result<Self, TokenizerError> {
+    pub fn from_bpe_file(path: &Path) -> Result<Self, FileError> {
         let mut text = String::new();
         let read = std::fs::File::open(path).and_then(|file| GzDecoder::new(file).read_to_string(&mut text));
-        read.map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
+        read.map_err(FileError::io(path))?;
         let merges: Vec<(String, String)> = text
             .split('\n')
             .skip(1)
@@ -81,16 +70,13 @@ impl ClipTokenizer {
                 let mut parts = line.split_whitespace();
                 match (parts.next(), parts.next()) {
                     (Some(a), Some(b)) => Ok((a.to_string(), b.to_string())),
-                    _ => Err(TokenizerError::Format {
-                        path: path.to_path_buf(),
-                        problem: format!("bad merge line `{line}`"),
-                    }),
+                    _ => Err(FileError::format(path, format!("bad merge line `{line}`"))),
                 }
             })
             .collect::<Result<_, _>>()?;
         if merges.len() != MERGES {
             let problem = format!("{} merges, CLIP needs {MERGES}", merges.len());
-            return Err(TokenizerError::Format { path: path.to_path_buf(), problem });
+            return Err(FileError::format(path, problem));
         }
         let (byte_encoder, order) = bytes_to_unicode();
         let mut vocab: Vec<String> = order.iter().map(|&b| byte_encoder[b as usize].to_string()).collect();

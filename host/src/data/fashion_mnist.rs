@@ -2,7 +2,7 @@
 //! of ten named clothing classes, read from the IDX files of Debian's
 //! `dataset-fashion-mnist` (gzip-compressed or not).
 
-use super::DataError;
+use crate::files::FileError;
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,18 +50,16 @@ impl LabelledImages {
 }
 
 /// Reads one split from `dir`.
-pub fn load(dir: &Path, split: Split) -> Result<LabelledImages, DataError> {
+pub fn load(dir: &Path, split: Split) -> Result<LabelledImages, FileError> {
     let prefix = split.file_prefix();
     let (image_path, image_dims, pixels) = read_idx(dir, &format!("{prefix}-images-idx3-ubyte"), 3)?;
     let (label_path, label_dims, labels) = read_idx(dir, &format!("{prefix}-labels-idx1-ubyte"), 1)?;
     if label_dims[0] != image_dims[0] {
-        return Err(DataError::Format {
-            path: label_path,
-            problem: format!("{} labels for {} images in {}", label_dims[0], image_dims[0], image_path.display()),
-        });
+        let problem = format!("{} labels for {} images in {}", label_dims[0], image_dims[0], image_path.display());
+        return Err(FileError::format(&label_path, problem));
     }
     if let Some(bad) = labels.iter().find(|&&label| label as usize >= CLASS_NAMES.len()) {
-        return Err(DataError::Format { path: label_path, problem: format!("label {bad} is not a class (0-9)") });
+        return Err(FileError::format(&label_path, format!("label {bad} is not a class (0-9)")));
     }
     let shape: Vec<i64> = image_dims.iter().map(|&d| d as i64).collect();
     let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
@@ -72,19 +70,19 @@ pub fn load(dir: &Path, split: Split) -> Result<LabelledImages, DataError> {
 }
 
 /// Reads an IDX file of unsigned bytes with `rank` dimensions, from `<name>.gz` or `<name>`.
-fn read_idx(dir: &Path, name: &str, rank: usize) -> Result<(PathBuf, Vec<usize>, Vec<u8>), DataError> {
+fn read_idx(dir: &Path, name: &str, rank: usize) -> Result<(PathBuf, Vec<usize>, Vec<u8>), FileError> {
     let gz = dir.join(format!("{name}.gz"));
     let (path, bytes) = if gz.exists() {
         let mut bytes = Vec::new();
         let read = std::fs::File::open(&gz).and_then(|file| GzDecoder::new(file).read_to_end(&mut bytes));
-        read.map_err(|source| DataError::Io { path: gz.clone(), source })?;
+        read.map_err(FileError::io(&gz))?;
         (gz, bytes)
     } else {
         let plain = dir.join(name);
-        let bytes = std::fs::read(&plain).map_err(|source| DataError::Io { path: plain.clone(), source })?;
+        let bytes = std::fs::read(&plain).map_err(FileError::io(&plain))?;
         (plain, bytes)
     };
-    let format_error = |problem: String| DataError::Format { path: path.clone(), problem };
+    let format_error = |problem: String| FileError::format(&path, problem);
     let header = 4 + 4 * rank;
     if bytes.len() < header {
         return Err(format_error(format!("{} bytes is too short for an IDX header", bytes.len())));

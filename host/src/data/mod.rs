@@ -7,21 +7,7 @@ pub mod fashion_mnist;
 pub mod prompts;
 pub mod sampler;
 
-use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
-
-/// A dataset file that cannot be used, with the file named.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {problem}", path.display())]
-    Format { path: PathBuf, problem: String },
-}
 
 /// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing, as
 /// published (more digits than `f32` keeps).

@@ -6,6 +6,7 @@
 
 use super::EngineError;
 use super::knobs::KnobState;
+use super::run::io_error;
 use crate::policy::PolicySource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -118,10 +119,6 @@ pub struct Checkpoint {
     pub policy_states: Vec<Option<Vec<u8>>>,
     pub model_file: PathBuf,
     pub optimizer: HashMap<String, Tensor>,
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }
 }
 
 fn sha256_file(path: &Path) -> Result<String, EngineError> {

@@ -11,8 +11,9 @@ use crate::data::clip_tokenizer::{self, ClipTokenizer};
 use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
 use crate::data::prompts::{CaptionTable, END_ID, PAD_ID, START_ID, TEMPLATES};
 use crate::data::sampler::{EpochSampler, keyed};
-use crate::data::{DataError, grey_to_unit, unit_to_pixel_values};
+use crate::data::{grey_to_unit, unit_to_pixel_values};
 use crate::eval::{VALIDATION_METRICS, ZeroShotAccuracy, validation_metrics, zero_shot_accuracy};
+use crate::files::FileError;
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::policy::{
@@ -94,13 +95,7 @@ pub enum EngineError {
     #[error("{error}; the training state is saved in {}", checkpoint.display())]
     PolicyFault { error: PolicyError, checkpoint: PathBuf },
     #[error(transparent)]
-    Data(#[from] DataError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    File(#[from] FileError),
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint { path: PathBuf, problem: String },
     #[error("{0}")]
@@ -111,8 +106,9 @@ pub enum EngineError {
     Torch(#[from] tch::TchError),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.to_path_buf(), source }
+/// For `map_err` on an I/O result about `path`.
+pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| FileError::io(path)(source).into()
 }
 
 /// The name of the only loss term of contrastive training.

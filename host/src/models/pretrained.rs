@@ -3,6 +3,7 @@
 //! and `transformers` unchanged. Weights stored as float16 or bfloat16 are widened to the
 //! variables' float32 (the master weights), which `VarStore::load` would not do.
 
+use crate::files::FileError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -14,14 +15,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainedError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {problem}", path.display())]
-    Config { path: PathBuf, problem: String },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{}: no tensor `{name}`, which the model needs", path.display())]
     Missing { path: PathBuf, name: String },
     #[error("{}: `{name}` has shape {found:?}, the model needs {expected:?}", path.display())]
@@ -37,8 +32,8 @@ pub enum PretrainedError {
 /// Reads `dir/config.json`.
 pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C, PretrainedError> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| PretrainedError::Io { path: path.clone(), source })?;
-    serde_json::from_str(&text).map_err(|err| PretrainedError::Config { path, problem: err.to_string() })
+    let text = std::fs::read_to_string(&path).map_err(FileError::io(&path))?;
+    Ok(serde_json::from_str(&text).map_err(|err| FileError::format(&path, err.to_string()))?)
 }
 
 /// Copies every variable of `var_store` from the tensor of the same name in `file`,
@@ -71,10 +66,7 @@ pub fn load_weights(var_store: &nn::VarStore, file: &Path) -> Result<(), Pretrai
 /// Writes `config.json` and `model.safetensors` into `dir` through `dir.tmp` and a rename,
 /// so an interrupted save never leaves half a model.
 pub fn save(dir: &Path, var_store: &nn::VarStore, config: &impl Serialize) -> Result<(), PretrainedError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PretrainedError::Io { path, source }
-    };
+    let io = FileError::io;
     let staging = dir.with_extension("tmp");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -88,5 +80,5 @@ pub fn save(dir: &Path, var_store: &nn::VarStore, config: &impl Serialize) -> Re
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::rename(&staging, dir).map_err(io(dir))
+    Ok(std::fs::rename(&staging, dir).map_err(io(dir))?)
 }

@@ -1,0 +1,28 @@
+//! The error of a file that cannot be read or understood. Every loader in the crate
+//! (data sets, tokenizer vocabularies, model folders) reports through it, so each message
+//! starts with the file at fault.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Format { path: PathBuf, problem: String },
+}
+
+impl FileError {
+    /// For `map_err` on an I/O result about `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub fn format(path: &Path, problem: impl Into<String>) -> FileError {
+        FileError::Format { path: path.to_path_buf(), problem: problem.into() }
+    }
+}
