@@ -29,6 +29,7 @@
 extern crate self as trainer_policy_sdk;
 
 mod args;
+pub mod metrics;
 pub mod schedules;
 pub mod state;
 

@@ -7,6 +7,7 @@
 use super::EngineError;
 use super::knobs::KnobState;
 use super::run::io_error;
+use crate::files::FileError;
 use crate::policy::PolicySource;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,7 +18,7 @@ use tch::Tensor;
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
 const MODEL_FILE: &str = "model.safetensors";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub(super) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const FORMAT_VERSION: u32 = 1;
 
 /// Floats that may be NaN or infinite (losses, norms) are stored as Rust's exact text
@@ -213,19 +214,17 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
 pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
     let manifest_path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&manifest_path).map_err(io_error(&manifest_path))?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|err| EngineError::Checkpoint { path: manifest_path.clone(), problem: err.to_string() })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|err| FileError::format(&manifest_path, err.to_string()))?;
     if manifest.format != FORMAT_VERSION {
-        return Err(EngineError::Checkpoint {
-            path: manifest_path,
-            problem: format!("format {} is not the supported {FORMAT_VERSION}", manifest.format),
-        });
+        let problem = format!("checkpoint format {} is not the supported {FORMAT_VERSION}", manifest.format);
+        return Err(FileError::format(&manifest_path, problem).into());
     }
     for (file, expected) in &manifest.checksums {
         let path = dir.join(file);
         let actual = sha256_file(&path)?;
         if &actual != expected {
-            return Err(EngineError::Checkpoint { path, problem: "checksum mismatch: the file is damaged".into() });
+            return Err(FileError::format(&path, "checksum mismatch: the file is damaged").into());
         }
     }
     let policy_states = manifest

@@ -96,8 +96,6 @@ pub enum EngineError {
     PolicyFault { error: PolicyError, checkpoint: PathBuf },
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("checkpoint {}: {problem}", path.display())]
-    Checkpoint { path: PathBuf, problem: String },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -204,6 +202,9 @@ struct Run {
     decisions: JsonLines,
     evaluations: JsonLines,
     tensorboard: EventWriter,
+    /// TensorBoard tags of the learning rates and evaluation metrics, made once.
+    lr_tags: Vec<String>,
+    eval_tags: Vec<String>,
     log: std::io::LineWriter<std::fs::File>,
     progress: Progress,
 }
@@ -318,10 +319,9 @@ impl Run {
             }
             Some((checkpoint, swap_policies)) => {
                 pretrained::load_weights(&var_store, &checkpoint.model_file)?;
-                optimizer.load_state(&checkpoint.optimizer).map_err(|problem| EngineError::Checkpoint {
-                    path: checkpoint.dir.join("optimizer.safetensors"),
-                    problem,
-                })?;
+                optimizer
+                    .load_state(&checkpoint.optimizer)
+                    .map_err(|problem| FileError::format(&checkpoint.dir.join(checkpoint::OPTIMIZER_FILE), problem))?;
                 restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
                 let _ = writeln!(
                     log,
@@ -374,6 +374,8 @@ impl Run {
             decisions,
             evaluations,
             tensorboard,
+            lr_tags: PARAMETER_GROUPS.iter().map(|group| format!("lr/{group}")).collect(),
+            eval_tags: VALIDATION_METRICS.iter().map(|name| format!("eval/{name}")).collect(),
             log,
             progress,
         };
@@ -612,8 +614,7 @@ impl Run {
             ("logit_scale", scale),
             ("throughput/images_per_second", images_per_second),
         ];
-        let lr_tags = PARAMETER_GROUPS.map(|group| format!("lr/{group}"));
-        scalars.extend(lr_tags.iter().map(String::as_str).zip(self.state.knobs.lrs.iter().copied()));
+        scalars.extend(self.lr_tags.iter().map(String::as_str).zip(self.state.knobs.lrs.iter().copied()));
         self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
         self.progress.update(step + 1, total, self.state.knobs.lrs[0], images_per_second);
         Ok(())
@@ -645,8 +646,7 @@ impl Run {
             record.insert(name.to_string(), serde_json::json!(value));
         }
         self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
-        let tags = VALIDATION_METRICS.map(|name| format!("eval/{name}"));
-        let scalars = tags.iter().map(String::as_str).zip(values.iter().copied());
+        let scalars = self.eval_tags.iter().map(String::as_str).zip(values.iter().copied());
         self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
         self.state.pending_evaluation = Some(PendingEvaluation { step, values });
         Ok(())

@@ -15,6 +15,7 @@
 //! default, leaves evaluations to the trainer), `stop_on_non_finite` (true),
 //! `diverge_factor` (10). Owns: no knob; requests evaluations and the stop.
 
+use trainer_policy_sdk::metrics::{default_mode, metric_index};
 use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
@@ -53,13 +54,8 @@ impl Policy for EarlyStopping {
         )?;
         let first = spec.metrics.first().map(String::as_str).unwrap_or("");
         let metric_name = args.str_or("metric", first).to_string();
-        let metric = spec.metrics.iter().position(|name| *name == metric_name).ok_or_else(|| {
-            format!(
-                "argument `metric`: `{metric_name}` is not a metric of this run (metrics: {})",
-                spec.metrics.join(", ")
-            )
-        })?;
-        let default_mode = if metric_name.ends_with("loss") { "min" } else { "max" };
+        let metric = metric_index(&spec, "metric", &metric_name, &[])?;
+        let default_mode = default_mode(&metric_name);
         Ok(Self {
             metric,
             maximize: args.choice("mode", &["min", "max"], default_mode)? == "max",

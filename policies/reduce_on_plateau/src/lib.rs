@@ -11,6 +11,7 @@
 //! metrics not ending in `loss`, else `min`), `factor` (0.1), `patience` (10), `threshold`
 //! (1e-4), `cooldown` (0), `min_lr` (0), `window` (steps per epoch). Owns: learning rates.
 
+use trainer_policy_sdk::metrics::{default_mode, metric_index};
 use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
@@ -47,15 +48,10 @@ impl Policy for ReduceOnPlateau {
             let window = args.u64_or("window", spec.steps_per_epoch.max(1))?.max(1);
             Monitor::TrainingLoss { window }
         } else {
-            let index = spec.metrics.iter().position(|name| name == metric).ok_or_else(|| {
-                format!(
-                    "argument `metric`: `{metric}` is not a metric of this run (metrics: loss, {})",
-                    spec.metrics.join(", ")
-                )
-            })?;
+            let index = metric_index(&spec, "metric", metric, &["loss"])?;
             Monitor::Metric { index }
         };
-        let default_mode = if metric.ends_with("loss") { "min" } else { "max" };
+        let default_mode = default_mode(metric);
         let maximize = args.choice("mode", &["min", "max"], default_mode)? == "max";
         let factor = args.f64_or("factor", 0.1)?;
         if !(0.0..1.0).contains(&factor) {
