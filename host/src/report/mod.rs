@@ -1,10 +1,12 @@
 //! What a run shows and leaves behind: JSON-lines logs of metrics and decisions, a
-//! TensorBoard event file, and the progress bar on the terminal.
+//! TensorBoard event file, PNG plots, and the progress bar on the terminal.
 
 mod jsonl;
+mod plot;
 mod progress;
 mod tensorboard;
 
 pub use jsonl::JsonLines;
+pub use plot::{Chart, IMAGE_SIZE, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;
 pub use tensorboard::EventWriter;
