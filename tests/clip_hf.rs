@@ -3,6 +3,8 @@
 //! computed, float32 or bfloat16; and the trainer's saved folder loads back into
 //! `transformers` with the same outputs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -55,13 +57,7 @@ fn a_saved_model_loads_back_into_transformers() {
     let out = tempfile::tempdir().unwrap();
     let saved = out.path().join("final");
     pretrained::save(&saved, &store, &config).unwrap();
-    // `make` sets it in .cargo/config.toml, which cargo passes to the tests it runs.
-    let python = std::env::var("TRAINER_PYTHON").expect("TRAINER_PYTHON names the project's Python; run `make` once");
-    let check = std::process::Command::new(python)
-        .arg(fixtures().join("check_roundtrip.py"))
-        .arg(&saved)
-        .output()
-        .expect("the project's Python runs");
+    let check = common::python_fixture("clip/check_roundtrip.py", &[saved.as_os_str()]);
     assert!(
         check.status.success(),
         "transformers disagrees with the saved model:\n{}{}",

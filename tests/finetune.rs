@@ -6,15 +6,9 @@ mod common;
 
 use common::{assert_error, assert_success, policy, read_json, read_jsonl, train_cpu};
 use std::path::Path;
-use std::process::Command;
-
-fn python() -> String {
-    std::env::var("TRAINER_PYTHON").expect("TRAINER_PYTHON names the project's Python; run `make` once")
-}
 
 fn run_python(script: &str, folder: &Path) -> std::process::Output {
-    let script = common::workspace().join("tests/fixtures/clip").join(script);
-    Command::new(python()).arg(script).arg(folder).output().expect("the project's Python runs")
+    common::python_fixture(&format!("clip/{script}"), &[folder.as_os_str()])
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use crate::check::{CheckOptions, check_policy};
 use crate::data::fashion_mnist;
-use crate::engine::{EngineError, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};
+use crate::engine::{BestMetric, EngineError, Precision, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,7 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train CLIP on Fashion-MNIST images with templated captions.
+    /// Train or fine-tune CLIP on image-caption pairs (Fashion-MNIST with templated captions
+    /// by default, COCO captions, or a JSONL manifest).
     Train(Box<TrainArgs>),
     /// Check a policy against generated observation streams before a long run: no trap,
     /// valid decisions, determinism, exact save/load of its state.
@@ -83,9 +84,38 @@ pub struct TrainArgs {
     /// Fuel (about one unit per Wasm instruction) a policy may use per call [default: 50000000].
     #[arg(long, value_parser = positive_u64)]
     pub policy_fuel: Option<u64>,
-    /// Directory of the Fashion-MNIST IDX files [default: /usr/share/datasets/fashion-mnist].
-    #[arg(long)]
+    /// Training data: a Fashion-MNIST folder of IDX files, a COCO captions file
+    /// (`captions_*.json`) or a JSONL manifest (`{"image": ..., "captions": [...]}` per line)
+    /// [default: /usr/share/datasets/fashion-mnist].
+    #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
+    /// Folder the image paths of --data are relative to [default: the manifest's folder; for
+    /// COCO `annotations/captions_X.json`, the folder `X/` beside `annotations/`].
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Held-out image-caption set (COCO or JSONL) for evaluation [default: the last 5% of
+    /// --data, at most 5,000 images].
+    #[arg(long, value_name = "PATH")]
+    pub val_data: Option<PathBuf>,
+    /// Leave out missing or unreadable images and malformed manifest lines, counting them in
+    /// metrics.jsonl and listing them in run.log, instead of stopping.
+    #[arg(long)]
+    pub skip_bad_samples: bool,
+    /// Split each batch into N micro-batches (less memory); the contrastive loss still sees
+    /// the whole batch [default: 1].
+    #[arg(long, value_name = "N", value_parser = positive_u64)]
+    pub accum_steps: Option<u64>,
+    /// Keep the weights of the best evaluation in RUN_DIR/best/, by this metric
+    /// (`name`, `name:max` or `name:min`; names with `loss` are minimised by default).
+    #[arg(long, value_name = "METRIC")]
+    pub best_metric: Option<BestMetric>,
+    /// `bf16`: transformer layers compute in bfloat16 (mixed precision, for GPUs); weights,
+    /// optimizer state and the loss stay float32 [default: fp32].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Threads decoding images [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub workers: Option<usize>,
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
@@ -194,6 +224,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
         policy_cache: std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components")),
+        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
     };
     if args.resume.is_some() {
         let fixed = [
@@ -206,6 +237,12 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
             ("--data", args.data.is_some()),
+            ("--images", args.images.is_some()),
+            ("--val-data", args.val_data.is_some()),
+            ("--skip-bad-samples", args.skip_bad_samples),
+            ("--accum-steps", args.accum_steps.is_some()),
+            ("--best-metric", args.best_metric.is_some()),
+            ("--precision", args.precision.is_some()),
             ("--model", args.model.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
@@ -224,7 +261,13 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         seed: args.seed.unwrap_or(0),
         lr: args.lr.unwrap_or(2e-3),
         weight_decay: args.weight_decay.unwrap_or(0.1),
-        data_dir: args.data.unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
+        data: args.data.unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
+        images: args.images,
+        val_data: args.val_data,
+        skip_bad_samples: args.skip_bad_samples,
+        accum_steps: args.accum_steps.unwrap_or(1),
+        best_metric: args.best_metric,
+        precision: args.precision.unwrap_or_default(),
         eval_every: args.eval_every.unwrap_or(0),
         checkpoint_every: args.checkpoint_every.unwrap_or(0),
         policy_fuel: args.policy_fuel.unwrap_or(50_000_000),
@@ -241,13 +284,20 @@ fn report_outcome(outcome: &TrainOutcome) {
     if let Some(path) = &outcome.paused_at {
         println!("paused; checkpoint {}; continue with --resume", path.display());
     }
-    if let Some(zero_shot) = &outcome.zero_shot {
-        println!(
-            "zero-shot accuracy on {} test images: top-1 {:.2}%, top-5 {:.2}%",
-            zero_shot.images,
-            zero_shot.top1 * 100.0,
-            zero_shot.top5 * 100.0
-        );
+    if let Some(scores) = &outcome.final_scores {
+        let values: Vec<String> = scores
+            .names
+            .iter()
+            .zip(&scores.values)
+            .map(|(name, value)| {
+                if name.contains("loss") {
+                    format!("{name} {value:.4}")
+                } else {
+                    format!("{name} {:.2}%", value * 100.0)
+                }
+            })
+            .collect();
+        println!("evaluation on {} {} images: {}", scores.images, scores.split, values.join(", "));
     }
 }
 

@@ -81,3 +81,14 @@ pub fn assert_one_line_error(output: &Output, code: i32, needles: &[&str]) {
     let lines = stderr.lines().filter(|line| !line.trim().is_empty()).count();
     assert_eq!(lines, 1, "one line expected, got: {stderr}");
 }
+
+/// Runs `tests/fixtures/<script>` with the project's Python (`TRAINER_PYTHON`, which `make`
+/// puts in .cargo/config.toml for cargo to pass on).
+pub fn python_fixture(script: &str, args: &[&std::ffi::OsStr]) -> Output {
+    let python = std::env::var("TRAINER_PYTHON").expect("TRAINER_PYTHON names the project's Python; run `make` once");
+    Command::new(python)
+        .arg(workspace().join("tests/fixtures").join(script))
+        .args(args)
+        .output()
+        .expect("the project's Python runs")
+}

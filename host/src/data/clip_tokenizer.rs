@@ -11,6 +11,7 @@
 use crate::files::FileError;
 use flate2::read::GzDecoder;
 use regex::Regex;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,43 @@ pub fn default_bpe_path() -> Option<PathBuf> {
 pub const CONTEXT_LENGTH: usize = 77;
 const START: &str = "<start_of_text>";
 const END: &str = "<end_of_text>";
+/// The same tokens as Hugging Face's CLIP tokenizers spell them.
+const HF_START: &str = "<|startoftext|>";
+const HF_END: &str = "<|endoftext|>";
+
+/// The file name of a Hugging Face tokenizer in a model folder.
+pub const TOKENIZER_JSON: &str = "tokenizer.json";
+
+/// The parts of a `tokenizer.json` a CLIP tokenizer needs.
+#[derive(Deserialize)]
+struct TokenizerFile {
+    model: TokenizerModel,
+    #[serde(default)]
+    added_tokens: Vec<AddedToken>,
+}
+
+#[derive(Deserialize)]
+struct TokenizerModel {
+    #[serde(rename = "type")]
+    kind: String,
+    vocab: HashMap<String, i64>,
+    merges: Vec<Merge>,
+    end_of_word_suffix: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddedToken {
+    id: i64,
+    content: String,
+}
+
+/// Merges are `"a b"` strings in older files and `["a", "b"]` pairs in newer ones.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Merge {
+    Pair(String, String),
+    Joined(String),
+}
 /// Merges used by CLIP: the file's lines 1..=48894 (49152 - 256 - 2).
 const MERGES: usize = 49152 - 256 - 2;
 
@@ -34,6 +72,8 @@ pub struct ClipTokenizer {
     ranks: HashMap<(String, String), usize>,
     byte_encoder: [char; 256],
     pattern: Regex,
+    /// The start and end tokens as written in text.
+    special: [String; 2],
     pub start_id: i64,
     pub end_id: i64,
 }
@@ -84,12 +124,57 @@ impl ClipTokenizer {
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.extend([START.to_string(), END.to_string()]);
         let encoder: HashMap<String, i64> = vocab.into_iter().enumerate().map(|(i, token)| (token, i as i64)).collect();
+        Ok(ClipTokenizer::new(encoder, merges, [START.to_string(), END.to_string()]))
+    }
+
+    /// Reads a Hugging Face `tokenizer.json` of CLIP's kind (byte-level BPE with `</w>` word
+    /// ends, start and end tokens `<|startoftext|>` and `<|endoftext|>`), so a model folder's
+    /// own vocabulary and ids are used.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self, FileError> {
+        let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+        let file: TokenizerFile = serde_json::from_str(&text)
+            .map_err(|err| FileError::format(path, format!("not a tokenizer.json: {err}")))?;
+        let model = file.model;
+        if model.kind != "BPE" || model.end_of_word_suffix.as_deref() != Some("</w>") {
+            return Err(FileError::format(path, "not a CLIP tokenizer (expected BPE with `</w>` word ends)"));
+        }
+        let mut encoder = model.vocab;
+        encoder.extend(file.added_tokens.into_iter().map(|token| (token.content, token.id)));
+        let special = [HF_START, HF_END].map(String::from);
+        if let Some(missing) = special.iter().find(|token| !encoder.contains_key(*token)) {
+            return Err(FileError::format(path, format!("no `{missing}` token")));
+        }
+        let merges = model
+            .merges
+            .into_iter()
+            .map(|merge| match merge {
+                Merge::Pair(a, b) => Ok((a, b)),
+                Merge::Joined(line) => match line.split_once(' ') {
+                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                    None => Err(FileError::format(path, format!("bad merge `{line}`"))),
+                },
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClipTokenizer::new(encoder, merges, special))
+    }
+
+    fn new(encoder: HashMap<String, i64>, merges: Vec<(String, String)>, special: [String; 2]) -> Self {
+        let (byte_encoder, _) = bytes_to_unicode();
         let ranks = merges.into_iter().enumerate().map(|(rank, pair)| (pair, rank)).collect();
+        let [start, end] = special.each_ref().map(|token| regex::escape(token));
         let pattern = Regex::new(&format!(
-            r"(?i){START}|{END}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
+            r"(?i){start}|{end}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
         ))
         .expect("the pattern is valid");
-        Ok(ClipTokenizer { start_id: encoder[START], end_id: encoder[END], encoder, ranks, byte_encoder, pattern })
+        ClipTokenizer {
+            start_id: encoder[&special[0]],
+            end_id: encoder[&special[1]],
+            encoder,
+            ranks,
+            byte_encoder,
+            pattern,
+            special,
+        }
     }
 
     pub fn vocab_size(&self) -> i64 {
@@ -102,7 +187,7 @@ impl ClipTokenizer {
         let mut ids = Vec::new();
         for piece in self.pattern.find_iter(&text) {
             let piece = piece.as_str();
-            if piece == START || piece == END {
+            if self.special.iter().any(|token| token == piece) {
                 ids.push(self.encoder[piece]);
                 continue;
             }

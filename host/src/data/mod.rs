@@ -2,11 +2,17 @@
 //! input, captions into token ids, and the seeded order in which samples are seen.
 
 pub mod augment;
+pub mod captioned;
 pub mod clip_tokenizer;
 pub mod fashion_mnist;
+pub mod images;
+pub mod loader;
 pub mod prompts;
 pub mod sampler;
 
+use crate::files::FileError;
+use serde::Deserialize;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Per-channel mean and standard deviation of OpenAI CLIP's image preprocessing, as
@@ -22,23 +28,68 @@ pub fn grey_to_unit(images: &Tensor, device: Device) -> Tensor {
     images.to_device(device).to_kind(Kind::Float).unsqueeze(1) / 255.0
 }
 
-/// Turns `(batch, height, width)` grey `u8` images into normalised `(batch, 3, size, size)`
-/// float pixels on `device`, as CLIP's preprocessing does for RGB input.
-pub fn grey_to_pixel_values(images: &Tensor, image_size: i64, device: Device) -> Tensor {
-    unit_to_pixel_values(&grey_to_unit(images, device), image_size)
+/// Model input from pixels in [0, 1]: resized to the model's image size, grey repeated to
+/// RGB, normalised per channel with the model's mean and standard deviation.
+#[derive(Debug)]
+pub struct PixelNormalizer {
+    image_size: i64,
+    /// `(1, 3, 1, 1)` on the training device, made once rather than every batch.
+    mean: Tensor,
+    std: Tensor,
 }
 
-/// `(batch, 1, height, width)` grey values in [0, 1] to normalised `(batch, 3, size, size)`.
-pub fn unit_to_pixel_values(pixels: &Tensor, image_size: i64) -> Tensor {
-    let device = pixels.device();
-    let (height, width) = (pixels.size()[2], pixels.size()[3]);
-    let pixels = if height == image_size && width == image_size {
-        pixels.shallow_clone()
-    } else {
-        pixels.upsample_bilinear2d([image_size, image_size], false, None, None)
-    };
-    let shape = [1, 3, 1, 1];
-    let mean = Tensor::from_slice(&CLIP_MEAN).view(shape).to_device(device);
-    let std = Tensor::from_slice(&CLIP_STD).view(shape).to_device(device);
-    (pixels.expand([-1, 3, image_size, image_size], false) - mean) / std
+/// The image statistics of a Hugging Face `preprocessor_config.json`.
+#[derive(Debug, Deserialize)]
+struct PreprocessorConfig {
+    image_mean: [f32; 3],
+    image_std: [f32; 3],
 }
+
+impl PixelNormalizer {
+    pub fn new(image_size: i64, mean: [f32; 3], std: [f32; 3], device: Device) -> Self {
+        let shape = [1, 3, 1, 1];
+        PixelNormalizer {
+            image_size,
+            mean: Tensor::from_slice(&mean).view(shape).to_device(device),
+            std: Tensor::from_slice(&std).view(shape).to_device(device),
+        }
+    }
+
+    /// CLIP's statistics, or those of `dir/preprocessor_config.json` when the model folder
+    /// has one.
+    pub fn for_model(dir: Option<&Path>, image_size: i64, device: Device) -> Result<Self, FileError> {
+        let path = dir.map(|dir| dir.join(PREPROCESSOR_CONFIG)).filter(|path| path.exists());
+        let (mean, std) = match path {
+            None => (CLIP_MEAN, CLIP_STD),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(FileError::io(&path))?;
+                let config: PreprocessorConfig =
+                    serde_json::from_str(&text).map_err(|err| FileError::format(&path, err.to_string()))?;
+                if config.image_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Err(FileError::format(&path, "image_std must be positive"));
+                }
+                (config.image_mean, config.image_std)
+            }
+        };
+        Ok(PixelNormalizer::new(image_size, mean, std, device))
+    }
+
+    pub fn image_size(&self) -> i64 {
+        self.image_size
+    }
+
+    /// `(batch, 1 or 3, height, width)` values in [0, 1] to normalised `(batch, 3, size, size)`.
+    pub fn normalize(&self, pixels: &Tensor) -> Tensor {
+        let size = self.image_size;
+        let (height, width) = (pixels.size()[2], pixels.size()[3]);
+        let pixels = if height == size && width == size {
+            pixels.shallow_clone()
+        } else {
+            pixels.upsample_bilinear2d([size, size], false, None, None)
+        };
+        (pixels.expand([-1, 3, size, size], false) - &self.mean) / &self.std
+    }
+}
+
+/// Where a Hugging Face model folder keeps its image preprocessing.
+pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";

@@ -4,11 +4,14 @@
 //! observation for the next decision -> requested actions (evaluate, checkpoint, stop).
 //! The loop owns the run directory: metrics, decisions, checkpoints, final weights.
 
+mod best;
 mod checkpoint;
+mod data;
 mod knobs;
 pub mod optimizer;
 mod run;
 
 pub use checkpoint::CHECKPOINTS_DIR;
+pub use data::Scores;
 pub use knobs::KnobState;
-pub use run::{EngineError, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};
+pub use run::{BestMetric, EngineError, Precision, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};

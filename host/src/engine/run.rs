@@ -1,18 +1,18 @@
-//! A training run of CLIP on Fashion-MNIST captions, steered by one or more policies, from
+//! A training run of CLIP on image-caption pairs, steered by one or more policies, from
 //! start or from a checkpoint.
 
+use super::best::{BEST_DIR, BestKeeper};
 use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
+use super::data::{DataOptions, Scores, TrainingData};
 use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use crate::data::PixelNormalizer;
 use crate::data::augment::{self, KNOBS};
+use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer::{self, ClipTokenizer};
-use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
-use crate::data::prompts::{CaptionTable, END_ID, PAD_ID, START_ID, TEMPLATES};
-use crate::data::sampler::{EpochSampler, keyed};
-use crate::data::{grey_to_unit, unit_to_pixel_values};
-use crate::eval::{VALIDATION_METRICS, ZeroShotAccuracy, validation_metrics, zero_shot_accuracy};
+use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::files::FileError;
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained::{self, PretrainedError};
@@ -20,7 +20,7 @@ use crate::policy::{
     AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
     PolicyError, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
 };
-use crate::report::{EventWriter, JsonLines, Progress};
+use crate::report::{EventWriter, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -43,7 +43,27 @@ pub struct TrainConfig {
     /// Base learning rate of every group; the policies scale or replace it.
     pub lr: f64,
     pub weight_decay: f64,
-    pub data_dir: PathBuf,
+    /// A Fashion-MNIST folder, a COCO captions `.json` or a JSONL manifest.
+    #[serde(alias = "data_dir")]
+    pub data: PathBuf,
+    /// The folder image paths are relative to, when not the default.
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// A held-out set of its own, instead of the last images of `data`.
+    #[serde(default)]
+    pub val_data: Option<PathBuf>,
+    /// Leave out unreadable samples (counted and logged) instead of stopping.
+    #[serde(default)]
+    pub skip_bad_samples: bool,
+    /// Micro-batches per optimizer step; the contrastive loss still sees the whole batch.
+    #[serde(default = "one")]
+    pub accum_steps: u64,
+    /// The evaluation metric whose best value is kept in `best/`, with its direction.
+    #[serde(default)]
+    pub best_metric: Option<BestMetric>,
+    /// The dtype the transformer layers compute in.
+    #[serde(default)]
+    pub precision: Precision,
     /// Evaluate on the validation images every this many steps (0: only when a policy asks).
     pub eval_every: u64,
     /// Save a checkpoint every this many steps (0: only when a policy asks, or on pause).
@@ -63,6 +83,52 @@ pub struct RunOptions {
     pub pause_after_steps: Option<u64>,
     /// Where compiled policy components are cached.
     pub policy_cache: Option<PathBuf>,
+    /// Threads decoding images (image-caption data sets).
+    pub workers: usize,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// What the transformer layers compute in; weights, optimizer state, layer norms and the
+/// loss are float32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16 through explicit casts (mixed precision), for GPUs with bfloat16 units.
+    Bf16,
+}
+
+/// A metric name and whether larger is better, written `name`, `name:max` or `name:min`
+/// (without a direction, names containing `loss` are minimised, others maximised).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestMetric {
+    pub name: String,
+    pub maximize: bool,
+}
+
+impl std::str::FromStr for BestMetric {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, direction) = match text.rsplit_once(':') {
+            Some((name, direction)) => (name, Some(direction)),
+            None => (text, None),
+        };
+        let maximize = match direction {
+            None => !name.contains("loss"),
+            Some("max") => true,
+            Some("min") => false,
+            Some(other) => return Err(format!("direction `{other}` is neither max nor min")),
+        };
+        if name.is_empty() {
+            return Err("expected a metric name, e.g. val_i2t_r1 or val_loss:min".into());
+        }
+        Ok(BestMetric { name: name.to_string(), maximize })
+    }
 }
 
 /// What to resume, and with which policies.
@@ -79,8 +145,8 @@ pub struct Resume {
 pub struct TrainOutcome {
     pub steps_done: u64,
     pub final_loss: Option<f64>,
-    /// Test-set accuracy; `None` when the run paused before the end.
-    pub zero_shot: Option<ZeroShotAccuracy>,
+    /// The end-of-run evaluation; `None` when the run paused before the end.
+    pub final_scores: Option<Scores>,
     pub train_seconds: f64,
     /// The policy that stopped the run early, and its reason.
     pub stopped_by: Option<(String, String)>,
@@ -111,11 +177,6 @@ pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineErro
 
 /// The name of the only loss term of contrastive training.
 const CONTRASTIVE_LOSS: &str = "contrastive";
-/// Key that separates the caption-template draw from other per-sample randomness.
-const CAPTION_DRAW: u64 = 0xC4_7104;
-const EVAL_BATCH_SIZE: usize = 1000;
-/// The last images of the training split are held out for mid-run evaluation.
-const VALIDATION_IMAGES: i64 = 5000;
 
 #[derive(Serialize)]
 struct MetricsRecord<'a> {
@@ -127,6 +188,9 @@ struct MetricsRecord<'a> {
     grad_norm: f64,
     logit_scale: f64,
     images_per_second: f64,
+    /// Samples `--skip-bad-samples` left out of this step's batch.
+    #[serde(skip_serializing_if = "is_zero")]
+    skipped_samples: usize,
     /// The update was skipped because the loss or gradient norm was not finite.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     skipped: bool,
@@ -172,6 +236,10 @@ struct SavedRun {
     model: ClipConfig,
 }
 
+fn is_zero(count: &usize) -> bool {
+    *count == 0
+}
+
 fn describe_sources(sources: &[PolicySource]) -> String {
     sources.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -189,14 +257,9 @@ struct Run {
     model: Clip,
     optimizer: AdamW,
     group_params: Vec<Vec<Tensor>>,
-    captions: CaptionTable,
-    /// `captions.ids` on the training device.
-    caption_ids: Tensor,
-    train_images: Tensor,
-    train_labels: Tensor,
-    validation: LabelledImages,
-    test: LabelledImages,
-    sampler: EpochSampler,
+    data: TrainingData,
+    normalizer: PixelNormalizer,
+    best: Option<BestKeeper>,
     state: TrainerState,
     metrics: JsonLines,
     decisions: JsonLines,
@@ -217,32 +280,42 @@ impl Run {
     ) -> Result<Self, EngineError> {
         let run_dir = options.run_dir.clone();
         let device = options.device;
-        let all_train = fashion_mnist::load(&config.data_dir, Split::Train)?;
-        let test = fashion_mnist::load(&config.data_dir, Split::Test)?;
-        let train_count = all_train.len() as i64 - VALIDATION_IMAGES;
-        if train_count < config.batch_size as i64 {
+        let data_options = DataOptions {
+            data: &config.data,
+            images: config.images.as_deref(),
+            val_data: config.val_data.as_deref(),
+            skip_bad_samples: config.skip_bad_samples,
+            workers: options.workers,
+            seed: config.seed,
+            batch_size: config.batch_size,
+            device,
+        };
+        let (data, model_config, vocabulary) = open_data(config, &data_options)?;
+        if config.accum_steps > config.batch_size as u64 {
             return Err(EngineError::Config(format!(
-                "--batch-size {} is larger than the training images ({train_count})",
-                config.batch_size
+                "--accum-steps {} is more than --batch-size {}: each micro-batch needs an image",
+                config.accum_steps, config.batch_size
             )));
         }
-        let validation = LabelledImages {
-            images: all_train.images.narrow(0, train_count, VALIDATION_IMAGES),
-            labels: all_train.labels.narrow(0, train_count, VALIDATION_IMAGES),
-        };
-
-        let (captions, model_config) = match &config.model {
-            None => {
-                let captions = CaptionTable::new(&CLASS_NAMES);
-                let model_config =
-                    ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
-                (captions, model_config)
+        let normalizer =
+            PixelNormalizer::for_model(config.model.as_deref(), model_config.vision_config.image_size, device)?;
+        let best = match &config.best_metric {
+            Some(metric) if !data.metric_names().contains(&metric.name.as_str()) => {
+                return Err(EngineError::Config(format!(
+                    "--best-metric {}: not a metric of this data (choose from {})",
+                    metric.name,
+                    data.metric_names().join(", ")
+                )));
             }
-            Some(dir) => pretrained_captions(dir)?,
+            Some(metric) => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
+            None => None,
         };
         tch::manual_seed(config.seed as i64);
         let var_store = nn::VarStore::new(device);
-        let model = Clip::new(&var_store.root(), &model_config);
+        let mut model = Clip::new(&var_store.root(), &model_config);
+        if config.precision == Precision::Bf16 {
+            model.set_compute_kind(Kind::BFloat16);
+        }
         // A resumed run takes its weights from the checkpoint instead.
         if let (Some(dir), None) = (&config.model, &from) {
             pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
@@ -260,7 +333,6 @@ impl Run {
             })
             .collect();
         let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: config.weight_decay, ..Default::default() });
-        let sampler = EpochSampler::new(config.seed, train_count as usize, config.batch_size);
 
         let spec = RunSpec {
             groups: PARAMETER_GROUPS
@@ -278,9 +350,9 @@ impl Run {
                 .iter()
                 .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
                 .collect(),
-            metrics: VALIDATION_METRICS.iter().map(|m| m.to_string()).collect(),
+            metrics: data.metric_names().iter().map(|m| m.to_string()).collect(),
             total_steps: config.steps,
-            steps_per_epoch: sampler.steps_per_epoch(),
+            steps_per_epoch: data.steps_per_epoch(),
             seed: config.seed,
             args: vec![],
         };
@@ -362,31 +434,30 @@ impl Run {
             model,
             optimizer,
             group_params,
-            caption_ids: captions.ids.to_device(device),
-            captions,
-            train_images: all_train.images.narrow(0, 0, train_count).to_device(device),
-            train_labels: all_train.labels.narrow(0, 0, train_count).to_device(device),
-            validation,
-            test,
-            sampler,
+            eval_tags: data.metric_names().iter().map(|name| format!("eval/{name}")).collect(),
+            data,
+            normalizer,
+            best,
             state,
             metrics,
             decisions,
             evaluations,
             tensorboard,
             lr_tags: PARAMETER_GROUPS.iter().map(|group| format!("lr/{group}")).collect(),
-            eval_tags: VALIDATION_METRICS.iter().map(|name| format!("eval/{name}")).collect(),
             log,
             progress,
         };
         run.apply_freezing(&(0..PARAMETER_GROUPS.len()).collect::<Vec<_>>());
-        run.report_start();
+        run.report_start(vocabulary.as_deref());
         Ok(run)
     }
 
-    /// The start-up report: the policies, and which one owns each knob.
-    fn report_start(&mut self) {
+    /// The start-up report: the tokenizer, the policies, and which one owns each knob.
+    fn report_start(&mut self, vocabulary: Option<&Path>) {
         let mut lines = Vec::new();
+        if let Some(path) = vocabulary {
+            lines.push(format!("captions tokenized with {}", path.display()));
+        }
         for (source, instance) in self.policies.members_mut() {
             lines.push(format!(
                 "policy `{}`: {} (sha256 {})",
@@ -401,10 +472,25 @@ impl Run {
                 owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())
             ));
         }
+        let skipped = self.data.skipped_at_start();
+        if !skipped.is_empty() {
+            lines.push(format!("--skip-bad-samples: left out {} samples (listed in run.log)", skipped.len()));
+            for line in skipped {
+                let _ = writeln!(self.log, "skipped {line}");
+            }
+        }
         for line in lines {
             self.say(&line);
         }
         self.forward_policy_logs(None);
+    }
+
+    /// PNG plots of the run so far. A failure to plot is reported, not fatal: the run's
+    /// results are already written.
+    fn plot(&mut self) {
+        if let Err(err) = plot_run(&self.run_dir) {
+            self.say(&format!("warning: no plots: {err}"));
+        }
     }
 
     fn say(&mut self, line: &str) {
@@ -457,6 +543,7 @@ impl Run {
                 self.say(&format!("checkpoint after step {done}: {}", path.display()));
                 if paused {
                     self.progress.finish();
+                    self.plot();
                     return Ok(self.outcome(started, None, None, Some(path)));
                 }
             }
@@ -468,46 +555,36 @@ impl Run {
         }
         self.progress.finish();
         pretrained::save(&self.run_dir.join("final"), &self.var_store, &self.model_config)?;
-        let zero_shot = zero_shot_accuracy(
-            &self.model,
-            &self.test,
-            &self.captions,
-            self.image_size(),
-            EVAL_BATCH_SIZE,
-            self.device,
-        );
-        write_json(
-            &self.run_dir.join("eval.json"),
-            &serde_json::json!({
-                "step": self.state.steps_done,
-                "zero_shot_top1": zero_shot.top1,
-                "zero_shot_top5": zero_shot.top5,
-                "test_images": zero_shot.images,
-                "stopped_by": stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason})),
-            }),
-        )?;
-        Ok(self.outcome(started, Some(zero_shot), stopped_by, None))
+        let scores = self.data.final_evaluation(&self.model, &self.normalizer)?;
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), self.state.steps_done.into());
+        for (name, value) in scores.names.iter().zip(&scores.values) {
+            record.insert(name.to_string(), serde_json::json!(value));
+        }
+        record.insert("images".into(), scores.images.into());
+        let stopped =
+            stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));
+        record.insert("stopped_by".into(), stopped.into());
+        write_json(&self.run_dir.join("eval.json"), &record)?;
+        self.plot();
+        Ok(self.outcome(started, Some(scores), stopped_by, None))
     }
 
     fn outcome(
         &self,
         started: Instant,
-        zero_shot: Option<ZeroShotAccuracy>,
+        final_scores: Option<Scores>,
         stopped_by: Option<(String, String)>,
         paused_at: Option<PathBuf>,
     ) -> TrainOutcome {
         TrainOutcome {
             steps_done: self.state.steps_done,
             final_loss: self.state.last.total_loss,
-            zero_shot,
+            final_scores,
             train_seconds: started.elapsed().as_secs_f64(),
             stopped_by,
             paused_at,
         }
-    }
-
-    fn image_size(&self) -> i64 {
-        self.model_config.vision_config.image_size
     }
 
     fn observation(&self) -> Observation {
@@ -522,7 +599,7 @@ impl Run {
         }
         Observation {
             step: state.steps_done,
-            epoch: self.sampler.epoch_of(state.steps_done),
+            epoch: self.data.epoch_of(state.steps_done),
             losses: last.losses.clone(),
             total_loss: last.total_loss,
             grad_norm: last.grad_norm,
@@ -542,36 +619,30 @@ impl Run {
     /// One optimizer step on the batch of global step `step`.
     fn step(&mut self, step: u64) -> Result<(), EngineError> {
         let started = Instant::now();
-        let epoch = self.sampler.epoch_of(step);
-        let seed = self.config.seed;
-        let indices = self.sampler.batch(step).to_vec();
-        let template_draws: Vec<i64> = indices
-            .iter()
-            .map(|&index| (keyed(seed, &[CAPTION_DRAW, epoch, index as u64]) % TEMPLATES.len() as u64) as i64)
-            .collect();
-        let index_tensor = Tensor::from_slice(&indices).to_device(self.device);
-        let templates = Tensor::from_slice(&template_draws).to_device(self.device);
-        let unit = grey_to_unit(&self.train_images.index_select(0, &index_tensor), self.device);
-        let unit = augment::augment(&unit, &indices, epoch, seed, &self.state.knobs.augmentation);
-        let pixel_values = unit_to_pixel_values(&unit, self.image_size());
-        let labels = self.train_labels.index_select(0, &index_tensor);
-        let input_ids = self.caption_ids.index(&[Some(labels), Some(templates)]);
-
-        let raw_loss = self.model.contrastive_loss(&pixel_values, &input_ids);
-        let total_loss = &raw_loss * self.state.knobs.loss_weights[0];
+        let epoch = self.data.epoch_of(step);
+        let batch = self.data.batch(step, self.config.steps)?;
+        for line in &batch.skipped {
+            let _ = writeln!(self.log, "step {step}: skipped {line}");
+        }
+        let augmentation = &self.state.knobs.augmentation;
+        let unit = augment::augment(&batch.pixels, &batch.samples, epoch, self.config.seed, augmentation);
+        let pixel_values = self.normalizer.normalize(&unit);
+        let weight = self.state.knobs.loss_weights[0];
         self.optimizer.zero_grad();
         let any_trainable = self.state.knobs.frozen.iter().any(|f| !f);
-        if any_trainable {
-            total_loss.backward();
-        }
+        let raw_loss = if any_trainable {
+            self.model.contrastive_backward(&pixel_values, &batch.input_ids, weight, self.config.accum_steps)
+        } else {
+            tch::no_grad(|| self.model.contrastive_loss(&pixel_values, &batch.input_ids))
+        };
+        let total_loss = &raw_loss * weight;
         let grad_norm =
             if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
         let logit_scale = tch::no_grad(|| self.model.logit_scale());
         // The one read-back per step: the policies need these numbers, and a non-finite
         // loss or norm must not reach the weights.
         let readings = Tensor::stack(
-            &[raw_loss.detach(), total_loss.detach(), grad_norm.shallow_clone(), logit_scale]
-                .map(|t| t.to_kind(Kind::Double)),
+            &[raw_loss, total_loss, grad_norm.shallow_clone(), logit_scale].map(|t| t.to_kind(Kind::Double)),
             0,
         );
         let [raw, total, norm, scale] = Vec::<f64>::try_from(&readings)?[..] else { unreachable!("four readings") };
@@ -586,7 +657,7 @@ impl Run {
             self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
             self.model.clamp_logit_scale();
         }
-        let images_per_second = self.config.batch_size as f64 / started.elapsed().as_secs_f64();
+        let images_per_second = batch.samples.len() as f64 / started.elapsed().as_secs_f64();
         self.state.last = LastStep {
             losses: vec![raw],
             total_loss: Some(total),
@@ -604,6 +675,7 @@ impl Run {
                 grad_norm: norm,
                 logit_scale: scale,
                 images_per_second,
+                skipped_samples: batch.skipped.len(),
                 skipped,
             })
             .map_err(io_error(self.metrics.path()))?;
@@ -630,25 +702,23 @@ impl Run {
     }
 
     fn evaluate(&mut self) -> Result<(), EngineError> {
-        let values = validation_metrics(
-            &self.model,
-            &self.validation,
-            &self.captions,
-            self.image_size(),
-            EVAL_BATCH_SIZE,
-            self.config.seed,
-            self.device,
-        );
+        let scores = self.data.evaluate(&self.model, &self.normalizer)?;
         let step = self.state.steps_done;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), step.into());
-        for (name, value) in VALIDATION_METRICS.iter().zip(&values) {
+        for (name, value) in scores.names.iter().zip(&scores.values) {
             record.insert(name.to_string(), serde_json::json!(value));
         }
         self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
-        let scalars = self.eval_tags.iter().map(String::as_str).zip(values.iter().copied());
-        self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
-        self.state.pending_evaluation = Some(PendingEvaluation { step, values });
+        let tensorboard_values = self.eval_tags.iter().map(String::as_str).zip(scores.values.iter().copied());
+        self.tensorboard.scalars(step, tensorboard_values).map_err(io_error(self.tensorboard.path()))?;
+        if let Some(best) = &mut self.best
+            && let Some(improved) = best.offer(step, &scores, &self.var_store, &self.model_config)?
+        {
+            let line = format!("step {step}: best {} so far, {improved}", best.metric().name);
+            let _ = writeln!(self.log, "{line}");
+        }
+        self.state.pending_evaluation = Some(PendingEvaluation { step, values: scores.values });
         Ok(())
     }
 
@@ -783,30 +853,76 @@ fn restore_policies(
     Ok(())
 }
 
-/// The Fashion-MNIST captions in OpenAI CLIP's tokens, and the configuration of the
-/// pretrained CLIP in `dir`, checked to fit each other.
-fn pretrained_captions(dir: &Path) -> Result<(CaptionTable, ClipConfig), EngineError> {
-    let model_config: ClipConfig = pretrained::read_config(dir)?;
+/// The data set of `config`, and the configuration of the model to train on it: the
+/// pretrained CLIP's, or a small CLIP sized to the captions' vocabulary.
+/// Also says which tokenizer vocabulary file the captions use (none: the word-level one).
+fn open_data(
+    config: &TrainConfig,
+    options: &DataOptions,
+) -> Result<(TrainingData, ClipConfig, Option<PathBuf>), EngineError> {
+    let kind = DataKind::of(&config.data)?;
+    let pretrained: Option<ClipConfig> = config.model.as_deref().map(pretrained::read_config).transpose()?;
+    if kind == DataKind::FashionMnist && pretrained.is_none() {
+        // Templated captions from scratch: a word-level vocabulary of exactly their words.
+        let data = TrainingData::fashion_mnist(options, None)?;
+        let TrainingData::Labelled(labelled) = &data else { unreachable!("made just above") };
+        let captions = labelled.captions();
+        let model_config = ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
+        return Ok((data, model_config, None));
+    }
+    let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
+    let model_config = match (pretrained, &config.model) {
+        (Some(model_config), Some(dir)) => {
+            check_tokenizer_fits(&model_config, &tokenizer, dir)?;
+            model_config
+        }
+        _ => ClipConfig::tiny(
+            tokenizer.vocab_size(),
+            clip_tokenizer::CONTEXT_LENGTH as i64,
+            tokenizer.start_id,
+            tokenizer.end_id,
+            0,
+        ),
+    };
+    let context = model_config.text_config.max_position_embeddings.max(2) as usize;
+    let data = match kind {
+        DataKind::FashionMnist => TrainingData::fashion_mnist(options, Some((&tokenizer, context)))?,
+        DataKind::Coco | DataKind::Manifest => {
+            TrainingData::captioned(options, Arc::new(tokenizer), context, model_config.vision_config.image_size)?
+        }
+    };
+    Ok((data, model_config, Some(vocabulary)))
+}
+
+/// The tokenizer of the model folder (`tokenizer.json`) when it has one, otherwise OpenAI
+/// CLIP's, installed by `make`.
+fn load_tokenizer(model: Option<&Path>) -> Result<(ClipTokenizer, PathBuf), EngineError> {
+    if let Some(path) = model.map(|dir| dir.join(clip_tokenizer::TOKENIZER_JSON)).filter(|path| path.exists()) {
+        return Ok((ClipTokenizer::from_tokenizer_json(&path)?, path));
+    }
     let bpe = clip_tokenizer::default_bpe_path().ok_or_else(|| {
         EngineError::Config("HOME is not set, so the CLIP tokenizer's vocabulary cannot be found".into())
     })?;
     let tokenizer = ClipTokenizer::from_bpe_file(&bpe)
         .map_err(|err| EngineError::Config(format!("CLIP tokenizer: {err} (run `make` once to install it)")))?;
+    Ok((tokenizer, bpe))
+}
+
+fn check_tokenizer_fits(model_config: &ClipConfig, tokenizer: &ClipTokenizer, dir: &Path) -> Result<(), EngineError> {
     let text = &model_config.text_config;
-    let captions =
-        CaptionTable::with_clip_tokenizer(&CLASS_NAMES, &tokenizer, text.max_position_embeddings.max(2) as usize);
-    if captions.vocab_size > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
+    // eos_token_id 2 is the legacy value of configs whose pooling takes the largest id.
+    if tokenizer.vocab_size() > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
         return Err(EngineError::Config(format!(
-            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit OpenAI CLIP's tokenizer \
+            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit the tokenizer \
              (vocab {}, end token {})",
             dir.display(),
             text.vocab_size,
             text.eos_token_id,
-            captions.vocab_size,
+            tokenizer.vocab_size(),
             tokenizer.end_id
         )));
     }
-    Ok((captions, model_config))
+    Ok(())
 }
 
 fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), EngineError> {
@@ -854,7 +970,7 @@ fn prepare_run_dir(run_dir: &Path, overwrite: bool) -> Result<(), EngineError> {
                 std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
             }
         }
-        for dir in ["final", checkpoint::CHECKPOINTS_DIR] {
+        for dir in ["final", BEST_DIR, PLOTS_DIR, checkpoint::CHECKPOINTS_DIR] {
             let path = run_dir.join(dir);
             if path.exists() {
                 std::fs::remove_dir_all(&path).map_err(io_error(&path))?;

@@ -1,7 +1,9 @@
 //! Evaluation of trained models on held-out data.
 
+mod retrieval;
 mod validation;
 mod zero_shot;
 
+pub use retrieval::{RECALL_AT, RETRIEVAL_METRICS, Recall, recall};
 pub use validation::{VALIDATION_METRICS, validation_metrics};
 pub use zero_shot::{ZeroShotAccuracy, zero_shot_accuracy};

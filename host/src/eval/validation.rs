@@ -3,9 +3,9 @@
 
 use super::zero_shot::zero_shot_accuracy;
 use crate::data::fashion_mnist::LabelledImages;
-use crate::data::grey_to_pixel_values;
 use crate::data::prompts::{CaptionTable, TEMPLATES};
 use crate::data::sampler::keyed;
+use crate::data::{PixelNormalizer, grey_to_unit};
 use crate::models::clip::Clip;
 use tch::{Device, Kind, Tensor};
 
@@ -20,7 +20,7 @@ pub fn validation_metrics(
     model: &Clip,
     data: &LabelledImages,
     captions: &CaptionTable,
-    image_size: i64,
+    normalizer: &PixelNormalizer,
     batch_size: usize,
     seed: u64,
     device: Device,
@@ -35,11 +35,11 @@ pub fn validation_metrics(
                 .map(|index| (keyed(seed, &[VALIDATION_CAPTION_DRAW, index as u64]) % TEMPLATES.len() as u64) as i64)
                 .collect();
             let input_ids = captions.ids.index(&[Some(labels), Some(Tensor::from_slice(&templates))]).to_device(device);
-            let batch_loss = model.contrastive_loss(&grey_to_pixel_values(&images, image_size, device), &input_ids);
+            let batch_loss = model.contrastive_loss(&normalizer.normalize(&grey_to_unit(&images, device)), &input_ids);
             weighted_sum += batch_loss.to_kind(Kind::Double).double_value(&[]) * count as f64;
         }
         weighted_sum / data.len().max(1) as f64
     });
-    let accuracy = zero_shot_accuracy(model, data, captions, image_size, batch_size, device);
+    let accuracy = zero_shot_accuracy(model, data, captions, normalizer, batch_size, device);
     vec![loss, accuracy.top1, accuracy.top5]
 }

@@ -3,8 +3,8 @@
 //! embedding is closest.
 
 use crate::data::fashion_mnist::LabelledImages;
-use crate::data::grey_to_pixel_values;
 use crate::data::prompts::CaptionTable;
+use crate::data::{PixelNormalizer, grey_to_unit};
 use crate::models::clip::Clip;
 use serde::Serialize;
 use tch::{Device, Kind};
@@ -20,7 +20,7 @@ pub fn zero_shot_accuracy(
     model: &Clip,
     data: &LabelledImages,
     captions: &CaptionTable,
-    image_size: i64,
+    normalizer: &PixelNormalizer,
     batch_size: usize,
     device: Device,
 ) -> ZeroShotAccuracy {
@@ -39,7 +39,7 @@ pub fn zero_shot_accuracy(
             let images = data.images.narrow(0, start as i64, count);
             let labels = data.labels.narrow(0, start as i64, count).to_device(device).unsqueeze(1);
             let logits = model
-                .image_embeddings(&grey_to_pixel_values(&images, image_size, device))
+                .image_embeddings(&normalizer.normalize(&grey_to_unit(&images, device)))
                 .matmul(&class_embeddings.tr());
             let (_, best) = logits.topk(k, -1, true, true);
             let hits = best.eq_tensor(&labels);

@@ -167,6 +167,16 @@ fn projection(path: nn::Path, input: i64, output: i64) -> nn::Linear {
     nn::linear(path, input, output, nn::LinearConfig { bias: false, ..Default::default() })
 }
 
+/// `layer` applied in the dtype of `xs`: float32 weights are cast for the call (an explicit
+/// cast, as autocast would make), so float32 master weights still receive the gradient.
+fn linear_as_input(layer: &nn::Linear, xs: &Tensor) -> Tensor {
+    let kind = xs.kind();
+    if kind == layer.ws.kind() {
+        return layer.forward(xs);
+    }
+    xs.linear(&layer.ws.to_kind(kind), layer.bs.as_ref().map(|bias| bias.to_kind(kind)))
+}
+
 #[derive(Debug)]
 struct Attention {
     q_proj: nn::Linear,
@@ -191,11 +201,11 @@ impl Attention {
     fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
         let (batch, tokens, hidden) = xs.size3().expect("attention input is (batch, tokens, hidden)");
         let heads = |t: Tensor| t.view([batch, tokens, self.num_heads, hidden / self.num_heads]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs));
-        let k = heads(self.k_proj.forward(xs));
-        let v = heads(self.v_proj.forward(xs));
+        let q = heads(linear_as_input(&self.q_proj, xs));
+        let k = heads(linear_as_input(&self.k_proj, xs));
+        let v = heads(linear_as_input(&self.v_proj, xs));
         let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
-        self.out_proj.forward(&attended.transpose(1, 2).reshape([batch, tokens, hidden]))
+        linear_as_input(&self.out_proj, &attended.transpose(1, 2).reshape([batch, tokens, hidden]))
     }
 }
 
@@ -259,10 +269,13 @@ impl EncoderLayer {
         }
     }
 
-    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
-        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs), causal);
-        let mlp = self.fc2.forward(&self.activation.apply(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
-        xs + mlp
+    /// The residual stream `xs` stays float32; attention and the MLP compute in `compute`.
+    fn forward(&self, xs: &Tensor, causal: bool, compute: Kind) -> Tensor {
+        let attended = self.self_attn.forward(&self.layer_norm1.forward(xs).to_kind(compute), causal);
+        let xs = xs + attended.to_kind(Kind::Float);
+        let hidden = linear_as_input(&self.fc1, &self.layer_norm2.forward(&xs).to_kind(compute));
+        let mlp = linear_as_input(&self.fc2, &self.activation.apply(&hidden));
+        xs + mlp.to_kind(Kind::Float)
     }
 }
 
@@ -277,8 +290,8 @@ impl Encoder {
         Encoder { layers }
     }
 
-    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
-        self.layers.iter().fold(xs.shallow_clone(), |xs, layer| layer.forward(&xs, causal))
+    fn forward(&self, xs: &Tensor, causal: bool, compute: Kind) -> Tensor {
+        self.layers.iter().fold(xs.shallow_clone(), |xs, layer| layer.forward(&xs, causal, compute))
     }
 }
 
@@ -311,11 +324,11 @@ impl TextTransformer {
     }
 
     /// Pooled output at each sequence's first end token: `(batch, hidden)`.
-    fn forward(&self, input_ids: &Tensor) -> Tensor {
+    fn forward(&self, input_ids: &Tensor, compute: Kind) -> Tensor {
         let tokens = input_ids.size()[1];
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
         let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
-        let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true));
+        let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true, compute));
         // Configs from before transformers PR #24773 say 2; their end token is the largest id.
         let eos_index = if self.eos_token_id == 2 {
             input_ids.argmax(-1, false)
@@ -367,12 +380,12 @@ impl VisionTransformer {
     }
 
     /// Pooled output at the class token: `(batch, hidden)`.
-    fn forward(&self, pixel_values: &Tensor) -> Tensor {
+    fn forward(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
         let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
         let (batch, _, hidden) = patches.size3().expect("patch embeddings are (batch, patches, hidden)");
         let class = self.class_embedding.view([1, 1, hidden]).expand([batch, 1, hidden], false);
         let xs = Tensor::cat(&[class, patches], 1) + &self.position_embedding.ws;
-        let xs = self.encoder.forward(&self.pre_layrnorm.forward(&xs), false);
+        let xs = self.encoder.forward(&self.pre_layrnorm.forward(&xs), false, compute);
         self.post_layernorm.forward(&xs.select(1, 0))
     }
 }
@@ -385,6 +398,9 @@ pub struct Clip {
     text_projection: nn::Linear,
     visual_projection: nn::Linear,
     logit_scale: Tensor,
+    /// The dtype the transformer layers compute in; weights, embeddings, layer norms and
+    /// the loss stay float32.
+    compute: Kind,
 }
 
 impl Clip {
@@ -397,7 +413,14 @@ impl Clip {
             text_projection: projection(root / "text_projection", text.hidden_size, config.projection_dim),
             visual_projection: projection(root / "visual_projection", vision.hidden_size, config.projection_dim),
             logit_scale: root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
+            compute: Kind::Float,
         }
+    }
+
+    /// Mixed precision: `Kind::BFloat16` runs the transformer layers in bfloat16 through
+    /// explicit casts; `Kind::Float` (the default) computes everything in float32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
     }
 
     /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors`) onto `device`,
@@ -412,12 +435,12 @@ impl Clip {
 
     /// L2-normalised image embeddings for `(batch, channels, height, width)` pixels.
     pub fn image_embeddings(&self, pixel_values: &Tensor) -> Tensor {
-        normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values)))
+        normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values, self.compute)))
     }
 
     /// L2-normalised text embeddings for `(batch, tokens)` ids.
     pub fn text_embeddings(&self, input_ids: &Tensor) -> Tensor {
-        normalize(&self.text_projection.forward(&self.text_model.forward(input_ids)))
+        normalize(&self.text_projection.forward(&self.text_model.forward(input_ids, self.compute)))
     }
 
     /// exp(logit_scale): the inverse temperature of the contrastive logits.
@@ -439,12 +462,63 @@ impl Clip {
 
     /// The symmetric InfoNCE loss of CLIP for aligned image/text pairs.
     pub fn contrastive_loss(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Tensor {
-        let logits_per_image = self.logits_per_image(pixel_values, input_ids);
-        let targets = Tensor::arange(logits_per_image.size()[0], (Kind::Int64, logits_per_image.device()));
-        let image_loss = logits_per_image.cross_entropy_for_logits(&targets);
-        let text_loss = logits_per_image.tr().cross_entropy_for_logits(&targets);
-        (image_loss + text_loss) / 2.0
+        contrastive_loss(&self.image_embeddings(pixel_values), &self.text_embeddings(input_ids), &self.logit_scale())
     }
+
+    /// The contrastive loss of the whole batch (returned detached), with the gradient of
+    /// `weight` times it accumulated into the parameters.
+    ///
+    /// With `micro_batches` > 1 the batch goes through the model in pieces, as open_clip's
+    /// `--accum-freq` does: embeddings of every piece first without gradient, then each
+    /// piece again with gradient, placed among the others' for a loss over the whole batch.
+    /// Activations are held for one piece at a time, yet every negative of the full batch
+    /// counts and the gradient is that of the full batch. The logit scale enters the graph
+    /// of the first piece only, so its gradient is counted once, not once per piece.
+    pub fn contrastive_backward(
+        &self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        weight: f64,
+        micro_batches: u64,
+    ) -> Tensor {
+        if micro_batches <= 1 {
+            let loss = self.contrastive_loss(pixel_values, input_ids);
+            (&loss * weight).backward();
+            return loss.detach();
+        }
+        let pixel_pieces = pixel_values.chunk(micro_batches as i64, 0);
+        let id_pieces = input_ids.chunk(micro_batches as i64, 0);
+        let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+            pixel_pieces
+                .iter()
+                .zip(&id_pieces)
+                .map(|(p, i)| (self.image_embeddings(p), self.text_embeddings(i)))
+                .unzip()
+        });
+        let mut whole_batch_loss = None;
+        for (piece, (pixels, ids)) in pixel_pieces.iter().zip(&id_pieces).enumerate() {
+            let mut image_parts: Vec<Tensor> = images.iter().map(Tensor::shallow_clone).collect();
+            let mut text_parts: Vec<Tensor> = texts.iter().map(Tensor::shallow_clone).collect();
+            image_parts[piece] = self.image_embeddings(pixels);
+            text_parts[piece] = self.text_embeddings(ids);
+            let scale = if piece == 0 { self.logit_scale() } else { tch::no_grad(|| self.logit_scale()) };
+            let loss = contrastive_loss(&Tensor::cat(&image_parts, 0), &Tensor::cat(&text_parts, 0), &scale);
+            (&loss * weight).backward();
+            whole_batch_loss.get_or_insert_with(|| loss.detach());
+        }
+        whole_batch_loss.expect("a batch has at least one piece")
+    }
+}
+
+/// CLIP's symmetric InfoNCE loss of aligned `(batch, dim)` embeddings at inverse
+/// temperature `scale`; apart from the model so that gradient accumulation can feed it
+/// embeddings computed in pieces.
+pub fn contrastive_loss(image_embeddings: &Tensor, text_embeddings: &Tensor, scale: &Tensor) -> Tensor {
+    let logits_per_image = image_embeddings.matmul(&text_embeddings.tr()) * scale;
+    let targets = Tensor::arange(logits_per_image.size()[0], (Kind::Int64, logits_per_image.device()));
+    let image_loss = logits_per_image.cross_entropy_for_logits(&targets);
+    let text_loss = logits_per_image.tr().cross_entropy_for_logits(&targets);
+    (image_loss + text_loss) / 2.0
 }
 
 fn normalize(xs: &Tensor) -> Tensor {
@@ -465,5 +539,69 @@ pub fn parameter_group(name: &str) -> usize {
         3
     } else {
         2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parameter's gradient, by name, after `backward`.
+    fn gradients(var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut grads: Vec<(String, Tensor)> =
+            var_store.variables().into_iter().map(|(name, var)| (name, var.grad().copy())).collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        grads
+    }
+
+    #[test]
+    fn bfloat16_compute_stays_close_to_float32_and_trains_the_float32_weights() {
+        tch::manual_seed(6);
+        let config = ClipConfig::tiny(20, 6, 1, 19, 0);
+        let var_store = nn::VarStore::new(Device::Cpu);
+        let mut model = Clip::new(&var_store.root(), &config);
+        let pixels = Tensor::randn([4, 3, 28, 28], (Kind::Float, Device::Cpu));
+        let ids = Tensor::from_slice(&[1i64, 5, 7, 19, 0, 0, 1, 8, 19, 0, 0, 0, 1, 3, 4, 9, 19, 0, 1, 12, 19, 0, 0, 0])
+            .view([4, 6]);
+        let full = tch::no_grad(|| model.logits_per_image(&pixels, &ids));
+        model.set_compute_kind(Kind::BFloat16);
+        let mixed = model.logits_per_image(&pixels, &ids);
+        assert_eq!(mixed.kind(), Kind::Float, "embeddings and logits stay float32");
+        let error = (&full - &mixed).abs().max().double_value(&[]);
+        assert!(error < 0.05 * full.abs().max().double_value(&[]), "bf16 logits differ by {error}");
+        let loss = model.contrastive_backward(&pixels, &ids, 1.0, 1);
+        assert!(loss.double_value(&[]).is_finite());
+        for (name, var) in var_store.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name} stays a float32 master weight");
+            assert!(var.grad().defined(), "{name} receives a gradient");
+        }
+    }
+
+    #[test]
+    fn accumulated_micro_batches_give_the_whole_batch_gradient() {
+        tch::manual_seed(5);
+        let (vocab, context, batch) = (20, 6, 12);
+        let config = ClipConfig::tiny(vocab, context, 1, vocab - 1, 0);
+        let var_store = nn::VarStore::new(Device::Cpu);
+        let model = Clip::new(&var_store.root(), &config);
+        let pixels = Tensor::randn([batch, 3, 28, 28], (Kind::Float, Device::Cpu));
+        // Start token, three words, the end token (the largest id), padding.
+        let words = Tensor::randint_low(2, vocab - 1, [batch, 3], (Kind::Int64, Device::Cpu));
+        let column = |id: i64| Tensor::full([batch, 1], id, (Kind::Int64, Device::Cpu));
+        let ids = Tensor::cat(&[column(1), words, column(vocab - 1), column(0)], 1);
+
+        let whole = model.contrastive_backward(&pixels, &ids, 2.0, 1);
+        let expected = gradients(&var_store);
+        for (_, mut var) in var_store.variables() {
+            var.zero_grad();
+        }
+        let accumulated = model.contrastive_backward(&pixels, &ids, 2.0, 4);
+        assert!((whole.double_value(&[]) - accumulated.double_value(&[])).abs() < 1e-5);
+        for ((name, want), (_, got)) in expected.iter().zip(gradients(&var_store)) {
+            let error = (want - &got).abs().max().double_value(&[]);
+            // Gradients that are zero in exact arithmetic (the key bias) are float noise here.
+            let scale = want.abs().max().double_value(&[]).max(1e-3);
+            assert!(error <= 1e-4 * scale, "{name}: gradient differs by {error} (largest {scale})");
+        }
     }
 }

@@ -7,6 +7,6 @@ mod progress;
 mod tensorboard;
 
 pub use jsonl::JsonLines;
-pub use plot::{Chart, IMAGE_SIZE, PlotError, Series, plot_run, series_colour};
+pub use plot::{Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;
 pub use tensorboard::EventWriter;

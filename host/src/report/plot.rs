@@ -23,6 +23,9 @@ use std::sync::OnceLock;
 /// Width and height of every chart, in pixels.
 pub const IMAGE_SIZE: (u32, u32) = (1000, 600);
 
+/// The folder of a run that [`plot_run`] writes into.
+pub const PLOTS_DIR: &str = "plots";
+
 /// Tableau's ten colours less its grey, which the anti-aliased black text also produces.
 const PALETTE: [[u8; 3]; 9] = [
     [31, 119, 180],
@@ -452,7 +455,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
         ("lr.png", Chart::new(format!("Learning rate per group: {run}"), "step", "learning rate", lrs.0)),
         ("logit_scale.png", Chart::new(format!("Logit scale: {run}"), "step", "logit scale", scale.0)),
     ];
-    let plots = run_dir.join("plots");
+    let plots = run_dir.join(PLOTS_DIR);
     if evaluations.is_empty() {
         // A stale chart of an earlier run in the same folder would be mistaken for this one's.
         match std::fs::remove_file(plots.join("eval.png")) {

@@ -1,0 +1,263 @@
+//! Image-caption data sets: COCO captions (`captions_*.json` and an image folder) and JSONL
+//! manifests (`{"image": ..., "captions": [...]}` per line). Reading one gives the list of
+//! samples, each remembering where it was declared, so an image that fails to decode later
+//! is reported with its manifest line or COCO image id.
+//!
+//! Missing image files are found here, before training starts, rather than hours into a run.
+//! With `skip_bad` a missing image, a malformed manifest line or a sample without captions
+//! is left out and counted instead of stopping the run.
+
+use crate::files::FileError;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// One image and its captions.
+#[derive(Debug, Clone)]
+pub struct CaptionedSample {
+    pub image: PathBuf,
+    pub captions: Vec<String>,
+    pub origin: Origin,
+}
+
+/// Where a sample was declared.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    ManifestLine { manifest: PathBuf, line: usize },
+    CocoImage { annotations: PathBuf, id: i64 },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::ManifestLine { manifest, line } => write!(f, "{} line {line}", manifest.display()),
+            Origin::CocoImage { annotations, id } => write!(f, "{} image id {id}", annotations.display()),
+        }
+    }
+}
+
+/// The samples of a data set, and what was left out of it.
+#[derive(Debug, Clone, Default)]
+pub struct CaptionedData {
+    pub samples: Vec<CaptionedSample>,
+    /// One line per sample left out under `skip_bad`, saying what and why.
+    pub skipped: Vec<String>,
+}
+
+/// The kinds of data set a path can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// A folder of Fashion-MNIST IDX files.
+    FashionMnist,
+    /// A COCO captions file (`.json`).
+    Coco,
+    /// A JSONL manifest (`.jsonl`).
+    Manifest,
+}
+
+impl DataKind {
+    pub fn of(path: &Path) -> Result<DataKind, FileError> {
+        if path.is_dir() {
+            return Ok(DataKind::FashionMnist);
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Ok(DataKind::Coco),
+            Some("jsonl") => Ok(DataKind::Manifest),
+            _ if !path.exists() => Err(FileError::format(path, "no such file or folder")),
+            _ => Err(FileError::format(
+                path,
+                "not a data set: expected a Fashion-MNIST folder, a COCO captions .json or a .jsonl manifest",
+            )),
+        }
+    }
+}
+
+/// Reads the data set at `path`; `images` is the folder image paths are relative to (by
+/// default the manifest's folder, or for COCO the sibling folder named after the split,
+/// `annotations/captions_train2017.json` -> `train2017/`).
+pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool) -> Result<CaptionedData, FileError> {
+    let mut data = match DataKind::of(path)? {
+        DataKind::Coco => read_coco(path, images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path)))?,
+        DataKind::Manifest => {
+            let base = images.map(Path::to_path_buf).unwrap_or_else(|| parent(path));
+            read_manifest(path, &base, skip_bad)?
+        }
+        DataKind::FashionMnist => {
+            return Err(FileError::format(path, "a Fashion-MNIST folder has no captions to read here"));
+        }
+    };
+    let mut kept = Vec::with_capacity(data.samples.len());
+    for sample in data.samples {
+        let problem = if sample.captions.is_empty() {
+            Some("has no captions")
+        } else if !sample.image.is_file() {
+            Some("image file not found")
+        } else {
+            None
+        };
+        match problem {
+            None => kept.push(sample),
+            Some(problem) if skip_bad => {
+                data.skipped.push(format!("{}: {problem} ({})", sample.image.display(), sample.origin))
+            }
+            Some(problem) => {
+                return Err(FileError::format(&sample.image, format!("{problem} (declared in {})", sample.origin)));
+            }
+        }
+    }
+    data.samples = kept;
+    if data.samples.is_empty() {
+        return Err(FileError::format(path, "no usable samples"));
+    }
+    Ok(data)
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn coco_image_dir(annotations: &Path) -> PathBuf {
+    let split = annotations.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("captions_"));
+    let folder = parent(annotations);
+    match split {
+        Some(split) => {
+            let beside = parent(&folder).join(split);
+            if beside.is_dir() { beside } else { folder.join(split) }
+        }
+        None => folder,
+    }
+}
+
+#[derive(Deserialize)]
+struct ManifestLine {
+    image: String,
+    #[serde(default)]
+    captions: Vec<String>,
+    caption: Option<String>,
+}
+
+fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedData, FileError> {
+    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    let mut data = CaptionedData::default();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_number = index + 1;
+        let line = line.map_err(FileError::io(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<ManifestLine>(&line) {
+            Ok(entry) => {
+                let mut captions = entry.captions;
+                captions.extend(entry.caption);
+                data.samples.push(CaptionedSample {
+                    image: base.join(entry.image),
+                    captions,
+                    origin: Origin::ManifestLine { manifest: path.to_path_buf(), line: line_number },
+                });
+            }
+            Err(err) if skip_bad => data.skipped.push(format!("{} line {line_number}: {err}", path.display())),
+            Err(err) => return Err(FileError::format(path, format!("line {line_number}: {err}"))),
+        }
+    }
+    Ok(data)
+}
+
+#[derive(Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    annotations: Vec<CocoCaption>,
+}
+
+#[derive(Deserialize)]
+struct CocoImage {
+    id: i64,
+    file_name: String,
+}
+
+#[derive(Deserialize)]
+struct CocoCaption {
+    image_id: i64,
+    caption: String,
+}
+
+fn read_coco(path: &Path, image_dir: PathBuf) -> Result<CaptionedData, FileError> {
+    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    let coco: CocoFile = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|err| FileError::format(path, format!("not a COCO captions file: {err}")))?;
+    let position: HashMap<i64, usize> = coco.images.iter().enumerate().map(|(i, image)| (image.id, i)).collect();
+    let mut captions: Vec<Vec<String>> = vec![Vec::new(); coco.images.len()];
+    for annotation in coco.annotations {
+        let Some(&at) = position.get(&annotation.image_id) else {
+            let problem = format!("a caption refers to image id {}, which `images` does not list", annotation.image_id);
+            return Err(FileError::format(path, problem));
+        };
+        captions[at].push(annotation.caption);
+    }
+    let samples = coco
+        .images
+        .into_iter()
+        .zip(captions)
+        .map(|(image, captions)| CaptionedSample {
+            image: image_dir.join(&image.file_name),
+            captions,
+            origin: Origin::CocoImage { annotations: path.to_path_buf(), id: image.id },
+        })
+        .collect();
+    Ok(CaptionedData { samples, skipped: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn coco_captions_are_grouped_by_image_and_found_beside_the_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("val2017/1.jpg"));
+        touch(&dir.path().join("val2017/2.jpg"));
+        let annotations = dir.path().join("annotations/captions_val2017.json");
+        std::fs::create_dir_all(annotations.parent().unwrap()).unwrap();
+        let json = r#"{"images": [{"id": 7, "file_name": "1.jpg"}, {"id": 9, "file_name": "2.jpg"}],
+            "annotations": [{"image_id": 9, "caption": "b"}, {"image_id": 7, "caption": "a"},
+                            {"image_id": 9, "caption": "c"}]}"#;
+        std::fs::write(&annotations, json).unwrap();
+        let data = load(&annotations, None, false).unwrap();
+        assert_eq!(data.samples.len(), 2);
+        assert_eq!(data.samples[1].image, dir.path().join("val2017/2.jpg"));
+        assert_eq!(data.samples[1].captions, ["b", "c"]);
+        assert_eq!(data.samples[0].origin.to_string(), format!("{} image id 7", annotations.display()));
+    }
+
+    #[test]
+    fn manifest_errors_name_the_line_and_skipping_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("a.png"));
+        let manifest = dir.path().join("data.jsonl");
+        let text = "{\"image\": \"a.png\", \"captions\": [\"x\"]}\n\n{\"image\": \"a.png\", \"captions\": [\"x\"\n\
+                    {\"image\": \"gone.png\", \"caption\": \"y\"}\n{\"image\": \"a.png\", \"captions\": []}\n";
+        std::fs::write(&manifest, text).unwrap();
+        let err = load(&manifest, None, false).unwrap_err().to_string();
+        assert!(err.starts_with(&manifest.display().to_string()) && err.contains("line 3"), "{err}");
+
+        let data = load(&manifest, None, true).unwrap();
+        assert_eq!(data.samples.len(), 1);
+        assert_eq!(data.skipped.len(), 3, "{:?}", data.skipped);
+        assert!(data.skipped.iter().any(|s| s.contains("gone.png") && s.contains("line 4")), "{:?}", data.skipped);
+    }
+
+    #[test]
+    fn a_missing_image_names_the_image_and_where_it_was_declared() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("data.jsonl");
+        std::fs::write(&manifest, "{\"image\": \"gone.png\", \"captions\": [\"x\"]}\n").unwrap();
+        let err = load(&manifest, None, false).unwrap_err().to_string();
+        assert!(err.contains("gone.png") && err.contains("not found") && err.contains("data.jsonl line 1"), "{err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Decoding images and tokenizing captions in worker threads, ahead of the training loop.
+//!
+//! The loop submits batches by key (the step number) as early as it likes and takes them in
+//! any order; each item's result lands in its own slot, so a batch comes out in the order it
+//! was submitted whatever the thread timing, and runs stay reproducible.
+
+use super::captioned::CaptionedSample;
+use super::clip_tokenizer::ClipTokenizer;
+use super::images::load_rgb_square;
+use crate::files::FileError;
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// One image to decode and one of its captions to tokenize.
+#[derive(Debug, Clone, Copy)]
+pub struct Item {
+    pub sample: usize,
+    pub caption: usize,
+}
+
+/// A decoded image (`3 x size x size` bytes, channel-major) and its caption's token ids.
+#[derive(Debug)]
+pub struct LoadedItem {
+    pub sample: usize,
+    pub pixels: Vec<u8>,
+    pub token_ids: Vec<i64>,
+}
+
+/// What a worker needs to turn an [`Item`] into a [`LoadedItem`].
+#[derive(Debug)]
+pub struct ItemReader {
+    pub samples: Arc<Vec<CaptionedSample>>,
+    pub tokenizer: Arc<ClipTokenizer>,
+    pub context_length: usize,
+    pub image_size: u32,
+}
+
+impl ItemReader {
+    pub fn read(&self, item: Item) -> Result<LoadedItem, FileError> {
+        let sample = &self.samples[item.sample];
+        let pixels = load_rgb_square(&sample.image, self.image_size).map_err(|err| match err {
+            FileError::Format { path, problem } => {
+                FileError::Format { path, problem: format!("{problem} (declared in {})", sample.origin) }
+            }
+            io => io,
+        })?;
+        let token_ids = self.tokenizer.tokenize(&sample.captions[item.caption], self.context_length);
+        Ok(LoadedItem { sample: item.sample, pixels, token_ids })
+    }
+}
+
+struct Job {
+    key: u64,
+    slot: usize,
+    item: Item,
+}
+
+type Done = (u64, usize, Result<LoadedItem, FileError>);
+
+/// A pool of worker threads with a queue of submitted batches.
+pub struct Loader {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+    /// Submitted batches not yet taken: their slots, filled as workers finish.
+    batches: HashMap<u64, Vec<Option<Result<LoadedItem, FileError>>>>,
+}
+
+impl Loader {
+    pub fn new(reader: ItemReader, workers: usize) -> Self {
+        let (jobs, job_queue) = channel::<Job>();
+        let (finished, done) = channel::<Done>();
+        let job_queue = Arc::new(Mutex::new(job_queue));
+        let reader = Arc::new(reader);
+        let workers = (0..workers.max(1))
+            .map(|_| {
+                let (job_queue, finished, reader) = (job_queue.clone(), finished.clone(), reader.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        // The lock is held only to take a job, not while decoding it.
+                        let next = job_queue.lock().map(|queue| queue.recv());
+                        let Ok(Ok(job)) = next else { break };
+                        // A decoder that panics on a hostile file must not leave its slot empty
+                        // (the loop would wait for it forever): it becomes that file's error.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read(job.item)))
+                            .unwrap_or_else(|_| {
+                                let image = &reader.samples[job.item.sample].image;
+                                Err(FileError::format(image, "the image decoder failed on this file"))
+                            });
+                        if finished.send((job.key, job.slot, result)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Loader { jobs: Some(jobs), done, workers, batches: HashMap::new() }
+    }
+
+    pub fn is_submitted(&self, key: u64) -> bool {
+        self.batches.contains_key(&key)
+    }
+
+    /// Queues `items` as batch `key`.
+    pub fn submit(&mut self, key: u64, items: &[Item]) {
+        self.batches.insert(key, items.iter().map(|_| None).collect());
+        let jobs = self.jobs.as_ref().expect("jobs close only on drop");
+        for (slot, &item) in items.iter().enumerate() {
+            jobs.send(Job { key, slot, item }).expect("workers live as long as the loader");
+        }
+    }
+
+    /// Waits for batch `key` (submitted earlier) and returns its results in submission order.
+    pub fn take(&mut self, key: u64) -> Vec<Result<LoadedItem, FileError>> {
+        assert!(self.is_submitted(key), "batch {key} taken before it was submitted");
+        let complete = |slots: &Vec<Option<_>>| slots.iter().all(Option::is_some);
+        while !self.batches.get(&key).is_some_and(complete) {
+            let (done_key, slot, result) = self.done.recv().expect("workers live as long as the loader");
+            if let Some(slots) = self.batches.get_mut(&done_key) {
+                slots[slot] = Some(result);
+            }
+        }
+        let slots = self.batches.remove(&key).expect("checked above");
+        slots.into_iter().map(|slot| slot.expect("complete")).collect()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}

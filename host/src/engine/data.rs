@@ -1,0 +1,492 @@
+//! What a run trains and evaluates on, behind one interface for the training loop:
+//! Fashion-MNIST (labelled images with templated captions; zero-shot accuracy on the test
+//! split) or an image-caption data set (COCO or a JSONL manifest; validation loss and
+//! retrieval recall on a held-out split).
+//!
+//! Image-caption batches are decoded by worker threads a few steps ahead of training. Which
+//! samples, which caption and which augmentation a step uses depend only on (seed, epoch,
+//! sample index), so prefetching, thread timing and resuming change nothing.
+
+use super::run::EngineError;
+use crate::data::captioned::{self, CaptionedData, CaptionedSample};
+use crate::data::clip_tokenizer::ClipTokenizer;
+use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
+use crate::data::loader::{Item, ItemReader, LoadedItem, Loader};
+use crate::data::prompts::{CaptionTable, TEMPLATES};
+use crate::data::sampler::{EpochSampler, keyed};
+use crate::data::{PixelNormalizer, grey_to_unit};
+use crate::eval::{RETRIEVAL_METRICS, VALIDATION_METRICS, recall, validation_metrics, zero_shot_accuracy};
+use crate::files::FileError;
+use crate::models::clip::Clip;
+use std::path::Path;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Separates the caption draw from other per-sample randomness.
+const CAPTION_DRAW: u64 = 0xC4_7104;
+const EVAL_BATCH_SIZE: usize = 1000;
+/// The last Fashion-MNIST training images are held out for mid-run evaluation.
+const FASHION_MNIST_VALIDATION: i64 = 5000;
+/// Of an image-caption set without `--val-data`, the last 5 % (at most 5,000 images, the
+/// size of COCO's usual test split) are held out.
+const HELD_OUT_FRACTION: f64 = 0.05;
+const MAX_HELD_OUT: usize = 5000;
+/// Retrieval needs more than one image to rank.
+const MIN_HELD_OUT: usize = 2;
+/// Batches decoded ahead of the one being trained on.
+const PREFETCH_BATCHES: u64 = 3;
+/// Loader keys of evaluation chunks, far above any step number.
+const EVALUATION_KEYS: u64 = 1 << 62;
+
+/// Where the data comes from and how to read it.
+#[derive(Debug, Clone)]
+pub struct DataOptions<'a> {
+    pub data: &'a Path,
+    /// The image folder of a COCO file or manifest, when not the default.
+    pub images: Option<&'a Path>,
+    /// A separate held-out set (COCO or manifest) instead of the data's last images.
+    pub val_data: Option<&'a Path>,
+    pub skip_bad_samples: bool,
+    pub workers: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+/// The images, captions and random draws of one step.
+#[derive(Debug)]
+pub struct TrainBatch {
+    /// `(batch, channels, height, width)`, values in [0, 1], on the training device.
+    pub pixels: Tensor,
+    /// `(batch, context)` token ids on the training device.
+    pub input_ids: Tensor,
+    /// Each row's index in the training set: the key of its augmentation draws.
+    pub samples: Vec<i64>,
+    /// What `--skip-bad-samples` left out of this batch, one line each.
+    pub skipped: Vec<String>,
+}
+
+/// Results of an evaluation, named.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scores {
+    pub names: &'static [&'static str],
+    pub values: Vec<f64>,
+    /// Images evaluated on.
+    pub images: usize,
+    /// Which images: `test` or `held-out`.
+    pub split: &'static str,
+}
+
+pub enum TrainingData {
+    Labelled(LabelledData),
+    Captioned(Box<CaptionedTraining>),
+}
+
+impl TrainingData {
+    /// Fashion-MNIST from the folder `options.data`; `tokenizer` (with its context length)
+    /// makes the captions when the model is a pretrained CLIP, a word-level vocabulary
+    /// otherwise.
+    pub fn fashion_mnist(
+        options: &DataOptions,
+        tokenizer: Option<(&ClipTokenizer, usize)>,
+    ) -> Result<TrainingData, EngineError> {
+        let all_train = fashion_mnist::load(options.data, Split::Train)?;
+        let test = fashion_mnist::load(options.data, Split::Test)?;
+        let train_count = all_train.len() as i64 - FASHION_MNIST_VALIDATION;
+        check_batch_size(options.batch_size, train_count.max(0) as usize)?;
+        let captions = match tokenizer {
+            Some((tokenizer, context)) => CaptionTable::with_clip_tokenizer(&CLASS_NAMES, tokenizer, context),
+            None => CaptionTable::new(&CLASS_NAMES),
+        };
+        let held_out = |tensor: &Tensor| tensor.narrow(0, train_count, FASHION_MNIST_VALIDATION);
+        Ok(TrainingData::Labelled(LabelledData {
+            sampler: EpochSampler::new(options.seed, train_count as usize, options.batch_size),
+            caption_ids: captions.ids.to_device(options.device),
+            captions,
+            train_images: all_train.images.narrow(0, 0, train_count).to_device(options.device),
+            train_labels: all_train.labels.narrow(0, 0, train_count).to_device(options.device),
+            validation: LabelledImages { images: held_out(&all_train.images), labels: held_out(&all_train.labels) },
+            test,
+            seed: options.seed,
+            device: options.device,
+        }))
+    }
+
+    /// A COCO captions file or JSONL manifest, with images decoded at `image_size` and
+    /// captions tokenized to `context_length`.
+    pub fn captioned(
+        options: &DataOptions,
+        tokenizer: Arc<ClipTokenizer>,
+        context_length: usize,
+        image_size: i64,
+    ) -> Result<TrainingData, EngineError> {
+        let mut train = captioned::load(options.data, options.images, options.skip_bad_samples)?;
+        let held_out = match options.val_data {
+            Some(path) => captioned::load(path, options.images, options.skip_bad_samples)?,
+            None => {
+                let fraction = (train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize;
+                let count = fraction.clamp(MIN_HELD_OUT, MAX_HELD_OUT);
+                if train.samples.len() < count + options.batch_size {
+                    return Err(EngineError::Config(format!(
+                        "{}: {} usable samples; holding out {count} for evaluation leaves fewer than --batch-size {}",
+                        options.data.display(),
+                        train.samples.len(),
+                        options.batch_size
+                    )));
+                }
+                let samples = train.samples.split_off(train.samples.len() - count);
+                CaptionedData { samples, skipped: Vec::new() }
+            }
+        };
+        check_batch_size(options.batch_size, train.samples.len())?;
+        let at_start = train.skipped.iter().chain(&held_out.skipped).cloned().collect();
+        // One loader decodes both sets: held-out samples follow the training ones.
+        let train_count = train.samples.len();
+        let mut samples = train.samples;
+        samples.extend(held_out.samples);
+        let reader = ItemReader {
+            samples: Arc::new(samples),
+            tokenizer: tokenizer.clone(),
+            context_length,
+            image_size: u32::try_from(image_size)
+                .map_err(|_| EngineError::Config(format!("image size {image_size} is not usable")))?,
+        };
+        Ok(TrainingData::Captioned(Box::new(CaptionedTraining {
+            sampler: EpochSampler::new(options.seed, train_count, options.batch_size),
+            samples: reader.samples.clone(),
+            train_count,
+            loader: Loader::new(reader, options.workers),
+            tokenizer,
+            context_length,
+            held_out: None,
+            skipped_at_start: at_start,
+            skip_bad: options.skip_bad_samples,
+            seed: options.seed,
+            device: options.device,
+        })))
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.sampler().steps_per_epoch()
+    }
+
+    pub fn epoch_of(&self, step: u64) -> u64 {
+        self.sampler().epoch_of(step)
+    }
+
+    fn sampler(&self) -> &EpochSampler {
+        match self {
+            TrainingData::Labelled(data) => &data.sampler,
+            TrainingData::Captioned(data) => &data.sampler,
+        }
+    }
+
+    /// Names of the metrics [`TrainingData::evaluate`] gives, as policies see them.
+    pub fn metric_names(&self) -> &'static [&'static str] {
+        match self {
+            TrainingData::Labelled(_) => &VALIDATION_METRICS,
+            TrainingData::Captioned(_) => &CAPTIONED_METRICS,
+        }
+    }
+
+    /// Samples left out before training started, under `--skip-bad-samples`.
+    pub fn skipped_at_start(&self) -> &[String] {
+        match self {
+            TrainingData::Labelled(_) => &[],
+            TrainingData::Captioned(data) => &data.skipped_at_start,
+        }
+    }
+
+    /// The batch of global step `step`; `last_step` bounds how far ahead it decodes.
+    pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
+        match self {
+            TrainingData::Labelled(data) => Ok(data.batch(step)),
+            TrainingData::Captioned(data) => data.batch(step, last_step),
+        }
+    }
+
+    /// Mid-run evaluation on the held-out images.
+    pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
+        match self {
+            TrainingData::Labelled(data) => Ok(Scores {
+                names: &VALIDATION_METRICS,
+                values: validation_metrics(
+                    model,
+                    &data.validation,
+                    &data.captions,
+                    normalizer,
+                    EVAL_BATCH_SIZE,
+                    data.seed,
+                    data.device,
+                ),
+                images: data.validation.len(),
+                split: "held-out",
+            }),
+            TrainingData::Captioned(data) => data.evaluate(model, normalizer),
+        }
+    }
+
+    /// The end-of-run evaluation: zero-shot accuracy on Fashion-MNIST's test split, or the
+    /// held-out evaluation of an image-caption set.
+    pub fn final_evaluation(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
+        match self {
+            TrainingData::Labelled(data) => {
+                let accuracy =
+                    zero_shot_accuracy(model, &data.test, &data.captions, normalizer, EVAL_BATCH_SIZE, data.device);
+                Ok(Scores {
+                    names: &["zero_shot_top1", "zero_shot_top5"],
+                    values: vec![accuracy.top1, accuracy.top5],
+                    images: accuracy.images,
+                    split: "test",
+                })
+            }
+            TrainingData::Captioned(data) => data.evaluate(model, normalizer),
+        }
+    }
+}
+
+fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
+    if batch_size > available {
+        return Err(EngineError::Config(format!(
+            "--batch-size {batch_size} is larger than the training images ({available})"
+        )));
+    }
+    Ok(())
+}
+
+/// Metric names of an image-caption evaluation.
+pub const CAPTIONED_METRICS: [&str; 7] = [
+    "val_loss",
+    RETRIEVAL_METRICS[0],
+    RETRIEVAL_METRICS[1],
+    RETRIEVAL_METRICS[2],
+    RETRIEVAL_METRICS[3],
+    RETRIEVAL_METRICS[4],
+    RETRIEVAL_METRICS[5],
+];
+
+/// The caption of `sample` drawn for `epoch`.
+fn caption_draw(seed: u64, epoch: u64, sample: u64, captions: usize) -> usize {
+    (keyed(seed, &[CAPTION_DRAW, epoch, sample]) % captions as u64) as usize
+}
+
+/// Fashion-MNIST held on the training device, with every caption pre-tokenized.
+pub struct LabelledData {
+    sampler: EpochSampler,
+    captions: CaptionTable,
+    /// `captions.ids` on the training device.
+    caption_ids: Tensor,
+    train_images: Tensor,
+    train_labels: Tensor,
+    validation: LabelledImages,
+    test: LabelledImages,
+    seed: u64,
+    device: Device,
+}
+
+impl LabelledData {
+    pub fn captions(&self) -> &CaptionTable {
+        &self.captions
+    }
+
+    fn batch(&mut self, step: u64) -> TrainBatch {
+        let epoch = self.sampler.epoch_of(step);
+        let samples = self.sampler.batch(step).to_vec();
+        let templates: Vec<i64> =
+            samples.iter().map(|&index| caption_draw(self.seed, epoch, index as u64, TEMPLATES.len()) as i64).collect();
+        let rows = Tensor::from_slice(&samples).to_device(self.device);
+        let templates = Tensor::from_slice(&templates).to_device(self.device);
+        let labels = self.train_labels.index_select(0, &rows);
+        TrainBatch {
+            pixels: grey_to_unit(&self.train_images.index_select(0, &rows), self.device),
+            input_ids: self.caption_ids.index(&[Some(labels), Some(templates)]),
+            samples,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// An image-caption set read from files by worker threads.
+pub struct CaptionedTraining {
+    sampler: EpochSampler,
+    /// Training samples, then the held-out ones.
+    samples: Arc<Vec<CaptionedSample>>,
+    train_count: usize,
+    loader: Loader,
+    tokenizer: Arc<ClipTokenizer>,
+    context_length: usize,
+    /// Decoded once, at the first evaluation.
+    held_out: Option<HeldOut>,
+    skipped_at_start: Vec<String>,
+    skip_bad: bool,
+    seed: u64,
+    device: Device,
+}
+
+/// The held-out images as `u8` pixels on the CPU, and every caption of them.
+struct HeldOut {
+    pixels: Tensor,
+    /// `(captions, context)`.
+    caption_ids: Tensor,
+    /// For each caption, the row of its image in `pixels`.
+    caption_image: Vec<i64>,
+    /// Row of each image's first caption, for the validation loss.
+    first_caption: Vec<i64>,
+}
+
+impl CaptionedTraining {
+    fn items(&mut self, step: u64) -> Vec<Item> {
+        let epoch = self.sampler.epoch_of(step);
+        let seed = self.seed;
+        let samples = &self.samples;
+        self.sampler
+            .batch(step)
+            .iter()
+            .map(|&index| {
+                let sample = index as usize;
+                let caption = caption_draw(seed, epoch, index as u64, samples[sample].captions.len());
+                Item { sample, caption }
+            })
+            .collect()
+    }
+
+    fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
+        for ahead in step..(step + 1 + PREFETCH_BATCHES).min(last_step.max(step + 1)) {
+            if !self.loader.is_submitted(ahead) {
+                let items = self.items(ahead);
+                self.loader.submit(ahead, &items);
+            }
+        }
+        let results = self.loader.take(step);
+        let (loaded, skipped) = self.keep_readable(results)?;
+        if loaded.len() < 2 {
+            return Err(EngineError::Config(format!(
+                "step {step}: only {} readable images in the batch; contrastive training needs two or more",
+                loaded.len()
+            )));
+        }
+        let (pixels, input_ids) = self.stack(&loaded);
+        Ok(TrainBatch {
+            pixels: pixels.to_device(self.device).to_kind(Kind::Float) / 255.0,
+            input_ids: input_ids.to_device(self.device),
+            samples: loaded.iter().map(|item| item.sample as i64).collect(),
+            skipped,
+        })
+    }
+
+    /// The results that decoded; the others stop the run, or under `--skip-bad-samples`
+    /// are described and left out.
+    fn keep_readable(
+        &self,
+        results: Vec<Result<LoadedItem, FileError>>,
+    ) -> Result<(Vec<LoadedItem>, Vec<String>), EngineError> {
+        let mut loaded = Vec::with_capacity(results.len());
+        let mut skipped = Vec::new();
+        for result in results {
+            match result {
+                Ok(item) => loaded.push(item),
+                Err(err) if self.skip_bad => skipped.push(err.to_string()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok((loaded, skipped))
+    }
+
+    /// `(n, 3, size, size)` `u8` pixels and `(n, context)` ids of `items`, on the CPU.
+    fn stack(&self, items: &[LoadedItem]) -> (Tensor, Tensor) {
+        let pixels: Vec<u8> = items.iter().flat_map(|item| item.pixels.iter().copied()).collect();
+        let ids: Vec<i64> = items.iter().flat_map(|item| item.token_ids.iter().copied()).collect();
+        let count = items.len() as i64;
+        let plane = items.first().map(|item| item.pixels.len() / 3).unwrap_or(0);
+        let size = (plane as f64).sqrt() as i64;
+        (Tensor::from_slice(&pixels).view([count, 3, size, size]), Tensor::from_slice(&ids).view([count, -1]))
+    }
+
+    /// Decodes the held-out images and tokenizes all their captions, once.
+    fn held_out(&mut self) -> Result<&HeldOut, EngineError> {
+        if self.held_out.is_none() {
+            let held_out_samples = self.train_count..self.samples.len();
+            let mut pixels = Vec::new();
+            let mut caption_ids = Vec::new();
+            let (mut caption_image, mut first_caption) = (Vec::new(), Vec::new());
+            let samples: Vec<usize> = held_out_samples.collect();
+            for (chunk, indices) in samples.chunks(EVAL_BATCH_SIZE).enumerate() {
+                let key = EVALUATION_KEYS + chunk as u64;
+                let items: Vec<Item> = indices.iter().map(|&sample| Item { sample, caption: 0 }).collect();
+                self.loader.submit(key, &items);
+                let results = self.loader.take(key);
+                let (loaded, _) = self.keep_readable(results)?;
+                for item in loaded {
+                    let row = pixels.len() as i64;
+                    first_caption.push(caption_ids.len() as i64);
+                    caption_ids.push(item.token_ids);
+                    caption_image.push(row);
+                    // The other captions of this image, tokenized here rather than decoding
+                    // the image again for each.
+                    for caption in &self.samples[item.sample].captions[1..] {
+                        caption_ids.push(self.tokenizer.tokenize(caption, self.context_length));
+                        caption_image.push(row);
+                    }
+                    pixels.push(item.pixels);
+                }
+            }
+            if pixels.len() < 2 {
+                return Err(EngineError::Config("the held-out split has fewer than two readable images".into()));
+            }
+            let ids: Vec<i64> = caption_ids.concat();
+            let images: Vec<LoadedItem> =
+                pixels.into_iter().map(|pixels| LoadedItem { sample: 0, pixels, token_ids: Vec::new() }).collect();
+            let (pixels, _) = self.stack(&images);
+            self.held_out = Some(HeldOut {
+                pixels,
+                caption_ids: Tensor::from_slice(&ids).view([caption_image.len() as i64, -1]),
+                caption_image,
+                first_caption,
+            });
+        }
+        Ok(self.held_out.as_ref().expect("set just above"))
+    }
+
+    /// Validation loss (each image with its first caption, in batches of
+    /// [`EVAL_BATCH_SIZE`]) and retrieval recall over all held-out captions.
+    fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
+        let device = self.device;
+        let held_out = self.held_out()?;
+        let scores = tch::no_grad(|| {
+            let count = held_out.pixels.size()[0];
+            let mut image_embeddings = Vec::new();
+            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
+                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
+                let pixels = held_out.pixels.narrow(0, start, rows).to_device(device).to_kind(Kind::Float) / 255.0;
+                image_embeddings.push(model.image_embeddings(&normalizer.normalize(&pixels)));
+            }
+            let image_embeddings = Tensor::cat(&image_embeddings, 0);
+            let caption_count = held_out.caption_ids.size()[0];
+            let text_embeddings: Vec<Tensor> = (0..caption_count)
+                .step_by(EVAL_BATCH_SIZE)
+                .map(|start| {
+                    let rows = (EVAL_BATCH_SIZE as i64).min(caption_count - start);
+                    model.text_embeddings(&held_out.caption_ids.narrow(0, start, rows).to_device(device))
+                })
+                .collect();
+            let text_embeddings = Tensor::cat(&text_embeddings, 0);
+            let first = Tensor::from_slice(&held_out.first_caption).to_device(device);
+            let paired_texts = text_embeddings.index_select(0, &first);
+            let scale = model.logit_scale();
+            let mut weighted_loss = 0.0;
+            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
+                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
+                let loss = crate::models::clip::contrastive_loss(
+                    &image_embeddings.narrow(0, start, rows),
+                    &paired_texts.narrow(0, start, rows),
+                    &scale,
+                );
+                weighted_loss += loss.to_kind(Kind::Double).double_value(&[]) * rows as f64;
+            }
+            let mut values = vec![weighted_loss / count as f64];
+            values.extend(recall(&image_embeddings, &text_embeddings, &held_out.caption_image).values());
+            Scores { names: &CAPTIONED_METRICS, values, images: count as usize, split: "held-out" }
+        });
+        Ok(scores)
+    }
+}
