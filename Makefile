@@ -18,6 +18,17 @@ POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_clip layer
 POLICY_DIR := build/policies
 FIXTURES := hostile_policy
 FIXTURE_DIR := build/fixtures
+# cosine_warmup and early_stopping written again in Python, JavaScript and C, built into
+# $(POLICY_DIR)/<language>_<name>.wasm by toolchains installed under $(CACHE).
+LANGUAGES := python js c
+LANGUAGE_POLICIES := cosine_warmup early_stopping
+LANGUAGE_WASM := $(foreach l,$(LANGUAGES),$(LANGUAGE_POLICIES:%=$(POLICY_DIR)/$(l)_%.wasm))
+COMPONENTIZE_PY := $(VENV)/bin/componentize-py
+COMPONENTIZE_JS := $(CACHE)/node/node_modules/.bin/componentize-js
+WIT_BINDGEN_VERSION := 0.61.1
+WIT_BINDGEN := $(CACHE)/wit-bindgen-$(WIT_BINDGEN_VERSION)/bin/wit-bindgen
+CLANG := /usr/bin/clang-19
+C_BUILD := build/c
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup policies
@@ -33,7 +44,8 @@ test: setup policies
 OPEN_CLIP := $(CACHE)/open_clip
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 
-setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE)
+setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE) \
+	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(VENV)/.installed-torch-transformers-tensorboard Makefile
@@ -63,6 +75,26 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 
+# The toolchains of the policies in other languages: componentize-py from PyPI,
+# componentize-js from npm (with the machine's Node.js, or Debian's), clang with wasi-libc
+# from Debian, wit-bindgen's C generator from crates.io at the workspace's wit-bindgen version.
+$(COMPONENTIZE_PY): $(VENV)/.installed-torch-transformers-tensorboard
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+	touch $@
+
+$(COMPONENTIZE_JS):
+	command -v npm > /dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm install --prefix $(CACHE)/node --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@0.23.0
+	touch $@
+
+$(WIT_BINDGEN):
+	cargo install --locked --root $(CACHE)/wit-bindgen-$(WIT_BINDGEN_VERSION) wit-bindgen-cli@$(WIT_BINDGEN_VERSION)
+
+$(CLANG):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
+
 $(CACHE)/wasm-target.ok:
 	rustup target add $(WASM_TARGET)
 	mkdir -p $(CACHE) && touch $@
@@ -77,3 +109,26 @@ policies: setup
 	cargo build --release -p componentize
 	$(call componentize,$(POLICIES),$(POLICY_DIR))
 	$(call componentize,$(FIXTURES),$(FIXTURE_DIR))
+	$(MAKE) --no-print-directory $(LANGUAGE_WASM)
+
+$(POLICY_DIR)/python_%.wasm: policies/python/%/app.py policies/python/trainer_policy.py wit/v1/policy.wit
+	mkdir -p $(@D)
+	$(COMPONENTIZE_PY) --quiet -d wit/v1 -w policy componentize --stub-wasi \
+		-p policies/python -p policies/python/$* app -o $@
+
+# componentize-js's --disable takes every WASI feature: the component imports only the host.
+$(POLICY_DIR)/js_%.wasm: policies/js/%/policy.js policies/js/trainer_policy.js wit/v1/policy.wit
+	mkdir -p $(@D)
+	$(COMPONENTIZE_JS) $< -w wit/v1 -n policy -d stdio random clocks http fetch-event -o $@ > /dev/null
+
+$(C_BUILD)/bindings/policy.c: wit/v1/policy.wit
+	$(WIT_BINDGEN) c wit/v1 -w policy --out-dir $(@D) > /dev/null
+
+# A core module (wasi-libc for its pure functions only) with the bindings' component-type
+# section, wrapped by componentize like the Rust policies.
+$(POLICY_DIR)/c_%.wasm: policies/c/%/policy.c policies/c/trainer_policy.c policies/c/trainer_policy.h \
+		policies/c/wasi_stubs.c $(C_BUILD)/bindings/policy.c
+	mkdir -p $(@D)
+	$(CLANG) --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror -I $(C_BUILD)/bindings -I policies/c \
+		$(filter %.c,$^) $(C_BUILD)/bindings/policy_component_type.o -o $(C_BUILD)/$*.core.wasm
+	$(CARGO_TARGET_DIR)/release/componentize $(C_BUILD)/$*.core.wasm $@
