@@ -8,51 +8,20 @@
 
 mod common;
 
-use common::{assert_error, assert_one_line_error, assert_success, policy, read_json, read_jsonl, train_cpu};
-use image::{GrayImage, ImageFormat};
+use common::{
+    Mosaic, assert_error, assert_one_line_error, assert_success, policy, read_json, read_jsonl, train_cpu,
+    write_mosaics,
+};
+const TILE: u32 = common::MOSAIC_TILE;
 use std::path::{Path, PathBuf};
-use trainer::data::fashion_mnist::{self, CLASS_NAMES, Split};
-
-const TILE: u32 = 28;
-
-/// Writes `count` mosaics starting at mosaic `first` into `dir` (every fifth as JPEG) and
-/// returns, for each, its file name and two captions.
-fn write_mosaics(dir: &Path, first: usize, count: usize) -> Vec<(String, [String; 2])> {
-    let data = fashion_mnist::load(Path::new(fashion_mnist::DEFAULT_DIR), Split::Train).unwrap();
-    let pixels = Vec::<u8>::try_from(data.images.flatten(0, -1)).unwrap();
-    let labels = Vec::<i64>::try_from(&data.labels).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    (first..first + count)
-        .map(|mosaic| {
-            let tiles: Vec<usize> = (0..4).map(|corner| mosaic * 4 + corner).collect();
-            let image = GrayImage::from_fn(2 * TILE, 2 * TILE, |x, y| {
-                let tile = tiles[(y / TILE * 2 + x / TILE) as usize];
-                let offset = tile * (TILE * TILE) as usize + ((y % TILE) * TILE + x % TILE) as usize;
-                image::Luma([pixels[offset]])
-            });
-            let (name, format) = if mosaic % 5 == 0 {
-                (format!("{mosaic:06}.jpg"), ImageFormat::Jpeg)
-            } else {
-                (format!("{mosaic:06}.png"), ImageFormat::Png)
-            };
-            image.save_with_format(dir.join(&name), format).unwrap();
-            let [a, b, c, d] = [0, 1, 2, 3].map(|corner| CLASS_NAMES[labels[tiles[corner]] as usize]);
-            let captions = [
-                format!("a {a} at the top left, a {b} at the top right, a {c} at the bottom left and a {d} at the bottom right."),
-                format!("top row: {a} and {b}. bottom row: {c} and {d}."),
-            ];
-            (name, captions)
-        })
-        .collect()
-}
 
 /// A COCO captions file for `images`.
-fn write_coco(path: &Path, images: &[(String, [String; 2])]) {
+fn write_coco(path: &Path, images: &[Mosaic]) {
     let mut annotations = Vec::new();
     let entries: Vec<serde_json::Value> = images
         .iter()
         .enumerate()
-        .map(|(id, (file_name, captions))| {
+        .map(|(id, Mosaic { file_name, captions, .. })| {
             for caption in captions {
                 annotations.push(serde_json::json!({"id": annotations.len(), "image_id": id, "caption": caption}));
             }
@@ -65,10 +34,10 @@ fn write_coco(path: &Path, images: &[(String, [String; 2])]) {
 }
 
 /// A JSONL manifest for `images`, image paths relative to its folder.
-fn write_manifest(path: &Path, images: &[(String, [String; 2])]) {
+fn write_manifest(path: &Path, images: &[Mosaic]) {
     let lines: Vec<String> = images
         .iter()
-        .map(|(image, captions)| serde_json::json!({"image": image, "captions": captions}).to_string())
+        .map(|mosaic| serde_json::json!({"image": mosaic.file_name, "captions": mosaic.captions}).to_string())
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
@@ -153,7 +122,8 @@ fn a_jsonl_manifest_trains_from_scratch_with_its_own_held_out_split() {
     let dir = tempfile::tempdir().unwrap();
     let images = write_mosaics(&dir.path().join("images"), 0, 120);
     let manifest = dir.path().join("data.jsonl");
-    let relative: Vec<_> = images.into_iter().map(|(name, captions)| (format!("images/{name}"), captions)).collect();
+    let relative: Vec<Mosaic> =
+        images.into_iter().map(|m| Mosaic { file_name: format!("images/{}", m.file_name), ..m }).collect();
     write_manifest(&manifest, &relative);
     let run = dir.path().join("run");
     let extra = ["--data", arg(&manifest), "--steps", "3", "--batch-size", "16", "--eval-every", "3", "--workers", "3"];

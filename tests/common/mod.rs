@@ -92,3 +92,53 @@ pub fn python_fixture(script: &str, args: &[&std::ffi::OsStr]) -> Output {
         .output()
         .expect("the project's Python runs")
 }
+
+/// Side of one Fashion-MNIST tile in the mosaics [`write_mosaics`] makes.
+pub const MOSAIC_TILE: u32 = 28;
+
+/// A 2x2 mosaic of real Fashion-MNIST photographs written as an image file.
+#[derive(Debug, Clone)]
+pub struct Mosaic {
+    pub file_name: String,
+    /// Two captions naming the four garments and where they are.
+    pub captions: [String; 2],
+    /// The classes shown, each once, in class order.
+    pub tags: Vec<String>,
+}
+
+/// Writes `count` mosaics starting at mosaic `first` into `dir` (every fifth as JPEG, the
+/// others PNG); mosaic `i` shows training images `4i` to `4i + 3`.
+pub fn write_mosaics(dir: &Path, first: usize, count: usize) -> Vec<Mosaic> {
+    use trainer::data::fashion_mnist::{self, CLASS_NAMES, Split};
+    const TILE: u32 = MOSAIC_TILE;
+    let data = fashion_mnist::load(Path::new(fashion_mnist::DEFAULT_DIR), Split::Train).unwrap();
+    let pixels = Vec::<u8>::try_from(data.images.flatten(0, -1)).unwrap();
+    let labels = Vec::<i64>::try_from(&data.labels).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    (first..first + count)
+        .map(|mosaic| {
+            let tiles: Vec<usize> = (0..4).map(|corner| mosaic * 4 + corner).collect();
+            let image = image::GrayImage::from_fn(2 * TILE, 2 * TILE, |x, y| {
+                let tile = tiles[(y / TILE * 2 + x / TILE) as usize];
+                let offset = tile * (TILE * TILE) as usize + ((y % TILE) * TILE + x % TILE) as usize;
+                image::Luma([pixels[offset]])
+            });
+            let (file_name, format) = if mosaic % 5 == 0 {
+                (format!("{mosaic:06}.jpg"), image::ImageFormat::Jpeg)
+            } else {
+                (format!("{mosaic:06}.png"), image::ImageFormat::Png)
+            };
+            image.save_with_format(dir.join(&file_name), format).unwrap();
+            let classes = [0, 1, 2, 3].map(|corner| labels[tiles[corner]] as usize);
+            let [a, b, c, d] = classes.map(|class| CLASS_NAMES[class]);
+            let captions = [
+                format!("a {a} at the top left, a {b} at the top right, a {c} at the bottom left and a {d} at the bottom right."),
+                format!("top row: {a} and {b}. bottom row: {c} and {d}."),
+            ];
+            let mut shown = classes.to_vec();
+            shown.sort();
+            shown.dedup();
+            Mosaic { file_name, captions, tags: shown.into_iter().map(|class| CLASS_NAMES[class].to_string()).collect() }
+        })
+        .collect()
+}

@@ -1,5 +1,6 @@
 //! Image-caption data sets: COCO captions (`captions_*.json` and an image folder) and JSONL
-//! manifests (`{"image": ..., "captions": [...]}` per line). Reading one gives the list of
+//! manifests (`{"image": ..., "captions": [...], "tags": [...]}` per line; tags for
+//! tagging runs). Reading one gives the list of
 //! samples, each remembering where it was declared, so an image that fails to decode later
 //! is reported with its manifest line or COCO image id.
 //!
@@ -14,12 +15,20 @@ use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-/// One image and its captions.
+/// One image, its captions and its tags.
 #[derive(Debug, Clone)]
 pub struct CaptionedSample {
     pub image: PathBuf,
     pub captions: Vec<String>,
+    pub tags: Vec<String>,
     pub origin: Origin,
+}
+
+/// What every sample must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    Captions,
+    Tags,
 }
 
 /// Where a sample was declared.
@@ -77,7 +86,7 @@ impl DataKind {
 /// Reads the data set at `path`; `images` is the folder image paths are relative to (by
 /// default the manifest's folder, or for COCO the sibling folder named after the split,
 /// `annotations/captions_train2017.json` -> `train2017/`).
-pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool) -> Result<CaptionedData, FileError> {
+pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) -> Result<CaptionedData, FileError> {
     let mut data = match DataKind::of(path)? {
         DataKind::Coco => read_coco(path, images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path)))?,
         DataKind::Manifest => {
@@ -90,8 +99,10 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool) -> Result<Captio
     };
     let mut kept = Vec::with_capacity(data.samples.len());
     for sample in data.samples {
-        let problem = if sample.captions.is_empty() {
+        let problem = if needs == Needs::Captions && sample.captions.is_empty() {
             Some("has no captions")
+        } else if needs == Needs::Tags && sample.tags.is_empty() {
+            Some("has an empty tag list")
         } else if !sample.image.is_file() {
             Some("image file not found")
         } else {
@@ -136,6 +147,8 @@ struct ManifestLine {
     #[serde(default)]
     captions: Vec<String>,
     caption: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedData, FileError> {
@@ -154,6 +167,7 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedDa
                 data.samples.push(CaptionedSample {
                     image: base.join(entry.image),
                     captions,
+                    tags: entry.tags,
                     origin: Origin::ManifestLine { manifest: path.to_path_buf(), line: line_number },
                 });
             }
@@ -202,6 +216,7 @@ fn read_coco(path: &Path, image_dir: PathBuf) -> Result<CaptionedData, FileError
         .map(|(image, captions)| CaptionedSample {
             image: image_dir.join(&image.file_name),
             captions,
+            tags: Vec::new(),
             origin: Origin::CocoImage { annotations: path.to_path_buf(), id: image.id },
         })
         .collect();
@@ -228,7 +243,7 @@ mod tests {
             "annotations": [{"image_id": 9, "caption": "b"}, {"image_id": 7, "caption": "a"},
                             {"image_id": 9, "caption": "c"}]}"#;
         std::fs::write(&annotations, json).unwrap();
-        let data = load(&annotations, None, false).unwrap();
+        let data = load(&annotations, None, false, Needs::Captions).unwrap();
         assert_eq!(data.samples.len(), 2);
         assert_eq!(data.samples[1].image, dir.path().join("val2017/2.jpg"));
         assert_eq!(data.samples[1].captions, ["b", "c"]);
@@ -243,10 +258,10 @@ mod tests {
         let text = "{\"image\": \"a.png\", \"captions\": [\"x\"]}\n\n{\"image\": \"a.png\", \"captions\": [\"x\"\n\
                     {\"image\": \"gone.png\", \"caption\": \"y\"}\n{\"image\": \"a.png\", \"captions\": []}\n";
         std::fs::write(&manifest, text).unwrap();
-        let err = load(&manifest, None, false).unwrap_err().to_string();
+        let err = load(&manifest, None, false, Needs::Captions).unwrap_err().to_string();
         assert!(err.starts_with(&manifest.display().to_string()) && err.contains("line 3"), "{err}");
 
-        let data = load(&manifest, None, true).unwrap();
+        let data = load(&manifest, None, true, Needs::Captions).unwrap();
         assert_eq!(data.samples.len(), 1);
         assert_eq!(data.skipped.len(), 3, "{:?}", data.skipped);
         assert!(data.skipped.iter().any(|s| s.contains("gone.png") && s.contains("line 4")), "{:?}", data.skipped);
@@ -257,7 +272,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("data.jsonl");
         std::fs::write(&manifest, "{\"image\": \"gone.png\", \"captions\": [\"x\"]}\n").unwrap();
-        let err = load(&manifest, None, false).unwrap_err().to_string();
+        let err = load(&manifest, None, false, Needs::Captions).unwrap_err().to_string();
         assert!(err.contains("gone.png") && err.contains("not found") && err.contains("data.jsonl line 1"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod clip_tokenizer;
 pub mod fashion_mnist;
 pub mod images;
 pub mod loader;
+pub mod mosaics;
 pub mod prompts;
 pub mod sampler;
 

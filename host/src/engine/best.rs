@@ -5,11 +5,8 @@
 use super::data::Scores;
 use super::run::{BestMetric, EngineError, io_error};
 use crate::files::FileError;
-use crate::models::clip::ClipConfig;
-use crate::models::pretrained;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::nn;
 
 pub const BEST_DIR: &str = "best";
 const RECORD_FILE: &str = "best.json";
@@ -56,8 +53,7 @@ impl BestKeeper {
         &mut self,
         step: u64,
         scores: &Scores,
-        var_store: &nn::VarStore,
-        model_config: &ClipConfig,
+        save: impl FnOnce(&Path) -> Result<(), EngineError>,
     ) -> Result<Option<String>, EngineError> {
         let Some(value) = scores.names.iter().position(|name| *name == self.metric.name).map(|i| scores.values[i])
         else {
@@ -67,12 +63,12 @@ impl BestKeeper {
         if !value.is_finite() || self.best.is_some_and(|best| !better(best)) {
             return Ok(None);
         }
-        // Not `best.tmp`: that is where `pretrained::save` stages its own files.
+        // Not `best.tmp`: that is where model saving stages its own files.
         let staging = self.dir.with_extension("new");
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
         }
-        pretrained::save(&staging, var_store, model_config)?;
+        save(&staging)?;
         let record = BestRecord { metric: self.metric.name.clone(), maximize: self.metric.maximize, value, step };
         let record_path = staging.join(RECORD_FILE);
         let text = serde_json::to_string_pretty(&record).expect("records serialize");

@@ -8,7 +8,7 @@
 //! sample index), so prefetching, thread timing and resuming change nothing.
 
 use super::run::EngineError;
-use crate::data::captioned::{self, CaptionedData, CaptionedSample};
+use crate::data::captioned::{self, CaptionedData, CaptionedSample, Needs};
 use crate::data::clip_tokenizer::ClipTokenizer;
 use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
 use crate::data::loader::{Item, ItemReader, LoadedItem, Loader};
@@ -69,7 +69,7 @@ pub struct TrainBatch {
 /// Results of an evaluation, named.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Scores {
-    pub names: &'static [&'static str],
+    pub names: Vec<&'static str>,
     pub values: Vec<f64>,
     /// Images evaluated on.
     pub images: usize,
@@ -120,50 +120,9 @@ impl TrainingData {
         context_length: usize,
         image_size: i64,
     ) -> Result<TrainingData, EngineError> {
-        let mut train = captioned::load(options.data, options.images, options.skip_bad_samples)?;
-        let held_out = match options.val_data {
-            Some(path) => captioned::load(path, options.images, options.skip_bad_samples)?,
-            None => {
-                let fraction = (train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize;
-                let count = fraction.clamp(MIN_HELD_OUT, MAX_HELD_OUT);
-                if train.samples.len() < count + options.batch_size {
-                    return Err(EngineError::Config(format!(
-                        "{}: {} usable samples; holding out {count} for evaluation leaves fewer than --batch-size {}",
-                        options.data.display(),
-                        train.samples.len(),
-                        options.batch_size
-                    )));
-                }
-                let samples = train.samples.split_off(train.samples.len() - count);
-                CaptionedData { samples, skipped: Vec::new() }
-            }
-        };
-        check_batch_size(options.batch_size, train.samples.len())?;
-        let at_start = train.skipped.iter().chain(&held_out.skipped).cloned().collect();
-        // One loader decodes both sets: held-out samples follow the training ones.
-        let train_count = train.samples.len();
-        let mut samples = train.samples;
-        samples.extend(held_out.samples);
-        let reader = ItemReader {
-            samples: Arc::new(samples),
-            tokenizer: tokenizer.clone(),
-            context_length,
-            image_size: u32::try_from(image_size)
-                .map_err(|_| EngineError::Config(format!("image size {image_size} is not usable")))?,
-        };
-        Ok(TrainingData::Captioned(Box::new(CaptionedTraining {
-            sampler: EpochSampler::new(options.seed, train_count, options.batch_size),
-            samples: reader.samples.clone(),
-            train_count,
-            loader: Loader::new(reader, options.workers),
-            tokenizer,
-            context_length,
-            held_out: None,
-            skipped_at_start: at_start,
-            skip_bad: options.skip_bad_samples,
-            seed: options.seed,
-            device: options.device,
-        })))
+        let data =
+            CaptionedTraining::open(options, Needs::Captions, |_| Ok(()), tokenizer, context_length, image_size)?;
+        Ok(TrainingData::Captioned(Box::new(data)))
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -193,7 +152,7 @@ impl TrainingData {
     pub fn skipped_at_start(&self) -> &[String] {
         match self {
             TrainingData::Labelled(_) => &[],
-            TrainingData::Captioned(data) => &data.skipped_at_start,
+            TrainingData::Captioned(data) => data.skipped_at_start(),
         }
     }
 
@@ -209,7 +168,7 @@ impl TrainingData {
     pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
         match self {
             TrainingData::Labelled(data) => Ok(Scores {
-                names: &VALIDATION_METRICS,
+                names: VALIDATION_METRICS.to_vec(),
                 values: validation_metrics(
                     model,
                     &data.validation,
@@ -234,7 +193,7 @@ impl TrainingData {
                 let accuracy =
                     zero_shot_accuracy(model, &data.test, &data.captions, normalizer, EVAL_BATCH_SIZE, data.device);
                 Ok(Scores {
-                    names: &["zero_shot_top1", "zero_shot_top5"],
+                    names: vec!["zero_shot_top1", "zero_shot_top5"],
                     values: vec![accuracy.top1, accuracy.top5],
                     images: accuracy.images,
                     split: "test",
@@ -332,9 +291,90 @@ struct HeldOut {
     caption_image: Vec<i64>,
     /// Row of each image's first caption, for the validation loss.
     first_caption: Vec<i64>,
+    /// The sample index of each image.
+    samples: Vec<usize>,
 }
 
 impl CaptionedTraining {
+    /// The samples of `options.data` (each checked and completed by `prepare`), and the
+    /// held-out ones: `options.val_data`, or the last 5% of the data (2 to 5,000 images).
+    pub fn open(
+        options: &DataOptions,
+        needs: Needs,
+        mut prepare: impl FnMut(&mut CaptionedSample) -> Result<(), EngineError>,
+        tokenizer: Arc<ClipTokenizer>,
+        context_length: usize,
+        image_size: i64,
+    ) -> Result<Self, EngineError> {
+        let mut train = captioned::load(options.data, options.images, options.skip_bad_samples, needs)?;
+        let held_out = match options.val_data {
+            Some(path) => captioned::load(path, options.images, options.skip_bad_samples, needs)?,
+            None => {
+                let fraction = (train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize;
+                let count = fraction.clamp(MIN_HELD_OUT, MAX_HELD_OUT);
+                if train.samples.len() < count + options.batch_size {
+                    return Err(EngineError::Config(format!(
+                        "{}: {} usable samples; holding out {count} for evaluation leaves fewer than --batch-size {}",
+                        options.data.display(),
+                        train.samples.len(),
+                        options.batch_size
+                    )));
+                }
+                let samples = train.samples.split_off(train.samples.len() - count);
+                CaptionedData { samples, skipped: Vec::new() }
+            }
+        };
+        check_batch_size(options.batch_size, train.samples.len())?;
+        let skipped_at_start = train.skipped.iter().chain(&held_out.skipped).cloned().collect();
+        // One loader decodes both sets: held-out samples follow the training ones.
+        let train_count = train.samples.len();
+        let mut samples = train.samples;
+        samples.extend(held_out.samples);
+        for sample in &mut samples {
+            prepare(sample)?;
+        }
+        let reader = ItemReader {
+            samples: Arc::new(samples),
+            tokenizer: tokenizer.clone(),
+            context_length,
+            image_size: u32::try_from(image_size)
+                .map_err(|_| EngineError::Config(format!("image size {image_size} is not usable")))?,
+        };
+        Ok(CaptionedTraining {
+            sampler: EpochSampler::new(options.seed, train_count, options.batch_size),
+            samples: reader.samples.clone(),
+            train_count,
+            loader: Loader::new(reader, options.workers),
+            tokenizer,
+            context_length,
+            held_out: None,
+            skipped_at_start,
+            skip_bad: options.skip_bad_samples,
+            seed: options.seed,
+            device: options.device,
+        })
+    }
+
+    pub fn sampler(&self) -> &EpochSampler {
+        &self.sampler
+    }
+
+    /// Training samples, then the held-out ones; batches name them by index.
+    pub fn samples(&self) -> &[CaptionedSample] {
+        &self.samples
+    }
+
+    pub fn skipped_at_start(&self) -> &[String] {
+        &self.skipped_at_start
+    }
+
+    /// The held-out images that decoded, `(n, 3, size, size)` `u8` on the CPU, and the
+    /// sample index of each.
+    pub fn held_out_images(&mut self) -> Result<(&Tensor, &[usize]), EngineError> {
+        let held_out = self.held_out()?;
+        Ok((&held_out.pixels, &held_out.samples))
+    }
+
     fn items(&mut self, step: u64) -> Vec<Item> {
         let epoch = self.sampler.epoch_of(step);
         let seed = self.seed;
@@ -350,7 +390,7 @@ impl CaptionedTraining {
             .collect()
     }
 
-    fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
+    pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
         for ahead in step..(step + 1 + PREFETCH_BATCHES).min(last_step.max(step + 1)) {
             if !self.loader.is_submitted(ahead) {
                 let items = self.items(ahead);
@@ -408,7 +448,7 @@ impl CaptionedTraining {
             let held_out_samples = self.train_count..self.samples.len();
             let mut pixels = Vec::new();
             let mut caption_ids = Vec::new();
-            let (mut caption_image, mut first_caption) = (Vec::new(), Vec::new());
+            let (mut caption_image, mut first_caption, mut image_samples) = (Vec::new(), Vec::new(), Vec::new());
             let samples: Vec<usize> = held_out_samples.collect();
             for (chunk, indices) in samples.chunks(EVAL_BATCH_SIZE).enumerate() {
                 let key = EVALUATION_KEYS + chunk as u64;
@@ -427,6 +467,7 @@ impl CaptionedTraining {
                         caption_ids.push(self.tokenizer.tokenize(caption, self.context_length));
                         caption_image.push(row);
                     }
+                    image_samples.push(item.sample);
                     pixels.push(item.pixels);
                 }
             }
@@ -442,6 +483,7 @@ impl CaptionedTraining {
                 caption_ids: Tensor::from_slice(&ids).view([caption_image.len() as i64, -1]),
                 caption_image,
                 first_caption,
+                samples: image_samples,
             });
         }
         Ok(self.held_out.as_ref().expect("set just above"))
@@ -485,7 +527,7 @@ impl CaptionedTraining {
             }
             let mut values = vec![weighted_loss / count as f64];
             values.extend(recall(&image_embeddings, &text_embeddings, &held_out.caption_image).values());
-            Scores { names: &CAPTIONED_METRICS, values, images: count as usize, split: "held-out" }
+            Scores { names: CAPTIONED_METRICS.to_vec(), values, images: count as usize, split: "held-out" }
         });
         Ok(scores)
     }

@@ -6,12 +6,18 @@
 
 mod best;
 mod checkpoint;
+mod contrastive;
 mod data;
 mod knobs;
 pub mod optimizer;
 mod run;
+mod tagging;
+mod task;
 
 pub use checkpoint::CHECKPOINTS_DIR;
 pub use data::Scores;
 pub use knobs::KnobState;
-pub use run::{BestMetric, EngineError, Precision, Resume, RunOptions, TrainConfig, TrainOutcome, resume, train};
+pub use run::{
+    BestMetric, EngineError, Precision, Resume, RunOptions, TaskKind, TrainConfig, TrainOutcome, resume, train,
+};
+pub use tagging::TagLoss;

@@ -1,20 +1,19 @@
-//! A training run of CLIP on image-caption pairs, steered by one or more policies, from
-//! start or from a checkpoint.
+//! A training run of a [`Task`], steered by one or more policies, from start or from a
+//! checkpoint: the step loop, the policies' observations and decisions, evaluation,
+//! checkpoints, and everything the run writes.
 
 use super::best::{BEST_DIR, BestKeeper};
 use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
-use super::data::{DataOptions, Scores, TrainingData};
+use super::contrastive::ContrastiveTask;
+use super::data::{DataOptions, Scores};
 use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use crate::data::PixelNormalizer;
-use crate::data::augment::{self, KNOBS};
-use crate::data::captioned::DataKind;
-use crate::data::clip_tokenizer::{self, ClipTokenizer};
-use crate::data::prompts::{END_ID, PAD_ID, START_ID};
+use super::tagging::{TagLoss, TaggingTask};
+use super::task::{StepKnobs, Task};
+use crate::data::augment::KNOBS;
 use crate::files::FileError;
-use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::policy::{
     AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
@@ -28,12 +27,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 
 /// What defines a run; saved as `run.json` and reused as is on resume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub policies: Vec<PolicySource>,
+    /// What is trained.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// The loss terms of a tagging run.
+    #[serde(default = "all_tag_losses")]
+    pub losses: Vec<TagLoss>,
+    /// The tag vocabulary of a tagging manifest.
+    #[serde(default)]
+    pub tags: Option<PathBuf>,
     /// A Hugging Face CLIP folder to fine-tune; `None`: a small CLIP trained from scratch.
     #[serde(default)]
     pub model: Option<PathBuf>,
@@ -89,6 +97,21 @@ pub struct RunOptions {
 
 fn one() -> u64 {
     1
+}
+
+fn all_tag_losses() -> Vec<TagLoss> {
+    TagLoss::ALL.to_vec()
+}
+
+/// The kinds of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// CLIP's image-text contrastive training.
+    #[default]
+    Clip,
+    /// Multi-label tagging with tag, align and distill losses.
+    Tagging,
 }
 
 /// What the transformer layers compute in; weights, optimizer state, layer norms and the
@@ -175,9 +198,6 @@ pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineErro
     move |source| FileError::io(path)(source).into()
 }
 
-/// The name of the only loss term of contrastive training.
-const CONTRASTIVE_LOSS: &str = "contrastive";
-
 #[derive(Serialize)]
 struct MetricsRecord<'a> {
     step: u64,
@@ -233,7 +253,7 @@ pub fn resume(options: &RunOptions, resume: &Resume) -> Result<TrainOutcome, Eng
 #[derive(Serialize, Deserialize)]
 struct SavedRun {
     train: TrainConfig,
-    model: ClipConfig,
+    model: serde_json::Value,
 }
 
 fn is_zero(count: &usize) -> bool {
@@ -252,13 +272,9 @@ struct Run {
     policies: PolicySet,
     // Keep the runtime (and its deadline ticker) alive as long as the policies.
     _runtime: PolicyRuntime,
-    model_config: ClipConfig,
-    var_store: nn::VarStore,
-    model: Clip,
+    task: Box<dyn Task>,
     optimizer: AdamW,
     group_params: Vec<Vec<Tensor>>,
-    data: TrainingData,
-    normalizer: PixelNormalizer,
     best: Option<BestKeeper>,
     state: TrainerState,
     metrics: JsonLines,
@@ -268,6 +284,7 @@ struct Run {
     /// TensorBoard tags of the learning rates and evaluation metrics, made once.
     lr_tags: Vec<String>,
     eval_tags: Vec<String>,
+    loss_tags: Vec<String>,
     log: std::io::LineWriter<std::fs::File>,
     progress: Progress,
 }
@@ -290,52 +307,45 @@ impl Run {
             batch_size: config.batch_size,
             device,
         };
-        let (data, model_config, vocabulary) = open_data(config, &data_options)?;
         if config.accum_steps > config.batch_size as u64 {
             return Err(EngineError::Config(format!(
                 "--accum-steps {} is more than --batch-size {}: each micro-batch needs an image",
                 config.accum_steps, config.batch_size
             )));
         }
-        let normalizer =
-            PixelNormalizer::for_model(config.model.as_deref(), model_config.vision_config.image_size, device)?;
+        let task: Box<dyn Task> = match config.task {
+            TaskKind::Clip => Box::new(ContrastiveTask::open(config, &data_options, from.is_none())?),
+            TaskKind::Tagging => Box::new(TaggingTask::open(config, &data_options, &config.losses, from.is_none())?),
+        };
+        let metric_names = task.metric_names().to_vec();
         let best = match &config.best_metric {
-            Some(metric) if !data.metric_names().contains(&metric.name.as_str()) => {
+            Some(metric) if !metric_names.contains(&metric.name.as_str()) => {
                 return Err(EngineError::Config(format!(
-                    "--best-metric {}: not a metric of this data (choose from {})",
+                    "--best-metric {}: not a metric of this run (choose from {})",
                     metric.name,
-                    data.metric_names().join(", ")
+                    metric_names.join(", ")
                 )));
             }
             Some(metric) => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
             None => None,
         };
-        tch::manual_seed(config.seed as i64);
-        let var_store = nn::VarStore::new(device);
-        let mut model = Clip::new(&var_store.root(), &model_config);
-        if config.precision == Precision::Bf16 {
-            model.set_compute_kind(Kind::BFloat16);
-        }
-        // A resumed run takes its weights from the checkpoint instead.
-        if let (Some(dir), None) = (&config.model, &from) {
-            pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
-        }
-        let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
+        let groups = task.groups().to_vec();
+        let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut group_params: Vec<Vec<Tensor>> = (0..PARAMETER_GROUPS.len()).map(|_| Vec::new()).collect();
+        let mut group_params: Vec<Vec<Tensor>> = groups.iter().map(|_| Vec::new()).collect();
         let params = variables
             .into_iter()
-            .map(|(name, tensor)| {
-                let group = parameter_group(&name);
+            .filter_map(|(name, tensor)| {
+                let group = task.parameter_group(&name)?;
                 group_params[group].push(tensor.shallow_clone());
                 let decay = tensor.dim() >= 2 && name != "logit_scale";
-                OptimizedParam { name, tensor, group, decay }
+                Some(OptimizedParam { name, tensor, group, decay })
             })
             .collect();
         let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: config.weight_decay, ..Default::default() });
 
         let spec = RunSpec {
-            groups: PARAMETER_GROUPS
+            groups: groups
                 .iter()
                 .zip(&group_params)
                 .map(|(name, params)| ParamGroup {
@@ -345,14 +355,14 @@ impl Run {
                     frozen: false,
                 })
                 .collect(),
-            losses: vec![CONTRASTIVE_LOSS.to_string()],
+            losses: task.loss_names().iter().map(|name| name.to_string()).collect(),
             augmentation: KNOBS
                 .iter()
                 .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
                 .collect(),
-            metrics: data.metric_names().iter().map(|m| m.to_string()).collect(),
+            metrics: metric_names.iter().map(|m| m.to_string()).collect(),
             total_steps: config.steps,
-            steps_per_epoch: data.steps_per_epoch(),
+            steps_per_epoch: task.steps_per_epoch(),
             seed: config.seed,
             args: vec![],
         };
@@ -363,11 +373,11 @@ impl Run {
         let fresh_state = TrainerState {
             steps_done: 0,
             knobs: KnobState {
-                lrs: vec![config.lr; PARAMETER_GROUPS.len()],
-                loss_weights: vec![1.0],
+                lrs: vec![config.lr; groups.len()],
+                loss_weights: vec![1.0; task.loss_names().len()],
                 augmentation: KNOBS.iter().map(|k| k.default).collect(),
                 grad_clip: None,
-                frozen: vec![false; PARAMETER_GROUPS.len()],
+                frozen: vec![false; groups.len()],
             },
             last: LastStep::default(),
             pending_evaluation: None,
@@ -385,12 +395,12 @@ impl Run {
 
         let state = match from {
             None => {
-                let saved = SavedRun { train: config.clone(), model: model_config.clone() };
+                let saved = SavedRun { train: config.clone(), model: task.model_config() };
                 write_json(&run_dir.join("run.json"), &saved)?;
                 fresh_state
             }
             Some((checkpoint, swap_policies)) => {
-                pretrained::load_weights(&var_store, &checkpoint.model_file)?;
+                pretrained::load_weights(task.var_store(), &checkpoint.model_file)?;
                 optimizer
                     .load_state(&checkpoint.optimizer)
                     .map_err(|problem| FileError::format(&checkpoint.dir.join(checkpoint::OPTIMIZER_FILE), problem))?;
@@ -429,35 +439,29 @@ impl Run {
             device,
             policies,
             _runtime: runtime,
-            model_config,
-            var_store,
-            model,
+            eval_tags: metric_names.iter().map(|name| format!("eval/{name}")).collect(),
+            loss_tags: task.loss_names().iter().map(|name| format!("loss/{name}")).collect(),
+            lr_tags: groups.iter().map(|group| format!("lr/{group}")).collect(),
+            task,
             optimizer,
             group_params,
-            eval_tags: data.metric_names().iter().map(|name| format!("eval/{name}")).collect(),
-            data,
-            normalizer,
             best,
             state,
             metrics,
             decisions,
             evaluations,
             tensorboard,
-            lr_tags: PARAMETER_GROUPS.iter().map(|group| format!("lr/{group}")).collect(),
             log,
             progress,
         };
-        run.apply_freezing(&(0..PARAMETER_GROUPS.len()).collect::<Vec<_>>());
-        run.report_start(vocabulary.as_deref());
+        run.apply_freezing(&(0..groups.len()).collect::<Vec<_>>());
+        run.report_start();
         Ok(run)
     }
 
     /// The start-up report: the tokenizer, the policies, and which one owns each knob.
-    fn report_start(&mut self, vocabulary: Option<&Path>) {
-        let mut lines = Vec::new();
-        if let Some(path) = vocabulary {
-            lines.push(format!("captions tokenized with {}", path.display()));
-        }
+    fn report_start(&mut self) {
+        let mut lines = self.task.describe();
         for (source, instance) in self.policies.members_mut() {
             lines.push(format!(
                 "policy `{}`: {} (sha256 {})",
@@ -472,7 +476,7 @@ impl Run {
                 owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())
             ));
         }
-        let skipped = self.data.skipped_at_start();
+        let skipped = self.task.skipped_at_start();
         if !skipped.is_empty() {
             lines.push(format!("--skip-bad-samples: left out {} samples (listed in run.log)", skipped.len()));
             for line in skipped {
@@ -554,8 +558,8 @@ impl Run {
             }
         }
         self.progress.finish();
-        pretrained::save(&self.run_dir.join("final"), &self.var_store, &self.model_config)?;
-        let scores = self.data.final_evaluation(&self.model, &self.normalizer)?;
+        self.task.save(&self.run_dir.join("final"))?;
+        let scores = self.task.final_evaluation()?;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), self.state.steps_done.into());
         for (name, value) in scores.names.iter().zip(&scores.values) {
@@ -599,7 +603,7 @@ impl Run {
         }
         Observation {
             step: state.steps_done,
-            epoch: self.data.epoch_of(state.steps_done),
+            epoch: self.task.epoch_of(state.steps_done),
             losses: last.losses.clone(),
             total_loss: last.total_loss,
             grad_norm: last.grad_norm,
@@ -619,33 +623,37 @@ impl Run {
     /// One optimizer step on the batch of global step `step`.
     fn step(&mut self, step: u64) -> Result<(), EngineError> {
         let started = Instant::now();
-        let epoch = self.data.epoch_of(step);
-        let batch = self.data.batch(step, self.config.steps)?;
-        for line in &batch.skipped {
-            let _ = writeln!(self.log, "step {step}: skipped {line}");
-        }
-        let augmentation = &self.state.knobs.augmentation;
-        let unit = augment::augment(&batch.pixels, &batch.samples, epoch, self.config.seed, augmentation);
-        let pixel_values = self.normalizer.normalize(&unit);
-        let weight = self.state.knobs.loss_weights[0];
+        let epoch = self.task.epoch_of(step);
         self.optimizer.zero_grad();
         let any_trainable = self.state.knobs.frozen.iter().any(|f| !f);
-        let raw_loss = if any_trainable {
-            self.model.contrastive_backward(&pixel_values, &batch.input_ids, weight, self.config.accum_steps)
-        } else {
-            tch::no_grad(|| self.model.contrastive_loss(&pixel_values, &batch.input_ids))
+        let knobs = StepKnobs {
+            augmentation: &self.state.knobs.augmentation,
+            loss_weights: &self.state.knobs.loss_weights,
+            backward: any_trainable,
+            total_steps: self.config.steps,
+            seed: self.config.seed,
         };
-        let total_loss = &raw_loss * weight;
+        let measured = self.task.step(step, knobs)?;
+        for line in &measured.skipped {
+            let _ = writeln!(self.log, "step {step}: skipped {line}");
+        }
+        let total_loss = measured
+            .raw
+            .iter()
+            .zip(&self.state.knobs.loss_weights)
+            .map(|(raw, weight)| raw * *weight)
+            .reduce(|sum, term| sum + term)
+            .expect("a task has at least one loss");
         let grad_norm =
             if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
-        let logit_scale = tch::no_grad(|| self.model.logit_scale());
         // The one read-back per step: the policies need these numbers, and a non-finite
         // loss or norm must not reach the weights.
-        let readings = Tensor::stack(
-            &[raw_loss, total_loss, grad_norm.shallow_clone(), logit_scale].map(|t| t.to_kind(Kind::Double)),
-            0,
-        );
-        let [raw, total, norm, scale] = Vec::<f64>::try_from(&readings)?[..] else { unreachable!("four readings") };
+        let mut readings: Vec<Tensor> = measured.raw.iter().map(Tensor::shallow_clone).collect();
+        readings.extend([total_loss, grad_norm.shallow_clone(), self.task.logit_scale()]);
+        let readings = Tensor::stack(&readings.iter().map(|t| t.to_kind(Kind::Double)).collect::<Vec<_>>(), 0);
+        let readings = Vec::<f64>::try_from(&readings)?;
+        let (raw, rest) = readings.split_at(measured.raw.len());
+        let [total, norm, scale] = rest[..] else { unreachable!("three readings after the losses") };
         let skipped = !(total.is_finite() && norm.is_finite());
         if skipped {
             self.say(&format!("step {step}: loss {total} or gradient norm {norm} is not finite; update skipped"));
@@ -655,11 +663,11 @@ impl Run {
                 self.optimizer.scale_grads(&factor);
             }
             self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
-            self.model.clamp_logit_scale();
+            self.task.after_update();
         }
-        let images_per_second = batch.samples.len() as f64 / started.elapsed().as_secs_f64();
+        let images_per_second = measured.images as f64 / started.elapsed().as_secs_f64();
         self.state.last = LastStep {
-            losses: vec![raw],
+            losses: raw.to_vec(),
             total_loss: Some(total),
             grad_norm: Some(norm),
             logit_scale: Some(scale),
@@ -670,22 +678,22 @@ impl Run {
                 step,
                 epoch,
                 loss: total,
-                losses: [(CONTRASTIVE_LOSS, raw)].into_iter().collect(),
-                lr: by_name(&PARAMETER_GROUPS, &self.state.knobs.lrs),
+                losses: by_name(self.task.loss_names(), raw),
+                lr: by_name(self.task.groups(), &self.state.knobs.lrs),
                 grad_norm: norm,
                 logit_scale: scale,
                 images_per_second,
-                skipped_samples: batch.skipped.len(),
+                skipped_samples: measured.skipped.len(),
                 skipped,
             })
             .map_err(io_error(self.metrics.path()))?;
-        let mut scalars = vec![
-            ("loss/total", total),
-            ("loss/contrastive", raw),
+        let mut scalars = vec![("loss/total", total)];
+        scalars.extend(self.loss_tags.iter().map(String::as_str).zip(raw.iter().copied()));
+        scalars.extend([
             ("grad_norm", norm),
             ("logit_scale", scale),
             ("throughput/images_per_second", images_per_second),
-        ];
+        ]);
         scalars.extend(self.lr_tags.iter().map(String::as_str).zip(self.state.knobs.lrs.iter().copied()));
         self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
         self.progress.update(step + 1, total, self.state.knobs.lrs[0], images_per_second);
@@ -702,7 +710,7 @@ impl Run {
     }
 
     fn evaluate(&mut self) -> Result<(), EngineError> {
-        let scores = self.data.evaluate(&self.model, &self.normalizer)?;
+        let scores = self.task.evaluate()?;
         let step = self.state.steps_done;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), step.into());
@@ -713,7 +721,7 @@ impl Run {
         let tensorboard_values = self.eval_tags.iter().map(String::as_str).zip(scores.values.iter().copied());
         self.tensorboard.scalars(step, tensorboard_values).map_err(io_error(self.tensorboard.path()))?;
         if let Some(best) = &mut self.best
-            && let Some(improved) = best.offer(step, &scores, &self.var_store, &self.model_config)?
+            && let Some(improved) = best.offer(step, &scores, |dir| self.task.save(dir))?
         {
             let line = format!("step {step}: best {} so far, {improved}", best.metric().name);
             let _ = writeln!(self.log, "{line}");
@@ -735,14 +743,19 @@ impl Run {
                 }
             };
             let json = |v: Option<f64>| serde_json::json!(v);
-            put("lrs", PARAMETER_GROUPS.to_vec(), decided.lrs.iter().map(|v| json(*v)).collect());
-            put("loss_weights", vec![CONTRASTIVE_LOSS], decided.loss_weights.iter().map(|v| json(*v)).collect());
+            let groups = self.task.groups().to_vec();
+            put("lrs", groups.clone(), decided.lrs.iter().map(|v| json(*v)).collect());
+            put(
+                "loss_weights",
+                self.task.loss_names().to_vec(),
+                decided.loss_weights.iter().map(|v| json(*v)).collect(),
+            );
             put(
                 "augmentation",
                 KNOBS.iter().map(|k| k.name).collect(),
                 decided.augmentation.iter().map(|v| json(*v)).collect(),
             );
-            put("freeze", PARAMETER_GROUPS.to_vec(), decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
+            put("freeze", groups, decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
             match decided.grad_clip {
                 Some(GradClip::Off) => drop(record.insert("grad_clip".into(), "off".into())),
                 Some(GradClip::MaxNorm(norm)) => drop(record.insert("grad_clip".into(), norm.into())),
@@ -782,7 +795,7 @@ impl Run {
             CheckpointContents {
                 trainer: &self.state,
                 fault,
-                model: &self.var_store,
+                model: self.task.var_store(),
                 optimizer: self.optimizer.state(),
                 policies,
             },
@@ -849,78 +862,6 @@ fn restore_policies(
                 )));
             }
         }
-    }
-    Ok(())
-}
-
-/// The data set of `config`, and the configuration of the model to train on it: the
-/// pretrained CLIP's, or a small CLIP sized to the captions' vocabulary.
-/// Also says which tokenizer vocabulary file the captions use (none: the word-level one).
-fn open_data(
-    config: &TrainConfig,
-    options: &DataOptions,
-) -> Result<(TrainingData, ClipConfig, Option<PathBuf>), EngineError> {
-    let kind = DataKind::of(&config.data)?;
-    let pretrained: Option<ClipConfig> = config.model.as_deref().map(pretrained::read_config).transpose()?;
-    if kind == DataKind::FashionMnist && pretrained.is_none() {
-        // Templated captions from scratch: a word-level vocabulary of exactly their words.
-        let data = TrainingData::fashion_mnist(options, None)?;
-        let TrainingData::Labelled(labelled) = &data else { unreachable!("made just above") };
-        let captions = labelled.captions();
-        let model_config = ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
-        return Ok((data, model_config, None));
-    }
-    let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
-    let model_config = match (pretrained, &config.model) {
-        (Some(model_config), Some(dir)) => {
-            check_tokenizer_fits(&model_config, &tokenizer, dir)?;
-            model_config
-        }
-        _ => ClipConfig::tiny(
-            tokenizer.vocab_size(),
-            clip_tokenizer::CONTEXT_LENGTH as i64,
-            tokenizer.start_id,
-            tokenizer.end_id,
-            0,
-        ),
-    };
-    let context = model_config.text_config.max_position_embeddings.max(2) as usize;
-    let data = match kind {
-        DataKind::FashionMnist => TrainingData::fashion_mnist(options, Some((&tokenizer, context)))?,
-        DataKind::Coco | DataKind::Manifest => {
-            TrainingData::captioned(options, Arc::new(tokenizer), context, model_config.vision_config.image_size)?
-        }
-    };
-    Ok((data, model_config, Some(vocabulary)))
-}
-
-/// The tokenizer of the model folder (`tokenizer.json`) when it has one, otherwise OpenAI
-/// CLIP's, installed by `make`.
-fn load_tokenizer(model: Option<&Path>) -> Result<(ClipTokenizer, PathBuf), EngineError> {
-    if let Some(path) = model.map(|dir| dir.join(clip_tokenizer::TOKENIZER_JSON)).filter(|path| path.exists()) {
-        return Ok((ClipTokenizer::from_tokenizer_json(&path)?, path));
-    }
-    let bpe = clip_tokenizer::default_bpe_path().ok_or_else(|| {
-        EngineError::Config("HOME is not set, so the CLIP tokenizer's vocabulary cannot be found".into())
-    })?;
-    let tokenizer = ClipTokenizer::from_bpe_file(&bpe)
-        .map_err(|err| EngineError::Config(format!("CLIP tokenizer: {err} (run `make` once to install it)")))?;
-    Ok((tokenizer, bpe))
-}
-
-fn check_tokenizer_fits(model_config: &ClipConfig, tokenizer: &ClipTokenizer, dir: &Path) -> Result<(), EngineError> {
-    let text = &model_config.text_config;
-    // eos_token_id 2 is the legacy value of configs whose pooling takes the largest id.
-    if tokenizer.vocab_size() > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
-        return Err(EngineError::Config(format!(
-            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit the tokenizer \
-             (vocab {}, end token {})",
-            dir.display(),
-            text.vocab_size,
-            text.eos_token_id,
-            tokenizer.vocab_size(),
-            tokenizer.end_id
-        )));
     }
     Ok(())
 }

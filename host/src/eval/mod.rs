@@ -1,9 +1,11 @@
 //! Evaluation of trained models on held-out data.
 
+mod multilabel;
 mod retrieval;
 mod validation;
 mod zero_shot;
 
+pub use multilabel::{TAGGING_METRICS, TaggingScores, tagging_scores};
 pub use retrieval::{RECALL_AT, RETRIEVAL_METRICS, Recall, recall};
 pub use validation::{VALIDATION_METRICS, validation_metrics};
 pub use zero_shot::{ZeroShotAccuracy, zero_shot_accuracy};

@@ -381,12 +381,20 @@ impl VisionTransformer {
 
     /// Pooled output at the class token: `(batch, hidden)`.
     fn forward(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+        self.post_layernorm.forward(&self.encoder_output(pixel_values, compute).select(1, 0))
+    }
+
+    /// Every token (class token first) after the post layer norm: `(batch, tokens, hidden)`.
+    fn tokens(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+        self.post_layernorm.forward(&self.encoder_output(pixel_values, compute))
+    }
+
+    fn encoder_output(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
         let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
         let (batch, _, hidden) = patches.size3().expect("patch embeddings are (batch, patches, hidden)");
         let class = self.class_embedding.view([1, 1, hidden]).expand([batch, 1, hidden], false);
         let xs = Tensor::cat(&[class, patches], 1) + &self.position_embedding.ws;
-        let xs = self.encoder.forward(&self.pre_layrnorm.forward(&xs), false, compute);
-        self.post_layernorm.forward(&xs.select(1, 0))
+        self.encoder.forward(&self.pre_layrnorm.forward(&xs), false, compute)
     }
 }
 
@@ -436,6 +444,14 @@ impl Clip {
     /// L2-normalised image embeddings for `(batch, channels, height, width)` pixels.
     pub fn image_embeddings(&self, pixel_values: &Tensor) -> Tensor {
         normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values, self.compute)))
+    }
+
+    /// The vision tower's tokens after its final layer norm, `(batch, tokens, hidden)`, and
+    /// the L2-normalised image embeddings, from one pass.
+    pub fn image_tokens_and_embeddings(&self, pixel_values: &Tensor) -> (Tensor, Tensor) {
+        let tokens = self.vision_model.tokens(pixel_values, self.compute);
+        let embeddings = normalize(&self.visual_projection.forward(&tokens.select(1, 0)));
+        (tokens, embeddings)
     }
 
     /// L2-normalised text embeddings for `(batch, tokens)` ids.

@@ -3,3 +3,4 @@
 
 pub mod clip;
 pub mod pretrained;
+pub mod tagger;

@@ -40,12 +40,24 @@ pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C, PretrainedError
 /// converted to the variable's dtype; tensors the model does not have are ignored (e.g.
 /// `position_ids` buffers of older checkpoints).
 pub fn load_weights(var_store: &nn::VarStore, file: &Path) -> Result<(), PretrainedError> {
+    load_weights_named(var_store, file, |name| Some(name.to_string()))
+}
+
+/// Like [`load_weights`], with `file_name` giving the tensor in `file` that each variable
+/// comes from; variables it maps to `None` keep their values (e.g. a new head on a
+/// pretrained body).
+pub fn load_weights_named(
+    var_store: &nn::VarStore,
+    file: &Path,
+    file_name: impl Fn(&str) -> Option<String>,
+) -> Result<(), PretrainedError> {
     let torch_error = |source| PretrainedError::Torch { path: file.to_path_buf(), source };
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file).map_err(torch_error)?.into_iter().collect();
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut variable) in variables {
+        for (variable_name, mut variable) in variables {
+            let Some(name) = file_name(&variable_name) else { continue };
             let saved = tensors
                 .get(&name)
                 .ok_or_else(|| PretrainedError::Missing { path: file.to_path_buf(), name: name.clone() })?;

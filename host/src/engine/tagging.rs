@@ -1,0 +1,639 @@
+//! Multi-label tagging as a [`Task`] (recognize-anything style): the tagger of
+//! [`crate::models::tagger`] trained with up to three loss terms whose magnitudes differ by
+//! orders of magnitude, each named to the policies:
+//!
+//! - `tag`: the asymmetric loss over the multi-hot tags, summed over images and tags
+//!   (γ- = 4, γ+ = 0, probability shift 0.05: the ASL paper's multi-label settings);
+//! - `align`: CLIP's image-text contrastive loss against the captions;
+//! - `distill`: the L1 distance of the student's image embeddings to the frozen teacher's.
+//!
+//! Data: 2x2 mosaics of Fashion-MNIST (the offline default, tagged with the classes shown),
+//! or a JSONL manifest whose lines have `tags` (and optionally `captions`; without them the
+//! caption names the tags) with a tag vocabulary file, one tag per line.
+//!
+//! Evaluation gives mAP and CP/CR/CF1/OP/OR/OF1 at 0.5 on held-out images, and each loss
+//! term's share of the gradient (`grad_share_<loss>`: the norm of its weighted gradient over
+//! the sum of those norms, on one held-out batch), which is what loss weighting is about.
+
+use super::contrastive::{check_tokenizer_fits, load_tokenizer};
+use super::data::{CaptionedTraining, DataOptions, Scores, TrainBatch};
+use super::run::{EngineError, Precision, TrainConfig};
+use super::task::{StepKnobs, StepLosses, Task};
+use crate::data::PixelNormalizer;
+use crate::data::augment;
+use crate::data::captioned::{CaptionedSample, DataKind, Needs};
+use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
+use crate::data::mosaics::Mosaics;
+use crate::data::sampler::EpochSampler;
+use crate::eval::{TAGGING_METRICS, tagging_scores};
+use crate::files::FileError;
+use crate::models::clip::{self, ClipConfig, PARAMETER_GROUPS};
+use crate::models::pretrained;
+use crate::models::tagger::{self, FIXED, HEAD_PREFIX, TAG_PROMPT, TEACHER_PREFIX, Tagger, TaggerConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor, nn};
+
+/// The loss terms a tagging run can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TagLoss {
+    Tag,
+    Align,
+    Distill,
+}
+
+impl TagLoss {
+    pub const ALL: [TagLoss; 3] = [TagLoss::Tag, TagLoss::Align, TagLoss::Distill];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TagLoss::Tag => "tag",
+            TagLoss::Align => "align",
+            TagLoss::Distill => "distill",
+        }
+    }
+
+    fn share_metric(self) -> &'static str {
+        match self {
+            TagLoss::Tag => "grad_share_tag",
+            TagLoss::Align => "grad_share_align",
+            TagLoss::Distill => "grad_share_distill",
+        }
+    }
+}
+
+/// Parameter groups: CLIP's, and the tag head.
+const TAGGER_GROUPS: [&str; 5] =
+    [PARAMETER_GROUPS[0], PARAMETER_GROUPS[1], PARAMETER_GROUPS[2], PARAMETER_GROUPS[3], "tag_head"];
+const TAG_HEAD_GROUP: usize = 4;
+/// A tag is predicted present when its probability is at least this.
+const THRESHOLD: f64 = 0.5;
+const EVAL_BATCH_SIZE: usize = 500;
+/// Mosaics of the default data: the training split's tiles make one mosaic per four
+/// images; validation and test mosaics come from held-out and test tiles.
+const VALIDATION_TILES: i64 = 5000;
+const VALIDATION_MOSAICS: usize = 1000;
+const TEST_MOSAICS: usize = 2500;
+/// The default data's mosaics are two tiles wide.
+const MOSAIC_SIZE: i64 = 56;
+
+pub struct TaggingTask {
+    tagger: Tagger,
+    var_store: nn::VarStore,
+    config: TaggerConfig,
+    losses: Vec<TagLoss>,
+    loss_names: Vec<&'static str>,
+    metric_names: Vec<&'static str>,
+    tokenizer: ClipTokenizer,
+    vocabulary: PathBuf,
+    normalizer: PixelNormalizer,
+    source: TagSource,
+    /// The loss weights of the last step, for the gradient shares.
+    weights: Vec<f64>,
+    device: Device,
+}
+
+/// Images with their multi-hot tags and a caption each.
+struct TagBatch {
+    /// `(batch, channels, height, width)` in [0, 1] on the training device.
+    pixels: Tensor,
+    /// `(batch, tags)` multi-hot, float, on the training device.
+    targets: Tensor,
+    /// `(batch, tokens)` caption ids on the training device.
+    input_ids: Tensor,
+    /// Each row's sample index: the key of its augmentation draws.
+    samples: Vec<i64>,
+    skipped: Vec<String>,
+}
+
+/// Where tagged images come from.
+enum TagSource {
+    Mosaics {
+        sampler: EpochSampler,
+        train: Mosaics,
+        validation: Mosaics,
+        test: Mosaics,
+    },
+    /// A manifest decoded by worker threads; `tags[sample]` are the sample's tag indices.
+    Files {
+        data: Box<CaptionedTraining>,
+        tags: Vec<Vec<usize>>,
+        manifest: PathBuf,
+    },
+}
+
+impl TagSource {
+    fn sampler(&self) -> &EpochSampler {
+        match self {
+            TagSource::Mosaics { sampler, .. } => sampler,
+            TagSource::Files { data, .. } => data.sampler(),
+        }
+    }
+
+    fn train_batch(&mut self, step: u64, last_step: u64, text: &TextSide) -> Result<TagBatch, EngineError> {
+        match self {
+            TagSource::Mosaics { sampler, train, .. } => {
+                let samples = sampler.batch(step).to_vec();
+                let batch = train.batch(&samples);
+                let input_ids = text.tokenize(&batch.captions);
+                Ok(TagBatch { pixels: batch.pixels, targets: batch.targets, input_ids, samples, skipped: Vec::new() })
+            }
+            TagSource::Files { data, tags, .. } => {
+                let batch = data.batch(step, last_step)?;
+                let rows: Vec<&[usize]> = batch.samples.iter().map(|&s| tags[s as usize].as_slice()).collect();
+                let targets = multi_hot(&rows, text.tag_count).to_device(batch.pixels.device());
+                let TrainBatch { pixels, input_ids, samples, skipped } = batch;
+                Ok(TagBatch { pixels, targets, input_ids, samples, skipped })
+            }
+        }
+    }
+
+    /// Images of the evaluation split: validation, or for `final_split` the test split
+    /// (files have one held-out split for both).
+    fn eval_len(&mut self, final_split: bool) -> Result<usize, EngineError> {
+        Ok(match self {
+            TagSource::Mosaics { validation, test, .. } => if final_split { test } else { validation }.len(),
+            TagSource::Files { data, .. } => data.held_out_images()?.1.len(),
+        })
+    }
+
+    fn eval_batch(
+        &mut self,
+        final_split: bool,
+        start: usize,
+        count: usize,
+        text: &TextSide,
+        device: Device,
+    ) -> Result<TagBatch, EngineError> {
+        let indices: Vec<i64> = (start as i64..(start + count) as i64).collect();
+        match self {
+            TagSource::Mosaics { validation, test, .. } => {
+                let batch = if final_split { test } else { validation }.batch(&indices);
+                let input_ids = text.tokenize(&batch.captions);
+                Ok(TagBatch {
+                    pixels: batch.pixels,
+                    targets: batch.targets,
+                    input_ids,
+                    samples: indices,
+                    skipped: vec![],
+                })
+            }
+            TagSource::Files { data, tags, .. } => {
+                let (pixels, samples) = data.held_out_images()?;
+                let pixels =
+                    pixels.narrow(0, start as i64, count as i64).to_device(device).to_kind(Kind::Float) / 255.0;
+                let samples = samples[start..start + count].to_vec();
+                let rows: Vec<&[usize]> = samples.iter().map(|&s| tags[s].as_slice()).collect();
+                let captions: Vec<String> = samples.iter().map(|&s| data.samples()[s].captions[0].clone()).collect();
+                Ok(TagBatch {
+                    pixels,
+                    targets: multi_hot(&rows, text.tag_count).to_device(device),
+                    input_ids: text.tokenize(&captions),
+                    samples: samples.iter().map(|&s| s as i64).collect(),
+                    skipped: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+/// What captions become token ids with, and how many tags there are.
+struct TextSide<'a> {
+    tokenizer: &'a ClipTokenizer,
+    context: i64,
+    tag_count: usize,
+    device: Device,
+}
+
+impl TextSide<'_> {
+    fn tokenize(&self, texts: &[String]) -> Tensor {
+        tokenize(self.tokenizer, texts, self.context).to_device(self.device)
+    }
+}
+
+fn multi_hot(rows: &[&[usize]], tags: usize) -> Tensor {
+    let mut values = vec![0f32; rows.len() * tags];
+    for (row, indices) in rows.iter().enumerate() {
+        for &tag in *indices {
+            values[row * tags + tag] = 1.0;
+        }
+    }
+    Tensor::from_slice(&values).view([rows.len() as i64, tags as i64])
+}
+
+/// A tag vocabulary: one tag per line; blank lines and lines starting with `#` are skipped.
+pub fn read_vocabulary(path: &Path) -> Result<Vec<String>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+    let mut tags: Vec<String> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let tag = line.trim();
+        if tag.is_empty() || tag.starts_with('#') {
+            continue;
+        }
+        if tags.iter().any(|seen| seen == tag) {
+            return Err(FileError::format(path, format!("line {}: tag `{tag}` appears twice", index + 1)));
+        }
+        tags.push(tag.to_string());
+    }
+    if tags.is_empty() {
+        return Err(FileError::format(path, "no tags"));
+    }
+    Ok(tags)
+}
+
+/// The caption of a sample that has tags but no caption.
+fn caption_from_tags(tags: &[String]) -> String {
+    match tags {
+        [] => String::new(),
+        [only] => format!("a photo of a {only}."),
+        [rest @ .., last] => format!("a photo of a {}, and a {last}.", rest.join(", a ")),
+    }
+}
+
+impl TaggingTask {
+    pub fn open(
+        config: &TrainConfig,
+        options: &DataOptions,
+        losses: &[TagLoss],
+        load_weights: bool,
+    ) -> Result<Self, EngineError> {
+        let device = options.device;
+        let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| losses.contains(loss)).collect();
+        if losses.is_empty() {
+            return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
+        }
+        let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
+        let tags: Vec<String> = match (DataKind::of(&config.data)?, &config.tags) {
+            (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
+            (DataKind::Manifest, Some(path)) => read_vocabulary(path)?,
+            (DataKind::Manifest, None) => {
+                return Err(EngineError::Config(format!(
+                    "--data {}: a tagging manifest needs its tag vocabulary, --tags FILE (one tag per line)",
+                    config.data.display()
+                )));
+            }
+            (DataKind::FashionMnist, Some(_)) => {
+                return Err(EngineError::Config("--tags: the mosaic default has its own tags, the ten classes".into()));
+            }
+            (DataKind::Coco, _) => {
+                return Err(EngineError::Config(format!(
+                    "--data {}: tagging reads a JSONL manifest with `tags`, or Fashion-MNIST mosaics",
+                    config.data.display()
+                )));
+            }
+        };
+        let (model_config, from_tagger) = match &config.model {
+            Some(dir) => read_model_config(dir, &tags, &tokenizer)?,
+            None => {
+                let mut clip = ClipConfig::tiny(
+                    tokenizer.vocab_size(),
+                    CONTEXT_LENGTH as i64,
+                    tokenizer.start_id,
+                    tokenizer.end_id,
+                    0,
+                );
+                clip.vision_config.image_size = MOSAIC_SIZE;
+                (TaggerConfig::new(clip, tags), false)
+            }
+        };
+        let source = open_source(config, options, &model_config, &tokenizer)?;
+        tch::manual_seed(config.seed as i64);
+        let var_store = nn::VarStore::new(device);
+        let mut tagger = Tagger::new(&var_store.root(), &model_config);
+        if config.precision == Precision::Bf16 {
+            tagger.clip.set_compute_kind(Kind::BFloat16);
+        }
+        if load_weights {
+            if let Some(dir) = &config.model {
+                let file = dir.join(pretrained::WEIGHTS_FILE);
+                if from_tagger {
+                    pretrained::load_weights(&var_store, &file)?;
+                } else {
+                    // A CLIP checkpoint: the student's weights, and the teacher's; the head
+                    // starts fresh.
+                    let student = |name: &str| (!name.starts_with(HEAD_PREFIX)).then(|| strip_teacher(name));
+                    pretrained::load_weights_named(&var_store, &file, student)?;
+                }
+            }
+            if !from_tagger {
+                let context = model_config.clip.text_config.max_position_embeddings;
+                let prompts = prompt_ids(&tokenizer, &model_config.tags, context);
+                tagger.initialise_from_clip(&var_store, &prompts.to_device(device));
+            }
+        }
+        let image_size = model_config.clip.vision_config.image_size;
+        let normalizer = PixelNormalizer::for_model(config.model.as_deref(), image_size, device)?;
+        let loss_names = losses.iter().map(|loss| loss.name()).collect();
+        let mut metric_names = TAGGING_METRICS.to_vec();
+        metric_names.extend(losses.iter().map(|loss| loss.share_metric()));
+        Ok(TaggingTask {
+            tagger,
+            var_store,
+            config: model_config,
+            weights: vec![1.0; losses.len()],
+            losses,
+            loss_names,
+            metric_names,
+            tokenizer,
+            vocabulary,
+            normalizer,
+            source,
+            device,
+        })
+    }
+
+    /// Each enabled loss term of `batch` (with its graph), in the order of `self.losses`.
+    fn loss_terms(&self, pixels: &Tensor, batch: &TagBatch) -> Vec<Tensor> {
+        let (logits, embeddings) = self.tagger.forward(pixels);
+        self.losses
+            .iter()
+            .map(|loss| match loss {
+                TagLoss::Tag => tagger::asymmetric_loss(&logits, &batch.targets, 0.0, 4.0, 0.05),
+                TagLoss::Align => {
+                    let texts = self.tagger.clip.text_embeddings(&batch.input_ids);
+                    clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale())
+                }
+                TagLoss::Distill => (&embeddings - self.tagger.teacher_embeddings(pixels)).abs().mean(Kind::Float),
+            })
+            .collect()
+    }
+
+    fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
+        let tags = self.config.tags.len();
+        let images = self.source.eval_len(final_split)?;
+        let (mut scores, mut targets) = (Vec::new(), Vec::new());
+        let mut first_batch = None;
+        for start in (0..images).step_by(EVAL_BATCH_SIZE) {
+            let count = EVAL_BATCH_SIZE.min(images - start);
+            let text = TextSide {
+                tokenizer: &self.tokenizer,
+                context: self.config.clip.text_config.max_position_embeddings,
+                tag_count: tags,
+                device: self.device,
+            };
+            let batch = self.source.eval_batch(final_split, start, count, &text, self.device)?;
+            let logits = tch::no_grad(|| self.tagger.forward(&self.normalizer.normalize(&batch.pixels)).0);
+            scores.extend(Vec::<f64>::try_from(logits.sigmoid().to_kind(Kind::Double).flatten(0, -1))?);
+            targets.extend(Vec::<f32>::try_from(batch.targets.flatten(0, -1))?.into_iter().map(|t| t > 0.5));
+            first_batch.get_or_insert(batch);
+        }
+        let mut values = tagging_scores(&scores, &targets, tags, THRESHOLD).values();
+        let first_batch = first_batch.ok_or_else(|| EngineError::Config("no images to evaluate on".into()))?;
+        values.extend(self.gradient_shares(&first_batch)?);
+        let split = if final_split && matches!(self.source, TagSource::Mosaics { .. }) { "test" } else { "held-out" };
+        Ok(Scores { names: self.metric_names.clone(), values, images, split })
+    }
+
+    /// Each weighted loss term's gradient norm over the trainable parameters, as a share of
+    /// their sum, on `batch`.
+    fn gradient_shares(&self, batch: &TagBatch) -> Result<Vec<f64>, EngineError> {
+        let trainable: Vec<Tensor> = self
+            .var_store
+            .variables()
+            .into_iter()
+            .filter(|(name, tensor)| tensor.requires_grad() && self.parameter_group(name).is_some())
+            .map(|(_, tensor)| tensor)
+            .collect();
+        if trainable.is_empty() {
+            return Ok(vec![0.0; self.losses.len()]);
+        }
+        let terms = self.loss_terms(&self.normalizer.normalize(&batch.pixels), batch);
+        let mut norms = Vec::new();
+        for (term, weight) in terms.iter().zip(&self.weights) {
+            let grads = Tensor::f_run_backward(&[term * *weight], &trainable, true, false)?;
+            let squares: f64 = grads
+                .iter()
+                .filter(|grad| grad.defined())
+                .map(|grad| grad.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]))
+                .sum();
+            norms.push(squares.sqrt());
+        }
+        let total: f64 = norms.iter().sum();
+        Ok(norms.iter().map(|norm| if total > 0.0 { norm / total } else { 0.0 }).collect())
+    }
+}
+
+/// The mosaic default, or the manifest of `config.data` with its tags checked against the
+/// vocabulary (an unknown tag names its manifest line).
+fn open_source(
+    config: &TrainConfig,
+    options: &DataOptions,
+    model: &TaggerConfig,
+    tokenizer: &ClipTokenizer,
+) -> Result<TagSource, EngineError> {
+    if DataKind::of(&config.data)? == DataKind::FashionMnist {
+        let all_train = fashion_mnist::load(&config.data, Split::Train)?;
+        let test_tiles = fashion_mnist::load(&config.data, Split::Test)?;
+        let train_tiles = all_train.len() as i64 - VALIDATION_TILES;
+        let part = |start: i64, count: i64| LabelledImages {
+            images: all_train.images.narrow(0, start, count),
+            labels: all_train.labels.narrow(0, start, count),
+        };
+        let device = options.device;
+        let train = Mosaics::new(&part(0, train_tiles), train_tiles as usize / 4, 0, config.seed, device);
+        let validation = Mosaics::new(&part(train_tiles, VALIDATION_TILES), VALIDATION_MOSAICS, 1, config.seed, device);
+        let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, config.seed, device);
+        if config.batch_size > train.len() {
+            return Err(EngineError::Config(format!(
+                "--batch-size {} is larger than the training mosaics ({})",
+                config.batch_size,
+                train.len()
+            )));
+        }
+        let sampler = EpochSampler::new(config.seed, train.len(), config.batch_size);
+        return Ok(TagSource::Mosaics { sampler, train, validation, test });
+    }
+    let index: HashMap<&str, usize> = model.tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
+    let vocabulary = config.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
+    let mut tags = Vec::new();
+    let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
+        let indices = sample
+            .tags
+            .iter()
+            .map(|tag| {
+                index.get(tag.as_str()).copied().ok_or_else(|| {
+                    EngineError::Config(format!(
+                        "{}: unknown tag `{tag}` (not in {})",
+                        sample.origin,
+                        vocabulary.display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        tags.push(indices);
+        if sample.captions.is_empty() {
+            sample.captions.push(caption_from_tags(&sample.tags));
+        }
+        Ok(())
+    };
+    let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
+    let image_size = model.clip.vision_config.image_size;
+    let data = CaptionedTraining::open(options, Needs::Tags, check, Arc::new(tokenizer.clone()), context, image_size)?;
+    Ok(TagSource::Files { data: Box::new(data), tags, manifest: config.data.clone() })
+}
+
+fn strip_teacher(name: &str) -> String {
+    name.strip_prefix(TEACHER_PREFIX).unwrap_or(name).to_string()
+}
+
+/// `texts` tokenized and padded to the longest of them (at most `context`): with causal
+/// attention and pooling at the end token, padding after it changes nothing, so cutting it
+/// only saves work.
+fn tokenize(tokenizer: &ClipTokenizer, texts: &[String], context: i64) -> Tensor {
+    let rows: Vec<Vec<i64>> = texts.iter().map(|text| tokenizer.tokenize(text, context as usize)).collect();
+    let longest = rows.iter().map(|row| row.iter().rposition(|&id| id != 0).map_or(1, |last| last + 1)).max();
+    let width = longest.unwrap_or(1);
+    let ids: Vec<i64> = rows.iter().flat_map(|row| row[..width].iter().copied()).collect();
+    Tensor::from_slice(&ids).view([texts.len() as i64, width as i64])
+}
+
+/// The prompt of each tag, tokenized: what the tag queries are made from.
+fn prompt_ids(tokenizer: &ClipTokenizer, tags: &[String], context: i64) -> Tensor {
+    let prompts: Vec<String> = tags.iter().map(|tag| TAG_PROMPT.replace("{}", tag)).collect();
+    tokenize(tokenizer, &prompts, context)
+}
+
+/// The tagger configuration for `--model DIR`: a tagger's own (its tags must be `tags`),
+/// or a new tagger on a CLIP checkpoint; and whether it was a tagger.
+fn read_model_config(
+    dir: &Path,
+    tags: &[String],
+    tokenizer: &ClipTokenizer,
+) -> Result<(TaggerConfig, bool), EngineError> {
+    let path = dir.join(pretrained::CONFIG_FILE);
+    let value: serde_json::Value = pretrained::read_config(dir)?;
+    let config = if value["model_type"] == tagger::MODEL_TYPE {
+        let config: TaggerConfig =
+            serde_json::from_value(value).map_err(|err| FileError::format(&path, err.to_string()))?;
+        if config.tags != tags {
+            let first =
+                config.tags.iter().zip(tags).position(|(a, b)| a != b).unwrap_or(config.tags.len().min(tags.len()));
+            return Err(EngineError::Config(format!(
+                "--model {}: the checkpoint's {} tags differ from the data's {} (first at position {first}: `{}` vs `{}`)",
+                dir.display(),
+                config.tags.len(),
+                tags.len(),
+                config.tags.get(first).map(String::as_str).unwrap_or("(none)"),
+                tags.get(first).map(String::as_str).unwrap_or("(none)"),
+            )));
+        }
+        (config, true)
+    } else {
+        let clip: ClipConfig =
+            serde_json::from_value(value).map_err(|err| FileError::format(&path, err.to_string()))?;
+        (TaggerConfig::new(clip, tags.to_vec()), false)
+    };
+    check_tokenizer_fits(&config.0.clip, tokenizer, dir)?;
+    Ok(config)
+}
+
+impl Task for TaggingTask {
+    fn groups(&self) -> &[&'static str] {
+        &TAGGER_GROUPS
+    }
+
+    fn loss_names(&self) -> &[&'static str] {
+        &self.loss_names
+    }
+
+    fn metric_names(&self) -> &[&'static str] {
+        &self.metric_names
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.var_store
+    }
+
+    fn parameter_group(&self, name: &str) -> Option<usize> {
+        if name.starts_with(TEACHER_PREFIX) || FIXED.contains(&name) {
+            None
+        } else if name.starts_with(HEAD_PREFIX) {
+            Some(TAG_HEAD_GROUP)
+        } else {
+            Some(clip::parameter_group(name))
+        }
+    }
+
+    fn steps_per_epoch(&self) -> u64 {
+        self.source.sampler().steps_per_epoch()
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        self.source.sampler().epoch_of(step)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let data = match &self.source {
+            TagSource::Mosaics { .. } => "2x2 Fashion-MNIST mosaics".to_string(),
+            TagSource::Files { manifest, .. } => manifest.display().to_string(),
+        };
+        vec![
+            format!("tagging {} tags with losses {} on {data}", self.config.tags.len(), self.loss_names.join(", ")),
+            format!("captions and tag names tokenized with {}", self.vocabulary.display()),
+        ]
+    }
+
+    fn skipped_at_start(&self) -> &[String] {
+        match &self.source {
+            TagSource::Mosaics { .. } => &[],
+            TagSource::Files { data, .. } => data.skipped_at_start(),
+        }
+    }
+
+    fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
+        let epoch = self.source.sampler().epoch_of(step);
+        let text = TextSide {
+            tokenizer: &self.tokenizer,
+            context: self.config.clip.text_config.max_position_embeddings,
+            tag_count: self.config.tags.len(),
+            device: self.device,
+        };
+        let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
+        let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
+        let pixels = self.normalizer.normalize(&unit);
+        self.weights = knobs.loss_weights.to_vec();
+        let terms = if knobs.backward {
+            let terms = self.loss_terms(&pixels, &batch);
+            let total = terms
+                .iter()
+                .zip(knobs.loss_weights)
+                .map(|(term, weight)| term * *weight)
+                .reduce(|sum, term| sum + term)
+                .expect("at least one loss");
+            total.backward();
+            terms
+        } else {
+            tch::no_grad(|| self.loss_terms(&pixels, &batch))
+        };
+        let images = batch.samples.len();
+        Ok(StepLosses { raw: terms.iter().map(Tensor::detach).collect(), images, skipped: batch.skipped })
+    }
+
+    fn logit_scale(&self) -> Tensor {
+        tch::no_grad(|| self.tagger.clip.logit_scale())
+    }
+
+    fn after_update(&mut self) {
+        self.tagger.clip.clamp_logit_scale();
+    }
+
+    fn evaluate(&mut self) -> Result<Scores, EngineError> {
+        self.evaluate_on(false)
+    }
+
+    fn final_evaluation(&mut self) -> Result<Scores, EngineError> {
+        self.evaluate_on(true)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), EngineError> {
+        Ok(pretrained::save(dir, &self.var_store, &self.config)?)
+    }
+
+    fn model_config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("model configs serialize")
+    }
+}

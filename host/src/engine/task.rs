@@ -1,0 +1,69 @@
+//! What a run trains: a model, its data, its loss terms and its evaluation, behind the one
+//! interface the training loop drives. The loop owns everything else (policies, knobs,
+//! optimizer, checkpoints, reports), so a new kind of training is one implementation of
+//! [`Task`], and every policy works with it unchanged.
+
+use super::data::Scores;
+use super::run::EngineError;
+use std::path::Path;
+use tch::{Tensor, nn};
+
+/// The knob values one step trains with.
+#[derive(Debug, Clone, Copy)]
+pub struct StepKnobs<'a> {
+    /// Aligned with [`crate::data::augment::KNOBS`].
+    pub augmentation: &'a [f64],
+    /// Aligned with [`Task::loss_names`].
+    pub loss_weights: &'a [f64],
+    /// Whether any parameter is trainable; when not, no gradient is computed.
+    pub backward: bool,
+    /// The run's length, bounding how far ahead data is prepared.
+    pub total_steps: u64,
+    pub seed: u64,
+}
+
+/// What one step measured.
+#[derive(Debug)]
+pub struct StepLosses {
+    /// Each loss term's raw (unweighted) value as a 0-d tensor on the training device,
+    /// detached, aligned with [`Task::loss_names`]; read back once, with the others.
+    pub raw: Vec<Tensor>,
+    /// Images the step trained on.
+    pub images: usize,
+    /// Samples `--skip-bad-samples` left out of the batch, one line each.
+    pub skipped: Vec<String>,
+}
+
+pub trait Task {
+    /// Parameter groups, each with its own learning rate, in the order policies see them.
+    fn groups(&self) -> &[&'static str];
+    /// Loss terms, in the order policies see them.
+    fn loss_names(&self) -> &[&'static str];
+    /// Evaluation metrics, in the order policies see them.
+    fn metric_names(&self) -> &[&'static str];
+    fn var_store(&self) -> &nn::VarStore;
+    /// The group of a variable; `None` for variables that are never trained (a frozen
+    /// teacher, fixed queries).
+    fn parameter_group(&self, name: &str) -> Option<usize>;
+    fn steps_per_epoch(&self) -> u64;
+    fn epoch_of(&self, step: u64) -> u64;
+    /// Lines for the start-up report (which tokenizer, which teacher).
+    fn describe(&self) -> Vec<String>;
+    /// Samples `--skip-bad-samples` left out before training started, one line each.
+    fn skipped_at_start(&self) -> &[String];
+    /// The batch of `step` forward, and, when `knobs.backward`, the gradient of the
+    /// weighted sum of the losses accumulated into the parameters.
+    fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError>;
+    /// exp(logit scale) of the contrastive part, as a 0-d tensor, for the policies.
+    fn logit_scale(&self) -> Tensor;
+    /// Called after each optimizer update (e.g. to clamp the logit scale).
+    fn after_update(&mut self);
+    /// Mid-run evaluation on held-out data, values aligned with [`Task::metric_names`].
+    fn evaluate(&mut self) -> Result<Scores, EngineError>;
+    /// The end-of-run evaluation written to `eval.json`.
+    fn final_evaluation(&mut self) -> Result<Scores, EngineError>;
+    /// Writes the model (`config.json`, `model.safetensors`) into `dir`.
+    fn save(&self, dir: &Path) -> Result<(), EngineError>;
+    /// The model's configuration, recorded in `run.json`.
+    fn model_config(&self) -> serde_json::Value;
+}
