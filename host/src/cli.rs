@@ -148,6 +148,11 @@ pub struct TrainArgs {
     pub swap_policies: bool,
 }
 
+/// Where compiled policy components are cached between runs.
+fn component_cache() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components"))
+}
+
 fn positive_u64(text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(value) if value >= 1 && value <= u64::MAX as i128 => Ok(value as u64),
@@ -212,6 +217,7 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
         total_steps: args.steps,
         limits: SandboxLimits { fuel_per_call: args.policy_fuel, ..Default::default() },
         seed: args.seed,
+        component_cache: component_cache(),
     };
     match check_policy(&args.policy, &options) {
         Ok(report) => {
@@ -235,7 +241,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         device: args.device,
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
-        policy_cache: std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components")),
+        policy_cache: component_cache(),
         workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
     };
     if args.resume.is_some() {

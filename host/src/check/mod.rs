@@ -23,6 +23,8 @@ pub struct CheckOptions {
     pub total_steps: u64,
     pub limits: SandboxLimits,
     pub seed: u64,
+    /// Where compiled components are cached (`None`: compile every time).
+    pub component_cache: Option<std::path::PathBuf>,
 }
 
 /// A passed check: what was tried and the most fuel one call used.
@@ -138,7 +140,7 @@ fn first_difference(a: &[String], b: &[String], offset: u64) -> Option<u64> {
 
 /// Checks the policy named by `source` over `options.cases` generated streams.
 pub fn check_policy(source: &PolicySource, options: &CheckOptions) -> Result<CheckReport, CheckFailure> {
-    let runtime = PolicyRuntime::new(options.limits, None);
+    let runtime = PolicyRuntime::new(options.limits, options.component_cache.clone());
     let policy = source.name();
     let not_loaded = |detail: String| CheckFailure {
         policy: policy.clone(),
