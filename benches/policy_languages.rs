@@ -62,16 +62,7 @@ fn native_decide(observation: &Observation, base_lrs: &[f64], warmup: u64, min_l
         let progress = ((step - warmup) as f64 / (TOTAL_STEPS - warmup).max(1) as f64).min(1.0);
         floor + (base - floor) * (0.5 * (1.0 + (PI * progress).cos()))
     };
-    Decision {
-        lrs: base_lrs.iter().map(|&base| Some(lr(base))).collect(),
-        loss_weights: vec![],
-        augmentation: vec![],
-        grad_clip: None,
-        freeze: vec![],
-        evaluate: false,
-        checkpoint: false,
-        stop: None,
-    }
+    Decision { lrs: base_lrs.iter().map(|&base| Some(lr(base))).collect(), ..Decision::keep() }
 }
 
 fn main() {

@@ -4,7 +4,8 @@
 use crate::check::{CheckOptions, check_policy};
 use crate::data::fashion_mnist;
 use crate::engine::{
-    BestMetric, EngineError, Precision, Resume, RunOptions, TagLoss, TaskKind, TrainConfig, TrainOutcome, resume, train,
+    BestMetric, EngineError, Precision, Resume, RunOptions, SimulateOptions, SyntheticCurve, TagLoss, TaskKind, Trace,
+    TrainConfig, TrainOutcome, resume, simulate, train,
 };
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
 use clap::{Parser, Subcommand};
@@ -31,6 +32,46 @@ pub enum Command {
     /// Check a policy against generated observation streams before a long run: no trap,
     /// valid decisions, determinism, exact save/load of its state.
     CheckPolicy(CheckPolicyArgs),
+    /// Drive policies with a recorded run's metrics (or a synthetic curve) and no model:
+    /// what they decide, where they stop, plots of the knobs.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Policy component with arguments; repeat to compose [default: the recorded run's].
+    #[arg(long, value_name = "FILE[:ARGS]", required_unless_present = "trace")]
+    pub policy: Vec<PolicySource>,
+    /// A run directory whose metrics.jsonl and evaluations.jsonl drive the policies.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "synthetic")]
+    pub trace: Option<PathBuf>,
+    /// A synthetic stream instead: each loss decays from 100, 10, 1, ... with noise.
+    #[arg(long, required_unless_present = "trace")]
+    pub synthetic: bool,
+    /// Steps of the synthetic stream.
+    #[arg(long, default_value_t = 1000, value_parser = positive_u64)]
+    pub steps: u64,
+    /// Steps per epoch of the synthetic stream.
+    #[arg(long, default_value_t = 100, value_parser = positive_u64)]
+    pub steps_per_epoch: u64,
+    /// Loss terms of the synthetic stream, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "contrastive")]
+    pub losses: Vec<String>,
+    /// Evaluate (`val_loss`) every N synthetic steps; 0: when a policy asks.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Base learning rate of the synthetic run's groups.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Seed of the synthetic noise and of the policies' run specification.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where decisions.jsonl and the plots are written.
+    #[arg(long, default_value = "runs/simulate")]
+    pub out: PathBuf,
+    /// Fuel a policy may use per call.
+    #[arg(long, default_value_t = 50_000_000, value_parser = positive_u64)]
+    pub policy_fuel: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,6 +239,13 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckPolicy(args) => run_check_policy(args),
+        Command::Simulate(args) => match run_simulate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {}", one_line(&err));
+                ExitCode::from(exit_code(&err))
+            }
+        },
         Command::Train(args) => match run_train(*args) {
             Ok(outcome) => {
                 report_outcome(&outcome);
@@ -233,6 +281,36 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
+    let trace = match &args.trace {
+        Some(run_dir) => Trace::Recorded(run_dir.clone()),
+        None => Trace::Synthetic(SyntheticCurve {
+            steps: args.steps,
+            steps_per_epoch: args.steps_per_epoch,
+            losses: args.losses.clone(),
+            eval_every: args.eval_every,
+            lr: args.lr,
+            seed: args.seed,
+        }),
+    };
+    let options = SimulateOptions {
+        policies: (!args.policy.is_empty()).then_some(args.policy),
+        trace,
+        out: args.out,
+        policy_fuel: args.policy_fuel,
+        policy_cache: component_cache(),
+    };
+    let outcome = simulate(&options)?;
+    match &outcome.stopped {
+        Some((step, policy, reason)) => println!("`{policy}` stops the run after step {step}: {reason}"),
+        None => println!("no policy stops the run in {} steps", outcome.steps),
+    }
+    println!("decisions: {}", outcome.decisions.display());
+    let plots: Vec<String> = outcome.plots.iter().map(|p| p.display().to_string()).collect();
+    println!("plots: {}", plots.join(", "));
+    Ok(())
 }
 
 fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {

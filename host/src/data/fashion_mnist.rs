@@ -47,7 +47,16 @@ impl LabelledImages {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Images `start..start + count`, sharing storage with these.
+    pub fn slice(&self, start: i64, count: i64) -> LabelledImages {
+        LabelledImages { images: self.images.narrow(0, start, count), labels: self.labels.narrow(0, start, count) }
+    }
 }
+
+/// The last training images are held out for mid-run evaluation, so that a run never
+/// evaluates on what it trained on.
+pub const VALIDATION_IMAGES: i64 = 5000;
 
 /// Reads one split from `dir`.
 pub fn load(dir: &Path, split: Split) -> Result<LabelledImages, FileError> {

@@ -25,8 +25,6 @@ use tch::{Device, Kind, Tensor};
 /// Separates the caption draw from other per-sample randomness.
 const CAPTION_DRAW: u64 = 0xC4_7104;
 const EVAL_BATCH_SIZE: usize = 1000;
-/// The last Fashion-MNIST training images are held out for mid-run evaluation.
-const FASHION_MNIST_VALIDATION: i64 = 5000;
 /// Of an image-caption set without `--val-data`, the last 5 % (at most 5,000 images, the
 /// size of COCO's usual test split) are held out.
 const HELD_OUT_FRACTION: f64 = 0.05;
@@ -92,20 +90,19 @@ impl TrainingData {
     ) -> Result<TrainingData, EngineError> {
         let all_train = fashion_mnist::load(options.data, Split::Train)?;
         let test = fashion_mnist::load(options.data, Split::Test)?;
-        let train_count = all_train.len() as i64 - FASHION_MNIST_VALIDATION;
+        let train_count = all_train.len() as i64 - fashion_mnist::VALIDATION_IMAGES;
         check_batch_size(options.batch_size, train_count.max(0) as usize)?;
         let captions = match tokenizer {
             Some((tokenizer, context)) => CaptionTable::with_clip_tokenizer(&CLASS_NAMES, tokenizer, context),
             None => CaptionTable::new(&CLASS_NAMES),
         };
-        let held_out = |tensor: &Tensor| tensor.narrow(0, train_count, FASHION_MNIST_VALIDATION);
         Ok(TrainingData::Labelled(LabelledData {
             sampler: EpochSampler::new(options.seed, train_count as usize, options.batch_size),
             caption_ids: captions.ids.to_device(options.device),
             captions,
             train_images: all_train.images.narrow(0, 0, train_count).to_device(options.device),
             train_labels: all_train.labels.narrow(0, 0, train_count).to_device(options.device),
-            validation: LabelledImages { images: held_out(&all_train.images), labels: held_out(&all_train.labels) },
+            validation: all_train.slice(train_count, fashion_mnist::VALIDATION_IMAGES),
             test,
             seed: options.seed,
             device: options.device,

@@ -11,8 +11,10 @@ mod data;
 mod knobs;
 pub mod optimizer;
 mod run;
+mod simulate;
 mod tagging;
 mod task;
+mod trace;
 
 pub use checkpoint::CHECKPOINTS_DIR;
 pub use data::Scores;
@@ -20,4 +22,5 @@ pub use knobs::KnobState;
 pub use run::{
     BestMetric, EngineError, Precision, Resume, RunOptions, TaskKind, TrainConfig, TrainOutcome, resume, train,
 };
+pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
 pub use tagging::TagLoss;

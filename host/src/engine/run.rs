@@ -12,12 +12,13 @@ use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use super::tagging::{TagLoss, TaggingTask};
 use super::task::{StepKnobs, Task};
+use super::trace::{SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::files::FileError;
 use crate::models::pretrained::{self, PretrainedError};
 use crate::policy::{
-    AugmentationKnob, Evaluation, GradClip, INTERFACE_PACKAGE, INTERFACE_VERSION, NonFinite, Observation, ParamGroup,
-    PolicyError, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
+    AugmentationKnob, INTERFACE_PACKAGE, INTERFACE_VERSION, Observation, ParamGroup, PolicyError, PolicyRuntime,
+    PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
 };
 use crate::report::{EventWriter, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::{Deserialize, Serialize};
@@ -251,9 +252,12 @@ pub fn resume(options: &RunOptions, resume: &Resume) -> Result<TrainOutcome, Eng
 }
 
 #[derive(Serialize, Deserialize)]
-struct SavedRun {
-    train: TrainConfig,
-    model: serde_json::Value,
+pub(super) struct SavedRun {
+    pub train: TrainConfig,
+    pub model: serde_json::Value,
+    /// What the policies were started with; `trainer simulate` replays runs from it.
+    #[serde(default)]
+    pub spec: Option<SavedSpec>,
 }
 
 fn is_zero(count: &usize) -> bool {
@@ -366,6 +370,7 @@ impl Run {
             seed: config.seed,
             args: vec![],
         };
+        let saved_spec = SavedSpec::from(&spec);
         let limits = SandboxLimits { fuel_per_call: config.policy_fuel, ..Default::default() };
         let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
         let mut policies = PolicySet::start(&runtime, &config.policies, spec)?;
@@ -395,7 +400,8 @@ impl Run {
 
         let state = match from {
             None => {
-                let saved = SavedRun { train: config.clone(), model: task.model_config() };
+                let saved =
+                    SavedRun { train: config.clone(), model: task.model_config(), spec: Some(saved_spec.clone()) };
                 write_json(&run_dir.join("run.json"), &saved)?;
                 fresh_state
             }
@@ -592,32 +598,7 @@ impl Run {
     }
 
     fn observation(&self) -> Observation {
-        let state = &self.state;
-        let last = &state.last;
-        let mut non_finite = NonFinite::empty();
-        if last.total_loss.is_some_and(|l| !l.is_finite()) || last.losses.iter().any(|l| !l.is_finite()) {
-            non_finite |= NonFinite::LOSS;
-        }
-        if last.grad_norm.is_some_and(|n| !n.is_finite()) {
-            non_finite |= NonFinite::GRAD_NORM;
-        }
-        Observation {
-            step: state.steps_done,
-            epoch: self.task.epoch_of(state.steps_done),
-            losses: last.losses.clone(),
-            total_loss: last.total_loss,
-            grad_norm: last.grad_norm,
-            non_finite,
-            lrs: state.knobs.lrs.clone(),
-            loss_weights: state.knobs.loss_weights.clone(),
-            frozen: state.knobs.frozen.clone(),
-            images_per_second: last.images_per_second,
-            logit_scale: last.logit_scale,
-            evaluation: state
-                .pending_evaluation
-                .as_ref()
-                .map(|e| Evaluation { step: e.step, values: e.values.clone() }),
-        }
+        self.state.observation(self.task.epoch_of(self.state.steps_done))
     }
 
     /// One optimizer step on the batch of global step `step`.
@@ -731,44 +712,9 @@ impl Run {
     }
 
     fn record_decisions(&mut self, step: u64, decision: &StepDecision) -> Result<(), EngineError> {
-        for (policy, decided) in &decision.per_policy {
-            let mut record = serde_json::Map::new();
-            record.insert("step".into(), step.into());
-            record.insert("policy".into(), policy.as_str().into());
-            let mut put = |field: &str, names: Vec<&str>, values: Vec<serde_json::Value>| {
-                if !values.is_empty() {
-                    let map: serde_json::Map<String, serde_json::Value> =
-                        names.into_iter().map(String::from).zip(values).collect();
-                    record.insert(field.into(), map.into());
-                }
-            };
-            let json = |v: Option<f64>| serde_json::json!(v);
-            let groups = self.task.groups().to_vec();
-            put("lrs", groups.clone(), decided.lrs.iter().map(|v| json(*v)).collect());
-            put(
-                "loss_weights",
-                self.task.loss_names().to_vec(),
-                decided.loss_weights.iter().map(|v| json(*v)).collect(),
-            );
-            put(
-                "augmentation",
-                KNOBS.iter().map(|k| k.name).collect(),
-                decided.augmentation.iter().map(|v| json(*v)).collect(),
-            );
-            put("freeze", groups, decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
-            match decided.grad_clip {
-                Some(GradClip::Off) => drop(record.insert("grad_clip".into(), "off".into())),
-                Some(GradClip::MaxNorm(norm)) => drop(record.insert("grad_clip".into(), norm.into())),
-                None => {}
-            }
-            for (flag, set) in [("evaluate", decided.evaluate), ("checkpoint", decided.checkpoint)] {
-                if set {
-                    record.insert(flag.into(), true.into());
-                }
-            }
-            if let Some(reason) = &decided.stop {
-                record.insert("stop".into(), reason.as_str().into());
-            }
+        let knobs: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
+        let groups = self.task.groups();
+        for record in decision_records(step, decision, groups, self.task.loss_names(), &knobs) {
             self.decisions.write(&record).map_err(io_error(self.decisions.path()))?;
         }
         Ok(())

@@ -23,7 +23,7 @@ use crate::data::PixelNormalizer;
 use crate::data::augment;
 use crate::data::captioned::{CaptionedSample, DataKind, Needs};
 use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
-use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
+use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
 use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
 use crate::eval::{TAGGING_METRICS, tagging_scores};
@@ -74,8 +74,7 @@ const TAG_HEAD_GROUP: usize = 4;
 const THRESHOLD: f64 = 0.5;
 const EVAL_BATCH_SIZE: usize = 500;
 /// Mosaics of the default data: the training split's tiles make one mosaic per four
-/// images; validation and test mosaics come from held-out and test tiles.
-const VALIDATION_TILES: i64 = 5000;
+/// images; validation and test mosaics come from the held-out and test images.
 const VALIDATION_MOSAICS: usize = 1000;
 const TEST_MOSAICS: usize = 2500;
 /// The default data's mosaics are two tiles wide.
@@ -428,14 +427,11 @@ fn open_source(
     if DataKind::of(&config.data)? == DataKind::FashionMnist {
         let all_train = fashion_mnist::load(&config.data, Split::Train)?;
         let test_tiles = fashion_mnist::load(&config.data, Split::Test)?;
-        let train_tiles = all_train.len() as i64 - VALIDATION_TILES;
-        let part = |start: i64, count: i64| LabelledImages {
-            images: all_train.images.narrow(0, start, count),
-            labels: all_train.labels.narrow(0, start, count),
-        };
-        let device = options.device;
-        let train = Mosaics::new(&part(0, train_tiles), train_tiles as usize / 4, 0, config.seed, device);
-        let validation = Mosaics::new(&part(train_tiles, VALIDATION_TILES), VALIDATION_MOSAICS, 1, config.seed, device);
+        let train_tiles = all_train.len() as i64 - fashion_mnist::VALIDATION_IMAGES;
+        let (seed, device) = (config.seed, options.device);
+        let train = Mosaics::new(&all_train.slice(0, train_tiles), train_tiles as usize / 4, 0, seed, device);
+        let held_out = all_train.slice(train_tiles, fashion_mnist::VALIDATION_IMAGES);
+        let validation = Mosaics::new(&held_out, VALIDATION_MOSAICS, 1, seed, device);
         let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, config.seed, device);
         if config.batch_size > train.len() {
             return Err(EngineError::Config(format!(

@@ -1,0 +1,270 @@
+//! `trainer simulate`: drives policies with a recorded or synthetic metric stream and no
+//! model, to see what they would decide before spending GPU hours. A recorded run is
+//! replayed from its run directory: the policies start with the run's saved specification,
+//! and step `s` shows them what the run showed them (step `s - 1`'s readings from
+//! `metrics.jsonl`, knob values replayed from their own decisions, the evaluation recorded
+//! at `s`), so the same policies reproduce the run's `decisions.jsonl` line for line.
+//! A synthetic stream is a decaying loss per term (magnitudes 100, 10, 1, ...) with seeded
+//! noise, and evaluations every `eval_every` steps or when a policy asks.
+
+use super::checkpoint::{LastStep, PendingEvaluation, TrainerState};
+use super::knobs::KnobState;
+use super::run::{EngineError, SavedRun, io_error};
+use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
+use crate::data::augment::KNOBS;
+use crate::data::sampler::keyed;
+use crate::files::FileError;
+use crate::models::clip::PARAMETER_GROUPS;
+use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits};
+use crate::report::{Chart, JsonLines, Series};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The metric stream to drive the policies with.
+#[derive(Debug, Clone)]
+pub enum Trace {
+    /// The run directory of a finished (or stopped, or paused) run.
+    Recorded(PathBuf),
+    Synthetic(SyntheticCurve),
+}
+
+#[derive(Debug, Clone)]
+pub struct SyntheticCurve {
+    pub steps: u64,
+    pub steps_per_epoch: u64,
+    /// Loss term names; term `i` starts near 100 / 10^i.
+    pub losses: Vec<String>,
+    /// Evaluate (`val_loss`) every this many steps; 0: only when a policy asks.
+    pub eval_every: u64,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    /// The policies to drive; `None`: those of the recorded run.
+    pub policies: Option<Vec<PolicySource>>,
+    pub trace: Trace,
+    /// Where `decisions.jsonl` and the plots go.
+    pub out: PathBuf,
+    pub policy_fuel: u64,
+    pub policy_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulateOutcome {
+    pub steps: u64,
+    /// The step after which a policy stops the run, the policy and its reason.
+    pub stopped: Option<(u64, String, String)>,
+    pub decisions: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+/// What a step measured, as the next observation shows it.
+struct Reading {
+    losses: Vec<f64>,
+    total: f64,
+    grad_norm: f64,
+    logit_scale: f64,
+    images_per_second: f64,
+}
+
+/// Where readings and evaluations come from, step by step.
+enum Stream {
+    Recorded { readings: Vec<Reading>, evaluations: HashMap<u64, Vec<f64>> },
+    Synthetic(SyntheticCurve),
+}
+
+impl Stream {
+    fn len(&self) -> u64 {
+        match self {
+            Stream::Recorded { readings, .. } => readings.len() as u64,
+            Stream::Synthetic(curve) => curve.steps,
+        }
+    }
+
+    /// The evaluation shown before step `step`, given whether a policy asked for one at
+    /// the step before.
+    fn evaluation(&self, step: u64, requested: bool, last: &LastStep) -> Option<Vec<f64>> {
+        match self {
+            Stream::Recorded { evaluations, .. } => evaluations.get(&step).cloned(),
+            Stream::Synthetic(curve) => {
+                let scheduled = curve.eval_every > 0 && step > 0 && step.is_multiple_of(curve.eval_every);
+                // The validation loss follows the training loss, a little higher.
+                (scheduled || requested).then(|| vec![last.losses.iter().sum::<f64>() * 1.05])
+            }
+        }
+    }
+
+    fn reading(&self, step: u64, weights: &[f64]) -> Reading {
+        match self {
+            Stream::Recorded { readings, .. } => {
+                let r = &readings[step as usize];
+                Reading { losses: r.losses.clone(), ..*r }
+            }
+            Stream::Synthetic(curve) => {
+                let progress = step as f64 / curve.steps.max(1) as f64;
+                let losses: Vec<f64> = (0..curve.losses.len())
+                    .map(|term| {
+                        let noise = (keyed(curve.seed, &[step, term as u64]) >> 11) as f64 / (1u64 << 53) as f64;
+                        let scale = 100.0 / 10f64.powi(term as i32);
+                        scale * (0.1 + 0.9 * (-3.0 * progress).exp()) * (1.0 + 0.1 * (noise - 0.5))
+                    })
+                    .collect();
+                let total = losses.iter().zip(weights).map(|(loss, weight)| loss * weight).sum();
+                Reading { losses, total, grad_norm: 1.0, logit_scale: 14.29, images_per_second: 1000.0 }
+            }
+        }
+    }
+}
+
+pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineError> {
+    let (spec, recorded_policies, stream) = match &options.trace {
+        Trace::Recorded(run_dir) => read_recorded(run_dir)?,
+        Trace::Synthetic(curve) => (synthetic_spec(curve), None, Stream::Synthetic(curve.clone())),
+    };
+    let policies = match (&options.policies, recorded_policies) {
+        (Some(policies), _) if !policies.is_empty() => policies.clone(),
+        (_, Some(recorded)) => recorded,
+        _ => return Err(EngineError::Config("--policy: give at least one policy to simulate".into())),
+    };
+    let limits = SandboxLimits { fuel_per_call: options.policy_fuel, ..Default::default() };
+    let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
+    let mut set = PolicySet::start(&runtime, &policies, spec.to_run_spec())?;
+
+    std::fs::create_dir_all(&options.out).map_err(io_error(&options.out))?;
+    let decisions_path = options.out.join("decisions.jsonl");
+    let mut decisions = JsonLines::create(&decisions_path).map_err(io_error(&decisions_path))?;
+    let (groups, losses, knob_names) = (spec.group_names(), spec.loss_names(), spec.knob_names());
+    let mut state = TrainerState {
+        steps_done: 0,
+        knobs: KnobState {
+            lrs: spec.groups.iter().map(|g| g.base_lr).collect(),
+            loss_weights: vec![1.0; spec.losses.len()],
+            augmentation: spec.augmentation.iter().map(|k| k.default).collect(),
+            grad_clip: None,
+            frozen: spec.groups.iter().map(|g| g.frozen).collect(),
+        },
+        last: LastStep::default(),
+        pending_evaluation: None,
+    };
+    let mut history: Vec<(u64, KnobState)> = Vec::new();
+    let mut requested = false;
+    let mut stopped = None;
+    let steps = stream.len().min(spec.total_steps);
+    for step in 0..steps {
+        state.steps_done = step;
+        state.pending_evaluation =
+            stream.evaluation(step, requested, &state.last).map(|values| PendingEvaluation { step, values });
+        let decision = set.decide(&state.observation(step / spec.steps_per_epoch.max(1)))?;
+        for record in decision_records(step, &decision, &groups, &losses, &knob_names) {
+            decisions.write(&record).map_err(io_error(&decisions_path))?;
+        }
+        state.knobs.apply(&decision.merged);
+        history.push((step, state.knobs.clone()));
+        requested = decision.merged.evaluate;
+        let reading = stream.reading(step, &state.knobs.loss_weights);
+        state.last = LastStep {
+            losses: reading.losses,
+            total_loss: Some(reading.total),
+            grad_norm: Some(reading.grad_norm),
+            logit_scale: Some(reading.logit_scale),
+            images_per_second: Some(reading.images_per_second),
+        };
+        if let Some((policy, reason)) = decision.stop {
+            stopped = Some((step + 1, policy, reason));
+            break;
+        }
+    }
+    let plots = plot_knobs(&options.out, &spec, &history)?;
+    Ok(SimulateOutcome { steps: history.len() as u64, stopped, decisions: decisions_path, plots })
+}
+
+/// The spec, policies and stream of a recorded run.
+fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>, Stream), EngineError> {
+    let run_path = run_dir.join("run.json");
+    let text = std::fs::read_to_string(&run_path).map_err(io_error(&run_path))?;
+    let saved: SavedRun = serde_json::from_str(&text)
+        .map_err(|err| FileError::format(&run_path, format!("not a run configuration: {err}")))?;
+    let spec = saved.spec.ok_or_else(|| {
+        FileError::format(&run_path, "no recorded policy specification (the run predates `trainer simulate`)")
+    })?;
+    let number = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN);
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let readings = read_jsonl(&metrics_path)?
+        .into_iter()
+        .map(|record| Reading {
+            losses: spec.losses.iter().map(|name| number(&record["losses"][name])).collect(),
+            total: number(&record["loss"]),
+            grad_norm: number(&record["grad_norm"]),
+            logit_scale: number(&record["logit_scale"]),
+            images_per_second: number(&record["images_per_second"]),
+        })
+        .collect();
+    let evaluations_path = run_dir.join("evaluations.jsonl");
+    let evaluations = if evaluations_path.exists() { read_jsonl(&evaluations_path)? } else { Vec::new() }
+        .into_iter()
+        .filter_map(|record| {
+            let step = record["step"].as_u64()?;
+            Some((step, spec.metrics.iter().map(|name| number(&record[name])).collect()))
+        })
+        .collect();
+    Ok((spec, Some(saved.train.policies), Stream::Recorded { readings, evaluations }))
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line)
+                .map_err(|err| FileError::format(path, format!("line {}: {err}", index + 1)).into())
+        })
+        .collect()
+}
+
+fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {
+    SavedSpec {
+        groups: PARAMETER_GROUPS
+            .iter()
+            .map(|name| SavedGroup { name: name.to_string(), base_lr: curve.lr, param_count: 0, frozen: false })
+            .collect(),
+        losses: curve.losses.clone(),
+        augmentation: KNOBS
+            .iter()
+            .map(|k| SavedKnob { name: k.name.to_string(), min: k.min, max: k.max, default: k.default })
+            .collect(),
+        metrics: vec!["val_loss".to_string()],
+        total_steps: curve.steps,
+        steps_per_epoch: curve.steps_per_epoch,
+        seed: curve.seed,
+    }
+}
+
+/// `lr.png`, `loss_weights.png` and `augmentation.png` of the knob values over the steps.
+fn plot_knobs(out: &Path, spec: &SavedSpec, history: &[(u64, KnobState)]) -> Result<Vec<PathBuf>, EngineError> {
+    let series = |names: &[&str], value: &dyn Fn(&KnobState, usize) -> f64| -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                Series::new(*name, history.iter().map(|(step, knobs)| (*step as f64, value(knobs, i))).collect())
+            })
+            .collect()
+    };
+    let charts = [
+        ("lr.png", "Learning rate per group", "learning rate", series(&spec.group_names(), &|k, i| k.lrs[i])),
+        ("loss_weights.png", "Loss weights", "weight", series(&spec.loss_names(), &|k, i| k.loss_weights[i])),
+        ("augmentation.png", "Augmentation knobs", "value", series(&spec.knob_names(), &|k, i| k.augmentation[i])),
+    ];
+    let mut written = Vec::new();
+    for (file, title, y_label, series) in charts {
+        let path = out.join(file);
+        Chart::new(title, "step", y_label, series)
+            .write_png(&path)
+            .map_err(|err| EngineError::Config(err.to_string()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
