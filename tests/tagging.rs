@@ -157,3 +157,20 @@ fn the_loss_balancing_benchmark_runs_at_a_small_size() {
     let png = std::fs::read(dir.path().join("loss_curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG of the loss curves");
 }
+
+#[test]
+fn unseen_tags_are_left_out_of_training_and_evaluated_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--task", "tagging", "--unseen-tags", "bag,sandal", "--steps", "4", "--batch-size", "16"];
+    assert_success(&train_cpu(dir.path(), &constant("1e-3"), &extra));
+    let tags = read_json(&dir.path().join("final/config.json"))["tags"].clone();
+    let tags: Vec<&str> = tags.as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tags.len(), 8);
+    assert!(!tags.contains(&"bag") && !tags.contains(&"sandal"), "{tags:?}");
+    let unseen = read_json(&dir.path().join("eval.json"))["unseen_mAP"].as_f64().expect("eval.json has unseen_mAP");
+    assert!((0.0..=1.0).contains(&unseen));
+
+    let output =
+        train_cpu(&dir.path().join("bad"), &constant("1e-3"), &["--task", "tagging", "--unseen-tags", "handbag"]);
+    assert_one_line_error(&output, 1, &["--unseen-tags", "`handbag`"]);
+}

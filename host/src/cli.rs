@@ -109,6 +109,9 @@ pub struct TrainArgs {
     /// Tag vocabulary of a tagging manifest: one tag per line.
     #[arg(long, value_name = "FILE", requires = "task")]
     pub tags: Option<PathBuf>,
+    /// Tags the tagging head never trains on, evaluated by name alone (`unseen_mAP`).
+    #[arg(long, value_name = "TAG,...", value_delimiter = ',', requires = "task")]
+    pub unseen_tags: Option<Vec<String>>,
     /// A Hugging Face CLIP folder (config.json, model.safetensors) to fine-tune, or a tagger
     /// saved by an earlier tagging run; without it a small model is trained from scratch.
     #[arg(long, value_name = "DIR")]
@@ -342,6 +345,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--task", args.task.is_some()),
             ("--losses", args.losses.is_some()),
             ("--tags", args.tags.is_some()),
+            ("--unseen-tags", args.unseen_tags.is_some()),
             ("--model", args.model.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
@@ -357,6 +361,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         task: args.task.unwrap_or_default(),
         losses: args.losses.unwrap_or_else(|| TagLoss::ALL.to_vec()),
         tags: args.tags,
+        unseen_tags: args.unseen_tags.unwrap_or_default(),
         model: args.model,
         steps: args.steps.unwrap_or(1000),
         batch_size: args.batch_size.unwrap_or(256),

@@ -43,6 +43,9 @@ pub struct TrainConfig {
     /// The tag vocabulary of a tagging manifest.
     #[serde(default)]
     pub tags: Option<PathBuf>,
+    /// Tags left out of a tagging run's training and evaluated by name alone.
+    #[serde(default)]
+    pub unseen_tags: Vec<String>,
     /// A Hugging Face CLIP folder to fine-tune; `None`: a small CLIP trained from scratch.
     #[serde(default)]
     pub model: Option<PathBuf>,

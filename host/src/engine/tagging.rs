@@ -11,6 +11,10 @@
 //! or a JSONL manifest whose lines have `tags` (and optionally `captions`; without them the
 //! caption names the tags) with a tag vocabulary file, one tag per line.
 //!
+//! Tags named in `--unseen-tags` are left out of the head's training and evaluated by name
+//! alone (`unseen_mAP`): queries from the text tower's embeddings of their prompts, as a
+//! user would add a tag after training.
+//!
 //! Evaluation gives mAP and CP/CR/CF1/OP/OR/OF1 at 0.5 on held-out images, and each loss
 //! term's share of the gradient (`grad_share_<loss>`: the norm of its weighted gradient over
 //! the sum of those norms, on one held-out batch), which is what loss weighting is about.
@@ -72,6 +76,8 @@ const TAGGER_GROUPS: [&str; 5] =
 const TAG_HEAD_GROUP: usize = 4;
 /// A tag is predicted present when its probability is at least this.
 const THRESHOLD: f64 = 0.5;
+/// The metric of the tags evaluated by name alone.
+const UNSEEN_MAP: &str = "unseen_mAP";
 const EVAL_BATCH_SIZE: usize = 500;
 /// Mosaics of the default data: the training split's tiles make one mosaic per four
 /// images; validation and test mosaics come from the held-out and test images.
@@ -91,6 +97,13 @@ pub struct TaggingTask {
     vocabulary: PathBuf,
     normalizer: PixelNormalizer,
     source: TagSource,
+    /// Columns of the data's tags the head trains on, and those it never sees
+    /// (`--unseen-tags`), on the training device.
+    seen: Tensor,
+    unseen: Tensor,
+    /// Tokenized prompts of the unseen tags.
+    unseen_prompts: Tensor,
+    unseen_names: Vec<String>,
     /// The loss weights of the last step, for the gradient shares.
     weights: Vec<f64>,
     device: Device,
@@ -100,7 +113,8 @@ pub struct TaggingTask {
 struct TagBatch {
     /// `(batch, channels, height, width)` in [0, 1] on the training device.
     pixels: Tensor,
-    /// `(batch, tags)` multi-hot, float, on the training device.
+    /// `(batch, tags)` multi-hot over the data's whole vocabulary, float, on the training
+    /// device.
     targets: Tensor,
     /// `(batch, tokens)` caption ids on the training device.
     input_ids: Tensor,
@@ -200,7 +214,22 @@ impl TagSource {
     }
 }
 
-/// What captions become token ids with, and how many tags there are.
+/// Probabilities and targets gathered over evaluation batches, row-major.
+#[derive(Default)]
+struct Predictions {
+    scores: Vec<f64>,
+    targets: Vec<bool>,
+}
+
+impl Predictions {
+    fn add(&mut self, logits: &Tensor, targets: &Tensor) -> Result<(), EngineError> {
+        self.scores.extend(Vec::<f64>::try_from(logits.sigmoid().to_kind(Kind::Double).flatten(0, -1))?);
+        self.targets.extend(Vec::<f32>::try_from(targets.flatten(0, -1))?.into_iter().map(|t| t > 0.5));
+        Ok(())
+    }
+}
+
+/// What captions become token ids with, and how many tags the data has.
 struct TextSide<'a> {
     tokenizer: &'a ClipTokenizer,
     context: i64,
@@ -285,6 +314,24 @@ impl TaggingTask {
                 )));
             }
         };
+        if let Some(unknown) = config.unseen_tags.iter().find(|tag| !tags.contains(tag)) {
+            return Err(EngineError::Config(format!(
+                "--unseen-tags: `{unknown}` is not a tag of the data (its tags: {})",
+                tags.join(", ")
+            )));
+        }
+        let columns = |unseen: bool| -> Vec<i64> {
+            (0..tags.len() as i64).filter(|&i| config.unseen_tags.contains(&tags[i as usize]) == unseen).collect()
+        };
+        let (seen_columns, unseen_columns) = (columns(false), columns(true));
+        if seen_columns.is_empty() {
+            return Err(EngineError::Config(
+                "--unseen-tags: every tag is unseen; the head has nothing to learn".into(),
+            ));
+        }
+        let vocabulary_tags = tags.clone();
+        let tags: Vec<String> = seen_columns.iter().map(|&i| vocabulary_tags[i as usize].clone()).collect();
+        let unseen_names: Vec<String> = unseen_columns.iter().map(|&i| vocabulary_tags[i as usize].clone()).collect();
         let (model_config, from_tagger) = match &config.model {
             Some(dir) => read_model_config(dir, &tags, &tokenizer)?,
             None => {
@@ -299,7 +346,7 @@ impl TaggingTask {
                 (TaggerConfig::new(clip, tags), false)
             }
         };
-        let source = open_source(config, options, &model_config, &tokenizer)?;
+        let source = open_source(config, options, &vocabulary_tags, &model_config, &tokenizer)?;
         tch::manual_seed(config.seed as i64);
         let var_store = nn::VarStore::new(device);
         let mut tagger = Tagger::new(&var_store.root(), &model_config);
@@ -329,6 +376,11 @@ impl TaggingTask {
         let loss_names = losses.iter().map(|loss| loss.name()).collect();
         let mut metric_names = TAGGING_METRICS.to_vec();
         metric_names.extend(losses.iter().map(|loss| loss.share_metric()));
+        if !unseen_names.is_empty() {
+            metric_names.push(UNSEEN_MAP);
+        }
+        let context = model_config.clip.text_config.max_position_embeddings;
+        let unseen_prompts = prompt_ids(&tokenizer, &unseen_names, context).to_device(device);
         Ok(TaggingTask {
             tagger,
             var_store,
@@ -341,6 +393,10 @@ impl TaggingTask {
             vocabulary,
             normalizer,
             source,
+            seen: Tensor::from_slice(&seen_columns).to_device(device),
+            unseen: Tensor::from_slice(&unseen_columns).to_device(device),
+            unseen_prompts,
+            unseen_names,
             device,
         })
     }
@@ -348,10 +404,11 @@ impl TaggingTask {
     /// Each enabled loss term of `batch` (with its graph), in the order of `self.losses`.
     fn loss_terms(&self, pixels: &Tensor, batch: &TagBatch) -> Vec<Tensor> {
         let (logits, embeddings) = self.tagger.forward(pixels);
+        let targets = batch.targets.index_select(1, &self.seen);
         self.losses
             .iter()
             .map(|loss| match loss {
-                TagLoss::Tag => tagger::asymmetric_loss(&logits, &batch.targets, 0.0, 4.0, 0.05),
+                TagLoss::Tag => tagger::asymmetric_loss(&logits, &targets, 0.0, 4.0, 0.05),
                 TagLoss::Align => {
                     let texts = self.tagger.clip.text_embeddings(&batch.input_ids);
                     clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale())
@@ -362,27 +419,38 @@ impl TaggingTask {
     }
 
     fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
-        let tags = self.config.tags.len();
         let images = self.source.eval_len(final_split)?;
-        let (mut scores, mut targets) = (Vec::new(), Vec::new());
+        let mut seen = Predictions::default();
+        let mut unseen = Predictions::default();
         let mut first_batch = None;
+        // The unseen tags' queries come from the text tower as it is now.
+        let unseen_embeddings = tch::no_grad(|| self.tagger.clip.text_embeddings(&self.unseen_prompts));
         for start in (0..images).step_by(EVAL_BATCH_SIZE) {
             let count = EVAL_BATCH_SIZE.min(images - start);
             let text = TextSide {
                 tokenizer: &self.tokenizer,
                 context: self.config.clip.text_config.max_position_embeddings,
-                tag_count: tags,
+                tag_count: self.seen.size()[0] as usize + self.unseen_names.len(),
                 device: self.device,
             };
             let batch = self.source.eval_batch(final_split, start, count, &text, self.device)?;
-            let logits = tch::no_grad(|| self.tagger.forward(&self.normalizer.normalize(&batch.pixels)).0);
-            scores.extend(Vec::<f64>::try_from(logits.sigmoid().to_kind(Kind::Double).flatten(0, -1))?);
-            targets.extend(Vec::<f32>::try_from(batch.targets.flatten(0, -1))?.into_iter().map(|t| t > 0.5));
+            tch::no_grad(|| -> Result<(), EngineError> {
+                let pixels = self.normalizer.normalize(&batch.pixels);
+                seen.add(&self.tagger.forward(&pixels).0, &batch.targets.index_select(1, &self.seen))?;
+                if !self.unseen_names.is_empty() {
+                    let logits = self.tagger.logits_for(&pixels, &unseen_embeddings);
+                    unseen.add(&logits, &batch.targets.index_select(1, &self.unseen))?;
+                }
+                Ok(())
+            })?;
             first_batch.get_or_insert(batch);
         }
-        let mut values = tagging_scores(&scores, &targets, tags, THRESHOLD).values();
+        let mut values = tagging_scores(&seen.scores, &seen.targets, self.config.tags.len(), THRESHOLD).values();
         let first_batch = first_batch.ok_or_else(|| EngineError::Config("no images to evaluate on".into()))?;
         values.extend(self.gradient_shares(&first_batch)?);
+        if !self.unseen_names.is_empty() {
+            values.push(tagging_scores(&unseen.scores, &unseen.targets, self.unseen_names.len(), THRESHOLD).map);
+        }
         let split = if final_split && matches!(self.source, TagSource::Mosaics { .. }) { "test" } else { "held-out" };
         Ok(Scores { names: self.metric_names.clone(), values, images, split })
     }
@@ -421,6 +489,7 @@ impl TaggingTask {
 fn open_source(
     config: &TrainConfig,
     options: &DataOptions,
+    vocabulary_tags: &[String],
     model: &TaggerConfig,
     tokenizer: &ClipTokenizer,
 ) -> Result<TagSource, EngineError> {
@@ -443,7 +512,7 @@ fn open_source(
         let sampler = EpochSampler::new(config.seed, train.len(), config.batch_size);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
-    let index: HashMap<&str, usize> = model.tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
     let vocabulary = config.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
     let mut tags = Vec::new();
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
@@ -567,8 +636,17 @@ impl Task for TaggingTask {
             TagSource::Mosaics { .. } => "2x2 Fashion-MNIST mosaics".to_string(),
             TagSource::Files { manifest, .. } => manifest.display().to_string(),
         };
+        let unseen = if self.unseen_names.is_empty() {
+            String::new()
+        } else {
+            format!("; {} evaluated by name only", self.unseen_names.join(", "))
+        };
         vec![
-            format!("tagging {} tags with losses {} on {data}", self.config.tags.len(), self.loss_names.join(", ")),
+            format!(
+                "tagging {} tags with losses {} on {data}{unseen}",
+                self.config.tags.len(),
+                self.loss_names.join(", ")
+            ),
             format!("captions and tag names tokenized with {}", self.vocabulary.display()),
         ]
     }
@@ -585,7 +663,7 @@ impl Task for TaggingTask {
         let text = TextSide {
             tokenizer: &self.tokenizer,
             context: self.config.clip.text_config.max_position_embeddings,
-            tag_count: self.config.tags.len(),
+            tag_count: self.seen.size()[0] as usize + self.unseen_names.len(),
             device: self.device,
         };
         let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
