@@ -70,9 +70,10 @@ pub fn compare(steps: u64, batch_size: u64, out: &Path) -> Vec<Row> {
             curves.push(Series::new(format!("{loss}, {variant}"), points));
         }
     }
-    Chart::new("Loss terms by weighting", "step", "raw loss", curves)
-        .write_png(&out.join("loss_curves.png"))
-        .expect("the loss curves plot");
+    let mut chart = Chart::new("Loss terms by weighting", "step", "raw loss (log scale)", curves);
+    // Terms a hundred times apart only show on a log scale; distill's zero at step 0 is a gap.
+    chart.log_y = true;
+    chart.write_png(&out.join("loss_curves.png")).expect("the loss curves plot");
     rows
 }
 
