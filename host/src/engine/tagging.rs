@@ -290,6 +290,10 @@ impl TaggingTask {
         load_weights: bool,
     ) -> Result<Self, EngineError> {
         let device = options.device;
+        if config.accum_steps > 1 {
+            // Each term would need its own exact split; not built yet.
+            return Err(EngineError::Config("--accum-steps: gradient accumulation is for --task clip".into()));
+        }
         let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| losses.contains(loss)).collect();
         if losses.is_empty() {
             return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
