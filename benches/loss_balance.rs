@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use trainer::report::{Chart, Series};
+use trainer::report::{Chart, Series, read_records};
 
 /// One way of weighting the losses: its name and its loss-weight policy, if any.
 const VARIANTS: [(&str, Option<&str>); 3] = [
@@ -52,14 +52,19 @@ pub fn compare(steps: u64, batch_size: u64, out: &Path) -> Vec<Row> {
         let output = Command::new(env!("CARGO_BIN_EXE_trainer")).args(&args).output().expect("the trainer runs");
         assert!(output.status.success(), "{variant}: {}", String::from_utf8_lossy(&output.stderr));
 
-        let eval: serde_json::Value = read(&run_dir.join("eval.json")).remove(0);
+        let eval_path = run_dir.join("eval.json");
+        let eval: serde_json::Value = std::fs::read_to_string(&eval_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| panic!("{} holds the run's evaluation", eval_path.display()));
         let number = |key: &str| eval[key].as_f64().unwrap_or(f64::NAN);
         rows.push(Row {
             variant,
             map: number("mAP"),
             shares: LOSSES.map(|loss| number(&format!("grad_share_{loss}"))),
         });
-        let metrics = read(&run_dir.join("metrics.jsonl"));
+        let metrics: Vec<serde_json::Value> =
+            read_records(&run_dir.join("metrics.jsonl")).expect("metrics.jsonl reads");
         for loss in LOSSES {
             let points = metrics
                 .iter()
@@ -75,17 +80,6 @@ pub fn compare(steps: u64, batch_size: u64, out: &Path) -> Vec<Row> {
     chart.log_y = true;
     chart.write_png(&out.join("loss_curves.png")).expect("the loss curves plot");
     rows
-}
-
-/// The JSON values of a `.json` file, or of each line of a `.jsonl` file.
-fn read(path: &PathBuf) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let values: Result<Vec<_>, _> = if path.extension().is_some_and(|e| e == "jsonl") {
-        text.lines().map(serde_json::from_str).collect()
-    } else {
-        serde_json::from_str(&text).map(|value| vec![value])
-    };
-    values.unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 pub fn print_table(rows: &[Row]) {

@@ -201,7 +201,7 @@ impl TrainingData {
     }
 }
 
-fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
+pub(super) fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
     if batch_size > available {
         return Err(EngineError::Config(format!(
             "--batch-size {batch_size} is larger than the training images ({available})"
@@ -271,6 +271,8 @@ pub struct CaptionedTraining {
     loader: Loader,
     tokenizer: Arc<ClipTokenizer>,
     context_length: usize,
+    /// Side of the decoded images.
+    image_size: i64,
     /// Decoded once, at the first evaluation.
     held_out: Option<HeldOut>,
     skipped_at_start: Vec<String>,
@@ -344,6 +346,7 @@ impl CaptionedTraining {
             loader: Loader::new(reader, options.workers),
             tokenizer,
             context_length,
+            image_size,
             held_out: None,
             skipped_at_start,
             skip_bad: options.skip_bad_samples,
@@ -402,7 +405,9 @@ impl CaptionedTraining {
                 loaded.len()
             )));
         }
-        let (pixels, input_ids) = self.stack(&loaded);
+        let pixels = self.stack_pixels(loaded.iter().map(|item| item.pixels.as_slice()));
+        let ids: Vec<i64> = loaded.iter().flat_map(|item| item.token_ids.iter().copied()).collect();
+        let input_ids = Tensor::from_slice(&ids).view([loaded.len() as i64, -1]);
         Ok(TrainBatch {
             pixels: pixels.to_device(self.device).to_kind(Kind::Float) / 255.0,
             input_ids: input_ids.to_device(self.device),
@@ -429,14 +434,11 @@ impl CaptionedTraining {
         Ok((loaded, skipped))
     }
 
-    /// `(n, 3, size, size)` `u8` pixels and `(n, context)` ids of `items`, on the CPU.
-    fn stack(&self, items: &[LoadedItem]) -> (Tensor, Tensor) {
-        let pixels: Vec<u8> = items.iter().flat_map(|item| item.pixels.iter().copied()).collect();
-        let ids: Vec<i64> = items.iter().flat_map(|item| item.token_ids.iter().copied()).collect();
-        let count = items.len() as i64;
-        let plane = items.first().map(|item| item.pixels.len() / 3).unwrap_or(0);
-        let size = (plane as f64).sqrt() as i64;
-        (Tensor::from_slice(&pixels).view([count, 3, size, size]), Tensor::from_slice(&ids).view([count, -1]))
+    /// Decoded images as one `(n, 3, size, size)` `u8` tensor on the CPU.
+    fn stack_pixels<'a>(&self, images: impl ExactSizeIterator<Item = &'a [u8]>) -> Tensor {
+        let count = images.len() as i64;
+        let pixels: Vec<u8> = images.flatten().copied().collect();
+        Tensor::from_slice(&pixels).view([count, 3, self.image_size, self.image_size])
     }
 
     /// Decodes the held-out images and tokenizes all their captions, once.
@@ -472,9 +474,7 @@ impl CaptionedTraining {
                 return Err(EngineError::Config("the held-out split has fewer than two readable images".into()));
             }
             let ids: Vec<i64> = caption_ids.concat();
-            let images: Vec<LoadedItem> =
-                pixels.into_iter().map(|pixels| LoadedItem { sample: 0, pixels, token_ids: Vec::new() }).collect();
-            let (pixels, _) = self.stack(&images);
+            let pixels = self.stack_pixels(pixels.iter().map(Vec::as_slice));
             self.held_out = Some(HeldOut {
                 pixels,
                 caption_ids: Tensor::from_slice(&ids).view([caption_image.len() as i64, -1]),

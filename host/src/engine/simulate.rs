@@ -16,7 +16,7 @@ use crate::data::sampler::keyed;
 use crate::files::FileError;
 use crate::models::clip::PARAMETER_GROUPS;
 use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits};
-use crate::report::{Chart, JsonLines, Series};
+use crate::report::{Chart, JsonLines, Series, read_records};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -191,7 +191,7 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
     })?;
     let number = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN);
     let metrics_path = run_dir.join("metrics.jsonl");
-    let readings = read_jsonl(&metrics_path)?
+    let readings = read_records::<serde_json::Value>(&metrics_path)?
         .into_iter()
         .map(|record| Reading {
             losses: spec.losses.iter().map(|name| number(&record["losses"][name])).collect(),
@@ -202,26 +202,15 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
         })
         .collect();
     let evaluations_path = run_dir.join("evaluations.jsonl");
-    let evaluations = if evaluations_path.exists() { read_jsonl(&evaluations_path)? } else { Vec::new() }
-        .into_iter()
-        .filter_map(|record| {
-            let step = record["step"].as_u64()?;
-            Some((step, spec.metrics.iter().map(|name| number(&record[name])).collect()))
-        })
-        .collect();
+    let evaluations =
+        if evaluations_path.exists() { read_records::<serde_json::Value>(&evaluations_path)? } else { Vec::new() }
+            .into_iter()
+            .filter_map(|record| {
+                let step = record["step"].as_u64()?;
+                Some((step, spec.metrics.iter().map(|name| number(&record[name])).collect()))
+            })
+            .collect();
     Ok((spec, Some(saved.train.policies), Stream::Recorded { readings, evaluations }))
-}
-
-fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, EngineError> {
-    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            serde_json::from_str(line)
-                .map_err(|err| FileError::format(path, format!("line {}: {err}", index + 1)).into())
-        })
-        .collect()
 }
 
 fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {

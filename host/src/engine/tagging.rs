@@ -20,7 +20,7 @@
 //! the sum of those norms, on one held-out batch), which is what loss weighting is about.
 
 use super::contrastive::{check_tokenizer_fits, load_tokenizer};
-use super::data::{CaptionedTraining, DataOptions, Scores, TrainBatch};
+use super::data::{CaptionedTraining, DataOptions, Scores, TrainBatch, check_batch_size};
 use super::run::{EngineError, Precision, TrainConfig};
 use super::task::{StepKnobs, StepLosses, Task};
 use crate::data::PixelNormalizer;
@@ -104,6 +104,8 @@ pub struct TaggingTask {
     /// Tokenized prompts of the unseen tags.
     unseen_prompts: Tensor,
     unseen_names: Vec<String>,
+    /// Tags of the data's vocabulary, seen and unseen: the width of its multi-hot targets.
+    data_tags: usize,
     /// The loss weights of the last step, for the gradient shares.
     weights: Vec<f64>,
     device: Device,
@@ -237,7 +239,11 @@ struct TextSide<'a> {
     device: Device,
 }
 
-impl TextSide<'_> {
+impl<'a> TextSide<'a> {
+    fn new(tokenizer: &'a ClipTokenizer, model: &TaggerConfig, tag_count: usize, device: Device) -> Self {
+        TextSide { tokenizer, context: model.clip.text_config.max_position_embeddings, tag_count, device }
+    }
+
     fn tokenize(&self, texts: &[String]) -> Tensor {
         tokenize(self.tokenizer, texts, self.context).to_device(self.device)
     }
@@ -401,6 +407,7 @@ impl TaggingTask {
             unseen: Tensor::from_slice(&unseen_columns).to_device(device),
             unseen_prompts,
             unseen_names,
+            data_tags: vocabulary_tags.len(),
             device,
         })
     }
@@ -431,12 +438,7 @@ impl TaggingTask {
         let unseen_embeddings = tch::no_grad(|| self.tagger.clip.text_embeddings(&self.unseen_prompts));
         for start in (0..images).step_by(EVAL_BATCH_SIZE) {
             let count = EVAL_BATCH_SIZE.min(images - start);
-            let text = TextSide {
-                tokenizer: &self.tokenizer,
-                context: self.config.clip.text_config.max_position_embeddings,
-                tag_count: self.seen.size()[0] as usize + self.unseen_names.len(),
-                device: self.device,
-            };
+            let text = TextSide::new(&self.tokenizer, &self.config, self.data_tags, self.device);
             let batch = self.source.eval_batch(final_split, start, count, &text, self.device)?;
             tch::no_grad(|| -> Result<(), EngineError> {
                 let pixels = self.normalizer.normalize(&batch.pixels);
@@ -506,13 +508,7 @@ fn open_source(
         let held_out = all_train.slice(train_tiles, fashion_mnist::VALIDATION_IMAGES);
         let validation = Mosaics::new(&held_out, VALIDATION_MOSAICS, 1, seed, device);
         let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, config.seed, device);
-        if config.batch_size > train.len() {
-            return Err(EngineError::Config(format!(
-                "--batch-size {} is larger than the training mosaics ({})",
-                config.batch_size,
-                train.len()
-            )));
-        }
+        check_batch_size(config.batch_size, train.len())?;
         let sampler = EpochSampler::new(config.seed, train.len(), config.batch_size);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
@@ -664,12 +660,7 @@ impl Task for TaggingTask {
 
     fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
         let epoch = self.source.sampler().epoch_of(step);
-        let text = TextSide {
-            tokenizer: &self.tokenizer,
-            context: self.config.clip.text_config.max_position_embeddings,
-            tag_count: self.seen.size()[0] as usize + self.unseen_names.len(),
-            device: self.device,
-        };
+        let text = TextSide::new(&self.tokenizer, &self.config, self.data_tags, self.device);
         let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixels = self.normalizer.normalize(&unit);

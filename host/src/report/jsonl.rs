@@ -1,8 +1,10 @@
 //! Append-only JSON-lines files (`metrics.jsonl`, `decisions.jsonl`). Each record is
 //! flushed as a whole line, so a crash loses at most the step in flight and the file
-//! stays parseable.
+//! stays parseable; [`read_records`] reads them back for plots and simulation.
 
+use crate::files::FileError;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
@@ -49,4 +51,32 @@ impl JsonLines {
         line.push(b'\n');
         self.writer.write_all(&line)
     }
+}
+
+/// The records of a JSON-lines file; an error names the file and the line.
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+    let line_count = text.lines().count();
+    let mut records = Vec::with_capacity(line_count);
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            // A last line without its newline is still being written by a live run (or was
+            // torn by a crash): read what is complete.
+            Err(_) if index + 1 == line_count && !text.ends_with('\n') => break,
+            Err(error) => return Err(FileError::format(path, format!("line {}: {}", index + 1, json_problem(&error)))),
+        }
+    }
+    Ok(records)
+}
+
+/// serde_json's message with its position as a column only: each line is its own document,
+/// so its "line 1" would contradict the line number of the file.
+fn json_problem(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let cause = message.rsplit_once(" at line ").map_or(message.as_str(), |(cause, _)| cause);
+    format!("column {}: {cause}", error.column())
 }

@@ -6,7 +6,7 @@ mod plot;
 mod progress;
 mod tensorboard;
 
-pub use jsonl::JsonLines;
+pub use jsonl::{JsonLines, read_records};
 pub use plot::{Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;
 pub use tensorboard::EventWriter;

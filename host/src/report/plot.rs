@@ -4,6 +4,7 @@
 //! `evaluations.jsonl` into its `plots/`. Text uses DejaVu Sans compiled into the binary, so
 //! plots render the same on machines that have no fonts installed.
 
+use super::jsonl::read_records;
 use crate::files::FileError;
 use image::ImageEncoder;
 use image::codecs::png::PngEncoder;
@@ -13,7 +14,6 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::ops::Range;
@@ -368,34 +368,6 @@ struct EvaluationRecord {
     step: u64,
     #[serde(flatten)]
     values: BTreeMap<String, serde_json::Value>,
-}
-
-/// The records of a JSON-lines file; an error names the file and the line.
-fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, FileError> {
-    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
-    let line_count = text.lines().count();
-    let mut records = Vec::with_capacity(line_count);
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(record) => records.push(record),
-            // A last line without its newline is still being written by a live run (or was
-            // torn by a crash): plot what is complete.
-            Err(_) if index + 1 == line_count && !text.ends_with('\n') => break,
-            Err(error) => return Err(FileError::format(path, format!("line {}: {}", index + 1, json_problem(&error)))),
-        }
-    }
-    Ok(records)
-}
-
-/// serde_json's message with its position as a column only: each line is its own document,
-/// so its "line 1" would contradict the line number of the file.
-fn json_problem(error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    let cause = message.rsplit_once(" at line ").map_or(message.as_str(), |(cause, _)| cause);
-    format!("column {}: {cause}", error.column())
 }
 
 /// Series gathered by name, in the order the names first appear.
