@@ -56,7 +56,7 @@ fn a_saved_model_loads_back_into_transformers() {
     let (config, store, _) = Clip::from_pretrained(&fixtures().join("tiny"), Device::Cpu).unwrap();
     let out = tempfile::tempdir().unwrap();
     let saved = out.path().join("final");
-    pretrained::save(&saved, &store, &config).unwrap();
+    pretrained::save(&saved, &store, &config, None).unwrap();
     let check = common::python_fixture("clip/check_roundtrip.py", &[saved.as_os_str()]);
     assert!(
         check.status.success(),

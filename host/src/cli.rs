@@ -1,13 +1,18 @@
-//! The command line: `trainer train --policy file.wasm ...`. Parses and checks flags, turns
-//! them into a [`TrainConfig`], and maps failures to one-line messages and exit codes.
+//! The command line: `trainer train --policy cosine_warmup ...`, and the commands around a
+//! run (check a policy, simulate one, evaluate, embed or predict with a trained model).
+//! Parses and checks flags, hands them to the engine and the tasks, and maps failures to
+//! one-line messages and exit codes.
 
 use crate::check::{CheckOptions, check_policy};
-use crate::data::fashion_mnist;
 use crate::engine::{
-    BestMetric, EngineError, Precision, Resume, RunOptions, SimulateOptions, SyntheticCurve, TagLoss, TaskKind, Trace,
-    TrainConfig, TrainOutcome, resume, simulate, train,
+    BestMetric, EngineError, Resume, RunConfig, RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace,
+    TrainOutcome, simulate, write_json,
 };
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
+use crate::tasks::clip::{EmbedRequest, embed};
+use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
+use crate::tasks::use_model::{EvalRequest, evaluate};
+use crate::tasks::{self, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +22,12 @@ use tch::Device;
 #[command(
     name = "trainer",
     version,
-    about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy."
+    about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy.",
+    long_about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy.\n\n\
+        Tasks (--task): `clip`, contrastive image-text training of a CLIP dual encoder (Hugging Face \
+        CLIP folders in and out; zero-shot accuracy, retrieval recall); `tagging`, a multi-label \
+        tagger on CLIP's image tower with tag, align and distill losses (mAP, precision/recall). \
+        After training: `eval` a saved model, `embed` images and texts, `predict` tags."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,9 +36,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train or fine-tune CLIP on image-caption pairs (Fashion-MNIST with templated captions
-    /// by default, COCO captions, or a JSONL manifest).
+    /// Train or fine-tune a model: `--task clip` (contrastive, on image-caption pairs:
+    /// Fashion-MNIST with templated captions by default, COCO captions, or a JSONL manifest)
+    /// or `--task tagging` (a multi-label tagger: Fashion-MNIST mosaics by default, or a
+    /// tagged JSONL manifest).
     Train(Box<TrainArgs>),
+    /// Evaluate a saved model (a run's final/, best/, checkpoints/step-N/, or a Hugging Face
+    /// folder) with the metrics of the end of a run, on the run's data or other data.
+    Eval(Box<EvalArgs>),
+    /// Write L2-normalised CLIP embeddings of images and texts to a safetensors file.
+    Embed(EmbedArgs),
+    /// Write a tagger's tags and scores for each image to a JSONL file.
+    Predict(PredictArgs),
     /// Check a policy against generated observation streams before a long run: no trap,
     /// valid decisions, determinism, exact save/load of its state.
     CheckPolicy(CheckPolicyArgs),
@@ -103,19 +122,8 @@ pub struct TrainArgs {
     /// image tower, trained on 2x2 Fashion-MNIST mosaics [default: clip].
     #[arg(long, value_enum)]
     pub task: Option<TaskKind>,
-    /// The loss terms of a tagging run, comma-separated [default: tag,align,distill].
-    #[arg(long, value_enum, value_delimiter = ',', requires = "task")]
-    pub losses: Option<Vec<TagLoss>>,
-    /// Tag vocabulary of a tagging manifest: one tag per line.
-    #[arg(long, value_name = "FILE", requires = "task")]
-    pub tags: Option<PathBuf>,
-    /// Tags the tagging head never trains on, evaluated by name alone (`unseen_mAP`).
-    #[arg(long, value_name = "TAG,...", value_delimiter = ',', requires = "task")]
-    pub unseen_tags: Option<Vec<String>>,
-    /// A Hugging Face CLIP folder (config.json, model.safetensors) to fine-tune, or a tagger
-    /// saved by an earlier tagging run; without it a small model is trained from scratch.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub task_args: TaskArgs,
     /// Number of optimizer steps [default: 1000].
     #[arg(long, value_parser = positive_u64, allow_negative_numbers = true)]
     pub steps: Option<u64>,
@@ -140,35 +148,10 @@ pub struct TrainArgs {
     /// Fuel (about one unit per Wasm instruction) a policy may use per call [default: 50000000].
     #[arg(long, value_parser = positive_u64)]
     pub policy_fuel: Option<u64>,
-    /// Training data: a Fashion-MNIST folder of IDX files, a COCO captions file
-    /// (`captions_*.json`) or a JSONL manifest (`{"image": ..., "captions": [...]}` per line)
-    /// [default: /usr/share/datasets/fashion-mnist].
-    #[arg(long, value_name = "PATH")]
-    pub data: Option<PathBuf>,
-    /// Folder the image paths of --data are relative to [default: the manifest's folder; for
-    /// COCO `annotations/captions_X.json`, the folder `X/` beside `annotations/`].
-    #[arg(long, value_name = "DIR")]
-    pub images: Option<PathBuf>,
-    /// Held-out image-caption set (COCO or JSONL) for evaluation [default: the last 5% of
-    /// --data, at most 5,000 images].
-    #[arg(long, value_name = "PATH")]
-    pub val_data: Option<PathBuf>,
-    /// Leave out missing or unreadable images and malformed manifest lines, counting them in
-    /// metrics.jsonl and listing them in run.log, instead of stopping.
-    #[arg(long)]
-    pub skip_bad_samples: bool,
-    /// Split each batch into N micro-batches (less memory); the contrastive loss still sees
-    /// the whole batch [default: 1].
-    #[arg(long, value_name = "N", value_parser = positive_u64)]
-    pub accum_steps: Option<u64>,
     /// Keep the weights of the best evaluation in RUN_DIR/best/, by this metric
     /// (`name`, `name:max` or `name:min`; names with `loss` are minimised by default).
     #[arg(long, value_name = "METRIC")]
     pub best_metric: Option<BestMetric>,
-    /// `bf16`: transformer layers compute in bfloat16 (mixed precision, for GPUs); weights,
-    /// optimizer state and the loss stay float32 [default: fp32].
-    #[arg(long, value_enum)]
-    pub precision: Option<Precision>,
     /// Threads decoding images [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = positive_usize)]
     pub workers: Option<usize>,
@@ -192,12 +175,115 @@ pub struct TrainArgs {
     pub swap_policies: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The model: a run's final/, best/ or checkpoints/step-N/ (evaluated on the run's data
+    /// with its settings), or a Hugging Face CLIP folder or saved tagger.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The task to evaluate as [default: the run's, or what the folder holds].
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    /// Data to evaluate on instead of the run's (as `train --data`); the final evaluation of
+    /// that data is used: Fashion-MNIST's test split, the mosaics' test split, or the
+    /// held-out part of a caption set or manifest (all of --val-data when given).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Folder the image paths of --data or --val-data are relative to.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// A held-out set to evaluate on, whole (COCO or JSONL).
+    #[arg(long, value_name = "PATH")]
+    pub val_data: Option<PathBuf>,
+    /// Tag vocabulary of a tagging manifest, for a tagger outside its run.
+    #[arg(long, value_name = "FILE")]
+    pub tags: Option<PathBuf>,
+    /// Leave out missing or unreadable images instead of stopping.
+    #[arg(long)]
+    pub skip_bad_samples: bool,
+    /// Seed of seeded evaluation data (the mosaic test split) [default: the run's, or 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Also write the metrics to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+/// The images a model is applied to, and the device it runs on.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// A folder of PNG and JPEG images (sorted by name).
+    #[arg(long, value_name = "DIR", conflicts_with = "data")]
+    pub images: Option<PathBuf>,
+    /// The images of a COCO file or JSONL manifest.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Folder the image paths of --data are relative to.
+    #[arg(long, value_name = "DIR", requires = "data")]
+    pub images_of_data: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = positive_usize)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MachineArgs {
+    /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+    /// Threads decoding images [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    /// A CLIP model folder: a clip run's final/ or best/, or a Hugging Face CLIP folder.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Texts to embed, one per line, tokenized with the model folder's tokenizer.
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+    /// The safetensors file to write: `image_embeddings`, `text_embeddings`, with the image
+    /// paths and texts in its metadata.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// A tagger: the final/ or best/ of a `--task tagging` run.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Keep tags whose probability is at least this.
+    #[arg(long, default_value_t = THRESHOLD)]
+    pub threshold: f64,
+    /// Keep at most this many tags per image, the most probable first.
+    #[arg(long, value_name = "K", value_parser = positive_usize)]
+    pub top_k: Option<usize>,
+    /// The JSONL file to write: one `{"image": ..., "tags": [{"tag": ..., "score": ...}]}` per image.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+}
+
 /// Where compiled policy components are cached between runs.
 fn component_cache() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components"))
 }
 
-fn positive_u64(text: &str) -> Result<u64, String> {
+pub fn positive_u64(text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(value) if value >= 1 && value <= u64::MAX as i128 => Ok(value as u64),
         Ok(_) => Err("must be a positive whole number".into()),
@@ -205,7 +291,7 @@ fn positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
-fn positive_usize(text: &str) -> Result<usize, String> {
+pub fn positive_usize(text: &str) -> Result<usize, String> {
     positive_u64(text).and_then(|value| usize::try_from(value).map_err(|_| "too large".into()))
 }
 
@@ -240,26 +326,25 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    match cli.command {
-        Command::CheckPolicy(args) => run_check_policy(args),
-        Command::Simulate(args) => match run_simulate(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {}", one_line(&err));
-                ExitCode::from(exit_code(&err))
-            }
-        },
-        Command::Train(args) => match run_train(*args) {
-            Ok(outcome) => {
-                report_outcome(&outcome);
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {}", one_line(&err));
-                ExitCode::from(exit_code(&err))
-            }
-        },
+    let outcome = match cli.command {
+        Command::CheckPolicy(args) => return run_check_policy(args),
+        Command::Simulate(args) => run_simulate(args),
+        Command::Train(args) => run_train(*args).map(|outcome| report_outcome(&outcome)),
+        Command::Eval(args) => run_eval(*args),
+        Command::Embed(args) => run_embed(args),
+        Command::Predict(args) => run_predict(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::from(exit_code(&err))
+        }
     }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
@@ -323,10 +408,10 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
         policy_cache: component_cache(),
-        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
     };
+    let workers = args.workers.unwrap_or_else(default_workers);
     if args.resume.is_some() {
-        let fixed = [
+        let mut fixed = vec![
             ("--steps", args.steps.is_some()),
             ("--batch-size", args.batch_size.is_some()),
             ("--seed", args.seed.is_some()),
@@ -335,51 +420,32 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--eval-every", args.eval_every.is_some()),
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
-            ("--data", args.data.is_some()),
-            ("--images", args.images.is_some()),
-            ("--val-data", args.val_data.is_some()),
-            ("--skip-bad-samples", args.skip_bad_samples),
-            ("--accum-steps", args.accum_steps.is_some()),
             ("--best-metric", args.best_metric.is_some()),
-            ("--precision", args.precision.is_some()),
             ("--task", args.task.is_some()),
-            ("--losses", args.losses.is_some()),
-            ("--tags", args.tags.is_some()),
-            ("--unseen-tags", args.unseen_tags.is_some()),
-            ("--model", args.model.is_some()),
         ];
+        fixed.extend(args.task_args.given().into_iter().map(|flag| (flag, true)));
         if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
             return Err(EngineError::Config(format!(
                 "{flag}: a resumed run keeps its saved settings (see its run.json)"
             )));
         }
         let policies = (!args.policy.is_empty()).then_some(args.policy);
-        return resume(&options, &Resume { policies, swap_policies: args.swap_policies });
+        return tasks::resume(&options, &Resume { policies, swap_policies: args.swap_policies }, workers);
     }
-    let config = TrainConfig {
+    let task = args.task_args.config(args.task.unwrap_or_default())?;
+    let run = RunConfig {
         policies: args.policy,
-        task: args.task.unwrap_or_default(),
-        losses: args.losses.unwrap_or_else(|| TagLoss::ALL.to_vec()),
-        tags: args.tags,
-        unseen_tags: args.unseen_tags.unwrap_or_default(),
-        model: args.model,
         steps: args.steps.unwrap_or(1000),
         batch_size: args.batch_size.unwrap_or(256),
         seed: args.seed.unwrap_or(0),
         lr: args.lr.unwrap_or(2e-3),
         weight_decay: args.weight_decay.unwrap_or(0.1),
-        data: args.data.unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
-        images: args.images,
-        val_data: args.val_data,
-        skip_bad_samples: args.skip_bad_samples,
-        accum_steps: args.accum_steps.unwrap_or(1),
         best_metric: args.best_metric,
-        precision: args.precision.unwrap_or_default(),
         eval_every: args.eval_every.unwrap_or(0),
         checkpoint_every: args.checkpoint_every.unwrap_or(0),
         policy_fuel: args.policy_fuel.unwrap_or(50_000_000),
     };
-    train(&config, &options)
+    tasks::train(&run, &task, &options, workers)
 }
 
 fn report_outcome(outcome: &TrainOutcome) {
@@ -392,7 +458,13 @@ fn report_outcome(outcome: &TrainOutcome) {
         println!("paused; checkpoint {}; continue with --resume", path.display());
     }
     if let Some(scores) = &outcome.final_scores {
-        let values: Vec<String> = scores
+        print_scores(scores);
+    }
+}
+
+fn print_scores(scores: &Scores) {
+    let values: Vec<String> =
+        scores
             .names
             .iter()
             .zip(&scores.values)
@@ -404,8 +476,71 @@ fn report_outcome(outcome: &TrainOutcome) {
                 }
             })
             .collect();
-        println!("evaluation on {} {} images: {}", scores.images, scores.split, values.join(", "));
+    println!("evaluation on {} {} images: {}", scores.images, scores.split, values.join(", "));
+}
+
+fn run_eval(args: EvalArgs) -> Result<(), EngineError> {
+    let request = EvalRequest {
+        model: args.model,
+        task: args.task,
+        data: args.data,
+        images: args.images,
+        val_data: args.val_data,
+        tags: args.tags,
+        skip_bad_samples: args.skip_bad_samples,
+        seed: args.seed,
+        device: args.machine.device,
+        workers: args.machine.workers.unwrap_or_else(default_workers),
+    };
+    let scores = evaluate(&request)?;
+    print_scores(&scores);
+    if let Some(out) = &args.out {
+        let mut record = scores.to_json();
+        record.insert("images".into(), scores.images.into());
+        record.insert("split".into(), scores.split.into());
+        write_json(out, &record)?;
+        println!("metrics: {}", out.display());
     }
+    Ok(())
+}
+
+fn run_embed(args: EmbedArgs) -> Result<(), EngineError> {
+    let request = EmbedRequest {
+        model: args.model,
+        images: args.images.images,
+        data: args.images.data,
+        images_of_data: args.images.images_of_data,
+        texts: args.texts,
+        out: args.out,
+        device: args.device,
+        batch_size: args.images.batch_size,
+    };
+    let embedded = embed(&request)?;
+    println!(
+        "{} images and {} texts embedded ({} dimensions): {}",
+        embedded.images,
+        embedded.texts,
+        embedded.dimension,
+        request.out.display()
+    );
+    Ok(())
+}
+
+fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
+    let request = PredictRequest {
+        model: args.model,
+        images: args.images.images,
+        data: args.images.data,
+        images_of_data: args.images.images_of_data,
+        out: args.out,
+        threshold: args.threshold,
+        top_k: args.top_k,
+        device: args.device,
+        batch_size: args.images.batch_size,
+    };
+    let images = predict(&request)?;
+    println!("tags of {images} images: {}", request.out.display());
+    Ok(())
 }
 
 fn exit_code(err: &EngineError) -> u8 {

@@ -2,7 +2,9 @@
 //! whose training strategy is a sandboxed WebAssembly policy chosen at run time.
 //!
 //! - [`policy`] is the wasmtime host that loads policies and checks their decisions
-//! - [`engine`] holds the training loop, parameter groups, the optimizer, checkpoints
+//! - [`engine`] holds the generic training loop, parameter groups, the optimizer, checkpoints
+//! - [`tasks`] holds the kinds of training (CLIP, tagging), each with its data, model,
+//!   losses and evaluation, and the commands that use a trained model
 //! - [`models`] defines models with Hugging Face names
 //! - [`data`] reads data sets, makes captions, augments, samples
 //! - [`eval`] evaluates
@@ -19,3 +21,4 @@ pub mod files;
 pub mod models;
 pub mod policy;
 pub mod report;
+pub mod tasks;

@@ -29,6 +29,8 @@ pub struct CaptionedSample {
 pub enum Needs {
     Captions,
     Tags,
+    /// Only the image: a model is applied to it, not trained on it.
+    Images,
 }
 
 /// Where a sample was declared.

@@ -2,8 +2,9 @@
 //! Hugging Face layout of `final/`, with `best.json` saying which step and value. Replaced
 //! through a temporary folder and a rename, so a crash never leaves a half-written `best/`.
 
-use super::data::Scores;
-use super::run::{BestMetric, EngineError, io_error};
+use super::config::BestMetric;
+use super::error::{EngineError, io_error};
+use super::task::Scores;
 use crate::files::FileError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

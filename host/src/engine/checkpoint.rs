@@ -4,9 +4,8 @@
 //! with SHA-256 checksums of its files verified on load, so a crash mid-write leaves the
 //! previous checkpoints intact and a damaged one is refused by name.
 
-use super::EngineError;
+use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
-use super::run::io_error;
 use crate::files::FileError;
 use crate::policy::PolicySource;
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,9 @@ use tch::Tensor;
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
-const MODEL_FILE: &str = "model.safetensors";
+/// The weights in a checkpoint, under the name a model folder gives them, so that
+/// `trainer eval` reads a checkpoint as it reads `final/`.
+pub const MODEL_FILE: &str = crate::models::pretrained::WEIGHTS_FILE;
 pub(super) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const FORMAT_VERSION: u32 = 1;
 

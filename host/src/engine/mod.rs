@@ -1,26 +1,27 @@
-//! The training loop and what it steers. One step is:
+//! The training loop and what it steers, for any [`Task`]. One step is:
 //! ask the policies -> validate -> apply (learning rates, loss weights, augmentation,
 //! clipping, freezing) -> batch -> augment -> forward -> backward -> clip -> optimizer step ->
 //! observation for the next decision -> requested actions (evaluate, checkpoint, stop).
-//! The loop owns the run directory: metrics, decisions, checkpoints, final weights.
+//! The loop owns the run directory: metrics, decisions, checkpoints, final weights. What is
+//! trained, on which data, with which losses and metrics, is the task's (see `crate::tasks`);
+//! nothing here knows one task from another.
 
 mod best;
 mod checkpoint;
-mod contrastive;
-mod data;
+mod config;
+mod error;
 mod knobs;
 pub mod optimizer;
 mod run;
 mod simulate;
-mod tagging;
 mod task;
 mod trace;
 
-pub use checkpoint::CHECKPOINTS_DIR;
-pub use data::Scores;
+pub use best::BEST_DIR;
+pub use checkpoint::{CHECKPOINTS_DIR, MODEL_FILE};
+pub use config::{BestMetric, RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
+pub use error::{EngineError, io_error};
 pub use knobs::KnobState;
-pub use run::{
-    BestMetric, EngineError, Precision, Resume, RunOptions, TaskKind, TrainConfig, TrainOutcome, resume, train,
-};
+pub use run::{check_new_run, resume, train, write_json};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
-pub use tagging::TagLoss;
+pub use task::{Scores, StepKnobs, StepLosses, Task};

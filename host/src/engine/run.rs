@@ -6,22 +6,21 @@ use super::best::{BEST_DIR, BestKeeper};
 use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
-use super::contrastive::ContrastiveTask;
-use super::data::{DataOptions, Scores};
+use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
+use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use super::tagging::{TagLoss, TaggingTask};
-use super::task::{StepKnobs, Task};
+use super::task::{Scores, StepKnobs, Task};
 use super::trace::{SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::files::FileError;
-use crate::models::pretrained::{self, PretrainedError};
+use crate::models::pretrained;
 use crate::policy::{
     AugmentationKnob, INTERFACE_PACKAGE, INTERFACE_VERSION, Observation, ParamGroup, PolicyError, PolicyRuntime,
     PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
 };
 use crate::report::{EventWriter, JsonLines, PLOTS_DIR, Progress, plot_run};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,178 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// What defines a run; saved as `run.json` and reused as is on resume.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub policies: Vec<PolicySource>,
-    /// What is trained.
-    #[serde(default)]
-    pub task: TaskKind,
-    /// The loss terms of a tagging run.
-    #[serde(default = "all_tag_losses")]
-    pub losses: Vec<TagLoss>,
-    /// The tag vocabulary of a tagging manifest.
-    #[serde(default)]
-    pub tags: Option<PathBuf>,
-    /// Tags left out of a tagging run's training and evaluated by name alone.
-    #[serde(default)]
-    pub unseen_tags: Vec<String>,
-    /// A Hugging Face CLIP folder to fine-tune; `None`: a small CLIP trained from scratch.
-    #[serde(default)]
-    pub model: Option<PathBuf>,
-    pub steps: u64,
-    pub batch_size: usize,
-    pub seed: u64,
-    /// Base learning rate of every group; the policies scale or replace it.
-    pub lr: f64,
-    pub weight_decay: f64,
-    /// A Fashion-MNIST folder, a COCO captions `.json` or a JSONL manifest.
-    #[serde(alias = "data_dir")]
-    pub data: PathBuf,
-    /// The folder image paths are relative to, when not the default.
-    #[serde(default)]
-    pub images: Option<PathBuf>,
-    /// A held-out set of its own, instead of the last images of `data`.
-    #[serde(default)]
-    pub val_data: Option<PathBuf>,
-    /// Leave out unreadable samples (counted and logged) instead of stopping.
-    #[serde(default)]
-    pub skip_bad_samples: bool,
-    /// Micro-batches per optimizer step; the contrastive loss still sees the whole batch.
-    #[serde(default = "one")]
-    pub accum_steps: u64,
-    /// The evaluation metric whose best value is kept in `best/`, with its direction.
-    #[serde(default)]
-    pub best_metric: Option<BestMetric>,
-    /// The dtype the transformer layers compute in.
-    #[serde(default)]
-    pub precision: Precision,
-    /// Evaluate on the validation images every this many steps (0: only when a policy asks).
-    pub eval_every: u64,
-    /// Save a checkpoint every this many steps (0: only when a policy asks, or on pause).
-    pub checkpoint_every: u64,
-    /// Fuel budget of one policy call.
-    pub policy_fuel: u64,
-}
-
-/// How this invocation runs, beyond what defines the run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub run_dir: PathBuf,
-    pub device: Device,
-    /// Replace an earlier run in `run_dir` instead of refusing to start.
-    pub overwrite: bool,
-    /// Save a checkpoint and exit once this many steps are done, as on SIGINT or SIGTERM.
-    pub pause_after_steps: Option<u64>,
-    /// Where compiled policy components are cached.
-    pub policy_cache: Option<PathBuf>,
-    /// Threads decoding images (image-caption data sets).
-    pub workers: usize,
-}
-
-fn one() -> u64 {
-    1
-}
-
-fn all_tag_losses() -> Vec<TagLoss> {
-    TagLoss::ALL.to_vec()
-}
-
-/// The kinds of training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// CLIP's image-text contrastive training.
-    #[default]
-    Clip,
-    /// Multi-label tagging with tag, align and distill losses.
-    Tagging,
-}
-
-/// What the transformer layers compute in; weights, optimizer state, layer norms and the
-/// loss are float32 either way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    /// bfloat16 through explicit casts (mixed precision), for GPUs with bfloat16 units.
-    Bf16,
-}
-
-/// A metric name and whether larger is better, written `name`, `name:max` or `name:min`
-/// (without a direction, names containing `loss` are minimised, others maximised).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BestMetric {
-    pub name: String,
-    pub maximize: bool,
-}
-
-impl std::str::FromStr for BestMetric {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (name, direction) = match text.rsplit_once(':') {
-            Some((name, direction)) => (name, Some(direction)),
-            None => (text, None),
-        };
-        let maximize = match direction {
-            None => !name.contains("loss"),
-            Some("max") => true,
-            Some("min") => false,
-            Some(other) => return Err(format!("direction `{other}` is neither max nor min")),
-        };
-        if name.is_empty() {
-            return Err("expected a metric name, e.g. val_i2t_r1 or val_loss:min".into());
-        }
-        Ok(BestMetric { name: name.to_string(), maximize })
-    }
-}
-
-/// What to resume, and with which policies.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    /// Policies given on the command line to replace the saved ones; refused unless
-    /// `swap_policies`.
-    pub policies: Option<Vec<PolicySource>>,
-    pub swap_policies: bool,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainOutcome {
-    pub steps_done: u64,
-    pub final_loss: Option<f64>,
-    /// The end-of-run evaluation; `None` when the run paused before the end.
-    pub final_scores: Option<Scores>,
-    pub train_seconds: f64,
-    /// The policy that stopped the run early, and its reason.
-    pub stopped_by: Option<(String, String)>,
-    /// The checkpoint written on pause.
-    pub paused_at: Option<PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error("{error}; the training state is saved in {}", checkpoint.display())]
-    PolicyFault { error: PolicyError, checkpoint: PathBuf },
-    #[error(transparent)]
-    File(#[from] FileError),
-    #[error("{0}")]
-    Config(String),
-    #[error(transparent)]
-    Pretrained(#[from] PretrainedError),
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-}
-
-/// For `map_err` on an I/O result about `path`.
-pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| FileError::io(path)(source).into()
-}
 
 #[derive(Serialize)]
 struct MetricsRecord<'a> {
@@ -220,19 +47,41 @@ struct MetricsRecord<'a> {
     skipped: bool,
 }
 
-/// Starts a new run.
-pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
+/// Checks what can be checked before the task is opened (which may read a whole data set):
+/// the settings, the device, and that `run_dir` holds no earlier run unless it may be
+/// replaced.
+pub fn check_new_run(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
     validate_config(config, options)?;
-    prepare_run_dir(&options.run_dir, options.overwrite)?;
-    Run::start(config, options, None)?.train(options)
+    let run_dir = &options.run_dir;
+    if holds_run(run_dir) && !options.overwrite {
+        return Err(EngineError::Config(format!(
+            "--run-dir {}: already holds a run; choose another directory, pass --overwrite, or --resume it",
+            run_dir.display()
+        )));
+    }
+    Ok(())
 }
 
-/// Continues the run in `options.run_dir` from its latest checkpoint.
-pub fn resume(options: &RunOptions, resume: &Resume) -> Result<TrainOutcome, EngineError> {
-    let config_path = options.run_dir.join("run.json");
-    let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
-    let saved: SavedRun = serde_json::from_str(&text)
-        .map_err(|err| EngineError::Config(format!("{}: not a run configuration: {err}", config_path.display())))?;
+/// Starts a new run of `task`, whose own settings `task_section` are saved in `run.json`.
+pub fn train(
+    config: &RunConfig,
+    task: Box<dyn Task>,
+    task_section: serde_json::Value,
+    options: &RunOptions,
+) -> Result<TrainOutcome, EngineError> {
+    check_new_run(config, options)?;
+    clear_run_dir(&options.run_dir)?;
+    Run::start(config, task, task_section, options, None)?.train(options)
+}
+
+/// Continues the run saved as `saved` in `options.run_dir` from its latest checkpoint, with
+/// `task` opened from the saved task section.
+pub fn resume(
+    saved: SavedRun,
+    task: Box<dyn Task>,
+    options: &RunOptions,
+    resume: &Resume,
+) -> Result<TrainOutcome, EngineError> {
     let mut config = saved.train;
     let checkpoint_dir = checkpoint::latest(&options.run_dir)?.ok_or_else(|| {
         EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", options.run_dir.display()))
@@ -251,16 +100,7 @@ pub fn resume(options: &RunOptions, resume: &Resume) -> Result<TrainOutcome, Eng
         config.policies = policies.clone();
     }
     validate_config(&config, options)?;
-    Run::start(&config, options, Some((checkpoint, resume.swap_policies)))?.train(options)
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct SavedRun {
-    pub train: TrainConfig,
-    pub model: serde_json::Value,
-    /// What the policies were started with; `trainer simulate` replays runs from it.
-    #[serde(default)]
-    pub spec: Option<SavedSpec>,
+    Run::start(&config, task, saved.task, options, Some((checkpoint, resume.swap_policies)))?.train(options)
 }
 
 fn is_zero(count: &usize) -> bool {
@@ -273,7 +113,7 @@ fn describe_sources(sources: &[PolicySource]) -> String {
 
 /// Everything a run holds between steps.
 struct Run {
-    config: TrainConfig,
+    config: RunConfig,
     run_dir: PathBuf,
     device: Device,
     policies: PolicySet,
@@ -298,32 +138,14 @@ struct Run {
 
 impl Run {
     fn start(
-        config: &TrainConfig,
+        config: &RunConfig,
+        task: Box<dyn Task>,
+        task_section: serde_json::Value,
         options: &RunOptions,
         from: Option<(Checkpoint, bool)>,
     ) -> Result<Self, EngineError> {
         let run_dir = options.run_dir.clone();
         let device = options.device;
-        let data_options = DataOptions {
-            data: &config.data,
-            images: config.images.as_deref(),
-            val_data: config.val_data.as_deref(),
-            skip_bad_samples: config.skip_bad_samples,
-            workers: options.workers,
-            seed: config.seed,
-            batch_size: config.batch_size,
-            device,
-        };
-        if config.accum_steps > config.batch_size as u64 {
-            return Err(EngineError::Config(format!(
-                "--accum-steps {} is more than --batch-size {}: each micro-batch needs an image",
-                config.accum_steps, config.batch_size
-            )));
-        }
-        let task: Box<dyn Task> = match config.task {
-            TaskKind::Clip => Box::new(ContrastiveTask::open(config, &data_options, from.is_none())?),
-            TaskKind::Tagging => Box::new(TaggingTask::open(config, &data_options, &config.losses, from.is_none())?),
-        };
         let metric_names = task.metric_names().to_vec();
         let best = match &config.best_metric {
             Some(metric) if !metric_names.contains(&metric.name.as_str()) => {
@@ -403,9 +225,13 @@ impl Run {
 
         let state = match from {
             None => {
-                let saved =
-                    SavedRun { train: config.clone(), model: task.model_config(), spec: Some(saved_spec.clone()) };
-                write_json(&run_dir.join("run.json"), &saved)?;
+                let saved = SavedRun {
+                    train: config.clone(),
+                    task: task_section,
+                    model: task.model_config(),
+                    spec: Some(saved_spec.clone()),
+                };
+                write_json(&run_dir.join(RUN_FILE), &saved)?;
                 fresh_state
             }
             Some((checkpoint, swap_policies)) => {
@@ -571,9 +397,7 @@ impl Run {
         let scores = self.task.final_evaluation()?;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), self.state.steps_done.into());
-        for (name, value) in scores.names.iter().zip(&scores.values) {
-            record.insert(name.to_string(), serde_json::json!(value));
-        }
+        record.extend(scores.to_json());
         record.insert("images".into(), scores.images.into());
         let stopped =
             stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));
@@ -815,7 +639,7 @@ fn restore_policies(
     Ok(())
 }
 
-fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), EngineError> {
+fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
     if config.policies.is_empty() {
         return Err(EngineError::Config("--policy: give at least one policy".into()));
     }
@@ -839,17 +663,15 @@ fn validate_config(config: &TrainConfig, options: &RunOptions) -> Result<(), Eng
     Ok(())
 }
 
-/// Refuses to write over an earlier run unless asked to, so no run is lost by accident.
-fn prepare_run_dir(run_dir: &Path, overwrite: bool) -> Result<(), EngineError> {
-    let holds_run = run_dir.join("run.json").exists() || run_dir.join("metrics.jsonl").exists();
-    if holds_run && !overwrite {
-        return Err(EngineError::Config(format!(
-            "--run-dir {}: already holds a run; choose another directory, pass --overwrite, or --resume it",
-            run_dir.display()
-        )));
-    }
-    if holds_run {
-        for name in ["run.json", "run.log", "metrics.jsonl", "decisions.jsonl", "evaluations.jsonl", "eval.json"] {
+fn holds_run(run_dir: &Path) -> bool {
+    run_dir.join(RUN_FILE).exists() || run_dir.join("metrics.jsonl").exists()
+}
+
+/// Removes what an earlier run wrote into `run_dir` (only reached with `--overwrite`: see
+/// [`check_new_run`]), so no file of it is mistaken for this run's.
+fn clear_run_dir(run_dir: &Path) -> Result<(), EngineError> {
+    if holds_run(run_dir) {
+        for name in [RUN_FILE, "run.log", "metrics.jsonl", "decisions.jsonl", "evaluations.jsonl", "eval.json"] {
             let path = run_dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
@@ -874,7 +696,8 @@ fn by_name<'a, T: Copy>(names: &[&'a str], values: &[T]) -> BTreeMap<&'a str, T>
     names.iter().copied().zip(values.iter().copied()).collect()
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
+/// Writes `value` as pretty JSON to `path` (run records, evaluation results).
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
     let text = serde_json::to_string_pretty(value).expect("run records serialize");
     std::fs::write(path, text + "\n").map_err(io_error(path))
 }

@@ -8,8 +8,9 @@
 //! noise, and evaluations every `eval_every` steps or when a policy asks.
 
 use super::checkpoint::{LastStep, PendingEvaluation, TrainerState};
+use super::config::{RUN_FILE, SavedRun};
+use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
-use super::run::{EngineError, SavedRun, io_error};
 use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::data::sampler::keyed;
@@ -182,10 +183,8 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
 
 /// The spec, policies and stream of a recorded run.
 fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>, Stream), EngineError> {
-    let run_path = run_dir.join("run.json");
-    let text = std::fs::read_to_string(&run_path).map_err(io_error(&run_path))?;
-    let saved: SavedRun = serde_json::from_str(&text)
-        .map_err(|err| FileError::format(&run_path, format!("not a run configuration: {err}")))?;
+    let run_path = run_dir.join(RUN_FILE);
+    let saved = SavedRun::read(run_dir)?;
     let spec = saved.spec.ok_or_else(|| {
         FileError::format(&run_path, "no recorded policy specification (the run predates `trainer simulate`)")
     })?;

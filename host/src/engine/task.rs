@@ -3,10 +3,28 @@
 //! optimizer, checkpoints, reports), so a new kind of training is one implementation of
 //! [`Task`], and every policy works with it unchanged.
 
-use super::data::Scores;
-use super::run::EngineError;
+use super::error::EngineError;
 use std::path::Path;
 use tch::{Tensor, nn};
+
+/// Results of an evaluation, named.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scores {
+    pub names: Vec<&'static str>,
+    pub values: Vec<f64>,
+    /// Images evaluated on.
+    pub images: usize,
+    /// Which images: `test` or `held-out`.
+    pub split: &'static str,
+}
+
+impl Scores {
+    /// `{name: value, ...}` in the order of the names, as `eval.json` and `trainer eval`
+    /// write them.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.names.iter().zip(&self.values).map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect()
+    }
+}
 
 /// The knob values one step trains with.
 #[derive(Debug, Clone, Copy)]

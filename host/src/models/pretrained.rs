@@ -17,8 +17,11 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub enum PretrainedError {
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("{}: no tensor `{name}`, which the model needs", path.display())]
-    Missing { path: PathBuf, name: String },
+    #[error(
+        "{}: no tensor {} ({} of the {needed} the model needs are missing)",
+        path.display(), quoted_names(missing), missing.len()
+    )]
+    Missing { path: PathBuf, missing: Vec<String>, needed: usize },
     #[error("{}: `{name}` has shape {found:?}, the model needs {expected:?}", path.display())]
     Shape { path: PathBuf, name: String, found: Vec<i64>, expected: Vec<i64> },
     #[error("{}: {source}", path.display())]
@@ -36,48 +39,125 @@ pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C, PretrainedError
     Ok(serde_json::from_str(&text).map_err(|err| FileError::format(&path, err.to_string()))?)
 }
 
+/// What a load took from a file, and which variables it left as they were (freshly
+/// initialised): said at start-up, because pretrained weights that silently fail to load
+/// are the costliest mistake of a fine-tuning run.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub file: PathBuf,
+    /// Variables copied from the file.
+    pub loaded: usize,
+    /// Variables the file did not provide, sorted by name.
+    pub fresh: Vec<String>,
+    /// Tensors of the file the model does not have (e.g. `position_ids` buffers).
+    pub unused: usize,
+}
+
+impl LoadReport {
+    /// One line for the start-up report.
+    pub fn describe(&self) -> String {
+        let mut line = format!("{} tensors from {}", self.loaded, self.file.display());
+        if self.unused > 0 {
+            line.push_str(&format!(" ({} of its tensors unused)", self.unused));
+        }
+        if !self.fresh.is_empty() {
+            line.push_str(&format!("; freshly initialised: {}", quoted_names(&self.fresh)));
+        }
+        line
+    }
+}
+
+/// At most [`NAMES_SHOWN`] names in backquotes, and how many more there are.
+fn quoted_names(names: &[String]) -> String {
+    let mut text = names.iter().take(NAMES_SHOWN).map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > NAMES_SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+    }
+    text
+}
+
+const NAMES_SHOWN: usize = 5;
+
 /// Copies every variable of `var_store` from the tensor of the same name in `file`,
 /// converted to the variable's dtype; tensors the model does not have are ignored (e.g.
-/// `position_ids` buffers of older checkpoints).
-pub fn load_weights(var_store: &nn::VarStore, file: &Path) -> Result<(), PretrainedError> {
-    load_weights_named(var_store, file, |name| Some(name.to_string()))
+/// `position_ids` buffers of older checkpoints). Every variable must be in the file.
+pub fn load_weights(var_store: &nn::VarStore, file: &Path) -> Result<LoadReport, PretrainedError> {
+    load_weights_named(var_store, file, |name| Some(name.to_string()), false)
 }
 
 /// Like [`load_weights`], with `file_name` giving the tensor in `file` that each variable
 /// comes from; variables it maps to `None` keep their values (e.g. a new head on a
-/// pretrained body).
+/// pretrained body), as do, with `allow_partial`, variables the file lacks. Without it, a
+/// file lacking any is refused, naming the first missing tensors.
 pub fn load_weights_named(
     var_store: &nn::VarStore,
     file: &Path,
     file_name: impl Fn(&str) -> Option<String>,
-) -> Result<(), PretrainedError> {
+    allow_partial: bool,
+) -> Result<LoadReport, PretrainedError> {
     let torch_error = |source| PretrainedError::Torch { path: file.to_path_buf(), source };
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file).map_err(torch_error)?.into_iter().collect();
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (variable_name, mut variable) in variables {
-            let Some(name) = file_name(&variable_name) else { continue };
-            let saved = tensors
-                .get(&name)
-                .ok_or_else(|| PretrainedError::Missing { path: file.to_path_buf(), name: name.clone() })?;
-            if saved.size() != variable.size() {
-                return Err(PretrainedError::Shape {
-                    path: file.to_path_buf(),
-                    name,
-                    found: saved.size(),
-                    expected: variable.size(),
-                });
-            }
-            variable.copy_(&saved.to_kind(variable.kind()).to_device(variable.device()));
+    let mut fresh = Vec::new();
+    let mut missing = Vec::new();
+    let mut sources = Vec::new();
+    for (variable_name, variable) in variables {
+        match file_name(&variable_name) {
+            None => fresh.push(variable_name),
+            Some(name) => match tensors.get(&name) {
+                None => {
+                    missing.push(name);
+                    fresh.push(variable_name);
+                }
+                Some(saved) if saved.size() != variable.size() => {
+                    return Err(PretrainedError::Shape {
+                        path: file.to_path_buf(),
+                        name,
+                        found: saved.size(),
+                        expected: variable.size(),
+                    });
+                }
+                Some(saved) => sources.push((variable, saved, name)),
+            },
         }
-        Ok(())
-    })
+    }
+    if !missing.is_empty() && !allow_partial {
+        let needed = missing.len() + sources.len();
+        return Err(PretrainedError::Missing { path: file.to_path_buf(), missing, needed });
+    }
+    let used: std::collections::HashSet<&str> = sources.iter().map(|(_, _, name)| name.as_str()).collect();
+    let unused = tensors.keys().filter(|name| !used.contains(name.as_str())).count();
+    tch::no_grad(|| {
+        for (variable, saved, _) in &sources {
+            variable.shallow_clone().copy_(&saved.to_kind(variable.kind()).to_device(variable.device()));
+        }
+    });
+    fresh.sort();
+    Ok(LoadReport { file: file.to_path_buf(), loaded: sources.len(), fresh, unused })
 }
 
-/// Writes `config.json` and `model.safetensors` into `dir` through `dir.tmp` and a rename,
+/// The files of a Hugging Face folder that say how inputs are made (tokenizer, image
+/// preprocessing): a saved model keeps those of the folder it was fine-tuned from, so it
+/// is used with the inputs it was trained on.
+pub const COMPANION_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    crate::data::PREPROCESSOR_CONFIG,
+];
+
+/// Writes `config.json` and `model.safetensors` into `dir` (with the [`COMPANION_FILES`]
+/// that `source`, the folder the model started from, has) through `dir.tmp` and a rename,
 /// so an interrupted save never leaves half a model.
-pub fn save(dir: &Path, var_store: &nn::VarStore, config: &impl Serialize) -> Result<(), PretrainedError> {
+pub fn save(
+    dir: &Path,
+    var_store: &nn::VarStore,
+    config: &impl Serialize,
+    source: Option<&Path>,
+) -> Result<(), PretrainedError> {
     let io = FileError::io;
     let staging = dir.with_extension("tmp");
     if staging.exists() {
@@ -89,6 +169,11 @@ pub fn save(dir: &Path, var_store: &nn::VarStore, config: &impl Serialize) -> Re
     let config_path = staging.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(config).expect("model configs serialize");
     std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+    for name in COMPANION_FILES {
+        if let Some(from) = source.map(|source| source.join(name)).filter(|from| from.is_file()) {
+            std::fs::copy(&from, staging.join(name)).map_err(io(&from))?;
+        }
+    }
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }

@@ -1,23 +1,67 @@
-//! CLIP contrastive training as a [`Task`]: a dual encoder (from scratch or a Hugging Face
+//! CLIP contrastive training (`--task clip`): a dual encoder (from scratch or a Hugging Face
 //! folder) on image-caption pairs, with one loss term, `contrastive`, and the evaluation of
-//! its data (zero-shot accuracy on Fashion-MNIST, retrieval recall on caption sets).
+//! its data (zero-shot accuracy on Fashion-MNIST, retrieval recall on caption sets). Owns
+//! `--accum-steps`: exact gradient accumulation is a property of the contrastive loss.
 
-use super::data::{DataOptions, Scores, TrainingData};
-use super::run::{EngineError, Precision, TrainConfig};
-use super::task::{StepKnobs, StepLosses, Task};
+mod data;
+mod embed;
+
+pub use embed::{EmbedRequest, Embedded, embed};
+
+use super::inputs::{
+    DataOptions, Inputs, Precision, TaskContext, check_tokenizer_fits, describe_weights, load_model, load_tokenizer,
+};
 use crate::data::PixelNormalizer;
 use crate::data::augment;
 use crate::data::captioned::DataKind;
-use crate::data::clip_tokenizer::{self, ClipTokenizer};
+use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
+use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained;
+use crate::tasks::TaskKind;
+use crate::tasks::use_model::kind_of_folder;
+use data::TrainingData;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Kind, Tensor, nn};
 
 /// The name of the only loss term of contrastive training.
 const CONTRASTIVE_LOSS: &str = "contrastive";
+
+/// The settings of a contrastive run: its section of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipTaskConfig {
+    #[serde(flatten)]
+    pub inputs: Inputs,
+    /// Micro-batches per optimizer step; the contrastive loss still sees the whole batch.
+    #[serde(default = "one")]
+    pub accum_steps: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The flags only contrastive training has.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClipArgs {
+    /// Split each batch into N micro-batches (less memory); the contrastive loss still sees
+    /// the whole batch [default: 1; --task clip].
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
+    pub accum_steps: Option<u64>,
+}
+
+impl ClipArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        self.accum_steps.iter().map(|_| "--accum-steps").collect()
+    }
+
+    pub fn config(&self, inputs: Inputs) -> ClipTaskConfig {
+        ClipTaskConfig { inputs, accum_steps: self.accum_steps.unwrap_or(1) }
+    }
+}
 
 pub struct ContrastiveTask {
     model: Clip,
@@ -26,25 +70,41 @@ pub struct ContrastiveTask {
     data: TrainingData,
     normalizer: PixelNormalizer,
     accum_steps: u64,
-    /// The tokenizer's vocabulary file; `None` for the word-level vocabulary.
-    vocabulary: Option<PathBuf>,
+    /// The start-up report: tokenizer and weights.
+    description: Vec<String>,
+    /// The folder the model started from, whose tokenizer and preprocessing files the
+    /// saved model keeps.
+    started_from: Option<PathBuf>,
 }
 
 impl ContrastiveTask {
-    /// The data of `config` and a CLIP for it; weights from `config.model` when
-    /// `load_weights` (a resumed run takes them from its checkpoint instead).
-    pub fn open(config: &TrainConfig, options: &DataOptions, load_weights: bool) -> Result<Self, EngineError> {
-        let (data, model_config, vocabulary) = open_data(config, options)?;
+    /// The data of `config` and a CLIP for it; weights from `config.inputs.model` when
+    /// `context.load_weights`.
+    pub fn open(config: &ClipTaskConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        if config.accum_steps > context.batch_size as u64 {
+            return Err(EngineError::Config(format!(
+                "--accum-steps {} is more than --batch-size {}: each micro-batch needs an image",
+                config.accum_steps, context.batch_size
+            )));
+        }
+        let inputs = &config.inputs;
+        let (data, model_config, vocabulary) = open_data(inputs, &context.data_options(inputs))?;
         let normalizer =
-            PixelNormalizer::for_model(config.model.as_deref(), model_config.vision_config.image_size, options.device)?;
-        tch::manual_seed(config.seed as i64);
-        let var_store = nn::VarStore::new(options.device);
+            PixelNormalizer::for_model(inputs.model.as_deref(), model_config.vision_config.image_size, context.device)?;
+        tch::manual_seed(context.seed as i64);
+        let var_store = nn::VarStore::new(context.device);
         let mut model = Clip::new(&var_store.root(), &model_config);
-        if config.precision == Precision::Bf16 {
+        if inputs.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16);
         }
-        if let (Some(dir), true) = (&config.model, load_weights) {
-            pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        let mut description: Vec<String> =
+            vocabulary.iter().map(|path| format!("captions tokenized with {}", path.display())).collect();
+        if context.load_weights {
+            let report = match &inputs.model {
+                Some(dir) => Some(load_model(&var_store, dir, |name| Some(name.to_string()), inputs.allow_partial)?),
+                None => None,
+            };
+            description.push(describe_weights(report.as_ref(), var_store.len(), context.seed));
         }
         Ok(ContrastiveTask {
             model,
@@ -53,7 +113,8 @@ impl ContrastiveTask {
             data,
             normalizer,
             accum_steps: config.accum_steps,
-            vocabulary,
+            description,
+            started_from: inputs.model.clone(),
         })
     }
 }
@@ -88,7 +149,7 @@ impl Task for ContrastiveTask {
     }
 
     fn describe(&self) -> Vec<String> {
-        self.vocabulary.iter().map(|path| format!("captions tokenized with {}", path.display())).collect()
+        self.description.clone()
     }
 
     fn skipped_at_start(&self) -> &[String] {
@@ -125,7 +186,7 @@ impl Task for ContrastiveTask {
     }
 
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
-        Ok(pretrained::save(dir, &self.var_store, &self.model_config)?)
+        Ok(pretrained::save(dir, &self.var_store, &self.model_config, self.started_from.as_deref())?)
     }
 
     fn model_config(&self) -> serde_json::Value {
@@ -137,11 +198,19 @@ impl Task for ContrastiveTask {
 /// pretrained CLIP's, or a small CLIP sized to the captions' vocabulary), and the tokenizer
 /// vocabulary file the captions use (none: the word-level one).
 fn open_data(
-    config: &TrainConfig,
+    inputs: &Inputs,
     options: &DataOptions,
 ) -> Result<(TrainingData, ClipConfig, Option<PathBuf>), EngineError> {
-    let kind = DataKind::of(&config.data)?;
-    let pretrained: Option<ClipConfig> = config.model.as_deref().map(pretrained::read_config).transpose()?;
+    let kind = DataKind::of(&inputs.data)?;
+    if let Some(dir) = &inputs.model
+        && kind_of_folder(dir)? == TaskKind::Tagging
+    {
+        return Err(EngineError::Config(format!(
+            "--model {}: a tagger, not a CLIP model; fine-tune it with --task tagging",
+            dir.display()
+        )));
+    }
+    let pretrained: Option<ClipConfig> = inputs.model.as_deref().map(pretrained::read_config).transpose()?;
     if kind == DataKind::FashionMnist && pretrained.is_none() {
         // Templated captions from scratch: a word-level vocabulary of exactly their words.
         let data = TrainingData::fashion_mnist(options, None)?;
@@ -150,8 +219,8 @@ fn open_data(
         let model_config = ClipConfig::tiny(captions.vocab_size, captions.context_length(), START_ID, END_ID, PAD_ID);
         return Ok((data, model_config, None));
     }
-    let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
-    let model_config = match (pretrained, &config.model) {
+    let (tokenizer, vocabulary) = load_tokenizer(inputs.model.as_deref())?;
+    let model_config = match (pretrained, &inputs.model) {
         (Some(model_config), Some(dir)) => {
             check_tokenizer_fits(&model_config, &tokenizer, dir)?;
             model_config
@@ -172,39 +241,4 @@ fn open_data(
         }
     };
     Ok((data, model_config, Some(vocabulary)))
-}
-
-/// The tokenizer of the model folder (`tokenizer.json`) when it has one, otherwise OpenAI
-/// CLIP's, installed by `make`; with the file it was read from.
-pub(super) fn load_tokenizer(model: Option<&Path>) -> Result<(ClipTokenizer, PathBuf), EngineError> {
-    if let Some(path) = model.map(|dir| dir.join(clip_tokenizer::TOKENIZER_JSON)).filter(|path| path.exists()) {
-        return Ok((ClipTokenizer::from_tokenizer_json(&path)?, path));
-    }
-    let bpe = clip_tokenizer::default_bpe_path().ok_or_else(|| {
-        EngineError::Config("HOME is not set, so the CLIP tokenizer's vocabulary cannot be found".into())
-    })?;
-    let tokenizer = ClipTokenizer::from_bpe_file(&bpe)
-        .map_err(|err| EngineError::Config(format!("CLIP tokenizer: {err} (run `make` once to install it)")))?;
-    Ok((tokenizer, bpe))
-}
-
-pub(super) fn check_tokenizer_fits(
-    model_config: &ClipConfig,
-    tokenizer: &ClipTokenizer,
-    dir: &Path,
-) -> Result<(), EngineError> {
-    let text = &model_config.text_config;
-    // eos_token_id 2 is the legacy value of configs whose pooling takes the largest id.
-    if tokenizer.vocab_size() > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
-        return Err(EngineError::Config(format!(
-            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit the tokenizer \
-             (vocab {}, end token {})",
-            dir.display(),
-            text.vocab_size,
-            text.eos_token_id,
-            tokenizer.vocab_size(),
-            tokenizer.end_id
-        )));
-    }
-    Ok(())
 }

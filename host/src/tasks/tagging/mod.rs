@@ -18,11 +18,18 @@
 //! Evaluation gives mAP and CP/CR/CF1/OP/OR/OF1 at 0.5 on held-out images, and each loss
 //! term's share of the gradient (`grad_share_<loss>`: the norm of its weighted gradient over
 //! the sum of those norms, on one held-out batch), which is what loss weighting is about.
+//!
+//! Owns `--losses`, `--tags` and `--unseen-tags`.
 
-use super::contrastive::{check_tokenizer_fits, load_tokenizer};
-use super::data::{CaptionedTraining, DataOptions, Scores, TrainBatch, check_batch_size};
-use super::run::{EngineError, Precision, TrainConfig};
-use super::task::{StepKnobs, StepLosses, Task};
+mod predict;
+
+pub use predict::{PredictRequest, predict};
+
+use super::captioned::{CaptionedTraining, TrainBatch};
+use super::inputs::{
+    DataOptions, Inputs, Precision, TaskContext, check_batch_size, check_tokenizer_fits, describe_weights, load_model,
+    load_tokenizer,
+};
 use crate::data::PixelNormalizer;
 use crate::data::augment;
 use crate::data::captioned::{CaptionedSample, DataKind, Needs};
@@ -30,6 +37,7 @@ use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
 use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
+use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{TAGGING_METRICS, tagging_scores};
 use crate::files::FileError;
 use crate::models::clip::{self, ClipConfig, PARAMETER_GROUPS};
@@ -70,12 +78,68 @@ impl TagLoss {
     }
 }
 
+/// The settings of a tagging run: its section of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaggingConfig {
+    #[serde(flatten)]
+    pub inputs: Inputs,
+    /// The loss terms trained.
+    #[serde(default = "all_losses")]
+    pub losses: Vec<TagLoss>,
+    /// The tag vocabulary of a tagging manifest.
+    #[serde(default)]
+    pub tags: Option<PathBuf>,
+    /// Tags left out of training and evaluated by name alone.
+    #[serde(default)]
+    pub unseen_tags: Vec<String>,
+}
+
+fn all_losses() -> Vec<TagLoss> {
+    TagLoss::ALL.to_vec()
+}
+
+/// The flags only tagging has.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TaggingArgs {
+    /// The loss terms of a tagging run, comma-separated [default: tag,align,distill; --task tagging].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub losses: Option<Vec<TagLoss>>,
+    /// Tag vocabulary of a tagging manifest: one tag per line [--task tagging].
+    #[arg(long, value_name = "FILE")]
+    pub tags: Option<PathBuf>,
+    /// Tags the tagging head never trains on, evaluated by name alone (`unseen_mAP`) [--task tagging].
+    #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+    pub unseen_tags: Option<Vec<String>>,
+}
+
+impl TaggingArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--losses", self.losses.is_some()),
+            ("--tags", self.tags.is_some()),
+            ("--unseen-tags", self.unseen_tags.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    pub fn config(&self, inputs: Inputs) -> TaggingConfig {
+        TaggingConfig {
+            inputs,
+            losses: self.losses.clone().unwrap_or_else(all_losses),
+            tags: self.tags.clone(),
+            unseen_tags: self.unseen_tags.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// Parameter groups: CLIP's, and the tag head.
 const TAGGER_GROUPS: [&str; 5] =
     [PARAMETER_GROUPS[0], PARAMETER_GROUPS[1], PARAMETER_GROUPS[2], PARAMETER_GROUPS[3], "tag_head"];
 const TAG_HEAD_GROUP: usize = 4;
 /// A tag is predicted present when its probability is at least this.
-const THRESHOLD: f64 = 0.5;
+pub const THRESHOLD: f64 = 0.5;
 /// The metric of the tags evaluated by name alone.
 const UNSEEN_MAP: &str = "unseen_mAP";
 const EVAL_BATCH_SIZE: usize = 500;
@@ -108,6 +172,11 @@ pub struct TaggingTask {
     data_tags: usize,
     /// The loss weights of the last step, for the gradient shares.
     weights: Vec<f64>,
+    /// The start-up report: data, tokenizer, weights.
+    description: Vec<String>,
+    /// The folder the model started from, whose tokenizer and preprocessing files the
+    /// saved model keeps.
+    started_from: Option<PathBuf>,
     device: Device,
 }
 
@@ -289,23 +358,16 @@ fn caption_from_tags(tags: &[String]) -> String {
 }
 
 impl TaggingTask {
-    pub fn open(
-        config: &TrainConfig,
-        options: &DataOptions,
-        losses: &[TagLoss],
-        load_weights: bool,
-    ) -> Result<Self, EngineError> {
+    pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        let config = &task.inputs;
+        let options = &context.data_options(config);
         let device = options.device;
-        if config.accum_steps > 1 {
-            // Each term would need its own exact split; not built yet.
-            return Err(EngineError::Config("--accum-steps: gradient accumulation is for --task clip".into()));
-        }
-        let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| losses.contains(loss)).collect();
+        let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| task.losses.contains(loss)).collect();
         if losses.is_empty() {
             return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
         }
         let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
-        let tags: Vec<String> = match (DataKind::of(&config.data)?, &config.tags) {
+        let tags: Vec<String> = match (DataKind::of(&config.data)?, &task.tags) {
             (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
             (DataKind::Manifest, Some(path)) => read_vocabulary(path)?,
             (DataKind::Manifest, None) => {
@@ -324,14 +386,14 @@ impl TaggingTask {
                 )));
             }
         };
-        if let Some(unknown) = config.unseen_tags.iter().find(|tag| !tags.contains(tag)) {
+        if let Some(unknown) = task.unseen_tags.iter().find(|tag| !tags.contains(tag)) {
             return Err(EngineError::Config(format!(
                 "--unseen-tags: `{unknown}` is not a tag of the data (its tags: {})",
                 tags.join(", ")
             )));
         }
         let columns = |unseen: bool| -> Vec<i64> {
-            (0..tags.len() as i64).filter(|&i| config.unseen_tags.contains(&tags[i as usize]) == unseen).collect()
+            (0..tags.len() as i64).filter(|&i| task.unseen_tags.contains(&tags[i as usize]) == unseen).collect()
         };
         let (seen_columns, unseen_columns) = (columns(false), columns(true));
         if seen_columns.is_empty() {
@@ -356,25 +418,28 @@ impl TaggingTask {
                 (TaggerConfig::new(clip, tags), false)
             }
         };
-        let source = open_source(config, options, &vocabulary_tags, &model_config, &tokenizer)?;
-        tch::manual_seed(config.seed as i64);
+        let source = open_source(task, options, &vocabulary_tags, &model_config, &tokenizer)?;
+        tch::manual_seed(options.seed as i64);
         let var_store = nn::VarStore::new(device);
         let mut tagger = Tagger::new(&var_store.root(), &model_config);
         if config.precision == Precision::Bf16 {
             tagger.clip.set_compute_kind(Kind::BFloat16);
         }
-        if load_weights {
-            if let Some(dir) = &config.model {
-                let file = dir.join(pretrained::WEIGHTS_FILE);
-                if from_tagger {
-                    pretrained::load_weights(&var_store, &file)?;
-                } else {
-                    // A CLIP checkpoint: the student's weights, and the teacher's; the head
-                    // starts fresh.
-                    let student = |name: &str| (!name.starts_with(HEAD_PREFIX)).then(|| strip_teacher(name));
-                    pretrained::load_weights_named(&var_store, &file, student)?;
+        let mut description = Vec::new();
+        if context.load_weights {
+            let report = match &config.model {
+                // A tagger: every tensor. A CLIP checkpoint: the student's weights, and the
+                // teacher's; the head starts fresh.
+                Some(dir) if from_tagger => {
+                    Some(load_model(&var_store, dir, |n| Some(n.to_string()), config.allow_partial)?)
                 }
-            }
+                Some(dir) => {
+                    let student = |name: &str| (!name.starts_with(HEAD_PREFIX)).then(|| strip_teacher(name));
+                    Some(load_model(&var_store, dir, student, config.allow_partial)?)
+                }
+                None => None,
+            };
+            description.push(describe_weights(report.as_ref(), var_store.len(), options.seed));
             if !from_tagger {
                 let context = model_config.clip.text_config.max_position_embeddings;
                 let prompts = prompt_ids(&tokenizer, &model_config.tags, context);
@@ -396,6 +461,8 @@ impl TaggingTask {
             var_store,
             config: model_config,
             weights: vec![1.0; losses.len()],
+            description,
+            started_from: config.model.clone(),
             losses,
             loss_names,
             metric_names,
@@ -464,13 +531,15 @@ impl TaggingTask {
     /// Each weighted loss term's gradient norm over the trainable parameters, as a share of
     /// their sum, on `batch`.
     fn gradient_shares(&self, batch: &TagBatch) -> Result<Vec<f64>, EngineError> {
-        let trainable: Vec<Tensor> = self
+        let mut trainable: Vec<(String, Tensor)> = self
             .var_store
             .variables()
             .into_iter()
             .filter(|(name, tensor)| tensor.requires_grad() && self.parameter_group(name).is_some())
-            .map(|(_, tensor)| tensor)
             .collect();
+        // By name: the sums below then add up in the same order every time.
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let trainable: Vec<Tensor> = trainable.into_iter().map(|(_, tensor)| tensor).collect();
         if trainable.is_empty() {
             return Ok(vec![0.0; self.losses.len()]);
         }
@@ -493,27 +562,28 @@ impl TaggingTask {
 /// The mosaic default, or the manifest of `config.data` with its tags checked against the
 /// vocabulary (an unknown tag names its manifest line).
 fn open_source(
-    config: &TrainConfig,
+    task: &TaggingConfig,
     options: &DataOptions,
     vocabulary_tags: &[String],
     model: &TaggerConfig,
     tokenizer: &ClipTokenizer,
 ) -> Result<TagSource, EngineError> {
-    if DataKind::of(&config.data)? == DataKind::FashionMnist {
-        let all_train = fashion_mnist::load(&config.data, Split::Train)?;
-        let test_tiles = fashion_mnist::load(&config.data, Split::Test)?;
+    let data = options.data;
+    if DataKind::of(data)? == DataKind::FashionMnist {
+        let all_train = fashion_mnist::load(data, Split::Train)?;
+        let test_tiles = fashion_mnist::load(data, Split::Test)?;
         let train_tiles = all_train.len() as i64 - fashion_mnist::VALIDATION_IMAGES;
-        let (seed, device) = (config.seed, options.device);
+        let (seed, device) = (options.seed, options.device);
         let train = Mosaics::new(&all_train.slice(0, train_tiles), train_tiles as usize / 4, 0, seed, device);
         let held_out = all_train.slice(train_tiles, fashion_mnist::VALIDATION_IMAGES);
         let validation = Mosaics::new(&held_out, VALIDATION_MOSAICS, 1, seed, device);
-        let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, config.seed, device);
-        check_batch_size(config.batch_size, train.len())?;
-        let sampler = EpochSampler::new(config.seed, train.len(), config.batch_size);
+        let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, seed, device);
+        check_batch_size(options.batch_size, train.len())?;
+        let sampler = EpochSampler::new(seed, train.len(), options.batch_size);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
     let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
-    let vocabulary = config.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
+    let vocabulary = task.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
     let mut tags = Vec::new();
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
         let indices = sample
@@ -538,7 +608,7 @@ fn open_source(
     let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
     let image_size = model.clip.vision_config.image_size;
     let data = CaptionedTraining::open(options, Needs::Tags, check, Arc::new(tokenizer.clone()), context, image_size)?;
-    Ok(TagSource::Files { data: Box::new(data), tags, manifest: config.data.clone() })
+    Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf() })
 }
 
 fn strip_teacher(name: &str) -> String {
@@ -641,14 +711,16 @@ impl Task for TaggingTask {
         } else {
             format!("; {} evaluated by name only", self.unseen_names.join(", "))
         };
-        vec![
+        let mut lines = vec![
             format!(
                 "tagging {} tags with losses {} on {data}{unseen}",
                 self.config.tags.len(),
                 self.loss_names.join(", ")
             ),
             format!("captions and tag names tokenized with {}", self.vocabulary.display()),
-        ]
+        ];
+        lines.extend(self.description.iter().cloned());
+        lines
     }
 
     fn skipped_at_start(&self) -> &[String] {
@@ -699,7 +771,7 @@ impl Task for TaggingTask {
     }
 
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
-        Ok(pretrained::save(dir, &self.var_store, &self.config)?)
+        Ok(pretrained::save(dir, &self.var_store, &self.config, self.started_from.as_deref())?)
     }
 
     fn model_config(&self) -> serde_json::Value {

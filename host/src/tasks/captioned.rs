@@ -1,30 +1,26 @@
-//! What a run trains and evaluates on, behind one interface for the training loop:
-//! Fashion-MNIST (labelled images with templated captions; zero-shot accuracy on the test
-//! split) or an image-caption data set (COCO or a JSONL manifest; validation loss and
-//! retrieval recall on a held-out split).
-//!
-//! Image-caption batches are decoded by worker threads a few steps ahead of training. Which
-//! samples, which caption and which augmentation a step uses depend only on (seed, epoch,
-//! sample index), so prefetching, thread timing and resuming change nothing.
+//! An image-caption set read from files (COCO captions or a JSONL manifest) for any task
+//! that trains on one: the training samples and a held-out split, decoded by worker threads
+//! a few steps ahead of training, and CLIP's held-out evaluation of it (validation loss and
+//! retrieval recall). Which samples, which caption and which augmentation a step uses depend
+//! only on (seed, epoch, sample index), so prefetching, thread timing and resuming change
+//! nothing.
 
-use super::run::EngineError;
+use crate::data::PixelNormalizer;
 use crate::data::captioned::{self, CaptionedData, CaptionedSample, Needs};
 use crate::data::clip_tokenizer::ClipTokenizer;
-use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
 use crate::data::loader::{Item, ItemReader, LoadedItem, Loader};
-use crate::data::prompts::{CaptionTable, TEMPLATES};
 use crate::data::sampler::{EpochSampler, keyed};
-use crate::data::{PixelNormalizer, grey_to_unit};
-use crate::eval::{RETRIEVAL_METRICS, VALIDATION_METRICS, recall, validation_metrics, zero_shot_accuracy};
+use crate::engine::{EngineError, Scores};
+use crate::eval::{RETRIEVAL_METRICS, recall};
 use crate::files::FileError;
 use crate::models::clip::Clip;
-use std::path::Path;
+use crate::tasks::inputs::{DataOptions, check_batch_size};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Separates the caption draw from other per-sample randomness.
 const CAPTION_DRAW: u64 = 0xC4_7104;
-const EVAL_BATCH_SIZE: usize = 1000;
+pub const EVAL_BATCH_SIZE: usize = 1000;
 /// Of an image-caption set without `--val-data`, the last 5 % (at most 5,000 images, the
 /// size of COCO's usual test split) are held out.
 const HELD_OUT_FRACTION: f64 = 0.05;
@@ -35,21 +31,6 @@ const MIN_HELD_OUT: usize = 2;
 const PREFETCH_BATCHES: u64 = 3;
 /// Loader keys of evaluation chunks, far above any step number.
 const EVALUATION_KEYS: u64 = 1 << 62;
-
-/// Where the data comes from and how to read it.
-#[derive(Debug, Clone)]
-pub struct DataOptions<'a> {
-    pub data: &'a Path,
-    /// The image folder of a COCO file or manifest, when not the default.
-    pub images: Option<&'a Path>,
-    /// A separate held-out set (COCO or manifest) instead of the data's last images.
-    pub val_data: Option<&'a Path>,
-    pub skip_bad_samples: bool,
-    pub workers: usize,
-    pub seed: u64,
-    pub batch_size: usize,
-    pub device: Device,
-}
 
 /// The images, captions and random draws of one step.
 #[derive(Debug)]
@@ -64,152 +45,6 @@ pub struct TrainBatch {
     pub skipped: Vec<String>,
 }
 
-/// Results of an evaluation, named.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Scores {
-    pub names: Vec<&'static str>,
-    pub values: Vec<f64>,
-    /// Images evaluated on.
-    pub images: usize,
-    /// Which images: `test` or `held-out`.
-    pub split: &'static str,
-}
-
-pub enum TrainingData {
-    Labelled(LabelledData),
-    Captioned(Box<CaptionedTraining>),
-}
-
-impl TrainingData {
-    /// Fashion-MNIST from the folder `options.data`; `tokenizer` (with its context length)
-    /// makes the captions when the model is a pretrained CLIP, a word-level vocabulary
-    /// otherwise.
-    pub fn fashion_mnist(
-        options: &DataOptions,
-        tokenizer: Option<(&ClipTokenizer, usize)>,
-    ) -> Result<TrainingData, EngineError> {
-        let all_train = fashion_mnist::load(options.data, Split::Train)?;
-        let test = fashion_mnist::load(options.data, Split::Test)?;
-        let train_count = all_train.len() as i64 - fashion_mnist::VALIDATION_IMAGES;
-        check_batch_size(options.batch_size, train_count.max(0) as usize)?;
-        let captions = match tokenizer {
-            Some((tokenizer, context)) => CaptionTable::with_clip_tokenizer(&CLASS_NAMES, tokenizer, context),
-            None => CaptionTable::new(&CLASS_NAMES),
-        };
-        Ok(TrainingData::Labelled(LabelledData {
-            sampler: EpochSampler::new(options.seed, train_count as usize, options.batch_size),
-            caption_ids: captions.ids.to_device(options.device),
-            captions,
-            train_images: all_train.images.narrow(0, 0, train_count).to_device(options.device),
-            train_labels: all_train.labels.narrow(0, 0, train_count).to_device(options.device),
-            validation: all_train.slice(train_count, fashion_mnist::VALIDATION_IMAGES),
-            test,
-            seed: options.seed,
-            device: options.device,
-        }))
-    }
-
-    /// A COCO captions file or JSONL manifest, with images decoded at `image_size` and
-    /// captions tokenized to `context_length`.
-    pub fn captioned(
-        options: &DataOptions,
-        tokenizer: Arc<ClipTokenizer>,
-        context_length: usize,
-        image_size: i64,
-    ) -> Result<TrainingData, EngineError> {
-        let data =
-            CaptionedTraining::open(options, Needs::Captions, |_| Ok(()), tokenizer, context_length, image_size)?;
-        Ok(TrainingData::Captioned(Box::new(data)))
-    }
-
-    pub fn steps_per_epoch(&self) -> u64 {
-        self.sampler().steps_per_epoch()
-    }
-
-    pub fn epoch_of(&self, step: u64) -> u64 {
-        self.sampler().epoch_of(step)
-    }
-
-    fn sampler(&self) -> &EpochSampler {
-        match self {
-            TrainingData::Labelled(data) => &data.sampler,
-            TrainingData::Captioned(data) => &data.sampler,
-        }
-    }
-
-    /// Names of the metrics [`TrainingData::evaluate`] gives, as policies see them.
-    pub fn metric_names(&self) -> &'static [&'static str] {
-        match self {
-            TrainingData::Labelled(_) => &VALIDATION_METRICS,
-            TrainingData::Captioned(_) => &CAPTIONED_METRICS,
-        }
-    }
-
-    /// Samples left out before training started, under `--skip-bad-samples`.
-    pub fn skipped_at_start(&self) -> &[String] {
-        match self {
-            TrainingData::Labelled(_) => &[],
-            TrainingData::Captioned(data) => data.skipped_at_start(),
-        }
-    }
-
-    /// The batch of global step `step`; `last_step` bounds how far ahead it decodes.
-    pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
-        match self {
-            TrainingData::Labelled(data) => Ok(data.batch(step)),
-            TrainingData::Captioned(data) => data.batch(step, last_step),
-        }
-    }
-
-    /// Mid-run evaluation on the held-out images.
-    pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
-        match self {
-            TrainingData::Labelled(data) => Ok(Scores {
-                names: VALIDATION_METRICS.to_vec(),
-                values: validation_metrics(
-                    model,
-                    &data.validation,
-                    &data.captions,
-                    normalizer,
-                    EVAL_BATCH_SIZE,
-                    data.seed,
-                    data.device,
-                ),
-                images: data.validation.len(),
-                split: "held-out",
-            }),
-            TrainingData::Captioned(data) => data.evaluate(model, normalizer),
-        }
-    }
-
-    /// The end-of-run evaluation: zero-shot accuracy on Fashion-MNIST's test split, or the
-    /// held-out evaluation of an image-caption set.
-    pub fn final_evaluation(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
-        match self {
-            TrainingData::Labelled(data) => {
-                let accuracy =
-                    zero_shot_accuracy(model, &data.test, &data.captions, normalizer, EVAL_BATCH_SIZE, data.device);
-                Ok(Scores {
-                    names: vec!["zero_shot_top1", "zero_shot_top5"],
-                    values: vec![accuracy.top1, accuracy.top5],
-                    images: accuracy.images,
-                    split: "test",
-                })
-            }
-            TrainingData::Captioned(data) => data.evaluate(model, normalizer),
-        }
-    }
-}
-
-pub(super) fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
-    if batch_size > available {
-        return Err(EngineError::Config(format!(
-            "--batch-size {batch_size} is larger than the training images ({available})"
-        )));
-    }
-    Ok(())
-}
-
 /// Metric names of an image-caption evaluation.
 pub const CAPTIONED_METRICS: [&str; 7] = [
     "val_loss",
@@ -222,44 +57,8 @@ pub const CAPTIONED_METRICS: [&str; 7] = [
 ];
 
 /// The caption of `sample` drawn for `epoch`.
-fn caption_draw(seed: u64, epoch: u64, sample: u64, captions: usize) -> usize {
+pub fn caption_draw(seed: u64, epoch: u64, sample: u64, captions: usize) -> usize {
     (keyed(seed, &[CAPTION_DRAW, epoch, sample]) % captions as u64) as usize
-}
-
-/// Fashion-MNIST held on the training device, with every caption pre-tokenized.
-pub struct LabelledData {
-    sampler: EpochSampler,
-    captions: CaptionTable,
-    /// `captions.ids` on the training device.
-    caption_ids: Tensor,
-    train_images: Tensor,
-    train_labels: Tensor,
-    validation: LabelledImages,
-    test: LabelledImages,
-    seed: u64,
-    device: Device,
-}
-
-impl LabelledData {
-    pub fn captions(&self) -> &CaptionTable {
-        &self.captions
-    }
-
-    fn batch(&mut self, step: u64) -> TrainBatch {
-        let epoch = self.sampler.epoch_of(step);
-        let samples = self.sampler.batch(step).to_vec();
-        let templates: Vec<i64> =
-            samples.iter().map(|&index| caption_draw(self.seed, epoch, index as u64, TEMPLATES.len()) as i64).collect();
-        let rows = Tensor::from_slice(&samples).to_device(self.device);
-        let templates = Tensor::from_slice(&templates).to_device(self.device);
-        let labels = self.train_labels.index_select(0, &rows);
-        TrainBatch {
-            pixels: grey_to_unit(&self.train_images.index_select(0, &rows), self.device),
-            input_ids: self.caption_ids.index(&[Some(labels), Some(templates)]),
-            samples,
-            skipped: Vec::new(),
-        }
-    }
 }
 
 /// An image-caption set read from files by worker threads.
@@ -488,7 +287,7 @@ impl CaptionedTraining {
 
     /// Validation loss (each image with its first caption, in batches of
     /// [`EVAL_BATCH_SIZE`]) and retrieval recall over all held-out captions.
-    fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
+    pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
         let device = self.device;
         let held_out = self.held_out()?;
         let scores = tch::no_grad(|| {

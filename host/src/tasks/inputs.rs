@@ -1,0 +1,231 @@
+//! What every task reads: the model folder to start from, the data, and how to read them.
+//! One set of flags and one section of `run.json` shared by all tasks, so `--model`,
+//! `--data` and `--precision` mean the same thing whatever is trained; and the pieces
+//! every task loads them with (tokenizer, weights with a report of what was loaded).
+
+use crate::data::clip_tokenizer::{self, ClipTokenizer};
+use crate::data::fashion_mnist;
+use crate::engine::EngineError;
+use crate::models::clip::ClipConfig;
+use crate::models::pretrained::{self, LoadReport, PretrainedError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, nn};
+
+/// The model and data of a task, as saved in its section of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// A model folder to start from; `None`: a small model trained from scratch.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Start the variables `model` lacks from scratch instead of refusing it.
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// The dtype the transformer layers compute in.
+    #[serde(default)]
+    pub precision: Precision,
+    /// A Fashion-MNIST folder, a COCO captions `.json` or a JSONL manifest.
+    #[serde(alias = "data_dir")]
+    pub data: PathBuf,
+    /// The folder image paths are relative to, when not the default.
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// A held-out set of its own, instead of the last images of `data`.
+    #[serde(default)]
+    pub val_data: Option<PathBuf>,
+    /// Leave out unreadable samples (counted and logged) instead of stopping.
+    #[serde(default)]
+    pub skip_bad_samples: bool,
+}
+
+/// The flags of [`Inputs`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InputArgs {
+    /// A model folder to fine-tune: a Hugging Face CLIP folder (config.json,
+    /// model.safetensors), or a model this trainer saved (a run's final/ or best/); without
+    /// it a small model is trained from scratch.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Accept a --model folder that lacks some of the model's tensors: those start from
+    /// scratch (they are listed at start-up).
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// `bf16`: transformer layers compute in bfloat16 (mixed precision, for GPUs); weights,
+    /// optimizer state and the loss stay float32 [default: fp32].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Training data: a Fashion-MNIST folder of IDX files, a COCO captions file
+    /// (`captions_*.json`) or a JSONL manifest (`{"image": ..., "captions": [...]}` per line)
+    /// [default: /usr/share/datasets/fashion-mnist].
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Folder the image paths of --data are relative to [default: the manifest's folder; for
+    /// COCO `annotations/captions_X.json`, the folder `X/` beside `annotations/`].
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Held-out set (COCO or JSONL) for evaluation [default: the last 5% of --data, at most
+    /// 5,000 images].
+    #[arg(long, value_name = "PATH")]
+    pub val_data: Option<PathBuf>,
+    /// Leave out missing or unreadable images and malformed manifest lines, counting them in
+    /// metrics.jsonl and listing them in run.log, instead of stopping.
+    #[arg(long)]
+    pub skip_bad_samples: bool,
+}
+
+impl InputArgs {
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            model: self.model.clone(),
+            allow_partial: self.allow_partial,
+            precision: self.precision.unwrap_or_default(),
+            data: self.data.clone().unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
+            images: self.images.clone(),
+            val_data: self.val_data.clone(),
+            skip_bad_samples: self.skip_bad_samples,
+        }
+    }
+
+    /// The flags given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--model", self.model.is_some()),
+            ("--allow-partial", self.allow_partial),
+            ("--precision", self.precision.is_some()),
+            ("--data", self.data.is_some()),
+            ("--images", self.images.is_some()),
+            ("--val-data", self.val_data.is_some()),
+            ("--skip-bad-samples", self.skip_bad_samples),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
+/// What the transformer layers compute in; weights, optimizer state, layer norms and the
+/// loss are float32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bfloat16 through explicit casts (mixed precision), for GPUs with bfloat16 units.
+    Bf16,
+}
+
+/// How a task is opened: for which run settings, on which device, and whether the weights
+/// of `--model` are loaded (a resumed run, or an evaluation of a saved model, loads its own
+/// instead).
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub device: Device,
+    /// Threads decoding images.
+    pub workers: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub load_weights: bool,
+}
+
+impl TaskContext {
+    pub fn data_options<'a>(&self, inputs: &'a Inputs) -> DataOptions<'a> {
+        DataOptions {
+            data: &inputs.data,
+            images: inputs.images.as_deref(),
+            val_data: inputs.val_data.as_deref(),
+            skip_bad_samples: inputs.skip_bad_samples,
+            workers: self.workers,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            device: self.device,
+        }
+    }
+}
+
+/// Where the data comes from and how to read it.
+#[derive(Debug, Clone)]
+pub struct DataOptions<'a> {
+    pub data: &'a Path,
+    /// The image folder of a COCO file or manifest, when not the default.
+    pub images: Option<&'a Path>,
+    /// A separate held-out set (COCO or manifest) instead of the data's last images.
+    pub val_data: Option<&'a Path>,
+    pub skip_bad_samples: bool,
+    pub workers: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+pub fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
+    if batch_size > available {
+        return Err(EngineError::Config(format!(
+            "--batch-size {batch_size} is larger than the training images ({available})"
+        )));
+    }
+    Ok(())
+}
+
+/// The tokenizer of the model folder (`tokenizer.json`) when it has one, otherwise OpenAI
+/// CLIP's, installed by `make`; with the file it was read from.
+pub fn load_tokenizer(model: Option<&Path>) -> Result<(ClipTokenizer, PathBuf), EngineError> {
+    if let Some(path) = model.map(|dir| dir.join(clip_tokenizer::TOKENIZER_JSON)).filter(|path| path.exists()) {
+        return Ok((ClipTokenizer::from_tokenizer_json(&path)?, path));
+    }
+    let bpe = clip_tokenizer::default_bpe_path().ok_or_else(|| {
+        EngineError::Config("HOME is not set, so the CLIP tokenizer's vocabulary cannot be found".into())
+    })?;
+    let tokenizer = ClipTokenizer::from_bpe_file(&bpe)
+        .map_err(|err| EngineError::Config(format!("CLIP tokenizer: {err} (run `make` once to install it)")))?;
+    Ok((tokenizer, bpe))
+}
+
+pub fn check_tokenizer_fits(
+    model_config: &ClipConfig,
+    tokenizer: &ClipTokenizer,
+    dir: &Path,
+) -> Result<(), EngineError> {
+    let text = &model_config.text_config;
+    // eos_token_id 2 is the legacy value of configs whose pooling takes the largest id.
+    if tokenizer.vocab_size() > text.vocab_size || text.eos_token_id != tokenizer.end_id && text.eos_token_id != 2 {
+        return Err(EngineError::Config(format!(
+            "--model {}: text_config (vocab_size {}, eos_token_id {}) does not fit the tokenizer \
+             (vocab {}, end token {})",
+            dir.display(),
+            text.vocab_size,
+            text.eos_token_id,
+            tokenizer.vocab_size(),
+            tokenizer.end_id
+        )));
+    }
+    Ok(())
+}
+
+/// Loads `inputs.model`'s weights into `var_store`, `file_name` mapping each variable to
+/// its tensor in the folder's weights (`None`: a part the folder is not expected to have,
+/// such as a new head). A folder lacking tensors is refused by name unless
+/// `--allow-partial` was given.
+pub fn load_model(
+    var_store: &nn::VarStore,
+    dir: &Path,
+    file_name: impl Fn(&str) -> Option<String>,
+    allow_partial: bool,
+) -> Result<LoadReport, EngineError> {
+    let file = dir.join(pretrained::WEIGHTS_FILE);
+    pretrained::load_weights_named(var_store, &file, file_name, allow_partial).map_err(|err| match err {
+        PretrainedError::Missing { .. } => EngineError::Config(format!(
+            "--model {}: {err}; pass --allow-partial to start those from scratch",
+            dir.display()
+        )),
+        other => other.into(),
+    })
+}
+
+/// The start-up line of a model's weights: what `--model` provided, or that the whole
+/// model starts from the seed.
+pub fn describe_weights(report: Option<&LoadReport>, variables: usize, seed: u64) -> String {
+    match report {
+        Some(report) => format!("weights: {}", report.describe()),
+        None => format!("weights: none loaded; all {variables} tensors initialised from seed {seed}"),
+    }
+}

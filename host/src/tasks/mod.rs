@@ -1,0 +1,255 @@
+//! The kinds of training. Each is a module that owns everything about it: its command-line
+//! flags and its section of `run.json`, data wiring, model construction and loading, loss
+//! names, parameter groups, evaluation and prediction. The engine drives any of them
+//! through [`Task`]; this module names them, opens one from its settings, and connects it to
+//! the engine (`train`, `resume`) and to the commands that use a trained model
+//! (`eval`, `embed`, `predict` in [`use_model`]).
+//!
+//! A new kind of training is one folder here and one arm in [`TaskConfig`].
+
+mod captioned;
+pub mod clip;
+mod inputs;
+pub mod tagging;
+pub mod use_model;
+
+pub use inputs::{InputArgs, Inputs, Precision, TaskContext};
+
+use crate::engine::{self, EngineError, Resume, RunConfig, RunOptions, SavedRun, Task, TrainOutcome};
+use serde::{Deserialize, Serialize};
+
+/// The kinds of training, as `--task` names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// CLIP's image-text contrastive training.
+    #[default]
+    Clip,
+    /// Multi-label tagging with tag, align and distill losses.
+    Tagging,
+}
+
+/// A task's settings: its section of `run.json`, tagged with its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TaskConfig {
+    Clip(clip::ClipTaskConfig),
+    Tagging(tagging::TaggingConfig),
+}
+
+/// Every task's flags; `--task` says which apply.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    #[command(flatten)]
+    pub clip: clip::ClipArgs,
+    #[command(flatten)]
+    pub tagging: tagging::TaggingArgs,
+}
+
+impl TaskArgs {
+    /// Every flag given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut flags = self.inputs.given();
+        flags.extend(self.clip.given());
+        flags.extend(self.tagging.given());
+        flags
+    }
+
+    /// The settings of a `kind` run; a flag of another task is refused by name.
+    pub fn config(&self, kind: TaskKind) -> Result<TaskConfig, EngineError> {
+        let inputs = self.inputs.inputs();
+        let (config, others) = match kind {
+            TaskKind::Clip => (TaskConfig::Clip(self.clip.config(inputs)), self.tagging.given()),
+            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), self.clip.given()),
+        };
+        if let Some(flag) = others.first() {
+            return Err(EngineError::Config(format!("{flag}: not a flag of --task {}", kind.name())));
+        }
+        Ok(config)
+    }
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Clip => "clip",
+            TaskKind::Tagging => "tagging",
+        }
+    }
+}
+
+impl TaskConfig {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskConfig::Clip(_) => TaskKind::Clip,
+            TaskConfig::Tagging(_) => TaskKind::Tagging,
+        }
+    }
+
+    pub fn inputs(&self) -> &Inputs {
+        match self {
+            TaskConfig::Clip(config) => &config.inputs,
+            TaskConfig::Tagging(config) => &config.inputs,
+        }
+    }
+
+    pub fn inputs_mut(&mut self) -> &mut Inputs {
+        match self {
+            TaskConfig::Clip(config) => &mut config.inputs,
+            TaskConfig::Tagging(config) => &mut config.inputs,
+        }
+    }
+
+    /// The task these settings describe, with its data and model.
+    pub fn open(&self, context: &TaskContext) -> Result<Box<dyn Task>, EngineError> {
+        Ok(match self {
+            TaskConfig::Clip(config) => Box::new(clip::ContrastiveTask::open(config, context)?),
+            TaskConfig::Tagging(config) => Box::new(tagging::TaggingTask::open(config, context)?),
+        })
+    }
+
+    /// The task section of a saved run.
+    pub fn of_saved(saved: &SavedRun, run_dir: &std::path::Path) -> Result<TaskConfig, EngineError> {
+        serde_json::from_value(saved.task.clone()).map_err(|err| {
+            EngineError::Config(format!(
+                "{}: the task section is not one this trainer knows: {err}",
+                run_dir.join(engine::RUN_FILE).display()
+            ))
+        })
+    }
+}
+
+/// Starts a new run of the task `task`.
+pub fn train(
+    run: &RunConfig,
+    task: &TaskConfig,
+    options: &RunOptions,
+    workers: usize,
+) -> Result<TrainOutcome, EngineError> {
+    engine::check_new_run(run, options)?;
+    let context =
+        TaskContext { device: options.device, workers, seed: run.seed, batch_size: run.batch_size, load_weights: true };
+    let opened = task.open(&context)?;
+    let section = serde_json::to_value(task).expect("task settings serialize");
+    engine::train(run, opened, section, options)
+}
+
+/// Continues the run in `options.run_dir` with its saved settings.
+pub fn resume(options: &RunOptions, resume: &Resume, workers: usize) -> Result<TrainOutcome, EngineError> {
+    let saved = SavedRun::read(&options.run_dir)?;
+    let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
+    let context = TaskContext {
+        device: options.device,
+        workers,
+        seed: saved.train.seed,
+        batch_size: saved.train.batch_size,
+        load_weights: false,
+    };
+    let opened = task.open(&context)?;
+    engine::resume(saved, opened, options, resume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TaskConfig, TaskKind};
+    use crate::engine::SavedRun;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// `run.json` as runs wrote it before tasks had a section of their own.
+    fn earlier_layout(task: Option<&str>) -> String {
+        let kind = task.map(|kind| format!(r#""task": "{kind}","#)).unwrap_or_default();
+        format!(
+            r#"{{"train": {{"policies": [{{"path": "p.wasm", "args": []}}], {kind} "losses": ["tag", "distill"],
+                "tags": null, "unseen_tags": ["bag"], "model": null, "steps": 3, "batch_size": 8, "seed": 4,
+                "lr": 0.001, "weight_decay": 0.1, "data_dir": "/data", "images": null, "val_data": null,
+                "skip_bad_samples": true, "accum_steps": 2, "best_metric": null, "precision": "bf16",
+                "eval_every": 0, "checkpoint_every": 0, "policy_fuel": 50000000}},
+               "model": {{}}, "spec": null}}"#
+        )
+    }
+
+    fn read(text: &str) -> TaskConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("run.json"), text).unwrap();
+        let saved = SavedRun::read(dir.path()).unwrap();
+        assert_eq!(saved.train.seed, 4);
+        TaskConfig::of_saved(&saved, dir.path()).unwrap()
+    }
+
+    #[test]
+    fn runs_saved_before_task_sections_keep_their_task_settings() {
+        let TaskConfig::Tagging(tagging) = read(&earlier_layout(Some("tagging"))) else { panic!("a tagging run") };
+        assert_eq!(tagging.losses, [super::tagging::TagLoss::Tag, super::tagging::TagLoss::Distill]);
+        assert_eq!(tagging.unseen_tags, ["bag"]);
+        assert_eq!(tagging.inputs.data, Path::new("/data"));
+        assert!(tagging.inputs.skip_bad_samples);
+        let clip = read(&earlier_layout(None));
+        assert_eq!(clip.kind(), TaskKind::Clip, "runs from before tagging were contrastive");
+        let TaskConfig::Clip(clip) = clip else { unreachable!() };
+        assert_eq!((clip.accum_steps, clip.inputs.precision), (2, super::Precision::Bf16));
+    }
+
+    #[test]
+    fn a_task_section_round_trips_through_run_json() {
+        let config = read(&earlier_layout(Some("tagging")));
+        let saved = serde_json::json!({"train": serde_json::from_str::<serde_json::Value>(&earlier_layout(None))
+            .unwrap()["train"], "task": config, "model": {}});
+        assert_eq!(saved["task"]["kind"], "tagging");
+        assert_eq!(read(&saved.to_string()), config);
+    }
+
+    /// The engine's files, each with the sibling modules it names through `super::`.
+    fn engine_files() -> BTreeMap<String, (String, Vec<String>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut uses: Vec<String> = text
+                .split("super::")
+                .skip(1)
+                .map(|rest| rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
+                .filter(|used: &String| !used.is_empty() && used != &name)
+                .collect();
+            uses.sort();
+            uses.dedup();
+            files.insert(name, (text, uses));
+        }
+        files
+    }
+
+    #[test]
+    fn no_engine_file_imports_a_task() {
+        for (name, (text, _)) in engine_files() {
+            for task_path in ["crate::tasks::", "use crate::tasks", "super::super::tasks"] {
+                assert!(!text.contains(task_path), "engine/{name}.rs names `{task_path}`");
+            }
+        }
+    }
+
+    #[test]
+    fn the_engine_files_import_each_other_without_a_circle() {
+        let files = engine_files();
+        // Depth-first from each file: reaching the start again is a circle.
+        for start in files.keys().filter(|name| *name != "mod") {
+            let mut stack = vec![vec![start.clone()]];
+            while let Some(path) = stack.pop() {
+                let last = path.last().unwrap();
+                for next in files.get(last).map(|(_, uses)| uses.as_slice()).unwrap_or_default() {
+                    assert!(
+                        next != start,
+                        "engine files import each other in a circle: {} -> {next}",
+                        path.join(" -> ")
+                    );
+                    if !path.contains(next) && next != "mod" {
+                        stack.push([path.clone(), vec![next.clone()]].concat());
+                    }
+                }
+            }
+        }
+    }
+}
