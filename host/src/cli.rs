@@ -35,6 +35,15 @@ pub enum Command {
     /// Drive policies with a recorded run's metrics (or a synthetic curve) and no model:
     /// what they decide, where they stop, plots of the knobs.
     Simulate(SimulateArgs),
+    /// List the policies built into the trainer (`--policy NAME[:ARGS]`), with the knobs each
+    /// owns and its arguments; with a NAME, print that policy's whole documentation.
+    Policies(PoliciesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoliciesArgs {
+    /// A built-in policy whose documentation to print.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -242,6 +251,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckPolicy(args) => run_check_policy(args),
+        Command::Policies(args) => run_policies(args),
         Command::Simulate(args) => match run_simulate(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -284,6 +294,22 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `trainer policies [NAME]`: the built-in policies, documented from their own source.
+fn run_policies(args: PoliciesArgs) -> ExitCode {
+    use crate::policy::builtin;
+    match args.name {
+        None => print!("{}", builtin::catalogue()),
+        Some(name) => match builtin::find(&name) {
+            Some(policy) => println!("{}", policy.doc),
+            None => {
+                eprintln!("error: no built-in policy `{name}` (built-in: {})", builtin::names());
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
