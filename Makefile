@@ -33,10 +33,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup policies
 
+# The trainer embeds the standard policies of $(POLICY_DIR) when it is built, so `policies`
+# comes first: as a prerequisite, it is done before these recipes run cargo.
 demo: setup policies
 	cargo build --release --bin trainer
-	$(CARGO_TARGET_DIR)/release/trainer train --policy $(POLICY_DIR)/cosine_warmup.wasm \
-		--run-dir runs/demo --overwrite
+	$(CARGO_TARGET_DIR)/release/trainer train --policy cosine_warmup --run-dir runs/demo --overwrite
 
 test: setup policies
 	cargo test --release --workspace
@@ -103,7 +104,8 @@ $(CACHE)/wasm-target.ok:
 componentize = mkdir -p $(2) && for p in $(1); do \
 	$(CARGO_TARGET_DIR)/release/componentize $(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(2)/$$p.wasm; done
 
-# The standard policies into build/policies/, and the test fixtures into build/fixtures/.
+# The standard policies into build/policies/ (built into the trainer by its next cargo build),
+# and the test fixtures into build/fixtures/.
 policies: setup
 	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES) $(FIXTURES))
 	cargo build --release -p componentize

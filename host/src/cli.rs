@@ -54,12 +54,22 @@ pub enum Command {
     /// Drive policies with a recorded run's metrics (or a synthetic curve) and no model:
     /// what they decide, where they stop, plots of the knobs.
     Simulate(SimulateArgs),
+    /// List the policies built into the trainer (`--policy NAME[:ARGS]`), with the knobs each
+    /// owns and its arguments; with a NAME, print that policy's whole documentation.
+    Policies(PoliciesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoliciesArgs {
+    /// A built-in policy whose documentation to print.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
-    /// Policy component with arguments; repeat to compose [default: the recorded run's].
-    #[arg(long, value_name = "FILE[:ARGS]", required_unless_present = "trace")]
+    /// A built-in policy by name (`trainer policies`) or a component file, with arguments;
+    /// repeat to compose [default: the recorded run's].
+    #[arg(long, value_name = "NAME|FILE[:ARGS]", required_unless_present = "trace")]
     pub policy: Vec<PolicySource>,
     /// A run directory whose metrics.jsonl and evaluations.jsonl drive the policies.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "synthetic")]
@@ -95,8 +105,9 @@ pub struct SimulateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CheckPolicyArgs {
-    /// Policy component, optionally with arguments: `file.wasm:key=value,key=value`.
-    #[arg(value_name = "FILE[:ARGS]")]
+    /// A built-in policy by name (`trainer policies`) or a component file, optionally with
+    /// arguments: `cosine_warmup:warmup_steps=100`, `file.wasm:key=value,key=value`.
+    #[arg(value_name = "NAME|FILE[:ARGS]")]
     pub policy: PolicySource,
     /// Streams to generate.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -114,9 +125,10 @@ pub struct CheckPolicyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Policy component, optionally with arguments: `file.wasm:key=value,key=value`.
+    /// A built-in policy by name (`trainer policies`) or a component file, optionally with
+    /// arguments: `cosine_warmup:warmup_steps=100`, `file.wasm:key=value,key=value`.
     /// Repeat to compose policies; each kind of knob is owned by one of them.
-    #[arg(long, value_name = "FILE[:ARGS]", required_unless_present = "resume")]
+    #[arg(long, value_name = "NAME|FILE[:ARGS]", required_unless_present = "resume")]
     pub policy: Vec<PolicySource>,
     /// `clip`: image-text contrastive training; `tagging`: a multi-label tagger on CLIP's
     /// image tower, trained on 2x2 Fashion-MNIST mosaics [default: clip].
@@ -328,6 +340,7 @@ pub fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::CheckPolicy(args) => return run_check_policy(args),
+        Command::Policies(args) => return run_policies(args),
         Command::Simulate(args) => run_simulate(args),
         Command::Train(args) => run_train(*args).map(|outcome| report_outcome(&outcome)),
         Command::Eval(args) => run_eval(*args),
@@ -369,6 +382,22 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `trainer policies [NAME]`: the built-in policies, documented from their own source.
+fn run_policies(args: PoliciesArgs) -> ExitCode {
+    use crate::policy::builtin;
+    match args.name {
+        None => print!("{}", builtin::catalogue()),
+        Some(name) => match builtin::find(&name) {
+            Some(policy) => println!("{}", policy.doc),
+            None => {
+                eprintln!("error: no built-in policy `{name}` (built-in: {})", builtin::names());
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {

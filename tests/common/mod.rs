@@ -30,6 +30,11 @@ pub fn trainer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("the trainer binary runs")
 }
 
+/// The `trainer` binary run from `dir`, as a user in another folder runs it.
+pub fn trainer_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).current_dir(dir).args(args).output().expect("the trainer binary runs")
+}
+
 /// `trainer train` on the CPU into `run_dir`, with each of `policies` as a `--policy`.
 pub fn train_cpu(run_dir: &Path, policies: &[String], extra: &[&str]) -> Output {
     let mut args = vec!["train", "--device", "cpu", "--run-dir", run_dir.to_str().expect("UTF-8 temp paths")];

@@ -121,7 +121,10 @@ impl PolicyRuntime {
     /// ready to be instantiated any number of times.
     pub fn prepare(&self, source: &PolicySource) -> Result<PreparedPolicy, PolicyError> {
         let path = source.path.as_path();
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        // A file, or else the built-in policy the path names: resolved here rather than when
+        // the command line is parsed, so a saved run naming `cosine_warmup` resumes with the
+        // same embedded component.
+        let bytes = source.read_component()?;
         check_header(path, &bytes)?;
         let sha256 = hex(&Sha256::digest(&bytes));
         let component = self.compile(path, &bytes, &sha256)?;
@@ -274,12 +277,12 @@ pub struct PolicyInstance {
 }
 
 impl PolicyInstance {
-    /// The policy's name (its file name without `.wasm`).
+    /// The policy's name (its file name without `.wasm`, or the built-in policy's name).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// SHA-256 of the component file, stored with checkpoints.
+    /// SHA-256 of the component (file or built-in), stored with checkpoints.
     pub fn sha256(&self) -> &str {
         &self.sha256
     }

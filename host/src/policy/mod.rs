@@ -1,8 +1,9 @@
-//! The policy host: loads a policy component, checks that it implements the
-//! `trainer:policy` world at a supported version, and calls it every step inside a
-//! wasmtime sandbox. Every decision is validated before the trainer applies it, and every
-//! failure names the policy, the step and the cause.
+//! The policy host: loads a policy component (a file, or one of the standard policies built
+//! into the trainer), checks that it implements the `trainer:policy` world at a supported
+//! version, and calls it every step inside a wasmtime sandbox. Every decision is validated
+//! before the trainer applies it, and every failure names the policy, the step and the cause.
 
+pub mod builtin;
 mod component;
 mod compose;
 mod source;
@@ -49,7 +50,7 @@ pub const INTERFACE_VERSION: &str = "1.0.0";
 /// Why a policy could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy file {}: {source}", path.display())]
+    #[error("policy file {}: {source}{}", path.display(), builtin_hint(source))]
     Read {
         path: std::path::PathBuf,
         #[source]
@@ -74,6 +75,13 @@ pub enum PolicyError {
     ForbiddenImports { path: std::path::PathBuf, imports: String },
     #[error("policy file {}: does not implement the {INTERFACE_PACKAGE}@{INTERFACE_VERSION} world: {detail}", path.display())]
     WrongWorld { path: std::path::PathBuf, detail: String },
+    #[error("policy `{given}`: neither a file nor a built-in policy (built-in: {})", builtin::names())]
+    UnknownPolicy { given: String },
+    #[error(
+        "built-in policy `{name}` is missing from this trainer: build/policies/{name}.wasm did not exist when it \
+         was built; run `make policies`, then rebuild the trainer"
+    )]
+    NotBuilt { name: String },
     #[error("policy argument `{argument}`: {problem}")]
     BadArgument { argument: String, problem: String },
     #[error("policy `{policy}` refused to start: {message}")]
@@ -86,4 +94,12 @@ pub enum PolicyError {
     Trap { policy: String, stage: String, cause: String },
     #[error("policy `{policy}` at step {step}: invalid decision: {field}: {problem}")]
     InvalidDecision { policy: String, step: u64, field: String, problem: String },
+}
+
+/// For a policy file that does not exist: the built-in policies, one of which may have been meant.
+fn builtin_hint(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => format!(" (built-in policies: {})", builtin::names()),
+        _ => String::new(),
+    }
 }

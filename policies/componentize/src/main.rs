@@ -18,6 +18,11 @@ fn main() -> Result<()> {
         .validate(true)
         .encode()
         .with_context(|| format!("{}: cannot build a component", input.display()))?;
+    // The trainer embeds the standard components and is rebuilt when their files change: an
+    // unchanged component keeps its file (and its modification time) as it is.
+    if std::fs::read(output).is_ok_and(|existing| existing == component) {
+        return Ok(());
+    }
     std::fs::write(output, component).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
