@@ -5,13 +5,13 @@
 
 use crate::check::{CheckOptions, check_policy};
 use crate::engine::{
-    BestMetric, EngineError, Resume, RunConfig, RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace,
-    TrainOutcome, simulate, write_json,
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, EngineError, Resume, RunConfig, RunOptions,
+    Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, simulate, write_json,
 };
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
-use crate::tasks::use_model::{EvalRequest, evaluate};
+use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate};
 use crate::tasks::{self, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -157,6 +157,14 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps; 0: only when a policy asks [default: 0].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Stop the run as diverged (exit code 4, no final/) after N steps in a row whose loss or
+    /// gradient norm was not finite; 0: never [default: 3].
+    #[arg(long, value_name = "N")]
+    pub max_skipped_steps: Option<u64>,
+    /// Keep the newest N checkpoints, deleting older ones once a new one is complete; 0: keep
+    /// all [default: 3].
+    #[arg(long, value_name = "N")]
+    pub keep_checkpoints: Option<usize>,
     /// Fuel (about one unit per Wasm instruction) a policy may use per call [default: 50000000].
     #[arg(long, value_parser = positive_u64)]
     pub policy_fuel: Option<u64>,
@@ -240,6 +248,17 @@ pub struct ImageArgs {
     pub batch_size: usize,
 }
 
+impl ImageArgs {
+    fn source(self) -> ImageSource {
+        ImageSource {
+            folder: self.images,
+            data: self.data,
+            images_of_data: self.images_of_data,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct MachineArgs {
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
@@ -320,10 +339,11 @@ fn parse_device(text: &str) -> Result<Device, String> {
 }
 
 /// Exit codes: 0 success, 1 a run that failed, 2 bad command-line usage, 3 a policy that
-/// trapped or decided something invalid.
+/// trapped or decided something invalid, 4 a run that diverged (the divergence guard).
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_POLICY_FAULT: u8 = 3;
+pub const EXIT_DIVERGED: u8 = 4;
 
 /// Runs the command line given to the process.
 pub fn main() -> ExitCode {
@@ -449,6 +469,8 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--eval-every", args.eval_every.is_some()),
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
+            ("--max-skipped-steps", args.max_skipped_steps.is_some()),
+            ("--keep-checkpoints", args.keep_checkpoints.is_some()),
             ("--best-metric", args.best_metric.is_some()),
             ("--task", args.task.is_some()),
         ];
@@ -473,6 +495,8 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         eval_every: args.eval_every.unwrap_or(0),
         checkpoint_every: args.checkpoint_every.unwrap_or(0),
         policy_fuel: args.policy_fuel.unwrap_or(50_000_000),
+        max_skipped_steps: args.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
+        keep_checkpoints: args.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS),
     };
     tasks::train(&run, &task, &options, workers)
 }
@@ -482,6 +506,9 @@ fn report_outcome(outcome: &TrainOutcome) {
     println!("trained to step {} in {:.1} s, final loss {loss}", outcome.steps_done, outcome.train_seconds);
     if let Some((policy, reason)) = &outcome.stopped_by {
         println!("stopped early by `{policy}`: {reason}");
+    }
+    if outcome.skipped_steps > 0 {
+        println!("{} steps skipped: their loss or gradient norm was not finite", outcome.skipped_steps);
     }
     if let Some(path) = &outcome.paused_at {
         println!("paused; checkpoint {}; continue with --resume", path.display());
@@ -536,13 +563,10 @@ fn run_eval(args: EvalArgs) -> Result<(), EngineError> {
 fn run_embed(args: EmbedArgs) -> Result<(), EngineError> {
     let request = EmbedRequest {
         model: args.model,
-        images: args.images.images,
-        data: args.images.data,
-        images_of_data: args.images.images_of_data,
+        images: args.images.source(),
         texts: args.texts,
         out: args.out,
         device: args.device,
-        batch_size: args.images.batch_size,
     };
     let embedded = embed(&request)?;
     println!(
@@ -558,14 +582,11 @@ fn run_embed(args: EmbedArgs) -> Result<(), EngineError> {
 fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
     let request = PredictRequest {
         model: args.model,
-        images: args.images.images,
-        data: args.images.data,
-        images_of_data: args.images.images_of_data,
+        images: args.images.source(),
         out: args.out,
         threshold: args.threshold,
         top_k: args.top_k,
         device: args.device,
-        batch_size: args.images.batch_size,
     };
     let images = predict(&request)?;
     println!("tags of {images} images: {}", request.out.display());
@@ -576,6 +597,7 @@ fn exit_code(err: &EngineError) -> u8 {
     match err {
         EngineError::Policy(PolicyError::Trap { .. } | PolicyError::InvalidDecision { .. })
         | EngineError::PolicyFault { .. } => EXIT_POLICY_FAULT,
+        EngineError::Diverged(_) => EXIT_DIVERGED,
         _ => EXIT_FAILURE,
     }
 }

@@ -80,6 +80,34 @@ pub struct PendingEvaluation {
     pub values: Vec<f64>,
 }
 
+/// Steps whose update was skipped because the loss or gradient norm was not finite.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SkippedSteps {
+    pub total: u64,
+    /// How many of the last steps in a row were skipped.
+    pub in_a_row: u64,
+    /// The first of those, with the loss and gradient norm it measured.
+    pub first: Option<u64>,
+    #[serde(with = "exact::option")]
+    pub first_loss: Option<f64>,
+    #[serde(with = "exact::option")]
+    pub first_grad_norm: Option<f64>,
+}
+
+impl SkippedSteps {
+    pub fn record(&mut self, step: u64, skipped: bool, loss: f64, grad_norm: f64) {
+        if !skipped {
+            *self = SkippedSteps { total: self.total, ..SkippedSteps::default() };
+            return;
+        }
+        self.total += 1;
+        if self.in_a_row == 0 {
+            (self.first, self.first_loss, self.first_grad_norm) = (Some(step), Some(loss), Some(grad_norm));
+        }
+        self.in_a_row += 1;
+    }
+}
+
 /// The trainer's own state between steps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -87,6 +115,8 @@ pub struct TrainerState {
     pub knobs: KnobState,
     pub last: LastStep,
     pub pending_evaluation: Option<PendingEvaluation>,
+    #[serde(default)]
+    pub skipped: SkippedSteps,
 }
 
 /// A policy as recorded in a checkpoint.
@@ -187,13 +217,13 @@ pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, Eng
     Ok(target)
 }
 
-/// The most recent complete checkpoint of a run, if any.
-pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+/// The complete checkpoints of a run (`step-N/` with a manifest), oldest first.
+fn complete(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     if !root.exists() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let mut best: Option<(u64, PathBuf)> = None;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(&root).map_err(io_error(&root))? {
         let path = entry.map_err(io_error(&root))?.path();
         let step = path
@@ -203,12 +233,41 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(step) = step
             && path.join(MANIFEST).exists()
-            && best.as_ref().is_none_or(|(b, _)| step > *b)
         {
-            best = Some((step, path));
+            found.push((step, path));
         }
     }
-    Ok(best.map(|(_, path)| path))
+    found.sort();
+    Ok(found)
+}
+
+/// The most recent complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    Ok(complete(run_dir)?.pop().map(|(_, path)| path))
+}
+
+/// Deletes the oldest complete checkpoints beyond the newest `keep` (0: keeps all); returns
+/// the folders deleted. The newest is never among them: a resume continues from it.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<Vec<PathBuf>, EngineError> {
+    let found = complete(run_dir)?;
+    if keep == 0 || found.len() <= keep {
+        return Ok(Vec::new());
+    }
+    let old: Vec<PathBuf> = found[..found.len() - keep].iter().map(|(_, path)| path.clone()).collect();
+    for path in &old {
+        std::fs::remove_dir_all(path).map_err(io_error(path))?;
+    }
+    Ok(old)
+}
+
+/// Bytes the files of the checkpoint `dir` take.
+pub fn size(dir: &Path) -> Result<u64, EngineError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        total += entry.metadata().map_err(io_error(&entry.path()))?.len();
+    }
+    Ok(total)
 }
 
 /// Reads and verifies the checkpoint in `dir`.

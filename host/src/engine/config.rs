@@ -33,6 +33,24 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// Fuel budget of one policy call.
     pub policy_fuel: u64,
+    /// Stop the run as diverged after this many steps in a row whose update was skipped as
+    /// non-finite (0: never).
+    #[serde(default = "default_max_skipped_steps")]
+    pub max_skipped_steps: u64,
+    /// Complete checkpoints kept: older ones are deleted once a new one is written (0: all).
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+}
+
+pub const DEFAULT_MAX_SKIPPED_STEPS: u64 = 3;
+pub const DEFAULT_KEEP_CHECKPOINTS: usize = 3;
+
+fn default_max_skipped_steps() -> u64 {
+    DEFAULT_MAX_SKIPPED_STEPS
+}
+
+fn default_keep_checkpoints() -> usize {
+    DEFAULT_KEEP_CHECKPOINTS
 }
 
 /// How this invocation runs, beyond what defines the run.
@@ -133,4 +151,6 @@ pub struct TrainOutcome {
     pub stopped_by: Option<(String, String)>,
     /// The checkpoint written on pause.
     pub paused_at: Option<PathBuf>,
+    /// Steps whose update was skipped because the loss or gradient norm was not finite.
+    pub skipped_steps: u64,
 }

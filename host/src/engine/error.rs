@@ -12,6 +12,10 @@ pub enum EngineError {
     Policy(#[from] PolicyError),
     #[error("{error}; the training state is saved in {}", checkpoint.display())]
     PolicyFault { error: PolicyError, checkpoint: PathBuf },
+    /// Too many steps in a row had a non-finite loss or gradient norm: the weights are
+    /// ruined or about to be, so no final model is written.
+    #[error("{0}")]
+    Diverged(String),
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{0}")]

@@ -19,7 +19,10 @@ mod trace;
 
 pub use best::BEST_DIR;
 pub use checkpoint::{CHECKPOINTS_DIR, MODEL_FILE};
-pub use config::{BestMetric, RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
+pub use config::{
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, RUN_FILE, Resume, RunConfig, RunOptions, SavedRun,
+    TrainOutcome,
+};
 pub use error::{EngineError, io_error};
 pub use knobs::KnobState;
 pub use run::{check_new_run, resume, train, write_json};

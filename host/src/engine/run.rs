@@ -19,7 +19,7 @@ use crate::policy::{
     AugmentationKnob, INTERFACE_PACKAGE, INTERFACE_VERSION, Observation, ParamGroup, PolicyError, PolicyRuntime,
     PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
 };
-use crate::report::{EventWriter, JsonLines, PLOTS_DIR, Progress, plot_run};
+use crate::report::{EventWriter, JsonFloat, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,12 +33,12 @@ use tch::{Device, Kind, Tensor};
 struct MetricsRecord<'a> {
     step: u64,
     epoch: u64,
-    loss: f64,
-    losses: BTreeMap<&'a str, f64>,
-    lr: BTreeMap<&'a str, f64>,
-    grad_norm: f64,
-    logit_scale: f64,
-    images_per_second: f64,
+    loss: JsonFloat,
+    losses: BTreeMap<&'a str, JsonFloat>,
+    lr: BTreeMap<&'a str, JsonFloat>,
+    grad_norm: JsonFloat,
+    logit_scale: JsonFloat,
+    images_per_second: JsonFloat,
     /// Samples `--skip-bad-samples` left out of this step's batch.
     #[serde(skip_serializing_if = "is_zero")]
     skipped_samples: usize,
@@ -211,6 +211,7 @@ impl Run {
             },
             last: LastStep::default(),
             pending_evaluation: None,
+            skipped: Default::default(),
         };
         let log_path = run_dir.join("run.log");
         let resuming = from.is_some();
@@ -246,10 +247,14 @@ impl Run {
                     checkpoint.dir.display(),
                     checkpoint.trainer.steps_done
                 );
+                let mut trainer = checkpoint.trainer;
                 if let Some(fault) = &checkpoint.fault {
-                    let _ = writeln!(log, "that checkpoint was saved after a policy fault: {fault}");
+                    let _ = writeln!(log, "that checkpoint was saved after a fault: {fault}");
+                    // Continuing is the user's call (new policies, say): the divergence guard
+                    // counts skipped steps afresh rather than stopping at once.
+                    trainer.skipped.record(trainer.steps_done, false, 0.0, 0.0);
                 }
-                checkpoint.trainer
+                trainer
             }
         };
         let steps_done = state.steps_done;
@@ -365,6 +370,10 @@ impl Run {
             };
             self.forward_policy_logs(Some(step));
             self.record_decisions(step, &decision)?;
+            // After the policies have seen the last non-finite step, so one may act first.
+            if self.diverged() {
+                return Err(self.divergence());
+            }
             let changed = self.state.knobs.apply(&decision.merged);
             self.apply_freezing(&changed);
             self.state.pending_evaluation = None;
@@ -379,7 +388,6 @@ impl Run {
             let paused = options.pause_after_steps == Some(done) || interrupted.load(Ordering::Relaxed);
             if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused {
                 let path = self.checkpoint(None)?;
-                self.say(&format!("checkpoint after step {done}: {}", path.display()));
                 if paused {
                     self.progress.finish();
                     self.plot();
@@ -392,13 +400,25 @@ impl Run {
                 break;
             }
         }
+        if self.diverged() {
+            return Err(self.divergence());
+        }
         self.progress.finish();
-        self.task.save(&self.run_dir.join("final"))?;
+        let final_dir = self.run_dir.join("final");
+        if let Err(error) = self.task.save(&final_dir) {
+            // The weights are good, only their copy failed: keep them where a resume finds them.
+            let saved = match self.checkpoint(Some(format!("final/ could not be written: {error}"))) {
+                Ok(path) => format!("the training state is saved in {}; resume to write final/", path.display()),
+                Err(also) => format!("saving the training state failed too: {also}"),
+            };
+            return Err(EngineError::Config(format!("{error}; {saved}")));
+        }
         let scores = self.task.final_evaluation()?;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), self.state.steps_done.into());
         record.extend(scores.to_json());
         record.insert("images".into(), scores.images.into());
+        record.insert("skipped_steps".into(), self.state.skipped.total.into());
         let stopped =
             stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));
         record.insert("stopped_by".into(), stopped.into());
@@ -421,7 +441,45 @@ impl Run {
             train_seconds: started.elapsed().as_secs_f64(),
             stopped_by,
             paused_at,
+            skipped_steps: self.state.skipped.total,
         }
+    }
+
+    /// Whether the last `--max-skipped-steps` steps all had a non-finite loss or norm.
+    fn diverged(&self) -> bool {
+        let limit = self.config.max_skipped_steps;
+        limit > 0 && self.state.skipped.in_a_row >= limit
+    }
+
+    /// Stops a diverged run: no final/ from ruined weights, the state saved as a checkpoint
+    /// (updates were skipped, so its weights are those of the last finite update), and one
+    /// message naming the first bad step, what it measured and where the state is.
+    fn divergence(&mut self) -> EngineError {
+        self.progress.finish();
+        let skipped = self.state.skipped.clone();
+        let previous = checkpoint::latest(&self.run_dir).ok().flatten();
+        let mut message = format!(
+            "the run diverged: {} steps in a row had a non-finite loss or gradient norm, from step {} (loss {}, \
+             gradient norm {}); no final/ is written",
+            skipped.in_a_row,
+            skipped.first.unwrap_or_default(),
+            skipped.first_loss.unwrap_or(f64::NAN),
+            skipped.first_grad_norm.unwrap_or(f64::NAN),
+        );
+        let saved = self.checkpoint(Some(message.clone()));
+        match &saved {
+            Ok(path) => message.push_str(&format!(
+                "; the state after step {} (weights of the last finite update) is in {}",
+                self.state.steps_done,
+                path.display()
+            )),
+            Err(err) => message.push_str(&format!("; saving the state failed: {err}")),
+        }
+        if let Some(previous) = previous.filter(|previous| saved.as_ref().ok() != Some(previous)) {
+            message.push_str(&format!("; the checkpoint before it: {}", previous.display()));
+        }
+        let _ = writeln!(self.log, "error: {message}");
+        EngineError::Diverged(message)
     }
 
     fn observation(&self) -> Observation {
@@ -463,6 +521,7 @@ impl Run {
         let (raw, rest) = readings.split_at(measured.raw.len());
         let [total, norm, scale] = rest[..] else { unreachable!("three readings after the losses") };
         let skipped = !(total.is_finite() && norm.is_finite());
+        self.state.skipped.record(step, skipped, total, norm);
         if skipped {
             self.say(&format!("step {step}: loss {total} or gradient norm {norm} is not finite; update skipped"));
         } else if any_trainable {
@@ -485,12 +544,12 @@ impl Run {
             .write(&MetricsRecord {
                 step,
                 epoch,
-                loss: total,
+                loss: JsonFloat(total),
                 losses: by_name(self.task.loss_names(), raw),
                 lr: by_name(self.task.groups(), &self.state.knobs.lrs),
-                grad_norm: norm,
-                logit_scale: scale,
-                images_per_second,
+                grad_norm: JsonFloat(norm),
+                logit_scale: JsonFloat(scale),
+                images_per_second: JsonFloat(images_per_second),
                 skipped_samples: measured.skipped.len(),
                 skipped,
             })
@@ -522,9 +581,7 @@ impl Run {
         let step = self.state.steps_done;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), step.into());
-        for (name, value) in scores.names.iter().zip(&scores.values) {
-            record.insert(name.to_string(), serde_json::json!(value));
-        }
+        record.extend(scores.to_json());
         self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
         let tensorboard_values = self.eval_tags.iter().map(String::as_str).zip(scores.values.iter().copied());
         self.tensorboard.scalars(step, tensorboard_values).map_err(io_error(self.tensorboard.path()))?;
@@ -563,7 +620,8 @@ impl Run {
             };
             policies.push((record, state));
         }
-        checkpoint::save(
+        let out_of_turn = fault.is_some();
+        let path = checkpoint::save(
             &self.run_dir,
             CheckpointContents {
                 trainer: &self.state,
@@ -572,7 +630,20 @@ impl Run {
                 optimizer: self.optimizer.state(),
                 policies,
             },
-        )
+        )?;
+        let megabytes = checkpoint::size(&path)? as f64 / 1e6;
+        let mut line =
+            format!("checkpoint after step {}: {} ({megabytes:.1} MB)", self.state.steps_done, path.display());
+        // A checkpoint written after a fault holds a state to look at, not one to resume
+        // from in place of the good ones: it deletes none of them.
+        if !out_of_turn {
+            let deleted = checkpoint::prune(&self.run_dir, self.config.keep_checkpoints)?;
+            if !deleted.is_empty() {
+                line.push_str(&format!("; keeping the newest {}", self.config.keep_checkpoints));
+            }
+        }
+        self.say(&line);
+        Ok(path)
     }
 
     /// A policy failed: save what the run has so far, then report both.
@@ -692,8 +763,8 @@ fn clear_run_dir(run_dir: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))
 }
 
-fn by_name<'a, T: Copy>(names: &[&'a str], values: &[T]) -> BTreeMap<&'a str, T> {
-    names.iter().copied().zip(values.iter().copied()).collect()
+fn by_name<'a>(names: &[&'a str], values: &[f64]) -> BTreeMap<&'a str, JsonFloat> {
+    names.iter().copied().zip(values.iter().copied().map(JsonFloat)).collect()
 }
 
 /// Writes `value` as pretty JSON to `path` (run records, evaluation results).

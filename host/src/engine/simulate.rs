@@ -17,7 +17,7 @@ use crate::data::sampler::keyed;
 use crate::files::FileError;
 use crate::models::clip::PARAMETER_GROUPS;
 use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits};
-use crate::report::{Chart, JsonLines, Series, read_records};
+use crate::report::{Chart, JsonLines, Series, float_from_json, read_records};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -148,6 +148,7 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
         },
         last: LastStep::default(),
         pending_evaluation: None,
+        skipped: Default::default(),
     };
     let mut history: Vec<(u64, KnobState)> = Vec::new();
     let mut requested = false;
@@ -188,7 +189,7 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
     let spec = saved.spec.ok_or_else(|| {
         FileError::format(&run_path, "no recorded policy specification (the run predates `trainer simulate`)")
     })?;
-    let number = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN);
+    let number = |value: &serde_json::Value| float_from_json(value).unwrap_or(f64::NAN);
     let metrics_path = run_dir.join("metrics.jsonl");
     let readings = read_records::<serde_json::Value>(&metrics_path)?
         .into_iter()

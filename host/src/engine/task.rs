@@ -4,6 +4,7 @@
 //! [`Task`], and every policy works with it unchanged.
 
 use super::error::EngineError;
+use crate::report::float_to_json;
 use std::path::Path;
 use tch::{Tensor, nn};
 
@@ -19,10 +20,10 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// `{name: value, ...}` in the order of the names, as `eval.json` and `trainer eval`
-    /// write them.
+    /// `{name: value, ...}` in the order of the names, as `eval.json`, `evaluations.jsonl`
+    /// and `trainer eval` write them (non-finite values as strings).
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.names.iter().zip(&self.values).map(|(name, value)| (name.to_string(), serde_json::json!(value))).collect()
+        self.names.iter().zip(&self.values).map(|(name, value)| (name.to_string(), float_to_json(*value))).collect()
     }
 }
 

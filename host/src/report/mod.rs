@@ -1,11 +1,14 @@
-//! What a run shows and leaves behind: JSON-lines logs of metrics and decisions, a
-//! TensorBoard event file, PNG plots, and the progress bar on the terminal.
+//! What a run shows and leaves behind: JSON-lines logs of metrics and decisions (with
+//! exact non-finite values), a TensorBoard event file, PNG plots, and the progress bar on
+//! the terminal.
 
+mod float;
 mod jsonl;
 mod plot;
 mod progress;
 mod tensorboard;
 
+pub use float::{JsonFloat, float_from_json, float_to_json};
 pub use jsonl::{JsonLines, read_records};
 pub use plot::{Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;

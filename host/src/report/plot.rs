@@ -4,6 +4,7 @@
 //! `evaluations.jsonl` into its `plots/`. Text uses DejaVu Sans compiled into the binary, so
 //! plots render the same on machines that have no fonts installed.
 
+use super::float::{JsonFloat, float_from_json};
 use super::jsonl::read_records;
 use crate::files::FileError;
 use image::ImageEncoder;
@@ -350,16 +351,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     std::fs::rename(&staging, path).map_err(FileError::io(path))
 }
 
-/// One line of `metrics.jsonl`, as far as the plots need it; `null` stands for NaN or infinity.
+/// One line of `metrics.jsonl`, as far as the plots need it.
 #[derive(Deserialize)]
 struct MetricsRecord {
     step: u64,
-    loss: Option<f64>,
+    loss: JsonFloat,
     #[serde(default)]
-    losses: BTreeMap<String, Option<f64>>,
+    losses: BTreeMap<String, JsonFloat>,
     #[serde(default)]
-    lr: BTreeMap<String, Option<f64>>,
-    logit_scale: Option<f64>,
+    lr: BTreeMap<String, JsonFloat>,
+    logit_scale: JsonFloat,
 }
 
 /// One line of `evaluations.jsonl`: the step and the metrics, by name.
@@ -375,8 +376,8 @@ struct EvaluationRecord {
 struct Gathered(Vec<Series>);
 
 impl Gathered {
-    fn push(&mut self, name: &str, step: u64, value: Option<f64>) {
-        let point = (step as f64, value.unwrap_or(f64::NAN));
+    fn push(&mut self, name: &str, step: u64, value: f64) {
+        let point = (step as f64, value);
         match self.0.iter_mut().find(|series| series.name == name) {
             Some(series) => series.points.push(point),
             None => self.0.push(Series::new(name, vec![point])),
@@ -397,23 +398,20 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
         (Gathered::default(), Gathered::default(), Gathered::default(), Gathered::default(), Gathered::default());
     for record in &metrics {
         for (name, value) in &record.losses {
-            losses.push(name, record.step, *value);
+            losses.push(name, record.step, value.0);
         }
-        total.push("total", record.step, record.loss);
+        total.push("total", record.step, record.loss.0);
         for (group, lr) in &record.lr {
-            lrs.push(group, record.step, *lr);
+            lrs.push(group, record.step, lr.0);
         }
-        scale.push("logit_scale", record.step, record.logit_scale);
+        scale.push("logit_scale", record.step, record.logit_scale.0);
     }
     for record in &evaluations {
         for (name, value) in &record.values {
-            // Fields that are neither numbers nor null (labels a record may carry) are no metric.
-            let value = match value {
-                serde_json::Value::Number(number) => number.as_f64(),
-                serde_json::Value::Null => None,
-                _ => continue,
-            };
-            metrics_by_name.push(name, record.step, value);
+            // Fields that are no float (labels a record may carry) are no metric.
+            if let Some(value) = float_from_json(value) {
+                metrics_by_name.push(name, record.step, value);
+            }
         }
     }
     losses.0.extend(total.0);

@@ -116,40 +116,53 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
     task.final_evaluation()
 }
 
-/// The images `--images DIR` (its PNG and JPEG files, sorted by name) or `--data FILE` (a
-/// COCO file or manifest, with `images` the folder its paths are relative to) names.
-pub fn image_files(
-    images: Option<&Path>,
-    data: Option<&Path>,
-    images_of_data: Option<&Path>,
-) -> Result<Vec<PathBuf>, EngineError> {
-    match (images, data) {
-        (Some(dir), None) => {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(FileError::io(dir))?
-                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                .filter(|path| {
-                    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-                    matches!(extension.as_deref(), Some("png" | "jpg" | "jpeg"))
-                })
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(FileError::format(dir, "no PNG or JPEG files").into());
+/// The images a model is applied to: a folder's PNG and JPEG files (sorted by name), or
+/// the images of a COCO file or manifest.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSource {
+    pub folder: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    /// The folder the image paths of `data` are relative to, when not the default.
+    pub images_of_data: Option<PathBuf>,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+impl ImageSource {
+    pub fn is_given(&self) -> bool {
+        self.folder.is_some() || self.data.is_some()
+    }
+
+    /// The image files, in the order their results are written.
+    pub fn files(&self) -> Result<Vec<PathBuf>, EngineError> {
+        match (&self.folder, &self.data) {
+            (Some(dir), None) => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(FileError::io(dir))?
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|path| {
+                        let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                        matches!(extension.as_deref(), Some("png" | "jpg" | "jpeg"))
+                    })
+                    .collect();
+                files.sort();
+                if files.is_empty() {
+                    return Err(FileError::format(dir, "no PNG or JPEG files").into());
+                }
+                Ok(files)
             }
-            Ok(files)
-        }
-        (None, Some(path)) => {
-            if path.is_dir() || path == Path::new(fashion_mnist::DEFAULT_DIR) {
-                return Err(EngineError::Config(format!(
-                    "--data {}: give image files: a COCO file, a JSONL manifest, or --images DIR",
-                    path.display()
-                )));
+            (None, Some(path)) => {
+                if path.is_dir() || path == Path::new(fashion_mnist::DEFAULT_DIR) {
+                    return Err(EngineError::Config(format!(
+                        "--data {}: give image files: a COCO file, a JSONL manifest, or --images DIR",
+                        path.display()
+                    )));
+                }
+                let loaded = captioned::load(path, self.images_of_data.as_deref(), false, Needs::Images)?;
+                Ok(loaded.samples.into_iter().map(|sample| sample.image).collect())
             }
-            let loaded = captioned::load(path, images_of_data, false, Needs::Images)?;
-            Ok(loaded.samples.into_iter().map(|sample| sample.image).collect())
+            _ => Err(EngineError::Config("give the images: --images DIR or --data FILE".into())),
         }
-        _ => Err(EngineError::Config("give the images: --images DIR or --data FILE".into())),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::files::FileError;
 use crate::models::clip::Clip;
 use crate::tasks::TaskKind;
 use crate::tasks::inputs::{check_tokenizer_fits, load_tokenizer};
-use crate::tasks::use_model::{for_each_batch, image_files, kind_of_folder};
+use crate::tasks::use_model::{ImageSource, for_each_batch, kind_of_folder};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,15 +24,11 @@ pub const TEXTS: &str = "texts";
 #[derive(Debug, Clone)]
 pub struct EmbedRequest {
     pub model: PathBuf,
-    pub images: Option<PathBuf>,
-    pub data: Option<PathBuf>,
-    /// The folder the image paths of `data` are relative to.
-    pub images_of_data: Option<PathBuf>,
+    pub images: ImageSource,
     /// One text per line.
     pub texts: Option<PathBuf>,
     pub out: PathBuf,
     pub device: Device,
-    pub batch_size: usize,
 }
 
 /// What was embedded.
@@ -53,14 +49,13 @@ pub fn embed(request: &EmbedRequest) -> Result<Embedded, EngineError> {
     }
     let (config, _store, model) = Clip::from_pretrained(dir, request.device)?;
     let dimension = config.projection_dim;
-    let no_images = request.images.is_none() && request.data.is_none();
-    let (files, image_rows) = if no_images && request.texts.is_some() {
+    let (files, image_rows) = if !request.images.is_given() && request.texts.is_some() {
         (Vec::new(), Vec::new())
     } else {
-        let files = image_files(request.images.as_deref(), request.data.as_deref(), request.images_of_data.as_deref())?;
+        let files = request.images.files()?;
         let normalizer = PixelNormalizer::for_model(Some(dir), config.vision_config.image_size, request.device)?;
         let mut rows = Vec::new();
-        for_each_batch(&files, &normalizer, request.device, request.batch_size, |_, pixels| {
+        for_each_batch(&files, &normalizer, request.device, request.images.batch_size, |_, pixels| {
             rows.push(model.image_embeddings(pixels).to_kind(Kind::Float).to_device(Device::Cpu));
             Ok(())
         })?;
@@ -75,7 +70,7 @@ pub fn embed(request: &EmbedRequest) -> Result<Embedded, EngineError> {
         let (tokenizer, _) = load_tokenizer(Some(dir))?;
         check_tokenizer_fits(&config, &tokenizer, dir)?;
         let context = config.text_config.max_position_embeddings.max(2) as usize;
-        for chunk in texts.chunks(request.batch_size) {
+        for chunk in texts.chunks(request.images.batch_size) {
             let ids: Vec<i64> = chunk.iter().flat_map(|text| tokenizer.tokenize(text, context)).collect();
             let ids = Tensor::from_slice(&ids).view([chunk.len() as i64, -1]).to_device(request.device);
             let embeddings = tch::no_grad(|| model.text_embeddings(&ids));

@@ -9,7 +9,7 @@ use crate::models::pretrained;
 use crate::models::tagger::{Tagger, TaggerConfig};
 use crate::report::JsonLines;
 use crate::tasks::TaskKind;
-use crate::tasks::use_model::{for_each_batch, image_files, kind_of_folder};
+use crate::tasks::use_model::{ImageSource, for_each_batch, kind_of_folder};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::{Device, Kind, nn};
@@ -18,17 +18,13 @@ use tch::{Device, Kind, nn};
 #[derive(Debug, Clone)]
 pub struct PredictRequest {
     pub model: PathBuf,
-    pub images: Option<PathBuf>,
-    pub data: Option<PathBuf>,
-    /// The folder the image paths of `data` are relative to.
-    pub images_of_data: Option<PathBuf>,
+    pub images: ImageSource,
     pub out: PathBuf,
     /// Tags with a probability at least this are kept.
     pub threshold: f64,
     /// Of those, at most this many, the most probable first.
     pub top_k: Option<usize>,
     pub device: Device,
-    pub batch_size: usize,
 }
 
 #[derive(Serialize)]
@@ -60,9 +56,9 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
     let tagger = Tagger::new(&var_store.root(), &config);
     pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
     let normalizer = PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, request.device)?;
-    let files = image_files(request.images.as_deref(), request.data.as_deref(), request.images_of_data.as_deref())?;
+    let files = request.images.files()?;
     let mut out = JsonLines::create(&request.out).map_err(FileError::io(&request.out))?;
-    for_each_batch(&files, &normalizer, request.device, request.batch_size, |chunk, pixels| {
+    for_each_batch(&files, &normalizer, request.device, request.images.batch_size, |chunk, pixels| {
         let probabilities = tagger.forward(pixels).0.sigmoid().to_kind(Kind::Double);
         let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1))?;
         for (file, row) in chunk.iter().zip(probabilities.chunks(config.tags.len())) {
