@@ -34,6 +34,21 @@ fn assert_eval_reproduces(run: &Path, model: &Path, extra: &[&str]) {
 }
 
 #[test]
+fn eval_of_a_caption_run_reproduces_its_held_out_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = write_mosaics(&dir.path().join("images"), 0, 30)
+        .into_iter()
+        .map(|mosaic| serde_json::json!({"image": mosaic.file_name, "captions": mosaic.captions}).to_string())
+        .collect();
+    let manifest = dir.path().join("images/captions.jsonl");
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    let run = dir.path().join("run");
+    assert_success(&train_cpu(&run, &constant(), &["--data", arg(&manifest), "--steps", "2", "--batch-size", "8"]));
+    assert!(read_json(&run.join("eval.json"))["val_i2t_r1"].is_number());
+    assert_eval_reproduces(&run, &run.join("final"), &[]);
+}
+
+#[test]
 fn eval_of_a_clip_run_reproduces_its_end_of_run_evaluation() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");

@@ -75,6 +75,8 @@ fn a_built_in_policy_trains_and_resumes_from_any_folder() {
         "cosine_warmup",
         "as given"
     );
+    let log = std::fs::read_to_string(cwd.path().join("run/run.log")).unwrap();
+    assert!(log.contains("policy `cosine_warmup`: built-in (sha256 "), "the start-up report says where: {log}");
 
     let elsewhere = tempfile::tempdir().unwrap();
     let output = trainer_in(elsewhere.path(), &["train", "--resume", run_dir, "--device", "cpu"]);

@@ -306,7 +306,7 @@ impl Run {
             lines.push(format!(
                 "policy `{}`: {} (sha256 {})",
                 instance.name(),
-                source.path.display(),
+                source.origin(),
                 &instance.sha256()[..12]
             ));
         }

@@ -45,6 +45,15 @@ impl PolicySource {
         }
     }
 
+    /// Where the component comes from, for the start-up report: the file's path, or
+    /// `built-in` for a standard policy named without a file.
+    pub fn origin(&self) -> String {
+        match self.builtin_name().and_then(builtin::find) {
+            Some(_) if !self.path.is_file() => "built-in".to_string(),
+            _ => self.path.display().to_string(),
+        }
+    }
+
     /// The component's bytes: the file at `path` when there is one, so a user's file wins
     /// over a built-in policy of the same name; else the built-in policy `path` names.
     pub fn read_component(&self) -> Result<Cow<'static, [u8]>, PolicyError> {
