@@ -52,9 +52,13 @@ fn eval_of_a_caption_run_reproduces_its_held_out_retrieval() {
 fn eval_of_a_clip_run_reproduces_its_end_of_run_evaluation() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let extra = ["--steps", "2", "--batch-size", "16", "--checkpoint-every", "2"];
+    let extra = ["--steps", "2", "--batch-size", "16", "--checkpoint-every", "2", "--accum-steps", "2"];
     assert_success(&train_cpu(&run, &constant(), &extra));
     assert_eval_reproduces(&run, &run.join("final"), &[]);
+    // A relative path from inside the run finds the run too.
+    let out = run.join("relative.json");
+    assert_success(&common::trainer_in(&run, &["eval", "--device", "cpu", "--model", "final", "--out", arg(&out)]));
+    assert_eq!(read_json(&out)["zero_shot_top1"], read_json(&run.join("eval.json"))["zero_shot_top1"]);
     // The checkpoint after the last step holds the same weights as final/.
     assert_eval_reproduces(&run, &run.join("checkpoints/step-2"), &[]);
 
@@ -62,6 +66,8 @@ fn eval_of_a_clip_run_reproduces_its_end_of_run_evaluation() {
     assert_one_line_error(&output, 1, &["--model", "--task clip", "not --task tagging"]);
     let output = trainer(&["eval", "--model", arg(&run.join("final")), "--data", arg(&dir.path().join("none.jsonl"))]);
     assert_one_line_error(&output, 1, &["none.jsonl"]);
+    let output = trainer(&["eval", "--model", arg(&run.join("final")), "--val-data", arg(&dir.path().join("v.jsonl"))]);
+    assert_one_line_error(&output, 1, &["--val-data", "Fashion-MNIST"]);
 }
 
 /// A tagging manifest of `count` mosaics from mosaic `first`, in `dir`, and the vocabulary.

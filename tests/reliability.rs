@@ -35,8 +35,9 @@ fn a_huge_but_valid_learning_rate_is_stopped_by_the_divergence_guard() {
     // The first update is finite and ruins the weights; every step after it is skipped.
     assert_error(&output, 4, &["diverged", "3 steps in a row", "from step 1", "no final/", "step-4"]);
     assert!(!run.join("final").exists(), "no final/ from ruined weights");
-    // Retention keeps the newest three; the guard's own checkpoint is the state after step 4.
-    assert_eq!(checkpoints(&run), ["step-2", "step-3", "step-4"]);
+    // Checkpoints written during the non-finite steps push none out; the guard's own is the
+    // state after step 4.
+    assert_eq!(checkpoints(&run), ["step-1", "step-2", "step-3", "step-4"]);
     let manifest = read_json(&run.join("checkpoints/step-4/manifest.json"));
     assert!(manifest["fault"].as_str().unwrap().contains("diverged"), "{manifest}");
     let metrics = read_jsonl(&run.join("metrics.jsonl"));
@@ -111,4 +112,24 @@ fn non_finite_values_are_written_and_replayed_exactly() {
     assert_success(&trainer(&["simulate", "--trace", arg(&run), "--out", arg(&out)]));
     let recorded = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("decisions.jsonl")).unwrap(), recorded);
+}
+
+#[test]
+fn a_run_stopped_by_a_policy_is_finished_by_resume_not_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // final/ cannot be written, after early_stopping stops at the first non-finite step.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("final.tmp"), b"").unwrap();
+    let policies =
+        [constant("1e30"), vec![format!("{}:stop_on_non_finite=true", policy("early_stopping").display())]].concat();
+    let extra = ["--steps", "10", "--batch-size", "8", "--max-skipped-steps", "0"];
+    let output = train_cpu(&run, &policies, &extra);
+    assert_error(&output, 1, &["final.tmp", "resume to write final/"]);
+    let steps = read_jsonl(&run.join("metrics.jsonl")).len();
+    assert!(steps < 10, "stopped early");
+    std::fs::remove_file(run.join("final.tmp")).unwrap();
+    assert_success(&trainer(&["train", "--device", "cpu", "--resume", arg(&run)]));
+    assert_eq!(read_jsonl(&run.join("metrics.jsonl")).len(), steps, "no step after the stop");
+    assert_eq!(read_json(&run.join("eval.json"))["stopped_by"]["policy"], "early_stopping");
 }

@@ -469,8 +469,6 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             ("--eval-every", args.eval_every.is_some()),
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
-            ("--max-skipped-steps", args.max_skipped_steps.is_some()),
-            ("--keep-checkpoints", args.keep_checkpoints.is_some()),
             ("--best-metric", args.best_metric.is_some()),
             ("--task", args.task.is_some()),
         ];
@@ -481,7 +479,13 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
             )));
         }
         let policies = (!args.policy.is_empty()).then_some(args.policy);
-        return tasks::resume(&options, &Resume { policies, swap_policies: args.swap_policies }, workers);
+        let resume = Resume {
+            policies,
+            swap_policies: args.swap_policies,
+            keep_checkpoints: args.keep_checkpoints,
+            max_skipped_steps: args.max_skipped_steps,
+        };
+        return tasks::resume(&options, &resume, workers);
     }
     let task = args.task_args.config(args.task.unwrap_or_default())?;
     let run = RunConfig {

@@ -117,6 +117,9 @@ pub struct TrainerState {
     pub pending_evaluation: Option<PendingEvaluation>,
     #[serde(default)]
     pub skipped: SkippedSteps,
+    /// The policy that stopped the run, and why: the run is over but for final/.
+    #[serde(default)]
+    pub stopped_by: Option<(String, String)>,
 }
 
 /// A policy as recorded in a checkpoint.
@@ -239,6 +242,12 @@ fn complete(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The complete checkpoint after `steps_done` steps, if there is one.
+pub fn complete_at(run_dir: &Path, steps_done: u64) -> Option<PathBuf> {
+    let dir = run_dir.join(CHECKPOINTS_DIR).join(format!("step-{steps_done}"));
+    dir.join(MANIFEST).is_file().then_some(dir)
 }
 
 /// The most recent complete checkpoint of a run, if any.

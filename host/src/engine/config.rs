@@ -102,6 +102,9 @@ pub struct Resume {
     /// `swap_policies`.
     pub policies: Option<Vec<PolicySource>>,
     pub swap_policies: bool,
+    /// `--keep-checkpoints` and `--max-skipped-steps` for the rest of the run, when given.
+    pub keep_checkpoints: Option<usize>,
+    pub max_skipped_steps: Option<u64>,
 }
 
 /// `run.json`: the engine's settings, the task's section (opaque to the engine), the

@@ -25,6 +25,6 @@ pub use config::{
 };
 pub use error::{EngineError, io_error};
 pub use knobs::KnobState;
-pub use run::{check_new_run, resume, train, write_json};
+pub use run::{check_new_run, check_resume, resume, train, write_json};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
 pub use task::{Scores, StepKnobs, StepLosses, Task};

@@ -74,6 +74,26 @@ pub fn train(
     Run::start(config, task, task_section, options, None)?.train(options)
 }
 
+/// Checks what can be checked before the task of a resumed run is opened: that the run has
+/// a checkpoint, and that other policies are swapped in only when asked to. Returns the
+/// latest checkpoint's folder.
+pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> Result<PathBuf, EngineError> {
+    let checkpoint_dir = checkpoint::latest(&options.run_dir)?.ok_or_else(|| {
+        EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", options.run_dir.display()))
+    })?;
+    if let Some(policies) = &resume.policies
+        && *policies != saved.train.policies
+        && !resume.swap_policies
+    {
+        return Err(EngineError::Config(format!(
+            "--resume {}: the run was trained with other policies ({}); pass --swap-policies to continue with the new ones",
+            options.run_dir.display(),
+            describe_sources(&saved.train.policies)
+        )));
+    }
+    Ok(checkpoint_dir)
+}
+
 /// Continues the run saved as `saved` in `options.run_dir` from its latest checkpoint, with
 /// `task` opened from the saved task section.
 pub fn resume(
@@ -82,23 +102,15 @@ pub fn resume(
     options: &RunOptions,
     resume: &Resume,
 ) -> Result<TrainOutcome, EngineError> {
+    let checkpoint = checkpoint::load(&check_resume(&saved, options, resume)?)?;
     let mut config = saved.train;
-    let checkpoint_dir = checkpoint::latest(&options.run_dir)?.ok_or_else(|| {
-        EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", options.run_dir.display()))
-    })?;
-    let checkpoint = checkpoint::load(&checkpoint_dir)?;
-    if let Some(policies) = &resume.policies
-        && *policies != config.policies
-    {
-        if !resume.swap_policies {
-            return Err(EngineError::Config(format!(
-                "--resume {}: the run was trained with other policies ({}); pass --swap-policies to continue with the new ones",
-                options.run_dir.display(),
-                describe_sources(&config.policies)
-            )));
-        }
+    if let Some(policies) = &resume.policies {
         config.policies = policies.clone();
     }
+    // Neither changes what the run computes: a user may change them on resume (after a
+    // full disk, say).
+    config.keep_checkpoints = resume.keep_checkpoints.unwrap_or(config.keep_checkpoints);
+    config.max_skipped_steps = resume.max_skipped_steps.unwrap_or(config.max_skipped_steps);
     validate_config(&config, options)?;
     Run::start(&config, task, saved.task, options, Some((checkpoint, resume.swap_policies)))?.train(options)
 }
@@ -212,6 +224,7 @@ impl Run {
             last: LastStep::default(),
             pending_evaluation: None,
             skipped: Default::default(),
+            stopped_by: None,
         };
         let log_path = run_dir.join("run.log");
         let resuming = from.is_some();
@@ -355,14 +368,13 @@ impl Run {
 
     fn train(mut self, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
         let started = Instant::now();
-        let mut stopped_by = None;
         // SIGINT or SIGTERM (Ctrl-C, a preempted job) ends the step in flight, then the run
         // saves a checkpoint and exits as on --pause-after-steps.
         let interrupted = Arc::new(AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(signal, interrupted.clone()).map_err(io_error(Path::new("signal handler")))?;
         }
-        while self.state.steps_done < self.config.steps {
+        while self.state.steps_done < self.config.steps && self.state.stopped_by.is_none() {
             let step = self.state.steps_done;
             let decision = match self.policies.decide(&self.observation()) {
                 Ok(decision) => decision,
@@ -370,20 +382,25 @@ impl Run {
             };
             self.forward_policy_logs(Some(step));
             self.record_decisions(step, &decision)?;
-            // After the policies have seen the last non-finite step, so one may act first.
-            if self.diverged() {
-                return Err(self.divergence());
-            }
             let changed = self.state.knobs.apply(&decision.merged);
             self.apply_freezing(&changed);
             self.state.pending_evaluation = None;
 
             self.step(step)?;
             self.state.steps_done = step + 1;
+            // The policies saw every non-finite step before this one, so one that stops or
+            // acts on the first (early_stopping does) does so before the guard.
+            if self.diverged() {
+                return Err(self.divergence());
+            }
             let done = self.state.steps_done;
             let scheduled = |every: u64| every > 0 && done.is_multiple_of(every);
             if decision.merged.evaluate || scheduled(self.config.eval_every) {
                 self.evaluate()?;
+            }
+            if let Some(stop) = decision.stop {
+                // Saved with the state, so a pause here or a failed final/ does not train on.
+                self.state.stopped_by = Some(stop);
             }
             let paused = options.pause_after_steps == Some(done) || interrupted.load(Ordering::Relaxed);
             if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused {
@@ -394,15 +411,13 @@ impl Run {
                     return Ok(self.outcome(started, None, None, Some(path)));
                 }
             }
-            if let Some((policy, reason)) = decision.stop {
-                self.say(&format!("stopped by `{policy}` after step {done}: {reason}"));
-                stopped_by = Some((policy, reason));
+            if let Some((policy, reason)) = &self.state.stopped_by {
+                let line = format!("stopped by `{policy}` after step {done}: {reason}");
+                self.say(&line);
                 break;
             }
         }
-        if self.diverged() {
-            return Err(self.divergence());
-        }
+        let stopped_by = self.state.stopped_by.clone();
         self.progress.finish();
         let final_dir = self.run_dir.join("final");
         if let Err(error) = self.task.save(&final_dir) {
@@ -418,6 +433,7 @@ impl Run {
         record.insert("step".into(), self.state.steps_done.into());
         record.extend(scores.to_json());
         record.insert("images".into(), scores.images.into());
+        record.insert("split".into(), scores.split.into());
         record.insert("skipped_steps".into(), self.state.skipped.total.into());
         let stopped =
             stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));
@@ -607,6 +623,12 @@ impl Run {
     /// Saves a checkpoint of the state after `steps_done` steps, with every policy's state
     /// (none for a policy that trapped: it cannot be entered again).
     fn checkpoint(&mut self, fault: Option<String>) -> Result<PathBuf, EngineError> {
+        let existing = checkpoint::complete_at(&self.run_dir, self.state.steps_done);
+        if let (Some(_), Some(existing)) = (&fault, existing) {
+            // The regular checkpoint of this step holds the same training state, and every
+            // policy's state from before the fault: keep it rather than replace it.
+            return Ok(existing);
+        }
         let mut policies = Vec::new();
         let stage = format!("checkpoint after step {}", self.state.steps_done);
         for (source, instance) in self.policies.members_mut() {
@@ -634,12 +656,16 @@ impl Run {
         let megabytes = checkpoint::size(&path)? as f64 / 1e6;
         let mut line =
             format!("checkpoint after step {}: {} ({megabytes:.1} MB)", self.state.steps_done, path.display());
-        // A checkpoint written after a fault holds a state to look at, not one to resume
-        // from in place of the good ones: it deletes none of them.
-        if !out_of_turn {
-            let deleted = checkpoint::prune(&self.run_dir, self.config.keep_checkpoints)?;
-            if !deleted.is_empty() {
-                line.push_str(&format!("; keeping the newest {}", self.config.keep_checkpoints));
+        // A checkpoint written after a fault, or during non-finite steps (whose weights are
+        // those of the last finite update), must not push out the ones from before.
+        if !out_of_turn && self.state.skipped.in_a_row == 0 {
+            match checkpoint::prune(&self.run_dir, self.config.keep_checkpoints) {
+                Ok(deleted) if !deleted.is_empty() => {
+                    line.push_str(&format!("; keeping the newest {}", self.config.keep_checkpoints))
+                }
+                Ok(_) => {}
+                // The new checkpoint is complete; an old one left behind costs only disk.
+                Err(err) => line.push_str(&format!("; warning: old checkpoints not deleted: {err}")),
             }
         }
         self.say(&line);

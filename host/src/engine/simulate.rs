@@ -149,6 +149,7 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
         last: LastStep::default(),
         pending_evaluation: None,
         skipped: Default::default(),
+        stopped_by: None,
     };
     let mut history: Vec<(u64, KnobState)> = Vec::new();
     let mut requested = false;

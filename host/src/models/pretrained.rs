@@ -122,8 +122,14 @@ pub fn load_weights_named(
             },
         }
     }
+    // Several variables may come from one tensor (a tagger's student and teacher).
+    missing.sort();
+    missing.dedup();
     if !missing.is_empty() && !allow_partial {
-        let needed = missing.len() + sources.len();
+        let mut found: Vec<&str> = sources.iter().map(|(_, _, name)| name.as_str()).collect();
+        found.sort();
+        found.dedup();
+        let needed = missing.len() + found.len();
         return Err(PretrainedError::Missing { path: file.to_path_buf(), missing, needed });
     }
     let used: std::collections::HashSet<&str> = sources.iter().map(|(_, _, name)| name.as_str()).collect();

@@ -270,7 +270,10 @@ impl CaptionedTraining {
                 }
             }
             if pixels.len() < 2 {
-                return Err(EngineError::Config("the held-out split has fewer than two readable images".into()));
+                return Err(EngineError::Config(
+                    "the held-out split (--val-data, or the last 5% of --data) has fewer than two readable images"
+                        .into(),
+                ));
             }
             let ids: Vec<i64> = caption_ids.concat();
             let pixels = self.stack_pixels(pixels.iter().map(Vec::as_slice));

@@ -74,14 +74,16 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
+    /// The settings to save, with absolute paths: a run is resumed and evaluated later,
+    /// from other folders.
     pub fn inputs(&self) -> Inputs {
         Inputs {
-            model: self.model.clone(),
+            model: self.model.clone().map(absolute),
             allow_partial: self.allow_partial,
             precision: self.precision.unwrap_or_default(),
-            data: self.data.clone().unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR)),
-            images: self.images.clone(),
-            val_data: self.val_data.clone(),
+            data: absolute(self.data.clone().unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR))),
+            images: self.images.clone().map(absolute),
+            val_data: self.val_data.clone().map(absolute),
             skip_bad_samples: self.skip_bad_samples,
         }
     }
@@ -101,6 +103,12 @@ impl InputArgs {
         .filter_map(|(flag, given)| given.then_some(flag))
         .collect()
     }
+}
+
+/// `path` made absolute against the current folder (without resolving links); as given
+/// when that fails.
+pub fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// What the transformer layers compute in; weights, optimizer state, layer norms and the
@@ -155,6 +163,22 @@ pub struct DataOptions<'a> {
     pub seed: u64,
     pub batch_size: usize,
     pub device: Device,
+}
+
+impl DataOptions<'_> {
+    /// Refuses `--val-data` and `--images` for Fashion-MNIST (or mosaics made from it),
+    /// which has held-out images of its own and no image files: silently ignoring them
+    /// would report numbers on other images than the user named.
+    pub fn refuse_file_flags_for_fashion_mnist(&self) -> Result<(), EngineError> {
+        let given = [("--val-data", self.val_data), ("--images", self.images)];
+        match given.iter().find(|(_, path)| path.is_some()) {
+            Some((flag, _)) => Err(EngineError::Config(format!(
+                "{flag}: {} is Fashion-MNIST, which holds out its own images; give a COCO file or manifest as --data",
+                self.data.display()
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 pub fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {

@@ -110,6 +110,20 @@ impl TaskConfig {
         })
     }
 
+    /// These settings made ready to evaluate the model saved in `dir` rather than to train:
+    /// no micro-batches (evaluation draws no batches), and the folder's own configuration,
+    /// tokenizer and preprocessing in place of the folder the run started from, which
+    /// `final/` and `best/` carry a copy of (a checkpoint folder does not).
+    pub fn for_evaluation(&mut self, dir: &std::path::Path) {
+        if let TaskConfig::Clip(config) = self {
+            config.accum_steps = 1;
+        }
+        let inputs = self.inputs_mut();
+        if inputs.model.is_some() && dir.join(crate::models::pretrained::CONFIG_FILE).is_file() {
+            inputs.model = Some(dir.to_path_buf());
+        }
+    }
+
     /// The task section of a saved run.
     pub fn of_saved(saved: &SavedRun, run_dir: &std::path::Path) -> Result<TaskConfig, EngineError> {
         serde_json::from_value(saved.task.clone()).map_err(|err| {
@@ -139,6 +153,7 @@ pub fn train(
 /// Continues the run in `options.run_dir` with its saved settings.
 pub fn resume(options: &RunOptions, resume: &Resume, workers: usize) -> Result<TrainOutcome, EngineError> {
     let saved = SavedRun::read(&options.run_dir)?;
+    engine::check_resume(&saved, options, resume)?;
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
     let context = TaskContext {
         device: options.device,

@@ -4,9 +4,9 @@
 //! names it: a run's `final/`, `best/` or `checkpoints/step-N/` (then the run's own
 //! settings say how it was trained and on what), or a Hugging Face folder.
 
-use super::inputs::TaskContext;
+use super::inputs::{TaskContext, absolute};
 use super::{TaskConfig, TaskKind};
-use crate::data::captioned::{self, Needs};
+use crate::data::captioned::{self, DataKind, Needs};
 use crate::data::images::load_rgb_square;
 use crate::data::{PixelNormalizer, fashion_mnist};
 use crate::engine::{CHECKPOINTS_DIR, EngineError, RUN_FILE, SavedRun, Scores};
@@ -37,6 +37,7 @@ pub struct EvalRequest {
 /// The run a model folder belongs to: the folder holding `final/` or `best/`, or
 /// `checkpoints/` with `step-N/`.
 pub fn run_of(model: &Path) -> Option<PathBuf> {
+    let model = &absolute(model.to_path_buf());
     let parent = model.parent()?;
     let run = if parent.file_name()? == CHECKPOINTS_DIR { parent.parent()? } else { parent };
     run.join(RUN_FILE).is_file().then(|| run.to_path_buf())
@@ -63,7 +64,7 @@ fn refuse_other_task(dir: &Path, found: TaskKind, asked: Option<TaskKind>, whose
 /// Evaluates the model of `request` with the metrics and data its training would use at the
 /// end of a run, and returns them.
 pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
-    let dir = &request.model;
+    let dir = &absolute(request.model.clone());
     if !dir.join(pretrained::WEIGHTS_FILE).is_file() {
         return Err(EngineError::Config(format!(
             "--model {}: no {} (expected a run's final/, best/, checkpoints/step-N/, or a Hugging Face folder)",
@@ -75,8 +76,24 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
     let (mut config, seed, load_weights) = match &in_run {
         Some(run) => {
             let saved = SavedRun::read(run)?;
-            let config = TaskConfig::of_saved(&saved, run)?;
+            let mut config = TaskConfig::of_saved(&saved, run)?;
             refuse_other_task(dir, config.kind(), request.task, "was trained by a run of")?;
+            if let Some(data) = request.data.as_ref().filter(|data| !data.exists()) {
+                return Err(FileError::format(data, "no such file or folder").into());
+            }
+            if let (Some(data), TaskConfig::Clip(clip)) = (&request.data, &config)
+                && clip.inputs.model.is_none()
+                && (DataKind::of(data)? == DataKind::FashionMnist)
+                    != (DataKind::of(&clip.inputs.data)? == DataKind::FashionMnist)
+            {
+                return Err(EngineError::Config(format!(
+                    "--data {}: the model was trained from scratch with a vocabulary made for its own kind of \
+                     data ({}); evaluate it on data of that kind",
+                    data.display(),
+                    clip.inputs.data.display()
+                )));
+            }
+            config.for_evaluation(dir);
             (config, saved.train.seed, false)
         }
         None => {

@@ -211,6 +211,9 @@ fn open_data(
         )));
     }
     let pretrained: Option<ClipConfig> = inputs.model.as_deref().map(pretrained::read_config).transpose()?;
+    if kind == DataKind::FashionMnist {
+        options.refuse_file_flags_for_fashion_mnist()?;
+    }
     if kind == DataKind::FashionMnist && pretrained.is_none() {
         // Templated captions from scratch: a word-level vocabulary of exactly their words.
         let data = TrainingData::fashion_mnist(options, None)?;

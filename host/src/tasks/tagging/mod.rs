@@ -27,8 +27,8 @@ pub use predict::{PredictRequest, predict};
 
 use super::captioned::{CaptionedTraining, TrainBatch};
 use super::inputs::{
-    DataOptions, Inputs, Precision, TaskContext, check_batch_size, check_tokenizer_fits, describe_weights, load_model,
-    load_tokenizer,
+    DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
+    load_model, load_tokenizer,
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment;
@@ -128,7 +128,7 @@ impl TaggingArgs {
         TaggingConfig {
             inputs,
             losses: self.losses.clone().unwrap_or_else(all_losses),
-            tags: self.tags.clone(),
+            tags: self.tags.clone().map(absolute),
             unseen_tags: self.unseen_tags.clone().unwrap_or_default(),
         }
     }
@@ -519,7 +519,11 @@ impl TaggingTask {
             first_batch.get_or_insert(batch);
         }
         let mut values = tagging_scores(&seen.scores, &seen.targets, self.config.tags.len(), THRESHOLD).values();
-        let first_batch = first_batch.ok_or_else(|| EngineError::Config("no images to evaluate on".into()))?;
+        let first_batch = first_batch.ok_or_else(|| {
+            EngineError::Config(
+                "the evaluation split (--val-data, or the held-out part of --data) has no images".into(),
+            )
+        })?;
         values.extend(self.gradient_shares(&first_batch)?);
         if !self.unseen_names.is_empty() {
             values.push(tagging_scores(&unseen.scores, &unseen.targets, self.unseen_names.len(), THRESHOLD).map);
@@ -570,6 +574,7 @@ fn open_source(
 ) -> Result<TagSource, EngineError> {
     let data = options.data;
     if DataKind::of(data)? == DataKind::FashionMnist {
+        options.refuse_file_flags_for_fashion_mnist()?;
         let all_train = fashion_mnist::load(data, Split::Train)?;
         let test_tiles = fashion_mnist::load(data, Split::Test)?;
         let train_tiles = all_train.len() as i64 - fashion_mnist::VALIDATION_IMAGES;

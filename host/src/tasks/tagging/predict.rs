@@ -52,6 +52,10 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
         return Err(EngineError::Config(format!("--threshold {}: must be within [0, 1]", request.threshold)));
     }
     let config: TaggerConfig = pretrained::read_config(dir)?;
+    if config.tags.is_empty() {
+        let path = dir.join(pretrained::CONFIG_FILE);
+        return Err(FileError::format(&path, "the tagger has no tags").into());
+    }
     let var_store = nn::VarStore::new(request.device);
     let tagger = Tagger::new(&var_store.root(), &config);
     pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
