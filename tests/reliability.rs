@@ -133,3 +133,28 @@ fn a_run_stopped_by_a_policy_is_finished_by_resume_not_trained_on() {
     assert_eq!(read_jsonl(&run.join("metrics.jsonl")).len(), steps, "no step after the stop");
     assert_eq!(read_json(&run.join("eval.json"))["stopped_by"]["policy"], "early_stopping");
 }
+
+#[test]
+fn a_resume_passes_over_a_damaged_newest_checkpoint_to_an_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let extra = ["--steps", "4", "--batch-size", "8", "--checkpoint-every", "1", "--pause-after-steps", "3"];
+    assert_success(&train_cpu(&run, &constant("1e-3"), &extra));
+    let weights = run.join("checkpoints/step-3/model.safetensors");
+    let mut damaged = std::fs::read(&weights).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xFF;
+    std::fs::write(&weights, damaged).unwrap();
+    let output = trainer(&["train", "--device", "cpu", "--resume", arg(&run)]);
+    assert_success(&output);
+    assert!(
+        common::stderr(&output).contains("passed over a checkpoint that does not load"),
+        "{}",
+        common::stderr(&output)
+    );
+    let log = std::fs::read_to_string(run.join("run.log")).unwrap();
+    assert!(log.contains("step-3") && log.contains("checksum mismatch"), "{log}");
+    assert!(log.contains("checkpoints/step-2 after step 2"), "resumed from the older one: {log}");
+    let steps: Vec<u64> = read_jsonl(&run.join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 1, 2, 3], "the steps after step 2 trained again, once each");
+}

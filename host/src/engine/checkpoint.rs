@@ -171,12 +171,23 @@ pub struct CheckpointContents<'a> {
     pub policies: Vec<(PolicyRecord, Option<Vec<u8>>)>,
 }
 
-/// Writes `run_dir/checkpoints/step-N/` atomically; returns its path.
+/// Writes `run_dir/checkpoints/step-N/` atomically; returns its path. A write that fails
+/// removes what it staged: on a full disk, that is the room the next attempt needs.
 pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     let name = format!("step-{}", contents.trainer.steps_done);
     let staging = root.join(format!("{name}.tmp"));
     let target = root.join(&name);
+    let saved = write_staged(&staging, &target, contents);
+    if saved.is_err() && staging.is_dir() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    saved
+}
+
+fn write_staged(staging: &Path, target: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
+    let staging = staging.to_path_buf();
+    let target = target.to_path_buf();
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
     }
@@ -277,6 +288,26 @@ pub fn size(dir: &Path) -> Result<u64, EngineError> {
         total += entry.metadata().map_err(io_error(&entry.path()))?.len();
     }
     Ok(total)
+}
+
+/// The newest checkpoint of a run that loads and verifies, and a line for each newer one
+/// that did not (damaged, say), which a resume passes over; the newest's error when none
+/// loads.
+pub fn load_newest(run_dir: &Path) -> Result<(Checkpoint, Vec<String>), EngineError> {
+    let mut passed_over = Vec::new();
+    let mut first_error = None;
+    for (_, dir) in complete(run_dir)?.into_iter().rev() {
+        match load(&dir) {
+            Ok(checkpoint) => return Ok((checkpoint, passed_over)),
+            Err(err) => {
+                passed_over.push(format!("{}: {err}", dir.display()));
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| {
+        EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", run_dir.display()))
+    }))
 }
 
 /// Reads and verifies the checkpoint in `dir`.

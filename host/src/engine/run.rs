@@ -75,12 +75,14 @@ pub fn train(
 }
 
 /// Checks what can be checked before the task of a resumed run is opened: that the run has
-/// a checkpoint, and that other policies are swapped in only when asked to. Returns the
-/// latest checkpoint's folder.
-pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> Result<PathBuf, EngineError> {
-    let checkpoint_dir = checkpoint::latest(&options.run_dir)?.ok_or_else(|| {
-        EngineError::Config(format!("--resume {}: the run has no checkpoint to resume from", options.run_dir.display()))
-    })?;
+/// a checkpoint, and that other policies are swapped in only when asked to.
+pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> Result<(), EngineError> {
+    if checkpoint::latest(&options.run_dir)?.is_none() {
+        return Err(EngineError::Config(format!(
+            "--resume {}: the run has no checkpoint to resume from",
+            options.run_dir.display()
+        )));
+    }
     if let Some(policies) = &resume.policies
         && *policies != saved.train.policies
         && !resume.swap_policies
@@ -91,7 +93,7 @@ pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> 
             describe_sources(&saved.train.policies)
         )));
     }
-    Ok(checkpoint_dir)
+    Ok(())
 }
 
 /// Continues the run saved as `saved` in `options.run_dir` from its latest checkpoint, with
@@ -102,7 +104,8 @@ pub fn resume(
     options: &RunOptions,
     resume: &Resume,
 ) -> Result<TrainOutcome, EngineError> {
-    let checkpoint = checkpoint::load(&check_resume(&saved, options, resume)?)?;
+    check_resume(&saved, options, resume)?;
+    let (checkpoint, passed_over) = checkpoint::load_newest(&options.run_dir)?;
     let mut config = saved.train;
     if let Some(policies) = &resume.policies {
         config.policies = policies.clone();
@@ -112,7 +115,8 @@ pub fn resume(
     config.keep_checkpoints = resume.keep_checkpoints.unwrap_or(config.keep_checkpoints);
     config.max_skipped_steps = resume.max_skipped_steps.unwrap_or(config.max_skipped_steps);
     validate_config(&config, options)?;
-    Run::start(&config, task, saved.task, options, Some((checkpoint, resume.swap_policies)))?.train(options)
+    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over };
+    Run::start(&config, task, saved.task, options, Some(resumed))?.train(options)
 }
 
 fn is_zero(count: &usize) -> bool {
@@ -121,6 +125,14 @@ fn is_zero(count: &usize) -> bool {
 
 fn describe_sources(sources: &[PolicySource]) -> String {
     sources.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A checkpoint to continue from, and how.
+struct Resumed {
+    checkpoint: Checkpoint,
+    swap_policies: bool,
+    /// Newer checkpoints that did not load, one line each.
+    passed_over: Vec<String>,
 }
 
 /// Everything a run holds between steps.
@@ -154,7 +166,7 @@ impl Run {
         task: Box<dyn Task>,
         task_section: serde_json::Value,
         options: &RunOptions,
-        from: Option<(Checkpoint, bool)>,
+        from: Option<Resumed>,
     ) -> Result<Self, EngineError> {
         let run_dir = options.run_dir.clone();
         let device = options.device;
@@ -248,7 +260,13 @@ impl Run {
                 write_json(&run_dir.join(RUN_FILE), &saved)?;
                 fresh_state
             }
-            Some((checkpoint, swap_policies)) => {
+            Some(Resumed { checkpoint, swap_policies, passed_over }) => {
+                for line in passed_over {
+                    // Exact either way: the steps after the older checkpoint are trained again.
+                    let line = format!("warning: passed over a checkpoint that does not load: {line}");
+                    eprintln!("{line}");
+                    let _ = writeln!(log, "{line}");
+                }
                 pretrained::load_weights(task.var_store(), &checkpoint.model_file)?;
                 optimizer
                     .load_state(&checkpoint.optimizer)
