@@ -92,11 +92,19 @@ fn a_tagger_is_evaluated_again_and_predicts_the_tags_its_evaluation_scores() {
     let data = ["--task", "tagging", "--data", arg(&train), "--val-data", arg(&val), "--tags", arg(&tags)];
     assert_success(&train_cpu(&run, &constant(), &[&data[..], &["--steps", "3", "--batch-size", "8"]].concat()));
     assert_eval_reproduces(&run, &run.join("final"), &[]);
+    // On other data, with that data's tags: here the mosaic default, whose tags are its own.
+    let mosaics = dir.path().join("mosaics.json");
+    let default = trainer::data::fashion_mnist::DEFAULT_DIR;
+    let model = run.join("final");
+    let args = ["eval", "--device", "cpu", "--model", arg(&model), "--data", default, "--out", arg(&mosaics)];
+    assert_success(&trainer(&args));
+    assert_eq!(read_json(&mosaics)["images"], 2500);
+    let output = trainer(&["eval", "--model", arg(&model), "--tags", arg(&tags)]);
+    assert_one_line_error(&output, 1, &["--tags", "--data"]);
 
     // Every tag with its score; those at 0.5 or more are the evaluation's positives, so
     // their overall precision and recall against the manifest's tags are OP and OR.
     let predicted = dir.path().join("tags.jsonl");
-    let model = run.join("final");
     let args = ["predict", "--device", "cpu", "--model", arg(&model), "--data", arg(&val)];
     assert_success(&trainer(&[&args[..], &["--threshold", "0", "--out", arg(&predicted)]].concat()));
     let lines = read_jsonl(&predicted);

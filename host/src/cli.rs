@@ -86,6 +86,9 @@ pub struct SimulateArgs {
     /// Loss terms of the synthetic stream, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "contrastive")]
     pub losses: Vec<String>,
+    /// Parameter groups of the synthetic stream, comma-separated [default: CLIP's].
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
     /// Evaluate (`val_loss`) every N synthetic steps; 0: when a policy asks.
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
@@ -428,6 +431,10 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
             steps_per_epoch: args.steps_per_epoch,
             losses: args.losses.clone(),
             eval_every: args.eval_every,
+            groups: args
+                .groups
+                .clone()
+                .unwrap_or_else(|| crate::models::clip::PARAMETER_GROUPS.map(String::from).to_vec()),
             lr: args.lr,
             seed: args.seed,
         }),

@@ -15,7 +15,6 @@ use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::data::sampler::keyed;
 use crate::files::FileError;
-use crate::models::clip::PARAMETER_GROUPS;
 use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits};
 use crate::report::{Chart, JsonLines, Series, float_from_json, read_records};
 use std::collections::HashMap;
@@ -37,6 +36,8 @@ pub struct SyntheticCurve {
     pub losses: Vec<String>,
     /// Evaluate (`val_loss`) every this many steps; 0: only when a policy asks.
     pub eval_every: u64,
+    /// Parameter groups, each starting at `lr`.
+    pub groups: Vec<String>,
     pub lr: f64,
     pub seed: u64,
 }
@@ -216,9 +217,10 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
 
 fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {
     SavedSpec {
-        groups: PARAMETER_GROUPS
+        groups: curve
+            .groups
             .iter()
-            .map(|name| SavedGroup { name: name.to_string(), base_lr: curve.lr, param_count: 0, frozen: false })
+            .map(|name| SavedGroup { name: name.clone(), base_lr: curve.lr, param_count: 0, frozen: false })
             .collect(),
         losses: curve.losses.clone(),
         augmentation: KNOBS

@@ -157,19 +157,34 @@ pub const COMPANION_FILES: [&str; 6] = [
 
 /// Writes `config.json` and `model.safetensors` into `dir` (with the [`COMPANION_FILES`]
 /// that `source`, the folder the model started from, has) through `dir.tmp` and a rename,
-/// so an interrupted save never leaves half a model.
+/// so an interrupted save never leaves half a model; a save that fails removes what it
+/// staged.
 pub fn save(
     dir: &Path,
     var_store: &nn::VarStore,
     config: &impl Serialize,
     source: Option<&Path>,
 ) -> Result<(), PretrainedError> {
-    let io = FileError::io;
     let staging = dir.with_extension("tmp");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    let saved = write_staged(dir, &staging, var_store, config, source);
+    if saved.is_err() && staging.is_dir() {
+        let _ = std::fs::remove_dir_all(&staging);
     }
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    saved
+}
+
+fn write_staged(
+    dir: &Path,
+    staging: &Path,
+    var_store: &nn::VarStore,
+    config: &impl Serialize,
+    source: Option<&Path>,
+) -> Result<(), PretrainedError> {
+    let io = FileError::io;
+    if staging.exists() {
+        std::fs::remove_dir_all(staging).map_err(io(staging))?;
+    }
+    std::fs::create_dir_all(staging).map_err(io(staging))?;
     let weights = staging.join(WEIGHTS_FILE);
     var_store.save(&weights).map_err(|source| PretrainedError::Torch { path: weights, source })?;
     let config_path = staging.join(CONFIG_FILE);
@@ -183,5 +198,5 @@ pub fn save(
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
-    Ok(std::fs::rename(&staging, dir).map_err(io(dir))?)
+    Ok(std::fs::rename(staging, dir).map_err(io(dir))?)
 }

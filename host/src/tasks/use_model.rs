@@ -105,8 +105,15 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
             (args.config(kind)?, 0, true)
         }
     };
-    if in_run.is_some() && request.tags.is_some() {
-        return Err(EngineError::Config("--tags: a run's model is evaluated with the run's tags".into()));
+    if in_run.is_some() {
+        // Other data bring their own tag vocabulary (none for the mosaics).
+        match (&request.data, &mut config) {
+            (None, _) if request.tags.is_some() => {
+                return Err(EngineError::Config("--tags: goes with --data; the run's data has its tags".into()));
+            }
+            (Some(_), TaskConfig::Tagging(tagging)) => tagging.tags = request.tags.clone().map(absolute),
+            _ => {}
+        }
     }
     let inputs = config.inputs_mut();
     if let Some(data) = &request.data {
