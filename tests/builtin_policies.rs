@@ -5,23 +5,9 @@
 mod common;
 
 use common::{
-    assert_error, assert_one_line_error, assert_success, read_json, read_jsonl, trainer, trainer_in, workspace,
+    STANDARD_POLICIES, assert_error, assert_one_line_error, assert_success, read_json, read_jsonl, trainer, trainer_in,
+    workspace,
 };
-
-const STANDARD: [&str; 12] = [
-    "aug_curriculum",
-    "constant",
-    "cosine_warmup",
-    "early_stopping",
-    "grad_clip",
-    "layerwise",
-    "loss_balance",
-    "one_cycle",
-    "reduce_on_plateau",
-    "staged_unfreeze",
-    "step_decay",
-    "warmup_stable_decay",
-];
 
 fn one_spaced(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -43,7 +29,7 @@ fn policies_lists_every_standard_policy_with_its_documented_arguments() {
     assert_success(&output);
     let listing = String::from_utf8_lossy(&output.stdout).into_owned();
     let flat = one_spaced(&listing);
-    for name in STANDARD {
+    for name in STANDARD_POLICIES {
         assert!(listing.lines().any(|line| line.starts_with(name)), "`{name}` missing from:\n{listing}");
         let arguments = documented_arguments(name);
         assert!(flat.contains(&arguments), "`{name}`: arguments `{arguments}` missing from:\n{listing}");
@@ -107,7 +93,7 @@ fn an_unknown_name_lists_the_built_in_policies() {
     let args = ["train", "--policy", "cosine_warmpu", "--steps", "2", "--run-dir", run_dir.to_str().unwrap()];
     let output = trainer_in(cwd.path(), &args);
     let mut needles = vec!["`cosine_warmpu`"];
-    needles.extend(STANDARD);
+    needles.extend(STANDARD_POLICIES);
     assert_one_line_error(&output, 1, &needles);
 }
 

@@ -230,8 +230,12 @@ pub struct EvalArgs {
     /// Also write the metrics to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub machine: MachineArgs,
+    /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+    /// Threads decoding images [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub workers: Option<usize>,
 }
 
 /// The images a model is applied to, and the device it runs on.
@@ -260,16 +264,6 @@ impl ImageArgs {
             batch_size: self.batch_size,
         }
     }
-}
-
-#[derive(Debug, clap::Args)]
-pub struct MachineArgs {
-    /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
-    pub device: Device,
-    /// Threads decoding images [default: the number of CPUs, at most 8].
-    #[arg(long, value_name = "N", value_parser = positive_usize)]
-    pub workers: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -556,8 +550,8 @@ fn run_eval(args: EvalArgs) -> Result<(), EngineError> {
         tags: args.tags,
         skip_bad_samples: args.skip_bad_samples,
         seed: args.seed,
-        device: args.machine.device,
-        workers: args.machine.workers.unwrap_or_else(default_workers),
+        device: args.device,
+        workers: args.workers.unwrap_or_else(default_workers),
     };
     let scores = evaluate(&request)?;
     print_scores(&scores);

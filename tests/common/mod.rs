@@ -6,6 +6,22 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The standard policies, as built into the binary and into `build/policies/`.
+pub const STANDARD_POLICIES: [&str; 12] = [
+    "aug_curriculum",
+    "constant",
+    "cosine_warmup",
+    "early_stopping",
+    "grad_clip",
+    "layerwise",
+    "loss_balance",
+    "one_cycle",
+    "reduce_on_plateau",
+    "staged_unfreeze",
+    "step_decay",
+    "warmup_stable_decay",
+];
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ sits in the workspace").to_path_buf()
 }

@@ -97,7 +97,7 @@ pub struct SkippedSteps {
 impl SkippedSteps {
     pub fn record(&mut self, step: u64, skipped: bool, loss: f64, grad_norm: f64) {
         if !skipped {
-            *self = SkippedSteps { total: self.total, ..SkippedSteps::default() };
+            self.end_streak();
             return;
         }
         self.total += 1;
@@ -105,6 +105,11 @@ impl SkippedSteps {
             (self.first, self.first_loss, self.first_grad_norm) = (Some(step), Some(loss), Some(grad_norm));
         }
         self.in_a_row += 1;
+    }
+
+    /// Forgets the current run of skipped steps, keeping the total.
+    pub fn end_streak(&mut self) {
+        *self = SkippedSteps { total: self.total, ..SkippedSteps::default() };
     }
 }
 
@@ -186,12 +191,10 @@ pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, Eng
 }
 
 fn write_staged(staging: &Path, target: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
-    let staging = staging.to_path_buf();
-    let target = target.to_path_buf();
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
+        std::fs::remove_dir_all(staging).map_err(io_error(staging))?;
     }
-    std::fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+    std::fs::create_dir_all(staging).map_err(io_error(staging))?;
     contents.model.save(staging.join(MODEL_FILE))?;
     Tensor::write_safetensors(&contents.optimizer, staging.join(OPTIMIZER_FILE))?;
     let mut files = vec![MODEL_FILE.to_string(), OPTIMIZER_FILE.to_string()];
@@ -225,10 +228,10 @@ fn write_staged(staging: &Path, target: &Path, contents: CheckpointContents) -> 
     let text = serde_json::to_string_pretty(&manifest).expect("manifests serialize");
     std::fs::write(&manifest_path, text + "\n").map_err(io_error(&manifest_path))?;
     if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(io_error(&target))?;
+        std::fs::remove_dir_all(target).map_err(io_error(target))?;
     }
-    std::fs::rename(&staging, &target).map_err(io_error(&target))?;
-    Ok(target)
+    std::fs::rename(staging, target).map_err(io_error(target))?;
+    Ok(target.to_path_buf())
 }
 
 /// The complete checkpoints of a run (`step-N/` with a manifest), oldest first.

@@ -23,7 +23,7 @@ pub use config::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, RUN_FILE, Resume, RunConfig, RunOptions, SavedRun,
     TrainOutcome,
 };
-pub use error::{EngineError, io_error};
+pub use error::EngineError;
 pub use knobs::KnobState;
 pub use run::{check_new_run, check_resume, resume, train, write_json};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};

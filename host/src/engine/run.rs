@@ -283,7 +283,7 @@ impl Run {
                     let _ = writeln!(log, "that checkpoint was saved after a fault: {fault}");
                     // Continuing is the user's call (new policies, say): the divergence guard
                     // counts skipped steps afresh rather than stopping at once.
-                    trainer.skipped.record(trainer.steps_done, false, 0.0, 0.0);
+                    trainer.skipped.end_streak();
                 }
                 trainer
             }

@@ -16,7 +16,9 @@ pub mod use_model;
 pub use inputs::{InputArgs, Inputs, Precision, TaskContext};
 
 use crate::engine::{self, EngineError, Resume, RunConfig, RunOptions, SavedRun, Task, TrainOutcome};
+use crate::files::FileError;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// The kinds of training, as `--task` names them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -88,13 +90,6 @@ impl TaskConfig {
         }
     }
 
-    pub fn inputs(&self) -> &Inputs {
-        match self {
-            TaskConfig::Clip(config) => &config.inputs,
-            TaskConfig::Tagging(config) => &config.inputs,
-        }
-    }
-
     pub fn inputs_mut(&mut self) -> &mut Inputs {
         match self {
             TaskConfig::Clip(config) => &mut config.inputs,
@@ -114,7 +109,7 @@ impl TaskConfig {
     /// no micro-batches (evaluation draws no batches), and the folder's own configuration,
     /// tokenizer and preprocessing in place of the folder the run started from, which
     /// `final/` and `best/` carry a copy of (a checkpoint folder does not).
-    pub fn for_evaluation(&mut self, dir: &std::path::Path) {
+    pub fn for_evaluation(&mut self, dir: &Path) {
         if let TaskConfig::Clip(config) = self {
             config.accum_steps = 1;
         }
@@ -124,8 +119,26 @@ impl TaskConfig {
         }
     }
 
+    /// These settings made to evaluate on `data` instead of their own, with `tags` as its
+    /// tag vocabulary for a tagger (none for the mosaics): the held-out set and image folder
+    /// belonged to the other data.
+    pub fn evaluate_on(&mut self, data: &Path, tags: Option<PathBuf>) -> Result<(), EngineError> {
+        if !data.exists() {
+            return Err(FileError::format(data, "no such file or folder").into());
+        }
+        match self {
+            TaskConfig::Clip(config) => config.check_vocabulary_reads(data)?,
+            TaskConfig::Tagging(config) => config.tags = tags.map(inputs::absolute),
+        }
+        let inputs = self.inputs_mut();
+        inputs.data = data.to_path_buf();
+        inputs.val_data = None;
+        inputs.images = None;
+        Ok(())
+    }
+
     /// The task section of a saved run.
-    pub fn of_saved(saved: &SavedRun, run_dir: &std::path::Path) -> Result<TaskConfig, EngineError> {
+    pub fn of_saved(saved: &SavedRun, run_dir: &Path) -> Result<TaskConfig, EngineError> {
         serde_json::from_value(saved.task.clone()).map_err(|err| {
             EngineError::Config(format!(
                 "{}: the task section is not one this trainer knows: {err}",

@@ -6,7 +6,7 @@
 
 use super::inputs::{TaskContext, absolute};
 use super::{TaskConfig, TaskKind};
-use crate::data::captioned::{self, DataKind, Needs};
+use crate::data::captioned::{self, Needs};
 use crate::data::images::load_rgb_square;
 use crate::data::{PixelNormalizer, fashion_mnist};
 use crate::engine::{CHECKPOINTS_DIR, EngineError, RUN_FILE, SavedRun, Scores};
@@ -78,20 +78,8 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
             let saved = SavedRun::read(run)?;
             let mut config = TaskConfig::of_saved(&saved, run)?;
             refuse_other_task(dir, config.kind(), request.task, "was trained by a run of")?;
-            if let Some(data) = request.data.as_ref().filter(|data| !data.exists()) {
-                return Err(FileError::format(data, "no such file or folder").into());
-            }
-            if let (Some(data), TaskConfig::Clip(clip)) = (&request.data, &config)
-                && clip.inputs.model.is_none()
-                && (DataKind::of(data)? == DataKind::FashionMnist)
-                    != (DataKind::of(&clip.inputs.data)? == DataKind::FashionMnist)
-            {
-                return Err(EngineError::Config(format!(
-                    "--data {}: the model was trained from scratch with a vocabulary made for its own kind of \
-                     data ({}); evaluate it on data of that kind",
-                    data.display(),
-                    clip.inputs.data.display()
-                )));
+            if request.data.is_none() && request.tags.is_some() {
+                return Err(EngineError::Config("--tags: goes with --data; the run's data has its tags".into()));
             }
             config.for_evaluation(dir);
             (config, saved.train.seed, false)
@@ -105,23 +93,10 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
             (args.config(kind)?, 0, true)
         }
     };
-    if in_run.is_some() {
-        // Other data bring their own tag vocabulary (none for the mosaics).
-        match (&request.data, &mut config) {
-            (None, _) if request.tags.is_some() => {
-                return Err(EngineError::Config("--tags: goes with --data; the run's data has its tags".into()));
-            }
-            (Some(_), TaskConfig::Tagging(tagging)) => tagging.tags = request.tags.clone().map(absolute),
-            _ => {}
-        }
+    if let Some(data) = &request.data {
+        config.evaluate_on(data, request.tags.clone())?;
     }
     let inputs = config.inputs_mut();
-    if let Some(data) = &request.data {
-        inputs.data = data.clone();
-        // The run's held-out set and image folder belonged to its data.
-        inputs.val_data = None;
-        inputs.images = None;
-    }
     inputs.images = request.images.clone().or(inputs.images.take());
     inputs.val_data = request.val_data.clone().or(inputs.val_data.take());
     inputs.skip_bad_samples |= request.skip_bad_samples;

@@ -44,6 +44,23 @@ fn one() -> u64 {
     1
 }
 
+impl ClipTaskConfig {
+    /// Refuses `data` that a model trained from scratch cannot read: its vocabulary is made
+    /// for its own kind of data (Fashion-MNIST's caption words, or CLIP's BPE for the rest).
+    pub fn check_vocabulary_reads(&self, data: &Path) -> Result<(), EngineError> {
+        let fashion_mnist = |path: &Path| DataKind::of(path).map(|kind| kind == DataKind::FashionMnist);
+        if self.inputs.model.is_none() && fashion_mnist(data)? != fashion_mnist(&self.inputs.data)? {
+            return Err(EngineError::Config(format!(
+                "--data {}: the model was trained from scratch with a vocabulary made for its own kind of data \
+                 ({}); evaluate it on data of that kind",
+                data.display(),
+                self.inputs.data.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The flags only contrastive training has.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClipArgs {
