@@ -72,7 +72,9 @@ fn streams() -> Vec<StreamSpec> {
 
 /// Drives `language`'s version of `name` and the Rust one over the same streams, comparing
 /// every decision (Debug text: floats to the last bit, -0 apart from 0) and the state bytes at
-/// the stream's save point and at its end.
+/// the stream's save point and at its end. At the save point both are resumed, as
+/// `--resume --steps` does, into a run of another length (longer or shorter by stream), so the
+/// re-planning is compared too.
 fn assert_same_decisions(language: &str, name: &str, arg_sets: &[&[(&str, &str)]]) {
     let runtime = runtime();
     let rust = prepare(&runtime, name);
@@ -88,15 +90,31 @@ fn assert_same_decisions(language: &str, name: &str, arg_sets: &[&[(&str, &str)]
                 let got = format!("{:?}", actual.decide(&observation).unwrap());
                 assert_eq!(got, want, "{context}: step {step}");
                 if step + 1 == stream.save_at || step + 1 == stream.len {
-                    assert_eq!(
-                        actual.save_state("test").unwrap(),
-                        expected.save_state("test").unwrap(),
-                        "{context}: state after step {step}"
-                    );
+                    let state = expected.save_state("test").unwrap();
+                    assert_eq!(actual.save_state("test").unwrap(), state, "{context}: state after step {step}");
+                    if step + 1 == stream.save_at {
+                        let new_length = if index % 2 == 0 { TOTAL_STEPS * 2 } else { stream.save_at + 7 };
+                        expected = resume(&runtime, &rust, pairs, new_length, &state);
+                        actual = resume(&runtime, &other, pairs, new_length, &state);
+                    }
                 }
             }
         }
     }
+}
+
+/// A fresh instance started for a run of `total_steps` and given `state`.
+fn resume(
+    runtime: &PolicyRuntime,
+    prepared: &PreparedPolicy,
+    pairs: &[(&str, &str)],
+    total_steps: u64,
+    state: &[u8],
+) -> PolicyInstance {
+    let mut instance = runtime.instantiate(prepared).unwrap();
+    instance.init(&check_spec(total_steps, args(pairs))).unwrap();
+    instance.load_state(state).unwrap_or_else(|err| panic!("{pairs:?}, resumed for {total_steps} steps: {err}"));
+    instance
 }
 
 fn init_refusal(runtime: &PolicyRuntime, prepared: &PreparedPolicy, pairs: &[(&str, &str)]) -> String {

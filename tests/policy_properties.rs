@@ -1,7 +1,8 @@
 //! What the standard policies mean, as properties over generated arguments and streams:
 //! warmup rises and decay never rises or undercuts the floor; early stopping never stops
 //! before patience plus delay; loss balancing evens out stationary losses; staged unfreezing
-//! never freezes again what it unfroze.
+//! never freezes again what it unfroze; every schedule resumed with a new length goes on from
+//! where it stood.
 
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
@@ -141,5 +142,50 @@ proptest! {
             }
         }
         prop_assert!(unfrozen[0] && unfrozen[1], "both groups are unfrozen by the end");
+    }
+
+    /// `--resume RUN --steps N`: a policy started for the new length and given the state saved
+    /// at step `r` decides at `r` what it would have without the change (no jump), whether the
+    /// run grows or shrinks. Augmentation may switch off early when a run shrinks past its
+    /// `off_at`, so it is held to this only for longer runs.
+    #[test]
+    fn schedules_resumed_with_a_new_length_go_on_without_a_jump(
+        total in 20u64..2000, resume_share in 0.0f64..1.0, length_factor in 0.2f64..3.0, min_lr in 0.0f64..5e-5,
+    ) {
+        let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+        let resume_at = ((total as f64 * resume_share) as u64).clamp(1, total);
+        let new_total = ((total as f64 * length_factor) as u64).max(resume_at);
+        let floor = ("min_lr", min_lr.to_string());
+        let schedules: [(&str, Vec<(&str, String)>); 7] = [
+            ("cosine_warmup", vec![floor.clone()]),
+            ("layerwise", vec![("vision", "0.1".into()), floor.clone()]),
+            ("staged_unfreeze", vec![("unfreeze", format!("vision@{}", total / 2)), ("schedule", "cosine".into()), ("warmup_steps", (total / 10).to_string()), floor.clone()]),
+            ("one_cycle", vec![]),
+            ("warmup_stable_decay", vec![("shape", "cosine".into()), floor.clone()]),
+            ("step_decay", vec![]),
+            ("aug_curriculum", vec![]),
+        ];
+        for (name, pairs) in schedules {
+            if name == "aug_curriculum" && new_total < total {
+                continue;
+            }
+            let mut first = start(&runtime, name, args(&pairs), total);
+            for step in 0..resume_at {
+                first.decide(&observation(step, vec![], None)).unwrap();
+            }
+            let state = first.save_state(name).unwrap();
+            let planned = first.decide(&observation(resume_at, vec![], None)).unwrap();
+            let mut resumed = start(&runtime, name, args(&pairs), new_total);
+            resumed.load_state(&state).unwrap();
+            let replanned = resumed.decide(&observation(resume_at, vec![], None)).unwrap();
+            let context = format!("{name}: {total} steps resumed at {resume_at} for {new_total}");
+            let values = |decision: &trainer::policy::Decision| -> Vec<f64> {
+                decision.lrs.iter().chain(&decision.augmentation).map(|v| v.unwrap()).collect()
+            };
+            for (&got, &want) in values(&replanned).iter().zip(&values(&planned)) {
+                prop_assert!((got - want).abs() <= 1e-12 * want.abs(), "{context}: {got} instead of {want}");
+            }
+            prop_assert_eq!(replanned.freeze, planned.freeze, "{}", context);
+        }
     }
 }

@@ -80,10 +80,13 @@ fn resuming_with_another_policy_needs_the_explicit_swap() {
     assert_error(&swapped, 1, &["other policies", "--swap-policies"]);
     // Nothing was lost: the checkpoint is still there, and the swap works when asked for.
     assert!(dir.path().join("checkpoints/step-3/manifest.json").exists());
-    assert_success(&resume(dir.path(), &["--policy", constant.to_str().unwrap(), "--swap-policies"]));
+    let swap = ["--policy", constant.to_str().unwrap(), "--swap-policies", "--steps", "30", "--pause-after-steps", "6"];
+    assert_success(&resume(dir.path(), &swap));
+    // The swap and the new length are the run's settings now: a plain resume goes on with them.
+    assert_success(&resume(dir.path(), &[]));
     let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
     assert!(decisions.iter().filter(|d| d["step"].as_u64().unwrap() >= 3).all(|d| d["policy"] == "constant"));
-    assert_eq!(read_json(&dir.path().join("eval.json"))["step"], 24);
+    assert_eq!(read_json(&dir.path().join("eval.json"))["step"], 30);
 }
 
 #[test]
@@ -139,4 +142,57 @@ fn sigterm_saves_a_checkpoint_after_the_step_in_flight() {
     assert_eq!(checkpoints.len(), 1, "one checkpoint, written on the signal");
     let steps_done = read_jsonl(&metrics).len();
     assert!(dir.path().join(format!("checkpoints/step-{steps_done}/manifest.json")).exists());
+}
+
+/// `--resume RUN --steps N` continues to a new length: `cosine_warmup` re-plans its decay
+/// from the resume step, without a jump, to the floor at the new end (its documented rule),
+/// and run.json records the new length for the next resume and for `simulate`.
+#[test]
+fn a_run_resumed_with_a_longer_length_replans_its_cosine_from_the_resume_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cosine = [format!("{}:warmup_steps=2", policy("cosine_warmup").display())];
+    let paused = train_cpu(dir.path(), &cosine, &["--steps", "6", "--batch-size", "8", "--pause-after-steps", "4"]);
+    assert_success(&paused);
+    assert_error(&resume(dir.path(), &["--steps", "3"]), 1, &["--steps 3", "at least 4"]);
+
+    let resumed = resume(dir.path(), &["--steps", "12"]);
+    assert_success(&resumed);
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(stdout.contains("run length changed from 6 to 12 steps at step 4"), "{stdout}");
+    let rates: Vec<f64> = read_jsonl(&dir.path().join("decisions.jsonl"))
+        .iter()
+        .map(|record| record["lrs"]["vision"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 12, "one decision per step: {rates:?}");
+    let base = rates[1];
+    let fall = |progress: f64| 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    let first_plan =
+        |step: usize| if step < 2 { (step + 1) as f64 / 2.0 * base } else { base * fall((step - 2) as f64 / 4.0) };
+    let reached = first_plan(4);
+    for (step, &rate) in rates.iter().enumerate() {
+        let expected = if step < 4 { first_plan(step) } else { reached * fall((step - 4) as f64 / 8.0) };
+        assert!((rate - expected).abs() <= 1e-15 * base, "step {step}: {rate} vs {expected}; all: {rates:?}");
+    }
+    assert_eq!(rates[4], reached, "no jump at the resume step");
+    assert!(rates[11] < rates[10] && rates[5] > first_plan(5), "a slower decay over the longer run: {rates:?}");
+    let run = read_json(&dir.path().join("run.json"));
+    assert_eq!((run["train"]["steps"].as_u64(), run["spec"]["total_steps"].as_u64()), (Some(12), Some(12)));
+    assert!(dir.path().join("final").exists() && dir.path().join("eval.json").exists());
+}
+
+/// A policy may refuse a new length in `load-state`: its message is shown, the run does not
+/// start, and nothing it had written changes.
+#[test]
+fn a_policy_that_refuses_a_new_length_leaves_the_run_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = [format!("{}:mode=fixed_length", common::fixture("hostile_policy").display())];
+    assert_success(&train_cpu(dir.path(), &fixed, &["--steps", "4", "--batch-size", "8", "--pause-after-steps", "2"]));
+    let before = bytes(&dir.path().join("run.json"));
+    assert_error(
+        &resume(dir.path(), &["--steps", "8"]),
+        1,
+        &["hostile_policy", "planned for 4 steps, cannot continue to 8"],
+    );
+    assert_eq!(bytes(&dir.path().join("run.json")), before);
+    assert_success(&resume(dir.path(), &[]));
 }

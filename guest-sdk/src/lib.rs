@@ -23,13 +23,16 @@
 //!
 //! A policy whose decisions depend on what it has seen must implement
 //! [`Policy::save_state`] and [`Policy::load_state`] (see [`state`]), so that a resumed run
-//! decides exactly as an uninterrupted one.
+//! decides exactly as an uninterrupted one. A schedule planned over the run's length
+//! keeps that length in its state (see [`plan`]), so a run resumed with a new `--steps`
+//! re-plans from the resume step instead of jumping.
 
 // The bindings' generated code names this crate by its absolute path.
 extern crate self as trainer_policy_sdk;
 
 mod args;
 pub mod metrics;
+pub mod plan;
 pub mod schedules;
 pub mod state;
 

@@ -139,7 +139,8 @@ pub struct TrainArgs {
     pub task: Option<TaskKind>,
     #[command(flatten)]
     pub task_args: TaskArgs,
-    /// Number of optimizer steps [default: 1000].
+    /// Number of optimizer steps [default: 1000]. With --resume: the run's new length; the
+    /// policies re-plan their schedules from the resume step (see each policy's doc).
     #[arg(long, value_parser = positive_u64, allow_negative_numbers = true)]
     pub steps: Option<u64>,
     /// Images per step [default: 256].
@@ -190,7 +191,9 @@ pub struct TrainArgs {
     /// Save a checkpoint and exit after N steps, as a preempted job would; continue with --resume.
     #[arg(long, value_name = "N", value_parser = positive_u64)]
     pub pause_after_steps: Option<u64>,
-    /// Continue the run in this directory from its latest checkpoint, with its saved settings.
+    /// Continue the run in this directory from its latest checkpoint, with its saved settings
+    /// (--steps, --keep-checkpoints, --max-skipped-steps and --policy with --swap-policies
+    /// may change).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
     /// On --resume, continue with the policies given by --policy instead of the saved ones.
@@ -462,7 +465,6 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
     let workers = args.workers.unwrap_or_else(default_workers);
     if args.resume.is_some() {
         let mut fixed = vec![
-            ("--steps", args.steps.is_some()),
             ("--batch-size", args.batch_size.is_some()),
             ("--seed", args.seed.is_some()),
             ("--lr", args.lr.is_some()),
@@ -483,6 +485,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
         let resume = Resume {
             policies,
             swap_policies: args.swap_policies,
+            steps: args.steps,
             keep_checkpoints: args.keep_checkpoints,
             max_skipped_steps: args.max_skipped_steps,
         };

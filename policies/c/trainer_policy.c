@@ -179,11 +179,76 @@ const char *default_mode(const char *name) {
 }
 
 double cosine_warmup(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor) {
+  return cosine_warmup_from(step, base, warmup, total, floor, warmup, base);
+}
+
+double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor, uint64_t start,
+                          double rate) {
   if (step < warmup) return (double)(step + 1) / (double)warmup * base;
   floor = fmin(floor, base);
-  uint64_t decay_steps = total > warmup ? total - warmup : 1;
-  double progress = fmin((double)(step - warmup) / (double)decay_steps, 1.0);
-  return floor + (base - floor) * (0.5 * (1.0 + cos(M_PI * progress)));
+  uint64_t decay_steps = total > start ? total - start : 1;
+  double progress = fmin((double)(step > start ? step - start : 0) / (double)decay_steps, 1.0);
+  return floor + (rate - floor) * (0.5 * (1.0 + cos(M_PI * progress)));
+}
+
+void cosine_schedule_init(cosine_schedule_t *schedule, double *base_lrs, size_t groups, uint64_t warmup_steps,
+                          double min_lr, uint64_t total_steps) {
+  free(schedule->base_lrs);
+  free(schedule->restart_rates);
+  *schedule = (cosine_schedule_t){
+      .base_lrs = base_lrs,
+      .groups = groups,
+      .warmup_steps = warmup_steps,
+      .min_lr = min_lr,
+      .total_steps = total_steps,
+      .restart_rates = malloc(sizeof(double) * groups),
+  };
+}
+
+void cosine_schedule_begin_step(cosine_schedule_t *schedule, uint64_t step) {
+  if (!schedule->pending) return;
+  double *rates = malloc(sizeof(double) * schedule->groups);
+  for (size_t i = 0; i < schedule->groups; i++) rates[i] = cosine_schedule_rate(schedule, i, step);
+  schedule->total_steps = schedule->pending_total;
+  schedule->pending = false;
+  if (step >= schedule->warmup_steps) {
+    schedule->restarted = true;
+    schedule->restart_step = step;
+    memcpy(schedule->restart_rates, rates, sizeof(double) * schedule->groups);
+  }
+  free(rates);
+}
+
+double cosine_schedule_rate(const cosine_schedule_t *schedule, size_t group, uint64_t step) {
+  double base = schedule->base_lrs[group];
+  uint64_t start = schedule->restarted ? schedule->restart_step : schedule->warmup_steps;
+  double rate = schedule->restarted ? schedule->restart_rates[group] : base;
+  return cosine_warmup_from(step, base, schedule->warmup_steps, schedule->total_steps, schedule->min_lr, start, rate);
+}
+
+void cosine_schedule_save(const cosine_schedule_t *schedule, state_writer_t *writer) {
+  state_u64(writer, schedule->warmup_steps);
+  state_u64(writer, schedule->total_steps);
+  state_bool(writer, schedule->restarted);
+  if (schedule->restarted) {
+    state_u64(writer, schedule->restart_step);
+    state_f64s(writer, schedule->restart_rates, schedule->groups);
+  }
+}
+
+bool cosine_schedule_load(cosine_schedule_t *schedule, state_reader_t *reader) {
+  uint64_t saved;
+  if (!read_u64(reader, "warmup steps", &schedule->warmup_steps) ||
+      !read_u64(reader, "planned total steps", &saved))
+    return false;
+  uint64_t run_total = schedule->pending ? schedule->pending_total : schedule->total_steps;
+  schedule->pending = saved != run_total;
+  schedule->pending_total = run_total;
+  schedule->total_steps = saved;
+  if (!read_bool(reader, "restarted", &schedule->restarted)) return false;
+  if (!schedule->restarted) return true;
+  return read_u64(reader, "restart step", &schedule->restart_step) &&
+         read_f64s(reader, "restart rates", schedule->groups, schedule->restart_rates);
 }
 
 void rust_display(double value, char *out) {
@@ -250,6 +315,11 @@ void state_u64(state_writer_t *writer, uint64_t value) { state_push(writer, valu
 
 void state_bool(state_writer_t *writer, bool value) { state_push(writer, value, 1); }
 
+void state_f64s(state_writer_t *writer, const double *values, size_t count) {
+  state_u64(writer, count);
+  for (size_t i = 0; i < count; i++) state_f64(writer, values[i]);
+}
+
 static bool state_take(state_reader_t *reader, const char *what, size_t size, uint64_t *out) {
   if (reader->len - reader->at < size) {
     snprintf(policy_error, ERROR_SIZE, "state ends before `%s`", what);
@@ -277,6 +347,19 @@ bool read_bool(state_reader_t *reader, const char *what, bool *out) {
     return false;
   }
   *out = byte == 1;
+  return true;
+}
+
+bool read_f64s(state_reader_t *reader, const char *what, size_t expected, double *out) {
+  uint64_t count;
+  if (!read_u64(reader, what, &count)) return false;
+  if (count != expected) {
+    snprintf(policy_error, ERROR_SIZE, "`%s`: state has %llu values, this run needs %zu", what,
+             (unsigned long long)count, expected);
+    return false;
+  }
+  for (size_t i = 0; i < expected; i++)
+    if (!read_f64(reader, what, &out[i])) return false;
   return true;
 }
 

@@ -43,6 +43,10 @@ const char *default_mode(const char *name);
 // Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
 // SDK's schedules in the same order.
 double cosine_warmup(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor);
+// `cosine_warmup` whose decay starts at step `start` from the rate `rate` (after a re-plan)
+// instead of at the end of the warmup from `base`.
+double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor, uint64_t start,
+                          double rate);
 
 // `value` as Rust's `{}` prints an f64 (shortest digits that read back, positional, `inf`,
 // `NaN`), into `out` (at least 400 bytes: the longest positional f64 plus a NUL).
@@ -57,6 +61,7 @@ typedef struct {
 void state_f64(state_writer_t *writer, double value);
 void state_u64(state_writer_t *writer, uint64_t value);
 void state_bool(state_writer_t *writer, bool value);
+void state_f64s(state_writer_t *writer, const double *values, size_t count);
 
 typedef struct {
   const uint8_t *bytes;
@@ -66,7 +71,33 @@ typedef struct {
 bool read_f64(state_reader_t *reader, const char *what, double *out);
 bool read_u64(state_reader_t *reader, const char *what, uint64_t *out);
 bool read_bool(state_reader_t *reader, const char *what, bool *out);
+// A list of exactly `expected` numbers into `out`.
+bool read_f64s(state_reader_t *reader, const char *what, size_t expected, double *out);
 bool read_finish(const state_reader_t *reader);
+
+// Linear warmup, then cosine decay to a floor, for every group, re-planned when a resumed
+// run changes its length, as the Rust SDK's `plan::CosineSchedule` (same state bytes).
+typedef struct {
+  double *base_lrs;
+  size_t groups;
+  uint64_t warmup_steps;
+  double min_lr;
+  uint64_t total_steps;
+  // A new length waiting for the next decision, where the resume step is known.
+  bool pending;
+  uint64_t pending_total;
+  // Where the decay was re-planned, and the rate of each group there.
+  bool restarted;
+  uint64_t restart_step;
+  double *restart_rates;
+} cosine_schedule_t;
+// Takes ownership of `base_lrs` (malloc'd, `groups` long).
+void cosine_schedule_init(cosine_schedule_t *schedule, double *base_lrs, size_t groups, uint64_t warmup_steps,
+                          double min_lr, uint64_t total_steps);
+void cosine_schedule_begin_step(cosine_schedule_t *schedule, uint64_t step);
+double cosine_schedule_rate(const cosine_schedule_t *schedule, size_t group, uint64_t step);
+void cosine_schedule_save(const cosine_schedule_t *schedule, state_writer_t *writer);
+bool cosine_schedule_load(cosine_schedule_t *schedule, state_reader_t *reader);
 
 // A decision that changes nothing.
 decision_t keep(void);

@@ -93,11 +93,65 @@ export function defaultMode(name) {
 /** Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
  * SDK's schedules in the same order, so the results are bit-identical. */
 export function cosineWarmup(step, base, warmup, total, floor) {
+  return cosineWarmupFrom(step, base, warmup, total, floor, [warmup, base]);
+}
+
+/** `cosineWarmup` whose decay starts at step `decayStart[0]` from the rate `decayStart[1]`
+ * (after a re-plan) instead of at the end of the warmup from `base`. */
+export function cosineWarmupFrom(step, base, warmup, total, floor, decayStart) {
   if (step < warmup) return (Number(step + 1n) / Number(warmup)) * base;
+  const [start, rate] = decayStart;
   floor = Math.min(floor, base);
-  const decaySteps = total > warmup ? total - warmup : 1n;
-  const progress = Math.min(Number(step - warmup) / Number(decaySteps), 1.0);
-  return floor + (base - floor) * (0.5 * (1.0 + Math.cos(Math.PI * progress)));
+  const decaySteps = total > start ? total - start : 1n;
+  const progress = Math.min(Number(step > start ? step - start : 0n) / Number(decaySteps), 1.0);
+  return floor + (rate - floor) * (0.5 * (1.0 + Math.cos(Math.PI * progress)));
+}
+
+/** Linear warmup, then cosine decay to a floor, for every group, re-planned when a resumed
+ * run changes its length, as the Rust SDK's `plan::CosineSchedule` (same state bytes). */
+export class CosineSchedule {
+  constructor(baseLrs, warmupSteps, minLr, totalSteps) {
+    this.baseLrs = baseLrs;
+    this.warmupSteps = warmupSteps;
+    this.minLr = minLr;
+    this.totalSteps = totalSteps;
+    // A new length waiting for the next decision, where the resume step is known.
+    this.pendingTotal = undefined;
+    // [step, rate per group]: where the decay was re-planned.
+    this.restart = undefined;
+  }
+
+  beginStep(step) {
+    if (this.pendingTotal === undefined) return;
+    const values = this.baseLrs.map((_, group) => this.rate(group, step));
+    this.totalSteps = this.pendingTotal;
+    this.pendingTotal = undefined;
+    if (step >= this.warmupSteps) this.restart = [step, values];
+  }
+
+  rate(group, step) {
+    const base = this.baseLrs[group];
+    const start = this.restart ? [this.restart[0], this.restart[1][group]] : [this.warmupSteps, base];
+    return cosineWarmupFrom(step, base, this.warmupSteps, this.totalSteps, this.minLr, start);
+  }
+
+  save(writer) {
+    writer.u64(this.warmupSteps).u64(this.totalSteps);
+    if (this.restart === undefined) return writer.bool(false);
+    return writer.bool(true).u64(this.restart[0]).f64s(this.restart[1]);
+  }
+
+  load(reader) {
+    this.warmupSteps = reader.u64('warmup steps');
+    const saved = reader.u64('planned total steps');
+    const runTotal = this.pendingTotal ?? this.totalSteps;
+    this.pendingTotal = saved !== runTotal ? runTotal : undefined;
+    this.totalSteps = saved;
+    this.restart = undefined;
+    if (reader.bool('restarted')) {
+      this.restart = [reader.u64('restart step'), reader.f64s('restart rates', this.baseLrs.length)];
+    }
+  }
 }
 
 /** `value` as Rust's `{}` prints an f64: the shortest digits that read back to it, always
@@ -144,6 +198,10 @@ export class StateWriter {
     return this.push(1, (view) => view.setUint8(0, value ? 1 : 0));
   }
 
+  f64s(values) {
+    return values.reduce((writer, value) => writer.f64(value), this.u64(BigInt(values.length)));
+  }
+
   finish() {
     return new Uint8Array(this.bytes);
   }
@@ -174,6 +232,12 @@ export class StateReader {
     const byte = this.view.getUint8(this.take(1, what));
     if (byte > 1) throw `\`${what}\`: ${byte} is not a boolean`;
     return byte === 1;
+  }
+
+  f64s(what, expected) {
+    const count = this.u64(what);
+    if (count !== BigInt(expected)) throw `\`${what}\`: state has ${count} values, this run needs ${expected}`;
+    return Array.from({ length: expected }, () => this.f64(what));
   }
 
   finish() {

@@ -94,12 +94,63 @@ def default_mode(name):
 def cosine_warmup(step, base, warmup, total, floor):
     """Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
     SDK's schedules in the same order, so the results are bit-identical."""
+    return cosine_warmup_from(step, base, warmup, total, floor, (warmup, base))
+
+
+def cosine_warmup_from(step, base, warmup, total, floor, decay_start):
+    """`cosine_warmup` whose decay starts at step `decay_start[0]` from the rate
+    `decay_start[1]` (after a re-plan) instead of at the end of the warmup from `base`."""
     if step < warmup:
         return (step + 1) / warmup * base
+    start, rate = decay_start
     floor = min(floor, base)
-    decay_steps = max(total - warmup, 1)
-    progress = min((step - warmup) / decay_steps, 1.0)
-    return floor + (base - floor) * (0.5 * (1.0 + math.cos(math.pi * progress)))
+    decay_steps = max(total - start, 1)
+    progress = min(max(step - start, 0) / decay_steps, 1.0)
+    return floor + (rate - floor) * (0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class CosineSchedule:
+    """Linear warmup, then cosine decay to a floor, for every group, re-planned when a resumed
+    run changes its length, as the Rust SDK's `plan::CosineSchedule` (same state bytes)."""
+
+    def __init__(self, base_lrs, warmup_steps, min_lr, total_steps):
+        self.base_lrs = base_lrs
+        self.warmup_steps = warmup_steps
+        self.min_lr = min_lr
+        self.total_steps = total_steps
+        # A new length waiting for the next decision, where the resume step is known.
+        self.pending_total = None
+        # (step, rate per group): where the decay was re-planned.
+        self.restart = None
+
+    def begin_step(self, step):
+        if self.pending_total is None:
+            return
+        values = [self.rate(group, step) for group in range(len(self.base_lrs))]
+        self.total_steps, self.pending_total = self.pending_total, None
+        if step >= self.warmup_steps:
+            self.restart = (step, values)
+
+    def rate(self, group, step):
+        base = self.base_lrs[group]
+        start = (self.restart[0], self.restart[1][group]) if self.restart else (self.warmup_steps, base)
+        return cosine_warmup_from(step, base, self.warmup_steps, self.total_steps, self.min_lr, start)
+
+    def save(self, writer):
+        writer.u64(self.warmup_steps).u64(self.total_steps)
+        if self.restart is None:
+            return writer.bool(False)
+        return writer.bool(True).u64(self.restart[0]).f64s(self.restart[1])
+
+    def load(self, reader):
+        self.warmup_steps = reader.u64("warmup steps")
+        saved = reader.u64("planned total steps")
+        run_total = self.total_steps if self.pending_total is None else self.pending_total
+        self.pending_total = run_total if saved != run_total else None
+        self.total_steps = saved
+        self.restart = None
+        if reader.bool("restarted"):
+            self.restart = (reader.u64("restart step"), reader.f64s("restart rates", len(self.base_lrs)))
 
 
 def rust_display(value):
@@ -143,6 +194,12 @@ class StateWriter:
         self.parts.append(b"\x01" if value else b"\x00")
         return self
 
+    def f64s(self, values):
+        self.u64(len(values))
+        for value in values:
+            self.f64(value)
+        return self
+
     def finish(self):
         return b"".join(self.parts)
 
@@ -171,6 +228,12 @@ class StateReader:
         if byte > 1:
             raise Err(f"`{what}`: {byte} is not a boolean")
         return byte == 1
+
+    def f64s(self, what, expected):
+        count = self.u64(what)
+        if count != expected:
+            raise Err(f"`{what}`: state has {count} values, this run needs {expected}")
+        return [self.f64(what) for _ in range(count)]
 
     def finish(self):
         left = len(self.data) - self.at

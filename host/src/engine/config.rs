@@ -102,6 +102,9 @@ pub struct Resume {
     /// `swap_policies`.
     pub policies: Option<Vec<PolicySource>>,
     pub swap_policies: bool,
+    /// A new length for the run (`--steps`): the policies are started with it and then
+    /// given their saved state, so they re-plan their schedules from the resume step.
+    pub steps: Option<u64>,
     /// `--keep-checkpoints` and `--max-skipped-steps` for the rest of the run, when given.
     pub keep_checkpoints: Option<usize>,
     pub max_skipped_steps: Option<u64>,

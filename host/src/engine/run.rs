@@ -107,6 +107,7 @@ pub fn resume(
     check_resume(&saved, options, resume)?;
     let (checkpoint, passed_over) = checkpoint::load_newest(&options.run_dir)?;
     let mut config = saved.train;
+    let saved_total = config.steps;
     if let Some(policies) = &resume.policies {
         config.policies = policies.clone();
     }
@@ -114,8 +115,18 @@ pub fn resume(
     // full disk, say).
     config.keep_checkpoints = resume.keep_checkpoints.unwrap_or(config.keep_checkpoints);
     config.max_skipped_steps = resume.max_skipped_steps.unwrap_or(config.max_skipped_steps);
+    if let Some(steps) = resume.steps {
+        let done = checkpoint.trainer.steps_done;
+        if steps < done {
+            return Err(EngineError::Config(format!(
+                "--steps {steps}: checkpoint {} is already {done} steps in; give at least {done}",
+                checkpoint.dir.display()
+            )));
+        }
+        config.steps = steps;
+    }
     validate_config(&config, options)?;
-    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over };
+    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over, saved_total };
     Run::start(&config, task, saved.task, options, Some(resumed))?.train(options)
 }
 
@@ -133,6 +144,8 @@ struct Resumed {
     swap_policies: bool,
     /// Newer checkpoints that did not load, one line each.
     passed_over: Vec<String>,
+    /// The length the run had before this resume.
+    saved_total: u64,
 }
 
 /// Everything a run holds between steps.
@@ -249,18 +262,21 @@ impl Run {
             .map_err(io_error(&log_path))?;
         let mut log = std::io::LineWriter::new(log_file);
 
+        let write_run_record = || {
+            let saved = SavedRun {
+                train: config.clone(),
+                task: task_section.clone(),
+                model: task.model_config(),
+                spec: Some(saved_spec.clone()),
+            };
+            write_json(&run_dir.join(RUN_FILE), &saved)
+        };
         let state = match from {
             None => {
-                let saved = SavedRun {
-                    train: config.clone(),
-                    task: task_section,
-                    model: task.model_config(),
-                    spec: Some(saved_spec.clone()),
-                };
-                write_json(&run_dir.join(RUN_FILE), &saved)?;
+                write_run_record()?;
                 fresh_state
             }
-            Some(Resumed { checkpoint, swap_policies, passed_over }) => {
+            Some(Resumed { checkpoint, swap_policies, passed_over, saved_total }) => {
                 for line in passed_over {
                     // Exact either way: the steps after the older checkpoint are trained again.
                     let line = format!("warning: passed over a checkpoint that does not load: {line}");
@@ -272,6 +288,17 @@ impl Run {
                     .load_state(&checkpoint.optimizer)
                     .map_err(|problem| FileError::format(&checkpoint.dir.join(checkpoint::OPTIMIZER_FILE), problem))?;
                 restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
+                if saved_total != config.steps {
+                    let line = format!(
+                        "run length changed from {saved_total} to {} steps at step {}; the policies re-plan from there",
+                        config.steps, checkpoint.trainer.steps_done
+                    );
+                    println!("{line}");
+                    let _ = writeln!(log, "{line}");
+                }
+                // Only now that every policy took its state: what a later resume reads must
+                // be what this part of the run trains with.
+                write_run_record()?;
                 let _ = writeln!(
                     log,
                     "resumed from {} after step {}",
@@ -421,7 +448,10 @@ impl Run {
                 self.state.stopped_by = Some(stop);
             }
             let paused = options.pause_after_steps == Some(done) || interrupted.load(Ordering::Relaxed);
-            if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused {
+            // With periodic checkpoints, the last step gets one too (as Hugging Face's Trainer
+            // does), so a finished run can be resumed with a longer --steps.
+            let last = done == self.config.steps && self.config.checkpoint_every > 0;
+            if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused || last {
                 let path = self.checkpoint(None)?;
                 if paused {
                     self.progress.finish();
@@ -812,7 +842,14 @@ fn by_name<'a>(names: &[&'a str], values: &[f64]) -> BTreeMap<&'a str, JsonFloat
 }
 
 /// Writes `value` as pretty JSON to `path` (run records, evaluation results).
+/// Writes `value` to `path` through a temporary file and a rename, so a crash or a full
+/// disk leaves the previous record whole.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError> {
     let text = serde_json::to_string_pretty(value).expect("run records serialize");
-    std::fs::write(path, text + "\n").map_err(io_error(path))
+    let staged = path.with_extension("json.tmp");
+    let written = std::fs::write(&staged, text + "\n").and_then(|()| std::fs::rename(&staged, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    written.map_err(io_error(path))
 }

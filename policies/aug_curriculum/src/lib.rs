@@ -6,9 +6,15 @@
 //! default)`. A knob's target is given as `<knob>=<value>`, or else is the end of its range
 //! farthest from its default.
 //!
+//! A run resumed at step `r` with a new length `T'` keeps `ramp_steps` (as resolved when the
+//! run started); if augmentation is still on at `r`, `off_at` keeps its distance from the end
+//! (`off_at + T' - T`), otherwise it stays off.
+//!
 //! Arguments: one `<knob>=<target>` per knob to set (optional), `ramp_steps` (default 30% of
 //! the run), `off_at` (default 90% of the run). Owns: augmentation.
 
+use trainer_policy_sdk::plan::PlannedLength;
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct AugCurriculum {
@@ -16,6 +22,7 @@ struct AugCurriculum {
     targets: Vec<f64>,
     ramp_steps: u64,
     off_at: u64,
+    length: PlannedLength,
 }
 
 impl Policy for AugCurriculum {
@@ -38,6 +45,7 @@ impl Policy for AugCurriculum {
             targets,
             ramp_steps: args.u64_or("ramp_steps", spec.total_steps * 3 / 10)?,
             off_at: args.u64_or("off_at", spec.total_steps * 9 / 10)?,
+            length: PlannedLength::new(spec.total_steps),
         })
     }
 
@@ -47,6 +55,12 @@ impl Policy for AugCurriculum {
 
     fn decide(&mut self, observation: Observation) -> Decision {
         let step = observation.step;
+        let planned = self.length.total();
+        if let Some(total) = self.length.take_change()
+            && step < self.off_at
+        {
+            self.off_at = (self.off_at + total).saturating_sub(planned);
+        }
         let strength = if step >= self.off_at {
             0.0
         } else if self.ramp_steps == 0 {
@@ -64,6 +78,18 @@ impl Policy for AugCurriculum {
             })
             .collect();
         Decision { augmentation, ..Decision::keep() }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        self.length.save(StateWriter::new().u64(self.ramp_steps).u64(self.off_at)).finish()
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        self.ramp_steps = reader.u64("ramp steps")?;
+        self.off_at = reader.u64("off_at")?;
+        self.length.load(&mut reader)?;
+        reader.finish()
     }
 }
 

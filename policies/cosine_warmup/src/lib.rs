@@ -5,17 +5,22 @@
 //! - during warmup (`step < w`): `lr = base * (step + 1) / w`
 //! - after: `lr = floor + (base - floor) * (1 + cos(pi * p)) / 2`, `p = min(1, (step - w) / max(1, T - w))`
 //!
+//! A run resumed at step `r` with a new length `T'` (`--resume RUN --steps T'`) keeps `w`
+//! (as resolved when the run started) and re-plans the decay: if `r < w` it ends at `T'`
+//! instead of `T`; otherwise, with `a` the rate at `r` under the earlier plan, from `r` on
+//! `lr = floor + (a - floor) * (1 + cos(pi * p)) / 2`, `p = min(1, (step - r) / max(1, T' - r))`.
+//! A finished run extended this way stays at the floor.
+//!
 //! Arguments: `warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0).
 //! Owns: learning rates.
 
-use trainer_policy_sdk::schedules::cosine_warmup;
+use trainer_policy_sdk::plan::CosineSchedule;
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct CosineWarmup {
-    base_lrs: Vec<f64>,
-    warmup_steps: u64,
-    total_steps: u64,
-    min_lr: f64,
+    schedule: CosineSchedule,
+    groups: usize,
 }
 
 impl Policy for CosineWarmup {
@@ -25,11 +30,11 @@ impl Policy for CosineWarmup {
         if min_lr < 0.0 {
             return Err(format!("argument `min_lr`: must be >= 0, got {min_lr}"));
         }
+        let warmup_steps = args.u64_or("warmup_steps", spec.total_steps / 20)?;
+        let base_lrs: Vec<f64> = spec.groups.iter().map(|group| group.base_lr).collect();
         Ok(Self {
-            base_lrs: spec.groups.iter().map(|group| group.base_lr).collect(),
-            warmup_steps: args.u64_or("warmup_steps", spec.total_steps / 20)?,
-            total_steps: spec.total_steps,
-            min_lr,
+            groups: base_lrs.len(),
+            schedule: CosineSchedule::new(base_lrs, warmup_steps, min_lr, spec.total_steps),
         })
     }
 
@@ -39,12 +44,19 @@ impl Policy for CosineWarmup {
 
     fn decide(&mut self, observation: Observation) -> Decision {
         let step = observation.step;
-        let lrs = self
-            .base_lrs
-            .iter()
-            .map(|&base| Some(cosine_warmup(step, base, self.warmup_steps, self.total_steps, self.min_lr)))
-            .collect();
+        self.schedule.begin_step(step);
+        let lrs = (0..self.groups).map(|group| Some(self.schedule.rate(group, step))).collect();
         Decision { lrs, ..Decision::keep() }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        self.schedule.save(StateWriter::new()).finish()
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        self.schedule.load(&mut reader)?;
+        reader.finish()
     }
 }
 

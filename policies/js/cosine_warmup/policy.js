@@ -1,7 +1,17 @@
-// `cosine_warmup` in JavaScript: linear warmup, then cosine decay to a floor, for every group;
-// the same arguments and the same decisions as the Rust policy (policies/cosine_warmup).
+// `cosine_warmup` in JavaScript: linear warmup, then cosine decay to a floor, for every group,
+// re-planned when a resumed run changes its length; the same arguments, decisions and state as
+// the Rust policy (policies/cosine_warmup).
 
-import { Args, Policy, cosineWarmup, exportPolicy, keep, rustDisplay } from '../trainer_policy.js';
+import {
+  Args,
+  CosineSchedule,
+  Policy,
+  StateReader,
+  StateWriter,
+  exportPolicy,
+  keep,
+  rustDisplay,
+} from '../trainer_policy.js';
 
 class CosineWarmup extends Policy {
   knobs = { learningRates: true };
@@ -9,19 +19,28 @@ class CosineWarmup extends Policy {
   constructor(spec) {
     super();
     const args = new Args(spec.args, ['warmup_steps', 'min_lr']);
-    this.minLr = args.f64Or('min_lr', 0.0);
-    if (this.minLr < 0.0) throw `argument \`min_lr\`: must be >= 0, got ${rustDisplay(this.minLr)}`;
-    this.baseLrs = spec.groups.map((group) => group.baseLr);
-    this.warmupSteps = args.u64Or('warmup_steps', spec.totalSteps / 20n);
-    this.totalSteps = spec.totalSteps;
+    const minLr = args.f64Or('min_lr', 0.0);
+    if (minLr < 0.0) throw `argument \`min_lr\`: must be >= 0, got ${rustDisplay(minLr)}`;
+    const warmupSteps = args.u64Or('warmup_steps', spec.totalSteps / 20n);
+    const baseLrs = spec.groups.map((group) => group.baseLr);
+    this.schedule = new CosineSchedule(baseLrs, warmupSteps, minLr, spec.totalSteps);
   }
 
   decide(observation) {
+    this.schedule.beginStep(observation.step);
     const decision = keep();
-    decision.lrs = this.baseLrs.map((base) =>
-      cosineWarmup(observation.step, base, this.warmupSteps, this.totalSteps, this.minLr),
-    );
+    decision.lrs = this.schedule.baseLrs.map((_, group) => this.schedule.rate(group, observation.step));
     return decision;
+  }
+
+  saveState() {
+    return this.schedule.save(new StateWriter()).finish();
+  }
+
+  loadState(state) {
+    const reader = new StateReader(state);
+    this.schedule.load(reader);
+    reader.finish();
   }
 }
 

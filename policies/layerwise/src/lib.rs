@@ -4,20 +4,21 @@
 //! `lr_g = multiplier_g * schedule(step, base_g)`, where the schedule is `cosine` (linear
 //! warmup over `warmup_steps`, cosine decay to `min_lr`, as `cosine_warmup`) or `constant`.
 //!
+//! A run resumed with a new length re-plans the cosine as `cosine_warmup` does.
+//!
 //! Arguments: one `<group>=<multiplier>` per group to scale (default 1), `schedule`
 //! (`cosine`/`constant`, default `cosine`), `warmup_steps` (default 5% of the run), `min_lr`
 //! (default 0). Owns: learning rates.
 
-use trainer_policy_sdk::schedules::cosine_warmup;
+use trainer_policy_sdk::plan::CosineSchedule;
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct Layerwise {
     base_lrs: Vec<f64>,
     multipliers: Vec<f64>,
-    cosine: bool,
-    warmup_steps: u64,
-    total_steps: u64,
-    min_lr: f64,
+    /// `None`: the constant schedule.
+    cosine: Option<CosineSchedule>,
 }
 
 impl Policy for Layerwise {
@@ -33,14 +34,12 @@ impl Policy for Layerwise {
             }
             multipliers.push(multiplier);
         }
-        Ok(Self {
-            base_lrs: spec.groups.iter().map(|group| group.base_lr).collect(),
-            multipliers,
-            cosine: args.choice("schedule", &["cosine", "constant"], "cosine")? == "cosine",
-            warmup_steps: args.u64_or("warmup_steps", spec.total_steps / 20)?,
-            total_steps: spec.total_steps,
-            min_lr: args.f64_or("min_lr", 0.0)?,
-        })
+        let base_lrs: Vec<f64> = spec.groups.iter().map(|group| group.base_lr).collect();
+        let warmup_steps = args.u64_or("warmup_steps", spec.total_steps / 20)?;
+        let min_lr = args.f64_or("min_lr", 0.0)?;
+        let cosine = (args.choice("schedule", &["cosine", "constant"], "cosine")? == "cosine")
+            .then(|| CosineSchedule::new(base_lrs.clone(), warmup_steps, min_lr, spec.total_steps));
+        Ok(Self { base_lrs, multipliers, cosine })
     }
 
     fn knobs(&self) -> Knobs {
@@ -49,20 +48,32 @@ impl Policy for Layerwise {
 
     fn decide(&mut self, observation: Observation) -> Decision {
         let step = observation.step;
+        if let Some(schedule) = &mut self.cosine {
+            schedule.begin_step(step);
+        }
         let lrs = self
             .base_lrs
             .iter()
             .zip(&self.multipliers)
-            .map(|(&base, &multiplier)| {
-                let scheduled = if self.cosine {
-                    cosine_warmup(step, base, self.warmup_steps, self.total_steps, self.min_lr)
-                } else {
-                    base
-                };
+            .enumerate()
+            .map(|(group, (&base, &multiplier))| {
+                let scheduled = self.cosine.as_ref().map_or(base, |schedule| schedule.rate(group, step));
                 Some(multiplier * scheduled)
             })
             .collect();
         Decision { lrs, ..Decision::keep() }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        self.cosine.as_ref().map_or_else(Vec::new, |schedule| schedule.save(StateWriter::new()).finish())
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        if let Some(schedule) = &mut self.cosine {
+            schedule.load(&mut reader)?;
+        }
+        reader.finish()
     }
 }
 

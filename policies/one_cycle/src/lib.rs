@@ -6,10 +6,17 @@
 //! - `step <= e1`: `lr = anneal(initial, base, step / e1)`
 //! - after: `lr = anneal(base, min, (step - e1) / (e2 - e1))`
 //!
+//! A run resumed at step `r` with a new length `T'` keeps `e1` (as resolved when the run
+//! started) and ends the second phase at `e2' = T' - 1`: if `r <= e1` nothing else changes;
+//! otherwise, with `a` the rate at `r` under the earlier plan, from `r` on
+//! `lr = anneal(a, min, (step - r) / max(1, e2' - r))`.
+//!
 //! Arguments: `pct_start` (default 0.3), `div_factor` (25), `final_div_factor` (1e4).
 //! Owns: learning rates.
 
+use trainer_policy_sdk::plan::{PlannedLength, Restart};
 use trainer_policy_sdk::schedules::cosine_fall;
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 struct OneCycle {
@@ -17,7 +24,8 @@ struct OneCycle {
     div_factor: f64,
     final_div_factor: f64,
     phase1_end: f64,
-    phase2_end: f64,
+    length: PlannedLength,
+    restart: Option<Restart>,
 }
 
 fn anneal(start: f64, end: f64, progress: f64) -> f64 {
@@ -41,7 +49,8 @@ impl Policy for OneCycle {
             div_factor,
             final_div_factor,
             phase1_end: pct_start * spec.total_steps as f64 - 1.0,
-            phase2_end: spec.total_steps as f64 - 1.0,
+            length: PlannedLength::new(spec.total_steps),
+            restart: None,
         })
     }
 
@@ -50,24 +59,46 @@ impl Policy for OneCycle {
     }
 
     fn decide(&mut self, observation: Observation) -> Decision {
-        let step = observation.step as f64;
-        let lrs = self
-            .base_lrs
-            .iter()
-            .map(|&peak| {
-                let initial = peak / self.div_factor;
-                let min = initial / self.final_div_factor;
-                let lr = if step <= self.phase1_end && self.phase1_end > 0.0 {
-                    anneal(initial, peak, step / self.phase1_end)
-                } else {
-                    let start = self.phase1_end.max(0.0);
-                    let span = (self.phase2_end - start).max(1.0);
-                    anneal(peak, min, (step - start) / span)
-                };
-                Some(lr)
-            })
-            .collect();
+        let step = observation.step;
+        if self.length.pending().is_some() {
+            let values = (0..self.base_lrs.len()).map(|group| self.rate(group, step)).collect();
+            self.length.take_change();
+            if step as f64 > self.phase1_end {
+                self.restart = Some(Restart { step, values });
+            }
+        }
+        let lrs = (0..self.base_lrs.len()).map(|group| Some(self.rate(group, step))).collect();
         Decision { lrs, ..Decision::keep() }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        let writer = self.length.save(StateWriter::new().f64(self.phase1_end));
+        Restart::save(&self.restart, writer).finish()
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        self.phase1_end = reader.f64("phase 1 end")?;
+        self.length.load(&mut reader)?;
+        self.restart = Restart::load(&mut reader, self.base_lrs.len())?;
+        reader.finish()
+    }
+}
+
+impl OneCycle {
+    fn rate(&self, group: usize, step: u64) -> f64 {
+        let peak = self.base_lrs[group];
+        let initial = peak / self.div_factor;
+        let min = initial / self.final_div_factor;
+        let phase2_end = self.length.total() as f64 - 1.0;
+        let step = step as f64;
+        if step <= self.phase1_end && self.phase1_end > 0.0 {
+            return anneal(initial, peak, step / self.phase1_end);
+        }
+        let (start, from) = Restart::decay_start(&self.restart, group, (0, peak));
+        let start = if self.restart.is_some() { start as f64 } else { self.phase1_end.max(0.0) };
+        let span = (phase2_end - start).max(1.0);
+        anneal(from, min, (step - start) / span)
     }
 }
 

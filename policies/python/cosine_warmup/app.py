@@ -1,8 +1,9 @@
-"""`cosine_warmup` in Python: linear warmup, then cosine decay to a floor, for every group;
-the same arguments and the same decisions as the Rust policy (policies/cosine_warmup)."""
+"""`cosine_warmup` in Python: linear warmup, then cosine decay to a floor, for every group,
+re-planned when a resumed run changes its length; the same arguments, decisions and state as
+the Rust policy (policies/cosine_warmup)."""
 
 from componentize_py_types import Err
-from trainer_policy import Args, Policy, cosine_warmup, export, keep, rust_display
+from trainer_policy import Args, CosineSchedule, Policy, StateReader, StateWriter, export, keep, rust_display
 from wit_world.imports.types import Knobs
 
 
@@ -11,20 +12,27 @@ class CosineWarmup(Policy):
 
     def __init__(self, spec):
         args = Args(spec.args, ["warmup_steps", "min_lr"])
-        self.min_lr = args.f64_or("min_lr", 0.0)
-        if self.min_lr < 0.0:
-            raise Err(f"argument `min_lr`: must be >= 0, got {rust_display(self.min_lr)}")
-        self.base_lrs = [group.base_lr for group in spec.groups]
-        self.warmup_steps = args.u64_or("warmup_steps", spec.total_steps // 20)
-        self.total_steps = spec.total_steps
+        min_lr = args.f64_or("min_lr", 0.0)
+        if min_lr < 0.0:
+            raise Err(f"argument `min_lr`: must be >= 0, got {rust_display(min_lr)}")
+        warmup_steps = args.u64_or("warmup_steps", spec.total_steps // 20)
+        base_lrs = [group.base_lr for group in spec.groups]
+        self.schedule = CosineSchedule(base_lrs, warmup_steps, min_lr, spec.total_steps)
 
     def decide(self, observation):
+        step = observation.step
+        self.schedule.begin_step(step)
         decision = keep()
-        decision.lrs = [
-            cosine_warmup(observation.step, base, self.warmup_steps, self.total_steps, self.min_lr)
-            for base in self.base_lrs
-        ]
+        decision.lrs = [self.schedule.rate(group, step) for group in range(len(self.schedule.base_lrs))]
         return decision
+
+    def save_state(self):
+        return self.schedule.save(StateWriter()).finish()
+
+    def load_state(self, state):
+        reader = StateReader(state)
+        self.schedule.load(reader)
+        reader.finish()
 
 
 Strategy = export(CosineWarmup)

@@ -4,9 +4,13 @@
 //! `lr = base * gamma^k`, with `k = step / step_size` (integer division), or `k` the number of
 //! milestones `<= step`.
 //!
+//! A run resumed with a new length keeps `step_size` as resolved when the run started, and
+//! the milestones.
+//!
 //! Arguments: `gamma` (default 0.1); either `step_size` (default a third of the run) or
 //! `milestone`, repeated (`milestone=300,milestone=600`). Owns: learning rates.
 
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 enum Decay {
@@ -60,6 +64,22 @@ impl Policy for StepDecay {
         };
         let factor = self.gamma.powi(decays.min(i32::MAX as u64) as i32);
         Decision { lrs: self.base_lrs.iter().map(|base| Some(base * factor)).collect(), ..Decision::keep() }
+    }
+
+    // `step_size` defaults to a third of the run: kept as resolved when the run started.
+    fn save_state(&self) -> Vec<u8> {
+        match self.decay {
+            Decay::Every(size) => StateWriter::new().u64(size).finish(),
+            Decay::Milestones(_) => Vec::new(),
+        }
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        if let Decay::Every(size) = &mut self.decay {
+            *size = reader.u64("step size")?;
+        }
+        reader.finish()
     }
 }
 

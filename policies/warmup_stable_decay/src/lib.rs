@@ -7,10 +7,17 @@
 //! - after: `lr = floor + (base - floor) * f(p)`, `p = (step - (T - d)) / d` capped at 1, with
 //!   `f(p) = 1 - p` (`shape=linear`), `(1 + cos(pi p)) / 2` (`cosine`) or `1 - sqrt(p)` (`sqrt`)
 //!
+//! A run resumed at step `r` with a new length `T'` keeps `w` and `d` (as resolved when the
+//! run started). If the decay had not begun at `r` and `T' - d >= r`, it begins at `T' - d`;
+//! otherwise, with `a` the rate at `r` under the earlier plan, from `r` on
+//! `lr = floor + (a - floor) * f(p)`, `p = min(1, (step - r) / max(1, T' - r))`.
+//!
 //! Arguments: `warmup_steps` (default 5% of the run), `decay_steps` (default 20%), `min_lr`
 //! (default 0), `shape` (`linear`, `cosine`, `sqrt`; default `linear`). Owns: learning rates.
 
+use trainer_policy_sdk::plan::{PlannedLength, Restart};
 use trainer_policy_sdk::schedules::{cosine_fall, warmup_ramp};
+use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
 #[derive(Clone, Copy)]
@@ -23,10 +30,11 @@ enum Shape {
 struct WarmupStableDecay {
     base_lrs: Vec<f64>,
     warmup_steps: u64,
-    decay_start: u64,
     decay_steps: u64,
     min_lr: f64,
     shape: Shape,
+    length: PlannedLength,
+    restart: Option<Restart>,
 }
 
 impl Policy for WarmupStableDecay {
@@ -52,10 +60,11 @@ impl Policy for WarmupStableDecay {
         Ok(Self {
             base_lrs: spec.groups.iter().map(|group| group.base_lr).collect(),
             warmup_steps,
-            decay_start: total - decay_steps,
             decay_steps,
             min_lr,
             shape,
+            length: PlannedLength::new(total),
+            restart: None,
         })
     }
 
@@ -64,27 +73,61 @@ impl Policy for WarmupStableDecay {
     }
 
     fn decide(&mut self, observation: Observation) -> Decision {
-        let lrs = self.base_lrs.iter().map(|&base| Some(self.lr(base, observation.step))).collect();
+        let step = observation.step;
+        if self.length.pending().is_some() {
+            let values: Vec<f64> = (0..self.base_lrs.len()).map(|group| self.lr(group, step)).collect();
+            let was_decaying = step >= self.decay_start();
+            self.length.take_change();
+            if was_decaying || step >= self.decay_start() {
+                self.restart = Some(Restart { step, values });
+            }
+        }
+        let lrs = (0..self.base_lrs.len()).map(|group| Some(self.lr(group, step))).collect();
         Decision { lrs, ..Decision::keep() }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        let writer = self.length.save(StateWriter::new().u64(self.warmup_steps).u64(self.decay_steps));
+        Restart::save(&self.restart, writer).finish()
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let mut reader = StateReader::new(state);
+        self.warmup_steps = reader.u64("warmup steps")?;
+        self.decay_steps = reader.u64("decay steps")?;
+        self.length.load(&mut reader)?;
+        self.restart = Restart::load(&mut reader, self.base_lrs.len())?;
+        reader.finish()
     }
 }
 
 impl WarmupStableDecay {
-    fn lr(&self, base: f64, step: u64) -> f64 {
+    /// The first step of the decay as planned (before any restart).
+    fn decay_start(&self) -> u64 {
+        self.length.total().saturating_sub(self.decay_steps)
+    }
+
+    fn lr(&self, group: usize, step: u64) -> f64 {
+        let base = self.base_lrs[group];
         if step < self.warmup_steps {
             return base * warmup_ramp(step, self.warmup_steps);
         }
-        if step < self.decay_start {
+        let (start, from) = Restart::decay_start(&self.restart, group, (self.decay_start(), base));
+        if step < start {
             return base;
         }
-        let progress = ((step - self.decay_start) as f64 / self.decay_steps as f64).min(1.0);
+        let span = match self.restart {
+            Some(_) => self.length.total().saturating_sub(start).max(1),
+            None => self.decay_steps,
+        };
+        let progress = ((step - start) as f64 / span as f64).min(1.0);
         let factor = match self.shape {
             Shape::Linear => 1.0 - progress,
             Shape::Cosine => cosine_fall(progress),
             Shape::Sqrt => 1.0 - progress.sqrt(),
         };
         let floor = self.min_lr.min(base);
-        floor + (base - floor) * factor
+        floor + (from - floor) * factor
     }
 }
 
