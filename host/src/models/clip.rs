@@ -159,11 +159,11 @@ impl ClipConfig {
     }
 }
 
-fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
+pub(super) fn layer_norm(path: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(path, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
 }
 
-fn projection(path: nn::Path, input: i64, output: i64) -> nn::Linear {
+pub(super) fn projection(path: nn::Path, input: i64, output: i64) -> nn::Linear {
     nn::linear(path, input, output, nn::LinearConfig { bias: false, ..Default::default() })
 }
 
@@ -295,18 +295,35 @@ impl Encoder {
     }
 }
 
-/// `text_model` of `CLIPModel`.
+/// Where a text tower reads its pooled output.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TextPooling {
+    /// At each sequence's first occurrence of this token.
+    FirstEndToken(i64),
+    /// At each sequence's largest id (the end token of CLIP's vocabulary).
+    LargestId,
+}
+
+impl TextPooling {
+    /// CLIP's rule: configs from before transformers PR #24773 say 2, and their end token
+    /// is the largest id.
+    fn of_clip(c: &ClipTextConfig) -> Self {
+        if c.eos_token_id == 2 { TextPooling::LargestId } else { TextPooling::FirstEndToken(c.eos_token_id) }
+    }
+}
+
+/// `text_model` of `CLIPModel` (and of OWL-ViT).
 #[derive(Debug)]
-struct TextTransformer {
+pub(super) struct TextTransformer {
     token_embedding: nn::Embedding,
     position_embedding: nn::Embedding,
     encoder: Encoder,
     final_layer_norm: nn::LayerNorm,
-    eos_token_id: i64,
+    pooling: TextPooling,
 }
 
 impl TextTransformer {
-    fn new(path: nn::Path, c: &ClipTextConfig) -> Self {
+    pub(super) fn new(path: nn::Path, c: &ClipTextConfig, pooling: TextPooling) -> Self {
         let embeddings = &path / "embeddings";
         let init = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
         TextTransformer {
@@ -319,40 +336,42 @@ impl TextTransformer {
             ),
             encoder: Encoder::new(&path / "encoder", c.into()),
             final_layer_norm: layer_norm(&path / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
-            eos_token_id: c.eos_token_id,
+            pooling,
         }
     }
 
-    /// Pooled output at each sequence's first end token: `(batch, hidden)`.
-    fn forward(&self, input_ids: &Tensor, compute: Kind) -> Tensor {
+    /// Pooled output at each sequence's end token: `(batch, hidden)`.
+    pub(super) fn forward(&self, input_ids: &Tensor, compute: Kind) -> Tensor {
         let tokens = input_ids.size()[1];
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
         let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
         let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true, compute));
-        // Configs from before transformers PR #24773 say 2; their end token is the largest id.
-        let eos_index = if self.eos_token_id == 2 {
-            input_ids.argmax(-1, false)
-        } else {
-            input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        let eos_index = match self.pooling {
+            TextPooling::LargestId => input_ids.argmax(-1, false),
+            TextPooling::FirstEndToken(id) => input_ids.eq(id).to_kind(Kind::Int).argmax(-1, false),
         };
         let batch = Tensor::arange(input_ids.size()[0], (Kind::Int64, input_ids.device()));
         xs.index(&[Some(batch), Some(eos_index)])
     }
 }
 
-/// `vision_model` of `CLIPModel`.
+/// `vision_model` of `CLIPModel` (and of OWL-ViT, whose first norm is `pre_layernorm`).
 #[derive(Debug)]
-struct VisionTransformer {
+pub(super) struct VisionTransformer {
     class_embedding: Tensor,
     patch_embedding: nn::Conv2D,
     position_embedding: nn::Embedding,
-    pre_layrnorm: nn::LayerNorm,
+    pre_norm: nn::LayerNorm,
     encoder: Encoder,
     post_layernorm: nn::LayerNorm,
 }
 
+/// The Hugging Face name of CLIP's first vision norm (misspelled there).
+pub(super) const CLIP_PRE_NORM: &str = "pre_layrnorm";
+
 impl VisionTransformer {
-    fn new(path: nn::Path, c: &ClipVisionConfig) -> Self {
+    /// `pre_norm` names the layer norm before the encoder.
+    pub(super) fn new(path: nn::Path, c: &ClipVisionConfig, pre_norm: &str) -> Self {
         let embeddings = &path / "embeddings";
         let patches = (c.image_size / c.patch_size).pow(2);
         let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ..Default::default() };
@@ -372,8 +391,7 @@ impl VisionTransformer {
                 c.hidden_size,
                 nn::EmbeddingConfig { ws_init: init, ..Default::default() },
             ),
-            // The misspelling is Hugging Face's parameter name.
-            pre_layrnorm: layer_norm(&path / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
+            pre_norm: layer_norm(&path / pre_norm, c.hidden_size, c.layer_norm_eps),
             encoder: Encoder::new(&path / "encoder", c.into()),
             post_layernorm: layer_norm(&path / "post_layernorm", c.hidden_size, c.layer_norm_eps),
         }
@@ -385,7 +403,7 @@ impl VisionTransformer {
     }
 
     /// Every token (class token first) after the post layer norm: `(batch, tokens, hidden)`.
-    fn tokens(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+    pub(super) fn tokens(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
         self.post_layernorm.forward(&self.encoder_output(pixel_values, compute))
     }
 
@@ -394,7 +412,7 @@ impl VisionTransformer {
         let (batch, _, hidden) = patches.size3().expect("patch embeddings are (batch, patches, hidden)");
         let class = self.class_embedding.view([1, 1, hidden]).expand([batch, 1, hidden], false);
         let xs = Tensor::cat(&[class, patches], 1) + &self.position_embedding.ws;
-        self.encoder.forward(&self.pre_layrnorm.forward(&xs), false, compute)
+        self.encoder.forward(&self.pre_norm.forward(&xs), false, compute)
     }
 }
 
@@ -416,8 +434,8 @@ impl Clip {
         let text = &config.text_config;
         let vision = &config.vision_config;
         Clip {
-            text_model: TextTransformer::new(root / "text_model", text),
-            vision_model: VisionTransformer::new(root / "vision_model", vision),
+            text_model: TextTransformer::new(root / "text_model", text, TextPooling::of_clip(text)),
+            vision_model: VisionTransformer::new(root / "vision_model", vision, CLIP_PRE_NORM),
             text_projection: projection(root / "text_projection", text.hidden_size, config.projection_dim),
             visual_projection: projection(root / "visual_projection", vision.hidden_size, config.projection_dim),
             logit_scale: root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
@@ -537,7 +555,7 @@ pub fn contrastive_loss(image_embeddings: &Tensor, text_embeddings: &Tensor, sca
     (image_loss + text_loss) / 2.0
 }
 
-fn normalize(xs: &Tensor) -> Tensor {
+pub(super) fn normalize(xs: &Tensor) -> Tensor {
     xs / xs.norm_scalaropt_dim(2.0, [-1], true)
 }
 

@@ -2,5 +2,6 @@
 //! and parameter names so that checkpoints move between this trainer and `transformers`.
 
 pub mod clip;
+pub mod owlvit;
 pub mod pretrained;
 pub mod tagger;

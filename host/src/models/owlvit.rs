@@ -1,0 +1,405 @@
+//! OWL-ViT and OWLv2 open-vocabulary detectors as Hugging Face `transformers` defines them
+//! (`OwlViTForObjectDetection`, `Owlv2ForObjectDetection`): the same `config.json` fields
+//! with the same defaults, the same parameter names (`owlvit.` or `owlv2.` before the CLIP
+//! towers), so checkpoints move between this trainer and `transformers` unchanged.
+//!
+//! The towers are CLIP's ([`super::clip`]); detection adds, per image patch, a class
+//! embedding scored against text queries, a box, and (OWLv2) an objectness score. Every
+//! patch token is multiplied by the class token and normalised before the heads read it;
+//! boxes are biased toward their patch's place on the grid.
+
+use super::clip::{
+    Activation, ClipTextConfig, ClipVisionConfig, TextPooling, TextTransformer, VisionTransformer, layer_norm,
+    normalize, projection,
+};
+use super::pretrained::{self, PretrainedError};
+use crate::files::FileError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// Which of the two detector families a checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwlVariant {
+    OwlVit,
+    Owlv2,
+}
+
+impl OwlVariant {
+    /// `model_type` in `config.json`, and the prefix of the towers' parameter names.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            OwlVariant::OwlVit => "owlvit",
+            OwlVariant::Owlv2 => "owlv2",
+        }
+    }
+
+    fn architecture(self) -> &'static str {
+        match self {
+            OwlVariant::OwlVit => "OwlViTForObjectDetection",
+            OwlVariant::Owlv2 => "Owlv2ForObjectDetection",
+        }
+    }
+}
+
+/// A Hugging Face OWL-ViT or OWLv2 `config.json`. Fields a file leaves out take the
+/// `transformers` defaults of its `model_type`, which differ from CLIP's (16 text positions,
+/// 768-pixel images, end token 49407 read at the largest id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwlConfig {
+    pub text_config: ClipTextConfig,
+    pub vision_config: ClipVisionConfig,
+    pub projection_dim: i64,
+    pub logit_scale_init_value: f64,
+    pub model_type: String,
+    pub architectures: Vec<String>,
+}
+
+impl OwlConfig {
+    /// The `transformers` defaults of `variant`.
+    pub fn defaults(variant: OwlVariant) -> Self {
+        OwlConfig {
+            text_config: ClipTextConfig {
+                vocab_size: 49408,
+                hidden_size: 512,
+                intermediate_size: 2048,
+                num_hidden_layers: 12,
+                num_attention_heads: 8,
+                max_position_embeddings: 16,
+                hidden_act: Activation::QuickGelu,
+                layer_norm_eps: 1e-5,
+                eos_token_id: 49407,
+                bos_token_id: 49406,
+                pad_token_id: 0,
+            },
+            vision_config: ClipVisionConfig {
+                hidden_size: 768,
+                intermediate_size: 3072,
+                num_hidden_layers: 12,
+                num_attention_heads: 12,
+                num_channels: 3,
+                image_size: 768,
+                patch_size: if variant == OwlVariant::Owlv2 { 16 } else { 32 },
+                hidden_act: Activation::QuickGelu,
+                layer_norm_eps: 1e-5,
+            },
+            projection_dim: 512,
+            logit_scale_init_value: 2.6592,
+            model_type: variant.model_type().to_string(),
+            architectures: vec![variant.architecture().to_string()],
+        }
+    }
+
+    /// Reads `dir/config.json`, filling what it leaves out from its `model_type`'s defaults.
+    pub fn read(dir: &Path) -> Result<Self, PretrainedError> {
+        let given: serde_json::Value = pretrained::read_config(dir)?;
+        let path = dir.join(pretrained::CONFIG_FILE);
+        let variant = match given.get("model_type").and_then(|t| t.as_str()) {
+            Some("owlvit") => OwlVariant::OwlVit,
+            Some("owlv2") => OwlVariant::Owlv2,
+            other => {
+                return Err(FileError::format(
+                    &path,
+                    format!("model_type {other:?} is not an OWL-ViT (`owlvit`) or OWLv2 (`owlv2`) detector"),
+                )
+                .into());
+            }
+        };
+        let mut merged = serde_json::to_value(OwlConfig::defaults(variant)).expect("configs serialize");
+        overlay(&mut merged, given);
+        let config: OwlConfig =
+            serde_json::from_value(merged).map_err(|err| FileError::format(&path, err.to_string()))?;
+        if config.text_config.hidden_size != config.projection_dim {
+            // The class head maps patches to the text width and scores them against projected
+            // queries, so `transformers` needs the two equal as well.
+            return Err(FileError::format(
+                &path,
+                format!(
+                    "text_config.hidden_size ({}) must equal projection_dim ({}) for detection",
+                    config.text_config.hidden_size, config.projection_dim
+                ),
+            )
+            .into());
+        }
+        Ok(config)
+    }
+
+    pub fn variant(&self) -> OwlVariant {
+        if self.model_type == "owlv2" { OwlVariant::Owlv2 } else { OwlVariant::OwlVit }
+    }
+
+    /// Patches per side of the (square) input image.
+    pub fn grid_size(&self) -> i64 {
+        self.vision_config.image_size / self.vision_config.patch_size
+    }
+}
+
+/// Writes the fields of `given` over `base`, recursing into objects, so a nested section
+/// that names one field keeps the defaults of the others.
+fn overlay(base: &mut serde_json::Value, given: serde_json::Value) {
+    match (base, given) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(given)) => {
+            for (key, value) in given {
+                match base.get_mut(&key) {
+                    Some(slot) if slot.is_object() && value.is_object() => overlay(slot, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, given) => *base = given,
+    }
+}
+
+/// `box_head` (and OWLv2's `objectness_head`): three dense layers with exact (erf) GELUs.
+#[derive(Debug)]
+struct PredictionHead {
+    dense0: nn::Linear,
+    dense1: nn::Linear,
+    dense2: nn::Linear,
+}
+
+impl PredictionHead {
+    fn new(path: nn::Path, width: i64, outputs: i64) -> Self {
+        PredictionHead {
+            dense0: nn::linear(&path / "dense0", width, width, Default::default()),
+            dense1: nn::linear(&path / "dense1", width, width, Default::default()),
+            dense2: nn::linear(&path / "dense2", width, outputs, Default::default()),
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let xs = self.dense0.forward(xs).gelu("none");
+        let xs = self.dense1.forward(&xs).gelu("none");
+        self.dense2.forward(&xs)
+    }
+}
+
+/// `class_head`: a class embedding per patch, and a learned shift and scale of its logits.
+#[derive(Debug)]
+struct ClassHead {
+    dense0: nn::Linear,
+    logit_shift: nn::Linear,
+    logit_scale: nn::Linear,
+}
+
+/// The outputs of a detection pass.
+#[derive(Debug)]
+pub struct OwlOutput {
+    /// `(batch, patches, queries)`: per patch, the logit of each text query.
+    pub logits: Tensor,
+    /// `(batch, patches, 4)`: normalised centre x, centre y, width, height in [0, 1].
+    pub pred_boxes: Tensor,
+    /// `(batch, patches)`, OWLv2 only: how likely each patch is an object, whatever its class.
+    pub objectness_logits: Option<Tensor>,
+}
+
+/// `OwlViTForObjectDetection` or `Owlv2ForObjectDetection`.
+#[derive(Debug)]
+pub struct OwlDetector {
+    text_model: TextTransformer,
+    vision_model: VisionTransformer,
+    text_projection: nn::Linear,
+    class_head: ClassHead,
+    box_head: PredictionHead,
+    objectness_head: Option<PredictionHead>,
+    layer_norm: nn::LayerNorm,
+    /// `(patches, 4)`: added to the box head's output before the sigmoid.
+    box_bias: Tensor,
+    /// The dtype the transformer layers compute in; the heads compute in float32.
+    compute: Kind,
+}
+
+impl OwlDetector {
+    pub fn new(root: &nn::Path, config: &OwlConfig) -> Self {
+        let variant = config.variant();
+        let towers = root / variant.model_type();
+        let text = &config.text_config;
+        let vision = &config.vision_config;
+        let width = vision.hidden_size;
+        // Present in every checkpoint, though detection reads neither: kept so that a saved
+        // folder is whole for `transformers`.
+        projection(&towers / "visual_projection", width, config.projection_dim);
+        let _ = towers.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value));
+        let class_head = root / "class_head";
+        OwlDetector {
+            text_model: TextTransformer::new(&towers / "text_model", text, TextPooling::LargestId),
+            vision_model: VisionTransformer::new(&towers / "vision_model", vision, "pre_layernorm"),
+            text_projection: projection(&towers / "text_projection", text.hidden_size, config.projection_dim),
+            class_head: ClassHead {
+                dense0: nn::linear(&class_head / "dense0", width, text.hidden_size, Default::default()),
+                logit_shift: nn::linear(&class_head / "logit_shift", width, 1, Default::default()),
+                logit_scale: nn::linear(&class_head / "logit_scale", width, 1, Default::default()),
+            },
+            box_head: PredictionHead::new(root / "box_head", width, 4),
+            objectness_head: (variant == OwlVariant::Owlv2)
+                .then(|| PredictionHead::new(root / "objectness_head", width, 1)),
+            layer_norm: layer_norm(root / "layer_norm", width, vision.layer_norm_eps),
+            box_bias: box_bias(config.grid_size(), root.device()),
+            compute: Kind::Float,
+        }
+    }
+
+    /// Loads a Hugging Face OWL-ViT or OWLv2 folder onto `device`, float32 whatever the
+    /// file's dtype.
+    pub fn from_pretrained(
+        dir: &Path,
+        device: Device,
+    ) -> Result<(OwlConfig, nn::VarStore, OwlDetector), PretrainedError> {
+        let config = OwlConfig::read(dir)?;
+        let var_store = nn::VarStore::new(device);
+        let model = OwlDetector::new(&var_store.root(), &config);
+        pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        Ok((config, var_store, model))
+    }
+
+    /// Mixed precision of the towers, as [`super::clip::Clip::set_compute_kind`].
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// L2-normalised query embeddings for `(queries, tokens)` ids: `text_embeds` of
+    /// `transformers`' `OwlViTModel`.
+    pub fn query_embeddings(&self, input_ids: &Tensor) -> Tensor {
+        normalize(&self.text_projection.forward(&self.text_model.forward(input_ids, self.compute)))
+    }
+
+    /// `(batch, patches, hidden)`: each patch token times the class token, normalised; what
+    /// every head reads.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
+        let tokens = self.vision_model.tokens(pixel_values, self.compute);
+        let patches = tokens.size()[1] - 1;
+        self.layer_norm.forward(&(tokens.narrow(1, 1, patches) * tokens.narrow(1, 0, 1)))
+    }
+
+    /// `(batch, patches, queries)` logits of `queries`, `(queries, dim)` shared by every
+    /// image or `(batch, queries, dim)`. Where `query_mask` (same leading shape as the
+    /// queries, true for a real query) is false the logit is float32's lowest, as
+    /// `transformers` marks padded queries.
+    pub fn class_logits(&self, image_features: &Tensor, queries: &Tensor, query_mask: Option<&Tensor>) -> Tensor {
+        let head = &self.class_head;
+        let unit = |xs: &Tensor| xs / (xs.norm_scalaropt_dim(2.0, [-1], true) + 1e-6);
+        let class_embeddings = unit(&head.dense0.forward(image_features));
+        let similarity = class_embeddings.matmul(&unit(queries).transpose(-1, -2));
+        let shift = head.logit_shift.forward(image_features);
+        let scale = head.logit_scale.forward(image_features).elu() + 1.0;
+        let logits = (similarity + shift) * scale;
+        match query_mask {
+            None => logits,
+            Some(mask) => logits.masked_fill(&mask.logical_not().unsqueeze(-2), f32::MIN as f64),
+        }
+    }
+
+    /// `(batch, patches, 4)` boxes, normalised centre and size.
+    pub fn pred_boxes(&self, image_features: &Tensor) -> Tensor {
+        (self.box_head.forward(image_features) + &self.box_bias).sigmoid()
+    }
+
+    /// `(batch, patches)` objectness logits (OWLv2). As in `transformers`, the features are
+    /// detached: the objectness loss trains the head only.
+    pub fn objectness_logits(&self, image_features: &Tensor) -> Option<Tensor> {
+        let head = self.objectness_head.as_ref()?;
+        Some(head.forward(&image_features.detach()).squeeze_dim(-1))
+    }
+
+    /// Every output for `pixel_values` against `queries` (see [`OwlDetector::class_logits`]).
+    pub fn detect(&self, pixel_values: &Tensor, queries: &Tensor, query_mask: Option<&Tensor>) -> OwlOutput {
+        let features = self.image_features(pixel_values);
+        OwlOutput {
+            logits: self.class_logits(&features, queries, query_mask),
+            pred_boxes: self.pred_boxes(&features),
+            objectness_logits: self.objectness_logits(&features),
+        }
+    }
+}
+
+/// The box bias of a `grid` x `grid` patch grid: the logit of each patch's far corner
+/// (`(column + 1) / grid`, `(row + 1) / grid`) for the centre, and of `1 / grid` for the size,
+/// each with transformers' 1e-4 guard, rows in the patches' order.
+fn box_bias(grid: i64, device: Device) -> Tensor {
+    let options = (Kind::Float, device);
+    let corner = Tensor::arange_start(1, grid + 1, options) / grid as f64;
+    let x = corner.view([1, grid]).expand([grid, grid], false);
+    let y = corner.view([grid, 1]).expand([grid, grid], false);
+    let centres = Tensor::stack(&[x, y], -1).view([grid * grid, 2]).clamp(0.0, 1.0);
+    let logit = |c: &Tensor| (c + 1e-4).log() - (-c + 1e-4).log1p();
+    let sizes = Tensor::full([grid * grid, 2], 1.0 / grid as f64, options);
+    Tensor::cat(&[logit(&centres), logit(&sizes)], -1)
+}
+
+/// Parameter groups of detection fine-tuning, each with its own learning rate: the towers,
+/// then the heads (OWLv2's objectness head last).
+pub fn parameter_groups(variant: OwlVariant) -> &'static [&'static str] {
+    match variant {
+        OwlVariant::OwlVit => &["vision", "text", "class_head", "box_head"],
+        OwlVariant::Owlv2 => &["vision", "text", "class_head", "box_head", "objectness_head"],
+    }
+}
+
+/// The group (an index into [`parameter_groups`]) of a parameter by its Hugging Face name;
+/// `None` for the image projection and the logit scale, which detection does not read.
+pub fn parameter_group(name: &str) -> Option<usize> {
+    let tower = name.strip_prefix("owlvit.").or_else(|| name.strip_prefix("owlv2."));
+    match tower {
+        Some(rest) if rest.starts_with("vision_model.") => Some(0),
+        Some(rest) if rest.starts_with("text_model.") || rest.starts_with("text_projection") => Some(1),
+        Some(_) => None,
+        None if name.starts_with("layer_norm.") => Some(0),
+        None if name.starts_with("class_head.") => Some(2),
+        None if name.starts_with("box_head.") => Some(3),
+        None if name.starts_with("objectness_head.") => Some(4),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_takes_the_defaults_of_its_model_type_for_what_it_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"model_type": "owlv2", "text_config": {"hidden_size": 64}, "projection_dim": 64}"#;
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        let config = OwlConfig::read(dir.path()).unwrap();
+        assert_eq!(config.variant(), OwlVariant::Owlv2);
+        assert_eq!(config.text_config.hidden_size, 64);
+        assert_eq!(config.text_config.max_position_embeddings, 16);
+        assert_eq!(config.text_config.pad_token_id, 0);
+        assert_eq!((config.vision_config.image_size, config.vision_config.patch_size), (768, 16));
+        assert_eq!(config.grid_size(), 48);
+    }
+
+    #[test]
+    fn a_config_of_another_model_is_refused_by_its_type() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "clip"}"#).unwrap();
+        let error = OwlConfig::read(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("config.json") && error.contains("\"clip\""), "{error}");
+    }
+
+    #[test]
+    fn box_bias_centres_each_patch_at_its_far_corner() {
+        let bias = box_bias(4, Device::Cpu);
+        assert_eq!(bias.size(), [16, 4]);
+        let sigmoid = bias.sigmoid();
+        // Patch 6 is row 1, column 2: far corner (3/4, 2/4); sizes 1/4.
+        let at = |patch: i64, k: i64| sigmoid.double_value(&[patch, k]);
+        assert!((at(6, 0) - 0.75).abs() < 1e-3 && (at(6, 1) - 0.5).abs() < 1e-3);
+        assert!((at(6, 2) - 0.25).abs() < 1e-3 && (at(6, 3) - 0.25).abs() < 1e-3);
+    }
+
+    #[test]
+    fn parameters_fall_into_the_tower_and_head_groups() {
+        assert_eq!(parameter_group("owlvit.vision_model.encoder.layers.0.mlp.fc1.weight"), Some(0));
+        assert_eq!(parameter_group("layer_norm.weight"), Some(0));
+        assert_eq!(parameter_group("owlv2.text_projection.weight"), Some(1));
+        assert_eq!(parameter_group("class_head.logit_shift.bias"), Some(2));
+        assert_eq!(parameter_group("box_head.dense2.weight"), Some(3));
+        assert_eq!(parameter_group("objectness_head.dense0.weight"), Some(4));
+        assert_eq!(parameter_group("owlvit.visual_projection.weight"), None);
+        assert_eq!(parameter_group("owlvit.logit_scale"), None);
+    }
+}
