@@ -1,10 +1,15 @@
 //! Evaluation of trained models on held-out data.
 
+mod coco;
 mod multilabel;
 mod retrieval;
 mod validation;
 mod zero_shot;
 
+pub use coco::{
+    AveragePrecision, COCO_METRICS, COCO_MISSING, CocoDetection, CocoEvaluation, CocoSummary, GroundTruthBox,
+    coco_evaluation,
+};
 pub use multilabel::{TAGGING_METRICS, TaggingScores, tagging_scores};
 pub use retrieval::{RECALL_AT, RETRIEVAL_METRICS, Recall, recall};
 pub use validation::{VALIDATION_METRICS, validation_metrics};
