@@ -49,21 +49,23 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-torch-transformers-tensorboard Makefile
+.cargo/config.toml: $(VENV)/.installed-python-packages-v2 Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
 		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' > $@
 
-# transformers and tensorboard read what the trainer writes, in the tests.
-$(VENV)/.installed-torch-transformers-tensorboard:
+# transformers, tensorboard and pycocotools read what the trainer writes, in the tests;
+# scipy is the reference matcher of the detection benchmark.
+$(VENV)/.installed-python-packages-v2:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard \
+		pycocotools scipy
 	touch $@
 
 # OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),
 # taken from the open_clip_torch wheel on PyPI.
-$(CLIP_BPE): $(VENV)/.installed-torch-transformers-tensorboard
+$(CLIP_BPE): $(VENV)/.installed-python-packages-v2
 	rm -rf $(OPEN_CLIP).tmp && mkdir -p $(OPEN_CLIP).tmp
 	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0 -d $(OPEN_CLIP).tmp
 	cd $(OPEN_CLIP).tmp && $(PYTHON) -c 'import glob, zipfile; wheel = zipfile.ZipFile(glob.glob("*.whl")[0]); \
@@ -79,7 +81,7 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 # The toolchains of the policies in other languages: componentize-py from PyPI,
 # componentize-js from npm (with the machine's Node.js, or Debian's), clang with wasi-libc
 # from Debian, wit-bindgen's C generator from crates.io at the workspace's wit-bindgen version.
-$(COMPONENTIZE_PY): $(VENV)/.installed-torch-transformers-tensorboard
+$(COMPONENTIZE_PY): $(VENV)/.installed-python-packages-v2
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 	touch $@
 

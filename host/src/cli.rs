@@ -8,10 +8,12 @@ use crate::engine::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, EngineError, Resume, RunConfig, RunOptions,
     Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, simulate, write_json,
 };
+use crate::eval::COCO_MISSING;
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
+use crate::tasks::detection::{self, DetectionPredictRequest};
 use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
-use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate};
+use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
 use crate::tasks::{self, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -290,19 +292,23 @@ pub struct EmbedArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// A tagger: the final/ or best/ of a `--task tagging` run.
+    /// A tagger or a detector: the final/ or best/ of a `--task tagging` or `--task
+    /// detection` run (or a Hugging Face OWL-ViT/OWLv2 folder, with --data).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     #[command(flatten)]
     pub images: ImageArgs,
-    /// Keep tags whose probability is at least this.
-    #[arg(long, default_value_t = THRESHOLD)]
-    pub threshold: f64,
-    /// Keep at most this many tags per image, the most probable first.
+    /// Keep tags or boxes whose score is at least this [default: 0.5 for tags, 0.1 for boxes].
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Keep at most this many tags (or boxes) per image, the most probable first [default:
+    /// all tags, 100 boxes].
     #[arg(long, value_name = "K", value_parser = positive_usize)]
     pub top_k: Option<usize>,
-    /// The JSONL file to write: one `{"image": ..., "tags": [{"tag": ..., "score": ...}]}` per image.
-    #[arg(long, value_name = "FILE.jsonl")]
+    /// The file to write: for tags, one `{"image": ..., "tags": [{"tag": ..., "score": ...}]}`
+    /// line per image (JSONL); for boxes, a COCO results list (JSON) on the images `trainer
+    /// eval` evaluates (the run's, or those of --data).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
@@ -527,19 +533,21 @@ fn report_outcome(outcome: &TrainOutcome) {
 }
 
 fn print_scores(scores: &Scores) {
-    let values: Vec<String> =
-        scores
-            .names
-            .iter()
-            .zip(&scores.values)
-            .map(|(name, value)| {
-                if name.contains("loss") {
-                    format!("{name} {value:.4}")
-                } else {
-                    format!("{name} {:.2}%", value * 100.0)
-                }
-            })
-            .collect();
+    let values: Vec<String> = scores
+        .names
+        .iter()
+        .zip(&scores.values)
+        .map(|(name, value)| {
+            if name.contains("loss") {
+                format!("{name} {value:.4}")
+            } else if *value == COCO_MISSING {
+                // pycocotools' mark for an area range without ground truth.
+                format!("{name} -")
+            } else {
+                format!("{name} {:.2}%", value * 100.0)
+            }
+        })
+        .collect();
     println!("evaluation on {} {} images: {}", scores.images, scores.split, values.join(", "));
 }
 
@@ -588,16 +596,49 @@ fn run_embed(args: EmbedArgs) -> Result<(), EngineError> {
 }
 
 fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
+    if kind_of_folder(&args.model)? == TaskKind::Detection {
+        return run_predict_boxes(args);
+    }
     let request = PredictRequest {
         model: args.model,
         images: args.images.source(),
         out: args.out,
-        threshold: args.threshold,
+        threshold: args.threshold.unwrap_or(THRESHOLD),
         top_k: args.top_k,
         device: args.device,
     };
     let images = predict(&request)?;
     println!("tags of {images} images: {}", request.out.display());
+    Ok(())
+}
+
+fn run_predict_boxes(args: PredictArgs) -> Result<(), EngineError> {
+    if args.images.images.is_some() {
+        return Err(EngineError::Config(
+            "--images: a detector predicts on a COCO file or manifest (--data), whose categories are its queries"
+                .into(),
+        ));
+    }
+    let evaluation = EvalRequest {
+        model: args.model,
+        task: Some(TaskKind::Detection),
+        data: args.images.data,
+        images: args.images.images_of_data,
+        val_data: None,
+        tags: None,
+        skip_bad_samples: false,
+        seed: None,
+        device: args.device,
+        workers: default_workers(),
+    };
+    let request = DetectionPredictRequest {
+        evaluation,
+        out: args.out,
+        threshold: args.threshold.unwrap_or(detection::DEFAULT_THRESHOLD),
+        top_k: args.top_k.unwrap_or(detection::DETECTIONS_PER_IMAGE),
+    };
+    let (images, boxes) = detection::predict(&request)?;
+    println!("{boxes} boxes on {images} images: {}", request.out.display());
     Ok(())
 }
 

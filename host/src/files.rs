@@ -25,4 +25,15 @@ impl FileError {
     pub fn format(path: &Path, problem: impl Into<String>) -> FileError {
         FileError::Format { path: path.to_path_buf(), problem: problem.into() }
     }
+
+    /// A problem with a data set's file, saying where the data set declared it (a
+    /// manifest line, a COCO image id); a plain I/O error already names the file.
+    pub fn declared_in(self, origin: &impl std::fmt::Display) -> FileError {
+        match self {
+            FileError::Format { path, problem } => {
+                FileError::Format { path, problem: format!("{problem} (declared in {origin})") }
+            }
+            io => io,
+        }
+    }
 }

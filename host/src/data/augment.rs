@@ -36,11 +36,11 @@ fn uniform(seed: u64, epoch: u64, sample: i64, draw: u64) -> f64 {
 /// Augments `pixels` (`(batch, channels, height, width)`, values in [0, 1]) of the samples
 /// `samples`, with knob values `values` (aligned with [`KNOBS`]).
 pub fn augment(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, values: &[f64]) -> Tensor {
-    let [crop_scale_min, flip_prob, jitter] = [values[0], values[1], values[2]];
+    let jitter = values[2];
     let device = pixels.device();
     let mut out = pixels.shallow_clone();
-    if crop_scale_min < 1.0 || flip_prob > 0.0 {
-        out = crop_and_flip(&out, samples, epoch, seed, crop_scale_min, flip_prob, device);
+    if let Some(crops) = crops_and_flips(samples, epoch, seed, values) {
+        out = crop_and_flip(&out, &crops, device);
     }
     if jitter > 0.0 {
         out = brightness_contrast(&out, samples, epoch, seed, jitter, device);
@@ -48,35 +48,68 @@ pub fn augment(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, values: 
     out
 }
 
-fn crop_and_flip(
-    pixels: &Tensor,
-    samples: &[i64],
-    epoch: u64,
-    seed: u64,
-    scale_min: f64,
-    flip_prob: f64,
-    device: Device,
-) -> Tensor {
-    let (log_low, log_high) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
-    let theta: Vec<f32> = samples
+/// One sample's random-resized crop and flip, in the `[-1, 1]` coordinates of
+/// `affine_grid`: the crop's centre and its width and height as fractions of the image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropFlip {
+    pub center: [f64; 2],
+    pub size: [f64; 2],
+    pub flip: bool,
+}
+
+impl CropFlip {
+    /// The crop and flip of `sample` (RandomResizedCrop's area and aspect draws).
+    fn draw(sample: i64, epoch: u64, seed: u64, scale_min: f64, flip_prob: f64) -> Self {
+        let (log_low, log_high) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+        let u = |draw| uniform(seed, epoch, sample, draw);
+        let area = scale_min + (1.0 - scale_min) * u(0);
+        let aspect = (log_low + (log_high - log_low) * u(1)).exp();
+        // A side that would leave the image is cut to it, keeping the area.
+        let (width, height) = match ((area * aspect).sqrt(), (area / aspect).sqrt()) {
+            (w, _) if w > 1.0 => (1.0, area),
+            (_, h) if h > 1.0 => (area, 1.0),
+            sides => sides,
+        };
+        let center = [(2.0 * u(2) - 1.0) * (1.0 - width), (2.0 * u(3) - 1.0) * (1.0 - height)];
+        CropFlip { center, size: [width, height], flip: u(4) < flip_prob }
+    }
+
+    /// Where a box (`[x0, y0, x1, y1]` as fractions of the image) lands in the augmented
+    /// image, clipped to it; `None` when its centre falls outside the crop (the rule of
+    /// SSD-style crops: an object mostly cut away is no longer a target).
+    pub fn move_box(&self, xyxy: [f64; 4]) -> Option<[f64; 4]> {
+        // affine_grid samples input `c + s * v` (mirrored for a flip) at output `v`.
+        let to_output = |fraction: f64, axis: usize| {
+            let v = (2.0 * fraction - 1.0 - self.center[axis]) / self.size[axis];
+            let v = if axis == 0 && self.flip { -v } else { v };
+            (v + 1.0) / 2.0
+        };
+        let (a, b) = (to_output(xyxy[0], 0), to_output(xyxy[2], 0));
+        let (x0, x1) = (a.min(b), a.max(b));
+        let (y0, y1) = (to_output(xyxy[1], 1), to_output(xyxy[3], 1));
+        let inside = |low: f64, high: f64| (0.0..=1.0).contains(&((low + high) / 2.0));
+        (inside(x0, x1) && inside(y0, y1)).then(|| [x0.max(0.0), y0.max(0.0), x1.min(1.0), y1.min(1.0)])
+    }
+}
+
+/// Each sample's crop and flip for these knob values; `None` when the values leave images
+/// as they are (what [`augment`] then does).
+pub fn crops_and_flips(samples: &[i64], epoch: u64, seed: u64, values: &[f64]) -> Option<Vec<CropFlip>> {
+    let [crop_scale_min, flip_prob] = [values[0], values[1]];
+    (crop_scale_min < 1.0 || flip_prob > 0.0)
+        .then(|| samples.iter().map(|&sample| CropFlip::draw(sample, epoch, seed, crop_scale_min, flip_prob)).collect())
+}
+
+fn crop_and_flip(pixels: &Tensor, crops: &[CropFlip], device: Device) -> Tensor {
+    let theta: Vec<f32> = crops
         .iter()
-        .flat_map(|&sample| {
-            let u = |draw| uniform(seed, epoch, sample, draw);
-            let area = scale_min + (1.0 - scale_min) * u(0);
-            let aspect = (log_low + (log_high - log_low) * u(1)).exp();
-            // A side that would leave the image is cut to it, keeping the area.
-            let (width, height) = match ((area * aspect).sqrt(), (area / aspect).sqrt()) {
-                (w, _) if w > 1.0 => (1.0, area),
-                (_, h) if h > 1.0 => (area, 1.0),
-                sides => sides,
-            };
-            let center_x = (2.0 * u(2) - 1.0) * (1.0 - width);
-            let center_y = (2.0 * u(3) - 1.0) * (1.0 - height);
-            let flip = if u(4) < flip_prob { -1.0 } else { 1.0 };
+        .flat_map(|crop| {
+            let flip = if crop.flip { -1.0 } else { 1.0 };
+            let ([center_x, center_y], [width, height]) = (crop.center, crop.size);
             [flip * width, 0.0, center_x, 0.0, height, center_y].map(|v| v as f32)
         })
         .collect();
-    let theta = Tensor::from_slice(&theta).view([samples.len() as i64, 2, 3]).to_device(device);
+    let theta = Tensor::from_slice(&theta).view([crops.len() as i64, 2, 3]).to_device(device);
     let grid = Tensor::affine_grid_generator(&theta, pixels.size(), false);
     // Bilinear sampling, zero padding (never reached: crops stay inside the image).
     pixels.grid_sampler(&grid, 0, 0, false)
@@ -134,5 +167,34 @@ mod tests {
         // Sample 9's result does not depend on its batch neighbour.
         let alone = augment(&pixels.narrow(0, 1, 1), &[9], 2, 11, &strong);
         assert!(alone.equal(&a.narrow(0, 1, 1)));
+    }
+
+    /// A box follows its pixels: marked on the image, the augmented image's marked pixels
+    /// lie inside the moved box.
+    #[test]
+    fn boxes_follow_the_crop_and_the_flip() {
+        let (size, strong) = (64i64, [0.3, 0.5, 0.0]);
+        let xyxy = [0.25, 0.375, 0.625, 0.75];
+        let marked = Tensor::zeros([1, 1, size, size], (Kind::Float, Device::Cpu));
+        let pixel = |fraction: f64| (fraction * size as f64) as i64;
+        let _ = marked
+            .narrow(2, pixel(xyxy[1]), pixel(xyxy[3]) - pixel(xyxy[1]))
+            .narrow(3, pixel(xyxy[0]), pixel(xyxy[2]) - pixel(xyxy[0]))
+            .fill_(1.0);
+        let mut checked = 0;
+        for sample in 0..40 {
+            let crop = crops_and_flips(&[sample], 1, 5, &strong).unwrap()[0];
+            let Some(moved) = crop.move_box(xyxy) else { continue };
+            let out = augment(&marked, &[sample], 1, 5, &strong).squeeze();
+            let on = out.gt(0.5).nonzero();
+            let rows = Vec::<i64>::try_from(on.select(1, 0)).unwrap();
+            let columns = Vec::<i64>::try_from(on.select(1, 1)).unwrap();
+            let fraction = |p: i64| (p as f64 + 0.5) / size as f64;
+            let slack = 1.5 / size as f64;
+            assert!(rows.iter().all(|&r| fraction(r) >= moved[1] - slack && fraction(r) <= moved[3] + slack));
+            assert!(columns.iter().all(|&c| fraction(c) >= moved[0] - slack && fraction(c) <= moved[2] + slack));
+            checked += 1;
+        }
+        assert!(checked > 10, "most crops keep the box's centre: {checked}");
     }
 }

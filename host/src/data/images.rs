@@ -1,40 +1,85 @@
-//! Image files to model input: decoded (PNG, JPEG), converted to RGB, centre-cropped to a
-//! square and resized to the model's input size, which is the region CLIP's preprocessing
-//! keeps (shorter side resized to the size, then a centre crop). Cropping first resizes
-//! fewer pixels.
+//! Image files to model input: decoded (PNG, JPEG), converted to RGB and made a square of
+//! the model's input size, in one of two ways. Classification and retrieval centre-crop to a
+//! square and resize, the region CLIP's preprocessing keeps (shorter side resized to the
+//! size, then a centre crop; cropping first resizes fewer pixels). Detection must see the
+//! whole image, so it resizes the longer side to the size and pads the rest with grey, as
+//! OWLv2's preprocessing does, and reports the scale its boxes follow.
 
 use crate::files::FileError;
 use image::imageops::{self, FilterType};
+use image::{Rgb, RgbImage};
 use std::path::Path;
 
 /// The image at `path` as `3 x size x size` RGB bytes, channel-major (the layout of a
 /// `(3, size, size)` tensor).
 pub fn load_rgb_square(path: &Path, size: u32) -> Result<Vec<u8>, FileError> {
+    let rgb = decode_rgb(path)?;
+    let (width, height) = rgb.dimensions();
+    let side = width.min(height);
+    let square = imageops::crop_imm(&rgb, (width - side) / 2, (height - side) / 2, side, side).to_image();
+    let resized = if side == size { square } else { imageops::resize(&square, size, size, FilterType::CatmullRom) };
+    Ok(channel_major(&resized))
+}
+
+/// The grey that fills the padding: the middle of the range, 0.5 after scaling.
+const PADDING: u8 = 128;
+
+/// An image made a square for detection, and where its pixels went.
+#[derive(Debug, Clone)]
+pub struct PaddedImage {
+    /// `3 x size x size` RGB bytes, channel-major.
+    pub pixels: Vec<u8>,
+    /// Model pixels per file pixel, horizontally and vertically (they differ by the rounding
+    /// of the resized sides): a box in the file's pixels times these is a box in the square.
+    pub scale: [f64; 2],
+}
+
+/// The image at `path` with its longer side resized to `size` and the rest padded with grey
+/// on the right or at the bottom, so every box stays where it was, scaled.
+pub fn load_rgb_padded(path: &Path, size: u32) -> Result<PaddedImage, FileError> {
+    let rgb = decode_rgb(path)?;
+    let (width, height) = rgb.dimensions();
+    let longer = width.max(height) as f64;
+    let side = |length: u32| ((length as f64 * size as f64 / longer).round() as u32).clamp(1, size);
+    let (new_width, new_height) = (side(width), side(height));
+    let resized = if (new_width, new_height) == (width, height) {
+        rgb
+    } else {
+        imageops::resize(&rgb, new_width, new_height, FilterType::CatmullRom)
+    };
+    let mut square = RgbImage::from_pixel(size, size, Rgb([PADDING; 3]));
+    imageops::replace(&mut square, &resized, 0, 0);
+    let scale = [new_width as f64 / width as f64, new_height as f64 / height as f64];
+    Ok(PaddedImage { pixels: channel_major(&square), scale })
+}
+
+fn decode_rgb(path: &Path) -> Result<RgbImage, FileError> {
     let reader = image::ImageReader::open(path).map_err(FileError::io(path))?;
     let reader = reader.with_guessed_format().map_err(FileError::io(path))?;
     let decoded = reader.decode().map_err(|err| FileError::format(path, format!("not a readable image: {err}")))?;
     let rgb = decoded.to_rgb8();
     let (width, height) = rgb.dimensions();
-    let side = width.min(height);
-    if side == 0 {
+    if width.min(height) == 0 {
         return Err(FileError::format(path, format!("the image is {width}x{height} pixels")));
     }
-    let square = imageops::crop_imm(&rgb, (width - side) / 2, (height - side) / 2, side, side).to_image();
-    let resized = if side == size { square } else { imageops::resize(&square, size, size, FilterType::CatmullRom) };
-    let plane = (size * size) as usize;
-    let mut channel_major = vec![0u8; 3 * plane];
-    for (index, pixel) in resized.pixels().enumerate() {
+    Ok(rgb)
+}
+
+/// `(3, height, width)` layout: each channel's plane after the other.
+fn channel_major(image: &RgbImage) -> Vec<u8> {
+    let plane = (image.width() * image.height()) as usize;
+    let mut planes = vec![0u8; 3 * plane];
+    for (index, pixel) in image.pixels().enumerate() {
         for channel in 0..3 {
-            channel_major[channel * plane + index] = pixel[channel];
+            planes[channel * plane + index] = pixel[channel];
         }
     }
-    Ok(channel_major)
+    planes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
 
     #[test]
     fn keeps_the_centre_square_in_channel_major_order() {
@@ -46,6 +91,17 @@ mod tests {
         image.save(&path).unwrap();
         let pixels = load_rgb_square(&path, 2).unwrap();
         assert_eq!(pixels, [0, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn detection_keeps_the_whole_image_and_pads_with_grey() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.png");
+        // 4x2 white, made 2x2: resized to 2x1, then one grey row below.
+        RgbImage::from_pixel(4, 2, Rgb([255, 255, 255])).save(&path).unwrap();
+        let padded = load_rgb_padded(&path, 2).unwrap();
+        assert_eq!(padded.scale, [0.5, 0.5]);
+        assert_eq!(&padded.pixels[..4], [255, 255, PADDING, PADDING]);
     }
 
     #[test]

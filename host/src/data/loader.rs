@@ -9,6 +9,7 @@ use super::clip_tokenizer::ClipTokenizer;
 use super::images::load_rgb_square;
 use crate::files::FileError;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,6 +29,15 @@ pub struct LoadedItem {
     pub token_ids: Vec<i64>,
 }
 
+/// What worker threads read: one item (an image and what goes with it) at a time.
+pub trait ReadItem: Send + Sync + 'static {
+    type Item: Copy + Send + 'static;
+    type Loaded: Send + 'static;
+    fn read(&self, item: Self::Item) -> Result<Self::Loaded, FileError>;
+    /// The file of `item`, named when its decoder panics.
+    fn file(&self, item: Self::Item) -> &Path;
+}
+
 /// What a worker needs to turn an [`Item`] into a [`LoadedItem`].
 #[derive(Debug)]
 pub struct ItemReader {
@@ -37,41 +47,45 @@ pub struct ItemReader {
     pub image_size: u32,
 }
 
-impl ItemReader {
-    pub fn read(&self, item: Item) -> Result<LoadedItem, FileError> {
+impl ReadItem for ItemReader {
+    type Item = Item;
+    type Loaded = LoadedItem;
+
+    fn read(&self, item: Item) -> Result<LoadedItem, FileError> {
         let sample = &self.samples[item.sample];
-        let pixels = load_rgb_square(&sample.image, self.image_size).map_err(|err| match err {
-            FileError::Format { path, problem } => {
-                FileError::Format { path, problem: format!("{problem} (declared in {})", sample.origin) }
-            }
-            io => io,
-        })?;
+        let pixels = load_rgb_square(&sample.image, self.image_size).map_err(|err| err.declared_in(&sample.origin))?;
         let token_ids = self.tokenizer.tokenize(&sample.captions[item.caption], self.context_length);
         Ok(LoadedItem { sample: item.sample, pixels, token_ids })
     }
+
+    fn file(&self, item: Item) -> &Path {
+        &self.samples[item.sample].image
+    }
 }
 
-struct Job {
+struct Job<I> {
     key: u64,
     slot: usize,
-    item: Item,
+    item: I,
 }
 
-type Done = (u64, usize, Result<LoadedItem, FileError>);
+type Done<L> = (u64, usize, Result<L, FileError>);
+/// A batch's results by position, filled as workers finish.
+type Slots<L> = Vec<Option<Result<L, FileError>>>;
 
 /// A pool of worker threads with a queue of submitted batches.
-pub struct Loader {
-    jobs: Option<Sender<Job>>,
-    done: Receiver<Done>,
+pub struct Loader<R: ReadItem> {
+    jobs: Option<Sender<Job<R::Item>>>,
+    done: Receiver<Done<R::Loaded>>,
     workers: Vec<JoinHandle<()>>,
     /// Submitted batches not yet taken: their slots, filled as workers finish.
-    batches: HashMap<u64, Vec<Option<Result<LoadedItem, FileError>>>>,
+    batches: HashMap<u64, Slots<R::Loaded>>,
 }
 
-impl Loader {
-    pub fn new(reader: ItemReader, workers: usize) -> Self {
-        let (jobs, job_queue) = channel::<Job>();
-        let (finished, done) = channel::<Done>();
+impl<R: ReadItem> Loader<R> {
+    pub fn new(reader: R, workers: usize) -> Self {
+        let (jobs, job_queue) = channel::<Job<R::Item>>();
+        let (finished, done) = channel::<Done<R::Loaded>>();
         let job_queue = Arc::new(Mutex::new(job_queue));
         let reader = Arc::new(reader);
         let workers = (0..workers.max(1))
@@ -86,8 +100,7 @@ impl Loader {
                         // (the loop would wait for it forever): it becomes that file's error.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read(job.item)))
                             .unwrap_or_else(|_| {
-                                let image = &reader.samples[job.item.sample].image;
-                                Err(FileError::format(image, "the image decoder failed on this file"))
+                                Err(FileError::format(reader.file(job.item), "the image decoder failed on this file"))
                             });
                         if finished.send((job.key, job.slot, result)).is_err() {
                             break;
@@ -104,7 +117,7 @@ impl Loader {
     }
 
     /// Queues `items` as batch `key`.
-    pub fn submit(&mut self, key: u64, items: &[Item]) {
+    pub fn submit(&mut self, key: u64, items: &[R::Item]) {
         self.batches.insert(key, items.iter().map(|_| None).collect());
         let jobs = self.jobs.as_ref().expect("jobs close only on drop");
         for (slot, &item) in items.iter().enumerate() {
@@ -113,7 +126,7 @@ impl Loader {
     }
 
     /// Waits for batch `key` (submitted earlier) and returns its results in submission order.
-    pub fn take(&mut self, key: u64) -> Vec<Result<LoadedItem, FileError>> {
+    pub fn take(&mut self, key: u64) -> Vec<Result<R::Loaded, FileError>> {
         assert!(self.is_submitted(key), "batch {key} taken before it was submitted");
         let complete = |slots: &Vec<Option<_>>| slots.iter().all(Option::is_some);
         while !self.batches.get(&key).is_some_and(complete) {
@@ -127,7 +140,7 @@ impl Loader {
     }
 }
 
-impl Drop for Loader {
+impl<R: ReadItem> Drop for Loader<R> {
     fn drop(&mut self) {
         self.jobs.take();
         for worker in self.workers.drain(..) {

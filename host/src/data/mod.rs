@@ -2,8 +2,10 @@
 //! input, captions into token ids, and the seeded order in which samples are seen.
 
 pub mod augment;
+pub mod canvas;
 pub mod captioned;
 pub mod clip_tokenizer;
+pub mod detection;
 pub mod fashion_mnist;
 pub mod images;
 pub mod loader;

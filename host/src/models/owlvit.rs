@@ -206,6 +206,8 @@ pub struct OwlDetector {
     box_head: PredictionHead,
     objectness_head: Option<PredictionHead>,
     layer_norm: nn::LayerNorm,
+    /// The towers' contrastive logit scale: detection does not read it, policies watch it.
+    logit_scale: Tensor,
     /// `(patches, 4)`: added to the box head's output before the sigmoid.
     box_bias: Tensor,
     /// The dtype the transformer layers compute in; the heads compute in float32.
@@ -219,10 +221,9 @@ impl OwlDetector {
         let text = &config.text_config;
         let vision = &config.vision_config;
         let width = vision.hidden_size;
-        // Present in every checkpoint, though detection reads neither: kept so that a saved
-        // folder is whole for `transformers`.
+        // Present in every checkpoint, though detection does not read it: kept so that a
+        // saved folder is whole for `transformers`.
         projection(&towers / "visual_projection", width, config.projection_dim);
-        let _ = towers.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value));
         let class_head = root / "class_head";
         OwlDetector {
             text_model: TextTransformer::new(&towers / "text_model", text, TextPooling::LargestId),
@@ -237,6 +238,7 @@ impl OwlDetector {
             objectness_head: (variant == OwlVariant::Owlv2)
                 .then(|| PredictionHead::new(root / "objectness_head", width, 1)),
             layer_norm: layer_norm(root / "layer_norm", width, vision.layer_norm_eps),
+            logit_scale: towers.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
             box_bias: box_bias(config.grid_size(), root.device()),
             compute: Kind::Float,
         }
@@ -290,6 +292,22 @@ impl OwlDetector {
             None => logits,
             Some(mask) => logits.masked_fill(&mask.logical_not().unsqueeze(-2), f32::MIN as f64),
         }
+    }
+
+    /// Starts every class logit near the logit of `probability` (RetinaNet's prior for focal
+    /// losses), through the class head's shift; its scale starts near 1.
+    pub fn set_class_prior(&mut self, probability: f64) {
+        let prior = (probability / (1.0 - probability)).ln();
+        tch::no_grad(|| {
+            if let Some(bias) = &mut self.class_head.logit_shift.bs {
+                let _ = bias.fill_(prior);
+            }
+        });
+    }
+
+    /// exp(logit_scale) of the towers, as a 0-d tensor.
+    pub fn logit_scale(&self) -> Tensor {
+        self.logit_scale.exp()
     }
 
     /// `(batch, patches, 4)` boxes, normalised centre and size.
@@ -389,6 +407,32 @@ mod tests {
         let at = |patch: i64, k: i64| sigmoid.double_value(&[patch, k]);
         assert!((at(6, 0) - 0.75).abs() < 1e-3 && (at(6, 1) - 0.5).abs() < 1e-3);
         assert!((at(6, 2) - 0.25).abs() < 1e-3 && (at(6, 3) - 0.25).abs() < 1e-3);
+    }
+
+    /// Fine-tuning trains the queries too: the class logits reach the text tower.
+    #[test]
+    fn class_logits_carry_gradient_into_both_towers() {
+        tch::manual_seed(3);
+        let mut config = OwlConfig::defaults(OwlVariant::OwlVit);
+        (config.text_config.vocab_size, config.text_config.hidden_size, config.text_config.intermediate_size) =
+            (50, 16, 32);
+        (config.text_config.num_hidden_layers, config.text_config.num_attention_heads) = (1, 2);
+        let vision = &mut config.vision_config;
+        (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers) = (16, 32, 1);
+        (vision.num_attention_heads, vision.image_size, vision.patch_size) = (2, 16, 8);
+        config.projection_dim = 16;
+        let store = nn::VarStore::new(Device::Cpu);
+        let model = OwlDetector::new(&store.root(), &config);
+        let ids = Tensor::from_slice(&[1i64, 5, 49, 0, 1, 7, 49, 0]).view([2, 4]);
+        let pixels = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let logits = model.class_logits(&model.image_features(&pixels), &model.query_embeddings(&ids), None);
+        (logits.select(-1, 0) * 2.0 - logits.select(-1, 1)).sum(Kind::Float).backward();
+        for (name, variable) in store.variables() {
+            let reached = variable.grad().defined() && variable.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            let expected =
+                !["owlvit.visual_projection", "owlvit.logit_scale", "box_head"].iter().any(|p| name.starts_with(p));
+            assert_eq!(reached, expected, "{name}");
+        }
     }
 
     #[test]

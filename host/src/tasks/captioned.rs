@@ -67,7 +67,7 @@ pub struct CaptionedTraining {
     /// Training samples, then the held-out ones.
     samples: Arc<Vec<CaptionedSample>>,
     train_count: usize,
-    loader: Loader,
+    loader: Loader<ItemReader>,
     tokenizer: Arc<ClipTokenizer>,
     context_length: usize,
     /// Side of the decoded images.

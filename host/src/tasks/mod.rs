@@ -9,6 +9,7 @@
 
 mod captioned;
 pub mod clip;
+pub mod detection;
 mod inputs;
 pub mod tagging;
 pub mod use_model;
@@ -29,6 +30,8 @@ pub enum TaskKind {
     Clip,
     /// Multi-label tagging with tag, align and distill losses.
     Tagging,
+    /// Open-vocabulary detection: OWL-ViT or OWLv2 on COCO-format boxes.
+    Detection,
 }
 
 /// A task's settings: its section of `run.json`, tagged with its kind.
@@ -37,6 +40,7 @@ pub enum TaskKind {
 pub enum TaskConfig {
     Clip(clip::ClipTaskConfig),
     Tagging(tagging::TaggingConfig),
+    Detection(detection::DetectionConfig),
 }
 
 /// Every task's flags; `--task` says which apply.
@@ -48,6 +52,8 @@ pub struct TaskArgs {
     pub clip: clip::ClipArgs,
     #[command(flatten)]
     pub tagging: tagging::TaggingArgs,
+    #[command(flatten)]
+    pub detection: detection::DetectionArgs,
 }
 
 impl TaskArgs {
@@ -56,15 +62,18 @@ impl TaskArgs {
         let mut flags = self.inputs.given();
         flags.extend(self.clip.given());
         flags.extend(self.tagging.given());
+        flags.extend(self.detection.given());
         flags
     }
 
     /// The settings of a `kind` run; a flag of another task is refused by name.
     pub fn config(&self, kind: TaskKind) -> Result<TaskConfig, EngineError> {
         let inputs = self.inputs.inputs();
+        let (clip, tagging, detection) = (self.clip.given(), self.tagging.given(), self.detection.given());
         let (config, others) = match kind {
-            TaskKind::Clip => (TaskConfig::Clip(self.clip.config(inputs)), self.tagging.given()),
-            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), self.clip.given()),
+            TaskKind::Clip => (TaskConfig::Clip(self.clip.config(inputs)), [tagging, detection].concat()),
+            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), [clip, detection].concat()),
+            TaskKind::Detection => (TaskConfig::Detection(self.detection.config(inputs)), [clip, tagging].concat()),
         };
         if let Some(flag) = others.first() {
             return Err(EngineError::Config(format!("{flag}: not a flag of --task {}", kind.name())));
@@ -78,6 +87,7 @@ impl TaskKind {
         match self {
             TaskKind::Clip => "clip",
             TaskKind::Tagging => "tagging",
+            TaskKind::Detection => "detection",
         }
     }
 }
@@ -87,6 +97,7 @@ impl TaskConfig {
         match self {
             TaskConfig::Clip(_) => TaskKind::Clip,
             TaskConfig::Tagging(_) => TaskKind::Tagging,
+            TaskConfig::Detection(_) => TaskKind::Detection,
         }
     }
 
@@ -94,6 +105,7 @@ impl TaskConfig {
         match self {
             TaskConfig::Clip(config) => &mut config.inputs,
             TaskConfig::Tagging(config) => &mut config.inputs,
+            TaskConfig::Detection(config) => &mut config.inputs,
         }
     }
 
@@ -102,6 +114,7 @@ impl TaskConfig {
         Ok(match self {
             TaskConfig::Clip(config) => Box::new(clip::ContrastiveTask::open(config, context)?),
             TaskConfig::Tagging(config) => Box::new(tagging::TaggingTask::open(config, context)?),
+            TaskConfig::Detection(config) => Box::new(detection::DetectionTask::open(config, context)?),
         })
     }
 
@@ -129,6 +142,7 @@ impl TaskConfig {
         match self {
             TaskConfig::Clip(config) => config.check_vocabulary_reads(data)?,
             TaskConfig::Tagging(config) => config.tags = tags.map(inputs::absolute),
+            TaskConfig::Detection(_) => {}
         }
         let inputs = self.inputs_mut();
         inputs.data = data.to_path_buf();

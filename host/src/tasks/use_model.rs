@@ -11,6 +11,7 @@ use crate::data::images::load_rgb_square;
 use crate::data::{PixelNormalizer, fashion_mnist};
 use crate::engine::{CHECKPOINTS_DIR, EngineError, RUN_FILE, SavedRun, Scores};
 use crate::files::FileError;
+use crate::models::owlvit::OwlVariant;
 use crate::models::{pretrained, tagger};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -43,10 +44,15 @@ pub fn run_of(model: &Path) -> Option<PathBuf> {
     run.join(RUN_FILE).is_file().then(|| run.to_path_buf())
 }
 
-/// The kind of model in `dir`, by its `config.json`: a tagger or a CLIP.
+/// The kind of model in `dir`, by its `config.json`: a tagger, a detector or a CLIP.
 pub fn kind_of_folder(dir: &Path) -> Result<TaskKind, EngineError> {
     let config: serde_json::Value = pretrained::read_config(dir)?;
-    Ok(if config["model_type"] == tagger::MODEL_TYPE { TaskKind::Tagging } else { TaskKind::Clip })
+    let detectors = [OwlVariant::OwlVit, OwlVariant::Owlv2].map(OwlVariant::model_type);
+    Ok(match config["model_type"].as_str() {
+        Some(tagger::MODEL_TYPE) => TaskKind::Tagging,
+        Some(kind) if detectors.contains(&kind) => TaskKind::Detection,
+        _ => TaskKind::Clip,
+    })
 }
 
 fn refuse_other_task(dir: &Path, found: TaskKind, asked: Option<TaskKind>, whose: &str) -> Result<(), EngineError> {
@@ -64,7 +70,17 @@ fn refuse_other_task(dir: &Path, found: TaskKind, asked: Option<TaskKind>, whose
 /// Evaluates the model of `request` with the metrics and data its training would use at the
 /// end of a run, and returns them.
 pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
-    let dir = &absolute(request.model.clone());
+    let (config, context, dir) = evaluation_settings(request)?;
+    let mut task = config.open(&context)?;
+    load_evaluated_weights(task.var_store(), &context, &dir)?;
+    task.final_evaluation()
+}
+
+/// The task settings and context that evaluate the model of `request`, and its folder: the
+/// run's settings for a folder of a run (its weights are then loaded after opening, see
+/// [`load_evaluated_weights`]), the folder's kind of model otherwise.
+pub fn evaluation_settings(request: &EvalRequest) -> Result<(TaskConfig, TaskContext, PathBuf), EngineError> {
+    let dir = absolute(request.model.clone());
     if !dir.join(pretrained::WEIGHTS_FILE).is_file() {
         return Err(EngineError::Config(format!(
             "--model {}: no {} (expected a run's final/, best/, checkpoints/step-N/, or a Hugging Face folder)",
@@ -72,21 +88,21 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
             pretrained::WEIGHTS_FILE
         )));
     }
-    let in_run = run_of(dir);
+    let in_run = run_of(&dir);
     let (mut config, seed, load_weights) = match &in_run {
         Some(run) => {
             let saved = SavedRun::read(run)?;
             let mut config = TaskConfig::of_saved(&saved, run)?;
-            refuse_other_task(dir, config.kind(), request.task, "was trained by a run of")?;
+            refuse_other_task(&dir, config.kind(), request.task, "was trained by a run of")?;
             if request.data.is_none() && request.tags.is_some() {
                 return Err(EngineError::Config("--tags: goes with --data; the run's data has its tags".into()));
             }
-            config.for_evaluation(dir);
+            config.for_evaluation(&dir);
             (config, saved.train.seed, false)
         }
         None => {
-            let kind = kind_of_folder(dir)?;
-            refuse_other_task(dir, kind, request.task, "holds a model of")?;
+            let kind = kind_of_folder(&dir)?;
+            refuse_other_task(&dir, kind, request.task, "holds a model of")?;
             let mut args = super::TaskArgs::default();
             args.inputs.model = Some(dir.clone());
             args.tagging.tags = request.tags.clone();
@@ -108,11 +124,19 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
         batch_size: 1,
         load_weights,
     };
-    let mut task = config.open(&context)?;
-    if !load_weights {
-        pretrained::load_weights(task.var_store(), &dir.join(pretrained::WEIGHTS_FILE))?;
+    Ok((config, context, dir))
+}
+
+/// Loads the weights of `dir` into a task opened with `context`, unless opening loaded them.
+pub fn load_evaluated_weights(
+    var_store: &tch::nn::VarStore,
+    context: &TaskContext,
+    dir: &Path,
+) -> Result<(), EngineError> {
+    if !context.load_weights {
+        pretrained::load_weights(var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
     }
-    task.final_evaluation()
+    Ok(())
 }
 
 /// The images a model is applied to: a folder's PNG and JPEG files (sorted by name), or

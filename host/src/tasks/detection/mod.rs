@@ -1,0 +1,704 @@
+//! Open-vocabulary detection fine-tuning as a [`Task`]: an OWL-ViT or OWLv2 detector
+//! ([`crate::models::owlvit`]) trained on COCO-format boxes, with the category names as
+//! text queries.
+//!
+//! Every step the text tower embeds one prompt per category ("a photo of a {name}."), so
+//! its learning rate (or its freezing) is the policies' to choose like the vision tower's;
+//! every category is a query for every image, absent ones being negatives. Per image, the
+//! exact minimum-cost matching ([`matching`]) pairs each ground-truth box with one patch.
+//! Loss terms, named to the policies, each normalised by the batch's number of boxes:
+//! `class` (sigmoid focal loss over every patch and query), `box_l1` and `box_giou` over
+//! the matched patches, and for OWLv2 `objectness` (focal loss of the objectness head, whose
+//! features are detached as in `transformers`).
+//!
+//! Data: a COCO instances file or a JSONL manifest with boxes ([`crate::data::detection`]),
+//! or the offline default, Fashion-MNIST items on canvases ([`crate::data::canvas`]). Crowd
+//! boxes are left out of training and kept for evaluation. Images are resized and padded to
+//! the model's square with their boxes; the policies' crop and flip move the boxes too.
+//!
+//! Evaluation: COCO AP and AR exactly as pycocotools computes them, on each patch's best
+//! query (its sigmoid score), boxes in the image's pixels. `--unseen-classes` leaves
+//! categories out of the training queries; they are still queried at evaluation, and their
+//! AP is reported by name alone (`unseen_AP`, `unseen_AP50`).
+//!
+//! Owns `--unseen-classes`, `--focal-alpha`, `--focal-gamma` and `--match-costs`.
+
+pub mod assignment;
+mod matching;
+mod predict;
+
+pub use matching::{Focal, MatchCosts};
+pub use predict::{DEFAULT_THRESHOLD, DetectionPredictRequest, predict};
+
+use super::inputs::{DataOptions, Inputs, Precision, TaskContext, describe_weights, load_model, load_tokenizer};
+use crate::data::PixelNormalizer;
+use crate::data::augment::{self, CropFlip};
+use crate::data::canvas::{self, CANVAS_SIZE};
+use crate::data::captioned::DataKind;
+use crate::data::clip_tokenizer::ClipTokenizer;
+use crate::data::detection::{Category, DetectionSample, read_detection_set};
+use crate::data::images::load_rgb_padded;
+use crate::data::loader::{Loader, ReadItem};
+use crate::data::sampler::EpochSampler;
+use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
+use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
+use crate::files::FileError;
+use crate::models::clip::Activation;
+use crate::models::owlvit::{self, OwlConfig, OwlDetector, OwlVariant};
+use crate::models::pretrained;
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor, nn};
+
+/// The settings of a detection run: its section of `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionConfig {
+    #[serde(flatten)]
+    pub inputs: Inputs,
+    /// Categories left out of the training queries, evaluated by name alone.
+    #[serde(default)]
+    pub unseen_classes: Vec<String>,
+    pub focal: Focal,
+    pub match_costs: MatchCosts,
+}
+
+/// The flags only detection has.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DetectionArgs {
+    /// Categories never used as training queries, evaluated by name alone (`unseen_AP`)
+    /// [--task detection].
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub unseen_classes: Option<Vec<String>>,
+    /// Weight of positives in the focal losses [default: 0.25; --task detection].
+    #[arg(long, value_name = "A")]
+    pub focal_alpha: Option<f64>,
+    /// Focusing power of the focal losses [default: 2; --task detection].
+    #[arg(long, value_name = "G")]
+    pub focal_gamma: Option<f64>,
+    /// Weights of the matching cost's class, L1 and GIoU parts [default: 1,5,2; --task detection].
+    #[arg(long, value_name = "CLASS,L1,GIOU", value_delimiter = ',', num_args = 3)]
+    pub match_costs: Option<Vec<f64>>,
+}
+
+impl DetectionArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--unseen-classes", self.unseen_classes.is_some()),
+            ("--focal-alpha", self.focal_alpha.is_some()),
+            ("--focal-gamma", self.focal_gamma.is_some()),
+            ("--match-costs", self.match_costs.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    pub fn config(&self, inputs: Inputs) -> DetectionConfig {
+        let costs = self.match_costs.clone().unwrap_or_else(|| vec![1.0, 5.0, 2.0]);
+        DetectionConfig {
+            inputs,
+            unseen_classes: self.unseen_classes.clone().unwrap_or_default(),
+            focal: Focal { alpha: self.focal_alpha.unwrap_or(0.25), gamma: self.focal_gamma.unwrap_or(2.0) },
+            match_costs: MatchCosts { class: costs[0], l1: costs[1], giou: costs[2] },
+        }
+    }
+}
+
+/// The prompt each category name is asked with.
+fn prompt(name: &str) -> String {
+    format!("a photo of a {name}.")
+}
+
+const LOSSES: [&str; 4] = ["class", "box_l1", "box_giou", "objectness"];
+/// Metric names: COCO's twelve on the held-out images, then the unseen categories' AP.
+const VAL_METRICS: [&str; 12] = [
+    "val_AP",
+    "val_AP50",
+    "val_AP75",
+    "val_APs",
+    "val_APm",
+    "val_APl",
+    "val_AR1",
+    "val_AR10",
+    "val_AR100",
+    "val_ARs",
+    "val_ARm",
+    "val_ARl",
+];
+const UNSEEN_METRICS: [&str; 2] = ["unseen_AP", "unseen_AP50"];
+/// The probability a model trained from scratch starts giving every patch and query: the
+/// focal loss's prior initialisation (RetinaNet's), without which the first steps' gradient,
+/// summed over every negative, swamps Adam's moment estimates for hundreds of steps.
+const CLASS_PRIOR: f64 = 0.01;
+/// Detections kept per image for evaluation: COCO's largest `maxDets`.
+pub const DETECTIONS_PER_IMAGE: usize = 100;
+const EVAL_BATCH_SIZE: usize = 64;
+/// Share of the data held out when there is no `--val-data`, and its bounds.
+const HELD_OUT_FRACTION: f64 = 0.05;
+const MAX_HELD_OUT: usize = 5000;
+/// Batches decoded ahead of the one being trained on.
+const PREFETCH_BATCHES: u64 = 3;
+/// Loader keys of evaluation chunks, far above any step number.
+const EVALUATION_KEYS: u64 = 1 << 62;
+
+/// Decodes one sample's image, made the model's square.
+struct DetectionReader {
+    samples: Arc<Vec<DetectionSample>>,
+    image_size: u32,
+}
+
+/// A decoded image and the scale its boxes follow.
+struct LoadedImage {
+    sample: usize,
+    pixels: Vec<u8>,
+    scale: [f64; 2],
+}
+
+impl ReadItem for DetectionReader {
+    type Item = usize;
+    type Loaded = LoadedImage;
+
+    fn read(&self, sample: usize) -> Result<LoadedImage, FileError> {
+        let declared = &self.samples[sample];
+        let padded =
+            load_rgb_padded(&declared.image, self.image_size).map_err(|err| err.declared_in(&declared.origin))?;
+        Ok(LoadedImage { sample, pixels: padded.pixels, scale: padded.scale })
+    }
+
+    fn file(&self, sample: usize) -> &Path {
+        &self.samples[sample].image
+    }
+}
+
+/// Where the images of each part of the run are, as ranges of the sample list.
+struct Splits {
+    train: Range<usize>,
+    held_out: Range<usize>,
+    /// The end-of-run evaluation's images when the data has a test split of its own.
+    test: Option<Range<usize>>,
+}
+
+pub struct DetectionTask {
+    model: OwlDetector,
+    var_store: nn::VarStore,
+    config: OwlConfig,
+    settings: DetectionConfig,
+    groups: &'static [&'static str],
+    loss_names: Vec<&'static str>,
+    metric_names: Vec<&'static str>,
+    samples: Arc<Vec<DetectionSample>>,
+    splits: Splits,
+    categories: Vec<Category>,
+    /// Categories queried in training (indices into `categories`), and those left unseen.
+    seen: Vec<usize>,
+    unseen: Vec<usize>,
+    /// `(categories, context)` prompt ids of every category, on the training device.
+    prompt_ids: Tensor,
+    sampler: EpochSampler,
+    loader: Loader<DetectionReader>,
+    normalizer: PixelNormalizer,
+    image_size: i64,
+    skip_bad: bool,
+    skipped_at_start: Vec<String>,
+    description: Vec<String>,
+    started_from: Option<PathBuf>,
+    device: Device,
+}
+
+/// A small OWL-ViT for the 64x64 canvases, trained from scratch on a CPU in minutes.
+fn tiny_config(tokenizer: &ClipTokenizer) -> OwlConfig {
+    let mut config = OwlConfig::defaults(OwlVariant::OwlVit);
+    let text = &mut config.text_config;
+    text.vocab_size = tokenizer.vocab_size();
+    (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads) = (64, 256, 2, 4);
+    (text.bos_token_id, text.eos_token_id) = (tokenizer.start_id, tokenizer.end_id);
+    let vision = &mut config.vision_config;
+    (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, vision.num_attention_heads) =
+        (64, 256, 3, 4);
+    (vision.image_size, vision.patch_size, vision.hidden_act) = (CANVAS_SIZE as i64, 8, Activation::QuickGelu);
+    config.projection_dim = 64;
+    config
+}
+
+/// A run's boxes: training samples first, then the held-out ones, then a test split if any.
+struct DetectionData {
+    samples: Vec<DetectionSample>,
+    splits: Splits,
+    categories: Vec<Category>,
+    /// What `--skip-bad-samples` left out, one line each.
+    skipped: Vec<String>,
+    /// The start-up report's line about the data.
+    description: String,
+}
+
+fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
+    let skip = options.skip_bad_samples;
+    if DataKind::of(options.data)? == DataKind::FashionMnist {
+        options.refuse_file_flags_for_fashion_mnist()?;
+        let cache = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/datasets"));
+        let cache =
+            cache.ok_or_else(|| EngineError::Config("HOME is not set: no folder for the canvas data".into()))?;
+        let folder = canvas::canvas_dataset(options.data, &cache)?;
+        let mut parts = Vec::new();
+        for split in ["train", "val", "test"] {
+            parts.push(read_detection_set(&canvas::split_annotations(&folder, split), None, skip)?);
+        }
+        let description = format!(
+            "data: Fashion-MNIST items on {CANVAS_SIZE}x{CANVAS_SIZE} canvases, a COCO folder made once at {}",
+            folder.display()
+        );
+        let (train, val, test) = (parts[0].samples.len(), parts[1].samples.len(), parts[2].samples.len());
+        let splits =
+            Splits { train: 0..train, held_out: train..train + val, test: Some(train + val..train + val + test) };
+        let categories = parts[0].categories.clone();
+        let skipped: Vec<String> = parts.iter().flat_map(|part| part.skipped.clone()).collect();
+        let samples = parts.into_iter().flat_map(|part| part.samples).collect();
+        return Ok(DetectionData { samples, splits, categories, skipped, description });
+    }
+    let mut train = read_detection_set(options.data, options.images, skip)?;
+    let (held_out, line) = match options.val_data {
+        Some(path) => {
+            let held_out = read_detection_set(path, options.images, skip)?;
+            let names = |set: &[Category]| set.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+            if names(&held_out.categories) != names(&train.categories) {
+                return Err(FileError::format(path, "its categories differ from those of --data").into());
+            }
+            let line = format!("data: {} (held out: {})", options.data.display(), path.display());
+            (held_out, line)
+        }
+        None => {
+            let count = ((train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize).clamp(1, MAX_HELD_OUT);
+            if train.samples.len() < count + options.batch_size {
+                return Err(EngineError::Config(format!(
+                    "{}: {} usable images; holding out {count} for evaluation leaves fewer than --batch-size {}",
+                    options.data.display(),
+                    train.samples.len(),
+                    options.batch_size
+                )));
+            }
+            let rest = train.samples.split_off(train.samples.len() - count);
+            let line = format!("data: {} (the last {count} images held out)", options.data.display());
+            let categories = train.categories.clone();
+            (crate::data::detection::DetectionSet { samples: rest, categories, skipped: Vec::new() }, line)
+        }
+    };
+    let (train_count, held_count) = (train.samples.len(), held_out.samples.len());
+    let splits = Splits { train: 0..train_count, held_out: train_count..train_count + held_count, test: None };
+    let mut skipped = train.skipped;
+    skipped.extend(held_out.skipped);
+    let mut samples = train.samples;
+    samples.extend(held_out.samples);
+    Ok(DetectionData { samples, splits, categories: train.categories, skipped, description: line })
+}
+
+impl DetectionTask {
+    pub fn open(task: &DetectionConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        let inputs = &task.inputs;
+        let options = &context.data_options(inputs);
+        let device = options.device;
+        check_settings(task)?;
+        let DetectionData { samples, splits, categories, skipped: skipped_at_start, description: data_line } =
+            read_data(options)?;
+        let names: Vec<&str> = categories.iter().map(|c| c.name.as_str()).collect();
+        if let Some(unknown) = task.unseen_classes.iter().find(|name| !names.contains(&name.as_str())) {
+            return Err(EngineError::Config(format!(
+                "--unseen-classes: `{unknown}` is not a category of the data (its categories: {})",
+                names.join(", ")
+            )));
+        }
+        let (seen, unseen): (Vec<usize>, Vec<usize>) =
+            (0..categories.len()).partition(|&i| !task.unseen_classes.contains(&categories[i].name));
+        if seen.is_empty() {
+            return Err(EngineError::Config("--unseen-classes: every category is unseen; nothing to train on".into()));
+        }
+        if splits.train.len() < context.batch_size {
+            return Err(EngineError::Config(format!(
+                "--batch-size {} is larger than the training images ({})",
+                context.batch_size,
+                splits.train.len()
+            )));
+        }
+        let (tokenizer, vocabulary) = load_tokenizer(inputs.model.as_deref())?;
+        let config = match &inputs.model {
+            Some(dir) => OwlConfig::read(dir)?,
+            None => tiny_config(&tokenizer),
+        };
+        if tokenizer.vocab_size() > config.text_config.vocab_size {
+            return Err(EngineError::Config(format!(
+                "--model: text_config.vocab_size {} is smaller than the tokenizer's vocabulary ({}, {})",
+                config.text_config.vocab_size,
+                tokenizer.vocab_size(),
+                vocabulary.display()
+            )));
+        }
+        tch::manual_seed(options.seed as i64);
+        let var_store = nn::VarStore::new(device);
+        let mut model = OwlDetector::new(&var_store.root(), &config);
+        if inputs.model.is_none() {
+            model.set_class_prior(CLASS_PRIOR);
+        }
+        if inputs.precision == Precision::Bf16 {
+            model.set_compute_kind(Kind::BFloat16);
+        }
+        let mut description = vec![data_line];
+        if context.load_weights {
+            let report = match &inputs.model {
+                Some(dir) => Some(load_model(&var_store, dir, |name| Some(name.to_string()), inputs.allow_partial)?),
+                None => None,
+            };
+            description.push(describe_weights(report.as_ref(), var_store.len(), options.seed));
+        }
+        description.push(format!("tokenizer: {}", vocabulary.display()));
+        let seen_names: Vec<&str> = seen.iter().map(|&i| names[i]).collect();
+        description.push(format!("queries: {} ({})", seen_names.len(), seen_names.join(", ")));
+        if !unseen.is_empty() {
+            let unseen_names: Vec<&str> = unseen.iter().map(|&i| names[i]).collect();
+            description.push(format!("unseen, evaluated by name alone: {}", unseen_names.join(", ")));
+        }
+        let context_length = config.text_config.max_position_embeddings as usize;
+        let ids: Vec<i64> = names.iter().flat_map(|name| tokenizer.tokenize(&prompt(name), context_length)).collect();
+        let prompt_ids = Tensor::from_slice(&ids).view([names.len() as i64, -1]).to_device(device);
+        let image_size = config.vision_config.image_size;
+        let normalizer = PixelNormalizer::for_model(inputs.model.as_deref(), image_size, device)?;
+        let samples = Arc::new(samples);
+        let reader = DetectionReader { samples: samples.clone(), image_size: image_size as u32 };
+        let variant = config.variant();
+        let loss_count = if variant == OwlVariant::Owlv2 { 4 } else { 3 };
+        let mut metric_names = VAL_METRICS.to_vec();
+        if !unseen.is_empty() {
+            metric_names.extend(UNSEEN_METRICS);
+        }
+        Ok(DetectionTask {
+            model,
+            var_store,
+            settings: task.clone(),
+            groups: owlvit::parameter_groups(variant),
+            loss_names: LOSSES[..loss_count].to_vec(),
+            metric_names,
+            sampler: EpochSampler::new(options.seed, splits.train.len(), options.batch_size),
+            loader: Loader::new(reader, options.workers),
+            samples,
+            splits,
+            categories,
+            seen,
+            unseen,
+            prompt_ids,
+            normalizer,
+            image_size,
+            skip_bad: options.skip_bad_samples,
+            skipped_at_start,
+            description,
+            started_from: inputs.model.clone(),
+            config,
+            device,
+        })
+    }
+
+    /// The images of `samples` decoded, as `(n, 3, size, size)` `u8` on the CPU, with each
+    /// one's sample index and scale; undecodable ones stop the run or, with
+    /// `--skip-bad-samples`, are described and left out.
+    fn load(&mut self, key: u64) -> Result<(Tensor, Vec<LoadedImage>, Vec<String>), EngineError> {
+        let mut loaded = Vec::new();
+        let mut skipped = Vec::new();
+        for result in self.loader.take(key) {
+            match result {
+                Ok(image) => loaded.push(image),
+                Err(err) if self.skip_bad => skipped.push(err.to_string()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let pixels: Vec<u8> = loaded.iter().flat_map(|image| image.pixels.iter().copied()).collect();
+        let size = self.image_size;
+        let pixels = Tensor::from_slice(&pixels).view([loaded.len() as i64, 3, size, size]);
+        Ok((pixels, loaded, skipped))
+    }
+
+    /// The training targets of `image`: boxes (centre and size as fractions of the model's
+    /// square, after the crop and flip) and their query indices; crowds and unseen
+    /// categories are left out.
+    fn targets(&self, image: &LoadedImage, crop: Option<&CropFlip>) -> (Vec<f32>, Vec<i64>) {
+        let size = self.image_size as f64;
+        let (mut boxes, mut labels) = (Vec::new(), Vec::new());
+        for truth in self.samples[image.sample].boxes.iter().filter(|truth| !truth.iscrowd) {
+            let Some(query) = self.seen.iter().position(|&category| category == truth.category) else { continue };
+            let [x, y, w, h] = truth.bbox;
+            let [sx, sy] = image.scale;
+            let xyxy = [x * sx / size, y * sy / size, (x + w) * sx / size, (y + h) * sy / size];
+            let Some([x0, y0, x1, y1]) = crop.map_or(Some(xyxy), |crop| crop.move_box(xyxy)) else { continue };
+            if x1 <= x0 || y1 <= y0 {
+                continue;
+            }
+            boxes.extend([(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0].map(|v| v as f32));
+            labels.push(query as i64);
+        }
+        (boxes, labels)
+    }
+
+    /// Each patch's best query as a COCO detection, at most `per_image` per image (the
+    /// highest scores first), boxes in the image's pixels, for the images of `range`.
+    fn detections(&mut self, range: Range<usize>, per_image: usize) -> Result<Vec<CocoDetection>, EngineError> {
+        let queries = tch::no_grad(|| self.model.query_embeddings(&self.prompt_ids));
+        let mut detections = Vec::new();
+        let indices: Vec<usize> = range.collect();
+        for (chunk, samples) in indices.chunks(EVAL_BATCH_SIZE).enumerate() {
+            let key = EVALUATION_KEYS + chunk as u64;
+            self.loader.submit(key, samples);
+            let (pixels, loaded, _) = self.load(key)?;
+            if loaded.is_empty() {
+                continue;
+            }
+            let (scores, classes, boxes) = tch::no_grad(|| {
+                let pixels = self.normalizer.normalize(&(pixels.to_device(self.device).to_kind(Kind::Float) / 255.0));
+                let features = self.model.image_features(&pixels);
+                let (scores, classes) = self.model.class_logits(&features, &queries, None).sigmoid().max_dim(-1, false);
+                (scores, classes, self.model.pred_boxes(&features))
+            });
+            let scores = Vec::<f32>::try_from(scores.to_device(Device::Cpu).flatten(0, -1))?;
+            let classes = Vec::<i64>::try_from(classes.to_device(Device::Cpu).flatten(0, -1))?;
+            let boxes = Vec::<f32>::try_from(boxes.to_device(Device::Cpu).flatten(0, -1))?;
+            let patches = scores.len() / loaded.len();
+            for (row, image) in loaded.iter().enumerate() {
+                let sample = &self.samples[image.sample];
+                let mut order: Vec<usize> = (row * patches..(row + 1) * patches).collect();
+                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+                let size = self.image_size as f64;
+                for &patch in order.iter().take(per_image) {
+                    let [cx, cy, w, h] = [0, 1, 2, 3].map(|k| boxes[patch * 4 + k] as f64 * size);
+                    let [sx, sy] = image.scale;
+                    detections.push(CocoDetection {
+                        image_id: sample.image_id,
+                        category_id: self.categories[classes[patch] as usize].id,
+                        bbox: [(cx - w / 2.0) / sx, (cy - h / 2.0) / sy, w / sx, h / sy],
+                        score: scores[patch] as f64,
+                    });
+                }
+            }
+        }
+        Ok(detections)
+    }
+
+    /// The images of the end-of-run evaluation: the data's test split, or the held-out images.
+    fn final_split(&self) -> (Range<usize>, &'static str) {
+        match &self.splits.test {
+            Some(test) => (test.clone(), "test"),
+            None => (self.splits.held_out.clone(), "held-out"),
+        }
+    }
+
+    /// The detections of the end-of-run evaluation, at most `per_image` per image.
+    pub fn final_detections(&mut self, per_image: usize) -> Result<Vec<CocoDetection>, EngineError> {
+        self.detections(self.final_split().0, per_image)
+    }
+
+    /// COCO evaluation of the model on the images of `range`.
+    fn coco_on(&mut self, range: Range<usize>) -> Result<CocoEvaluation, EngineError> {
+        let detections = self.detections(range.clone(), DETECTIONS_PER_IMAGE)?;
+        let samples = &self.samples[range];
+        let image_ids: Vec<u64> = samples.iter().map(|sample| sample.image_id).collect();
+        let category_ids: Vec<u64> = self.categories.iter().map(|category| category.id).collect();
+        let truth: Vec<GroundTruthBox> = samples
+            .iter()
+            .flat_map(|sample| {
+                sample.boxes.iter().map(|truth| GroundTruthBox {
+                    image_id: sample.image_id,
+                    category_id: self.categories[truth.category].id,
+                    bbox: truth.bbox,
+                    area: truth.area,
+                    iscrowd: truth.iscrowd,
+                })
+            })
+            .collect();
+        Ok(coco_evaluation(&image_ids, &category_ids, &truth, &detections))
+    }
+
+    fn scores_on(&mut self, range: Range<usize>, split: &'static str) -> Result<Scores, EngineError> {
+        let images = range.len();
+        let evaluation = self.coco_on(range)?;
+        let mut values: Vec<f64> = evaluation.summary.named_values().iter().map(|(_, value)| *value).collect();
+        if !self.unseen.is_empty() {
+            let ids: Vec<u64> = self.unseen.iter().map(|&i| self.categories[i].id).collect();
+            let unseen = evaluation.over_categories(&ids);
+            values.extend([unseen.ap, unseen.ap50]);
+        }
+        Ok(Scores { names: self.metric_names.clone(), values, images, split })
+    }
+
+    /// Each loss term of one batch (with its graph), in the order of the loss names.
+    fn loss_terms(&self, pixels: &Tensor, boxes: &[Tensor], labels: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let seen = Tensor::from_slice(&self.seen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
+        let queries = self.model.query_embeddings(&self.prompt_ids.index_select(0, &seen));
+        let features = self.model.image_features(pixels);
+        let logits = self.model.class_logits(&features, &queries, None);
+        let predicted = self.model.pred_boxes(&features);
+        let objectness = self.model.objectness_logits(&features);
+        let focal = self.settings.focal;
+        let box_count = labels.iter().map(|l| l.size()[0]).sum::<i64>().max(1) as f64;
+        let class_targets = Tensor::zeros_like(&logits);
+        let mut matched_patches = Vec::new();
+        let (mut matched_predictions, mut matched_targets) = (Vec::new(), Vec::new());
+        for (image, (targets, labels)) in boxes.iter().zip(labels).enumerate() {
+            let image = image as i64;
+            let pairs = matching::match_image(
+                &logits.get(image),
+                &predicted.get(image),
+                targets,
+                labels,
+                self.settings.match_costs,
+                focal,
+            )
+            .map_err(|err| EngineError::Config(format!("matching image {image} of the batch: {err}")))?;
+            if pairs.is_empty() {
+                continue;
+            }
+            let patches = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(self.device);
+            let order = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(self.device);
+            let matched_labels = labels.index_select(0, &order);
+            let _ = class_targets.get(image).index_put_(
+                &[Some(&patches), Some(&matched_labels)],
+                &Tensor::from(1f32).to_device(self.device),
+                false,
+            );
+            matched_predictions.push(predicted.get(image).index_select(0, &patches));
+            matched_targets.push(targets.index_select(0, &order));
+            matched_patches.push((image, patches));
+        }
+        let class = matching::sigmoid_focal_loss(&logits, &class_targets, focal) / box_count;
+        let (box_l1, box_giou) = if matched_predictions.is_empty() {
+            let zero = (predicted.sum(Kind::Float) * 0.0).shallow_clone();
+            (zero.shallow_clone(), zero)
+        } else {
+            let predictions = Tensor::cat(&matched_predictions, 0);
+            let targets = Tensor::cat(&matched_targets, 0);
+            let l1 = (&predictions - &targets).abs().sum(Kind::Float) / box_count;
+            let giou = matching::generalized_iou(&matching::corners(&predictions), &matching::corners(&targets))
+                .diagonal(0, 0, 1);
+            (l1, (-giou + 1.0).sum(Kind::Float) / box_count)
+        };
+        let mut terms = vec![class, box_l1, box_giou];
+        if let Some(objectness) = objectness {
+            let targets = Tensor::zeros_like(&objectness);
+            for (image, patches) in &matched_patches {
+                let _ = targets.get(*image).index_fill_(0, patches, 1.0);
+            }
+            terms.push(matching::sigmoid_focal_loss(&objectness, &targets, focal) / box_count);
+        }
+        Ok(terms)
+    }
+}
+
+fn check_settings(task: &DetectionConfig) -> Result<(), EngineError> {
+    let Focal { alpha, gamma } = task.focal;
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(EngineError::Config(format!("--focal-alpha {alpha}: must be within [0, 1]")));
+    }
+    if !(gamma.is_finite() && gamma >= 0.0) {
+        return Err(EngineError::Config(format!("--focal-gamma {gamma}: must be a finite number >= 0")));
+    }
+    let MatchCosts { class, l1, giou } = task.match_costs;
+    if [class, l1, giou].iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+        return Err(EngineError::Config(format!(
+            "--match-costs {class},{l1},{giou}: weights must be finite numbers >= 0"
+        )));
+    }
+    Ok(())
+}
+
+impl Task for DetectionTask {
+    fn groups(&self) -> &[&'static str] {
+        self.groups
+    }
+
+    fn loss_names(&self) -> &[&'static str] {
+        &self.loss_names
+    }
+
+    fn metric_names(&self) -> &[&'static str] {
+        &self.metric_names
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.var_store
+    }
+
+    fn parameter_group(&self, name: &str) -> Option<usize> {
+        owlvit::parameter_group(name)
+    }
+
+    fn steps_per_epoch(&self) -> u64 {
+        self.sampler.steps_per_epoch()
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        self.sampler.epoch_of(step)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.description.clone()
+    }
+
+    fn skipped_at_start(&self) -> &[String] {
+        &self.skipped_at_start
+    }
+
+    fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
+        let last = knobs.total_steps.max(step + 1);
+        for ahead in step..(step + 1 + PREFETCH_BATCHES).min(last) {
+            if !self.loader.is_submitted(ahead) {
+                let samples: Vec<usize> =
+                    self.sampler.batch(ahead).iter().map(|&i| self.splits.train.start + i as usize).collect();
+                self.loader.submit(ahead, &samples);
+            }
+        }
+        let (pixels, loaded, skipped) = self.load(step)?;
+        if loaded.is_empty() {
+            return Err(EngineError::Config(format!("step {step}: no readable image in the batch")));
+        }
+        let epoch = self.sampler.epoch_of(step);
+        let keys: Vec<i64> = loaded.iter().map(|image| image.sample as i64).collect();
+        let crops = augment::crops_and_flips(&keys, epoch, knobs.seed, knobs.augmentation);
+        let (mut boxes, mut labels) = (Vec::new(), Vec::new());
+        for (row, image) in loaded.iter().enumerate() {
+            let (image_boxes, image_labels) = self.targets(image, crops.as_ref().map(|crops| &crops[row]));
+            boxes.push(Tensor::from_slice(&image_boxes).view([-1, 4]).to_device(self.device));
+            labels.push(Tensor::from_slice(&image_labels).to_device(self.device));
+        }
+        let pixels = pixels.to_device(self.device).to_kind(Kind::Float) / 255.0;
+        let pixels = augment::augment(&pixels, &keys, epoch, knobs.seed, knobs.augmentation);
+        let pixels = self.normalizer.normalize(&pixels);
+        let terms = if knobs.backward {
+            self.loss_terms(&pixels, &boxes, &labels)?
+        } else {
+            tch::no_grad(|| self.loss_terms(&pixels, &boxes, &labels))?
+        };
+        if knobs.backward {
+            let weighted = terms.iter().zip(knobs.loss_weights).map(|(term, &weight)| term * weight);
+            weighted.reduce(|a, b| a + b).expect("at least three loss terms").backward();
+        }
+        Ok(StepLosses { raw: terms.iter().map(Tensor::detach).collect(), images: loaded.len(), skipped })
+    }
+
+    fn logit_scale(&self) -> Tensor {
+        self.model.logit_scale()
+    }
+
+    fn after_update(&mut self) {}
+
+    fn evaluate(&mut self) -> Result<Scores, EngineError> {
+        self.scores_on(self.splits.held_out.clone(), "held-out")
+    }
+
+    fn final_evaluation(&mut self) -> Result<Scores, EngineError> {
+        let (range, split) = self.final_split();
+        self.scores_on(range, split)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), EngineError> {
+        Ok(pretrained::save(dir, &self.var_store, &self.config, self.started_from.as_deref())?)
+    }
+
+    fn model_config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("model configs serialize")
+    }
+}
