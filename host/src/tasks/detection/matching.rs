@@ -7,6 +7,7 @@
 //! query.
 
 use super::assignment::{AssignmentError, min_cost_assignment};
+use crate::models::owlvit::OwlDetector;
 use tch::{Kind, Tensor};
 
 /// Weights of the three parts of the matching cost.
@@ -95,6 +96,73 @@ pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, focal: Focal) -> Te
     let p_true = &p * targets + p_false * &negatives;
     let weight = targets * focal.alpha + negatives * (1.0 - focal.alpha);
     (cross_entropy * (-p_true + 1.0).pow_tensor_scalar(focal.gamma) * weight).sum(Kind::Float)
+}
+
+/// A batch's ground truth: per image, `(boxes, 4)` centre-size boxes as fractions of the
+/// model's square, and the query index of each.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTargets<'a> {
+    pub boxes: &'a [Tensor],
+    pub labels: &'a [Tensor],
+}
+
+/// The loss terms of one batch, with their graphs: `class`, `box_l1`, `box_giou`, and for
+/// OWLv2 `objectness`, each divided by the batch's number of boxes (at least 1). `pixels`
+/// are normalised model input; `query_ids` `(queries, context)` the prompts, embedded here
+/// so the text tower trains too.
+pub fn detection_losses(
+    model: &OwlDetector,
+    pixels: &Tensor,
+    query_ids: &Tensor,
+    targets: &BatchTargets,
+    costs: MatchCosts,
+    focal: Focal,
+) -> Result<Vec<Tensor>, AssignmentError> {
+    let device = pixels.device();
+    let features = model.image_features(pixels);
+    let logits = model.class_logits(&features, &model.query_embeddings(query_ids), None);
+    let predicted = model.pred_boxes(&features);
+    let box_count = targets.labels.iter().map(|labels| labels.size()[0]).sum::<i64>().max(1) as f64;
+    let class_targets = Tensor::zeros_like(&logits);
+    let mut matched_patches = Vec::new();
+    let (mut matched_predictions, mut matched_targets) = (Vec::new(), Vec::new());
+    for (image, (boxes, labels)) in targets.boxes.iter().zip(targets.labels).enumerate() {
+        let image = image as i64;
+        let pairs = match_image(&logits.get(image), &predicted.get(image), boxes, labels, costs, focal)?;
+        if pairs.is_empty() {
+            continue;
+        }
+        let patches = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(device);
+        let order = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(device);
+        let matched_labels = labels.index_select(0, &order);
+        // `get` is a view: the ones land in the batch's targets.
+        let one = Tensor::from(1f32).to_device(device);
+        let _ = class_targets.get(image).index_put_(&[Some(&patches), Some(&matched_labels)], &one, false);
+        matched_predictions.push(predicted.get(image).index_select(0, &patches));
+        matched_targets.push(boxes.index_select(0, &order));
+        matched_patches.push((image, patches));
+    }
+    let class = sigmoid_focal_loss(&logits, &class_targets, focal) / box_count;
+    let (box_l1, box_giou) = if matched_predictions.is_empty() {
+        // No boxes in the batch: zero, with a graph, so the weighted sum still backpropagates.
+        let zero = predicted.sum(Kind::Float) * 0.0;
+        (zero.shallow_clone(), zero)
+    } else {
+        let predictions = Tensor::cat(&matched_predictions, 0);
+        let boxes = Tensor::cat(&matched_targets, 0);
+        let l1 = (&predictions - &boxes).abs().sum(Kind::Float) / box_count;
+        let giou = generalized_iou(&corners(&predictions), &corners(&boxes)).diagonal(0, 0, 1);
+        (l1, (-giou + 1.0).sum(Kind::Float) / box_count)
+    };
+    let mut terms = vec![class, box_l1, box_giou];
+    if let Some(objectness) = model.objectness_logits(&features) {
+        let objects = Tensor::zeros_like(&objectness);
+        for (image, patches) in &matched_patches {
+            let _ = objects.get(*image).index_fill_(0, patches, 1.0);
+        }
+        terms.push(sigmoid_focal_loss(&objectness, &objects, focal) / box_count);
+    }
+    Ok(terms)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub mod assignment;
 mod matching;
 mod predict;
 
-pub use matching::{Focal, MatchCosts};
+pub use matching::{BatchTargets, Focal, MatchCosts, detection_losses};
 pub use predict::{DEFAULT_THRESHOLD, DetectionPredictRequest, predict};
 
 use super::inputs::{DataOptions, Inputs, Precision, TaskContext, describe_weights, load_model, load_tokenizer};
@@ -528,63 +528,10 @@ impl DetectionTask {
     /// Each loss term of one batch (with its graph), in the order of the loss names.
     fn loss_terms(&self, pixels: &Tensor, boxes: &[Tensor], labels: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
         let seen = Tensor::from_slice(&self.seen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
-        let queries = self.model.query_embeddings(&self.prompt_ids.index_select(0, &seen));
-        let features = self.model.image_features(pixels);
-        let logits = self.model.class_logits(&features, &queries, None);
-        let predicted = self.model.pred_boxes(&features);
-        let objectness = self.model.objectness_logits(&features);
-        let focal = self.settings.focal;
-        let box_count = labels.iter().map(|l| l.size()[0]).sum::<i64>().max(1) as f64;
-        let class_targets = Tensor::zeros_like(&logits);
-        let mut matched_patches = Vec::new();
-        let (mut matched_predictions, mut matched_targets) = (Vec::new(), Vec::new());
-        for (image, (targets, labels)) in boxes.iter().zip(labels).enumerate() {
-            let image = image as i64;
-            let pairs = matching::match_image(
-                &logits.get(image),
-                &predicted.get(image),
-                targets,
-                labels,
-                self.settings.match_costs,
-                focal,
-            )
-            .map_err(|err| EngineError::Config(format!("matching image {image} of the batch: {err}")))?;
-            if pairs.is_empty() {
-                continue;
-            }
-            let patches = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(self.device);
-            let order = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(self.device);
-            let matched_labels = labels.index_select(0, &order);
-            let _ = class_targets.get(image).index_put_(
-                &[Some(&patches), Some(&matched_labels)],
-                &Tensor::from(1f32).to_device(self.device),
-                false,
-            );
-            matched_predictions.push(predicted.get(image).index_select(0, &patches));
-            matched_targets.push(targets.index_select(0, &order));
-            matched_patches.push((image, patches));
-        }
-        let class = matching::sigmoid_focal_loss(&logits, &class_targets, focal) / box_count;
-        let (box_l1, box_giou) = if matched_predictions.is_empty() {
-            let zero = (predicted.sum(Kind::Float) * 0.0).shallow_clone();
-            (zero.shallow_clone(), zero)
-        } else {
-            let predictions = Tensor::cat(&matched_predictions, 0);
-            let targets = Tensor::cat(&matched_targets, 0);
-            let l1 = (&predictions - &targets).abs().sum(Kind::Float) / box_count;
-            let giou = matching::generalized_iou(&matching::corners(&predictions), &matching::corners(&targets))
-                .diagonal(0, 0, 1);
-            (l1, (-giou + 1.0).sum(Kind::Float) / box_count)
-        };
-        let mut terms = vec![class, box_l1, box_giou];
-        if let Some(objectness) = objectness {
-            let targets = Tensor::zeros_like(&objectness);
-            for (image, patches) in &matched_patches {
-                let _ = targets.get(*image).index_fill_(0, patches, 1.0);
-            }
-            terms.push(matching::sigmoid_focal_loss(&objectness, &targets, focal) / box_count);
-        }
-        Ok(terms)
+        let targets = BatchTargets { boxes, labels };
+        let (costs, focal) = (self.settings.match_costs, self.settings.focal);
+        detection_losses(&self.model, pixels, &self.prompt_ids.index_select(0, &seen), &targets, costs, focal)
+            .map_err(|err| EngineError::Config(format!("matching: {err}")))
     }
 }
 
