@@ -17,7 +17,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// Names the generator's version in the folder name.
-const LAYOUT: &str = "fashion-canvas-v1";
+const LAYOUT: &str = "fashion-canvas-v2";
 /// Side of a canvas, in pixels.
 pub const CANVAS_SIZE: u32 = 64;
 /// Objects per canvas, at most; each canvas has at least one.
@@ -124,7 +124,11 @@ fn write_split(
             if placed.iter().any(|other| overlap(&other.bbox, &bbox)) {
                 continue;
             }
-            imageops::overlay(&mut canvas, &photo, x as i64, y as i64);
+            // The brighter pixel wins, so a photograph's black margin never covers another item.
+            for (px, py, pixel) in photo.enumerate_pixels() {
+                let under = canvas.get_pixel_mut(x + px, y + py);
+                under[0] = under[0].max(pixel[0]);
+            }
             placed.push(Placed { label: labels[item] as usize, bbox });
         }
         let image_id = canvas_index + 1;

@@ -32,6 +32,8 @@ pub struct PaddedImage {
     /// Model pixels per file pixel, horizontally and vertically (they differ by the rounding
     /// of the resized sides): a box in the file's pixels times these is a box in the square.
     pub scale: [f64; 2],
+    /// The file's width and height.
+    pub size: [u32; 2],
 }
 
 /// The image at `path` with its longer side resized to `size` and the rest padded with grey
@@ -50,7 +52,7 @@ pub fn load_rgb_padded(path: &Path, size: u32) -> Result<PaddedImage, FileError>
     let mut square = RgbImage::from_pixel(size, size, Rgb([PADDING; 3]));
     imageops::replace(&mut square, &resized, 0, 0);
     let scale = [new_width as f64 / width as f64, new_height as f64 / height as f64];
-    Ok(PaddedImage { pixels: channel_major(&square), scale })
+    Ok(PaddedImage { pixels: channel_major(&square), scale, size: [width, height] })
 }
 
 fn decode_rgb(path: &Path) -> Result<RgbImage, FileError> {

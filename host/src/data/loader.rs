@@ -1,4 +1,5 @@
-//! Decoding images and tokenizing captions in worker threads, ahead of the training loop.
+//! Reading samples (decoding images, tokenizing captions) in worker threads, ahead of the
+//! training loop.
 //!
 //! The loop submits batches by key (the step number) as early as it likes and takes them in
 //! any order; each item's result lands in its own slot, so a batch comes out in the order it
@@ -28,6 +29,11 @@ pub struct LoadedItem {
     pub pixels: Vec<u8>,
     pub token_ids: Vec<i64>,
 }
+
+/// Batches a task submits ahead of the one it trains on.
+pub const PREFETCH_BATCHES: u64 = 3;
+/// Keys of evaluation chunks, far above any step number.
+pub const EVALUATION_KEYS: u64 = 1 << 62;
 
 /// What worker threads read: one item (an image and what goes with it) at a time.
 pub trait ReadItem: Send + Sync + 'static {
@@ -137,6 +143,23 @@ impl<R: ReadItem> Loader<R> {
         }
         let slots = self.batches.remove(&key).expect("checked above");
         slots.into_iter().map(|slot| slot.expect("complete")).collect()
+    }
+}
+
+impl<R: ReadItem> Loader<R> {
+    /// Batch `key`'s items that read. One that did not stops the run with its error, or
+    /// with `skip_bad` is left out and described (one line each, returned beside).
+    pub fn take_readable(&mut self, key: u64, skip_bad: bool) -> Result<(Vec<R::Loaded>, Vec<String>), FileError> {
+        let mut loaded = Vec::new();
+        let mut skipped = Vec::new();
+        for result in self.take(key) {
+            match result {
+                Ok(item) => loaded.push(item),
+                Err(err) if skip_bad => skipped.push(err.to_string()),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((loaded, skipped))
     }
 }
 

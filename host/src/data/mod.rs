@@ -31,6 +31,14 @@ pub fn grey_to_unit(images: &Tensor, device: Device) -> Tensor {
     images.to_device(device).to_kind(Kind::Float).unsqueeze(1) / 255.0
 }
 
+/// Decoded images (`3 x size x size` bytes each, channel-major) as one `(n, 3, size, size)`
+/// `u8` tensor on the CPU.
+pub fn rgb_batch<'a>(images: impl ExactSizeIterator<Item = &'a [u8]>, size: i64) -> Tensor {
+    let count = images.len() as i64;
+    let pixels: Vec<u8> = images.flatten().copied().collect();
+    Tensor::from_slice(&pixels).view([count, 3, size, size])
+}
+
 /// Model input from pixels in [0, 1]: resized to the model's image size, grey repeated to
 /// RGB, normalised per channel with the model's mean and standard deviation.
 #[derive(Debug)]

@@ -5,32 +5,23 @@
 //! only on (seed, epoch, sample index), so prefetching, thread timing and resuming change
 //! nothing.
 
-use crate::data::PixelNormalizer;
 use crate::data::captioned::{self, CaptionedData, CaptionedSample, Needs};
 use crate::data::clip_tokenizer::ClipTokenizer;
-use crate::data::loader::{Item, ItemReader, LoadedItem, Loader};
+use crate::data::loader::{EVALUATION_KEYS, Item, ItemReader, Loader, PREFETCH_BATCHES};
 use crate::data::sampler::{EpochSampler, keyed};
+use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores};
 use crate::eval::{RETRIEVAL_METRICS, recall};
-use crate::files::FileError;
 use crate::models::clip::Clip;
-use crate::tasks::inputs::{DataOptions, check_batch_size};
+use crate::tasks::inputs::{DataOptions, check_batch_size, held_out_count};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Separates the caption draw from other per-sample randomness.
 const CAPTION_DRAW: u64 = 0xC4_7104;
 pub const EVAL_BATCH_SIZE: usize = 1000;
-/// Of an image-caption set without `--val-data`, the last 5 % (at most 5,000 images, the
-/// size of COCO's usual test split) are held out.
-const HELD_OUT_FRACTION: f64 = 0.05;
-const MAX_HELD_OUT: usize = 5000;
 /// Retrieval needs more than one image to rank.
 const MIN_HELD_OUT: usize = 2;
-/// Batches decoded ahead of the one being trained on.
-const PREFETCH_BATCHES: u64 = 3;
-/// Loader keys of evaluation chunks, far above any step number.
-const EVALUATION_KEYS: u64 = 1 << 62;
 
 /// The images, captions and random draws of one step.
 #[derive(Debug)]
@@ -108,16 +99,7 @@ impl CaptionedTraining {
         let held_out = match options.val_data {
             Some(path) => captioned::load(path, options.images, options.skip_bad_samples, needs)?,
             None => {
-                let fraction = (train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize;
-                let count = fraction.clamp(MIN_HELD_OUT, MAX_HELD_OUT);
-                if train.samples.len() < count + options.batch_size {
-                    return Err(EngineError::Config(format!(
-                        "{}: {} usable samples; holding out {count} for evaluation leaves fewer than --batch-size {}",
-                        options.data.display(),
-                        train.samples.len(),
-                        options.batch_size
-                    )));
-                }
+                let count = held_out_count(options.data, train.samples.len(), MIN_HELD_OUT, options.batch_size)?;
                 let samples = train.samples.split_off(train.samples.len() - count);
                 CaptionedData { samples, skipped: Vec::new() }
             }
@@ -196,15 +178,14 @@ impl CaptionedTraining {
                 self.loader.submit(ahead, &items);
             }
         }
-        let results = self.loader.take(step);
-        let (loaded, skipped) = self.keep_readable(results)?;
+        let (loaded, skipped) = self.loader.take_readable(step, self.skip_bad)?;
         if loaded.len() < 2 {
             return Err(EngineError::Config(format!(
                 "step {step}: only {} readable images in the batch; contrastive training needs two or more",
                 loaded.len()
             )));
         }
-        let pixels = self.stack_pixels(loaded.iter().map(|item| item.pixels.as_slice()));
+        let pixels = rgb_batch(loaded.iter().map(|item| item.pixels.as_slice()), self.image_size);
         let ids: Vec<i64> = loaded.iter().flat_map(|item| item.token_ids.iter().copied()).collect();
         let input_ids = Tensor::from_slice(&ids).view([loaded.len() as i64, -1]);
         Ok(TrainBatch {
@@ -213,31 +194,6 @@ impl CaptionedTraining {
             samples: loaded.iter().map(|item| item.sample as i64).collect(),
             skipped,
         })
-    }
-
-    /// The results that decoded; the others stop the run, or under `--skip-bad-samples`
-    /// are described and left out.
-    fn keep_readable(
-        &self,
-        results: Vec<Result<LoadedItem, FileError>>,
-    ) -> Result<(Vec<LoadedItem>, Vec<String>), EngineError> {
-        let mut loaded = Vec::with_capacity(results.len());
-        let mut skipped = Vec::new();
-        for result in results {
-            match result {
-                Ok(item) => loaded.push(item),
-                Err(err) if self.skip_bad => skipped.push(err.to_string()),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Ok((loaded, skipped))
-    }
-
-    /// Decoded images as one `(n, 3, size, size)` `u8` tensor on the CPU.
-    fn stack_pixels<'a>(&self, images: impl ExactSizeIterator<Item = &'a [u8]>) -> Tensor {
-        let count = images.len() as i64;
-        let pixels: Vec<u8> = images.flatten().copied().collect();
-        Tensor::from_slice(&pixels).view([count, 3, self.image_size, self.image_size])
     }
 
     /// Decodes the held-out images and tokenizes all their captions, once.
@@ -252,8 +208,7 @@ impl CaptionedTraining {
                 let key = EVALUATION_KEYS + chunk as u64;
                 let items: Vec<Item> = indices.iter().map(|&sample| Item { sample, caption: 0 }).collect();
                 self.loader.submit(key, &items);
-                let results = self.loader.take(key);
-                let (loaded, _) = self.keep_readable(results)?;
+                let (loaded, _) = self.loader.take_readable(key, self.skip_bad)?;
                 for item in loaded {
                     let row = pixels.len() as i64;
                     first_caption.push(caption_ids.len() as i64);
@@ -276,7 +231,7 @@ impl CaptionedTraining {
                 ));
             }
             let ids: Vec<i64> = caption_ids.concat();
-            let pixels = self.stack_pixels(pixels.iter().map(Vec::as_slice));
+            let pixels = rgb_batch(pixels.iter().map(Vec::as_slice), self.image_size);
             self.held_out = Some(HeldOut {
                 pixels,
                 caption_ids: Tensor::from_slice(&ids).view([caption_image.len() as i64, -1]),

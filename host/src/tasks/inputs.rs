@@ -181,6 +181,20 @@ impl DataOptions<'_> {
     }
 }
 
+/// How many of a data set's `len` usable samples a run without `--val-data` holds out for
+/// evaluation, from its end: 5% (at most 5,000 images, the size of COCO's usual test split),
+/// at least `minimum`. Refused when what is left would not fill a batch.
+pub fn held_out_count(data: &Path, len: usize, minimum: usize, batch_size: usize) -> Result<usize, EngineError> {
+    let count = ((len as f64 * 0.05).ceil() as usize).clamp(minimum, 5000);
+    if len < count + batch_size {
+        return Err(EngineError::Config(format!(
+            "{}: {len} usable samples; holding out {count} for evaluation leaves fewer than --batch-size {batch_size}",
+            data.display()
+        )));
+    }
+    Ok(count)
+}
+
 pub fn check_batch_size(batch_size: usize, available: usize) -> Result<(), EngineError> {
     if batch_size > available {
         return Err(EngineError::Config(format!(

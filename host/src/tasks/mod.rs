@@ -148,6 +148,12 @@ impl TaskConfig {
         inputs.data = data.to_path_buf();
         inputs.val_data = None;
         inputs.images = None;
+        if let TaskConfig::Detection(config) = self {
+            // Detection evaluates (and predicts on) the whole file, and every category of it;
+            // the run's unseen categories belonged to its own data.
+            config.inputs.val_data = Some(data.to_path_buf());
+            config.unseen_classes.clear();
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Which prediction answers which ground-truth box, and what each answer costs: the
-//! Hungarian matching and the loss terms of DETR-style detection training as OWL-ViT's
-//! fine-tuning uses them (scenic's `owl_vit` losses). Per image, the matching cost of a patch
+//! Hungarian matching and the loss terms of DETR-style detection training, which OWL-ViT's
+//! fine-tuning follows. Per image, the matching cost of a patch
 //! for a box is a weighted sum of a focal-modulated class cost, the L1 distance of the boxes
 //! (centre and size) and their negative generalised IoU; the exact minimum-cost assignment
 //! gives each ground-truth box its own patch. Every unmatched patch is a negative for every
@@ -122,6 +122,14 @@ pub fn detection_losses(
     let features = model.image_features(pixels);
     let logits = model.class_logits(&features, &model.query_embeddings(query_ids), None);
     let predicted = model.pred_boxes(&features);
+    let objectness = model.objectness_logits(&features);
+    let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
+    if !(finite(&logits) && finite(&predicted)) {
+        // Nothing to match: NaN terms, so the trainer skips the step as non-finite and its
+        // divergence guard counts it, as for any other loss.
+        let terms = if objectness.is_some() { 4 } else { 3 };
+        return Ok((0..terms).map(|_| logits.sum(Kind::Float) * f64::NAN).collect());
+    }
     let box_count = targets.labels.iter().map(|labels| labels.size()[0]).sum::<i64>().max(1) as f64;
     let class_targets = Tensor::zeros_like(&logits);
     let mut matched_patches = Vec::new();
@@ -155,7 +163,7 @@ pub fn detection_losses(
         (l1, (-giou + 1.0).sum(Kind::Float) / box_count)
     };
     let mut terms = vec![class, box_l1, box_giou];
-    if let Some(objectness) = model.objectness_logits(&features) {
+    if let Some(objectness) = objectness {
         let objects = Tensor::zeros_like(&objectness);
         for (image, patches) in &matched_patches {
             let _ = objects.get(*image).index_fill_(0, patches, 1.0);

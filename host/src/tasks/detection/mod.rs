@@ -30,16 +30,18 @@ mod predict;
 pub use matching::{BatchTargets, Focal, MatchCosts, detection_losses};
 pub use predict::{DEFAULT_THRESHOLD, DetectionPredictRequest, predict};
 
-use super::inputs::{DataOptions, Inputs, Precision, TaskContext, describe_weights, load_model, load_tokenizer};
-use crate::data::PixelNormalizer;
+use super::inputs::{
+    DataOptions, Inputs, Precision, TaskContext, describe_weights, held_out_count, load_model, load_tokenizer,
+};
 use crate::data::augment::{self, CropFlip};
 use crate::data::canvas::{self, CANVAS_SIZE};
 use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer::ClipTokenizer;
-use crate::data::detection::{Category, DetectionSample, read_detection_set};
+use crate::data::detection::{Category, DetectionSample, DetectionSet, read_detection_set};
 use crate::data::images::load_rgb_padded;
-use crate::data::loader::{Loader, ReadItem};
+use crate::data::loader::{EVALUATION_KEYS, Loader, PREFETCH_BATCHES, ReadItem};
 use crate::data::sampler::EpochSampler;
+use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
 use crate::files::FileError;
@@ -77,7 +79,9 @@ pub struct DetectionArgs {
     /// Focusing power of the focal losses [default: 2; --task detection].
     #[arg(long, value_name = "G")]
     pub focal_gamma: Option<f64>,
-    /// Weights of the matching cost's class, L1 and GIoU parts [default: 1,5,2; --task detection].
+    /// Weights of the matching cost's class, L1 and GIoU parts; match them to the loss
+    /// weights your policies set (e.g. 2,5,2 for Deformable DETR's) [default: 1,1,1, as the
+    /// default loss weights; --task detection].
     #[arg(long, value_name = "CLASS,L1,GIOU", value_delimiter = ',', num_args = 3)]
     pub match_costs: Option<Vec<f64>>,
 }
@@ -96,7 +100,7 @@ impl DetectionArgs {
     }
 
     pub fn config(&self, inputs: Inputs) -> DetectionConfig {
-        let costs = self.match_costs.clone().unwrap_or_else(|| vec![1.0, 5.0, 2.0]);
+        let costs = self.match_costs.clone().unwrap_or_else(|| vec![1.0; 3]);
         DetectionConfig {
             inputs,
             unseen_classes: self.unseen_classes.clone().unwrap_or_default(),
@@ -135,13 +139,6 @@ const CLASS_PRIOR: f64 = 0.01;
 /// Detections kept per image for evaluation: COCO's largest `maxDets`.
 pub const DETECTIONS_PER_IMAGE: usize = 100;
 const EVAL_BATCH_SIZE: usize = 64;
-/// Share of the data held out when there is no `--val-data`, and its bounds.
-const HELD_OUT_FRACTION: f64 = 0.05;
-const MAX_HELD_OUT: usize = 5000;
-/// Batches decoded ahead of the one being trained on.
-const PREFETCH_BATCHES: u64 = 3;
-/// Loader keys of evaluation chunks, far above any step number.
-const EVALUATION_KEYS: u64 = 1 << 62;
 
 /// Decodes one sample's image, made the model's square.
 struct DetectionReader {
@@ -170,6 +167,19 @@ impl ReadItem for DetectionReader {
     fn file(&self, sample: usize) -> &Path {
         &self.samples[sample].image
     }
+}
+
+/// A box `[x, y, w, h]` in the image's pixels as corners `[x0, y0, x1, y1]` in fractions of
+/// the model's square of side `size`, the image scaled by `scale` (and padded after it).
+fn to_model_square([x, y, w, h]: [f64; 4], [sx, sy]: [f64; 2], size: f64) -> [f64; 4] {
+    [x * sx / size, y * sy / size, (x + w) * sx / size, (y + h) * sy / size]
+}
+
+/// The inverse for predictions: centre and size in fractions of the square to `[x, y, w, h]`
+/// in the image's pixels.
+fn to_image_pixels([cx, cy, w, h]: [f64; 4], [sx, sy]: [f64; 2], size: f64) -> [f64; 4] {
+    let [cx, cy, w, h] = [cx * size, cy * size, w * size, h * size];
+    [(cx - w / 2.0) / sx, (cy - h / 2.0) / sy, w / sx, h / sy]
 }
 
 /// Where the images of each part of the run are, as ranges of the sample list.
@@ -260,28 +270,17 @@ fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
     let mut train = read_detection_set(options.data, options.images, skip)?;
     let (held_out, line) = match options.val_data {
         Some(path) => {
-            let held_out = read_detection_set(path, options.images, skip)?;
-            let names = |set: &[Category]| set.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-            if names(&held_out.categories) != names(&train.categories) {
-                return Err(FileError::format(path, "its categories differ from those of --data").into());
-            }
+            let mut held_out = read_detection_set(path, options.images, skip)?;
+            onto_categories(&mut held_out, &train.categories, path)?;
             let line = format!("data: {} (held out: {})", options.data.display(), path.display());
             (held_out, line)
         }
         None => {
-            let count = ((train.samples.len() as f64 * HELD_OUT_FRACTION).ceil() as usize).clamp(1, MAX_HELD_OUT);
-            if train.samples.len() < count + options.batch_size {
-                return Err(EngineError::Config(format!(
-                    "{}: {} usable images; holding out {count} for evaluation leaves fewer than --batch-size {}",
-                    options.data.display(),
-                    train.samples.len(),
-                    options.batch_size
-                )));
-            }
+            let count = held_out_count(options.data, train.samples.len(), 1, options.batch_size)?;
             let rest = train.samples.split_off(train.samples.len() - count);
             let line = format!("data: {} (the last {count} images held out)", options.data.display());
             let categories = train.categories.clone();
-            (crate::data::detection::DetectionSet { samples: rest, categories, skipped: Vec::new() }, line)
+            (DetectionSet { samples: rest, categories, skipped: Vec::new() }, line)
         }
     };
     let (train_count, held_count) = (train.samples.len(), held_out.samples.len());
@@ -291,6 +290,26 @@ fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
     let mut samples = train.samples;
     samples.extend(held_out.samples);
     Ok(DetectionData { samples, splits, categories: train.categories, skipped, description: line })
+}
+
+/// Renumbers `set`'s boxes onto `categories` by name (a held-out manifest names only the
+/// categories it shows; a held-out COCO file may number them otherwise), refusing a name
+/// the training data does not have.
+fn onto_categories(set: &mut DetectionSet, categories: &[Category], path: &Path) -> Result<(), EngineError> {
+    let mut index = Vec::with_capacity(set.categories.len());
+    for category in &set.categories {
+        let Some(position) = categories.iter().position(|known| known.name == category.name) else {
+            let names: Vec<&str> = categories.iter().map(|c| c.name.as_str()).collect();
+            let problem = format!("category `{}` is not one of --data's ({})", category.name, names.join(", "));
+            return Err(FileError::format(path, problem).into());
+        };
+        index.push(position);
+    }
+    for truth in set.samples.iter_mut().flat_map(|sample| sample.boxes.iter_mut()) {
+        truth.category = index[truth.category];
+    }
+    set.categories = categories.to_vec();
+    Ok(())
 }
 
 impl DetectionTask {
@@ -396,22 +415,12 @@ impl DetectionTask {
         })
     }
 
-    /// The images of `samples` decoded, as `(n, 3, size, size)` `u8` on the CPU, with each
-    /// one's sample index and scale; undecodable ones stop the run or, with
-    /// `--skip-bad-samples`, are described and left out.
+    /// Batch `key`'s images decoded, as `(n, 3, size, size)` `u8` on the CPU, with each one's
+    /// sample index and scale; undecodable ones stop the run or, with `--skip-bad-samples`,
+    /// are described and left out.
     fn load(&mut self, key: u64) -> Result<(Tensor, Vec<LoadedImage>, Vec<String>), EngineError> {
-        let mut loaded = Vec::new();
-        let mut skipped = Vec::new();
-        for result in self.loader.take(key) {
-            match result {
-                Ok(image) => loaded.push(image),
-                Err(err) if self.skip_bad => skipped.push(err.to_string()),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        let pixels: Vec<u8> = loaded.iter().flat_map(|image| image.pixels.iter().copied()).collect();
-        let size = self.image_size;
-        let pixels = Tensor::from_slice(&pixels).view([loaded.len() as i64, 3, size, size]);
+        let (loaded, skipped) = self.loader.take_readable(key, self.skip_bad)?;
+        let pixels = rgb_batch(loaded.iter().map(|image| image.pixels.as_slice()), self.image_size);
         Ok((pixels, loaded, skipped))
     }
 
@@ -423,9 +432,7 @@ impl DetectionTask {
         let (mut boxes, mut labels) = (Vec::new(), Vec::new());
         for truth in self.samples[image.sample].boxes.iter().filter(|truth| !truth.iscrowd) {
             let Some(query) = self.seen.iter().position(|&category| category == truth.category) else { continue };
-            let [x, y, w, h] = truth.bbox;
-            let [sx, sy] = image.scale;
-            let xyxy = [x * sx / size, y * sy / size, (x + w) * sx / size, (y + h) * sy / size];
+            let xyxy = to_model_square(truth.bbox, image.scale, size);
             let Some([x0, y0, x1, y1]) = crop.map_or(Some(xyxy), |crop| crop.move_box(xyxy)) else { continue };
             if x1 <= x0 || y1 <= y0 {
                 continue;
@@ -442,9 +449,16 @@ impl DetectionTask {
         let queries = tch::no_grad(|| self.model.query_embeddings(&self.prompt_ids));
         let mut detections = Vec::new();
         let indices: Vec<usize> = range.collect();
-        for (chunk, samples) in indices.chunks(EVAL_BATCH_SIZE).enumerate() {
+        let chunks: Vec<&[usize]> = indices.chunks(EVAL_BATCH_SIZE).collect();
+        for chunk in 0..chunks.len() {
+            // The next chunk decodes while this one runs through the model.
+            for (ahead, samples) in chunks.iter().enumerate().skip(chunk).take(2) {
+                let key = EVALUATION_KEYS + ahead as u64;
+                if !self.loader.is_submitted(key) {
+                    self.loader.submit(key, samples);
+                }
+            }
             let key = EVALUATION_KEYS + chunk as u64;
-            self.loader.submit(key, samples);
             let (pixels, loaded, _) = self.load(key)?;
             if loaded.is_empty() {
                 continue;
@@ -465,12 +479,11 @@ impl DetectionTask {
                 order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
                 let size = self.image_size as f64;
                 for &patch in order.iter().take(per_image) {
-                    let [cx, cy, w, h] = [0, 1, 2, 3].map(|k| boxes[patch * 4 + k] as f64 * size);
-                    let [sx, sy] = image.scale;
+                    let cxcywh = [0, 1, 2, 3].map(|k| boxes[patch * 4 + k] as f64);
                     detections.push(CocoDetection {
                         image_id: sample.image_id,
                         category_id: self.categories[classes[patch] as usize].id,
-                        bbox: [(cx - w / 2.0) / sx, (cy - h / 2.0) / sy, w / sx, h / sy],
+                        bbox: to_image_pixels(cxcywh, image.scale, size),
                         score: scores[patch] as f64,
                     });
                 }
@@ -647,5 +660,27 @@ impl Task for DetectionTask {
 
     fn model_config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("model configs serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A box of a 100x50 image made a 64-pixel square (scale 0.64, padded below) and back:
+    /// what a perfect prediction of it becomes in the image's pixels.
+    #[test]
+    fn boxes_go_to_the_square_and_come_back_to_the_image() {
+        let (bbox, scale, size) = ([10.0, 5.0, 30.0, 40.0], [0.64, 0.64], 64.0);
+        let [x0, y0, x1, y1] = to_model_square(bbox, scale, size);
+        assert!((x0 - 0.1).abs() < 1e-12 && (y1 - 0.45).abs() < 1e-12, "{x0} {y1}");
+        let centred = [(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0];
+        let back = to_image_pixels(centred, scale, size);
+        for (got, want) in back.iter().zip(bbox) {
+            assert!((got - want).abs() < 1e-9, "{back:?}");
+        }
+        // Rounded sides give each axis its own scale.
+        let uneven = to_image_pixels([0.5, 0.5, 0.5, 0.5], [0.5, 0.25], 8.0);
+        assert_eq!(uneven, [4.0, 8.0, 8.0, 16.0]);
     }
 }
