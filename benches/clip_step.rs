@@ -5,7 +5,8 @@
 //!
 //! Run with `cargo bench -p trainer --bench clip_step` (after `make` has installed the venv).
 
-use std::process::Command;
+mod reference;
+
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
@@ -71,23 +72,11 @@ fn rust_images_per_second(case: &Case) -> f64 {
 }
 
 fn pytorch_images_per_second(case: &Case, threads: i32) -> Result<f64, String> {
-    let python =
-        std::env::var("TRAINER_PYTHON").map_err(|_| "TRAINER_PYTHON is not set; run `make` once".to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, serde_json::to_string(&case.config).expect("configs serialize"))
-        .map_err(|e| e.to_string())?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/pytorch_clip_step.py");
-    let output = Command::new(python)
-        .arg(script)
-        .arg(&config_path)
-        .args([case.batch.to_string(), case.context.to_string(), case.steps.to_string(), threads.to_string()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let reply = reference::run_reference(
+        "pytorch_clip_step.py",
+        &case.config,
+        &[case.batch.to_string(), case.context.to_string(), case.steps.to_string(), threads.to_string()],
+    )?;
     reply["images_per_second"].as_f64().ok_or_else(|| "no images_per_second in the reply".into())
 }
 

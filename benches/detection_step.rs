@@ -8,7 +8,8 @@
 //!
 //! Run with `cargo bench -p trainer --bench detection_step` (after `make` has installed the venv).
 
-use std::process::Command;
+mod reference;
+
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
@@ -111,23 +112,11 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
 }
 
 fn pytorch_seconds_per_step(case: &Case, threads: i32) -> Result<f64, String> {
-    let python =
-        std::env::var("TRAINER_PYTHON").map_err(|_| "TRAINER_PYTHON is not set; run `make` once".to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, serde_json::to_string(&case.config).expect("configs serialize"))
-        .map_err(|e| e.to_string())?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/pytorch_owlvit_step.py");
-    let output = Command::new(python)
-        .arg(script)
-        .arg(&config_path)
-        .args([case.batch.to_string(), QUERIES.to_string(), case.steps.to_string(), threads.to_string()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let reply = reference::run_reference(
+        "pytorch_owlvit_step.py",
+        &case.config,
+        &[case.batch.to_string(), QUERIES.to_string(), case.steps.to_string(), threads.to_string()],
+    )?;
     reply["seconds_per_step"].as_f64().ok_or_else(|| "no seconds_per_step in the reply".into())
 }
 

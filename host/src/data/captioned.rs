@@ -90,7 +90,9 @@ impl DataKind {
 /// `annotations/captions_train2017.json` -> `train2017/`).
 pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) -> Result<CaptionedData, FileError> {
     let mut data = match DataKind::of(path)? {
-        DataKind::Coco => read_coco(path, images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path)))?,
+        DataKind::Coco => {
+            read_coco(path, images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path, "captions_")))?
+        }
         DataKind::Manifest => {
             let base = images.map(Path::to_path_buf).unwrap_or_else(|| parent(path));
             read_manifest(path, &base, skip_bad)?
@@ -127,12 +129,14 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) ->
     Ok(data)
 }
 
-fn parent(path: &Path) -> PathBuf {
+pub(super) fn parent(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn coco_image_dir(annotations: &Path) -> PathBuf {
-    let split = annotations.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("captions_"));
+/// Where COCO keeps the images of `annotations/<prefix><split>.json`: the folder `<split>/`
+/// beside `annotations/`, or inside it; the file's own folder when the name does not say.
+pub(super) fn coco_image_dir(annotations: &Path, prefix: &str) -> PathBuf {
+    let split = annotations.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix(prefix));
     let folder = parent(annotations);
     match split {
         Some(split) => {

@@ -19,7 +19,7 @@
 //! detection on a crowd is not counted as a false positive; training should not learn from
 //! them.
 
-use super::captioned::Origin;
+use super::captioned::{Origin, coco_image_dir, parent};
 use crate::files::FileError;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -81,9 +81,11 @@ pub struct DetectionSet {
 /// -> `val2017/`).
 pub fn read_detection_set(path: &Path, images: Option<&Path>, skip_bad: bool) -> Result<DetectionSet, FileError> {
     let set = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => {
-            read_coco(path, &images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path)), skip_bad)?
-        }
+        Some("json") => read_coco(
+            path,
+            &images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path, "instances_")),
+            skip_bad,
+        )?,
         Some("jsonl") => read_manifest(path, &images.map(Path::to_path_buf).unwrap_or_else(|| parent(path)), skip_bad)?,
         _ if !path.exists() => return Err(FileError::format(path, "no such file or folder")),
         _ => {
@@ -100,22 +102,6 @@ pub fn read_detection_set(path: &Path, images: Option<&Path>, skip_bad: bool) ->
         return Err(FileError::format(path, "no categories, so nothing to detect"));
     }
     Ok(set)
-}
-
-fn parent(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn coco_image_dir(annotations: &Path) -> PathBuf {
-    let split = annotations.file_stem().and_then(|s| s.to_str()).and_then(|s| s.strip_prefix("instances_"));
-    let folder = parent(annotations);
-    match split {
-        Some(split) => {
-            let beside = parent(&folder).join(split);
-            if beside.is_dir() { beside } else { folder.join(split) }
-        }
-        None => folder,
-    }
 }
 
 /// Notes `problem` and goes on under `skip_bad`, or stops the reading with it.

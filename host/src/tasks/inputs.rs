@@ -90,7 +90,7 @@ impl InputArgs {
 
     /// The flags given, by name.
     pub fn given(&self) -> Vec<&'static str> {
-        [
+        given_flags([
             ("--model", self.model.is_some()),
             ("--allow-partial", self.allow_partial),
             ("--precision", self.precision.is_some()),
@@ -98,11 +98,13 @@ impl InputArgs {
             ("--images", self.images.is_some()),
             ("--val-data", self.val_data.is_some()),
             ("--skip-bad-samples", self.skip_bad_samples),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
-        .collect()
+        ])
     }
+}
+
+/// The flags of `flags` (name, whether given) that were given.
+pub fn given_flags<const N: usize>(flags: [(&'static str, bool); N]) -> Vec<&'static str> {
+    flags.into_iter().filter_map(|(flag, given)| given.then_some(flag)).collect()
 }
 
 /// `path` made absolute against the current folder (without resolving links); as given

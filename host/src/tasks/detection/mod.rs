@@ -31,7 +31,8 @@ pub use matching::{BatchTargets, Focal, MatchCosts, detection_losses};
 pub use predict::{DEFAULT_THRESHOLD, DetectionPredictRequest, predict};
 
 use super::inputs::{
-    DataOptions, Inputs, Precision, TaskContext, describe_weights, held_out_count, load_model, load_tokenizer,
+    DataOptions, Inputs, Precision, TaskContext, describe_weights, given_flags, held_out_count, load_model,
+    load_tokenizer,
 };
 use crate::data::augment::{self, CropFlip};
 use crate::data::canvas::{self, CANVAS_SIZE};
@@ -88,15 +89,12 @@ pub struct DetectionArgs {
 
 impl DetectionArgs {
     pub fn given(&self) -> Vec<&'static str> {
-        [
+        given_flags([
             ("--unseen-classes", self.unseen_classes.is_some()),
             ("--focal-alpha", self.focal_alpha.is_some()),
             ("--focal-gamma", self.focal_gamma.is_some()),
             ("--match-costs", self.match_costs.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
-        .collect()
+        ])
     }
 
     pub fn config(&self, inputs: Inputs) -> DetectionConfig {

@@ -28,7 +28,7 @@ pub use predict::{PredictRequest, predict};
 use super::captioned::{CaptionedTraining, TrainBatch};
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
-    load_model, load_tokenizer,
+    given_flags, load_model, load_tokenizer,
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment;
@@ -114,14 +114,11 @@ pub struct TaggingArgs {
 
 impl TaggingArgs {
     pub fn given(&self) -> Vec<&'static str> {
-        [
+        given_flags([
             ("--losses", self.losses.is_some()),
             ("--tags", self.tags.is_some()),
             ("--unseen-tags", self.unseen_tags.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, given)| given.then_some(flag))
-        .collect()
+        ])
     }
 
     pub fn config(&self, inputs: Inputs) -> TaggingConfig {
