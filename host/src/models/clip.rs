@@ -633,8 +633,10 @@ mod tests {
         assert!((whole.double_value(&[]) - accumulated.double_value(&[])).abs() < 1e-5);
         for ((name, want), (_, got)) in expected.iter().zip(gradients(&var_store)) {
             let error = (want - &got).abs().max().double_value(&[]);
-            // Gradients that are zero in exact arithmetic (the key bias) are float noise here.
-            let scale = want.abs().max().double_value(&[]).max(1e-3);
+            // Gradients that are zero in exact arithmetic (the key bias) are float noise here,
+            // which depends on the reduction order: measured up to 1.1e-7, so such gradients
+            // are held to 1e-6.
+            let scale = want.abs().max().double_value(&[]).max(1e-2);
             assert!(error <= 1e-4 * scale, "{name}: gradient differs by {error} (largest {scale})");
         }
     }
