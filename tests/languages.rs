@@ -16,12 +16,14 @@ const TOTAL_STEPS: u64 = 1000;
 const STREAMS: usize = 8;
 
 /// Argument sets that reach every branch: defaults, warmup longer than the run, a floor above
-/// a group's base rate, patience in steps, a late start, divergence and NaN handling off.
+/// a group's base rate, a warmup from zero, patience in steps, a late start, divergence and
+/// NaN handling off.
 const COSINE_WARMUP_ARGS: &[&[(&str, &str)]] = &[
     &[],
     &[("warmup_steps", "100"), ("min_lr", "1e-5")],
     &[("warmup_steps", "0"), ("min_lr", "3e-4")],
     &[("warmup_steps", "+5000"), ("min_lr", " 2.5E-7 ")],
+    &[("warmup_steps", "40"), ("warmup_start", "zero")],
 ];
 const EARLY_STOPPING_ARGS: &[&[(&str, &str)]] = &[
     &[],
@@ -36,6 +38,7 @@ const BAD_ARGS: &[(&str, &[(&str, &str)])] = &[
     ("cosine_warmup", &[("warmup", "10")]),
     ("cosine_warmup", &[("min_lr", "1_0")]),
     ("cosine_warmup", &[("min_lr", "inf")]),
+    ("cosine_warmup", &[("warmup_start", "later")]),
     ("early_stopping", &[("metric", "accuracy")]),
     ("early_stopping", &[("mode", "up")]),
     ("early_stopping", &[("patience", "-1")]),

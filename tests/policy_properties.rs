@@ -2,7 +2,7 @@
 //! warmup rises and decay never rises or undercuts the floor; early stopping never stops
 //! before patience plus delay; loss balancing evens out stationary losses; staged unfreezing
 //! never freezes again what it unfroze; every schedule resumed with a new length goes on from
-//! where it stood.
+//! where it stood; `warmup_start=zero` is transformers' cosine schedule.
 
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,33 @@ fn observation(step: u64, losses: Vec<f64>, evaluation: Option<Evaluation>) -> O
         images_per_second: None,
         logit_scale: None,
         evaluation,
+    }
+}
+
+/// `cosine_warmup:warmup_start=zero` decides what transformers'
+/// `get_cosine_schedule_with_warmup` gives (its multiplier times each group's base rate).
+#[test]
+fn a_zero_start_cosine_is_transformers_schedule() {
+    let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+    let (warmup, total) = (12u64, 60u64);
+    let pairs = [("warmup_steps", warmup.to_string()), ("warmup_start", "zero".to_string())];
+    let mut policy = start(&runtime, "cosine_warmup", args(&pairs), total);
+    let spec = check_spec(total, vec![]);
+    for step in 0..total {
+        let multiplier = if step < warmup {
+            step as f64 / warmup as f64
+        } else {
+            let progress = (step - warmup) as f64 / (total - warmup) as f64;
+            (0.5 * (1.0 + (std::f64::consts::PI * 0.5 * 2.0 * progress).cos())).max(0.0)
+        };
+        let lrs = policy.decide(&observation(step, vec![], None)).unwrap().lrs;
+        for (lr, group) in lrs.iter().zip(&spec.groups) {
+            let expected = group.base_lr * multiplier;
+            assert!(
+                (lr.unwrap() - expected).abs() <= 1e-16 * group.base_lr.max(1.0),
+                "step {step}: {lr:?} vs {expected}"
+            );
+        }
     }
 }
 

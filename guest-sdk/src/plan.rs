@@ -7,7 +7,7 @@
 //! there ([`Restart`]): a decay goes on from the rate it had reached to its floor at the new
 //! end. Nothing jumps at the resume step, and an unchanged length changes nothing.
 
-use crate::schedules::cosine_warmup_from;
+use crate::schedules::{WarmupStart, cosine_warmup_from};
 use crate::state::{StateReader, StateWriter};
 
 /// The run length a schedule is planned for, and a new one waiting for the next decision.
@@ -100,6 +100,7 @@ impl Restart {
 pub struct CosineSchedule {
     base_lrs: Vec<f64>,
     warmup_steps: u64,
+    warmup_start: WarmupStart,
     min_lr: f64,
     length: PlannedLength,
     restart: Option<Restart>,
@@ -107,7 +108,19 @@ pub struct CosineSchedule {
 
 impl CosineSchedule {
     pub fn new(base_lrs: Vec<f64>, warmup_steps: u64, min_lr: f64, total_steps: u64) -> Self {
-        CosineSchedule { base_lrs, warmup_steps, min_lr, length: PlannedLength::new(total_steps), restart: None }
+        CosineSchedule {
+            base_lrs,
+            warmup_steps,
+            warmup_start: WarmupStart::OneStep,
+            min_lr,
+            length: PlannedLength::new(total_steps),
+            restart: None,
+        }
+    }
+
+    /// This schedule with its warmup starting at `start` (an argument, so not saved state).
+    pub fn starting(self, start: WarmupStart) -> Self {
+        CosineSchedule { warmup_start: start, ..self }
     }
 
     /// Takes a change of the run's length at `step`, the step about to be decided; call it
@@ -127,7 +140,8 @@ impl CosineSchedule {
     pub fn rate(&self, group: usize, step: u64) -> f64 {
         let base = self.base_lrs[group];
         let start = Restart::decay_start(&self.restart, group, (self.warmup_steps, base));
-        cosine_warmup_from(step, base, self.warmup_steps, self.length.total(), self.min_lr, start)
+        let warmup = (self.warmup_steps, self.warmup_start);
+        cosine_warmup_from(step, base, warmup, self.length.total(), self.min_lr, start)
     }
 
     /// Writes the warmup length (resolved when the run started), the planned length and the

@@ -179,26 +179,35 @@ const char *default_mode(const char *name) {
 }
 
 double cosine_warmup(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor) {
-  return cosine_warmup_from(step, base, warmup, total, floor, warmup, base);
+  return cosine_warmup_from(step, base, warmup, false, total, floor, warmup, base);
 }
 
-double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor, uint64_t start,
-                          double rate) {
-  if (step < warmup) return (double)(step + 1) / (double)warmup * base;
+double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, bool zero_start, uint64_t total, double floor,
+                          uint64_t start, double rate) {
+  if (step < warmup) return (double)(zero_start ? step : step + 1) / (double)warmup * base;
   floor = fmin(floor, base);
   uint64_t decay_steps = total > start ? total - start : 1;
   double progress = fmin((double)(step > start ? step - start : 0) / (double)decay_steps, 1.0);
   return floor + (rate - floor) * (0.5 * (1.0 + cos(M_PI * progress)));
 }
 
+bool arg_warmup_start_zero(const run_spec_t *spec, bool *out) {
+  static const char *const starts[] = {"one_step", "zero", NULL};
+  size_t chosen;
+  if (!arg_choice(spec, "warmup_start", starts, "one_step", &chosen)) return false;
+  *out = chosen == 1;
+  return true;
+}
+
 void cosine_schedule_init(cosine_schedule_t *schedule, double *base_lrs, size_t groups, uint64_t warmup_steps,
-                          double min_lr, uint64_t total_steps) {
+                          bool zero_start, double min_lr, uint64_t total_steps) {
   free(schedule->base_lrs);
   free(schedule->restart_rates);
   *schedule = (cosine_schedule_t){
       .base_lrs = base_lrs,
       .groups = groups,
       .warmup_steps = warmup_steps,
+      .zero_start = zero_start,
       .min_lr = min_lr,
       .total_steps = total_steps,
       .restart_rates = malloc(sizeof(double) * groups),
@@ -223,7 +232,8 @@ double cosine_schedule_rate(const cosine_schedule_t *schedule, size_t group, uin
   double base = schedule->base_lrs[group];
   uint64_t start = schedule->restarted ? schedule->restart_step : schedule->warmup_steps;
   double rate = schedule->restarted ? schedule->restart_rates[group] : base;
-  return cosine_warmup_from(step, base, schedule->warmup_steps, schedule->total_steps, schedule->min_lr, start, rate);
+  return cosine_warmup_from(step, base, schedule->warmup_steps, schedule->zero_start, schedule->total_steps,
+                            schedule->min_lr, start, rate);
 }
 
 void cosine_schedule_save(const cosine_schedule_t *schedule, state_writer_t *writer) {

@@ -43,10 +43,14 @@ const char *default_mode(const char *name);
 // Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
 // SDK's schedules in the same order.
 double cosine_warmup(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor);
-// `cosine_warmup` whose decay starts at step `start` from the rate `rate` (after a re-plan)
-// instead of at the end of the warmup from `base`.
-double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, uint64_t total, double floor, uint64_t start,
-                          double rate);
+// `cosine_warmup` with the warmup starting at 0 when `zero_start`, and whose decay starts at
+// step `start` from the rate `rate` (after a re-plan) instead of at the end of the warmup
+// from `base`.
+double cosine_warmup_from(uint64_t step, double base, uint64_t warmup, bool zero_start, uint64_t total, double floor,
+                          uint64_t start, double rate);
+// The `warmup_start` argument into `out`: false for `one_step` (the default: the warmup starts
+// at `base / w`), true for `zero` (it starts at 0, as transformers' schedules do).
+bool arg_warmup_start_zero(const run_spec_t *spec, bool *out);
 
 // `value` as Rust's `{}` prints an f64 (shortest digits that read back, positional, `inf`,
 // `NaN`), into `out` (at least 400 bytes: the longest positional f64 plus a NUL).
@@ -81,6 +85,7 @@ typedef struct {
   double *base_lrs;
   size_t groups;
   uint64_t warmup_steps;
+  bool zero_start;
   double min_lr;
   uint64_t total_steps;
   // A new length waiting for the next decision, where the resume step is known.
@@ -93,7 +98,7 @@ typedef struct {
 } cosine_schedule_t;
 // Takes ownership of `base_lrs` (malloc'd, `groups` long).
 void cosine_schedule_init(cosine_schedule_t *schedule, double *base_lrs, size_t groups, uint64_t warmup_steps,
-                          double min_lr, uint64_t total_steps);
+                          bool zero_start, double min_lr, uint64_t total_steps);
 void cosine_schedule_begin_step(cosine_schedule_t *schedule, uint64_t step);
 double cosine_schedule_rate(const cosine_schedule_t *schedule, size_t group, uint64_t step);
 void cosine_schedule_save(const cosine_schedule_t *schedule, state_writer_t *writer);

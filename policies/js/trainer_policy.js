@@ -93,13 +93,20 @@ export function defaultMode(name) {
 /** Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
  * SDK's schedules in the same order, so the results are bit-identical. */
 export function cosineWarmup(step, base, warmup, total, floor) {
-  return cosineWarmupFrom(step, base, warmup, total, floor, [warmup, base]);
+  return cosineWarmupFrom(step, base, warmup, false, total, floor, [warmup, base]);
 }
 
-/** `cosineWarmup` whose decay starts at step `decayStart[0]` from the rate `decayStart[1]`
- * (after a re-plan) instead of at the end of the warmup from `base`. */
-export function cosineWarmupFrom(step, base, warmup, total, floor, decayStart) {
-  if (step < warmup) return (Number(step + 1n) / Number(warmup)) * base;
+/** The `warmup_start` argument: false for `one_step` (the default: the warmup starts at
+ * `base / w`), true for `zero` (it starts at 0, as transformers' schedules do). */
+export function warmupStartZero(args) {
+  return args.choice('warmup_start', ['one_step', 'zero'], 'one_step') === 'zero';
+}
+
+/** `cosineWarmup` with the warmup starting at 0 when `zeroStart`, and whose decay starts at
+ * step `decayStart[0]` from the rate `decayStart[1]` (after a re-plan) instead of at the end
+ * of the warmup from `base`. */
+export function cosineWarmupFrom(step, base, warmup, zeroStart, total, floor, decayStart) {
+  if (step < warmup) return (Number(zeroStart ? step : step + 1n) / Number(warmup)) * base;
   const [start, rate] = decayStart;
   floor = Math.min(floor, base);
   const decaySteps = total > start ? total - start : 1n;
@@ -110,9 +117,10 @@ export function cosineWarmupFrom(step, base, warmup, total, floor, decayStart) {
 /** Linear warmup, then cosine decay to a floor, for every group, re-planned when a resumed
  * run changes its length, as the Rust SDK's `plan::CosineSchedule` (same state bytes). */
 export class CosineSchedule {
-  constructor(baseLrs, warmupSteps, minLr, totalSteps) {
+  constructor(baseLrs, warmupSteps, minLr, totalSteps, zeroStart = false) {
     this.baseLrs = baseLrs;
     this.warmupSteps = warmupSteps;
+    this.zeroStart = zeroStart;
     this.minLr = minLr;
     this.totalSteps = totalSteps;
     // A new length waiting for the next decision, where the resume step is known.
@@ -132,7 +140,7 @@ export class CosineSchedule {
   rate(group, step) {
     const base = this.baseLrs[group];
     const start = this.restart ? [this.restart[0], this.restart[1][group]] : [this.warmupSteps, base];
-    return cosineWarmupFrom(step, base, this.warmupSteps, this.totalSteps, this.minLr, start);
+    return cosineWarmupFrom(step, base, this.warmupSteps, this.zeroStart, this.totalSteps, this.minLr, start);
   }
 
   save(writer) {

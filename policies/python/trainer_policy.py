@@ -91,17 +91,24 @@ def default_mode(name):
     return "min" if name.endswith("loss") else "max"
 
 
+def warmup_start_zero(args):
+    """The `warmup_start` argument: False for `one_step` (the default: the warmup starts at
+    `base / w`), True for `zero` (it starts at 0, as transformers' schedules do)."""
+    return args.choice("warmup_start", ["one_step", "zero"], "one_step") == "zero"
+
+
 def cosine_warmup(step, base, warmup, total, floor):
     """Linear warmup to `base`, then cosine decay to `floor`, with the operations of the Rust
     SDK's schedules in the same order, so the results are bit-identical."""
-    return cosine_warmup_from(step, base, warmup, total, floor, (warmup, base))
+    return cosine_warmup_from(step, base, warmup, False, total, floor, (warmup, base))
 
 
-def cosine_warmup_from(step, base, warmup, total, floor, decay_start):
-    """`cosine_warmup` whose decay starts at step `decay_start[0]` from the rate
-    `decay_start[1]` (after a re-plan) instead of at the end of the warmup from `base`."""
+def cosine_warmup_from(step, base, warmup, zero_start, total, floor, decay_start):
+    """`cosine_warmup` with the warmup starting at 0 when `zero_start`, and whose decay starts
+    at step `decay_start[0]` from the rate `decay_start[1]` (after a re-plan) instead of at the
+    end of the warmup from `base`."""
     if step < warmup:
-        return (step + 1) / warmup * base
+        return (step if zero_start else step + 1) / warmup * base
     start, rate = decay_start
     floor = min(floor, base)
     decay_steps = max(total - start, 1)
@@ -113,9 +120,10 @@ class CosineSchedule:
     """Linear warmup, then cosine decay to a floor, for every group, re-planned when a resumed
     run changes its length, as the Rust SDK's `plan::CosineSchedule` (same state bytes)."""
 
-    def __init__(self, base_lrs, warmup_steps, min_lr, total_steps):
+    def __init__(self, base_lrs, warmup_steps, min_lr, total_steps, zero_start=False):
         self.base_lrs = base_lrs
         self.warmup_steps = warmup_steps
+        self.zero_start = zero_start
         self.min_lr = min_lr
         self.total_steps = total_steps
         # A new length waiting for the next decision, where the resume step is known.
@@ -134,7 +142,9 @@ class CosineSchedule:
     def rate(self, group, step):
         base = self.base_lrs[group]
         start = (self.restart[0], self.restart[1][group]) if self.restart else (self.warmup_steps, base)
-        return cosine_warmup_from(step, base, self.warmup_steps, self.total_steps, self.min_lr, start)
+        return cosine_warmup_from(
+            step, base, self.warmup_steps, self.zero_start, self.total_steps, self.min_lr, start
+        )
 
     def save(self, writer):
         writer.u64(self.warmup_steps).u64(self.total_steps)

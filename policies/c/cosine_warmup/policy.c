@@ -10,9 +10,10 @@
 static cosine_schedule_t schedule;
 
 static bool start(const run_spec_t *spec) {
-  static const char *const known[] = {"warmup_steps", "min_lr", NULL};
+  static const char *const known[] = {"warmup_steps", "min_lr", "warmup_start", NULL};
   double min_lr;
   uint64_t warmup_steps;
+  bool zero_start;
   if (!args_check(spec, known) || !arg_f64_or(spec, "min_lr", 0.0, &min_lr)) return false;
   if (min_lr < 0.0) {
     char shown[DISPLAY_SIZE];
@@ -21,10 +22,11 @@ static bool start(const run_spec_t *spec) {
     return false;
   }
   if (!arg_u64_or(spec, "warmup_steps", spec->total_steps / 20, &warmup_steps)) return false;
+  if (!arg_warmup_start_zero(spec, &zero_start)) return false;
   size_t groups = spec->groups.len;
   double *base_lrs = malloc(sizeof(double) * groups);
   for (size_t i = 0; i < groups; i++) base_lrs[i] = spec->groups.ptr[i].base_lr;
-  cosine_schedule_init(&schedule, base_lrs, groups, warmup_steps, min_lr, spec->total_steps);
+  cosine_schedule_init(&schedule, base_lrs, groups, warmup_steps, zero_start, min_lr, spec->total_steps);
   return true;
 }
 

@@ -11,10 +11,15 @@
 //! `lr = floor + (a - floor) * (1 + cos(pi * p)) / 2`, `p = min(1, (step - r) / max(1, T' - r))`.
 //! A finished run extended this way stays at the floor.
 //!
-//! Arguments: `warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0).
-//! Owns: learning rates.
+//! `warmup_start=zero` starts the warmup at 0 instead: `lr = base * step / w`, which is
+//! transformers' `get_cosine_schedule_with_warmup` exactly (with `min_lr` 0); after the warmup
+//! the two agree either way.
+//!
+//! Arguments: `warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0),
+//! `warmup_start` (`one_step` or `zero`, default `one_step`). Owns: learning rates.
 
 use trainer_policy_sdk::plan::CosineSchedule;
+use trainer_policy_sdk::schedules::WarmupStart;
 use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
@@ -25,16 +30,17 @@ struct CosineWarmup {
 
 impl Policy for CosineWarmup {
     fn init(spec: RunSpec) -> Result<Self, String> {
-        let args = Args::new(&spec.args, &["warmup_steps", "min_lr"])?;
+        let args = Args::new(&spec.args, &["warmup_steps", "min_lr", "warmup_start"])?;
         let min_lr = args.f64_or("min_lr", 0.0)?;
         if min_lr < 0.0 {
             return Err(format!("argument `min_lr`: must be >= 0, got {min_lr}"));
         }
         let warmup_steps = args.u64_or("warmup_steps", spec.total_steps / 20)?;
+        let start = WarmupStart::from_args(&args)?;
         let base_lrs: Vec<f64> = spec.groups.iter().map(|group| group.base_lr).collect();
         Ok(Self {
             groups: base_lrs.len(),
-            schedule: CosineSchedule::new(base_lrs, warmup_steps, min_lr, spec.total_steps),
+            schedule: CosineSchedule::new(base_lrs, warmup_steps, min_lr, spec.total_steps).starting(start),
         })
     }
 

@@ -11,6 +11,7 @@ import {
   exportPolicy,
   keep,
   rustDisplay,
+  warmupStartZero,
 } from '../trainer_policy.js';
 
 class CosineWarmup extends Policy {
@@ -18,12 +19,13 @@ class CosineWarmup extends Policy {
 
   constructor(spec) {
     super();
-    const args = new Args(spec.args, ['warmup_steps', 'min_lr']);
+    const args = new Args(spec.args, ['warmup_steps', 'min_lr', 'warmup_start']);
     const minLr = args.f64Or('min_lr', 0.0);
     if (minLr < 0.0) throw `argument \`min_lr\`: must be >= 0, got ${rustDisplay(minLr)}`;
     const warmupSteps = args.u64Or('warmup_steps', spec.totalSteps / 20n);
+    const zeroStart = warmupStartZero(args);
     const baseLrs = spec.groups.map((group) => group.baseLr);
-    this.schedule = new CosineSchedule(baseLrs, warmupSteps, minLr, spec.totalSteps);
+    this.schedule = new CosineSchedule(baseLrs, warmupSteps, minLr, spec.totalSteps, zeroStart);
   }
 
   decide(observation) {

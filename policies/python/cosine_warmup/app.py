@@ -3,7 +3,17 @@ re-planned when a resumed run changes its length; the same arguments, decisions 
 the Rust policy (policies/cosine_warmup)."""
 
 from componentize_py_types import Err
-from trainer_policy import Args, CosineSchedule, Policy, StateReader, StateWriter, export, keep, rust_display
+from trainer_policy import (
+    Args,
+    CosineSchedule,
+    Policy,
+    StateReader,
+    StateWriter,
+    export,
+    keep,
+    rust_display,
+    warmup_start_zero,
+)
 from wit_world.imports.types import Knobs
 
 
@@ -11,13 +21,14 @@ class CosineWarmup(Policy):
     knobs = Knobs.LEARNING_RATES
 
     def __init__(self, spec):
-        args = Args(spec.args, ["warmup_steps", "min_lr"])
+        args = Args(spec.args, ["warmup_steps", "min_lr", "warmup_start"])
         min_lr = args.f64_or("min_lr", 0.0)
         if min_lr < 0.0:
             raise Err(f"argument `min_lr`: must be >= 0, got {rust_display(min_lr)}")
         warmup_steps = args.u64_or("warmup_steps", spec.total_steps // 20)
+        zero_start = warmup_start_zero(args)
         base_lrs = [group.base_lr for group in spec.groups]
-        self.schedule = CosineSchedule(base_lrs, warmup_steps, min_lr, spec.total_steps)
+        self.schedule = CosineSchedule(base_lrs, warmup_steps, min_lr, spec.total_steps, zero_start)
 
     def decide(self, observation):
         step = observation.step

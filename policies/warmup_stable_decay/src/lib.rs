@@ -12,11 +12,15 @@
 //! otherwise, with `a` the rate at `r` under the earlier plan, from `r` on
 //! `lr = floor + (a - floor) * f(p)`, `p = min(1, (step - r) / max(1, T' - r))`.
 //!
+//! `warmup_start=zero` starts the warmup at 0 instead (`lr = base * step / w`), as
+//! transformers' `get_wsd_schedule` does.
+//!
 //! Arguments: `warmup_steps` (default 5% of the run), `decay_steps` (default 20%), `min_lr`
-//! (default 0), `shape` (`linear`, `cosine`, `sqrt`; default `linear`). Owns: learning rates.
+//! (default 0), `shape` (`linear`, `cosine`, `sqrt`; default `linear`), `warmup_start`
+//! (`one_step` or `zero`, default `one_step`). Owns: learning rates.
 
 use trainer_policy_sdk::plan::{PlannedLength, Restart};
-use trainer_policy_sdk::schedules::{cosine_fall, warmup_ramp};
+use trainer_policy_sdk::schedules::{WarmupStart, cosine_fall};
 use trainer_policy_sdk::state::{StateReader, StateWriter};
 use trainer_policy_sdk::{Args, Decision, Knobs, Observation, Policy, RunSpec, export_policy};
 
@@ -30,6 +34,7 @@ enum Shape {
 struct WarmupStableDecay {
     base_lrs: Vec<f64>,
     warmup_steps: u64,
+    warmup_start: WarmupStart,
     decay_steps: u64,
     min_lr: f64,
     shape: Shape,
@@ -39,7 +44,7 @@ struct WarmupStableDecay {
 
 impl Policy for WarmupStableDecay {
     fn init(spec: RunSpec) -> Result<Self, String> {
-        let args = Args::new(&spec.args, &["warmup_steps", "decay_steps", "min_lr", "shape"])?;
+        let args = Args::new(&spec.args, &["warmup_steps", "decay_steps", "min_lr", "shape", "warmup_start"])?;
         let total = spec.total_steps;
         let warmup_steps = args.u64_or("warmup_steps", total / 20)?;
         let decay_steps = args.u64_or("decay_steps", total / 5)?.max(1);
@@ -60,6 +65,7 @@ impl Policy for WarmupStableDecay {
         Ok(Self {
             base_lrs: spec.groups.iter().map(|group| group.base_lr).collect(),
             warmup_steps,
+            warmup_start: WarmupStart::from_args(&args)?,
             decay_steps,
             min_lr,
             shape,
@@ -110,7 +116,7 @@ impl WarmupStableDecay {
     fn lr(&self, group: usize, step: u64) -> f64 {
         let base = self.base_lrs[group];
         if step < self.warmup_steps {
-            return base * warmup_ramp(step, self.warmup_steps);
+            return base * self.warmup_start.ramp(step, self.warmup_steps);
         }
         let (start, from) = Restart::decay_start(&self.restart, group, (self.decay_start(), base));
         if step < start {
