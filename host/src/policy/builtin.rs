@@ -139,7 +139,8 @@ mod tests {
         assert_eq!(policy.summary(), "cosine_warmup: linear warmup, then cosine decay to a floor, for every group.");
         assert_eq!(
             policy.arguments().unwrap(),
-            "`warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0)."
+            "`warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0), `warmup_start` \
+             (`one_step` or `zero`, default `one_step`)."
         );
         assert_eq!(policy.owns().unwrap(), "learning rates");
         let constant = find("constant").unwrap();
