@@ -129,6 +129,19 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) ->
     Ok(data)
 }
 
+/// The non-blank lines of a JSONL manifest, each with its line number (from 1).
+pub(super) fn manifest_lines(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(usize, String), FileError>> + '_, FileError> {
+    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    let lines = std::io::BufReader::new(file).lines().enumerate();
+    Ok(lines.filter_map(move |(index, line)| match line {
+        Ok(line) if line.trim().is_empty() => None,
+        Ok(line) => Some(Ok((index + 1, line))),
+        Err(err) => Some(Err(FileError::io(path)(err))),
+    }))
+}
+
 pub(super) fn parent(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -158,14 +171,9 @@ struct ManifestLine {
 }
 
 fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedData, FileError> {
-    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
     let mut data = CaptionedData::default();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_number = index + 1;
-        let line = line.map_err(FileError::io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in manifest_lines(path)? {
+        let (line_number, line) = line?;
         match serde_json::from_str::<ManifestLine>(&line) {
             Ok(entry) => {
                 let mut captions = entry.captions;

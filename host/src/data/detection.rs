@@ -19,11 +19,10 @@
 //! detection on a crowd is not counted as a false positive; training should not learn from
 //! them.
 
-use super::captioned::{Origin, coco_image_dir, parent};
+use super::captioned::{Origin, coco_image_dir, manifest_lines, parent};
 use crate::files::FileError;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// How far, in pixels, a box may overhang the image before it counts as outside it.
@@ -318,15 +317,10 @@ struct ManifestEntry {
 }
 
 fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<DetectionSet, FileError> {
-    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_number = index + 1;
-        let line = line.map_err(FileError::io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in manifest_lines(path)? {
+        let (line_number, line) = line?;
         match manifest_entry(path, base, line_number, &line) {
             Ok(entry) => entries.push(entry),
             Err(problem) => leave_out(problem, skip_bad, &mut skipped)?,

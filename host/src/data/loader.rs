@@ -122,6 +122,13 @@ impl<R: ReadItem> Loader<R> {
         self.batches.contains_key(&key)
     }
 
+    /// The steps from `step` to [`PREFETCH_BATCHES`] ahead (within a run of `total_steps`)
+    /// not yet submitted: what a task submits before taking `step`.
+    pub fn to_prefetch(&self, step: u64, total_steps: u64) -> Vec<u64> {
+        let end = (step + 1 + PREFETCH_BATCHES).min(total_steps.max(step + 1));
+        (step..end).filter(|&ahead| !self.is_submitted(ahead)).collect()
+    }
+
     /// Queues `items` as batch `key`.
     pub fn submit(&mut self, key: u64, items: &[R::Item]) {
         self.batches.insert(key, items.iter().map(|_| None).collect());

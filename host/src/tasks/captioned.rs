@@ -7,7 +7,7 @@
 
 use crate::data::captioned::{self, CaptionedData, CaptionedSample, Needs};
 use crate::data::clip_tokenizer::ClipTokenizer;
-use crate::data::loader::{EVALUATION_KEYS, Item, ItemReader, Loader, PREFETCH_BATCHES};
+use crate::data::loader::{EVALUATION_KEYS, Item, ItemReader, Loader};
 use crate::data::sampler::{EpochSampler, keyed};
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores};
@@ -172,11 +172,9 @@ impl CaptionedTraining {
     }
 
     pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
-        for ahead in step..(step + 1 + PREFETCH_BATCHES).min(last_step.max(step + 1)) {
-            if !self.loader.is_submitted(ahead) {
-                let items = self.items(ahead);
-                self.loader.submit(ahead, &items);
-            }
+        for ahead in self.loader.to_prefetch(step, last_step) {
+            let items = self.items(ahead);
+            self.loader.submit(ahead, &items);
         }
         let (loaded, skipped) = self.loader.take_readable(step, self.skip_bad)?;
         if loaded.len() < 2 {

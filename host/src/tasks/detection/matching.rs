@@ -123,8 +123,8 @@ pub fn detection_losses(
     let logits = model.class_logits(&features, &model.query_embeddings(query_ids), None);
     let predicted = model.pred_boxes(&features);
     let objectness = model.objectness_logits(&features);
-    let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
-    if !(finite(&logits) && finite(&predicted)) {
+    let finite = logits.isfinite().all().logical_and(&predicted.isfinite().all());
+    if finite.int64_value(&[]) == 0 {
         // Nothing to match: NaN terms, so the trainer skips the step as non-finite and its
         // divergence guard counts it, as for any other loss.
         let terms = if objectness.is_some() { 4 } else { 3 };
@@ -132,6 +132,7 @@ pub fn detection_losses(
     }
     let box_count = targets.labels.iter().map(|labels| labels.size()[0]).sum::<i64>().max(1) as f64;
     let class_targets = Tensor::zeros_like(&logits);
+    let one = Tensor::from(1f32).to_device(device);
     let mut matched_patches = Vec::new();
     let (mut matched_predictions, mut matched_targets) = (Vec::new(), Vec::new());
     for (image, (boxes, labels)) in targets.boxes.iter().zip(targets.labels).enumerate() {
@@ -144,7 +145,6 @@ pub fn detection_losses(
         let order = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(device);
         let matched_labels = labels.index_select(0, &order);
         // `get` is a view: the ones land in the batch's targets.
-        let one = Tensor::from(1f32).to_device(device);
         let _ = class_targets.get(image).index_put_(&[Some(&patches), Some(&matched_labels)], &one, false);
         matched_predictions.push(predicted.get(image).index_select(0, &patches));
         matched_targets.push(boxes.index_select(0, &order));

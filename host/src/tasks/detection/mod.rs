@@ -40,7 +40,7 @@ use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer::ClipTokenizer;
 use crate::data::detection::{Category, DetectionSample, DetectionSet, read_detection_set};
 use crate::data::images::load_rgb_padded;
-use crate::data::loader::{EVALUATION_KEYS, Loader, PREFETCH_BATCHES, ReadItem};
+use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
@@ -202,8 +202,10 @@ pub struct DetectionTask {
     /// Categories queried in training (indices into `categories`), and those left unseen.
     seen: Vec<usize>,
     unseen: Vec<usize>,
-    /// `(categories, context)` prompt ids of every category, on the training device.
+    /// `(categories, context)` prompt ids of every category, on the training device, and
+    /// those of the categories queried in training.
     prompt_ids: Tensor,
+    seen_prompt_ids: Tensor,
     sampler: EpochSampler,
     loader: Loader<DetectionReader>,
     normalizer: PixelNormalizer,
@@ -377,6 +379,8 @@ impl DetectionTask {
         let context_length = config.text_config.max_position_embeddings as usize;
         let ids: Vec<i64> = names.iter().flat_map(|name| tokenizer.tokenize(&prompt(name), context_length)).collect();
         let prompt_ids = Tensor::from_slice(&ids).view([names.len() as i64, -1]).to_device(device);
+        let seen_rows = Tensor::from_slice(&seen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+        let seen_prompt_ids = prompt_ids.index_select(0, &seen_rows);
         let image_size = config.vision_config.image_size;
         let normalizer = PixelNormalizer::for_model(inputs.model.as_deref(), image_size, device)?;
         let samples = Arc::new(samples);
@@ -402,6 +406,7 @@ impl DetectionTask {
             seen,
             unseen,
             prompt_ids,
+            seen_prompt_ids,
             normalizer,
             image_size,
             skip_bad: options.skip_bad_samples,
@@ -538,10 +543,9 @@ impl DetectionTask {
 
     /// Each loss term of one batch (with its graph), in the order of the loss names.
     fn loss_terms(&self, pixels: &Tensor, boxes: &[Tensor], labels: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        let seen = Tensor::from_slice(&self.seen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.device);
         let targets = BatchTargets { boxes, labels };
         let (costs, focal) = (self.settings.match_costs, self.settings.focal);
-        detection_losses(&self.model, pixels, &self.prompt_ids.index_select(0, &seen), &targets, costs, focal)
+        detection_losses(&self.model, pixels, &self.seen_prompt_ids, &targets, costs, focal)
             .map_err(|err| EngineError::Config(format!("matching: {err}")))
     }
 }
@@ -601,13 +605,10 @@ impl Task for DetectionTask {
     }
 
     fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
-        let last = knobs.total_steps.max(step + 1);
-        for ahead in step..(step + 1 + PREFETCH_BATCHES).min(last) {
-            if !self.loader.is_submitted(ahead) {
-                let samples: Vec<usize> =
-                    self.sampler.batch(ahead).iter().map(|&i| self.splits.train.start + i as usize).collect();
-                self.loader.submit(ahead, &samples);
-            }
+        for ahead in self.loader.to_prefetch(step, knobs.total_steps) {
+            let samples: Vec<usize> =
+                self.sampler.batch(ahead).iter().map(|&i| self.splits.train.start + i as usize).collect();
+            self.loader.submit(ahead, &samples);
         }
         let (pixels, loaded, skipped) = self.load(step)?;
         if loaded.is_empty() {
