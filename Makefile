@@ -45,15 +45,28 @@ test: setup policies
 OPEN_CLIP := $(CACHE)/open_clip
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 
+# Gloo's headers, which torch's c10d headers include and the torch wheel lacks (see
+# host/build.rs): Debian's libgloo-dev, unpacked, checked by its hash.
+GLOO_DEB := libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb
+GLOO_DEB_SHA256 := 80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299
+GLOO_INCLUDE := $(CACHE)/gloo/usr/include
+
 setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE) \
 	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-python-packages-v2 Makefile
+.cargo/config.toml: $(VENV)/.installed-python-packages-v2 $(GLOO_INCLUDE)/gloo/algorithm.h Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
-		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' > $@
+		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' 'TRAINER_GLOO_INCLUDE = "$(GLOO_INCLUDE)"' > $@
+
+$(GLOO_INCLUDE)/gloo/algorithm.h:
+	rm -rf $(CACHE)/gloo.tmp && mkdir -p $(CACHE)/gloo.tmp
+	curl -sSfL -o $(CACHE)/gloo.tmp/gloo.deb "http://deb.debian.org/debian/pool/main/g/gloo/$(GLOO_DEB)"
+	echo "$(GLOO_DEB_SHA256)  $(CACHE)/gloo.tmp/gloo.deb" | sha256sum --check --quiet
+	dpkg-deb -x $(CACHE)/gloo.tmp/gloo.deb $(CACHE)/gloo.tmp/root
+	rm -rf $(CACHE)/gloo && mv $(CACHE)/gloo.tmp/root $(CACHE)/gloo && rm -rf $(CACHE)/gloo.tmp
 
 # transformers, tensorboard and pycocotools read what the trainer writes, in the tests;
 # scipy is the reference matcher of the detection benchmark.

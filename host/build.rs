@@ -1,4 +1,4 @@
-//! Two build-time jobs for the `trainer` binary:
+//! Three build-time jobs for the `trainer` binary:
 //! - libtorch without `LD_LIBRARY_PATH`: an rpath to the libtorch that `torch-sys` built
 //!   against. Linking `libtorch` without `--as-needed` keeps its CUDA libraries loaded where
 //!   the installed torch has them, so the same binary uses a GPU when one is present.
@@ -6,13 +6,48 @@
 //!   under `policies/` with its component (`build/policies/<name>.wasm`, from `make
 //!   policies`) and its `//!` module doc, so `--policy cosine_warmup` works from any folder
 //!   and `trainer policies` documents them from the one text their authors keep.
+//! - The data-parallel shim (`shim/distributed.cpp`): c10d's TCPStore and Gloo process group
+//!   behind a C API, compiled against the same libtorch. The torch wheel ships c10d's headers
+//!   but not Gloo's, which `ProcessGroupGloo.hpp` includes; `make` unpacks Debian's
+//!   `libgloo-dev` for them and names the folder in `TRAINER_GLOO_INCLUDE`. Only declarations
+//!   are read from them: the Gloo code that runs is the one inside libtorch.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
+    compile_distributed_shim();
     embed_standard_policies();
+}
+
+fn compile_distributed_shim() {
+    const SHIM: &str = "shim/distributed.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-env-changed=TRAINER_GLOO_INCLUDE");
+    let lib_dir = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names its libtorch"));
+    let torch_include = lib_dir.parent().expect("libtorch's lib/ has a parent").join("include");
+    let gloo_include = std::env::var_os("TRAINER_GLOO_INCLUDE").map(PathBuf::from);
+    let Some(gloo_include) = gloo_include.filter(|dir| dir.join("gloo/algorithm.h").is_file()) else {
+        panic!(
+            "TRAINER_GLOO_INCLUDE must name a folder with Gloo's headers (gloo/algorithm.h); \
+             `make setup` unpacks them and writes the setting into .cargo/config.toml"
+        );
+    };
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .include(&torch_include)
+        .include(torch_include.join("torch/csrc/api/include"))
+        .include(&gloo_include)
+        // The ABI every torch wheel of the pinned version is built with.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        // torch's headers warn under -Wall; the shim's own code is small enough to read.
+        .warnings(false)
+        .file(SHIM)
+        .compile("trainer_distributed");
 }
 
 fn link_libtorch() {

@@ -6,7 +6,7 @@
 use crate::check::{CheckOptions, check_policy};
 use crate::engine::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, EngineError, Resume, RunConfig, RunOptions,
-    Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, simulate, write_json,
+    Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate, write_json,
 };
 use crate::eval::COCO_MISSING;
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
@@ -15,9 +15,12 @@ use crate::tasks::detection::{self, DetectionPredictRequest};
 use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
 use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
 use crate::tasks::{self, TaskArgs, TaskKind};
+use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 use tch::Device;
 
 #[derive(Debug, Parser)]
@@ -201,6 +204,15 @@ pub struct TrainArgs {
     /// On --resume, continue with the policies given by --policy instead of the saved ones.
     #[arg(long, requires = "resume")]
     pub swap_policies: bool,
+    /// Train on N local processes, data-parallel over PyTorch's c10d (Gloo), as `torchrun
+    /// --nproc-per-node N --no-python trainer train ...` does; --batch-size stays the global
+    /// batch, split evenly over the processes.
+    #[arg(long, value_name = "N", value_parser = positive_usize)]
+    pub nproc: Option<usize>,
+    /// Seconds a data-parallel process waits for the others to join, and for any one
+    /// collective [default: 1800].
+    #[arg(long, value_name = "SECONDS", value_parser = positive_u64)]
+    pub dist_timeout: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -347,6 +359,7 @@ fn parse_device(text: &str) -> Result<Device, String> {
 /// Exit codes: 0 success, 1 a run that failed, 2 bad command-line usage, 3 a policy that
 /// trapped or decided something invalid, 4 a run that diverged (the divergence guard).
 pub const EXIT_FAILURE: u8 = 1;
+const DEFAULT_BATCH_SIZE: usize = 256;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_POLICY_FAULT: u8 = 3;
 pub const EXIT_DIVERGED: u8 = 4;
@@ -368,7 +381,7 @@ pub fn main() -> ExitCode {
         Command::CheckPolicy(args) => return run_check_policy(args),
         Command::Policies(args) => return run_policies(args),
         Command::Simulate(args) => run_simulate(args),
-        Command::Train(args) => run_train(*args).map(|outcome| report_outcome(&outcome)),
+        Command::Train(args) => return run_train_command(*args),
         Command::Eval(args) => run_eval(*args),
         Command::Embed(args) => run_embed(args),
         Command::Predict(args) => run_predict(args),
@@ -460,13 +473,73 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
+/// `trainer train`: one process, one rank of a launched data-parallel run, or (with
+/// `--nproc`) the launcher of local ranks.
+fn run_train_command(args: TrainArgs) -> ExitCode {
+    let failed = |err: EngineError| {
+        eprintln!("error: {}", one_line(&err));
+        ExitCode::from(exit_code(&err))
+    };
+    let launch = match Launch::from_env() {
+        Ok(launch) => launch,
+        Err(err) => return failed(DistributedError::from(err).into()),
+    };
+    match (args.nproc, &launch) {
+        (Some(nproc), None) if nproc > 1 => {
+            if let Err(err) = check_batch_splits(args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), nproc) {
+                return failed(err);
+            }
+            let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            return match spawn_local(nproc, &arguments, Duration::from_secs(60)) {
+                Ok(status) if status.success() => ExitCode::SUCCESS,
+                Ok(status) => ExitCode::from(status.code().map_or(EXIT_FAILURE, |code| code as u8)),
+                Err(err) => failed(DistributedError::from(err).into()),
+            };
+        }
+        (Some(nproc), Some(launch)) if launch.world_size != nproc => {
+            return failed(EngineError::Config(format!(
+                "--nproc {nproc}: the launcher started WORLD_SIZE={} processes; give one or the other",
+                launch.world_size
+            )));
+        }
+        _ => {}
+    }
+    let world_size = launch.as_ref().map_or(1, |launch| launch.world_size);
+    if world_size > 1 && args.device.is_cuda() {
+        return failed(EngineError::Config(format!(
+            "--device {:?}: data-parallel training over CUDA needs NCCL, which this build does not have yet; \
+             WORLD_SIZE={world_size} runs on --device cpu",
+            args.device
+        )));
+    }
+    let timeout = Duration::from_secs(args.dist_timeout.unwrap_or(1800));
+    let team = match launch {
+        Some(launch) => match Team::join(&launch, timeout) {
+            Ok(team) => team,
+            Err(err) => return failed(err.into()),
+        },
+        None => Team::solo(),
+    };
+    let leader = team.is_leader();
+    match run_train(args, Arc::new(team)) {
+        Ok(outcome) => {
+            if leader {
+                report_outcome(&outcome);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => failed(err),
+    }
+}
+
+fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineError> {
     let options = RunOptions {
         run_dir: args.resume.clone().unwrap_or_else(|| args.run_dir.clone()),
         device: args.device,
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
         policy_cache: component_cache(),
+        team,
     };
     let workers = args.workers.unwrap_or_else(default_workers);
     if args.resume.is_some() {
@@ -501,7 +574,7 @@ fn run_train(args: TrainArgs) -> Result<TrainOutcome, EngineError> {
     let run = RunConfig {
         policies: args.policy,
         steps: args.steps.unwrap_or(1000),
-        batch_size: args.batch_size.unwrap_or(256),
+        batch_size: args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         seed: args.seed.unwrap_or(0),
         lr: args.lr.unwrap_or(2e-3),
         weight_decay: args.weight_decay.unwrap_or(0.1),

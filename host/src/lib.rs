@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cli;
 pub mod data;
+pub mod distributed;
 pub mod engine;
 pub mod eval;
 pub mod files;

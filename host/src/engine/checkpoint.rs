@@ -176,13 +176,16 @@ pub struct CheckpointContents<'a> {
     pub policies: Vec<(PolicyRecord, Option<Vec<u8>>)>,
 }
 
+/// The folder of the checkpoint after `steps_done` steps.
+pub fn dir_of(run_dir: &Path, steps_done: u64) -> PathBuf {
+    run_dir.join(CHECKPOINTS_DIR).join(format!("step-{steps_done}"))
+}
+
 /// Writes `run_dir/checkpoints/step-N/` atomically; returns its path. A write that fails
 /// removes what it staged: on a full disk, that is the room the next attempt needs.
 pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
-    let root = run_dir.join(CHECKPOINTS_DIR);
-    let name = format!("step-{}", contents.trainer.steps_done);
-    let staging = root.join(format!("{name}.tmp"));
-    let target = root.join(&name);
+    let target = dir_of(run_dir, contents.trainer.steps_done);
+    let staging = target.with_extension("tmp");
     let saved = write_staged(&staging, &target, contents);
     if saved.is_err() && staging.is_dir() {
         let _ = std::fs::remove_dir_all(&staging);

@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub pause_after_steps: Option<u64>,
     /// Where compiled policy components are cached.
     pub policy_cache: Option<PathBuf>,
+    /// The processes training together; a team of one for a plain run.
+    pub team: std::sync::Arc<crate::distributed::Team>,
 }
 
 /// A metric name and whether larger is better, written `name`, `name:max` or `name:min`

@@ -22,6 +22,8 @@ pub enum EngineError {
     Config(String),
     #[error(transparent)]
     Pretrained(#[from] PretrainedError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistributedError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -25,6 +25,6 @@ pub use config::{
 };
 pub use error::EngineError;
 pub use knobs::KnobState;
-pub use run::{check_new_run, check_resume, resume, train, write_json};
+pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, write_json};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
 pub use task::{Scores, StepKnobs, StepLosses, Task};

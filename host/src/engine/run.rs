@@ -13,6 +13,7 @@ use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use super::task::{Scores, StepKnobs, Task};
 use super::trace::{SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
+use crate::distributed::{DistributedError, Team};
 use crate::files::FileError;
 use crate::models::pretrained;
 use crate::policy::{
@@ -53,7 +54,8 @@ struct MetricsRecord<'a> {
 pub fn check_new_run(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
     validate_config(config, options)?;
     let run_dir = &options.run_dir;
-    if holds_run(run_dir) && !options.overwrite {
+    // Rank 0 alone owns the run directory (the others may see what it has begun to write).
+    if options.team.is_leader() && holds_run(run_dir) && !options.overwrite {
         return Err(EngineError::Config(format!(
             "--run-dir {}: already holds a run; choose another directory, pass --overwrite, or --resume it",
             run_dir.display()
@@ -70,7 +72,9 @@ pub fn train(
     options: &RunOptions,
 ) -> Result<TrainOutcome, EngineError> {
     check_new_run(config, options)?;
-    clear_run_dir(&options.run_dir)?;
+    if options.team.is_leader() {
+        clear_run_dir(&options.run_dir)?;
+    }
     Run::start(config, task, task_section, options, None)?.train(options)
 }
 
@@ -153,6 +157,8 @@ struct Run {
     config: RunConfig,
     run_dir: PathBuf,
     device: Device,
+    /// Rank 0 writes the run's files; every rank trains the same replica of the model.
+    team: Arc<Team>,
     policies: PolicySet,
     // Keep the runtime (and its deadline ticker) alive as long as the policies.
     _runtime: PolicyRuntime,
@@ -169,7 +175,7 @@ struct Run {
     lr_tags: Vec<String>,
     eval_tags: Vec<String>,
     loss_tags: Vec<String>,
-    log: std::io::LineWriter<std::fs::File>,
+    log: std::io::LineWriter<Box<dyn Write>>,
     progress: Progress,
 }
 
@@ -183,6 +189,8 @@ impl Run {
     ) -> Result<Self, EngineError> {
         let run_dir = options.run_dir.clone();
         let device = options.device;
+        let team = options.team.clone();
+        let leader = team.is_leader();
         let metric_names = task.metric_names().to_vec();
         let best = match &config.best_metric {
             Some(metric) if !metric_names.contains(&metric.name.as_str()) => {
@@ -192,8 +200,8 @@ impl Run {
                     metric_names.join(", ")
                 )));
             }
-            Some(metric) => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
-            None => None,
+            Some(metric) if leader => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
+            _ => None,
         };
         let groups = task.groups().to_vec();
         let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
@@ -253,16 +261,25 @@ impl Run {
         };
         let log_path = run_dir.join("run.log");
         let resuming = from.is_some();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(resuming)
-            .write(true)
-            .truncate(!resuming)
-            .open(&log_path)
-            .map_err(io_error(&log_path))?;
+        let log_file: Box<dyn Write> = if leader {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(resuming)
+                    .write(true)
+                    .truncate(!resuming)
+                    .open(&log_path)
+                    .map_err(io_error(&log_path))?,
+            )
+        } else {
+            Box::new(std::io::sink())
+        };
         let mut log = std::io::LineWriter::new(log_file);
 
         let write_run_record = || {
+            if !leader {
+                return Ok(());
+            }
             let saved = SavedRun {
                 train: config.clone(),
                 task: task_section.clone(),
@@ -321,20 +338,35 @@ impl Run {
             |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step <= steps_done);
         let open = |name: &str, keep: &dyn Fn(&serde_json::Value) -> bool| {
             let path = run_dir.join(name);
-            if resuming { JsonLines::reopen(&path, keep) } else { JsonLines::create(&path) }.map_err(io_error(&path))
+            match (leader, resuming) {
+                (false, _) => Ok(JsonLines::discard(&path)),
+                (true, true) => JsonLines::reopen(&path, keep).map_err(io_error(&path)),
+                (true, false) => JsonLines::create(&path).map_err(io_error(&path)),
+            }
         };
         let metrics = open("metrics.jsonl", &keep)?;
         let decisions = open("decisions.jsonl", &keep)?;
         let evaluations = open("evaluations.jsonl", &keep_evaluations)?;
         // A resumed run adds a new event file; TensorBoard reads them all.
-        let tensorboard = EventWriter::create(&run_dir).map_err(io_error(&run_dir))?;
+        let tensorboard = if leader {
+            EventWriter::create(&run_dir).map_err(io_error(&run_dir))?
+        } else {
+            EventWriter::discard(&run_dir)
+        };
+        // Every replica starts from rank 0's weights (the same checkpoint on resume; rank 0's
+        // draw of the random initialisation otherwise).
+        let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let weights: Vec<Tensor> = variables.into_iter().map(|(_, tensor)| tensor).collect();
+        team.broadcast_from_leader(&weights, "the broadcast of rank 0's weights")?;
 
-        let progress = Progress::new(config.steps);
+        let progress = if leader { Progress::new(config.steps) } else { Progress::silent() };
         progress.set_position(steps_done);
         let mut run = Run {
             config: config.clone(),
             run_dir,
             device,
+            team,
             policies,
             _runtime: runtime,
             eval_tags: metric_names.iter().map(|name| format!("eval/{name}")).collect(),
@@ -423,8 +455,13 @@ impl Run {
             let step = self.state.steps_done;
             let decision = match self.policies.decide(&self.observation()) {
                 Ok(decision) => decision,
-                Err(error) => return Err(self.policy_fault(error)),
+                Err(error) => {
+                    // The others learn of it before they wait on this rank in a collective.
+                    let _ = self.agree(step, None, false);
+                    return Err(self.policy_fault(error));
+                }
             };
+            let interrupt = self.agree(step, Some(&decision), interrupted.load(Ordering::Relaxed))?;
             self.forward_policy_logs(Some(step));
             self.record_decisions(step, &decision)?;
             let changed = self.state.knobs.apply(&decision.merged);
@@ -447,7 +484,7 @@ impl Run {
                 // Saved with the state, so a pause here or a failed final/ does not train on.
                 self.state.stopped_by = Some(stop);
             }
-            let paused = options.pause_after_steps == Some(done) || interrupted.load(Ordering::Relaxed);
+            let paused = options.pause_after_steps == Some(done) || interrupt;
             // With periodic checkpoints, the last step gets one too (as Hugging Face's Trainer
             // does), so a finished run can be resumed with a longer --steps.
             let last = done == self.config.steps && self.config.checkpoint_every > 0;
@@ -467,6 +504,9 @@ impl Run {
         }
         let stopped_by = self.state.stopped_by.clone();
         self.progress.finish();
+        if !self.team.is_leader() {
+            return Ok(self.outcome(started, None, stopped_by, None));
+        }
         let final_dir = self.run_dir.join("final");
         if let Err(error) = self.task.save(&final_dir) {
             // The weights are good, only their copy failed: keep them where a resume finds them.
@@ -546,6 +586,62 @@ impl Run {
         EngineError::Diverged(message)
     }
 
+    /// Checks, once per step and before any other collective, that every rank holds the
+    /// same weights (a fingerprint) and that its policies decided the same (a hash of each
+    /// policy's decision), and whether any rank was asked to stop (SIGINT, SIGTERM), which
+    /// the result says. `decision` is `None` on the rank
+    /// whose policy failed: the others stop too, and rank 0 saves the state.
+    fn agree(&mut self, step: u64, decision: Option<&StepDecision>, interrupted: bool) -> Result<bool, EngineError> {
+        if self.team.size() == 1 {
+            return Ok(interrupted);
+        }
+        let policies: Vec<String> = self.policies.members_mut().map(|(_, p)| p.name().to_string()).collect();
+        let mut words = vec![i64::from(decision.is_none()), i64::from(interrupted), self.weights_fingerprint()];
+        words.extend(policies.iter().enumerate().map(|(index, _)| match decision {
+            Some(decision) => decision_hash(&decision.per_policy[index].1),
+            None => 0,
+        }));
+        let ranks = self.team.gather_words(&words, "the check that the ranks' policies agree")?;
+        if let Some(rank) = ranks.iter().position(|words| words[0] == 1)
+            && decision.is_some()
+        {
+            let message = format!("rank {rank}: a policy failed at step {step} (that rank's output says which and why)");
+            let saved = match self.checkpoint(Some(message.clone())) {
+                Ok(path) => format!("; the training state is saved in {}", path.display()),
+                Err(err) => format!("; saving the training state failed: {err}"),
+            };
+            return Err(DistributedError::Disagreement(format!("{message}{saved}")).into());
+        }
+        for (rank, theirs) in ranks.iter().enumerate() {
+            if theirs[2] != ranks[0][2] {
+                return Err(DistributedError::Disagreement(format!(
+                    "step {step}: the weights of rank {rank} differ from rank 0's; the replicas have diverged"
+                ))
+                .into());
+            }
+            if let Some(index) = (0..policies.len()).find(|&i| theirs[3 + i] != ranks[0][3 + i]) {
+                return Err(DistributedError::Disagreement(format!(
+                    "step {step}: policy `{}` decided differently on rank {rank} than on rank 0 from the same \
+                     observation; a policy must be deterministic to train on several processes",
+                    policies[index]
+                ))
+                .into());
+            }
+        }
+        Ok(ranks.iter().any(|words| words[1] == 1))
+    }
+
+    /// The bits of the sum of every trained weight, in float64: equal on replicas that
+    /// applied the same updates, and one pass over the weights to compute.
+    fn weights_fingerprint(&self) -> i64 {
+        let sums: Vec<Tensor> = (0..self.task.groups().len())
+            .flat_map(|group| self.optimizer.group_params(group))
+            .map(|weights| weights.sum(Kind::Double))
+            .collect();
+        let total = tch::no_grad(|| Tensor::stack(&sums, 0).sum(Kind::Double)).double_value(&[]);
+        total.to_bits() as i64
+    }
+
     fn observation(&self) -> Observation {
         self.state.observation(self.task.epoch_of(self.state.steps_done))
     }
@@ -567,23 +663,31 @@ impl Run {
         for line in &measured.skipped {
             let _ = writeln!(self.log, "step {step}: skipped {line}");
         }
-        let total_loss = measured
-            .raw
-            .iter()
-            .zip(&self.state.knobs.loss_weights)
-            .map(|(raw, weight)| raw * *weight)
-            .reduce(|sum, term| sum + term)
-            .expect("a task has at least one loss");
+        if any_trainable {
+            // One flat sum per group: each rank's gradient is its share of the whole batch's.
+            for group in (0..self.state.knobs.frozen.len()).filter(|&g| !self.state.knobs.frozen[g]) {
+                let parameters: Vec<Tensor> = self.optimizer.group_params(group).map(Tensor::shallow_clone).collect();
+                self.team.sum_gradients(&parameters)?;
+            }
+        }
         let grad_norm =
             if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
         // The one read-back per step: the policies need these numbers, and a non-finite
-        // loss or norm must not reach the weights.
+        // loss or norm must not reach the weights. The losses are summed over the ranks
+        // (each gives its share); the norm and logit scale are rank 0's, so that every
+        // rank's policies observe the same bits.
         let mut readings: Vec<Tensor> = measured.raw.iter().map(Tensor::shallow_clone).collect();
-        readings.extend([total_loss, grad_norm.shallow_clone(), self.task.logit_scale()]);
-        let readings = Tensor::stack(&readings.iter().map(|t| t.to_kind(Kind::Double)).collect::<Vec<_>>(), 0);
+        readings.extend([grad_norm.shallow_clone(), self.task.logit_scale()]);
+        let readings = Tensor::stack(&readings.iter().map(|t| t.to_kind(Kind::Double)).collect::<Vec<_>>(), 0)
+            .to_device(Device::Cpu);
+        if !self.team.is_leader() {
+            let _ = readings.narrow(0, measured.raw.len() as i64, 2).fill_(0.0);
+        }
+        self.team.sum(&[readings.shallow_clone()], "the sum of the losses")?;
         let readings = Vec::<f64>::try_from(&readings)?;
         let (raw, rest) = readings.split_at(measured.raw.len());
-        let [total, norm, scale] = rest[..] else { unreachable!("three readings after the losses") };
+        let [norm, scale] = rest[..] else { unreachable!("two readings after the losses") };
+        let total: f64 = raw.iter().zip(&self.state.knobs.loss_weights).map(|(raw, weight)| raw * weight).sum();
         let skipped = !(total.is_finite() && norm.is_finite());
         self.state.skipped.record(step, skipped, total, norm);
         if skipped {
@@ -596,7 +700,10 @@ impl Run {
             self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
             self.task.after_update();
         }
-        let images_per_second = measured.images as f64 / started.elapsed().as_secs_f64();
+        let images = measured.images * self.team.size();
+        let throughput = Tensor::from(images as f64 / started.elapsed().as_secs_f64());
+        self.team.broadcast_from_leader(&[throughput.shallow_clone()], "the broadcast of the throughput")?;
+        let images_per_second = throughput.double_value(&[]);
         self.state.last = LastStep {
             losses: raw.to_vec(),
             total_loss: Some(total),
@@ -640,9 +747,18 @@ impl Run {
         }
     }
 
+    /// Rank 0 evaluates; the other ranks' policies observe its values.
     fn evaluate(&mut self) -> Result<(), EngineError> {
-        let scores = self.task.evaluate()?;
         let step = self.state.steps_done;
+        if !self.team.is_leader() {
+            let values = Tensor::zeros([self.task.metric_names().len() as i64], (Kind::Double, Device::Cpu));
+            self.team.broadcast_from_leader(&[values.shallow_clone()], "the broadcast of the evaluation")?;
+            self.state.pending_evaluation = Some(PendingEvaluation { step, values: Vec::<f64>::try_from(&values)? });
+            return Ok(());
+        }
+        let scores = self.task.evaluate()?;
+        let shared = Tensor::from_slice(&scores.values);
+        self.team.broadcast_from_leader(&[shared], "the broadcast of the evaluation")?;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), step.into());
         record.extend(scores.to_json());
@@ -671,6 +787,10 @@ impl Run {
     /// Saves a checkpoint of the state after `steps_done` steps, with every policy's state
     /// (none for a policy that trapped: it cannot be entered again).
     fn checkpoint(&mut self, fault: Option<String>) -> Result<PathBuf, EngineError> {
+        if !self.team.is_leader() {
+            // Rank 0 writes it, from the same state.
+            return Ok(checkpoint::dir_of(&self.run_dir, self.state.steps_done));
+        }
         let existing = checkpoint::complete_at(&self.run_dir, self.state.steps_done);
         if let (Some(_), Some(existing)) = (&fault, existing) {
             // The regular checkpoint of this step holds the same training state, and every
@@ -784,7 +904,19 @@ fn restore_policies(
     Ok(())
 }
 
+/// Refuses a global batch that does not split evenly over `processes`.
+pub fn check_batch_splits(batch_size: usize, processes: usize) -> Result<(), EngineError> {
+    if !batch_size.is_multiple_of(processes) {
+        return Err(EngineError::Config(format!(
+            "--batch-size {batch_size} does not split evenly over {processes} processes: give a multiple of \
+             {processes} (it is the global batch; each process takes an equal share)"
+        )));
+    }
+    Ok(())
+}
+
 fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
+    check_batch_splits(config.batch_size, options.team.size())?;
     if config.policies.is_empty() {
         return Err(EngineError::Config("--policy: give at least one policy".into()));
     }
@@ -852,4 +984,11 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EngineError
         let _ = std::fs::remove_file(&staged);
     }
     written.map_err(io_error(path))
+}
+
+/// 64 bits of a SHA-256 of a decision's every field (floats by their exact shortest form).
+fn decision_hash(decision: &crate::policy::Decision) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{decision:?}").as_bytes());
+    i64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"))
 }

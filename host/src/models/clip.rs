@@ -498,55 +498,11 @@ impl Clip {
     pub fn contrastive_loss(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Tensor {
         contrastive_loss(&self.image_embeddings(pixel_values), &self.text_embeddings(input_ids), &self.logit_scale())
     }
-
-    /// The contrastive loss of the whole batch (returned detached), with the gradient of
-    /// `weight` times it accumulated into the parameters.
-    ///
-    /// With `micro_batches` > 1 the batch goes through the model in pieces, as open_clip's
-    /// `--accum-freq` does: embeddings of every piece first without gradient, then each
-    /// piece again with gradient, placed among the others' for a loss over the whole batch.
-    /// Activations are held for one piece at a time, yet every negative of the full batch
-    /// counts and the gradient is that of the full batch. The logit scale enters the graph
-    /// of the first piece only, so its gradient is counted once, not once per piece.
-    pub fn contrastive_backward(
-        &self,
-        pixel_values: &Tensor,
-        input_ids: &Tensor,
-        weight: f64,
-        micro_batches: u64,
-    ) -> Tensor {
-        if micro_batches <= 1 {
-            let loss = self.contrastive_loss(pixel_values, input_ids);
-            (&loss * weight).backward();
-            return loss.detach();
-        }
-        let pixel_pieces = pixel_values.chunk(micro_batches as i64, 0);
-        let id_pieces = input_ids.chunk(micro_batches as i64, 0);
-        let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
-            pixel_pieces
-                .iter()
-                .zip(&id_pieces)
-                .map(|(p, i)| (self.image_embeddings(p), self.text_embeddings(i)))
-                .unzip()
-        });
-        let mut whole_batch_loss = None;
-        for (piece, (pixels, ids)) in pixel_pieces.iter().zip(&id_pieces).enumerate() {
-            let mut image_parts: Vec<Tensor> = images.iter().map(Tensor::shallow_clone).collect();
-            let mut text_parts: Vec<Tensor> = texts.iter().map(Tensor::shallow_clone).collect();
-            image_parts[piece] = self.image_embeddings(pixels);
-            text_parts[piece] = self.text_embeddings(ids);
-            let scale = if piece == 0 { self.logit_scale() } else { tch::no_grad(|| self.logit_scale()) };
-            let loss = contrastive_loss(&Tensor::cat(&image_parts, 0), &Tensor::cat(&text_parts, 0), &scale);
-            (&loss * weight).backward();
-            whole_batch_loss.get_or_insert_with(|| loss.detach());
-        }
-        whole_batch_loss.expect("a batch has at least one piece")
-    }
 }
 
 /// CLIP's symmetric InfoNCE loss of aligned `(batch, dim)` embeddings at inverse
-/// temperature `scale`; apart from the model so that gradient accumulation can feed it
-/// embeddings computed in pieces.
+/// temperature `scale`; apart from the model so that gradient accumulation and data
+/// parallelism can feed it embeddings computed in pieces and on other processes.
 pub fn contrastive_loss(image_embeddings: &Tensor, text_embeddings: &Tensor, scale: &Tensor) -> Tensor {
     let logits_per_image = image_embeddings.matmul(&text_embeddings.tr()) * scale;
     let targets = Tensor::arange(logits_per_image.size()[0], (Kind::Int64, logits_per_image.device()));
@@ -580,14 +536,6 @@ pub fn parameter_group(name: &str) -> usize {
 mod tests {
     use super::*;
 
-    /// Every parameter's gradient, by name, after `backward`.
-    fn gradients(var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
-        let mut grads: Vec<(String, Tensor)> =
-            var_store.variables().into_iter().map(|(name, var)| (name, var.grad().copy())).collect();
-        grads.sort_by(|a, b| a.0.cmp(&b.0));
-        grads
-    }
-
     #[test]
     fn bfloat16_compute_stays_close_to_float32_and_trains_the_float32_weights() {
         tch::manual_seed(6);
@@ -603,41 +551,12 @@ mod tests {
         assert_eq!(mixed.kind(), Kind::Float, "embeddings and logits stay float32");
         let error = (&full - &mixed).abs().max().double_value(&[]);
         assert!(error < 0.05 * full.abs().max().double_value(&[]), "bf16 logits differ by {error}");
-        let loss = model.contrastive_backward(&pixels, &ids, 1.0, 1);
+        let loss = model.contrastive_loss(&pixels, &ids);
+        loss.backward();
         assert!(loss.double_value(&[]).is_finite());
         for (name, var) in var_store.variables() {
             assert_eq!(var.kind(), Kind::Float, "{name} stays a float32 master weight");
             assert!(var.grad().defined(), "{name} receives a gradient");
-        }
-    }
-
-    #[test]
-    fn accumulated_micro_batches_give_the_whole_batch_gradient() {
-        tch::manual_seed(5);
-        let (vocab, context, batch) = (20, 6, 12);
-        let config = ClipConfig::tiny(vocab, context, 1, vocab - 1, 0);
-        let var_store = nn::VarStore::new(Device::Cpu);
-        let model = Clip::new(&var_store.root(), &config);
-        let pixels = Tensor::randn([batch, 3, 28, 28], (Kind::Float, Device::Cpu));
-        // Start token, three words, the end token (the largest id), padding.
-        let words = Tensor::randint_low(2, vocab - 1, [batch, 3], (Kind::Int64, Device::Cpu));
-        let column = |id: i64| Tensor::full([batch, 1], id, (Kind::Int64, Device::Cpu));
-        let ids = Tensor::cat(&[column(1), words, column(vocab - 1), column(0)], 1);
-
-        let whole = model.contrastive_backward(&pixels, &ids, 2.0, 1);
-        let expected = gradients(&var_store);
-        for (_, mut var) in var_store.variables() {
-            var.zero_grad();
-        }
-        let accumulated = model.contrastive_backward(&pixels, &ids, 2.0, 4);
-        assert!((whole.double_value(&[]) - accumulated.double_value(&[])).abs() < 1e-5);
-        for ((name, want), (_, got)) in expected.iter().zip(gradients(&var_store)) {
-            let error = (want - &got).abs().max().double_value(&[]);
-            // Gradients that are zero in exact arithmetic (the key bias) are float noise here,
-            // which depends on the reduction order: measured up to 1.1e-7, so such gradients
-            // are held to 1e-6.
-            let scale = want.abs().max().double_value(&[]).max(1e-2);
-            assert!(error <= 1e-4 * scale, "{name}: gradient differs by {error} (largest {scale})");
         }
     }
 }

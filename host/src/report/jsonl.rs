@@ -11,13 +11,19 @@ use std::path::{Path, PathBuf};
 
 pub struct JsonLines {
     path: PathBuf,
-    writer: LineWriter<File>,
+    writer: LineWriter<Box<dyn Write>>,
 }
 
 impl JsonLines {
     /// Creates (or truncates) the file at `path`.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        Ok(JsonLines { path: path.to_path_buf(), writer: LineWriter::new(File::create(path)?) })
+        Ok(JsonLines { path: path.to_path_buf(), writer: LineWriter::new(Box::new(File::create(path)?)) })
+    }
+
+    /// Records for `path` that are written nowhere: the records of a data-parallel rank
+    /// other than the one that writes the run's files.
+    pub fn discard(path: &Path) -> Self {
+        JsonLines { path: path.to_path_buf(), writer: LineWriter::new(Box::new(std::io::sink())) }
     }
 
     /// Reopens the file of an interrupted run, keeping only the records `keep` accepts (those
@@ -38,7 +44,7 @@ impl JsonLines {
         std::fs::write(&staging, kept)?;
         std::fs::rename(&staging, path)?;
         let file = std::fs::OpenOptions::new().append(true).open(path)?;
-        Ok(JsonLines { path: path.to_path_buf(), writer: LineWriter::new(file) })
+        Ok(JsonLines { path: path.to_path_buf(), writer: LineWriter::new(Box::new(file)) })
     }
 
     pub fn path(&self) -> &Path {

@@ -5,6 +5,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Progress {
     bar: ProgressBar,
+    /// Nothing is shown: a data-parallel rank other than the one that reports.
+    silent: bool,
 }
 
 impl Progress {
@@ -15,7 +17,11 @@ impl Progress {
                 .expect("the template is valid")
                 .progress_chars("=> "),
         );
-        Progress { bar }
+        Progress { bar, silent: false }
+    }
+
+    pub fn silent() -> Self {
+        Progress { bar: ProgressBar::hidden(), silent: true }
     }
 
     /// Starts the bar part-way, for a resumed run.
@@ -31,6 +37,9 @@ impl Progress {
 
     /// Prints a line above the bar.
     pub fn println(&self, line: impl AsRef<str>) {
+        if self.silent {
+            return;
+        }
         if self.bar.is_hidden() {
             eprintln!("{}", line.as_ref());
         } else {

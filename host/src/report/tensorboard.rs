@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct EventWriter {
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: BufWriter<Box<dyn Write>>,
 }
 
 impl EventWriter {
@@ -20,13 +20,18 @@ impl EventWriter {
         let host =
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
         let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id()));
-        let mut writer = EventWriter { path: path.clone(), writer: BufWriter::new(File::create(&path)?) };
+        let mut writer = EventWriter { path: path.clone(), writer: BufWriter::new(Box::new(File::create(&path)?)) };
         let mut event = Vec::new();
         put_double(&mut event, 1, wall_time());
         put_bytes(&mut event, 3, b"brain.Event:2");
         writer.record(&event)?;
         writer.writer.flush()?;
         Ok(writer)
+    }
+
+    /// Events written nowhere, for a data-parallel rank other than the one that writes.
+    pub fn discard(dir: &Path) -> Self {
+        EventWriter { path: dir.to_path_buf(), writer: BufWriter::new(Box::new(std::io::sink())) }
     }
 
     pub fn path(&self) -> &Path {

@@ -121,7 +121,7 @@ impl CaptionedTraining {
                 .map_err(|_| EngineError::Config(format!("image size {image_size} is not usable")))?,
         };
         Ok(CaptionedTraining {
-            sampler: EpochSampler::new(options.seed, train_count, options.batch_size),
+            sampler: EpochSampler::new(options.seed, train_count, options.batch_size, options.shard),
             samples: reader.samples.clone(),
             train_count,
             loader: Loader::new(reader, options.workers),

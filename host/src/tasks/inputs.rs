@@ -5,11 +5,14 @@
 
 use crate::data::clip_tokenizer::{self, ClipTokenizer};
 use crate::data::fashion_mnist;
+use crate::data::sampler::Shard;
+use crate::distributed::Team;
 use crate::engine::EngineError;
 use crate::models::clip::ClipConfig;
 use crate::models::pretrained::{self, LoadReport, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, nn};
 
 /// The model and data of a task, as saved in its section of `run.json`.
@@ -130,6 +133,9 @@ pub enum Precision {
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub device: Device,
+    /// The processes training together, for the shard of each batch and the collectives
+    /// of cross-sample losses.
+    pub team: Arc<Team>,
     /// Threads decoding images.
     pub workers: usize,
     pub seed: u64,
@@ -147,8 +153,20 @@ impl TaskContext {
             workers: self.workers,
             seed: self.seed,
             batch_size: self.batch_size,
+            shard: Shard { index: self.team.rank(), count: self.team.size() },
             device: self.device,
         }
+    }
+
+    /// Refuses a data-parallel run of a task that cannot train on several processes yet.
+    pub fn refuse_data_parallel(&self, task: &str) -> Result<(), EngineError> {
+        if self.team.size() > 1 {
+            return Err(EngineError::Config(format!(
+                "--task {task}: data-parallel training (WORLD_SIZE={}) is for --task clip so far; run it as one process",
+                self.team.size()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -164,6 +182,8 @@ pub struct DataOptions<'a> {
     pub workers: usize,
     pub seed: u64,
     pub batch_size: usize,
+    /// This process's part of each batch.
+    pub shard: Shard,
     pub device: Device,
 }
 

@@ -176,8 +176,14 @@ pub fn train(
     workers: usize,
 ) -> Result<TrainOutcome, EngineError> {
     engine::check_new_run(run, options)?;
-    let context =
-        TaskContext { device: options.device, workers, seed: run.seed, batch_size: run.batch_size, load_weights: true };
+    let context = TaskContext {
+        device: options.device,
+        team: options.team.clone(),
+        workers,
+        seed: run.seed,
+        batch_size: run.batch_size,
+        load_weights: true,
+    };
     let opened = task.open(&context)?;
     let section = serde_json::to_value(task).expect("task settings serialize");
     engine::train(run, opened, section, options)
@@ -190,6 +196,7 @@ pub fn resume(options: &RunOptions, resume: &Resume, workers: usize) -> Result<T
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
     let context = TaskContext {
         device: options.device,
+        team: options.team.clone(),
         workers,
         seed: saved.train.seed,
         batch_size: saved.train.batch_size,

@@ -118,6 +118,7 @@ pub fn evaluation_settings(request: &EvalRequest) -> Result<(TaskConfig, TaskCon
     inputs.skip_bad_samples |= request.skip_bad_samples;
     let context = TaskContext {
         device: request.device,
+        team: std::sync::Arc::new(crate::distributed::Team::solo()),
         workers: request.workers,
         seed: request.seed.unwrap_or(seed),
         // Evaluation draws no batches; the smallest size passes every check.

@@ -38,7 +38,7 @@ impl TrainingData {
             None => CaptionTable::new(&CLASS_NAMES),
         };
         Ok(TrainingData::Labelled(LabelledData {
-            sampler: EpochSampler::new(options.seed, train_count as usize, options.batch_size),
+            sampler: EpochSampler::new(options.seed, train_count as usize, options.batch_size, options.shard),
             caption_ids: captions.ids.to_device(options.device),
             captions,
             train_images: all_train.images.narrow(0, 0, train_count).to_device(options.device),

@@ -1,8 +1,10 @@
 //! CLIP contrastive training (`--task clip`): a dual encoder (from scratch or a Hugging Face
 //! folder) on image-caption pairs, with one loss term, `contrastive`, and the evaluation of
 //! its data (zero-shot accuracy on Fashion-MNIST, retrieval recall on caption sets). Owns
-//! `--accum-steps`: exact gradient accumulation is a property of the contrastive loss.
+//! `--accum-steps`: exact gradient accumulation is a property of the contrastive loss, as is
+//! its data-parallel form (see `contrastive`).
 
+mod contrastive;
 mod data;
 mod embed;
 
@@ -17,10 +19,12 @@ use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
+use crate::distributed::Team;
+use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, contrastive_loss, parameter_group};
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
+use contrastive::contrastive_backward;
 use data::TrainingData;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -87,6 +91,7 @@ pub struct ContrastiveTask {
     data: TrainingData,
     normalizer: PixelNormalizer,
     accum_steps: u64,
+    team: Arc<Team>,
     /// The start-up report: tokenizer and weights.
     description: Vec<String>,
     /// The folder the model started from, whose tokenizer and preprocessing files the
@@ -98,10 +103,14 @@ impl ContrastiveTask {
     /// The data of `config` and a CLIP for it; weights from `config.inputs.model` when
     /// `context.load_weights`.
     pub fn open(config: &ClipTaskConfig, context: &TaskContext) -> Result<Self, EngineError> {
-        if config.accum_steps > context.batch_size as u64 {
+        let shard_size = context.batch_size / context.team.size();
+        if config.accum_steps > shard_size as u64 {
             return Err(EngineError::Config(format!(
-                "--accum-steps {} is more than --batch-size {}: each micro-batch needs an image",
-                config.accum_steps, context.batch_size
+                "--accum-steps {} is more than the {shard_size} images of --batch-size {} each of {} processes \
+                 takes: each micro-batch needs an image",
+                config.accum_steps,
+                context.batch_size,
+                context.team.size()
             )));
         }
         let inputs = &config.inputs;
@@ -130,6 +139,7 @@ impl ContrastiveTask {
             data,
             normalizer,
             accum_steps: config.accum_steps,
+            team: context.team.clone(),
             description,
             started_from: inputs.model.clone(),
         })
@@ -179,9 +189,16 @@ impl Task for ContrastiveTask {
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixel_values = self.normalizer.normalize(&unit);
         let raw = if knobs.backward {
-            self.model.contrastive_backward(&pixel_values, &batch.input_ids, knobs.loss_weights[0], self.accum_steps)
+            let weight = knobs.loss_weights[0];
+            contrastive_backward(&self.model, &pixel_values, &batch.input_ids, weight, self.accum_steps, &self.team)?
         } else {
-            tch::no_grad(|| self.model.contrastive_loss(&pixel_values, &batch.input_ids))
+            // Every rank computes the same global loss from the gathered embeddings.
+            let (images, texts) = tch::no_grad(|| {
+                (self.model.image_embeddings(&pixel_values), self.model.text_embeddings(&batch.input_ids))
+            });
+            let gather = |rows: &Tensor| self.team.gather_rows(rows, "the gather of the contrastive embeddings");
+            let (images, texts) = (gather(&images)?, gather(&texts)?);
+            tch::no_grad(|| contrastive_loss(&images, &texts, &self.model.logit_scale())) / self.team.size() as f64
         };
         Ok(StepLosses { raw: vec![raw], images: batch.samples.len(), skipped: batch.skipped })
     }

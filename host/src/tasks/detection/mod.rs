@@ -314,6 +314,7 @@ fn onto_categories(set: &mut DetectionSet, categories: &[Category], path: &Path)
 
 impl DetectionTask {
     pub fn open(task: &DetectionConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        context.refuse_data_parallel("detection")?;
         let inputs = &task.inputs;
         let options = &context.data_options(inputs);
         let device = options.device;
@@ -398,7 +399,7 @@ impl DetectionTask {
             groups: owlvit::parameter_groups(variant),
             loss_names: LOSSES[..loss_count].to_vec(),
             metric_names,
-            sampler: EpochSampler::new(options.seed, splits.train.len(), options.batch_size),
+            sampler: EpochSampler::new(options.seed, splits.train.len(), options.batch_size, options.shard),
             loader: Loader::new(reader, options.workers),
             samples,
             splits,

@@ -356,6 +356,7 @@ fn caption_from_tags(tags: &[String]) -> String {
 
 impl TaggingTask {
     pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        context.refuse_data_parallel("tagging")?;
         let config = &task.inputs;
         let options = &context.data_options(config);
         let device = options.device;
@@ -581,7 +582,7 @@ fn open_source(
         let validation = Mosaics::new(&held_out, VALIDATION_MOSAICS, 1, seed, device);
         let test = Mosaics::new(&test_tiles, TEST_MOSAICS, 2, seed, device);
         check_batch_size(options.batch_size, train.len())?;
-        let sampler = EpochSampler::new(seed, train.len(), options.batch_size);
+        let sampler = EpochSampler::new(seed, train.len(), options.batch_size, options.shard);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
     let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
