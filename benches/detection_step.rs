@@ -94,7 +94,7 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     let (costs, focal) = (MatchCosts { class: 1.0, l1: 5.0, giou: 2.0 }, Focal { alpha: 0.25, gamma: 2.0 });
     let groups = owlvit::parameter_groups(OwlVariant::OwlVit).len();
     let mut step = || {
-        let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal).expect("finite costs");
+        let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal, batch.box_count().max(1) as f64).expect("finite costs");
         let loss = terms.iter().fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, term| sum + term);
         optimizer.zero_grad();
         loss.backward();

@@ -204,3 +204,24 @@ fn a_corrupt_image_stops_the_run_by_name_or_is_skipped_and_counted() {
     let skipped: u64 = metrics.iter().filter_map(|r| r["skipped_samples"].as_u64()).sum();
     assert_eq!(skipped, 6, "metrics.jsonl counts the corrupt image in each step");
 }
+
+/// With two processes, a corrupt image skipped by one rank leaves that rank's share one
+/// image short: the global batch is the same as one process's, and so is the training.
+#[test]
+fn a_sample_skipped_by_one_process_leaves_the_global_batch_as_one_process_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest_with(dir.path(), &[r#"{"image": "corrupt.png", "captions": ["a torn photo"]}"#]);
+    std::fs::write(dir.path().join("corrupt.png"), b"\x89PNG\r\n\x1a\n").unwrap();
+    let args = ["--skip-bad-samples", "--steps", "4", "--batch-size", "8", "--workers", "1"];
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    assert_success(&train_on(&manifest, &one, &args));
+    assert_success(&train_on(&manifest, &two, &[&args[..], &["--nproc", "2"]].concat()));
+    let (single, parallel) = (read_jsonl(&one.join("metrics.jsonl")), read_jsonl(&two.join("metrics.jsonl")));
+    let skipped: u64 = single.iter().filter_map(|r| r["skipped_samples"].as_u64()).sum();
+    assert!(skipped > 0, "the corrupt image is in some batch");
+    for (a, b) in single.iter().zip(&parallel) {
+        assert_eq!(a["skipped_samples"], b["skipped_samples"], "step {}", a["step"]);
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a, "loss {b} with two processes, {a} with one");
+    }
+}

@@ -5,6 +5,8 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The environment of a data-parallel run is missing or inconsistent.
@@ -73,7 +75,8 @@ impl Launch {
 /// Runs this program again as `nproc` local ranks with `args`, and returns once all have
 /// ended: the first failure's status, or success. When a rank fails, the others are given
 /// `grace` to stop on their own (their next collective fails), then killed, so a run never
-/// hangs on a dead peer.
+/// hangs on a dead peer. SIGINT or SIGTERM sent to this process is passed on to the ranks as
+/// SIGTERM, on which they checkpoint and exit together.
 pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -> Result<ExitStatus, LaunchError> {
     let program = std::env::current_exe().map_err(|err| LaunchError(format!("--nproc: cannot find this program: {err}")))?;
     // A free port now; the store of rank 0 binds it a moment later.
@@ -108,9 +111,22 @@ pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -
             }
         }
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|err| LaunchError(format!("--nproc: cannot watch for signals: {err}")))?;
+    }
     let mut statuses: Vec<Option<ExitStatus>> = vec![None; nproc];
     let mut first_failure: Option<(Instant, ExitStatus)> = None;
     while statuses.iter().any(Option::is_none) {
+        if stop.swap(false, Ordering::Relaxed) {
+            for (child, status) in children.iter().zip(&statuses) {
+                if status.is_none() {
+                    // SAFETY: kill(2) on the pid of a child not yet reaped.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                }
+            }
+        }
         for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
             if status.is_none()
                 && let Ok(Some(ended)) = child.try_wait()

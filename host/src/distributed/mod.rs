@@ -128,9 +128,47 @@ impl Team {
         })
     }
 
-    /// Every rank's rows of `tensor` (the same shape on each rank), concatenated in rank
-    /// order; `tensor` itself for a team of one.
-    pub fn gather_rows(&self, tensor: &Tensor, operation: &'static str) -> Result<Tensor, DistributedError> {
+    /// Every rank's rows of `tensor` (rows of the same shape; their number may differ, as
+    /// when a rank skipped an unreadable sample), concatenated in rank order, and the row
+    /// where this rank's start; `tensor` itself for a team of one.
+    pub fn gather_rows(&self, tensor: &Tensor, operation: &'static str) -> Result<(Tensor, i64), DistributedError> {
+        if self.group.is_none() {
+            return Ok((tensor.shallow_clone(), 0));
+        }
+        let rows = tensor.size()[0];
+        let counts: Vec<i64> = self.gather_words(&[rows], operation)?.into_iter().map(|words| words[0]).collect();
+        let own_start = counts[..self.rank].iter().sum();
+        let most = counts.iter().copied().max().unwrap_or(rows);
+        if counts.iter().all(|&count| count == most) {
+            return Ok((self.gather_equal(tensor, operation)?, own_start));
+        }
+        // Collectives move equal shapes: pad to the longest, then keep each rank's own rows.
+        let mut padding = tensor.size();
+        padding[0] = most - rows;
+        let padded = Tensor::cat(&[tensor.shallow_clone(), Tensor::zeros(padding.as_slice(), (tensor.kind(), tensor.device()))], 0);
+        let all = self.gather_equal(&padded, operation)?;
+        let kept: Vec<Tensor> =
+            counts.iter().enumerate().map(|(rank, &count)| all.narrow(0, rank as i64 * most, count)).collect();
+        Ok((Tensor::cat(&kept, 0), own_start))
+    }
+
+    /// Each rank's `words`, in rank order (for checks that every rank agrees).
+    pub fn gather_words(&self, words: &[i64], operation: &'static str) -> Result<Vec<Vec<i64>>, DistributedError> {
+        let gathered = self.gather_equal(&Tensor::from_slice(words).view([1, -1]), operation)?;
+        let flat = Vec::<i64>::try_from(gathered.flatten(0, -1))
+            .map_err(|err| self.collective_error(operation, err.to_string()))?;
+        Ok(flat.chunks(words.len().max(1)).map(<[i64]>::to_vec).collect())
+    }
+
+    /// The sum of `value` over the ranks (counts of images or boxes).
+    pub fn total(&self, value: f64, operation: &'static str) -> Result<f64, DistributedError> {
+        let sum = Tensor::from_slice(&[value]);
+        self.sum(&[sum.shallow_clone()], operation)?;
+        Ok(sum.double_value(&[0]))
+    }
+
+    /// Every rank's `tensor`, all of one shape, concatenated along dim 0 in rank order.
+    fn gather_equal(&self, tensor: &Tensor, operation: &'static str) -> Result<Tensor, DistributedError> {
         let Some(group) = &self.group else { return Ok(tensor.shallow_clone()) };
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: the group and tensor are alive; a non-null result is a new `at::Tensor*`
@@ -140,14 +178,6 @@ impl Team {
             return Err(self.collective_error(operation, take_message(error)));
         }
         Ok(unsafe { Tensor::from_ptr(gathered) })
-    }
-
-    /// Each rank's `words`, in rank order (for checks that every rank agrees).
-    pub fn gather_words(&self, words: &[i64], operation: &'static str) -> Result<Vec<Vec<i64>>, DistributedError> {
-        let gathered = self.gather_rows(&Tensor::from_slice(words).view([1, -1]), operation)?;
-        let flat = Vec::<i64>::try_from(gathered.flatten(0, -1))
-            .map_err(|err| self.collective_error(operation, err.to_string()))?;
-        Ok(flat.chunks(words.len().max(1)).map(<[i64]>::to_vec).collect())
     }
 
     fn flat(

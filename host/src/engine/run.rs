@@ -42,7 +42,7 @@ struct MetricsRecord<'a> {
     images_per_second: JsonFloat,
     /// Samples `--skip-bad-samples` left out of this step's batch.
     #[serde(skip_serializing_if = "is_zero")]
-    skipped_samples: usize,
+    skipped_samples: u64,
     /// The update was skipped because the loss or gradient norm was not finite.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     skipped: bool,
@@ -134,7 +134,7 @@ pub fn resume(
     Run::start(&config, task, saved.task, options, Some(resumed))?.train(options)
 }
 
-fn is_zero(count: &usize) -> bool {
+fn is_zero(count: &u64) -> bool {
     *count == 0
 }
 
@@ -673,20 +673,22 @@ impl Run {
         let grad_norm =
             if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
         // The one read-back per step: the policies need these numbers, and a non-finite
-        // loss or norm must not reach the weights. The losses are summed over the ranks
-        // (each gives its share); the norm and logit scale are rank 0's, so that every
-        // rank's policies observe the same bits.
+        // loss or norm must not reach the weights. The losses and the counts of images
+        // trained on and left out are summed over the ranks (each gives its share); the norm
+        // and logit scale are rank 0's, so that every rank's policies observe the same bits.
         let mut readings: Vec<Tensor> = measured.raw.iter().map(Tensor::shallow_clone).collect();
+        let count = |count: usize| Tensor::from(count as f64).to_device(self.device);
+        readings.extend([count(measured.images), count(measured.skipped.len())]);
         readings.extend([grad_norm.shallow_clone(), self.task.logit_scale()]);
         let readings = Tensor::stack(&readings.iter().map(|t| t.to_kind(Kind::Double)).collect::<Vec<_>>(), 0)
             .to_device(Device::Cpu);
         if !self.team.is_leader() {
-            let _ = readings.narrow(0, measured.raw.len() as i64, 2).fill_(0.0);
+            let _ = readings.narrow(0, measured.raw.len() as i64 + 2, 2).fill_(0.0);
         }
         self.team.sum(&[readings.shallow_clone()], "the sum of the losses")?;
         let readings = Vec::<f64>::try_from(&readings)?;
         let (raw, rest) = readings.split_at(measured.raw.len());
-        let [norm, scale] = rest[..] else { unreachable!("two readings after the losses") };
+        let [images, skipped_samples, norm, scale] = rest[..] else { unreachable!("four readings after the losses") };
         let total: f64 = raw.iter().zip(&self.state.knobs.loss_weights).map(|(raw, weight)| raw * weight).sum();
         let skipped = !(total.is_finite() && norm.is_finite());
         self.state.skipped.record(step, skipped, total, norm);
@@ -700,8 +702,7 @@ impl Run {
             self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
             self.task.after_update();
         }
-        let images = measured.images * self.team.size();
-        let throughput = Tensor::from(images as f64 / started.elapsed().as_secs_f64());
+        let throughput = Tensor::from(images / started.elapsed().as_secs_f64());
         self.team.broadcast_from_leader(&[throughput.shallow_clone()], "the broadcast of the throughput")?;
         let images_per_second = throughput.double_value(&[]);
         self.state.last = LastStep {
@@ -721,7 +722,7 @@ impl Run {
                 grad_norm: JsonFloat(norm),
                 logit_scale: JsonFloat(scale),
                 images_per_second: JsonFloat(images_per_second),
-                skipped_samples: measured.skipped.len(),
+                skipped_samples: skipped_samples as u64,
                 skipped,
             })
             .map_err(io_error(self.metrics.path()))?;

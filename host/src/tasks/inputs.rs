@@ -39,6 +39,13 @@ pub struct Inputs {
     /// Leave out unreadable samples (counted and logged) instead of stopping.
     #[serde(default)]
     pub skip_bad_samples: bool,
+    /// Micro-batches per optimizer step (per process); the losses still see the whole batch.
+    #[serde(default = "one")]
+    pub accum_steps: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// The flags of [`Inputs`].
@@ -74,6 +81,10 @@ pub struct InputArgs {
     /// metrics.jsonl and listing them in run.log, instead of stopping.
     #[arg(long)]
     pub skip_bad_samples: bool,
+    /// Split each batch into N micro-batches (less memory); every loss still sees the whole
+    /// batch, and the gradient is the whole batch's [default: 1].
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
+    pub accum_steps: Option<u64>,
 }
 
 impl InputArgs {
@@ -88,6 +99,7 @@ impl InputArgs {
             images: self.images.clone().map(absolute),
             val_data: self.val_data.clone().map(absolute),
             skip_bad_samples: self.skip_bad_samples,
+            accum_steps: self.accum_steps.unwrap_or(1),
         }
     }
 
@@ -101,6 +113,7 @@ impl InputArgs {
             ("--images", self.images.is_some()),
             ("--val-data", self.val_data.is_some()),
             ("--skip-bad-samples", self.skip_bad_samples),
+            ("--accum-steps", self.accum_steps.is_some()),
         ])
     }
 }
@@ -158,12 +171,14 @@ impl TaskContext {
         }
     }
 
-    /// Refuses a data-parallel run of a task that cannot train on several processes yet.
-    pub fn refuse_data_parallel(&self, task: &str) -> Result<(), EngineError> {
-        if self.team.size() > 1 {
+    /// Refuses --accum-steps that would leave a micro-batch of this process without images.
+    pub fn check_micro_batches(&self, inputs: &Inputs) -> Result<(), EngineError> {
+        let shard = self.batch_size / self.team.size();
+        if inputs.accum_steps > shard as u64 {
             return Err(EngineError::Config(format!(
-                "--task {task}: data-parallel training (WORLD_SIZE={}) is for --task clip so far; run it as one process",
-                self.team.size()
+                "--accum-steps {} is more than the {shard} images each process takes of --batch-size {}: each \
+                 micro-batch needs an image",
+                inputs.accum_steps, self.batch_size
             )));
         }
         Ok(())

@@ -9,6 +9,7 @@
 
 mod captioned;
 pub mod clip;
+mod contrastive;
 pub mod detection;
 mod inputs;
 pub mod tagging;
@@ -49,8 +50,6 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
     #[command(flatten)]
-    pub clip: clip::ClipArgs,
-    #[command(flatten)]
     pub tagging: tagging::TaggingArgs,
     #[command(flatten)]
     pub detection: detection::DetectionArgs,
@@ -60,7 +59,6 @@ impl TaskArgs {
     /// Every flag given, by name.
     pub fn given(&self) -> Vec<&'static str> {
         let mut flags = self.inputs.given();
-        flags.extend(self.clip.given());
         flags.extend(self.tagging.given());
         flags.extend(self.detection.given());
         flags
@@ -69,11 +67,11 @@ impl TaskArgs {
     /// The settings of a `kind` run; a flag of another task is refused by name.
     pub fn config(&self, kind: TaskKind) -> Result<TaskConfig, EngineError> {
         let inputs = self.inputs.inputs();
-        let (clip, tagging, detection) = (self.clip.given(), self.tagging.given(), self.detection.given());
+        let (tagging, detection) = (self.tagging.given(), self.detection.given());
         let (config, others) = match kind {
-            TaskKind::Clip => (TaskConfig::Clip(self.clip.config(inputs)), [tagging, detection].concat()),
-            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), [clip, detection].concat()),
-            TaskKind::Detection => (TaskConfig::Detection(self.detection.config(inputs)), [clip, tagging].concat()),
+            TaskKind::Clip => (TaskConfig::Clip(clip::ClipTaskConfig { inputs }), [tagging, detection].concat()),
+            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), detection),
+            TaskKind::Detection => (TaskConfig::Detection(self.detection.config(inputs)), tagging),
         };
         if let Some(flag) = others.first() {
             return Err(EngineError::Config(format!("{flag}: not a flag of --task {}", kind.name())));
@@ -123,10 +121,8 @@ impl TaskConfig {
     /// tokenizer and preprocessing in place of the folder the run started from, which
     /// `final/` and `best/` carry a copy of (a checkpoint folder does not).
     pub fn for_evaluation(&mut self, dir: &Path) {
-        if let TaskConfig::Clip(config) = self {
-            config.accum_steps = 1;
-        }
         let inputs = self.inputs_mut();
+        inputs.accum_steps = 1;
         if inputs.model.is_some() && dir.join(crate::models::pretrained::CONFIG_FILE).is_file() {
             inputs.model = Some(dir.to_path_buf());
         }
@@ -244,7 +240,7 @@ mod tests {
         let clip = read(&earlier_layout(None));
         assert_eq!(clip.kind(), TaskKind::Clip, "runs from before tagging were contrastive");
         let TaskConfig::Clip(clip) = clip else { unreachable!() };
-        assert_eq!((clip.accum_steps, clip.inputs.precision), (2, super::Precision::Bf16));
+        assert_eq!((clip.inputs.accum_steps, clip.inputs.precision), (2, super::Precision::Bf16));
     }
 
     #[test]

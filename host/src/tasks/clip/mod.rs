@@ -1,10 +1,9 @@
 //! CLIP contrastive training (`--task clip`): a dual encoder (from scratch or a Hugging Face
 //! folder) on image-caption pairs, with one loss term, `contrastive`, and the evaluation of
-//! its data (zero-shot accuracy on Fashion-MNIST, retrieval recall on caption sets). Owns
-//! `--accum-steps`: exact gradient accumulation is a property of the contrastive loss, as is
-//! its data-parallel form (see `contrastive`).
+//! its data (zero-shot accuracy on Fashion-MNIST, retrieval recall on caption sets). The
+//! contrastive loss sees the whole global batch however it is split, into micro-batches or
+//! over processes (see `super::contrastive`).
 
-mod contrastive;
 mod data;
 mod embed;
 
@@ -24,7 +23,7 @@ use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, contrastive_loss, 
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
-use contrastive::contrastive_backward;
+use super::contrastive::contrastive_backward;
 use data::TrainingData;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -39,13 +38,6 @@ const CONTRASTIVE_LOSS: &str = "contrastive";
 pub struct ClipTaskConfig {
     #[serde(flatten)]
     pub inputs: Inputs,
-    /// Micro-batches per optimizer step; the contrastive loss still sees the whole batch.
-    #[serde(default = "one")]
-    pub accum_steps: u64,
-}
-
-fn one() -> u64 {
-    1
 }
 
 impl ClipTaskConfig {
@@ -62,25 +54,6 @@ impl ClipTaskConfig {
             )));
         }
         Ok(())
-    }
-}
-
-/// The flags only contrastive training has.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ClipArgs {
-    /// Split each batch into N micro-batches (less memory); the contrastive loss still sees
-    /// the whole batch [default: 1; --task clip].
-    #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
-    pub accum_steps: Option<u64>,
-}
-
-impl ClipArgs {
-    pub fn given(&self) -> Vec<&'static str> {
-        self.accum_steps.iter().map(|_| "--accum-steps").collect()
-    }
-
-    pub fn config(&self, inputs: Inputs) -> ClipTaskConfig {
-        ClipTaskConfig { inputs, accum_steps: self.accum_steps.unwrap_or(1) }
     }
 }
 
@@ -103,17 +76,8 @@ impl ContrastiveTask {
     /// The data of `config` and a CLIP for it; weights from `config.inputs.model` when
     /// `context.load_weights`.
     pub fn open(config: &ClipTaskConfig, context: &TaskContext) -> Result<Self, EngineError> {
-        let shard_size = context.batch_size / context.team.size();
-        if config.accum_steps > shard_size as u64 {
-            return Err(EngineError::Config(format!(
-                "--accum-steps {} is more than the {shard_size} images of --batch-size {} each of {} processes \
-                 takes: each micro-batch needs an image",
-                config.accum_steps,
-                context.batch_size,
-                context.team.size()
-            )));
-        }
         let inputs = &config.inputs;
+        context.check_micro_batches(inputs)?;
         let (data, model_config, vocabulary) = open_data(inputs, &context.data_options(inputs))?;
         let normalizer =
             PixelNormalizer::for_model(inputs.model.as_deref(), model_config.vision_config.image_size, context.device)?;
@@ -138,7 +102,7 @@ impl ContrastiveTask {
             model_config,
             data,
             normalizer,
-            accum_steps: config.accum_steps,
+            accum_steps: inputs.accum_steps,
             team: context.team.clone(),
             description,
             started_from: inputs.model.clone(),
@@ -197,7 +161,7 @@ impl Task for ContrastiveTask {
                 (self.model.image_embeddings(&pixel_values), self.model.text_embeddings(&batch.input_ids))
             });
             let gather = |rows: &Tensor| self.team.gather_rows(rows, "the gather of the contrastive embeddings");
-            let (images, texts) = (gather(&images)?, gather(&texts)?);
+            let (images, texts) = (gather(&images)?.0, gather(&texts)?.0);
             tch::no_grad(|| contrastive_loss(&images, &texts, &self.model.logit_scale())) / self.team.size() as f64
         };
         Ok(StepLosses { raw: vec![raw], images: batch.samples.len(), skipped: batch.skipped })

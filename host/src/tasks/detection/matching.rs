@@ -106,10 +106,18 @@ pub struct BatchTargets<'a> {
     pub labels: &'a [Tensor],
 }
 
+impl BatchTargets<'_> {
+    /// The number of boxes, over every image.
+    pub fn box_count(&self) -> i64 {
+        self.labels.iter().map(|labels| labels.size()[0]).sum()
+    }
+}
+
 /// The loss terms of one batch, with their graphs: `class`, `box_l1`, `box_giou`, and for
-/// OWLv2 `objectness`, each divided by the batch's number of boxes (at least 1). `pixels`
-/// are normalised model input; `query_ids` `(queries, context)` the prompts, embedded here
-/// so the text tower trains too.
+/// OWLv2 `objectness`, each divided by `box_count`: the number of boxes (at least 1) of the
+/// whole batch these images are part of, so that the terms of its pieces add up to the
+/// batch's. `pixels` are normalised model input; `query_ids` `(queries, context)` the
+/// prompts, embedded here so the text tower trains too.
 pub fn detection_losses(
     model: &OwlDetector,
     pixels: &Tensor,
@@ -117,6 +125,7 @@ pub fn detection_losses(
     targets: &BatchTargets,
     costs: MatchCosts,
     focal: Focal,
+    box_count: f64,
 ) -> Result<Vec<Tensor>, AssignmentError> {
     let device = pixels.device();
     let features = model.image_features(pixels);
@@ -130,7 +139,6 @@ pub fn detection_losses(
         let terms = if objectness.is_some() { 4 } else { 3 };
         return Ok((0..terms).map(|_| logits.sum(Kind::Float) * f64::NAN).collect());
     }
-    let box_count = targets.labels.iter().map(|labels| labels.size()[0]).sum::<i64>().max(1) as f64;
     let class_targets = Tensor::zeros_like(&logits);
     let one = Tensor::from(1f32).to_device(device);
     let mut matched_patches = Vec::new();

@@ -21,6 +21,10 @@
 //! categories out of the training queries; they are still queried at evaluation, and their
 //! AP is reported by name alone (`unseen_AP`, `unseen_AP50`).
 //!
+//! A batch split into micro-batches (`--accum-steps`) or over processes keeps the terms'
+//! meaning: each piece's terms are normalised by the whole global batch's number of boxes,
+//! so they add up to the batch's.
+//!
 //! Owns `--unseen-classes`, `--focal-alpha`, `--focal-gamma` and `--match-costs`.
 
 pub mod assignment;
@@ -42,6 +46,7 @@ use crate::data::detection::{Category, DetectionSample, DetectionSet, read_detec
 use crate::data::images::load_rgb_padded;
 use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
+use crate::distributed::Team;
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
@@ -214,6 +219,7 @@ pub struct DetectionTask {
     skipped_at_start: Vec<String>,
     description: Vec<String>,
     started_from: Option<PathBuf>,
+    team: Arc<Team>,
     device: Device,
 }
 
@@ -314,8 +320,8 @@ fn onto_categories(set: &mut DetectionSet, categories: &[Category], path: &Path)
 
 impl DetectionTask {
     pub fn open(task: &DetectionConfig, context: &TaskContext) -> Result<Self, EngineError> {
-        context.refuse_data_parallel("detection")?;
         let inputs = &task.inputs;
+        context.check_micro_batches(inputs)?;
         let options = &context.data_options(inputs);
         let device = options.device;
         check_settings(task)?;
@@ -415,6 +421,7 @@ impl DetectionTask {
             description,
             started_from: inputs.model.clone(),
             config,
+            team: context.team.clone(),
             device,
         })
     }
@@ -543,11 +550,42 @@ impl DetectionTask {
     }
 
     /// Each loss term of one batch (with its graph), in the order of the loss names.
-    fn loss_terms(&self, pixels: &Tensor, boxes: &[Tensor], labels: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        let targets = BatchTargets { boxes, labels };
+    /// The step's loss terms as this rank's shares of the global batch's (each normalised by
+    /// the global batch's number of boxes, so that they add up over pieces and ranks), the
+    /// batch going through the model in `--accum-steps` pieces; with `weights`, the gradient
+    /// of their weighted sum accumulated into the parameters.
+    fn terms_in_pieces(
+        &self,
+        pixels: &Tensor,
+        boxes: &[Tensor],
+        labels: &[Tensor],
+        weights: Option<&[f64]>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let local_boxes = BatchTargets { boxes, labels }.box_count() as f64;
+        let box_count = self.team.total(local_boxes, "the sum of the batch's box counts")?.max(1.0);
         let (costs, focal) = (self.settings.match_costs, self.settings.focal);
-        detection_losses(&self.model, pixels, &self.seen_prompt_ids, &targets, costs, focal)
-            .map_err(|err| EngineError::Config(format!("matching: {err}")))
+        let rows = boxes.len();
+        let piece_rows = rows.div_ceil(self.settings.inputs.accum_steps as usize);
+        let mut shares: Vec<Tensor> = Vec::new();
+        for start in (0..rows).step_by(piece_rows) {
+            let end = (start + piece_rows).min(rows);
+            let targets = BatchTargets { boxes: &boxes[start..end], labels: &labels[start..end] };
+            let pixels = pixels.narrow(0, start as i64, (end - start) as i64);
+            let terms = detection_losses(&self.model, &pixels, &self.seen_prompt_ids, &targets, costs, focal, box_count)
+                .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
+            if let Some(weights) = weights {
+                let weighted = terms.iter().zip(weights).map(|(term, &weight)| term * weight);
+                weighted.reduce(|a, b| a + b).expect("at least three loss terms").backward();
+            }
+            if shares.is_empty() {
+                shares = terms.iter().map(Tensor::detach).collect();
+            } else {
+                for (share, term) in shares.iter_mut().zip(&terms) {
+                    *share += term.detach();
+                }
+            }
+        }
+        Ok(shares)
     }
 }
 
@@ -628,15 +666,11 @@ impl Task for DetectionTask {
         let pixels = augment::augment(&pixels, &keys, epoch, knobs.seed, knobs.augmentation);
         let pixels = self.normalizer.normalize(&pixels);
         let terms = if knobs.backward {
-            self.loss_terms(&pixels, &boxes, &labels)?
+            self.terms_in_pieces(&pixels, &boxes, &labels, Some(knobs.loss_weights))?
         } else {
-            tch::no_grad(|| self.loss_terms(&pixels, &boxes, &labels))?
+            tch::no_grad(|| self.terms_in_pieces(&pixels, &boxes, &labels, None))?
         };
-        if knobs.backward {
-            let weighted = terms.iter().zip(knobs.loss_weights).map(|(term, &weight)| term * weight);
-            weighted.reduce(|a, b| a + b).expect("at least three loss terms").backward();
-        }
-        Ok(StepLosses { raw: terms.iter().map(Tensor::detach).collect(), images: loaded.len(), skipped })
+        Ok(StepLosses { raw: terms, images: loaded.len(), skipped })
     }
 
     fn logit_scale(&self) -> Tensor {

@@ -19,6 +19,10 @@
 //! term's share of the gradient (`grad_share_<loss>`: the norm of its weighted gradient over
 //! the sum of those norms, on one held-out batch), which is what loss weighting is about.
 //!
+//! A batch split into micro-batches (`--accum-steps`) or over processes keeps every term's
+//! meaning: `tag` is a sum over images, `distill` each piece's share of the batch mean, and
+//! `align` sees the whole global batch (`super::contrastive`).
+//!
 //! Owns `--losses`, `--tags` and `--unseen-tags`.
 
 mod predict;
@@ -26,6 +30,7 @@ mod predict;
 pub use predict::{PredictRequest, predict};
 
 use super::captioned::{CaptionedTraining, TrainBatch};
+use super::contrastive::{GlobalRows, logit_scale_for, placed};
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
     given_flags, load_model, load_tokenizer,
@@ -37,6 +42,7 @@ use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
 use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
+use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{TAGGING_METRICS, tagging_scores};
 use crate::files::FileError;
@@ -169,12 +175,26 @@ pub struct TaggingTask {
     data_tags: usize,
     /// The loss weights of the last step, for the gradient shares.
     weights: Vec<f64>,
+    accum_steps: u64,
+    team: Arc<Team>,
     /// The start-up report: data, tokenizer, weights.
     description: Vec<String>,
     /// The folder the model started from, whose tokenizer and preprocessing files the
     /// saved model keeps.
     started_from: Option<PathBuf>,
     device: Device,
+}
+
+/// Where a micro-batch sits in a step's global batch.
+struct Piece<'a> {
+    index: usize,
+    /// Its first row among this rank's.
+    offset: i64,
+    /// Every rank's image and text embeddings of the step, for `align`, when the step has
+    /// several pieces.
+    gathered: Option<&'a (GlobalRows, GlobalRows)>,
+    /// Images in the global batch.
+    global_rows: i64,
 }
 
 /// Images with their multi-hot tags and a caption each.
@@ -356,8 +376,9 @@ fn caption_from_tags(tags: &[String]) -> String {
 
 impl TaggingTask {
     pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
-        context.refuse_data_parallel("tagging")?;
         let config = &task.inputs;
+        context.check_micro_batches(config)?;
+        let team = context.team.clone();
         let options = &context.data_options(config);
         let device = options.device;
         let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| task.losses.contains(loss)).collect();
@@ -459,6 +480,8 @@ impl TaggingTask {
             var_store,
             config: model_config,
             weights: vec![1.0; losses.len()],
+            accum_steps: config.accum_steps,
+            team,
             description,
             started_from: config.model.clone(),
             losses,
@@ -477,21 +500,102 @@ impl TaggingTask {
         })
     }
 
-    /// Each enabled loss term of `batch` (with its graph), in the order of `self.losses`.
-    fn loss_terms(&self, pixels: &Tensor, batch: &TagBatch) -> Vec<Tensor> {
+    /// Each enabled loss term of the images `pixels` with their `targets` and captions
+    /// `input_ids` (with its graph), in the order of `self.losses`: of these images alone, or,
+    /// with `piece`, as that piece's part of the step's global batch.
+    fn loss_terms(
+        &self,
+        pixels: &Tensor,
+        targets: &Tensor,
+        input_ids: &Tensor,
+        piece: Option<&Piece>,
+    ) -> Result<Vec<Tensor>, EngineError> {
         let (logits, embeddings) = self.tagger.forward(pixels);
-        let targets = batch.targets.index_select(1, &self.seen);
-        self.losses
-            .iter()
-            .map(|loss| match loss {
+        let targets = targets.index_select(1, &self.seen);
+        let mut terms = Vec::with_capacity(self.losses.len());
+        for loss in &self.losses {
+            terms.push(match loss {
                 TagLoss::Tag => tagger::asymmetric_loss(&logits, &targets, 0.0, 4.0, 0.05),
                 TagLoss::Align => {
-                    let texts = self.tagger.clip.text_embeddings(&batch.input_ids);
-                    clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale())
+                    let texts = self.tagger.clip.text_embeddings(input_ids);
+                    match piece {
+                        None => clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale()),
+                        Some(piece) => {
+                            let gathered = piece.gathered.as_ref();
+                            let images = placed(&embeddings, piece.offset, gathered.map(|g| &g.0), &self.team)?;
+                            let texts = placed(&texts, piece.offset, gathered.map(|g| &g.1), &self.team)?;
+                            let scale = logit_scale_for(&self.tagger.clip, piece.index, &self.team);
+                            clip::contrastive_loss(&images, &texts, &scale)
+                        }
+                    }
                 }
-                TagLoss::Distill => (&embeddings - self.tagger.teacher_embeddings(pixels)).abs().mean(Kind::Float),
-            })
-            .collect()
+                TagLoss::Distill => {
+                    let mean = (&embeddings - self.tagger.teacher_embeddings(pixels)).abs().mean(Kind::Float);
+                    match piece {
+                        None => mean,
+                        Some(piece) => mean * (pixels.size()[0] as f64 / piece.global_rows as f64),
+                    }
+                }
+            });
+        }
+        Ok(terms)
+    }
+
+    /// The step's loss terms as this rank's shares of the global batch's (summed over the
+    /// ranks they are the global terms), the batch going through the model in
+    /// `--accum-steps` pieces; with `weights`, the gradient of their weighted sum
+    /// accumulated into the parameters.
+    fn terms_in_pieces(
+        &self,
+        pixels: &Tensor,
+        batch: &TagBatch,
+        weights: Option<&[f64]>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let pieces = self.accum_steps as i64;
+        let (pixel_pieces, target_pieces, id_pieces) =
+            (pixels.chunk(pieces, 0), batch.targets.chunk(pieces, 0), batch.input_ids.chunk(pieces, 0));
+        // The align term sees the global batch: with several pieces, every piece's
+        // embeddings are gathered first.
+        let gathered = if pixel_pieces.len() > 1 && self.losses.contains(&TagLoss::Align) {
+            let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+                pixel_pieces
+                    .iter()
+                    .zip(&id_pieces)
+                    .map(|(p, ids)| {
+                        (self.tagger.clip.image_tokens_and_embeddings(p).1, self.tagger.clip.text_embeddings(ids))
+                    })
+                    .unzip()
+            });
+            Some((
+                GlobalRows::gather(&Tensor::cat(&images, 0), &self.team)?,
+                GlobalRows::gather(&Tensor::cat(&texts, 0), &self.team)?,
+            ))
+        } else {
+            None
+        };
+        let global_rows = self.team.total(pixels.size()[0] as f64, "the sum of the batch's images")? as i64;
+        let mut shares: Vec<Tensor> = Vec::with_capacity(self.losses.len());
+        let mut offset = 0;
+        for (index, ((pixels, targets), ids)) in pixel_pieces.iter().zip(&target_pieces).zip(&id_pieces).enumerate() {
+            let piece = Piece { index, offset, gathered: gathered.as_ref(), global_rows };
+            let terms = self.loss_terms(pixels, targets, ids, Some(&piece))?;
+            if let Some(weights) = weights {
+                let weighted = terms.iter().zip(weights).map(|(term, weight)| term * *weight);
+                weighted.reduce(|sum, term| sum + term).expect("at least one loss").backward();
+            }
+            for (slot, (loss, term)) in self.losses.iter().zip(terms).enumerate() {
+                let term = term.detach();
+                match (shares.get_mut(slot), loss) {
+                    (None, TagLoss::Align) => shares.push(term / self.team.size() as f64),
+                    (None, _) => shares.push(term),
+                    // Every piece's align term is the loss of the whole global batch.
+                    (Some(_), TagLoss::Align) => {}
+                    (Some(share), _) => *share += term,
+                }
+            }
+            offset += pixels.size()[0];
+        }
+        Ok(shares)
     }
 
     fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
@@ -545,7 +649,7 @@ impl TaggingTask {
         if trainable.is_empty() {
             return Ok(vec![0.0; self.losses.len()]);
         }
-        let terms = self.loss_terms(&self.normalizer.normalize(&batch.pixels), batch);
+        let terms = self.loss_terms(&self.normalizer.normalize(&batch.pixels), &batch.targets, &batch.input_ids, None)?;
         let mut norms = Vec::new();
         for (term, weight) in terms.iter().zip(&self.weights) {
             let grads = Tensor::f_run_backward(&[term * *weight], &trainable, true, false)?;
@@ -741,20 +845,12 @@ impl Task for TaggingTask {
         let pixels = self.normalizer.normalize(&unit);
         self.weights = knobs.loss_weights.to_vec();
         let terms = if knobs.backward {
-            let terms = self.loss_terms(&pixels, &batch);
-            let total = terms
-                .iter()
-                .zip(knobs.loss_weights)
-                .map(|(term, weight)| term * *weight)
-                .reduce(|sum, term| sum + term)
-                .expect("at least one loss");
-            total.backward();
-            terms
+            self.terms_in_pieces(&pixels, &batch, Some(knobs.loss_weights))?
         } else {
-            tch::no_grad(|| self.loss_terms(&pixels, &batch))
+            tch::no_grad(|| self.terms_in_pieces(&pixels, &batch, None))?
         };
         let images = batch.samples.len();
-        Ok(StepLosses { raw: terms.iter().map(Tensor::detach).collect(), images, skipped: batch.skipped })
+        Ok(StepLosses { raw: terms, images, skipped: batch.skipped })
     }
 
     fn logit_scale(&self) -> Tensor {

@@ -1,20 +1,69 @@
-//! One backward pass of the contrastive loss over the whole global batch, however it is
-//! split: into micro-batches on one process (`--accum-steps`, as open_clip's `--accum-freq`)
-//! and into shards over the processes of a data-parallel run.
+//! The contrastive loss over the whole global batch, however it is split: into micro-batches
+//! on one process (`--accum-steps`, as open_clip's `--accum-freq`) and into shards over the
+//! processes of a data-parallel run. CLIP's loss and the tagging task's `align` term both
+//! train through it.
 //!
-//! Embeddings of every micro-batch on every rank are made first without gradient and
-//! gathered; then each local micro-batch goes through the model again with gradient, placed
-//! among the others for a loss over the global batch. Activations are held for one
-//! micro-batch at a time, every negative of the global batch counts, and each rank's
-//! gradient is exactly its share of the global batch's: the gradients summed over the ranks
-//! (as the training loop does) are the gradient of one process on the whole batch. A loss
-//! over the local shard only would miss the cross-rank negatives and train another model.
+//! With one piece per process, each rank embeds its shard with gradient and gathers every
+//! rank's embeddings without. With micro-batches, the embeddings of every piece are made
+//! first without gradient and gathered; then each piece goes through the model again with
+//! gradient. Either way each piece's live embeddings take their place among the others' for
+//! a loss over the global batch, so every negative counts, activations are held for one piece
+//! at a time, and each rank's gradient is exactly its share of the global batch's: summed over
+//! the ranks (as the training loop does), it is the gradient of one process on the whole
+//! batch. A loss over the local shard alone would miss the other shards' negatives and train
+//! another model (see the tests).
 
 use crate::distributed::{DistributedError, Team};
 use crate::models::clip::{Clip, contrastive_loss};
 use tch::Tensor;
 
-/// The contrastive loss of the global batch, as this rank's share (loss / ranks), with the
+const GATHER: &str = "the gather of the contrastive embeddings";
+
+/// Every rank's rows of one kind of embedding (images, texts), gathered without gradient.
+pub struct GlobalRows {
+    all: Tensor,
+    /// Where this rank's rows start.
+    first_row: i64,
+}
+
+impl GlobalRows {
+    /// Gathers `local`, this rank's rows of the step (every piece), from every rank.
+    pub fn gather(local: &Tensor, team: &Team) -> Result<Self, DistributedError> {
+        let (all, first_row) = team.gather_rows(&local.detach(), GATHER)?;
+        Ok(GlobalRows { all, first_row })
+    }
+
+    /// The global rows with `live` in place of this rank's rows from `offset` on.
+    fn with_live(&self, offset: i64, live: &Tensor) -> Tensor {
+        let start = self.first_row + offset;
+        let end = start + live.size()[0];
+        let rows = self.all.size()[0];
+        Tensor::cat(&[self.all.narrow(0, 0, start), live.shallow_clone(), self.all.narrow(0, end, rows - end)], 0)
+    }
+}
+
+/// The global batch's rows with `live`, this rank's rows from `offset` on, in their place:
+/// among rows gathered beforehand (micro-batches), or gathered now (one piece per process).
+pub fn placed(
+    live: &Tensor,
+    offset: i64,
+    gathered: Option<&GlobalRows>,
+    team: &Team,
+) -> Result<Tensor, DistributedError> {
+    match gathered {
+        Some(rows) => Ok(rows.with_live(offset, live)),
+        None if team.size() == 1 => Ok(live.shallow_clone()),
+        None => Ok(GlobalRows::gather(live, team)?.with_live(offset, live)),
+    }
+}
+
+/// The logit scale as the loss of micro-batch `piece` sees it: its gradient is counted once
+/// over every piece and rank (on rank 0's first piece).
+pub fn logit_scale_for(model: &Clip, piece: usize, team: &Team) -> Tensor {
+    if piece == 0 && team.is_leader() { model.logit_scale() } else { tch::no_grad(|| model.logit_scale()) }
+}
+
+/// CLIP's contrastive loss of the global batch, as this rank's share (loss / ranks), with the
 /// gradient of `weight` times this rank's share accumulated into the parameters.
 pub fn contrastive_backward(
     model: &Clip,
@@ -24,38 +73,25 @@ pub fn contrastive_backward(
     micro_batches: u64,
     team: &Team,
 ) -> Result<Tensor, DistributedError> {
-    if micro_batches <= 1 && team.size() == 1 {
-        let loss = model.contrastive_loss(pixel_values, input_ids);
-        (&loss * weight).backward();
-        return Ok(loss.detach());
-    }
     let pixel_pieces = pixel_values.chunk(micro_batches as i64, 0);
     let id_pieces = input_ids.chunk(micro_batches as i64, 0);
-    let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
-        pixel_pieces.iter().zip(&id_pieces).map(|(p, i)| (model.image_embeddings(p), model.text_embeddings(i))).unzip()
-    });
-    let local = Tensor::cat(&[Tensor::cat(&images, 0), Tensor::cat(&texts, 0)], 1);
-    let all = team.gather_rows(&local, "the gather of the contrastive embeddings")?;
-    let dimension = images[0].size()[1];
-    let (all_images, all_texts) = (all.narrow(1, 0, dimension), all.narrow(1, dimension, dimension));
-    let global_rows = all.size()[0];
-    let mut row = team.rank() as i64 * local.size()[0];
+    let gathered = if pixel_pieces.len() > 1 {
+        let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+            pixel_pieces.iter().zip(&id_pieces).map(|(p, i)| (model.image_embeddings(p), model.text_embeddings(i))).unzip()
+        });
+        Some((GlobalRows::gather(&Tensor::cat(&images, 0), team)?, GlobalRows::gather(&Tensor::cat(&texts, 0), team)?))
+    } else {
+        None
+    };
+    let mut offset = 0;
     let mut whole_batch_loss = None;
     for (piece, (pixels, ids)) in pixel_pieces.iter().zip(&id_pieces).enumerate() {
-        let rows = pixels.size()[0];
-        let placed = |all: &Tensor, own: Tensor| {
-            let after = row + rows;
-            Tensor::cat(&[all.narrow(0, 0, row), own, all.narrow(0, after, global_rows - after)], 0)
-        };
-        let image_rows = placed(&all_images, model.image_embeddings(pixels));
-        let text_rows = placed(&all_texts, model.text_embeddings(ids));
-        // The logit scale's gradient is counted once over all pieces and ranks.
-        let counted = piece == 0 && team.is_leader();
-        let scale = if counted { model.logit_scale() } else { tch::no_grad(|| model.logit_scale()) };
-        let loss = contrastive_loss(&image_rows, &text_rows, &scale);
+        let images = placed(&model.image_embeddings(pixels), offset, gathered.as_ref().map(|g| &g.0), team)?;
+        let texts = placed(&model.text_embeddings(ids), offset, gathered.as_ref().map(|g| &g.1), team)?;
+        let loss = contrastive_loss(&images, &texts, &logit_scale_for(model, piece, team));
         (&loss * weight).backward();
         whole_batch_loss.get_or_insert_with(|| loss.detach() / team.size() as f64);
-        row += rows;
+        offset += pixels.size()[0];
     }
     Ok(whole_batch_loss.expect("a batch has at least one piece"))
 }
