@@ -6,8 +6,9 @@
 //!   under `policies/` with its component (`build/policies/<name>.wasm`, from `make
 //!   policies`) and its `//!` module doc, so `--policy cosine_warmup` works from any folder
 //!   and `trainer policies` documents them from the one text their authors keep.
-//! - The data-parallel shim (`shim/distributed.cpp`): c10d's TCPStore and Gloo process group
-//!   behind a C API, compiled against the same libtorch. The torch wheel ships c10d's headers
+//! - The C++ shim: c10d's TCPStore and Gloo process group behind a C API for data
+//!   parallelism (`shim/distributed.cpp`), and gradients as views of the optimizer's flat
+//!   buffers (`shim/grad_views.cpp`), compiled against the same libtorch. The torch wheel ships c10d's headers
 //!   but not Gloo's, which `ProcessGroupGloo.hpp` includes; `make` unpacks Debian's
 //!   `libgloo-dev` for them and names the folder in `TRAINER_GLOO_INCLUDE`. Only declarations
 //!   are read from them: the Gloo code that runs is the one inside libtorch.
@@ -17,13 +18,15 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
-    compile_distributed_shim();
+    compile_shim();
     embed_standard_policies();
 }
 
-fn compile_distributed_shim() {
-    const SHIM: &str = "shim/distributed.cpp";
-    println!("cargo:rerun-if-changed={SHIM}");
+fn compile_shim() {
+    const SHIM: [&str; 2] = ["shim/distributed.cpp", "shim/grad_views.cpp"];
+    for file in SHIM {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=TRAINER_GLOO_INCLUDE");
     let lib_dir = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names its libtorch"));
     let torch_include = lib_dir.parent().expect("libtorch's lib/ has a parent").join("include");
@@ -46,8 +49,8 @@ fn compile_distributed_shim() {
         .define("USE_C10D_GLOO", None)
         // torch's headers warn under -Wall; the shim's own code is small enough to read.
         .warnings(false)
-        .file(SHIM)
-        .compile("trainer_distributed");
+        .files(SHIM)
+        .compile("trainer_shim");
 }
 
 fn link_libtorch() {

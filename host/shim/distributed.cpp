@@ -127,12 +127,4 @@ bool trainer_dist_broadcast(trainer_dist_group* group, at::Tensor* tensor, int r
   });
 }
 
-// Gives `parameter` a zero gradient when it has none (it took no part in this rank's loss),
-// so that every rank sums the same set of gradients.
-void trainer_dist_define_grad(at::Tensor* parameter) {
-  if (!parameter->grad().defined()) {
-    parameter->mutable_grad() = at::zeros_like(*parameter);
-  }
-}
-
 }  // extern "C"

@@ -95,30 +95,12 @@ impl Team {
     }
 
     /// Sums each tensor over the ranks, in place. Tensors travel in one flat buffer per
-    /// kind (dtype), not one collective each: a model's few hundred gradients cost a
-    /// handful of calls.
+    /// kind (dtype), not one collective each; a buffer that is one contiguous tensor already
+    /// (the optimizer's gradient buffers) is summed where it is.
     pub fn sum(&self, tensors: &[Tensor], operation: &'static str) -> Result<(), DistributedError> {
         self.flat(tensors, operation, |group, flat, error| unsafe {
             ffi::trainer_dist_all_reduce_sum(group, flat.as_mut_ptr(), error)
         })
-    }
-
-    /// Sums the gradients of `parameters` over the ranks. A parameter without a gradient on
-    /// this rank (it took no part in its share of the loss) is given a zero one first: every
-    /// rank must send the same buffers, and receive the sum.
-    pub fn sum_gradients(&self, parameters: &[Tensor]) -> Result<(), DistributedError> {
-        if self.group.is_none() {
-            return Ok(());
-        }
-        let grads: Vec<Tensor> = parameters
-            .iter()
-            .map(|parameter| {
-                // SAFETY: a live tensor; the shim only sets its gradient when it has none.
-                unsafe { ffi::trainer_dist_define_grad(parameter.as_ptr() as *mut _) };
-                parameter.grad()
-            })
-            .collect();
-        self.sum(&grads, "the sum of the gradients")
     }
 
     /// Rank 0's values of the tensors on every rank, in place, in flat buffers as [`Team::sum`].
@@ -195,10 +177,18 @@ impl Team {
         }
         for kind in kinds {
             let members: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
-            let mut flat = Tensor::cat(&members.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
+            let in_place = members.len() == 1 && members[0].is_contiguous();
+            let mut flat = if in_place {
+                members[0].shallow_clone()
+            } else {
+                Tensor::cat(&members.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+            };
             let mut error: *mut c_char = std::ptr::null_mut();
             if !collective(group.0.as_ptr(), &mut flat, &mut error) {
                 return Err(self.collective_error(operation, take_message(error)));
+            }
+            if in_place {
+                continue;
             }
             let mut offset = 0;
             for tensor in members {

@@ -1,8 +1,21 @@
 //! AdamW over parameter groups, written on tch tensors because tch's own optimizer can
 //! neither save its state nor skip weight decay per parameter. Decoupled weight decay as
 //! in Loshchilov & Hutter, with PyTorch's bias correction and epsilon placement.
+//!
+//! The parameters of a group that share weight decay and dtype form a bucket: their weights,
+//! gradients and both moments each live in one contiguous buffer, the parameters and their
+//! gradients being views into them (autograd accumulates into such a gradient in place). A
+//! step is then a dozen large kernels per bucket whatever the number of parameters, and the
+//! gradient norm, clipping and a data-parallel sum each work on a few buffers. Elementwise
+//! kernels give each element the same bits in a buffer as in its own tensor, so the weights
+//! are those of the per-tensor update, bit for bit (tested).
+//!
+//! Every parameter of a trained group is updated each step, as by PyTorch's AdamW for a
+//! parameter whose gradient is a tensor of zeros: one that takes no part in the loss still
+//! has its moments decay and its weight decay applied. (The tasks leave such parameters out
+//! of the groups.)
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// AdamW's hyper-parameters other than the learning rate, which comes every step.
 #[derive(Debug, Clone, Copy)]
@@ -30,80 +43,138 @@ pub struct OptimizedParam {
     pub decay: bool,
 }
 
-/// Per-parameter state. The step count is per parameter, as in PyTorch, so a group
-/// unfrozen late starts with fresh bias correction instead of tiny or huge first updates.
+unsafe extern "C" {
+    /// `host/shim/grad_views.cpp`: makes `grad` the gradient of `parameter`.
+    fn trainer_set_grad(parameter: *mut torch_sys::C_tensor, grad: *const torch_sys::C_tensor);
+}
+
+/// A parameter's place in its bucket.
 #[derive(Debug)]
-struct Moments {
+struct Member {
+    name: String,
+    tensor: Tensor,
+    offset: i64,
+    numel: i64,
+}
+
+/// The parameters of one group with one weight decay and dtype, in contiguous buffers.
+#[derive(Debug)]
+struct Bucket {
+    group: usize,
+    decay: bool,
+    members: Vec<Member>,
+    weights: Tensor,
+    grads: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Updates so far; per bucket, as freezing is per group, so a group unfrozen late starts
+    /// with fresh bias correction instead of tiny or huge first updates.
     steps: i64,
+}
+
+impl Bucket {
+    fn new(group: usize, decay: bool, params: Vec<OptimizedParam>) -> Bucket {
+        let weights = tch::no_grad(|| Tensor::cat(&params.iter().map(|p| p.tensor.detach().reshape([-1])).collect::<Vec<_>>(), 0));
+        let grads = weights.zeros_like();
+        let mut offset = 0;
+        let members = params
+            .into_iter()
+            .map(|OptimizedParam { name, mut tensor, .. }| {
+                let numel = tensor.numel() as i64;
+                let shape = tensor.size();
+                tensor.set_data(&weights.narrow(0, offset, numel).view(shape.as_slice()));
+                let grad = grads.narrow(0, offset, numel).view(shape.as_slice());
+                // SAFETY: two live tensors of one shape, dtype and device.
+                unsafe { trainer_set_grad(tensor.as_mut_ptr(), grad.as_ptr()) };
+                let member = Member { name, tensor, offset, numel };
+                offset += numel;
+                member
+            })
+            .collect();
+        Bucket {
+            group,
+            decay,
+            members,
+            exp_avg: weights.zeros_like(),
+            exp_avg_sq: weights.zeros_like(),
+            weights,
+            grads,
+            steps: 0,
+        }
+    }
+
+    /// `buffer`'s part that belongs to `member`, in its shape.
+    fn part(&self, buffer: &Tensor, member: &Member) -> Tensor {
+        buffer.narrow(0, member.offset, member.numel).view(member.tensor.size().as_slice())
+    }
 }
 
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
-    params: Vec<OptimizedParam>,
-    moments: Vec<Moments>,
+    buckets: Vec<Bucket>,
 }
 
 impl AdamW {
     pub fn new(params: Vec<OptimizedParam>, config: AdamWConfig) -> Self {
-        let moments = params
-            .iter()
-            .map(|p| Moments { exp_avg: p.tensor.zeros_like(), exp_avg_sq: p.tensor.zeros_like(), steps: 0 })
-            .collect();
-        AdamW { config, params, moments }
+        let mut keyed: Vec<((usize, bool, Kind), Vec<OptimizedParam>)> = Vec::new();
+        for param in params {
+            let key = (param.group, param.decay, param.tensor.kind());
+            match keyed.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(param),
+                None => keyed.push((key, vec![param])),
+            }
+        }
+        let buckets = keyed.into_iter().map(|((group, decay, _), params)| Bucket::new(group, decay, params)).collect();
+        AdamW { config, buckets }
     }
 
     pub fn zero_grad(&mut self) {
-        for param in &mut self.params {
-            param.tensor.zero_grad();
+        for bucket in &mut self.buckets {
+            let _ = bucket.grads.zero_();
         }
     }
 
     /// The L2 norm of all gradients together, as one scalar tensor (no host sync).
     pub fn grad_norm(&self) -> Tensor {
         tch::no_grad(|| {
-            let squares: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(Tensor::defined)
-                .map(|g| g.square().sum(tch::Kind::Float))
-                .collect();
-            Tensor::stack(&squares, 0).sum(tch::Kind::Float).sqrt()
+            let squares: Vec<Tensor> = self.buckets.iter().map(|b| b.grads.square().sum(Kind::Float)).collect();
+            Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
         })
     }
 
     /// Multiplies every gradient by `factor` (a scalar tensor), for clipping without a sync.
     pub fn scale_grads(&mut self, factor: &Tensor) {
         tch::no_grad(|| {
-            for param in &self.params {
-                let mut grad = param.tensor.grad();
-                if grad.defined() {
-                    let _ = grad.g_mul_(factor);
-                }
+            for bucket in &mut self.buckets {
+                let _ = bucket.grads.g_mul_(factor);
             }
         });
     }
 
     /// Parameters of group `group`.
     pub fn group_params(&self, group: usize) -> impl Iterator<Item = &Tensor> {
-        self.params.iter().filter(move |p| p.group == group).map(|p| &p.tensor)
+        self.buckets.iter().filter(move |b| b.group == group).flat_map(|b| b.members.iter().map(|m| &m.tensor))
+    }
+
+    /// The gradient buffers of group `group` (writing them writes its parameters' gradients).
+    pub fn group_grads(&self, group: usize) -> Vec<Tensor> {
+        self.buckets.iter().filter(|b| b.group == group).map(|b| b.grads.shallow_clone()).collect()
     }
 
     /// Everything needed to continue exactly, as named tensors: `<parameter>.exp_avg`,
     /// `<parameter>.exp_avg_sq` and `<parameter>.step`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
+        self.buckets
             .iter()
-            .zip(&self.moments)
-            .flat_map(|(param, moments)| {
-                [
-                    (format!("{}.exp_avg", param.name), moments.exp_avg.shallow_clone()),
-                    (format!("{}.exp_avg_sq", param.name), moments.exp_avg_sq.shallow_clone()),
-                    (format!("{}.step", param.name), Tensor::from(moments.steps)),
-                ]
+            .flat_map(|bucket| {
+                bucket.members.iter().flat_map(move |member| {
+                    [
+                        (format!("{}.exp_avg", member.name), bucket.part(&bucket.exp_avg, member)),
+                        (format!("{}.exp_avg_sq", member.name), bucket.part(&bucket.exp_avg_sq, member)),
+                        (format!("{}.step", member.name), Tensor::from(bucket.steps)),
+                    ]
+                })
             })
             .collect()
     }
@@ -113,57 +184,63 @@ impl AdamW {
     pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<(), String> {
         let entry = |name: String| tensors.get(&name).ok_or_else(|| format!("`{name}` is missing"));
         tch::no_grad(|| {
-            for (param, moments) in self.params.iter().zip(&mut self.moments) {
-                for (suffix, target) in [("exp_avg", &mut moments.exp_avg), ("exp_avg_sq", &mut moments.exp_avg_sq)] {
-                    let name = format!("{}.{suffix}", param.name);
-                    let saved = entry(name.clone())?;
-                    if saved.size() != target.size() {
-                        return Err(format!(
-                            "`{name}` has shape {:?}, the model needs {:?}",
-                            saved.size(),
-                            target.size()
-                        ));
+            for bucket in &mut self.buckets {
+                let mut steps = 0;
+                for member in &bucket.members {
+                    for (suffix, buffer) in [("exp_avg", &bucket.exp_avg), ("exp_avg_sq", &bucket.exp_avg_sq)] {
+                        let name = format!("{}.{suffix}", member.name);
+                        let saved = entry(name.clone())?;
+                        let mut target = bucket.part(buffer, member);
+                        if saved.size() != target.size() {
+                            return Err(format!(
+                                "`{name}` has shape {:?}, the model needs {:?}",
+                                saved.size(),
+                                target.size()
+                            ));
+                        }
+                        target.copy_(saved);
                     }
-                    target.copy_(saved);
+                    // Checkpoints of the per-tensor optimizer counted per parameter, and
+                    // left out a parameter without a gradient: the bucket goes on from the
+                    // most updated of its parameters.
+                    steps = steps.max(entry(format!("{}.step", member.name))?.int64_value(&[]));
                 }
-                moments.steps = entry(format!("{}.step", param.name))?.int64_value(&[]);
+                bucket.steps = steps;
             }
             Ok(())
         })
     }
 
-    /// One update with learning rate `lrs[group]` for each parameter whose group is not
-    /// frozen (`frozen[group]`); frozen groups keep their weights and moments untouched.
+    /// One update with learning rate `lrs[group]` for each group that is not frozen
+    /// (`frozen[group]`); frozen groups keep their weights and moments untouched.
     pub fn step(&mut self, lrs: &[f64], frozen: &[bool]) {
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         tch::no_grad(|| {
-            for (param, moments) in self.params.iter_mut().zip(&mut self.moments) {
-                let grad = param.tensor.grad();
-                if !grad.defined() || frozen[param.group] {
+            for bucket in &mut self.buckets {
+                if frozen[bucket.group] {
                     continue;
                 }
-                let lr = lrs[param.group];
-                moments.steps += 1;
-                let bias_correction1 = 1.0 - beta1.powi(moments.steps as i32);
-                let bias_correction2_sqrt = (1.0 - beta2.powi(moments.steps as i32)).sqrt();
-                if param.decay && weight_decay != 0.0 {
-                    let _ = param.tensor.g_mul_scalar_(1.0 - lr * weight_decay);
+                let lr = lrs[bucket.group];
+                bucket.steps += 1;
+                let bias_correction1 = 1.0 - beta1.powi(bucket.steps as i32);
+                let bias_correction2_sqrt = (1.0 - beta2.powi(bucket.steps as i32)).sqrt();
+                if bucket.decay && weight_decay != 0.0 {
+                    let _ = bucket.weights.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
-                let _ = moments.exp_avg.lerp_(&grad, 1.0 - beta1);
-                let _ = moments.exp_avg_sq.g_mul_scalar_(beta2);
+                let _ = bucket.exp_avg.lerp_(&bucket.grads, 1.0 - beta1);
+                let _ = bucket.exp_avg_sq.g_mul_scalar_(beta2);
                 // tch's addcmul_/addcdiv_ take no scale, so the scales ride on one operand:
                 // (sqrt(1 - b2) g)^2 = (1 - b2) g^2, and the step's -lr/bc1 divides into denom.
-                // Two temporaries per parameter instead of five.
-                let scaled_grad = &grad * (1.0 - beta2).sqrt();
-                let _ = moments.exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
+                let scaled_grad = &bucket.grads * (1.0 - beta2).sqrt();
+                let _ = bucket.exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
                 if lr == 0.0 {
                     continue;
                 }
-                let mut denom = moments.exp_avg_sq.sqrt();
+                let mut denom = bucket.exp_avg_sq.sqrt();
                 let _ = denom.g_div_scalar_(bias_correction2_sqrt);
                 let _ = denom.g_add_scalar_(eps);
                 let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
-                let _ = param.tensor.addcdiv_(&moments.exp_avg, &denom);
+                let _ = bucket.weights.addcdiv_(&bucket.exp_avg, &denom);
             }
         });
     }
@@ -215,6 +292,89 @@ mod tests {
             assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
         }
         assert!((got_b[0] as f64 - expected_b).abs() < 1e-5, "{} vs {expected_b}", got_b[0]);
+    }
+
+    /// The update of one parameter as its own tensor: the optimizer before its buckets.
+    fn per_tensor_update(
+        weight: &mut Tensor,
+        grad: &Tensor,
+        (exp_avg, exp_avg_sq): (&mut Tensor, &mut Tensor),
+        step: i64,
+        lr: f64,
+        decay: bool,
+    ) {
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = AdamWConfig::default();
+        let bias_correction1 = 1.0 - beta1.powi(step as i32);
+        let bias_correction2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+        if decay {
+            let _ = weight.g_mul_scalar_(1.0 - lr * weight_decay);
+        }
+        let _ = exp_avg.lerp_(grad, 1.0 - beta1);
+        let _ = exp_avg_sq.g_mul_scalar_(beta2);
+        let scaled_grad = grad * (1.0 - beta2).sqrt();
+        let _ = exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
+        let mut denom = exp_avg_sq.sqrt();
+        let _ = denom.g_div_scalar_(bias_correction2_sqrt);
+        let _ = denom.g_add_scalar_(eps);
+        let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
+        let _ = weight.addcdiv_(exp_avg, &denom);
+    }
+
+    #[test]
+    fn buckets_give_the_per_tensor_update_bit_for_bit() {
+        tch::manual_seed(3);
+        // (shape, group, decay): two groups, each with decayed and undecayed parameters.
+        let layout: [(&[i64], usize, bool); 5] =
+            [(&[64, 48], 0, true), (&[48], 0, false), (&[7, 3, 5], 1, true), (&[1], 1, false), (&[300], 0, true)];
+        let initial: Vec<Tensor> = layout.iter().map(|(shape, _, _)| Tensor::randn(*shape, (Kind::Float, tch::Device::Cpu))).collect();
+        let params: Vec<Tensor> = initial.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+        let mut adamw = AdamW::new(
+            params
+                .iter()
+                .zip(&layout)
+                .enumerate()
+                .map(|(i, (tensor, (_, group, decay)))| OptimizedParam {
+                    name: format!("p{i}"),
+                    tensor: tensor.shallow_clone(),
+                    group: *group,
+                    decay: *decay,
+                })
+                .collect(),
+            AdamWConfig::default(),
+        );
+        let mut reference: Vec<Tensor> = initial.iter().map(Tensor::copy).collect();
+        let mut moments: Vec<(Tensor, Tensor)> = initial.iter().map(|t| (t.zeros_like(), t.zeros_like())).collect();
+        let mut steps = [0i64; 2];
+        for step in 0..6 {
+            // Group 1 is frozen for steps 2 and 3; the learning rates change every step.
+            let frozen = [false, step == 2 || step == 3];
+            let lrs = [1e-2 / (step + 1) as f64, 3e-3];
+            let coefficients: Vec<Tensor> = initial.iter().map(|t| t.randn_like() * 1e-3).collect();
+            adamw.zero_grad();
+            let loss = params
+                .iter()
+                .zip(&coefficients)
+                .map(|(p, c)| (p * c).sum(Kind::Float))
+                .reduce(|a, b| a + b)
+                .unwrap();
+            loss.backward();
+            adamw.step(&lrs, &frozen);
+            for group in 0..2 {
+                steps[group] += i64::from(!frozen[group]);
+            }
+            tch::no_grad(|| {
+                for (i, (_, group, decay)) in layout.iter().enumerate() {
+                    if !frozen[*group] {
+                        let (exp_avg, exp_avg_sq) = &mut moments[i];
+                        let update = (exp_avg, exp_avg_sq);
+                        per_tensor_update(&mut reference[i], &coefficients[i], update, steps[*group], lrs[*group], *decay);
+                    }
+                }
+            });
+        }
+        for (i, (param, want)) in params.iter().zip(&reference).enumerate() {
+            assert!(param.equal(want), "p{i} differs from the per-tensor update");
+        }
     }
 
     #[test]

@@ -664,10 +664,12 @@ impl Run {
             let _ = writeln!(self.log, "step {step}: skipped {line}");
         }
         if any_trainable {
-            // One flat sum per group: each rank's gradient is its share of the whole batch's.
+            // Each rank's gradient is its share of the whole batch's: summed where it is, in
+            // the optimizer's flat gradient buffers (per group, weight decay and dtype).
             for group in (0..self.state.knobs.frozen.len()).filter(|&g| !self.state.knobs.frozen[g]) {
-                let parameters: Vec<Tensor> = self.optimizer.group_params(group).map(Tensor::shallow_clone).collect();
-                self.team.sum_gradients(&parameters)?;
+                for grads in self.optimizer.group_grads(group) {
+                    self.team.sum(&[grads], "the sum of the gradients")?;
+                }
             }
         }
         let grad_norm =

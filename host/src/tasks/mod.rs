@@ -252,6 +252,53 @@ mod tests {
         assert_eq!(read(&saved.to_string()), config);
     }
 
+    /// The optimizer updates every parameter of a trained group (its flat buffers cannot
+    /// tell a parameter that took no part in the loss from one whose gradient is zero), so a
+    /// task leaves the parameters its losses do not reach out of its groups, and only those:
+    /// checked on one step of each task, and of each tagging loss on its own.
+    #[test]
+    fn every_grouped_parameter_takes_part_in_the_losses() {
+        use super::tagging::TagLoss;
+        use super::{TaskArgs, TaskContext};
+        use crate::engine::StepKnobs;
+        let cases: [(TaskKind, Option<Vec<TagLoss>>); 6] = [
+            (TaskKind::Clip, None),
+            (TaskKind::Detection, None),
+            (TaskKind::Tagging, None),
+            (TaskKind::Tagging, Some(vec![TagLoss::Tag])),
+            (TaskKind::Tagging, Some(vec![TagLoss::Align])),
+            (TaskKind::Tagging, Some(vec![TagLoss::Distill])),
+        ];
+        let augmentation: Vec<f64> = crate::data::augment::KNOBS.iter().map(|knob| knob.default).collect();
+        for (kind, losses) in cases {
+            let mut args = TaskArgs::default();
+            args.tagging.losses = losses.clone();
+            let context = TaskContext {
+                device: tch::Device::Cpu,
+                team: std::sync::Arc::new(crate::distributed::Team::solo()),
+                workers: 1,
+                seed: 0,
+                batch_size: 8,
+                load_weights: true,
+            };
+            let mut task = args.config(kind).unwrap().open(&context).unwrap();
+            let weights = vec![1.0; task.loss_names().len()];
+            let knobs = StepKnobs {
+                augmentation: &augmentation,
+                loss_weights: &weights,
+                backward: true,
+                total_steps: 1,
+                seed: 0,
+            };
+            task.step(0, knobs).unwrap();
+            for (name, variable) in task.var_store().variables() {
+                let (grouped, reached) = (task.parameter_group(&name).is_some(), variable.grad().defined());
+                assert!(!grouped || reached, "{kind:?} {losses:?}: `{name}` takes no part in the losses");
+                assert!(grouped || !reached, "{kind:?} {losses:?}: `{name}` has a gradient but is not trained");
+            }
+        }
+    }
+
     /// The engine's files, each with the sibling modules it names through `super::`.
     fn engine_files() -> BTreeMap<String, (String, Vec<String>)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine");

@@ -75,6 +75,16 @@ impl TagLoss {
         }
     }
 
+    /// Whether this term's gradient reaches the student's variable `name`.
+    fn reaches(self, name: &str) -> bool {
+        let vision = name.starts_with("vision_model.");
+        match self {
+            TagLoss::Tag => vision || name.starts_with(HEAD_PREFIX),
+            TagLoss::Align => !name.starts_with(HEAD_PREFIX),
+            TagLoss::Distill => vision || name.starts_with("visual_projection."),
+        }
+    }
+
     fn share_metric(self) -> &'static str {
         match self {
             TagLoss::Tag => "grad_share_tag",
@@ -790,8 +800,12 @@ impl Task for TaggingTask {
         &self.var_store
     }
 
+    /// Parameters that none of the run's losses reach (the text tower without `align`, the
+    /// head without `tag`) are not trained: they keep their weights, as they would without
+    /// a gradient.
     fn parameter_group(&self, name: &str) -> Option<usize> {
-        if name.starts_with(TEACHER_PREFIX) || FIXED.contains(&name) {
+        let trained = self.losses.iter().any(|loss| loss.reaches(name));
+        if name.starts_with(TEACHER_PREFIX) || FIXED.contains(&name) || !trained {
             None
         } else if name.starts_with(HEAD_PREFIX) {
             Some(TAG_HEAD_GROUP)
