@@ -50,16 +50,27 @@ CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 GLOO_DEB := libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb
 GLOO_DEB_SHA256 := 80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299
 GLOO_INCLUDE := $(CACHE)/gloo/usr/include
+# The CUDA toolkit headers that NCCL's process group needs beyond what torch's CUDA wheels
+# bring (see host/build.rs), for the CUDA 13.0 of torch 2.11: headers only, a few MB.
+CUDA_HEADER_WHEELS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+CUDA_INCLUDE := $(CACHE)/cuda-headers/nvidia/cu13/include
 
 setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE) \
 	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-python-packages-v2 $(GLOO_INCLUDE)/gloo/algorithm.h Makefile
+.cargo/config.toml: $(VENV)/.installed-python-packages-v2 $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
-		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' 'TRAINER_GLOO_INCLUDE = "$(GLOO_INCLUDE)"' > $@
+		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' 'TRAINER_GLOO_INCLUDE = "$(GLOO_INCLUDE)"' 'TRAINER_CUDA_INCLUDE = "$(CUDA_INCLUDE)"' > $@
+
+$(CUDA_INCLUDE)/crt/host_config.h: $(VENV)/.installed-python-packages-v2
+	rm -rf $(CACHE)/cuda-headers.tmp && mkdir -p $(CACHE)/cuda-headers.tmp
+	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps $(CUDA_HEADER_WHEELS) -d $(CACHE)/cuda-headers.tmp
+	cd $(CACHE)/cuda-headers.tmp && $(PYTHON) -c 'import glob, zipfile; \
+		[zipfile.ZipFile(wheel).extractall("root") for wheel in glob.glob("*.whl")]'
+	rm -rf $(CACHE)/cuda-headers && mv $(CACHE)/cuda-headers.tmp/root $(CACHE)/cuda-headers && rm -rf $(CACHE)/cuda-headers.tmp
 
 $(GLOO_INCLUDE)/gloo/algorithm.h:
 	rm -rf $(CACHE)/gloo.tmp && mkdir -p $(CACHE)/gloo.tmp

@@ -6,12 +6,16 @@
 //!   under `policies/` with its component (`build/policies/<name>.wasm`, from `make
 //!   policies`) and its `//!` module doc, so `--policy cosine_warmup` works from any folder
 //!   and `trainer policies` documents them from the one text their authors keep.
-//! - The C++ shim: c10d's TCPStore and Gloo process group behind a C API for data
+//! - The C++ shim: c10d's TCPStore and Gloo or NCCL process group behind a C API for data
 //!   parallelism (`shim/distributed.cpp`), and gradients as views of the optimizer's flat
-//!   buffers (`shim/grad_views.cpp`), compiled against the same libtorch. The torch wheel ships c10d's headers
-//!   but not Gloo's, which `ProcessGroupGloo.hpp` includes; `make` unpacks Debian's
-//!   `libgloo-dev` for them and names the folder in `TRAINER_GLOO_INCLUDE`. Only declarations
-//!   are read from them: the Gloo code that runs is the one inside libtorch.
+//!   buffers (`shim/grad_views.cpp`), compiled against the same libtorch. The torch wheel
+//!   ships c10d's headers but not Gloo's, which `ProcessGroupGloo.hpp` includes; `make`
+//!   unpacks Debian's `libgloo-dev` for them and names the folder in `TRAINER_GLOO_INCLUDE`.
+//!   NCCL is compiled in where the torch has CUDA (`libtorch_cuda.so`): its wheels bring the
+//!   CUDA runtime's and NCCL's headers, and `make` unpacks the two the compiler also needs
+//!   (NVIDIA's `nvidia-cuda-crt` and `nvidia-cuda-cccl` wheels, headers only) into
+//!   `TRAINER_CUDA_INCLUDE`. Only declarations are read from all of them: the Gloo and NCCL
+//!   code that runs is the one libtorch was built with.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,7 +41,8 @@ fn compile_shim() {
              `make setup` unpacks them and writes the setting into .cargo/config.toml"
         );
     };
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .std("c++17")
@@ -49,8 +54,37 @@ fn compile_shim() {
         .define("USE_C10D_GLOO", None)
         // torch's headers warn under -Wall; the shim's own code is small enough to read.
         .warnings(false)
-        .files(SHIM)
-        .compile("trainer_shim");
+        .files(SHIM);
+    println!("cargo::rustc-check-cfg=cfg(trainer_nccl)");
+    if let Some(includes) = nccl_includes(&lib_dir) {
+        build.includes(includes).define("USE_C10D_NCCL", None).define("USE_CUDA", None).define("TRAINER_NCCL", None);
+        println!("cargo::rustc-cfg=trainer_nccl");
+    }
+    build.compile("trainer_shim");
+}
+
+/// The header folders NCCL's process group needs, when the torch has CUDA and they are all
+/// there; `None` (a build with Gloo alone) otherwise.
+fn nccl_includes(lib_dir: &Path) -> Option<Vec<PathBuf>> {
+    println!("cargo:rerun-if-env-changed=TRAINER_CUDA_INCLUDE");
+    if !lib_dir.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let site_packages = lib_dir.parent()?.parent()?;
+    let runtime = std::fs::read_dir(site_packages.join("nvidia"))
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path().join("include"))
+        .find(|include| include.join("cuda_runtime.h").is_file())?;
+    let nccl = site_packages.join("nvidia/nccl/include");
+    let toolkit = PathBuf::from(std::env::var_os("TRAINER_CUDA_INCLUDE")?);
+    let includes = vec![runtime, nccl.clone(), toolkit.clone(), toolkit.join("cccl")];
+    let complete = nccl.join("nccl.h").is_file() && toolkit.join("crt/host_config.h").is_file();
+    if !complete {
+        println!("cargo:warning=building without NCCL: the CUDA or NCCL headers are missing (run `make setup`)");
+        return None;
+    }
+    Some(includes)
 }
 
 fn link_libtorch() {

@@ -177,6 +177,18 @@ fn a_policy_fault_stops_every_rank_and_rank_0_saves_the_state() {
     assert!(run_dir.join("checkpoints/step-3/manifest.json").is_file(), "{}", stderr(&output));
 }
 
+/// torchrun with one process per node still makes a process group (NCCL's on a GPU, which
+/// is how one GPU measures it): a group of one trains exactly as no group.
+#[test]
+fn a_launch_of_one_process_trains_as_a_plain_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, launched) = (dir.path().join("plain"), dir.path().join("launched"));
+    assert_success(&run(&run_args(&plain), &[]));
+    let mut one = rank(0, free_port(), &run_args(&launched));
+    assert_success(&one.env("WORLD_SIZE", "1").output().unwrap());
+    assert_same_weights(&plain, &launched);
+}
+
 /// A free local port, for a rendezvous.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

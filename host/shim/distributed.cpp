@@ -1,6 +1,7 @@
 // The data-parallel collectives of the trainer, over PyTorch's own c10d: a TCPStore for the
-// rendezvous (the one torchrun's agent serves, or one of our own on rank 0) and a Gloo
-// process group for the collectives, behind a C API the Rust side binds to.
+// rendezvous (the one torchrun's agent serves, or one of our own on rank 0) and a process
+// group for the collectives, Gloo for CPU tensors or NCCL for CUDA ones, behind a C API the
+// Rust side binds to. NCCL is compiled in only where the torch has CUDA (TRAINER_NCCL).
 //
 // Every C++ exception stops at this boundary: a function that can fail returns a status (or
 // NULL) and hands its message to the caller, who frees it with trainer_dist_free_error.
@@ -8,6 +9,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef TRAINER_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <chrono>
 #include <cstdlib>
@@ -17,7 +21,7 @@
 
 struct trainer_dist_group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> backend;
+  c10::intrusive_ptr<c10d::Backend> backend;
 };
 
 namespace {
@@ -48,15 +52,39 @@ bool guarded(char** error, Body body) {
   return false;
 }
 
+c10::intrusive_ptr<c10d::Backend> gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                       int world_size, std::chrono::milliseconds timeout) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
+  options->devices.push_back(interface != nullptr && *interface != '\0'
+                                 ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
+                                 : c10d::ProcessGroupGloo::createDefaultDevice());
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
+}
+
+c10::intrusive_ptr<c10d::Backend> nccl_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                       int world_size, std::chrono::milliseconds timeout) {
+#ifdef TRAINER_NCCL
+  auto options = c10d::ProcessGroupNCCL::Options::create();
+  options->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world_size, options);
+#else
+  (void)store, (void)rank, (void)world_size, (void)timeout;
+  throw std::runtime_error(
+      "this trainer was built without NCCL (against a torch without CUDA); run on --device cpu");
+#endif
+}
+
 }  // namespace
 
 extern "C" {
 
-// A process group of `world_size` ranks meeting at master_addr:master_port. Rank 0 serves
-// the store unless `agent_store` (torchrun's agent already serves it at that address).
+// A process group of `world_size` ranks meeting at master_addr:master_port, over NCCL (CUDA
+// tensors) when `use_nccl`, Gloo (CPU tensors) otherwise. Rank 0 serves the store unless
+// `agent_store` (torchrun's agent already serves it at that address).
 trainer_dist_group* trainer_dist_group_new(const char* master_addr, uint16_t master_port, int rank,
                                            int world_size, bool agent_store, int64_t timeout_ms,
-                                           char** error) {
+                                           bool use_nccl, char** error) {
   trainer_dist_group* group = nullptr;
   // c10d logs every failed connection attempt, with a C++ backtrace, while it retries; the
   // error the caller gets says it once. TORCH_CPP_LOG_LEVEL, when set, still decides.
@@ -75,12 +103,8 @@ trainer_dist_group* trainer_dist_group_new(const char* master_addr, uint16_t mas
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), store_options);
     // Our own namespace in a store torchrun's agent may share with others.
     auto store = c10::make_intrusive<c10d::PrefixStore>("trainer", tcp);
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
-    options->devices.push_back(interface != nullptr && *interface != '\0'
-                                   ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
-                                   : c10d::ProcessGroupGloo::createDefaultDevice());
-    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
+    auto backend = use_nccl ? nccl_backend(store, rank, world_size, timeout)
+                            : gloo_backend(store, rank, world_size, timeout);
     group = new trainer_dist_group{store, backend};
   });
   FLAGS_caffe2_log_level = log_level;

@@ -504,20 +504,19 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
         }
         _ => {}
     }
-    let world_size = launch.as_ref().map_or(1, |launch| launch.world_size);
-    if world_size > 1 && args.device.is_cuda() {
-        return failed(EngineError::Config(format!(
-            "--device {:?}: data-parallel training over CUDA needs NCCL, which this build does not have yet; \
-             WORLD_SIZE={world_size} runs on --device cpu",
-            args.device
-        )));
-    }
     let timeout = Duration::from_secs(args.dist_timeout.unwrap_or(1800));
+    let mut args = args;
     let team = match launch {
-        Some(launch) => match Team::join(&launch, timeout) {
-            Ok(team) => team,
-            Err(err) => return failed(err.into()),
-        },
+        Some(launch) => {
+            // Each process of a machine trains on its own GPU, as torchrun's LOCAL_RANK says.
+            if args.device.is_cuda() {
+                args.device = Device::Cuda(launch.local_rank);
+            }
+            match Team::join(&launch, timeout, args.device) {
+                Ok(team) => team,
+                Err(err) => return failed(err.into()),
+            }
+        }
         None => Team::solo(),
     };
     let leader = team.is_leader();

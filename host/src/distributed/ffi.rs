@@ -16,6 +16,7 @@ unsafe extern "C" {
         world_size: i32,
         agent_store: bool,
         timeout_ms: i64,
+        use_nccl: bool,
         error: *mut *mut c_char,
     ) -> *mut RawGroup;
     pub fn trainer_dist_group_free(group: *mut RawGroup);

@@ -18,6 +18,8 @@ pub struct LaunchError(String);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
     pub rank: usize,
+    /// The rank among those on this machine: the GPU it trains on.
+    pub local_rank: usize,
     pub world_size: usize,
     pub master_addr: String,
     pub master_port: u16,
@@ -49,6 +51,10 @@ impl Launch {
         if rank >= world_size {
             return Err(LaunchError(format!("RANK={rank} is not below WORLD_SIZE={world_size}")));
         }
+        let local_rank = match variable("LOCAL_RANK") {
+            Some(local_rank) => number("LOCAL_RANK", &local_rank)?,
+            None => rank,
+        };
         let required = |name: &str| {
             variable(name).filter(|value| !value.trim().is_empty()).ok_or_else(|| {
                 LaunchError(format!(
@@ -57,18 +63,18 @@ impl Launch {
                 ))
             })
         };
+        let port = |port: String| {
+            port.trim().parse::<u16>().map_err(|_| LaunchError(format!("MASTER_PORT={port}: not a port number")))
+        };
+        // One process serves its own store: without a port given, any free one.
         let (master_addr, master_port) = if world_size == 1 {
-            (variable("MASTER_ADDR").unwrap_or_default(), 0)
+            (variable("MASTER_ADDR").unwrap_or_default(), variable("MASTER_PORT").map(port).transpose()?.unwrap_or(0))
         } else {
-            let port = required("MASTER_PORT")?;
-            let port = port
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| LaunchError(format!("MASTER_PORT={port}: not a port number")))?;
-            (required("MASTER_ADDR")?, port)
+            let master_port = port(required("MASTER_PORT")?)?;
+            (required("MASTER_ADDR")?, master_port)
         };
         let agent_store = variable("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|value| value == "True" || value == "1");
-        Ok(Some(Launch { rank, world_size, master_addr, master_port, agent_store }))
+        Ok(Some(Launch { rank, local_rank, world_size, master_addr, master_port, agent_store }))
     }
 }
 
@@ -169,7 +175,14 @@ mod tests {
             ("TORCHELASTIC_USE_AGENT_STORE", "True"),
         ])
         .unwrap();
-        let expected = Launch { rank: 1, world_size: 2, master_addr: "node0".into(), master_port: 29500, agent_store: true };
+        let expected = Launch {
+            rank: 1,
+            local_rank: 1,
+            world_size: 2,
+            master_addr: "node0".into(),
+            master_port: 29500,
+            agent_store: true,
+        };
         assert_eq!(found, Some(expected));
         assert_eq!(launch(&[]).unwrap(), None);
     }

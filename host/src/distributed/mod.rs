@@ -1,7 +1,8 @@
 //! Data-parallel training over PyTorch's own distributed engine, c10d: the processes a
 //! launcher started (torchrun, `trainer train --nproc`, or any that sets torchrun's
-//! variables) meet at a TCPStore and form a Gloo process group; [`Team`] is what the rest of
-//! the trainer sees of it. A run of one process is a team of one, whose collectives do
+//! variables) meet at a TCPStore and form a process group, Gloo on the CPU and NCCL on CUDA
+//! (each rank on the GPU of its LOCAL_RANK); [`Team`] is what the rest of the trainer sees
+//! of it. A run of one process is a team of one, whose collectives do
 //! nothing, so the training loop has one code path for both.
 //!
 //! The collectives come from the C++ shim in `host/shim/` (see `build.rs`) because c10d has no
@@ -16,7 +17,7 @@ pub use launch::{Launch, LaunchError};
 use std::ffi::{CStr, CString, c_char};
 use std::ptr::NonNull;
 use std::time::Duration;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A collective failed: most often because another process of the run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +42,22 @@ pub struct Team {
     rank: usize,
     size: usize,
     group: Option<Group>,
+    /// Where the collectives run: CPU tensors for Gloo, this rank's GPU for NCCL. Tensors
+    /// elsewhere are copied there and back.
+    device: Device,
 }
 
 impl Team {
     /// A run of one process.
     pub fn solo() -> Team {
-        Team { rank: 0, size: 1, group: None }
+        Team { rank: 0, size: 1, group: None, device: Device::Cpu }
     }
 
-    /// Joins the process group `launch` describes, waiting at most `timeout` for the others
-    /// (also the limit on any one collective).
-    pub fn join(launch: &Launch, timeout: Duration) -> Result<Team, DistributedError> {
-        if launch.world_size == 1 {
+    /// Joins the process group `launch` describes for training on `device` (NCCL for a
+    /// GPU, Gloo otherwise), waiting at most `timeout` for the others (also the limit on
+    /// any one collective). A launch of one process without a master address trains alone.
+    pub fn join(launch: &Launch, timeout: Duration, device: Device) -> Result<Team, DistributedError> {
+        if launch.world_size == 1 && launch.master_addr.is_empty() {
             return Ok(Team::solo());
         }
         let join_error = |message: String| DistributedError::Join {
@@ -72,11 +77,12 @@ impl Team {
                 launch.world_size as i32,
                 launch.agent_store,
                 timeout.as_millis().min(i64::MAX as u128) as i64,
+                device.is_cuda(),
                 &mut error,
             )
         };
         match NonNull::new(raw) {
-            Some(raw) => Ok(Team { rank: launch.rank, size: launch.world_size, group: Some(Group(raw)) }),
+            Some(raw) => Ok(Team { rank: launch.rank, size: launch.world_size, group: Some(Group(raw)), device }),
             None => Err(join_error(take_message(error))),
         }
     }
@@ -152,14 +158,15 @@ impl Team {
     /// Every rank's `tensor`, all of one shape, concatenated along dim 0 in rank order.
     fn gather_equal(&self, tensor: &Tensor, operation: &'static str) -> Result<Tensor, DistributedError> {
         let Some(group) = &self.group else { return Ok(tensor.shallow_clone()) };
+        let input = tensor.to_device(self.device);
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: the group and tensor are alive; a non-null result is a new `at::Tensor*`
         // that the returned Tensor owns and frees.
-        let gathered = unsafe { ffi::trainer_dist_all_gather(group.0.as_ptr(), tensor.as_ptr(), &mut error) };
+        let gathered = unsafe { ffi::trainer_dist_all_gather(group.0.as_ptr(), input.as_ptr(), &mut error) };
         if gathered.is_null() {
             return Err(self.collective_error(operation, take_message(error)));
         }
-        Ok(unsafe { Tensor::from_ptr(gathered) })
+        Ok(unsafe { Tensor::from_ptr(gathered) }.to_device(tensor.device()))
     }
 
     fn flat(
@@ -177,11 +184,12 @@ impl Team {
         }
         for kind in kinds {
             let members: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
-            let in_place = members.len() == 1 && members[0].is_contiguous();
+            let in_place = members.len() == 1 && members[0].is_contiguous() && members[0].device() == self.device;
             let mut flat = if in_place {
                 members[0].shallow_clone()
             } else {
-                Tensor::cat(&members.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0)
+                let pieces: Vec<Tensor> = members.iter().map(|t| t.reshape([-1]).to_device(self.device)).collect();
+                Tensor::cat(&pieces, 0)
             };
             let mut error: *mut c_char = std::ptr::null_mut();
             if !collective(group.0.as_ptr(), &mut flat, &mut error) {
