@@ -717,7 +717,8 @@ fn run_predict_boxes(args: PredictArgs) -> Result<(), EngineError> {
 fn exit_code(err: &EngineError) -> u8 {
     match err {
         EngineError::Policy(PolicyError::Trap { .. } | PolicyError::InvalidDecision { .. })
-        | EngineError::PolicyFault { .. } => EXIT_POLICY_FAULT,
+        | EngineError::PolicyFault { .. }
+        | EngineError::Distributed(DistributedError::PeerPolicyFault(_)) => EXIT_POLICY_FAULT,
         EngineError::Diverged(_) => EXIT_DIVERGED,
         _ => EXIT_FAILURE,
     }

@@ -26,9 +26,12 @@ pub enum DistributedError {
     Launch(#[from] LaunchError),
     #[error("MASTER_ADDR={address} MASTER_PORT={port}: rank {rank} could not join the process group: {message}")]
     Join { address: String, port: u16, rank: usize, message: String },
-    /// The ranks of a run disagree (a policy decided differently) or one of them failed.
+    /// The ranks of a run disagree: a policy decided differently, or the replicas drifted.
     #[error("{0}")]
     Disagreement(String),
+    /// A policy failed on another rank, which says how in its own output.
+    #[error("{0}")]
+    PeerPolicyFault(String),
     #[error(
         "rank {rank}: {operation} across {size} processes failed ({message}); another process of the run \
          has most likely stopped, and its own output says why"

@@ -610,7 +610,7 @@ impl Run {
                 Ok(path) => format!("; the training state is saved in {}", path.display()),
                 Err(err) => format!("; saving the training state failed: {err}"),
             };
-            return Err(DistributedError::Disagreement(format!("{message}{saved}")).into());
+            return Err(DistributedError::PeerPolicyFault(format!("{message}{saved}")).into());
         }
         for (rank, theirs) in ranks.iter().enumerate() {
             if theirs[2] != ranks[0][2] {
