@@ -152,9 +152,11 @@ impl AdamW {
         });
     }
 
-    /// Parameters of group `group`.
-    pub fn group_params(&self, group: usize) -> impl Iterator<Item = &Tensor> {
-        self.buckets.iter().filter(move |b| b.group == group).flat_map(|b| b.members.iter().map(|m| &m.tensor))
+    /// The sum of every weight, in float64, over a few buffers: equal on replicas whose
+    /// weights are equal.
+    pub fn weights_sum(&self) -> f64 {
+        let sums: Vec<Tensor> = self.buckets.iter().map(|b| b.weights.sum(Kind::Double)).collect();
+        tch::no_grad(|| Tensor::stack(&sums, 0).sum(Kind::Double)).double_value(&[])
     }
 
     /// The gradient buffers of group `group` (writing them writes its parameters' gradients).

@@ -206,6 +206,8 @@ impl Run {
         let groups = task.groups().to_vec();
         let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
+        // In the same order on every rank, for the broadcast of rank 0's weights below.
+        let all_weights: Vec<Tensor> = variables.iter().map(|(_, tensor)| tensor.shallow_clone()).collect();
         let mut group_params: Vec<Vec<Tensor>> = groups.iter().map(|_| Vec::new()).collect();
         let params = variables
             .into_iter()
@@ -355,10 +357,7 @@ impl Run {
         };
         // Every replica starts from rank 0's weights (the same checkpoint on resume; rank 0's
         // draw of the random initialisation otherwise).
-        let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        let weights: Vec<Tensor> = variables.into_iter().map(|(_, tensor)| tensor).collect();
-        team.broadcast_from_leader(&weights, "the broadcast of rank 0's weights")?;
+        team.broadcast_from_leader(&all_weights, "the broadcast of rank 0's weights")?;
 
         let progress = if leader { Progress::new(config.steps) } else { Progress::silent() };
         progress.set_position(steps_done);
@@ -595,16 +594,16 @@ impl Run {
         if self.team.size() == 1 {
             return Ok(interrupted);
         }
-        let policies: Vec<String> = self.policies.members_mut().map(|(_, p)| p.name().to_string()).collect();
-        let mut words = vec![i64::from(decision.is_none()), i64::from(interrupted), self.weights_fingerprint()];
-        words.extend(policies.iter().enumerate().map(|(index, _)| match decision {
-            Some(decision) => decision_hash(&decision.per_policy[index].1),
-            None => 0,
-        }));
+        let policy_count = self.policies.members_mut().count();
+        let fingerprint = self.optimizer.weights_sum().to_bits() as i64;
+        let mut words = vec![i64::from(decision.is_none()), i64::from(interrupted), fingerprint];
+        match decision {
+            Some(decision) => words.extend(decision.per_policy.iter().map(|(_, decided)| decision_hash(decided))),
+            None => words.extend(std::iter::repeat_n(0, policy_count)),
+        }
         let ranks = self.team.gather_words(&words, "the check that the ranks' policies agree")?;
-        if let Some(rank) = ranks.iter().position(|words| words[0] == 1)
-            && decision.is_some()
-        {
+        let Some(decision) = decision else { return Ok(false) };
+        if let Some(rank) = ranks.iter().position(|words| words[0] == 1) {
             let message = format!("rank {rank}: a policy failed at step {step} (that rank's output says which and why)");
             let saved = match self.checkpoint(Some(message.clone())) {
                 Ok(path) => format!("; the training state is saved in {}", path.display()),
@@ -619,27 +618,16 @@ impl Run {
                 ))
                 .into());
             }
-            if let Some(index) = (0..policies.len()).find(|&i| theirs[3 + i] != ranks[0][3 + i]) {
+            if let Some(index) = (0..policy_count).find(|&i| theirs[3 + i] != ranks[0][3 + i]) {
                 return Err(DistributedError::Disagreement(format!(
                     "step {step}: policy `{}` decided differently on rank {rank} than on rank 0 from the same \
                      observation; a policy must be deterministic to train on several processes",
-                    policies[index]
+                    decision.per_policy[index].0
                 ))
                 .into());
             }
         }
         Ok(ranks.iter().any(|words| words[1] == 1))
-    }
-
-    /// The bits of the sum of every trained weight, in float64: equal on replicas that
-    /// applied the same updates, and one pass over the weights to compute.
-    fn weights_fingerprint(&self) -> i64 {
-        let sums: Vec<Tensor> = (0..self.task.groups().len())
-            .flat_map(|group| self.optimizer.group_params(group))
-            .map(|weights| weights.sum(Kind::Double))
-            .collect();
-        let total = tch::no_grad(|| Tensor::stack(&sums, 0).sum(Kind::Double)).double_value(&[]);
-        total.to_bits() as i64
     }
 
     fn observation(&self) -> Observation {

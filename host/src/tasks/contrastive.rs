@@ -19,41 +19,55 @@ use tch::Tensor;
 
 const GATHER: &str = "the gather of the contrastive embeddings";
 
-/// Every rank's rows of one kind of embedding (images, texts), gathered without gradient.
-pub struct GlobalRows {
+/// Every rank's image and text embeddings of a step, gathered together without gradient (one
+/// collective for both).
+pub struct GlobalPairs {
+    /// `(global rows, image dim + text dim)`.
     all: Tensor,
+    image_width: i64,
     /// Where this rank's rows start.
     first_row: i64,
 }
 
-impl GlobalRows {
-    /// Gathers `local`, this rank's rows of the step (every piece), from every rank.
-    pub fn gather(local: &Tensor, team: &Team) -> Result<Self, DistributedError> {
-        let (all, first_row) = team.gather_rows(&local.detach(), GATHER)?;
-        Ok(GlobalRows { all, first_row })
+impl GlobalPairs {
+    /// Gathers this rank's rows of the step (every piece) from every rank.
+    pub fn gather(images: &Tensor, texts: &Tensor, team: &Team) -> Result<Self, DistributedError> {
+        let local = Tensor::cat(&[images.detach(), texts.detach()], 1);
+        let (all, first_row) = team.gather_rows(&local, GATHER)?;
+        Ok(GlobalPairs { all, image_width: images.size()[1], first_row })
     }
 
-    /// The global rows with `live` in place of this rank's rows from `offset` on.
-    fn with_live(&self, offset: i64, live: &Tensor) -> Tensor {
-        let start = self.first_row + offset;
-        let end = start + live.size()[0];
-        let rows = self.all.size()[0];
-        Tensor::cat(&[self.all.narrow(0, 0, start), live.shallow_clone(), self.all.narrow(0, end, rows - end)], 0)
+    /// The global image and text rows with `images` and `texts`, this rank's rows from
+    /// `offset` on, live in their place.
+    fn with_live(&self, offset: i64, images: &Tensor, texts: &Tensor) -> (Tensor, Tensor) {
+        let (start, rows) = (self.first_row + offset, images.size()[0]);
+        let total = self.all.size()[0];
+        let place = |columns: Tensor, live: &Tensor| {
+            let after = total - start - rows;
+            Tensor::cat(&[columns.narrow(0, 0, start), live.shallow_clone(), columns.narrow(0, start + rows, after)], 0)
+        };
+        let text_width = self.all.size()[1] - self.image_width;
+        (
+            place(self.all.narrow(1, 0, self.image_width), images),
+            place(self.all.narrow(1, self.image_width, text_width), texts),
+        )
     }
 }
 
-/// The global batch's rows with `live`, this rank's rows from `offset` on, in their place:
-/// among rows gathered beforehand (micro-batches), or gathered now (one piece per process).
+/// The global batch's image and text rows with this rank's `images` and `texts` (its rows
+/// from `offset` on) live in their place: among rows gathered beforehand (micro-batches),
+/// or gathered now (one piece per process).
 pub fn placed(
-    live: &Tensor,
+    images: &Tensor,
+    texts: &Tensor,
     offset: i64,
-    gathered: Option<&GlobalRows>,
+    gathered: Option<&GlobalPairs>,
     team: &Team,
-) -> Result<Tensor, DistributedError> {
+) -> Result<(Tensor, Tensor), DistributedError> {
     match gathered {
-        Some(rows) => Ok(rows.with_live(offset, live)),
-        None if team.size() == 1 => Ok(live.shallow_clone()),
-        None => Ok(GlobalRows::gather(live, team)?.with_live(offset, live)),
+        Some(pairs) => Ok(pairs.with_live(offset, images, texts)),
+        None if team.size() == 1 => Ok((images.shallow_clone(), texts.shallow_clone())),
+        None => Ok(GlobalPairs::gather(images, texts, team)?.with_live(offset, images, texts)),
     }
 }
 
@@ -63,15 +77,16 @@ pub fn logit_scale_for(model: &Clip, piece: usize, team: &Team) -> Tensor {
     if piece == 0 && team.is_leader() { model.logit_scale() } else { tch::no_grad(|| model.logit_scale()) }
 }
 
-/// CLIP's contrastive loss of the global batch, as this rank's share (loss / ranks), with the
-/// gradient of `weight` times this rank's share accumulated into the parameters.
-pub fn contrastive_backward(
+/// CLIP's contrastive loss of the global batch, as this rank's share (loss / ranks); with
+/// `weight`, the gradient of `weight` times this rank's share accumulated into the
+/// parameters.
+pub fn contrastive_share(
     model: &Clip,
     pixel_values: &Tensor,
     input_ids: &Tensor,
-    weight: f64,
     micro_batches: u64,
     team: &Team,
+    weight: Option<f64>,
 ) -> Result<Tensor, DistributedError> {
     let pixel_pieces = pixel_values.chunk(micro_batches as i64, 0);
     let id_pieces = input_ids.chunk(micro_batches as i64, 0);
@@ -79,17 +94,19 @@ pub fn contrastive_backward(
         let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
             pixel_pieces.iter().zip(&id_pieces).map(|(p, i)| (model.image_embeddings(p), model.text_embeddings(i))).unzip()
         });
-        Some((GlobalRows::gather(&Tensor::cat(&images, 0), team)?, GlobalRows::gather(&Tensor::cat(&texts, 0), team)?))
+        Some(GlobalPairs::gather(&Tensor::cat(&images, 0), &Tensor::cat(&texts, 0), team)?)
     } else {
         None
     };
     let mut offset = 0;
     let mut whole_batch_loss = None;
     for (piece, (pixels, ids)) in pixel_pieces.iter().zip(&id_pieces).enumerate() {
-        let images = placed(&model.image_embeddings(pixels), offset, gathered.as_ref().map(|g| &g.0), team)?;
-        let texts = placed(&model.text_embeddings(ids), offset, gathered.as_ref().map(|g| &g.1), team)?;
+        let (images, texts) = (model.image_embeddings(pixels), model.text_embeddings(ids));
+        let (images, texts) = placed(&images, &texts, offset, gathered.as_ref(), team)?;
         let loss = contrastive_loss(&images, &texts, &logit_scale_for(model, piece, team));
-        (&loss * weight).backward();
+        if let Some(weight) = weight {
+            (&loss * weight).backward();
+        }
         whole_batch_loss.get_or_insert_with(|| loss.detach() / team.size() as f64);
         offset += pixels.size()[0];
     }
@@ -138,7 +155,7 @@ mod tests {
     #[test]
     fn a_loss_over_each_shard_alone_has_another_gradient() {
         let (var_store, model, pixels, ids) = model_and_batch();
-        let _loss = contrastive_backward(&model, &pixels, &ids, 1.0, 1, &Team::solo()).unwrap();
+        let _loss = contrastive_share(&model, &pixels, &ids, 1, &Team::solo(), Some(1.0)).unwrap();
         let whole = gradients(&var_store);
         zero_grads(&var_store);
         for (pixels, ids) in pixels.chunk(2, 0).iter().zip(ids.chunk(2, 0)) {
@@ -156,10 +173,10 @@ mod tests {
     fn accumulated_micro_batches_give_the_whole_batch_gradient() {
         let (var_store, model, pixels, ids) = model_and_batch();
         let solo = Team::solo();
-        let whole = contrastive_backward(&model, &pixels, &ids, 2.0, 1, &solo).unwrap();
+        let whole = contrastive_share(&model, &pixels, &ids, 1, &solo, Some(2.0)).unwrap();
         let expected = gradients(&var_store);
         zero_grads(&var_store);
-        let accumulated = contrastive_backward(&model, &pixels, &ids, 2.0, 4, &solo).unwrap();
+        let accumulated = contrastive_share(&model, &pixels, &ids, 4, &solo, Some(2.0)).unwrap();
         assert!((whole.double_value(&[]) - accumulated.double_value(&[])).abs() < 1e-5);
         for ((name, want), (_, got)) in expected.iter().zip(gradients(&var_store)) {
             let error = (want - &got).abs().max().double_value(&[]);

@@ -19,11 +19,11 @@ use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::distributed::Team;
-use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, contrastive_loss, parameter_group};
+use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
-use super::contrastive::contrastive_backward;
+use super::contrastive::contrastive_share;
 use data::TrainingData;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -152,17 +152,12 @@ impl Task for ContrastiveTask {
         let batch = self.data.batch(step, knobs.total_steps)?;
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixel_values = self.normalizer.normalize(&unit);
+        let (micro_batches, team) = (self.accum_steps, &self.team);
         let raw = if knobs.backward {
-            let weight = knobs.loss_weights[0];
-            contrastive_backward(&self.model, &pixel_values, &batch.input_ids, weight, self.accum_steps, &self.team)?
+            let weight = Some(knobs.loss_weights[0]);
+            contrastive_share(&self.model, &pixel_values, &batch.input_ids, micro_batches, team, weight)?
         } else {
-            // Every rank computes the same global loss from the gathered embeddings.
-            let (images, texts) = tch::no_grad(|| {
-                (self.model.image_embeddings(&pixel_values), self.model.text_embeddings(&batch.input_ids))
-            });
-            let gather = |rows: &Tensor| self.team.gather_rows(rows, "the gather of the contrastive embeddings");
-            let (images, texts) = (gather(&images)?.0, gather(&texts)?.0);
-            tch::no_grad(|| contrastive_loss(&images, &texts, &self.model.logit_scale())) / self.team.size() as f64
+            tch::no_grad(|| contrastive_share(&self.model, &pixel_values, &batch.input_ids, micro_batches, team, None))?
         };
         Ok(StepLosses { raw: vec![raw], images: batch.samples.len(), skipped: batch.skipped })
     }

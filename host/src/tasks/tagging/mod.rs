@@ -30,7 +30,7 @@ mod predict;
 pub use predict::{PredictRequest, predict};
 
 use super::captioned::{CaptionedTraining, TrainBatch};
-use super::contrastive::{GlobalRows, logit_scale_for, placed};
+use super::contrastive::{GlobalPairs, logit_scale_for, placed};
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
     given_flags, load_model, load_tokenizer,
@@ -202,7 +202,7 @@ struct Piece<'a> {
     offset: i64,
     /// Every rank's image and text embeddings of the step, for `align`, when the step has
     /// several pieces.
-    gathered: Option<&'a (GlobalRows, GlobalRows)>,
+    gathered: Option<&'a GlobalPairs>,
     /// Images in the global batch.
     global_rows: i64,
 }
@@ -531,9 +531,7 @@ impl TaggingTask {
                     match piece {
                         None => clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale()),
                         Some(piece) => {
-                            let gathered = piece.gathered.as_ref();
-                            let images = placed(&embeddings, piece.offset, gathered.map(|g| &g.0), &self.team)?;
-                            let texts = placed(&texts, piece.offset, gathered.map(|g| &g.1), &self.team)?;
+                            let (images, texts) = placed(&embeddings, &texts, piece.offset, piece.gathered, &self.team)?;
                             let scale = logit_scale_for(&self.tagger.clip, piece.index, &self.team);
                             clip::contrastive_loss(&images, &texts, &scale)
                         }
@@ -576,10 +574,7 @@ impl TaggingTask {
                     })
                     .unzip()
             });
-            Some((
-                GlobalRows::gather(&Tensor::cat(&images, 0), &self.team)?,
-                GlobalRows::gather(&Tensor::cat(&texts, 0), &self.team)?,
-            ))
+            Some(GlobalPairs::gather(&Tensor::cat(&images, 0), &Tensor::cat(&texts, 0), &self.team)?)
         } else {
             None
         };
