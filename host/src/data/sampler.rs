@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(a.batch(25), later.as_slice());
         let first_epoch = a.batch(5).to_vec();
         assert_ne!(first_epoch, a.batch(15), "epochs are shuffled differently");
-        assert_ne!(EpochSampler::new(2, 100, 10, Shard::WHOLE).batch(0), EpochSampler::new(1, 100, 10, Shard::WHOLE).batch(0));
+        assert_ne!(
+            EpochSampler::new(2, 100, 10, Shard::WHOLE).batch(0),
+            EpochSampler::new(1, 100, 10, Shard::WHOLE).batch(0)
+        );
     }
 
     #[test]

@@ -22,8 +22,15 @@ unsafe extern "C" {
     pub fn trainer_dist_group_free(group: *mut RawGroup);
     pub fn trainer_dist_free_error(error: *mut c_char);
     pub fn trainer_dist_all_reduce_sum(group: *mut RawGroup, tensor: *mut C_tensor, error: *mut *mut c_char) -> bool;
-    pub fn trainer_dist_all_gather(group: *mut RawGroup, tensor: *const C_tensor, error: *mut *mut c_char)
-    -> *mut C_tensor;
-    pub fn trainer_dist_broadcast(group: *mut RawGroup, tensor: *mut C_tensor, root: i32, error: *mut *mut c_char)
-    -> bool;
+    pub fn trainer_dist_all_gather(
+        group: *mut RawGroup,
+        tensor: *const C_tensor,
+        error: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    pub fn trainer_dist_broadcast(
+        group: *mut RawGroup,
+        tensor: *mut C_tensor,
+        root: i32,
+        error: *mut *mut c_char,
+    ) -> bool;
 }

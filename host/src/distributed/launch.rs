@@ -84,7 +84,8 @@ impl Launch {
 /// hangs on a dead peer. SIGINT or SIGTERM sent to this process is passed on to the ranks as
 /// SIGTERM, on which they checkpoint and exit together.
 pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -> Result<ExitStatus, LaunchError> {
-    let program = std::env::current_exe().map_err(|err| LaunchError(format!("--nproc: cannot find this program: {err}")))?;
+    let program =
+        std::env::current_exe().map_err(|err| LaunchError(format!("--nproc: cannot find this program: {err}")))?;
     // A free port now; the store of rank 0 binds it a moment later.
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -190,7 +191,9 @@ mod tests {
     #[test]
     fn missing_or_wrong_variables_are_named() {
         let message = |variables: &[(&str, &str)]| launch(variables).unwrap_err().to_string();
-        assert!(message(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")]).contains("MASTER_ADDR is not set"));
+        assert!(
+            message(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "1")]).contains("MASTER_ADDR is not set")
+        );
         assert!(message(&[("RANK", "2"), ("WORLD_SIZE", "2")]).contains("RANK=2 is not below WORLD_SIZE=2"));
         let bad_port = [("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "a"), ("MASTER_PORT", "x")];
         assert!(message(&bad_port).contains("MASTER_PORT=x"));

@@ -69,7 +69,8 @@ impl Team {
             rank: launch.rank,
             message,
         };
-        let address = CString::new(launch.master_addr.as_str()).map_err(|_| join_error("a NUL byte in MASTER_ADDR".into()))?;
+        let address =
+            CString::new(launch.master_addr.as_str()).map_err(|_| join_error("a NUL byte in MASTER_ADDR".into()))?;
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; `error` is set only on failure.
         let raw = unsafe {
@@ -136,7 +137,10 @@ impl Team {
         // Collectives move equal shapes: pad to the longest, then keep each rank's own rows.
         let mut padding = tensor.size();
         padding[0] = most - rows;
-        let padded = Tensor::cat(&[tensor.shallow_clone(), Tensor::zeros(padding.as_slice(), (tensor.kind(), tensor.device()))], 0);
+        let padded = Tensor::cat(
+            &[tensor.shallow_clone(), Tensor::zeros(padding.as_slice(), (tensor.kind(), tensor.device()))],
+            0,
+        );
         let all = self.gather_equal(&padded, operation)?;
         let kept: Vec<Tensor> =
             counts.iter().enumerate().map(|(rank, &count)| all.narrow(0, rank as i64 * most, count)).collect();

@@ -74,7 +74,9 @@ struct Bucket {
 
 impl Bucket {
     fn new(group: usize, decay: bool, params: Vec<OptimizedParam>) -> Bucket {
-        let weights = tch::no_grad(|| Tensor::cat(&params.iter().map(|p| p.tensor.detach().reshape([-1])).collect::<Vec<_>>(), 0));
+        let weights = tch::no_grad(|| {
+            Tensor::cat(&params.iter().map(|p| p.tensor.detach().reshape([-1])).collect::<Vec<_>>(), 0)
+        });
         let grads = weights.zeros_like();
         let mut offset = 0;
         let members = params
@@ -328,7 +330,8 @@ mod tests {
         // (shape, group, decay): two groups, each with decayed and undecayed parameters.
         let layout: [(&[i64], usize, bool); 5] =
             [(&[64, 48], 0, true), (&[48], 0, false), (&[7, 3, 5], 1, true), (&[1], 1, false), (&[300], 0, true)];
-        let initial: Vec<Tensor> = layout.iter().map(|(shape, _, _)| Tensor::randn(*shape, (Kind::Float, tch::Device::Cpu))).collect();
+        let initial: Vec<Tensor> =
+            layout.iter().map(|(shape, _, _)| Tensor::randn(*shape, (Kind::Float, tch::Device::Cpu))).collect();
         let params: Vec<Tensor> = initial.iter().map(|t| t.copy().set_requires_grad(true)).collect();
         let mut adamw = AdamW::new(
             params
@@ -353,12 +356,8 @@ mod tests {
             let lrs = [1e-2 / (step + 1) as f64, 3e-3];
             let coefficients: Vec<Tensor> = initial.iter().map(|t| t.randn_like() * 1e-3).collect();
             adamw.zero_grad();
-            let loss = params
-                .iter()
-                .zip(&coefficients)
-                .map(|(p, c)| (p * c).sum(Kind::Float))
-                .reduce(|a, b| a + b)
-                .unwrap();
+            let loss =
+                params.iter().zip(&coefficients).map(|(p, c)| (p * c).sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
             loss.backward();
             adamw.step(&lrs, &frozen);
             for group in 0..2 {
@@ -369,7 +368,14 @@ mod tests {
                     if !frozen[*group] {
                         let (exp_avg, exp_avg_sq) = &mut moments[i];
                         let update = (exp_avg, exp_avg_sq);
-                        per_tensor_update(&mut reference[i], &coefficients[i], update, steps[*group], lrs[*group], *decay);
+                        per_tensor_update(
+                            &mut reference[i],
+                            &coefficients[i],
+                            update,
+                            steps[*group],
+                            lrs[*group],
+                            *decay,
+                        );
                     }
                 }
             });

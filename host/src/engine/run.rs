@@ -604,7 +604,8 @@ impl Run {
         let ranks = self.team.gather_words(&words, "the check that the ranks' policies agree")?;
         let Some(decision) = decision else { return Ok(false) };
         if let Some(rank) = ranks.iter().position(|words| words[0] == 1) {
-            let message = format!("rank {rank}: a policy failed at step {step} (that rank's output says which and why)");
+            let message =
+                format!("rank {rank}: a policy failed at step {step} (that rank's output says which and why)");
             let saved = match self.checkpoint(Some(message.clone())) {
                 Ok(path) => format!("; the training state is saved in {}", path.display()),
                 Err(err) => format!("; saving the training state failed: {err}"),

@@ -92,7 +92,11 @@ pub fn contrastive_share(
     let id_pieces = input_ids.chunk(micro_batches as i64, 0);
     let gathered = if pixel_pieces.len() > 1 {
         let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
-            pixel_pieces.iter().zip(&id_pieces).map(|(p, i)| (model.image_embeddings(p), model.text_embeddings(i))).unzip()
+            pixel_pieces
+                .iter()
+                .zip(&id_pieces)
+                .map(|(p, i)| (model.image_embeddings(p), model.text_embeddings(i)))
+                .unzip()
         });
         Some(GlobalPairs::gather(&Tensor::cat(&images, 0), &Tensor::cat(&texts, 0), team)?)
     } else {
@@ -164,7 +168,9 @@ mod tests {
         let largest = whole
             .iter()
             .zip(gradients(&var_store))
-            .map(|((_, want), (_, got))| ((want - &got).abs().max() / want.abs().max().clamp_min(1e-2)).double_value(&[]))
+            .map(|((_, want), (_, got))| {
+                ((want - &got).abs().max() / want.abs().max().clamp_min(1e-2)).double_value(&[])
+            })
             .fold(0.0, f64::max);
         assert!(largest > 0.05, "the shard-local gradient is within {largest} of the whole batch's");
     }
