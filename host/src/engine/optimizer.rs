@@ -5,17 +5,20 @@
 //! The parameters of a group that share weight decay and dtype form a bucket: their weights,
 //! gradients and both moments each live in one contiguous buffer, the parameters and their
 //! gradients being views into them (autograd accumulates into such a gradient in place). A
-//! step is then a dozen large kernels per bucket whatever the number of parameters, and the
-//! gradient norm, clipping and a data-parallel sum each work on a few buffers. Elementwise
-//! kernels give each element the same bits in a buffer as in its own tensor, so the weights
-//! are those of the per-tensor update, bit for bit (tested).
+//! step is then one pass of ATen's fused AdamW kernel per bucket (the kernel of PyTorch's
+//! `AdamW(fused=True)`) whatever the number of parameters, and the gradient norm, clipping
+//! and a data-parallel sum each work on a few buffers. The kernel is elementwise, so each
+//! element gets the same bits in a buffer as in its own tensor: the weights are those of the
+//! per-tensor update, bit for bit (tested).
 //!
 //! Every parameter of a trained group is updated each step, as by PyTorch's AdamW for a
 //! parameter whose gradient is a tensor of zeros: one that takes no part in the loss still
 //! has its moments decay and its weight decay applied. (The tasks leave such parameters out
 //! of the groups.)
 
+use std::ffi::c_char;
 use tch::{Kind, Tensor};
+use torch_sys::C_tensor;
 
 /// AdamW's hyper-parameters other than the learning rate, which comes every step.
 #[derive(Debug, Clone, Copy)]
@@ -44,8 +47,66 @@ pub struct OptimizedParam {
 }
 
 unsafe extern "C" {
-    /// `host/shim/grad_views.cpp`: makes `grad` the gradient of `parameter`.
-    fn trainer_set_grad(parameter: *mut torch_sys::C_tensor, grad: *const torch_sys::C_tensor);
+    /// `host/shim/optimizer.cpp`: makes `grad` the gradient of `parameter`.
+    fn trainer_set_grad(parameter: *mut C_tensor, grad: *const C_tensor);
+    /// `host/shim/optimizer.cpp`: ATen's fused AdamW update of one set of buffers.
+    fn trainer_fused_adamw(
+        weights: *mut C_tensor,
+        grads: *const C_tensor,
+        exp_avg: *mut C_tensor,
+        exp_avg_sq: *mut C_tensor,
+        step: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        error: *mut *mut c_char,
+    ) -> bool;
+}
+
+/// The moments of AdamW for one tensor of weights (or a bucket's buffer of them).
+struct Moments<'a> {
+    exp_avg: &'a mut Tensor,
+    exp_avg_sq: &'a mut Tensor,
+}
+
+/// One AdamW update of `weights` in place, at update number `step` (from 1), with
+/// `weight_decay` (0 for parameters that take none): ATen's fused kernel, whose arithmetic
+/// is PyTorch's `AdamW(fused=True)`.
+fn fused_adamw(
+    weights: &mut Tensor,
+    grads: &Tensor,
+    moments: Moments,
+    step: i64,
+    lr: f64,
+    weight_decay: f64,
+    config: &AdamWConfig,
+) {
+    let mut error = std::ptr::null_mut();
+    // SAFETY: four live tensors of one shape, dtype and device; the kernel writes the
+    // weights and moments in place.
+    let done = unsafe {
+        trainer_fused_adamw(
+            weights.as_mut_ptr(),
+            grads.as_ptr(),
+            moments.exp_avg.as_mut_ptr(),
+            moments.exp_avg_sq.as_mut_ptr(),
+            step,
+            lr,
+            config.beta1,
+            config.beta2,
+            weight_decay,
+            config.eps,
+            &mut error,
+        )
+    };
+    if !done {
+        // SAFETY: on failure the shim sets `error` to a malloc'ed C string.
+        let message = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
+        unsafe { libc::free(error.cast()) };
+        panic!("AdamW's fused kernel failed: {message}");
+    }
 }
 
 /// A parameter's place in its bucket.
@@ -137,11 +198,13 @@ impl AdamW {
         }
     }
 
-    /// The L2 norm of all gradients together, as one scalar tensor (no host sync).
+    /// The L2 norm of all gradients together, as one scalar tensor (no host sync): the norm
+    /// of the buffers' norms, as `torch.nn.utils.clip_grad_norm_` takes it over tensors, with
+    /// no buffer-sized temporary.
     pub fn grad_norm(&self) -> Tensor {
         tch::no_grad(|| {
-            let squares: Vec<Tensor> = self.buckets.iter().map(|b| b.grads.square().sum(Kind::Float)).collect();
-            Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
+            let norms: Vec<Tensor> = self.buckets.iter().map(|b| b.grads.norm().to_kind(Kind::Float)).collect();
+            Tensor::stack(&norms, 0).norm()
         })
     }
 
@@ -218,33 +281,17 @@ impl AdamW {
     /// One update with learning rate `lrs[group]` for each group that is not frozen
     /// (`frozen[group]`); frozen groups keep their weights and moments untouched.
     pub fn step(&mut self, lrs: &[f64], frozen: &[bool]) {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
+        let config = self.config;
         tch::no_grad(|| {
             for bucket in &mut self.buckets {
                 if frozen[bucket.group] {
                     continue;
                 }
-                let lr = lrs[bucket.group];
                 bucket.steps += 1;
-                let bias_correction1 = 1.0 - beta1.powi(bucket.steps as i32);
-                let bias_correction2_sqrt = (1.0 - beta2.powi(bucket.steps as i32)).sqrt();
-                if bucket.decay && weight_decay != 0.0 {
-                    let _ = bucket.weights.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                let _ = bucket.exp_avg.lerp_(&bucket.grads, 1.0 - beta1);
-                let _ = bucket.exp_avg_sq.g_mul_scalar_(beta2);
-                // tch's addcmul_/addcdiv_ take no scale, so the scales ride on one operand:
-                // (sqrt(1 - b2) g)^2 = (1 - b2) g^2, and the step's -lr/bc1 divides into denom.
-                let scaled_grad = &bucket.grads * (1.0 - beta2).sqrt();
-                let _ = bucket.exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
-                if lr == 0.0 {
-                    continue;
-                }
-                let mut denom = bucket.exp_avg_sq.sqrt();
-                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
-                let _ = denom.g_add_scalar_(eps);
-                let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
-                let _ = bucket.weights.addcdiv_(&bucket.exp_avg, &denom);
+                let weight_decay = if bucket.decay { config.weight_decay } else { 0.0 };
+                let moments = Moments { exp_avg: &mut bucket.exp_avg, exp_avg_sq: &mut bucket.exp_avg_sq };
+                let lr = lrs[bucket.group];
+                fused_adamw(&mut bucket.weights, &bucket.grads, moments, bucket.steps, lr, weight_decay, &config);
             }
         });
     }
@@ -298,7 +345,7 @@ mod tests {
         assert!((got_b[0] as f64 - expected_b).abs() < 1e-5, "{} vs {expected_b}", got_b[0]);
     }
 
-    /// The update of one parameter as its own tensor: the optimizer before its buckets.
+    /// The update of one parameter as its own tensor.
     fn per_tensor_update(
         weight: &mut Tensor,
         grad: &Tensor,
@@ -307,21 +354,9 @@ mod tests {
         lr: f64,
         decay: bool,
     ) {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = AdamWConfig::default();
-        let bias_correction1 = 1.0 - beta1.powi(step as i32);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
-        if decay {
-            let _ = weight.g_mul_scalar_(1.0 - lr * weight_decay);
-        }
-        let _ = exp_avg.lerp_(grad, 1.0 - beta1);
-        let _ = exp_avg_sq.g_mul_scalar_(beta2);
-        let scaled_grad = grad * (1.0 - beta2).sqrt();
-        let _ = exp_avg_sq.addcmul_(&scaled_grad, &scaled_grad);
-        let mut denom = exp_avg_sq.sqrt();
-        let _ = denom.g_div_scalar_(bias_correction2_sqrt);
-        let _ = denom.g_add_scalar_(eps);
-        let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
-        let _ = weight.addcdiv_(exp_avg, &denom);
+        let config = AdamWConfig::default();
+        let weight_decay = if decay { config.weight_decay } else { 0.0 };
+        fused_adamw(weight, grad, Moments { exp_avg, exp_avg_sq }, step, lr, weight_decay, &config);
     }
 
     #[test]

@@ -662,17 +662,19 @@ impl Run {
             }
         }
         let grad_norm =
-            if any_trainable { self.optimizer.grad_norm() } else { Tensor::from(0.0f32).to_device(self.device) };
+            if any_trainable { self.optimizer.grad_norm() } else { Tensor::zeros([], (Kind::Float, self.device)) };
         // The one read-back per step: the policies need these numbers, and a non-finite
         // loss or norm must not reach the weights. The losses and the counts of images
         // trained on and left out are summed over the ranks (each gives its share); the norm
         // and logit scale are rank 0's, so that every rank's policies observe the same bits.
-        let mut readings: Vec<Tensor> = measured.raw.iter().map(Tensor::shallow_clone).collect();
-        let count = |count: usize| Tensor::from(count as f64).to_device(self.device);
-        readings.extend([count(measured.images), count(measured.skipped.len())]);
-        readings.extend([grad_norm.shallow_clone(), self.task.logit_scale()]);
-        let readings = Tensor::stack(&readings.iter().map(|t| t.to_kind(Kind::Double)).collect::<Vec<_>>(), 0)
-            .to_device(Device::Cpu);
+        // The counts are the host's already: joined after the read-back, not uploaded (an
+        // upload from the host waits for the device as a read-back does).
+        let mut on_device: Vec<Tensor> = measured.raw.iter().map(|t| t.to_kind(Kind::Double)).collect();
+        on_device.extend([grad_norm.to_kind(Kind::Double), self.task.logit_scale().to_kind(Kind::Double)]);
+        let on_device = Tensor::stack(&on_device, 0).to_device(Device::Cpu);
+        let losses = measured.raw.len() as i64;
+        let counts = Tensor::from_slice(&[measured.images as f64, measured.skipped.len() as f64]);
+        let readings = Tensor::cat(&[on_device.narrow(0, 0, losses), counts, on_device.narrow(0, losses, 2)], 0);
         if !self.team.is_leader() {
             let _ = readings.narrow(0, measured.raw.len() as i64 + 2, 2).fill_(0.0);
         }
