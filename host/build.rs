@@ -27,7 +27,7 @@ fn main() {
 }
 
 fn compile_shim() {
-    const SHIM: [&str; 2] = ["shim/distributed.cpp", "shim/optimizer.cpp"];
+    const SHIM: [&str; 3] = ["shim/checkpoint.cpp", "shim/distributed.cpp", "shim/optimizer.cpp"];
     for file in SHIM {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -71,6 +71,20 @@ fn paused_and_resumed_runs_end_bit_identical() {
     }
 }
 
+/// Activation checkpointing changes memory, not results: a run that checkpoints its layers,
+/// paused and resumed without doing so, ends with the weights of a plain run, bit for bit.
+#[test]
+fn grad_checkpointing_trains_the_same_weights_and_may_change_on_resume() {
+    let (plain, checkpointed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = ["--steps", "6", "--batch-size", "16", "--seed", "3"];
+    assert_success(&train_cpu(plain.path(), &[policy("cosine_warmup").display().to_string()], &args));
+    let paused = [&args[..], &["--grad-checkpointing", "--pause-after-steps", "3"]].concat();
+    assert_success(&train_cpu(checkpointed.path(), &[policy("cosine_warmup").display().to_string()], &paused));
+    assert_success(&resume(checkpointed.path(), &[]));
+    let weights = "final/model.safetensors";
+    assert!(bytes(&plain.path().join(weights)) == bytes(&checkpointed.path().join(weights)), "the weights differ");
+}
+
 #[test]
 fn resuming_with_another_policy_needs_the_explicit_swap() {
     let dir = tempfile::tempdir().unwrap();

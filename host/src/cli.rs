@@ -4,6 +4,7 @@
 //! one-line messages and exit codes.
 
 use crate::check::{CheckOptions, check_policy};
+use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use crate::engine::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, EngineError, Resume, RunConfig, RunOptions,
     Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate, write_json,
@@ -14,8 +15,7 @@ use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
 use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
 use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
-use crate::tasks::{self, TaskArgs, TaskKind};
-use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
+use crate::tasks::{self, Execution, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -184,6 +184,11 @@ pub struct TrainArgs {
     /// Threads decoding images [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = positive_usize)]
     pub workers: Option<usize>,
+    /// Keep only each transformer layer's input during the forward and compute the layer
+    /// again in backward: less activation memory for about one more forward; the gradients
+    /// are the same; a resumed run may change it.
+    #[arg(long)]
+    pub grad_checkpointing: bool,
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
@@ -253,6 +258,11 @@ pub struct EvalArgs {
     /// Threads decoding images [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N", value_parser = positive_usize)]
     pub workers: Option<usize>,
+    /// Keep only each transformer layer's input during the forward and compute the layer
+    /// again in backward: less activation memory for about one more forward; the gradients
+    /// are the same. May differ on --resume
+    #[arg(long)]
+    pub grad_checkpointing: bool,
 }
 
 /// The images a model is applied to, and the device it runs on.
@@ -540,7 +550,10 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         policy_cache: component_cache(),
         team,
     };
-    let workers = args.workers.unwrap_or_else(default_workers);
+    let execution = Execution {
+        workers: args.workers.unwrap_or_else(default_workers),
+        grad_checkpointing: args.grad_checkpointing,
+    };
     if args.resume.is_some() {
         let mut fixed = vec![
             ("--batch-size", args.batch_size.is_some()),
@@ -567,7 +580,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
             keep_checkpoints: args.keep_checkpoints,
             max_skipped_steps: args.max_skipped_steps,
         };
-        return tasks::resume(&options, &resume, workers);
+        return tasks::resume(&options, &resume, execution);
     }
     let task = args.task_args.config(args.task.unwrap_or_default())?;
     let run = RunConfig {
@@ -584,7 +597,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         max_skipped_steps: args.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
         keep_checkpoints: args.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS),
     };
-    tasks::train(&run, &task, &options, workers)
+    tasks::train(&run, &task, &options, execution)
 }
 
 fn report_outcome(outcome: &TrainOutcome) {

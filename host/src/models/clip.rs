@@ -3,9 +3,11 @@
 //! these variables. A ViT image tower and a causal transformer text tower, each with a
 //! projection into a shared space, and a learnable logit scale.
 
+use super::checkpoint;
 use super::pretrained::{self, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -279,19 +281,55 @@ impl EncoderLayer {
     }
 }
 
+/// How the transformer layers run: the dtype they compute in (weights, embeddings, layer
+/// norms and the loss stay float32), and whether their activations are checkpointed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Compute {
+    pub kind: Kind,
+    pub checkpointing: bool,
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Compute { kind: Kind::Float, checkpointing: false }
+    }
+}
+
 #[derive(Debug)]
 struct Encoder {
-    layers: Vec<EncoderLayer>,
+    /// Shared with the autograd graph while a checkpointed forward awaits its backward.
+    layers: Vec<Arc<EncoderLayer>>,
+}
+
+/// A layer held by a checkpointed block until its backward has run.
+struct GraphLayer(Arc<EncoderLayer>);
+
+// SAFETY: the graph calls the layer's forward one call at a time (once in the forward pass,
+// once in backward, while the caller waits in `backward`), and that forward only reads the
+// layer's tensors, which libtorch allows from any thread.
+unsafe impl Send for GraphLayer {}
+
+impl GraphLayer {
+    fn forward(&self, xs: &Tensor, causal: bool, compute: Kind) -> Tensor {
+        self.0.forward(xs, causal, compute)
+    }
 }
 
 impl Encoder {
     fn new(path: nn::Path, shape: EncoderShape) -> Self {
-        let layers = (0..shape.layers).map(|i| EncoderLayer::new(&path / "layers" / i, shape)).collect();
+        let layers = (0..shape.layers).map(|i| Arc::new(EncoderLayer::new(&path / "layers" / i, shape))).collect();
         Encoder { layers }
     }
 
-    fn forward(&self, xs: &Tensor, causal: bool, compute: Kind) -> Tensor {
-        self.layers.iter().fold(xs.shallow_clone(), |xs, layer| layer.forward(&xs, causal, compute))
+    fn forward(&self, xs: &Tensor, causal: bool, compute: Compute) -> Tensor {
+        let checkpointing = compute.checkpointing && checkpoint::grad_enabled();
+        self.layers.iter().fold(xs.shallow_clone(), |xs, layer| {
+            if !checkpointing {
+                return layer.forward(&xs, causal, compute.kind);
+            }
+            let layer = GraphLayer(Arc::clone(layer));
+            checkpoint::checkpointed(&xs, move |xs| layer.forward(xs, causal, compute.kind))
+        })
     }
 }
 
@@ -341,7 +379,7 @@ impl TextTransformer {
     }
 
     /// Pooled output at each sequence's end token: `(batch, hidden)`.
-    pub(super) fn forward(&self, input_ids: &Tensor, compute: Kind) -> Tensor {
+    pub(super) fn forward(&self, input_ids: &Tensor, compute: Compute) -> Tensor {
         let tokens = input_ids.size()[1];
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
         let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
@@ -398,16 +436,16 @@ impl VisionTransformer {
     }
 
     /// Pooled output at the class token: `(batch, hidden)`.
-    fn forward(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+    fn forward(&self, pixel_values: &Tensor, compute: Compute) -> Tensor {
         self.post_layernorm.forward(&self.encoder_output(pixel_values, compute).select(1, 0))
     }
 
     /// Every token (class token first) after the post layer norm: `(batch, tokens, hidden)`.
-    pub(super) fn tokens(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+    pub(super) fn tokens(&self, pixel_values: &Tensor, compute: Compute) -> Tensor {
         self.post_layernorm.forward(&self.encoder_output(pixel_values, compute))
     }
 
-    fn encoder_output(&self, pixel_values: &Tensor, compute: Kind) -> Tensor {
+    fn encoder_output(&self, pixel_values: &Tensor, compute: Compute) -> Tensor {
         let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
         let (batch, _, hidden) = patches.size3().expect("patch embeddings are (batch, patches, hidden)");
         let class = self.class_embedding.view([1, 1, hidden]).expand([batch, 1, hidden], false);
@@ -424,9 +462,7 @@ pub struct Clip {
     text_projection: nn::Linear,
     visual_projection: nn::Linear,
     logit_scale: Tensor,
-    /// The dtype the transformer layers compute in; weights, embeddings, layer norms and
-    /// the loss stay float32.
-    compute: Kind,
+    compute: Compute,
 }
 
 impl Clip {
@@ -439,14 +475,20 @@ impl Clip {
             text_projection: projection(root / "text_projection", text.hidden_size, config.projection_dim),
             visual_projection: projection(root / "visual_projection", vision.hidden_size, config.projection_dim),
             logit_scale: root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
-            compute: Kind::Float,
+            compute: Compute::default(),
         }
     }
 
     /// Mixed precision: `Kind::BFloat16` runs the transformer layers in bfloat16 through
     /// explicit casts; `Kind::Float` (the default) computes everything in float32.
     pub fn set_compute_kind(&mut self, kind: Kind) {
-        self.compute = kind;
+        self.compute.kind = kind;
+    }
+
+    /// Activation checkpointing of every transformer layer of both towers while gradients
+    /// are recorded: less memory for one more forward of each layer in backward.
+    pub fn set_grad_checkpointing(&mut self, on: bool) {
+        self.compute.checkpointing = on;
     }
 
     /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors`) onto `device`,
@@ -557,6 +599,56 @@ mod tests {
         for (name, var) in var_store.variables() {
             assert_eq!(var.kind(), Kind::Float, "{name} stays a float32 master weight");
             assert!(var.grad().defined(), "{name} receives a gradient");
+        }
+    }
+
+    /// Each variable's gradient after one backward of the contrastive loss, by name.
+    fn gradients(model: &Clip, var_store: &nn::VarStore, pixels: &Tensor, ids: &Tensor) -> Vec<(String, Tensor)> {
+        for var in var_store.trainable_variables() {
+            let mut grad = var.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+        model.contrastive_loss(pixels, ids).backward();
+        let mut grads: Vec<(String, Tensor)> = var_store
+            .variables()
+            .into_iter()
+            .filter(|(_, var)| var.requires_grad())
+            .map(|(n, v)| (n, v.grad().copy()))
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        grads
+    }
+
+    #[test]
+    fn checkpointed_layers_give_the_gradients_of_plain_ones() {
+        tch::manual_seed(7);
+        let config = ClipConfig::tiny(20, 6, 1, 19, 0);
+        let var_store = nn::VarStore::new(Device::Cpu);
+        let mut model = Clip::new(&var_store.root(), &config);
+        let pixels = Tensor::randn([4, 3, 28, 28], (Kind::Float, Device::Cpu));
+        let ids = Tensor::randint_low(2, 18, [4, 6], (Kind::Int64, Device::Cpu));
+        let _ = ids.narrow(1, 5, 1).fill_(19);
+        // Trained throughout, and with the embeddings frozen so that the first layer's input
+        // needs no gradient while its weights do.
+        for frozen_embeddings in [false, true] {
+            if frozen_embeddings {
+                for (name, var) in var_store.variables() {
+                    if name.contains("embedding") {
+                        let _ = var.set_requires_grad(false);
+                    }
+                }
+            }
+            model.set_grad_checkpointing(false);
+            let plain = gradients(&model, &var_store, &pixels, &ids);
+            model.set_grad_checkpointing(true);
+            let checkpointed = gradients(&model, &var_store, &pixels, &ids);
+            assert_eq!(plain.len(), checkpointed.len());
+            for ((name, a), (_, b)) in plain.iter().zip(&checkpointed) {
+                assert!(b.defined() && b.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} has a gradient");
+                assert!(a.equal(b), "{name}: gradients differ by {}", (a - b).abs().max().double_value(&[]));
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Model definitions, one file per model family, with Hugging Face configuration fields
 //! and parameter names so that checkpoints move between this trainer and `transformers`.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod owlvit;
 pub mod pretrained;

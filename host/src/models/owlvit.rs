@@ -9,7 +9,7 @@
 //! boxes are biased toward their patch's place on the grid.
 
 use super::clip::{
-    Activation, ClipTextConfig, ClipVisionConfig, TextPooling, TextTransformer, VisionTransformer, layer_norm,
+    Activation, ClipTextConfig, ClipVisionConfig, Compute, TextPooling, TextTransformer, VisionTransformer, layer_norm,
     normalize, projection,
 };
 use super::pretrained::{self, PretrainedError};
@@ -210,8 +210,8 @@ pub struct OwlDetector {
     logit_scale: Tensor,
     /// `(patches, 4)`: added to the box head's output before the sigmoid.
     box_bias: Tensor,
-    /// The dtype the transformer layers compute in; the heads compute in float32.
-    compute: Kind,
+    /// How the towers' transformer layers run; the heads compute in float32.
+    compute: Compute,
 }
 
 impl OwlDetector {
@@ -240,7 +240,7 @@ impl OwlDetector {
             layer_norm: layer_norm(root / "layer_norm", width, vision.layer_norm_eps),
             logit_scale: towers.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value)),
             box_bias: box_bias(config.grid_size(), root.device()),
-            compute: Kind::Float,
+            compute: Compute::default(),
         }
     }
 
@@ -259,7 +259,12 @@ impl OwlDetector {
 
     /// Mixed precision of the towers, as [`super::clip::Clip::set_compute_kind`].
     pub fn set_compute_kind(&mut self, kind: Kind) {
-        self.compute = kind;
+        self.compute.kind = kind;
+    }
+
+    /// Activation checkpointing of the towers, as [`super::clip::Clip::set_grad_checkpointing`].
+    pub fn set_grad_checkpointing(&mut self, on: bool) {
+        self.compute.checkpointing = on;
     }
 
     /// L2-normalised query embeddings for `(queries, tokens)` ids: `text_embeds` of

@@ -15,6 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, nn};
 
+/// How this process runs a task: choices of speed and memory that leave the results as they
+/// are, so they are not saved in `run.json` and a resumed run may choose again.
+#[derive(Debug, Clone, Copy)]
+pub struct Execution {
+    /// Threads decoding images.
+    pub workers: usize,
+    /// Activation checkpointing of the transformer layers.
+    pub grad_checkpointing: bool,
+}
+
 /// The model and data of a task, as saved in its section of `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inputs {
@@ -149,8 +159,7 @@ pub struct TaskContext {
     /// The processes training together, for the shard of each batch and the collectives
     /// of cross-sample losses.
     pub team: Arc<Team>,
-    /// Threads decoding images.
-    pub workers: usize,
+    pub execution: Execution,
     pub seed: u64,
     pub batch_size: usize,
     pub load_weights: bool,
@@ -163,7 +172,7 @@ impl TaskContext {
             images: inputs.images.as_deref(),
             val_data: inputs.val_data.as_deref(),
             skip_bad_samples: inputs.skip_bad_samples,
-            workers: self.workers,
+            workers: self.execution.workers,
             seed: self.seed,
             batch_size: self.batch_size,
             shard: Shard { index: self.team.rank(), count: self.team.size() },

@@ -15,7 +15,7 @@ mod inputs;
 pub mod tagging;
 pub mod use_model;
 
-pub use inputs::{InputArgs, Inputs, Precision, TaskContext};
+pub use inputs::{Execution, InputArgs, Inputs, Precision, TaskContext};
 
 use crate::engine::{self, EngineError, Resume, RunConfig, RunOptions, SavedRun, Task, TrainOutcome};
 use crate::files::FileError;
@@ -169,13 +169,13 @@ pub fn train(
     run: &RunConfig,
     task: &TaskConfig,
     options: &RunOptions,
-    workers: usize,
+    execution: Execution,
 ) -> Result<TrainOutcome, EngineError> {
     engine::check_new_run(run, options)?;
     let context = TaskContext {
         device: options.device,
         team: options.team.clone(),
-        workers,
+        execution,
         seed: run.seed,
         batch_size: run.batch_size,
         load_weights: true,
@@ -186,14 +186,14 @@ pub fn train(
 }
 
 /// Continues the run in `options.run_dir` with its saved settings.
-pub fn resume(options: &RunOptions, resume: &Resume, workers: usize) -> Result<TrainOutcome, EngineError> {
+pub fn resume(options: &RunOptions, resume: &Resume, execution: Execution) -> Result<TrainOutcome, EngineError> {
     let saved = SavedRun::read(&options.run_dir)?;
     engine::check_resume(&saved, options, resume)?;
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
     let context = TaskContext {
         device: options.device,
         team: options.team.clone(),
-        workers,
+        execution,
         seed: saved.train.seed,
         batch_size: saved.train.batch_size,
         load_weights: false,
@@ -276,7 +276,7 @@ mod tests {
             let context = TaskContext {
                 device: tch::Device::Cpu,
                 team: std::sync::Arc::new(crate::distributed::Team::solo()),
-                workers: 1,
+                execution: super::Execution { workers: 1, grad_checkpointing: false },
                 seed: 0,
                 batch_size: 8,
                 load_weights: true,

@@ -4,7 +4,7 @@
 //! names it: a run's `final/`, `best/` or `checkpoints/step-N/` (then the run's own
 //! settings say how it was trained and on what), or a Hugging Face folder.
 
-use super::inputs::{TaskContext, absolute};
+use super::inputs::{Execution, TaskContext, absolute};
 use super::{TaskConfig, TaskKind};
 use crate::data::captioned::{self, Needs};
 use crate::data::images::load_rgb_square;
@@ -119,7 +119,7 @@ pub fn evaluation_settings(request: &EvalRequest) -> Result<(TaskConfig, TaskCon
     let context = TaskContext {
         device: request.device,
         team: std::sync::Arc::new(crate::distributed::Team::solo()),
-        workers: request.workers,
+        execution: Execution { workers: request.workers, grad_checkpointing: false },
         seed: request.seed.unwrap_or(seed),
         // Evaluation draws no batches; the smallest size passes every check.
         batch_size: 1,

@@ -9,6 +9,7 @@ mod embed;
 
 pub use embed::{EmbedRequest, Embedded, embed};
 
+use super::contrastive::contrastive_share;
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, check_tokenizer_fits, describe_weights, load_model, load_tokenizer,
 };
@@ -17,13 +18,12 @@ use crate::data::augment;
 use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
-use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::distributed::Team;
+use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
-use super::contrastive::contrastive_share;
 use data::TrainingData;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,7 @@ impl ContrastiveTask {
         if inputs.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16);
         }
+        model.set_grad_checkpointing(context.execution.grad_checkpointing);
         let mut description: Vec<String> =
             vocabulary.iter().map(|path| format!("captions tokenized with {}", path.display())).collect();
         if context.load_weights {

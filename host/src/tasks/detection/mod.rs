@@ -46,8 +46,8 @@ use crate::data::detection::{Category, DetectionSample, DetectionSet, read_detec
 use crate::data::images::load_rgb_padded;
 use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
-use crate::distributed::Team;
 use crate::data::{PixelNormalizer, rgb_batch};
+use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
 use crate::files::FileError;
@@ -368,6 +368,7 @@ impl DetectionTask {
         if inputs.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16);
         }
+        model.set_grad_checkpointing(context.execution.grad_checkpointing);
         let mut description = vec![data_line];
         if context.load_weights {
             let report = match &inputs.model {
@@ -571,8 +572,9 @@ impl DetectionTask {
             let end = (start + piece_rows).min(rows);
             let targets = BatchTargets { boxes: &boxes[start..end], labels: &labels[start..end] };
             let pixels = pixels.narrow(0, start as i64, (end - start) as i64);
-            let terms = detection_losses(&self.model, &pixels, &self.seen_prompt_ids, &targets, costs, focal, box_count)
-                .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
+            let terms =
+                detection_losses(&self.model, &pixels, &self.seen_prompt_ids, &targets, costs, focal, box_count)
+                    .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
             if let Some(weights) = weights {
                 let weighted = terms.iter().zip(weights).map(|(term, &weight)| term * weight);
                 weighted.reduce(|a, b| a + b).expect("at least three loss terms").backward();

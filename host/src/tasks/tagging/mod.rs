@@ -454,6 +454,7 @@ impl TaggingTask {
         if config.precision == Precision::Bf16 {
             tagger.clip.set_compute_kind(Kind::BFloat16);
         }
+        tagger.clip.set_grad_checkpointing(context.execution.grad_checkpointing);
         let mut description = Vec::new();
         if context.load_weights {
             let report = match &config.model {
@@ -531,7 +532,8 @@ impl TaggingTask {
                     match piece {
                         None => clip::contrastive_loss(&embeddings, &texts, &self.tagger.clip.logit_scale()),
                         Some(piece) => {
-                            let (images, texts) = placed(&embeddings, &texts, piece.offset, piece.gathered, &self.team)?;
+                            let (images, texts) =
+                                placed(&embeddings, &texts, piece.offset, piece.gathered, &self.team)?;
                             let scale = logit_scale_for(&self.tagger.clip, piece.index, &self.team);
                             clip::contrastive_loss(&images, &texts, &scale)
                         }
@@ -654,7 +656,8 @@ impl TaggingTask {
         if trainable.is_empty() {
             return Ok(vec![0.0; self.losses.len()]);
         }
-        let terms = self.loss_terms(&self.normalizer.normalize(&batch.pixels), &batch.targets, &batch.input_ids, None)?;
+        let terms =
+            self.loss_terms(&self.normalizer.normalize(&batch.pixels), &batch.targets, &batch.input_ids, None)?;
         let mut norms = Vec::new();
         for (term, weight) in terms.iter().zip(&self.weights) {
             let grads = Tensor::f_run_backward(&[term * *weight], &trainable, true, false)?;
