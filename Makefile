@@ -7,6 +7,8 @@ SHELL := /bin/bash
 
 CACHE ?= $(HOME)/.cache/trainer
 TORCH_VERSION := 2.11.0
+# The torchvision release built against that torch.
+TORCHVISION_VERSION := 0.26.0
 VENV := $(CACHE)/venv-torch-$(TORCH_VERSION)
 PYTHON := $(VENV)/bin/python
 TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.__file__))')
@@ -31,7 +33,7 @@ CLANG := /usr/bin/clang-19
 C_BUILD := build/c
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup policies
+.PHONY: demo test setup policies device-check
 
 # The trainer embeds the standard policies of $(POLICY_DIR) when it is built, so `policies`
 # comes first: as a prerequisite, it is done before these recipes run cargo.
@@ -44,6 +46,21 @@ test: setup policies
 
 OPEN_CLIP := $(CACHE)/open_clip
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
+
+# What benches/device-check.sh needs on a GPU machine that has torch but no Rust and no
+# network, in one folder git ignores, to carry there: the trainer (stripped, to fit the
+# carry limit; the standard policies are inside it), the demo's data, CLIP's BPE vocabulary
+# (read at run time for a --model folder without tokenizer.json) and the preload that
+# counts the trainer's host syncs.
+DEVICE_CHECK := target/device-check
+device-check: setup policies
+	cargo build --release --bin trainer
+	rm -rf $(DEVICE_CHECK) && mkdir -p $(DEVICE_CHECK)/fashion-mnist
+	strip -o $(DEVICE_CHECK)/trainer $(CARGO_TARGET_DIR)/release/trainer
+	cp $(FASHION_MNIST)/*-ubyte.gz $(DEVICE_CHECK)/fashion-mnist/
+	cp $(CLIP_BPE) $(DEVICE_CHECK)/
+	cc -shared -fPIC -O2 -o $(DEVICE_CHECK)/sync_debug.so benches/device_check_sync.c -ldl
+	du -sh $(DEVICE_CHECK)
 
 # Gloo's headers, which torch's c10d headers include and the torch wheel lacks (see
 # host/build.rs): Debian's libgloo-dev, unpacked, checked by its hash.
@@ -59,13 +76,13 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-python-packages-v2 $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
+.cargo/config.toml: $(VENV)/.installed-python-packages-v3 $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
 		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' 'TRAINER_GLOO_INCLUDE = "$(GLOO_INCLUDE)"' 'TRAINER_CUDA_INCLUDE = "$(CUDA_INCLUDE)"' > $@
 
-$(CUDA_INCLUDE)/crt/host_config.h: $(VENV)/.installed-python-packages-v2
+$(CUDA_INCLUDE)/crt/host_config.h: $(VENV)/.installed-python-packages-v3
 	rm -rf $(CACHE)/cuda-headers.tmp && mkdir -p $(CACHE)/cuda-headers.tmp
 	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps $(CUDA_HEADER_WHEELS) -d $(CACHE)/cuda-headers.tmp
 	cd $(CACHE)/cuda-headers.tmp && $(PYTHON) -c 'import glob, zipfile; \
@@ -80,16 +97,17 @@ $(GLOO_INCLUDE)/gloo/algorithm.h:
 	rm -rf $(CACHE)/gloo && mv $(CACHE)/gloo.tmp/root $(CACHE)/gloo && rm -rf $(CACHE)/gloo.tmp
 
 # transformers, tensorboard and pycocotools read what the trainer writes, in the tests;
-# scipy is the reference matcher of the detection benchmark.
-$(VENV)/.installed-python-packages-v2:
+# scipy is the reference matcher of the detection benchmark, torchvision's transforms the
+# reference of the data pipeline's.
+$(VENV)/.installed-python-packages-v3:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard \
-		pycocotools scipy
+		pycocotools scipy torchvision==$(TORCHVISION_VERSION)
 	touch $@
 
 # OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),
 # taken from the open_clip_torch wheel on PyPI.
-$(CLIP_BPE): $(VENV)/.installed-python-packages-v2
+$(CLIP_BPE): $(VENV)/.installed-python-packages-v3
 	rm -rf $(OPEN_CLIP).tmp && mkdir -p $(OPEN_CLIP).tmp
 	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0 -d $(OPEN_CLIP).tmp
 	cd $(OPEN_CLIP).tmp && $(PYTHON) -c 'import glob, zipfile; wheel = zipfile.ZipFile(glob.glob("*.whl")[0]); \
@@ -105,7 +123,7 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 # The toolchains of the policies in other languages: componentize-py from PyPI,
 # componentize-js from npm (with the machine's Node.js, or Debian's), clang with wasi-libc
 # from Debian, wit-bindgen's C generator from crates.io at the workspace's wit-bindgen version.
-$(COMPONENTIZE_PY): $(VENV)/.installed-python-packages-v2
+$(COMPONENTIZE_PY): $(VENV)/.installed-python-packages-v3
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 	touch $@
 

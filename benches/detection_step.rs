@@ -10,6 +10,7 @@
 
 mod reference;
 
+use reference::{Ratios, median};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
@@ -94,21 +95,22 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     let (costs, focal) = (MatchCosts { class: 1.0, l1: 5.0, giou: 2.0 }, Focal { alpha: 0.25, gamma: 2.0 });
     let groups = owlvit::parameter_groups(OwlVariant::OwlVit).len();
     let mut step = || {
-        let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal, batch.box_count().max(1) as f64).expect("finite costs");
+        let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal, batch.box_count().max(1) as f64)
+            .expect("finite costs");
         let loss = terms.iter().fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, term| sum + term);
         optimizer.zero_grad();
         loss.backward();
         optimizer.step(&vec![1e-4; groups], &vec![false; groups]);
     };
     step();
-    let mut times: Vec<f64> = (0..case.steps)
+    let times = (0..case.steps)
         .map(|_| {
             let started = Instant::now();
             step();
             started.elapsed().as_secs_f64()
         })
-        .collect();
-    median(&mut times)
+        .collect::<Vec<_>>();
+    median(&times)
 }
 
 fn pytorch_seconds_per_step(case: &Case, threads: i32) -> Result<f64, String> {
@@ -120,34 +122,23 @@ fn pytorch_seconds_per_step(case: &Case, threads: i32) -> Result<f64, String> {
     reply["seconds_per_step"].as_f64().ok_or_else(|| "no seconds_per_step in the reply".into())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let threads = tch::get_num_threads();
     println!("CPU, {threads} threads, {ROUNDS} alternating rounds; PyTorch eager via transformers vs this trainer");
     for case in cases() {
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ratios, mut ours) = (Ratios::default(), Vec::new());
         for _ in 0..ROUNDS {
-            ours.push(rust_seconds_per_step(&case));
+            let our_seconds = rust_seconds_per_step(&case);
+            ours.push(our_seconds);
             match pytorch_seconds_per_step(&case, threads) {
-                Ok(seconds) => theirs.push(seconds),
+                Ok(their_seconds) => ratios.push(1.0 / our_seconds, 1.0 / their_seconds),
                 Err(err) => println!("{}: PyTorch side failed: {err}", case.name),
             }
         }
-        let ours = median(&mut ours);
-        if theirs.is_empty() {
-            println!("{}: batch {}: trainer {:.3} s/step", case.name, case.batch, ours);
+        if ratios.is_empty() {
+            println!("{}: batch {}: trainer {:.3} s/step", case.name, case.batch, median(&ours));
             continue;
         }
-        let theirs = median(&mut theirs);
-        println!(
-            "{}: batch {}, {QUERIES} queries: trainer {ours:.3} s/step, PyTorch {theirs:.3} s/step, trainer speed {:.2}x PyTorch's",
-            case.name,
-            case.batch,
-            theirs / ours
-        );
+        println!("{}: batch {}, {QUERIES} queries: {}", case.name, case.batch, ratios.summary("steps/s"));
     }
 }

@@ -1,0 +1,98 @@
+//! Peak memory of a CLIP training step at ViT-B/32 size on the CPU, with and without
+//! activation checkpointing (`--grad-checkpointing`), against PyTorch eager on the same
+//! model: forward with the contrastive loss, backward and the AdamW step. Each case runs in
+//! a process of its own, since a process's peak resident memory only grows; the printed
+//! figures are that peak before the first step (weights, gradients, AdamW's moments) and
+//! after two steps, and their difference, what the steps themselves add.
+//!
+//! Run with `cargo bench -p trainer --bench memory` (after `make` has installed the venv).
+
+// Only the PyTorch side is used here, not the rounds and their statistics.
+#[allow(dead_code)]
+mod reference;
+
+use std::process::Command;
+use tch::{Device, Kind, Tensor, nn};
+use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use trainer::models::clip::{Clip, ClipConfig, parameter_group};
+
+const BATCH: i64 = 32;
+const CONTEXT: i64 = 77;
+/// Set in the child processes: the case to run.
+const CASE_VARIABLE: &str = "TRAINER_MEMORY_CASE";
+
+/// The process's peak resident memory so far, in MiB.
+fn peak_mib() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// Two training steps; prints the peak before and after them.
+fn child(checkpointing: bool) {
+    tch::manual_seed(0);
+    let config = ClipConfig::default();
+    let store = nn::VarStore::new(Device::Cpu);
+    let mut model = Clip::new(&store.root(), &config);
+    model.set_grad_checkpointing(checkpointing);
+    let params = store
+        .variables()
+        .into_iter()
+        .map(|(name, tensor)| OptimizedParam { group: parameter_group(&name), decay: tensor.dim() >= 2, name, tensor })
+        .collect();
+    let mut optimizer = AdamW::new(params, AdamWConfig::default());
+    let size = config.vision_config.image_size;
+    let pixels = Tensor::randn([BATCH, 3, size, size], (Kind::Float, Device::Cpu));
+    let ids = Tensor::randint_low(1, config.text_config.vocab_size - 1, [BATCH, CONTEXT], (Kind::Int64, Device::Cpu));
+    let _ = ids.narrow(1, CONTEXT - 1, 1).fill_(config.text_config.eos_token_id);
+    let before = peak_mib();
+    for _ in 0..2 {
+        let loss = model.contrastive_loss(&pixels, &ids);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step(&[1e-5; 4], &[false; 4]);
+        loss.double_value(&[]);
+    }
+    println!("{before} {}", peak_mib());
+}
+
+/// (peak before the steps, peak after them) of a child process running `case`.
+fn measure(case: &str) -> (f64, f64) {
+    let output = Command::new(std::env::current_exe().expect("the bench knows its path"))
+        .env(CASE_VARIABLE, case)
+        .output()
+        .expect("the bench starts itself");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let figures: Vec<f64> = text.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    (figures[0], figures[1])
+}
+
+fn main() {
+    match std::env::var(CASE_VARIABLE).as_deref() {
+        Ok("plain") => return child(false),
+        Ok("checkpointed") => return child(true),
+        _ => {}
+    }
+    println!("ViT-B/32 size CLIP, batch {BATCH}, context {CONTEXT}, CPU; peak resident memory in MiB");
+    println!("{:<34} {:>14} {:>14} {:>14}", "", "before steps", "after 2 steps", "steps add");
+    let row = |name: &str, (before, after): (f64, f64)| {
+        println!("{name:<34} {before:>14.0} {after:>14.0} {:>14.0}", after - before);
+        after - before
+    };
+    let plain = row("trainer", measure("plain"));
+    let checkpointed = row("trainer --grad-checkpointing", measure("checkpointed"));
+    let args = [BATCH.to_string(), CONTEXT.to_string(), "2".into(), tch::get_num_threads().to_string()];
+    match reference::run_reference("pytorch_clip_step.py", &ClipConfig::default(), &args) {
+        Ok(reply) => {
+            let field = |name: &str| reply[name].as_f64().unwrap_or(f64::NAN);
+            row("PyTorch eager (transformers)", (field("peak_mib_before_steps"), field("peak_mib")));
+        }
+        Err(err) => println!("PyTorch side failed: {err}"),
+    }
+    println!("checkpointing leaves {:.0}% of what the steps add", 100.0 * checkpointed / plain);
+}
