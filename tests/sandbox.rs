@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, assert_one_line_error, assert_success, fixture, train_cpu, trainer};
+use common::{assert_error, assert_one_line_error, assert_success, fixture, read_jsonl, train_cpu, trainer};
 use std::path::Path;
 
 /// Trains with the hostile fixture in `mode`, checkpointing every 2 steps; it misbehaves
@@ -90,4 +90,26 @@ fn run_component(wat: &str, name: &str) -> std::process::Output {
 fn a_component_importing_wasi_is_refused() {
     let output = run_component(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#, "wasi.wasm");
     assert_one_line_error(&output, 1, &["wasi.wasm", "imports wasi:cli/environment@0.2.0", "no WASI"]);
+}
+
+/// A policy whose memory grows at every call, as a leaking language runtime's does, would
+/// hit its 64 MiB cap at about the 250th call: it is started again from its saved state
+/// before that, as often as needed, and decides on as if it had not been.
+#[test]
+fn a_policy_whose_memory_keeps_growing_is_started_again_from_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!("{}:mode=memory_leak", fixture("hostile_policy").display());
+    assert_success(&train_cpu(dir.path(), &[policy], &["--steps", "600", "--batch-size", "4", "--workers", "1"]));
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    let restarts = log.matches("started again from its saved state").count();
+    assert!(restarts >= 2, "{restarts} restarts logged:\n{log}");
+    let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
+    assert_eq!(decisions.len(), 600);
+    for decision in decisions {
+        // The rate follows the policy's step counter, which a restart without its state
+        // would have set back to zero.
+        let step = decision["step"].as_f64().unwrap();
+        let lr = decision["lrs"]["vision"].as_f64().unwrap();
+        assert!((lr - 1e-3 * (1.0 + 1.0 / (step + 1.0))).abs() < 1e-12, "step {step}: lr {lr}");
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
 
 /// Limits on every call into a policy.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +41,10 @@ const MAX_LOG_LINE_CHARS: usize = 1000;
 /// How often the epoch ticks; deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Calls a restarted policy makes before it may be restarted again: a policy that needs most
+/// of its memory cap from the start is restarted at most this often, not at every call.
+const CALLS_BETWEEN_RESTARTS: u64 = 100;
+
 /// A line the policy logged, to be written to the run's log tagged with the policy's name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
@@ -50,9 +54,32 @@ pub struct LogLine {
 
 /// What the store holds for the host side of one policy.
 struct HostState {
-    limits: StoreLimits,
+    memory: MemoryCap,
     log: Vec<LogLine>,
     logged_in_run: u64,
+}
+
+/// The sandbox's cap on each linear memory, and the size of the policy's largest one, which
+/// the host watches for a policy whose memory grows call after call.
+struct MemoryCap {
+    cap: usize,
+    largest: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap || maximum.is_some_and(|maximum| desired > maximum) {
+            // A trap, not a failed `memory.grow` the guest could ignore; `describe_trap`
+            // recognises the message.
+            return Err(wasmtime::Error::msg(format!("forcing trap when growing memory to {desired} bytes")));
+        }
+        self.largest = self.largest.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|maximum| desired <= maximum))
+    }
 }
 
 // The shared types interface has no functions to provide.
@@ -135,26 +162,16 @@ impl PolicyRuntime {
 
     /// A fresh instance of a prepared policy, in its own sandbox.
     pub fn instantiate(&self, prepared: &PreparedPolicy) -> Result<PolicyInstance, PolicyError> {
-        let (path, component) = (&prepared.path, &prepared.component);
-        let (name, sha256) = (prepared.name.clone(), prepared.sha256.clone());
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
-        let mut store = Store::new(&self.engine, HostState { limits, log: Vec::new(), logged_in_run: 0 });
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
-        let mut instance = PolicyInstance {
-            name,
-            sha256,
-            store,
-            bindings: None,
+        let origin = Origin {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            component: prepared.component.clone(),
+            path: prepared.path.clone(),
+            name: prepared.name.clone(),
+            sha256: prepared.sha256.clone(),
             limits: self.limits,
-            trapped: None,
-            last_fuel_used: 0,
         };
-        instance.prepare_call();
-        let bindings = bindings::Policy::instantiate(&mut instance.store, component, &self.linker)
-            .map_err(|err| PolicyError::WrongWorld { path: path.clone(), detail: format!("{err:#}") })?;
-        instance.bindings = Some(bindings);
-        Ok(instance)
+        PolicyInstance::start(Arc::new(origin))
     }
 
     fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component, PolicyError> {
@@ -264,27 +281,72 @@ pub struct PreparedPolicy {
     component: Component,
 }
 
-/// One live policy: its sandbox and its entry points.
-pub struct PolicyInstance {
+/// What an instance is made from, kept to start it again.
+struct Origin {
+    engine: Engine,
+    linker: Linker<HostState>,
+    component: Component,
+    path: PathBuf,
     name: String,
     sha256: String,
+    limits: SandboxLimits,
+}
+
+/// One live policy: its sandbox and its entry points.
+///
+/// A policy whose linear memory keeps growing (a leak in its language's runtime: one
+/// JavaScript `decide` call leaks about a kilobyte, and a run past 40,000 steps would hit
+/// the cap) is started again from its own saved state once it has used half the room it had
+/// after `init`: a new sandbox, `init` with the same spec, `load-state`. A policy whose state
+/// round-trips exactly (what `trainer check-policy` checks) decides as if nothing happened.
+pub struct PolicyInstance {
+    origin: Arc<Origin>,
     store: Store<HostState>,
     bindings: Option<bindings::Policy>,
     limits: SandboxLimits,
     /// Set once a call trapped: the instance may be inconsistent and is never entered again.
     trapped: Option<String>,
     last_fuel_used: u64,
+    /// The spec `init` was given, to start the policy again with.
+    spec: Option<RunSpec>,
+    /// Memory size past which the policy is started again; set by `init`.
+    restart_above: usize,
+    calls_since_start: u64,
 }
 
 impl PolicyInstance {
+    fn start(origin: Arc<Origin>) -> Result<Self, PolicyError> {
+        let memory = MemoryCap { cap: origin.limits.memory_bytes, largest: 0 };
+        let mut store = Store::new(&origin.engine, HostState { memory, log: Vec::new(), logged_in_run: 0 });
+        store.limiter(|state| &mut state.memory);
+        store.epoch_deadline_trap();
+        let mut instance = PolicyInstance {
+            store,
+            bindings: None,
+            limits: origin.limits,
+            trapped: None,
+            last_fuel_used: 0,
+            spec: None,
+            restart_above: usize::MAX,
+            calls_since_start: 0,
+            origin,
+        };
+        instance.prepare_call();
+        let origin = &instance.origin;
+        let bindings = bindings::Policy::instantiate(&mut instance.store, &origin.component, &origin.linker)
+            .map_err(|err| PolicyError::WrongWorld { path: origin.path.clone(), detail: format!("{err:#}") })?;
+        instance.bindings = Some(bindings);
+        Ok(instance)
+    }
+
     /// The policy's name (its file name without `.wasm`, or the built-in policy's name).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.origin.name
     }
 
     /// SHA-256 of the component (file or built-in), stored with checkpoints.
     pub fn sha256(&self) -> &str {
-        &self.sha256
+        &self.origin.sha256
     }
 
     /// Fuel the last call used.
@@ -296,14 +358,46 @@ impl PolicyInstance {
     pub fn init(&mut self, spec: &RunSpec) -> Result<Knobs, PolicyError> {
         let outcome =
             self.call("init".into(), |bindings, store| bindings.trainer_policy_strategy().call_init(store, spec))?;
-        outcome.map_err(|message| PolicyError::InitRefused { policy: self.name.clone(), message })
+        let claimed =
+            outcome.map_err(|message| PolicyError::InitRefused { policy: self.name().to_string(), message })?;
+        self.spec = Some(spec.clone());
+        let started_with = self.store.data().memory.largest;
+        self.restart_above = started_with + (self.limits.memory_bytes.saturating_sub(started_with)) / 2;
+        Ok(claimed)
     }
 
     /// The policy's decision for the step `observation.step`, not yet validated.
     pub fn decide(&mut self, observation: &Observation) -> Result<Decision, PolicyError> {
-        self.call(format!("step {}", observation.step), |bindings, store| {
+        let decision = self.call(format!("step {}", observation.step), |bindings, store| {
             bindings.trainer_policy_strategy().call_decide(store, observation)
-        })
+        })?;
+        self.calls_since_start += 1;
+        if self.calls_since_start >= CALLS_BETWEEN_RESTARTS && self.store.data().memory.largest > self.restart_above {
+            self.restart(observation.step)?;
+        }
+        Ok(decision)
+    }
+
+    /// Starts the policy again in a fresh sandbox from its saved state (see the type's doc).
+    fn restart(&mut self, step: u64) -> Result<(), PolicyError> {
+        let spec = self.spec.clone().expect("a policy decides only after init");
+        let state = self.save_state("before a restart")?;
+        let mut fresh = PolicyInstance::start(Arc::clone(&self.origin))?;
+        fresh.init(&spec)?;
+        fresh.load_state(&state)?;
+        let (grown, cap) = (self.store.data().memory.largest >> 20, self.limits.memory_bytes >> 20);
+        let message = format!(
+            "its memory grew to {grown} MiB of its {cap} MiB cap by step {step}: started again from its saved state"
+        );
+        let host = self.store.data_mut();
+        let log = std::mem::take(&mut host.log);
+        let logged_in_run = host.logged_in_run;
+        let fresh_host = fresh.store.data_mut();
+        fresh_host.log = log;
+        fresh_host.log.push(LogLine { level: LogLevel::Warn, message });
+        fresh_host.logged_in_run = logged_in_run;
+        *self = fresh;
+        Ok(())
     }
 
     /// The policy's state, for a checkpoint.
@@ -318,7 +412,7 @@ impl PolicyInstance {
         let outcome = self.call("load-state".into(), |bindings, store| {
             bindings.trainer_policy_strategy().call_load_state(store, state)
         })?;
-        outcome.map_err(|message| PolicyError::StateRefused { policy: self.name.clone(), message })
+        outcome.map_err(|message| PolicyError::StateRefused { policy: self.name().to_string(), message })
     }
 
     /// Lines the policy logged since the last call to this.
@@ -344,7 +438,7 @@ impl PolicyInstance {
     ) -> Result<T, PolicyError> {
         if let Some(earlier) = &self.trapped {
             return Err(PolicyError::Trap {
-                policy: self.name.clone(),
+                policy: self.origin.name.clone(),
                 stage,
                 cause: format!("the policy trapped earlier ({earlier}) and cannot be entered again"),
             });
@@ -356,7 +450,7 @@ impl PolicyInstance {
         outcome.map_err(|err| {
             let cause = describe_trap(&err, &self.limits);
             self.trapped = Some(format!("{stage}: {cause}"));
-            PolicyError::Trap { policy: self.name.clone(), stage, cause }
+            PolicyError::Trap { policy: self.origin.name.clone(), stage, cause }
         })
     }
 }
