@@ -9,13 +9,14 @@
 //! `TRAINER_BENCH_ROUNDS` sets the number of rounds (default 5), and a word after `--` picks
 //! the cases whose name holds it (`-- demo`, `-- ViT`).
 
+mod clip_training;
 mod reference;
 
+use clip_training::clip_and_adamw;
 use reference::{Ratios, median};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
-use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use trainer::models::clip::{Clip, ClipConfig, parameter_group};
+use tch::{Device, Kind, Tensor};
+use trainer::models::clip::ClipConfig;
 
 struct Case {
     name: &'static str,
@@ -50,18 +51,7 @@ struct StepTimes {
 }
 
 fn rust_round(case: &Case) -> StepTimes {
-    tch::manual_seed(0);
-    let store = nn::VarStore::new(Device::Cpu);
-    let mut model = Clip::new(&store.root(), &case.config);
-    let params = store
-        .variables()
-        .into_iter()
-        .map(|(name, tensor)| {
-            let decay = tensor.dim() >= 2 && name != "logit_scale";
-            OptimizedParam { group: parameter_group(&name), decay, name, tensor }
-        })
-        .collect();
-    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: 0.1, ..Default::default() });
+    let (mut model, mut optimizer) = clip_and_adamw(&case.config);
     let size = case.config.vision_config.image_size;
     let text = &case.config.text_config;
     let pixels = Tensor::randn([case.batch, 3, size, size], (Kind::Float, Device::Cpu));

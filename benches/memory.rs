@@ -8,13 +8,14 @@
 //! Run with `cargo bench -p trainer --bench memory` (after `make` has installed the venv).
 
 // Only the PyTorch side is used here, not the rounds and their statistics.
+mod clip_training;
 #[allow(dead_code)]
 mod reference;
 
+use clip_training::clip_and_adamw;
 use std::process::Command;
-use tch::{Device, Kind, Tensor, nn};
-use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use trainer::models::clip::{Clip, ClipConfig, parameter_group};
+use tch::{Device, Kind, Tensor};
+use trainer::models::clip::ClipConfig;
 
 const BATCH: i64 = 32;
 const CONTEXT: i64 = 77;
@@ -34,17 +35,9 @@ fn peak_mib() -> f64 {
 
 /// Two training steps; prints the peak before and after them.
 fn child(checkpointing: bool) {
-    tch::manual_seed(0);
     let config = ClipConfig::default();
-    let store = nn::VarStore::new(Device::Cpu);
-    let mut model = Clip::new(&store.root(), &config);
+    let (mut model, mut optimizer) = clip_and_adamw(&config);
     model.set_grad_checkpointing(checkpointing);
-    let params = store
-        .variables()
-        .into_iter()
-        .map(|(name, tensor)| OptimizedParam { group: parameter_group(&name), decay: tensor.dim() >= 2, name, tensor })
-        .collect();
-    let mut optimizer = AdamW::new(params, AdamWConfig::default());
     let size = config.vision_config.image_size;
     let pixels = Tensor::randn([BATCH, 3, size, size], (Kind::Float, Device::Cpu));
     let ids = Tensor::randint_low(1, config.text_config.vocab_size - 1, [BATCH, CONTEXT], (Kind::Int64, Device::Cpu));

@@ -6,16 +6,18 @@
 //! Run with `cargo bench -p trainer --bench micro` (after `make policies`); criterion's
 //! filters select groups, e.g. `cargo bench -p trainer --bench micro -- policy_decide`.
 
+mod clip_training;
+
+use clip_training::clip_and_adamw;
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::f64::consts::PI;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 use trainer::check::{StreamSpec, check_spec};
 use trainer::data::images::{load_rgb_padded, load_rgb_square};
 use trainer::engine::KnobState;
-use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use trainer::models::clip::{Clip, ClipConfig, parameter_group};
+use trainer::models::clip::ClipConfig;
 use trainer::policy::{Decision, Observation, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits};
 
 const LANGUAGES: [(&str, &str); 4] = [
@@ -135,18 +137,6 @@ fn policy_and_training_step(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-fn clip_and_adamw(config: &ClipConfig) -> (Clip, AdamW) {
-    tch::manual_seed(0);
-    let store = nn::VarStore::new(Device::Cpu);
-    let model = Clip::new(&store.root(), config);
-    let params = store
-        .variables()
-        .into_iter()
-        .map(|(name, tensor)| OptimizedParam { group: parameter_group(&name), decay: tensor.dim() >= 2, name, tensor })
-        .collect();
-    (model, AdamW::new(params, AdamWConfig { weight_decay: 0.1, ..Default::default() }))
 }
 
 /// One AdamW update (with the gradient norm the engine reads every step), gradients in

@@ -671,17 +671,15 @@ impl Run {
         // upload from the host waits for the device as a read-back does).
         let mut on_device: Vec<Tensor> = measured.raw.iter().map(|t| t.to_kind(Kind::Double)).collect();
         on_device.extend([grad_norm.to_kind(Kind::Double), self.task.logit_scale().to_kind(Kind::Double)]);
-        let on_device = Tensor::stack(&on_device, 0).to_device(Device::Cpu);
-        let losses = measured.raw.len() as i64;
         let counts = Tensor::from_slice(&[measured.images as f64, measured.skipped.len() as f64]);
-        let readings = Tensor::cat(&[on_device.narrow(0, 0, losses), counts, on_device.narrow(0, losses, 2)], 0);
+        let readings = Tensor::cat(&[Tensor::stack(&on_device, 0).to_device(Device::Cpu), counts], 0);
         if !self.team.is_leader() {
-            let _ = readings.narrow(0, measured.raw.len() as i64 + 2, 2).fill_(0.0);
+            let _ = readings.narrow(0, measured.raw.len() as i64, 2).fill_(0.0);
         }
         self.team.sum(&[readings.shallow_clone()], "the sum of the losses")?;
         let readings = Vec::<f64>::try_from(&readings)?;
         let (raw, rest) = readings.split_at(measured.raw.len());
-        let [images, skipped_samples, norm, scale] = rest[..] else { unreachable!("four readings after the losses") };
+        let [norm, scale, images, skipped_samples] = rest[..] else { unreachable!("four readings after the losses") };
         let total: f64 = raw.iter().zip(&self.state.knobs.loss_weights).map(|(raw, weight)| raw * weight).sum();
         let skipped = !(total.is_finite() && norm.is_finite());
         self.state.skipped.record(step, skipped, total, norm);
