@@ -15,8 +15,8 @@ TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WASM_TARGET := wasm32-unknown-unknown
-POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_clip layerwise loss_balance one_cycle \
-	reduce_on_plateau staged_unfreeze step_decay warmup_stable_decay
+POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_balance grad_clip layerwise llrd loss_balance \
+	one_cycle reduce_on_plateau spike_guard staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
 FIXTURES := hostile_policy
 FIXTURE_DIR := build/fixtures
@@ -31,6 +31,8 @@ WIT_BINDGEN_VERSION := 0.61.1
 WIT_BINDGEN := $(CACHE)/wit-bindgen-$(WIT_BINDGEN_VERSION)/bin/wit-bindgen
 CLANG := /usr/bin/clang-19
 C_BUILD := build/c
+# The interface version the policies of every language are built against: the newest.
+WIT := wit/v1.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup policies device-check
@@ -157,18 +159,18 @@ policies: setup
 	$(call componentize,$(FIXTURES),$(FIXTURE_DIR))
 	$(MAKE) --no-print-directory $(LANGUAGE_WASM)
 
-$(POLICY_DIR)/python_%.wasm: policies/python/%/app.py policies/python/trainer_policy.py wit/v1/policy.wit
+$(POLICY_DIR)/python_%.wasm: policies/python/%/app.py policies/python/trainer_policy.py $(WIT)/policy.wit
 	mkdir -p $(@D)
-	$(COMPONENTIZE_PY) --quiet -d wit/v1 -w policy componentize --stub-wasi \
+	$(COMPONENTIZE_PY) --quiet -d $(WIT) -w policy componentize --stub-wasi \
 		-p policies/python -p policies/python/$* app -o $@
 
 # componentize-js's --disable takes every WASI feature: the component imports only the host.
-$(POLICY_DIR)/js_%.wasm: policies/js/%/policy.js policies/js/trainer_policy.js wit/v1/policy.wit
+$(POLICY_DIR)/js_%.wasm: policies/js/%/policy.js policies/js/trainer_policy.js $(WIT)/policy.wit
 	mkdir -p $(@D)
-	$(COMPONENTIZE_JS) $< -w wit/v1 -n policy -d stdio random clocks http fetch-event -o $@ > /dev/null
+	$(COMPONENTIZE_JS) $< -w $(WIT) -n policy -d stdio random clocks http fetch-event -o $@ > /dev/null
 
-$(C_BUILD)/bindings/policy.c: wit/v1/policy.wit
-	$(WIT_BINDGEN) c wit/v1 -w policy --out-dir $(@D) > /dev/null
+$(C_BUILD)/bindings/policy.c: $(WIT)/policy.wit
+	$(WIT_BINDGEN) c $(WIT) -w policy --out-dir $(@D) > /dev/null
 
 # A core module (wasi-libc for its pure functions only) with the bindings' component-type
 # section, wrapped by componentize like the Rust policies.

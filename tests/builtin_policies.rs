@@ -36,7 +36,7 @@ fn policies_lists_every_standard_policy_with_its_documented_arguments() {
     }
     assert!(flat.contains("cosine_warmup: linear warmup, then cosine decay to a floor, for every group."), "{listing}");
     assert!(flat.contains("`warmup_steps` (default: 5% of the run), `min_lr` (absolute floor, default 0)"));
-    assert!(flat.contains("owns: learning rates, freezing"), "staged_unfreeze's knobs: {listing}");
+    assert!(flat.contains("owns: freezing, learning-rate multipliers"), "staged_unfreeze's knobs: {listing}");
 
     let output = trainer(&["policies", "cosine_warmup"]);
     assert_success(&output);

@@ -7,16 +7,17 @@ use common::{STANDARD_POLICIES, assert_success, fixture, policy, stderr, trainer
 
 #[test]
 fn every_standard_policy_passes() {
-    // staged_unfreeze needs to be told what to unfreeze.
-    let sources: Vec<String> = STANDARD_POLICIES
+    // staged_unfreeze needs to be told what to unfreeze; llrd needs groups with depths.
+    let sources: Vec<(String, &str)> = STANDARD_POLICIES
         .iter()
         .map(|&name| match name {
-            "staged_unfreeze" => format!("{}:unfreeze=vision@300,unfreeze=text@900", policy(name).display()),
-            _ => policy(name).display().to_string(),
+            "staged_unfreeze" => (format!("{}:unfreeze=vision@300,unfreeze=text@900", policy(name).display()), "part"),
+            "llrd" => (policy(name).display().to_string(), "layer"),
+            _ => (policy(name).display().to_string(), "part"),
         })
         .collect();
-    for source in &sources {
-        let output = trainer(&["check-policy", source, "--cases", "24"]);
+    for (source, group_by) in &sources {
+        let output = trainer(&["check-policy", source, "--cases", "24", "--group-by", group_by]);
         assert_success(&output);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(stdout.contains("24 streams") && stdout.contains("restores its saved state exactly"), "{stdout}");

@@ -10,6 +10,7 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use std::path::PathBuf;
 use trainer::check::{StreamSpec, check_spec};
+use trainer::models::groups::GroupBy;
 use trainer::policy::{PolicyError, PolicyInstance, PolicyRuntime, PolicySource, PreparedPolicy, SandboxLimits};
 
 const TOTAL_STEPS: u64 = 1000;
@@ -62,7 +63,9 @@ fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn start(runtime: &PolicyRuntime, prepared: &PreparedPolicy, pairs: &[(&str, &str)]) -> PolicyInstance {
     let mut instance = runtime.instantiate(prepared).unwrap();
-    instance.init(&check_spec(TOTAL_STEPS, args(pairs))).unwrap_or_else(|err| panic!("{pairs:?}: {err}"));
+    instance
+        .init(&check_spec(TOTAL_STEPS, args(pairs), GroupBy::Part))
+        .unwrap_or_else(|err| panic!("{pairs:?}: {err}"));
     instance
 }
 
@@ -82,7 +85,7 @@ fn assert_same_decisions(language: &str, name: &str, arg_sets: &[&[(&str, &str)]
     let runtime = runtime();
     let rust = prepare(&runtime, name);
     let other = prepare(&runtime, &format!("{language}_{name}"));
-    let spec = check_spec(TOTAL_STEPS, vec![]);
+    let spec = check_spec(TOTAL_STEPS, vec![], GroupBy::Part);
     for pairs in arg_sets {
         for (index, stream) in streams().iter().enumerate() {
             let (mut expected, mut actual) = (start(&runtime, &rust, pairs), start(&runtime, &other, pairs));
@@ -115,14 +118,14 @@ fn resume(
     state: &[u8],
 ) -> PolicyInstance {
     let mut instance = runtime.instantiate(prepared).unwrap();
-    instance.init(&check_spec(total_steps, args(pairs))).unwrap();
+    instance.init(&check_spec(total_steps, args(pairs), GroupBy::Part)).unwrap();
     instance.load_state(state).unwrap_or_else(|err| panic!("{pairs:?}, resumed for {total_steps} steps: {err}"));
     instance
 }
 
 fn init_refusal(runtime: &PolicyRuntime, prepared: &PreparedPolicy, pairs: &[(&str, &str)]) -> String {
     let mut instance = runtime.instantiate(prepared).unwrap();
-    match instance.init(&check_spec(TOTAL_STEPS, args(pairs))) {
+    match instance.init(&check_spec(TOTAL_STEPS, args(pairs), GroupBy::Part)) {
         Err(PolicyError::InitRefused { message, .. }) => message,
         other => panic!("{pairs:?} should be refused, got {other:?}"),
     }

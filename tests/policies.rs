@@ -3,6 +3,8 @@
 
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
+use trainer::check::check_spec;
+use trainer::models::groups::GroupBy;
 use trainer::policy::{
     AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, PolicyInstance,
     PolicyRuntime, PolicySource, RunSpec, SandboxLimits,
@@ -24,7 +26,14 @@ fn spec(args: &[(&str, &str)]) -> RunSpec {
         groups: GROUPS
             .iter()
             .zip(BASES)
-            .map(|(name, base_lr)| ParamGroup { name: name.to_string(), base_lr, param_count: 1000, frozen: false })
+            .map(|(name, base_lr)| ParamGroup {
+                name: name.to_string(),
+                base_lr,
+                param_count: 1000,
+                frozen: false,
+                tower: name.to_string(),
+                depth: None,
+            })
             .collect(),
         losses: LOSSES.iter().map(|l| l.to_string()).collect(),
         augmentation: vec![
@@ -63,11 +72,15 @@ fn observe(step: u64) -> Observation {
         grad_norm: None,
         non_finite: NonFinite::empty(),
         lrs: BASES.to_vec(),
+        lr_multipliers: vec![1.0; 4],
         loss_weights: vec![1.0; 3],
         frozen: vec![false; 4],
         images_per_second: None,
         logit_scale: None,
         evaluation: None,
+        elapsed_seconds: 0.0,
+        seconds_left: None,
+        loss_gradients: None,
     }
 }
 
@@ -182,31 +195,60 @@ fn one_cycle_matches_pytorch_one_cycle_lr() {
 }
 
 #[test]
-fn layerwise_scales_a_cosine_schedule_per_group() {
-    let multipliers = [0.1, 0.2, 1.0, 1.0];
-    let mut harness = start("layerwise", &[("vision", "0.1"), ("text", "0.2"), ("warmup_steps", "10")]);
-    for (step, lrs) in harness.lr_stream().iter().enumerate() {
-        let step = step as u64;
-        for ((lr, base), multiplier) in lrs.iter().zip(BASES).zip(multipliers) {
-            let scheduled = if step < 10 {
-                base * (step + 1) as f64 / 10.0
-            } else {
-                base * half_cosine((step - 10) as f64 / 990.0)
-            };
-            assert!(
-                (lr - multiplier * scheduled).abs() <= 1e-12 * base,
-                "step {step}: {lr} vs {}",
-                multiplier * scheduled
-            );
-        }
+fn layerwise_sets_a_multiplier_per_group_and_refuses_its_old_schedule() {
+    let mut harness = start("layerwise", &[("vision", "0.1"), ("text", "0.2")]);
+    assert_eq!(harness.knobs, Knobs::LR_MULTIPLIERS);
+    for step in [0, 1, 500, TOTAL - 1] {
+        let decision = harness.decide(&observe(step));
+        assert_eq!(decision.lr_multipliers, [Some(0.1), Some(0.2), Some(1.0), Some(1.0)], "step {step}");
+        assert!(decision.lrs.is_empty());
     }
+    let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+    let mut policy = runtime.load(&PolicySource { path: policy_path("layerwise"), args: vec![] }).unwrap();
+    let refused = policy.init(&spec(&[("vision", "0.1"), ("warmup_steps", "10")])).unwrap_err().to_string();
+    assert!(refused.contains("`warmup_steps`") && refused.contains("--policy cosine_warmup"), "{refused}");
+}
+
+/// timm's `param_groups_layer_decay`: with `L = blocks + 1`, the embeddings are layer 0,
+/// block `i` layer `i + 1`, the final norm layer `L`, and layer `l` is scaled by
+/// `decay^(L - l)`; parts outside the towers keep the full rate.
+#[test]
+fn llrd_scales_each_layer_by_its_depth_as_timm_does() {
+    let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+    let source = PolicySource { path: policy_path("llrd"), args: vec![] };
+    let mut policy = runtime.load(&source).unwrap();
+    let spec = check_spec(TOTAL, vec![("decay".into(), "0.5".into()), ("text".into(), "0.9".into())], GroupBy::Layer);
+    assert_eq!(policy.init(&spec).unwrap(), Knobs::LR_MULTIPLIERS);
+    let decision = policy.decide(&observe(0)).unwrap();
+    let names: Vec<&str> = spec.groups.iter().map(|g| g.name.as_str()).collect();
+    let timm = |decay: f64, layer: i32| decay.powi(3 - layer);
+    let expected = [
+        ("vision.embeddings", timm(0.5, 0)),
+        ("vision.0", timm(0.5, 1)),
+        ("vision.1", timm(0.5, 2)),
+        ("vision.post", timm(0.5, 3)),
+        ("text.embeddings", timm(0.9, 0)),
+        ("text.0", timm(0.9, 1)),
+        ("text.1", timm(0.9, 2)),
+        ("text.post", timm(0.9, 3)),
+        ("projection", 1.0),
+        ("logit_scale", 1.0),
+    ];
+    assert_eq!(names, expected.map(|(name, _)| name));
+    for ((name, want), got) in expected.iter().zip(&decision.lr_multipliers) {
+        assert!((got.unwrap() - want).abs() < 1e-15, "{name}: {got:?} vs {want}");
+    }
+    // Without depths there is nothing to decay: the run must group by layer.
+    let mut policy = runtime.load(&source).unwrap();
+    let refused = policy.init(&check_spec(TOTAL, vec![], GroupBy::Part)).unwrap_err().to_string();
+    assert!(refused.contains("--group-by layer"), "{refused}");
 }
 
 #[test]
 fn staged_unfreeze_freezes_first_then_ramps_and_never_refreezes() {
     let mut harness =
         start("staged_unfreeze", &[("unfreeze", "vision@200"), ("unfreeze", "text@500"), ("ramp_steps", "50")]);
-    assert_eq!(harness.knobs, Knobs::LEARNING_RATES | Knobs::FREEZING);
+    assert_eq!(harness.knobs, Knobs::LR_MULTIPLIERS | Knobs::FREEZING);
     let unfreeze_at = [Some(200u64), Some(500), None, None];
     let mut frozen = [false; 4];
     for step in 0..TOTAL {
@@ -221,15 +263,14 @@ fn staged_unfreeze_freezes_first_then_ramps_and_never_refreezes() {
             }
         }
         for group in 0..4 {
-            let base = BASES[group];
-            let (expected_frozen, expected_lr) = match unfreeze_at[group] {
+            let (expected_frozen, expected) = match unfreeze_at[group] {
                 Some(at) if step < at => (true, 0.0),
-                Some(at) => (false, base * ((step - at + 1) as f64 / 50.0).min(1.0)),
-                None => (false, base),
+                Some(at) => (false, ((step - at + 1) as f64 / 50.0).min(1.0)),
+                None => (false, 1.0),
             };
             assert_eq!(frozen[group], expected_frozen, "group {group} at step {step}");
-            let lr = decision.lrs[group].unwrap();
-            assert!((lr - expected_lr).abs() <= 1e-15, "group {group} at step {step}: {lr} vs {expected_lr}");
+            let multiplier = decision.lr_multipliers[group].unwrap();
+            assert!((multiplier - expected).abs() <= 1e-15, "group {group} at step {step}: {multiplier} vs {expected}");
         }
     }
 }

@@ -31,6 +31,7 @@
 extern crate self as trainer_policy_sdk;
 
 mod args;
+pub mod groups;
 pub mod metrics;
 pub mod plan;
 pub mod schedules;
@@ -42,7 +43,7 @@ pub use args::Args;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
-        path: "../wit/v1",
+        path: "../wit/v1.1",
         pub_export_macro: true,
         export_macro_name: "__export_component",
         default_bindings_module: "::trainer_policy_sdk::bindings",
@@ -55,7 +56,8 @@ pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::trainer::policy::host::LogLevel;
 pub use bindings::trainer::policy::types::{
-    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, RunSpec,
+    AugmentationKnob, Decision, Depth, Evaluation, GradClip, Knobs, LossGradients, NonFinite, Observation, ParamGroup,
+    Rollback, RollbackSource, RunSpec,
 };
 
 impl Decision {
@@ -63,6 +65,7 @@ impl Decision {
     pub fn keep() -> Self {
         Decision {
             lrs: Vec::new(),
+            lr_multipliers: Vec::new(),
             loss_weights: Vec::new(),
             augmentation: Vec::new(),
             grad_clip: None,
@@ -70,6 +73,9 @@ impl Decision {
             evaluate: false,
             checkpoint: false,
             stop: None,
+            measure_loss_gradients: false,
+            snapshot: false,
+            rollback: None,
         }
     }
 }

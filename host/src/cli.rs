@@ -6,10 +6,12 @@
 use crate::check::{CheckOptions, check_policy};
 use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use crate::engine::{
-    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, EngineError, Resume, RunConfig, RunOptions,
-    Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate, write_json,
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, Resume, RunConfig,
+    RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate, write_json,
 };
 use crate::eval::COCO_MISSING;
+use crate::models::clip;
+use crate::models::groups::GroupBy;
 use crate::policy::{PolicyError, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
@@ -129,6 +131,10 @@ pub struct CheckPolicyArgs {
     /// Seed of the stream generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The run spec's groups: CLIP's parts, or (`layer`) each layer of two-block towers with
+    /// its depth, for policies that need depths (`llrd`).
+    #[arg(long, value_enum, default_value = "part")]
+    pub group_by: GroupBy,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +144,12 @@ pub struct TrainArgs {
     /// Repeat to compose policies; each kind of knob is owned by one of them.
     #[arg(long, value_name = "NAME|FILE[:ARGS]", required_unless_present = "resume")]
     pub policy: Vec<PolicySource>,
+    /// A policy run beside the others, seeing the same observations: its decisions are
+    /// checked and written to decisions.jsonl marked `"shadow": true`, never applied, and
+    /// it is dropped with a warning if it fails. Repeatable; on --resume, replaces the
+    /// saved shadows.
+    #[arg(long, value_name = "NAME|FILE[:ARGS]")]
+    pub shadow_policy: Vec<PolicySource>,
     /// `clip`: image-text contrastive training; `tagging`: a multi-label tagger on CLIP's
     /// image tower, trained on 2x2 Fashion-MNIST mosaics [default: clip].
     #[arg(long, value_enum)]
@@ -201,6 +213,14 @@ pub struct TrainArgs {
     /// Save a checkpoint and exit after N steps, as a preempted job would; continue with --resume.
     #[arg(long, value_name = "N", value_parser = positive_u64)]
     pub pause_after_steps: Option<u64>,
+    /// Save a checkpoint and exit, as on a pause, once this process has trained this long
+    /// (`3600`, `90m`, `2h30m`); the policies see the seconds left.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub time_limit: Option<std::time::Duration>,
+    /// Snapshots of weights, optimizer state and data position that a policy's `snapshot`
+    /// action keeps in memory for `rollback`, the oldest dropped first [default: 1].
+    #[arg(long, value_name = "N")]
+    pub snapshots: Option<usize>,
     /// Continue the run in this directory from its latest checkpoint, with its saved settings
     /// (--steps, --keep-checkpoints, --max-skipped-steps and --policy with --swap-policies
     /// may change).
@@ -350,6 +370,35 @@ pub fn positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A duration as seconds (`3600`) or hours, minutes and seconds (`2h30m`, `90m`, `45s`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("`{text}`: expected seconds or a duration such as 2h30m, 90m or 45s");
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut seconds = 0u64;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(expected()),
+        };
+        let count: u64 = digits.parse().map_err(|_| expected())?;
+        seconds = count.checked_mul(unit).and_then(|s| s.checked_add(seconds)).ok_or_else(expected)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || text.is_empty() {
+        return Err(expected());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 pub fn positive_usize(text: &str) -> Result<usize, String> {
     positive_u64(text).and_then(|value| usize::try_from(value).map_err(|_| "too large".into()))
 }
@@ -416,6 +465,7 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
         limits: SandboxLimits { fuel_per_call: args.policy_fuel, ..Default::default() },
         seed: args.seed,
         component_cache: component_cache(),
+        group_by: args.group_by,
     };
     match check_policy(&args.policy, &options) {
         Ok(report) => {
@@ -460,7 +510,7 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
             groups: args
                 .groups
                 .clone()
-                .unwrap_or_else(|| crate::models::clip::PARAMETER_GROUPS.map(String::from).to_vec()),
+                .unwrap_or_else(|| clip::TOWERS.iter().chain(&clip::HEADS).map(|name| name.to_string()).collect()),
             lr: args.lr,
             seed: args.seed,
         }),
@@ -548,6 +598,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
         policy_cache: component_cache(),
+        time_limit: args.time_limit,
         team,
     };
     let execution = Execution {
@@ -564,6 +615,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
             ("--best-metric", args.best_metric.is_some()),
+            ("--snapshots", args.snapshots.is_some()),
             ("--task", args.task.is_some()),
         ];
         fixed.extend(args.task_args.given().into_iter().map(|flag| (flag, true)));
@@ -576,6 +628,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         let resume = Resume {
             policies,
             swap_policies: args.swap_policies,
+            shadow_policies: (!args.shadow_policy.is_empty()).then_some(args.shadow_policy),
             steps: args.steps,
             keep_checkpoints: args.keep_checkpoints,
             max_skipped_steps: args.max_skipped_steps,
@@ -585,6 +638,8 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
     let task = args.task_args.config(args.task.unwrap_or_default())?;
     let run = RunConfig {
         policies: args.policy,
+        shadow_policies: args.shadow_policy,
+        snapshots: args.snapshots.unwrap_or(DEFAULT_SNAPSHOTS),
         steps: args.steps.unwrap_or(1000),
         batch_size: args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         seed: args.seed.unwrap_or(0),

@@ -254,10 +254,11 @@ export class StateReader {
   }
 }
 
-/** A decision that changes nothing. */
+/** A decision that changes nothing and requests nothing. */
 export function keep() {
   return {
     lrs: [],
+    lrMultipliers: [],
     lossWeights: [],
     augmentation: [],
     gradClip: undefined,
@@ -265,6 +266,9 @@ export function keep() {
     evaluate: false,
     checkpoint: false,
     stop: undefined,
+    measureLossGradients: false,
+    snapshot: false,
+    rollback: undefined,
   };
 }
 

@@ -252,8 +252,11 @@ class StateReader:
 
 
 def keep():
-    """A decision that changes nothing."""
-    return Decision([], [], [], None, [], False, False, None)
+    """A decision that changes nothing and requests nothing."""
+    return Decision(
+        lrs=[], lr_multipliers=[], loss_weights=[], augmentation=[], grad_clip=None, freeze=[], evaluate=False,
+        checkpoint=False, stop=None, measure_loss_gradients=False, snapshot=False, rollback=None,
+    )
 
 
 class Policy:

@@ -7,16 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The standard policies, as built into the binary and into `build/policies/`.
-pub const STANDARD_POLICIES: [&str; 12] = [
+pub const STANDARD_POLICIES: [&str; 15] = [
     "aug_curriculum",
     "constant",
     "cosine_warmup",
     "early_stopping",
+    "grad_balance",
     "grad_clip",
     "layerwise",
+    "llrd",
     "loss_balance",
     "one_cycle",
     "reduce_on_plateau",
+    "spike_guard",
     "staged_unfreeze",
     "step_decay",
     "warmup_stable_decay",

@@ -7,8 +7,9 @@
 
 mod stream;
 
+use crate::models::groups::{GroupBy, GroupLayout};
 use crate::policy::{
-    AugmentationKnob, Decision, Knobs, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySource,
+    AugmentationKnob, Decision, Depth, Knobs, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySource,
     PreparedPolicy, RunSpec, SandboxLimits, validate_decision,
 };
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -25,6 +26,8 @@ pub struct CheckOptions {
     pub seed: u64,
     /// Where compiled components are cached (`None`: compile every time).
     pub component_cache: Option<std::path::PathBuf>,
+    /// The groups of the run spec: CLIP's parts, or its layers.
+    pub group_by: GroupBy,
 }
 
 /// A passed check: what was tried and the most fuel one call used.
@@ -45,13 +48,26 @@ pub struct CheckFailure {
     pub stream: String,
 }
 
-/// The run spec policies are checked against: every kind of name a real run has.
-pub fn check_spec(total_steps: u64, args: Vec<(String, String)>) -> RunSpec {
-    let group =
-        |name: &str, base_lr: f64| ParamGroup { name: name.into(), base_lr, param_count: 1_000_000, frozen: false };
+/// The run spec policies are checked against: every kind of name a real run has, with CLIP's
+/// groups (by part, or by layer of two-block towers).
+pub fn check_spec(total_steps: u64, args: Vec<(String, String)>, group_by: GroupBy) -> RunSpec {
+    let layout = GroupLayout::new(group_by, &[("vision", 2), ("text", 2)], &crate::models::clip::HEADS);
+    let groups = layout
+        .groups()
+        .iter()
+        .map(|group| ParamGroup {
+            name: group.name.clone(),
+            // The pretrained towers slower than the parts outside them, as in fine-tuning.
+            base_lr: if matches!(group.tower.as_str(), "vision" | "text") { 1e-4 } else { 1e-3 },
+            param_count: 1_000_000,
+            frozen: false,
+            tower: group.tower.clone(),
+            depth: group.depth.map(|(index, count)| Depth { index, count }),
+        })
+        .collect();
     let knob = |name: &str, min: f64, max: f64, default: f64| AugmentationKnob { name: name.into(), min, max, default };
     RunSpec {
-        groups: vec![group("vision", 1e-4), group("text", 1e-4), group("projection", 1e-3), group("logit_scale", 1e-3)],
+        groups,
         losses: vec!["tag".into(), "align".into(), "distill".into()],
         augmentation: vec![
             knob("crop_scale_min", 0.08, 1.0, 1.0),
@@ -149,7 +165,8 @@ pub fn check_policy(source: &PolicySource, options: &CheckOptions) -> Result<Che
         stream: "(none: init)".into(),
     };
     let prepared = runtime.prepare(source).map_err(|e| not_loaded(e.to_string()))?;
-    let checker = Checker { runtime: &runtime, prepared, spec: check_spec(options.total_steps, source.args.clone()) };
+    let spec = check_spec(options.total_steps, source.args.clone(), options.group_by);
+    let checker = Checker { runtime: &runtime, prepared, spec };
     // A policy that cannot even start fails before any stream.
     checker.start().map_err(|(property, detail)| CheckFailure {
         policy: policy.clone(),

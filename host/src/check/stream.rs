@@ -2,13 +2,16 @@
 //! values, evaluation steps) that expand into one observation per step, so proptest can
 //! shrink a failing stream to a short, readable one.
 
-use crate::policy::{Evaluation, NonFinite, Observation, RunSpec};
+use crate::policy::{Evaluation, LossGradients, NonFinite, Observation, RunSpec};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
 /// Relative magnitudes of the three losses of the check spec: 100x apart, as in taggers.
 const MAGNITUDES: [f64; 3] = [100.0, 1.0, 0.01];
+/// Gradient norm per unit of each loss: the largest loss does not have the largest gradient,
+/// so the shares of the gradient (1 : 0.4 : 0.06) differ from those of the losses.
+const GRADIENT_PER_LOSS: [f64; 3] = [0.05, 2.0, 30.0];
 
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
@@ -80,6 +83,13 @@ impl StreamSpec {
             let total = losses.iter().sum();
             (losses, Some(total), Some(grad_norm))
         };
+        // Gradients of each term, shown at every step (a run shows them when a policy asked).
+        let loss_gradients = (step > 0).then(|| {
+            let norms: Vec<f64> = losses.iter().zip(GRADIENT_PER_LOSS).map(|(loss, g)| loss.abs() * g).collect();
+            let sum: f64 = norms.iter().sum();
+            let shares = norms.iter().map(|norm| if sum > 0.0 { norm / sum } else { 0.0 }).collect();
+            LossGradients { step: step - 1, norms, shares }
+        });
         let evaluation = self.evaluations.contains(&step).then(|| {
             let value = self.curve(step);
             let accuracy = 1.0 - 0.9 * (value / self.start_loss).min(1.0);
@@ -93,11 +103,15 @@ impl StreamSpec {
             grad_norm,
             non_finite,
             lrs: spec.groups.iter().map(|g| g.base_lr).collect(),
+            lr_multipliers: vec![1.0; spec.groups.len()],
             loss_weights: vec![1.0; spec.losses.len()],
             frozen: spec.groups.iter().map(|g| g.frozen).collect(),
             images_per_second: Some(1000.0),
             logit_scale: Some(14.3),
             evaluation,
+            elapsed_seconds: step as f64 * 0.25,
+            seconds_left: None,
+            loss_gradients,
         }
     }
 }

@@ -149,6 +149,12 @@ impl<R: ReadItem> Loader<R> {
             }
         }
         let slots = self.batches.remove(&key).expect("checked above");
+        if key < EVALUATION_KEYS {
+            // Training batches outside the prefetch window after `key` will not be taken: a
+            // rollback moved the data order. Their memory goes; late results are ignored.
+            let ahead = key + 1..=key + PREFETCH_BATCHES;
+            self.batches.retain(|batch, _| *batch >= EVALUATION_KEYS || ahead.contains(batch));
+        }
         slots.into_iter().map(|slot| slot.expect("complete")).collect()
     }
 }

@@ -5,7 +5,10 @@
 //! previous checkpoints intact and a damaged one is refused by name.
 
 use super::error::{EngineError, io_error};
+use super::exact;
 use super::knobs::KnobState;
+use super::loss_gradients::MeasuredGradients;
+use super::snapshot::SnapshotPoint;
 use crate::files::FileError;
 use crate::policy::PolicySource;
 use serde::{Deserialize, Serialize};
@@ -22,41 +25,6 @@ pub const MODEL_FILE: &str = crate::models::pretrained::WEIGHTS_FILE;
 pub(super) const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const FORMAT_VERSION: u32 = 1;
 
-/// Floats that may be NaN or infinite (losses, norms) are stored as Rust's exact text
-/// ("0.1", "NaN", "inf"), which JSON numbers cannot carry and which parses back bit for bit.
-mod exact {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn to_text(value: f64) -> String {
-        format!("{value:?}")
-    }
-
-    pub fn from_text<E: serde::de::Error>(text: &str) -> Result<f64, E> {
-        text.parse::<f64>().map_err(|_| E::custom(format!("`{text}` is not a number")))
-    }
-
-    pub mod option {
-        use super::*;
-        pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(value.iter().map(|v| to_text(*v)))
-        }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-            let texts = Vec::<String>::deserialize(d)?;
-            texts.first().map(|text| from_text(text)).transpose()
-        }
-    }
-
-    pub mod list {
-        use super::*;
-        pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(values.iter().map(|v| to_text(*v)))
-        }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-            Vec::<String>::deserialize(d)?.iter().map(|text| from_text(text)).collect()
-        }
-    }
-}
-
 /// What the last step measured: the next observation is built from it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LastStep {
@@ -70,6 +38,9 @@ pub struct LastStep {
     pub logit_scale: Option<f64>,
     #[serde(with = "exact::option")]
     pub images_per_second: Option<f64>,
+    /// Each loss term's gradient, when a policy asked for it at that step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_gradients: Option<MeasuredGradients>,
 }
 
 /// An evaluation that finished but has not yet been shown to the policies.
@@ -125,6 +96,39 @@ pub struct TrainerState {
     /// The policy that stopped the run, and why: the run is over but for final/.
     #[serde(default)]
     pub stopped_by: Option<(String, String)>,
+    /// Seconds spent training, over every part of the run.
+    #[serde(default)]
+    pub elapsed_seconds: f64,
+    /// What rollbacks moved the data order by: step `s` trains on batch `s + data_offset`.
+    #[serde(default)]
+    pub data_offset: i64,
+    /// The snapshots kept in memory when this was saved, oldest first; their tensors are the
+    /// checkpoint's `snapshot-N.safetensors`.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotPoint>,
+    /// The newest checkpoint written on schedule or at a policy's request (not for a pause),
+    /// by its steps: where a rollback to a checkpoint goes, the same in a resumed run as in
+    /// an uninterrupted one.
+    #[serde(default)]
+    pub rollback_checkpoint: Option<u64>,
+}
+
+impl TrainerState {
+    /// The state before the first step, with the knobs' starting values.
+    pub fn new(knobs: KnobState) -> Self {
+        TrainerState {
+            steps_done: 0,
+            knobs,
+            last: LastStep::default(),
+            pending_evaluation: None,
+            skipped: Default::default(),
+            stopped_by: None,
+            elapsed_seconds: 0.0,
+            data_offset: 0,
+            snapshots: Vec::new(),
+            rollback_checkpoint: None,
+        }
+    }
 }
 
 /// A policy as recorded in a checkpoint.
@@ -136,6 +140,9 @@ pub struct PolicyRecord {
     pub interface: String,
     /// `None` when the policy had trapped and its state could not be read.
     pub state_file: Option<String>,
+    /// A shadow policy (`--shadow-policy`), whose decisions were recorded, not applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -157,6 +164,8 @@ pub struct Checkpoint {
     pub policies: Vec<PolicyRecord>,
     /// Policy states, aligned with `policies`.
     pub policy_states: Vec<Option<Vec<u8>>>,
+    /// The tensors of each of `trainer.snapshots`.
+    pub snapshots: Vec<HashMap<String, Tensor>>,
     pub model_file: PathBuf,
     pub optimizer: HashMap<String, Tensor>,
 }
@@ -174,6 +183,12 @@ pub struct CheckpointContents<'a> {
     pub optimizer: Vec<(String, Tensor)>,
     /// Each policy's record (with `state_file` filled in here) and state.
     pub policies: Vec<(PolicyRecord, Option<Vec<u8>>)>,
+    /// The tensors of each of `trainer.snapshots`, oldest first.
+    pub snapshots: Vec<Vec<(String, Tensor)>>,
+}
+
+fn snapshot_file(index: usize) -> String {
+    format!("snapshot-{index}.safetensors")
 }
 
 /// The folder of the checkpoint after `steps_done` steps.
@@ -201,6 +216,11 @@ fn write_staged(staging: &Path, target: &Path, contents: CheckpointContents) -> 
     contents.model.save(staging.join(MODEL_FILE))?;
     Tensor::write_safetensors(&contents.optimizer, staging.join(OPTIMIZER_FILE))?;
     let mut files = vec![MODEL_FILE.to_string(), OPTIMIZER_FILE.to_string()];
+    for (index, tensors) in contents.snapshots.iter().enumerate() {
+        let file = snapshot_file(index);
+        Tensor::write_safetensors(tensors, staging.join(&file))?;
+        files.push(file);
+    }
     let mut policies = Vec::with_capacity(contents.policies.len());
     for (index, (mut record, state)) in contents.policies.into_iter().enumerate() {
         record.state_file = match state {
@@ -345,12 +365,16 @@ pub fn load(dir: &Path) -> Result<Checkpoint, EngineError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let optimizer = Tensor::read_safetensors(dir.join(OPTIMIZER_FILE))?.into_iter().collect();
+    let snapshots = (0..manifest.trainer.snapshots.len())
+        .map(|index| Ok(Tensor::read_safetensors(dir.join(snapshot_file(index)))?.into_iter().collect()))
+        .collect::<Result<Vec<_>, EngineError>>()?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         fault: manifest.fault,
         trainer: manifest.trainer,
         policies: manifest.policies,
         policy_states,
+        snapshots,
         model_file: dir.join(MODEL_FILE),
         optimizer,
     })

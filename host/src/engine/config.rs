@@ -18,6 +18,9 @@ pub const RUN_FILE: &str = "run.json";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
     pub policies: Vec<PolicySource>,
+    /// Policies run beside `policies`, whose decisions are recorded, never applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_policies: Vec<PolicySource>,
     pub steps: u64,
     pub batch_size: usize,
     pub seed: u64,
@@ -40,6 +43,15 @@ pub struct RunConfig {
     /// Complete checkpoints kept: older ones are deleted once a new one is written (0: all).
     #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: usize,
+    /// Snapshots a policy's `snapshot` action keeps in memory, the newest first out.
+    #[serde(default = "default_snapshots")]
+    pub snapshots: usize,
+}
+
+pub const DEFAULT_SNAPSHOTS: usize = 1;
+
+fn default_snapshots() -> usize {
+    DEFAULT_SNAPSHOTS
 }
 
 pub const DEFAULT_MAX_SKIPPED_STEPS: u64 = 3;
@@ -64,6 +76,9 @@ pub struct RunOptions {
     pub pause_after_steps: Option<u64>,
     /// Where compiled policy components are cached.
     pub policy_cache: Option<PathBuf>,
+    /// Save a checkpoint and exit, as on a pause, once this process has trained this long;
+    /// the policies see the time left.
+    pub time_limit: Option<std::time::Duration>,
     /// The processes training together; a team of one for a plain run.
     pub team: std::sync::Arc<crate::distributed::Team>,
 }
@@ -104,6 +119,9 @@ pub struct Resume {
     /// `swap_policies`.
     pub policies: Option<Vec<PolicySource>>,
     pub swap_policies: bool,
+    /// Shadow policies to run from here on instead of the saved ones, when given; they
+    /// decide nothing, so they may change freely.
+    pub shadow_policies: Option<Vec<PolicySource>>,
     /// A new length for the run (`--steps`): the policies are started with it and then
     /// given their saved state, so they re-plan their schedules from the resume step.
     pub steps: Option<u64>,

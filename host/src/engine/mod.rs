@@ -1,7 +1,8 @@
 //! The training loop and what it steers, for any [`Task`]. One step is:
 //! ask the policies -> validate -> apply (learning rates, loss weights, augmentation,
 //! clipping, freezing) -> batch -> augment -> forward -> backward -> clip -> optimizer step ->
-//! observation for the next decision -> requested actions (evaluate, checkpoint, stop).
+//! observation for the next decision -> requested actions (evaluate, checkpoint, stop), with
+//! snapshots and rollbacks before a step when a policy asks.
 //! The loop owns the run directory: metrics, decisions, checkpoints, final weights. What is
 //! trained, on which data, with which losses and metrics, is the task's (see `crate::tasks`);
 //! nothing here knows one task from another.
@@ -10,21 +11,24 @@ mod best;
 mod checkpoint;
 mod config;
 mod error;
+mod exact;
 mod knobs;
+mod loss_gradients;
 pub mod optimizer;
 mod run;
 mod simulate;
+mod snapshot;
 mod task;
 mod trace;
 
 pub use best::BEST_DIR;
 pub use checkpoint::{CHECKPOINTS_DIR, MODEL_FILE};
 pub use config::{
-    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, RUN_FILE, Resume, RunConfig, RunOptions, SavedRun,
-    TrainOutcome,
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, RUN_FILE, Resume, RunConfig,
+    RunOptions, SavedRun, TrainOutcome,
 };
 pub use error::EngineError;
 pub use knobs::KnobState;
 pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, write_json};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
-pub use task::{Scores, StepKnobs, StepLosses, Task};
+pub use task::{Backward, Scores, StepKnobs, StepLosses, Task};

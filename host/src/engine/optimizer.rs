@@ -17,7 +17,7 @@
 //! of the groups.)
 
 use std::ffi::c_char;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 /// AdamW's hyper-parameters other than the learning rate, which comes every step.
@@ -172,6 +172,44 @@ impl Bucket {
     }
 }
 
+/// The trained weights and the optimizer's state at one moment, per bucket, in host memory.
+#[derive(Debug)]
+pub struct OptimizerSnapshot {
+    /// Each bucket's weights, first and second moments.
+    buffers: Vec<[Tensor; 3]>,
+    steps: Vec<i64>,
+}
+
+impl OptimizerSnapshot {
+    const PARTS: [&str; 3] = ["weights", "exp_avg", "exp_avg_sq"];
+
+    /// As named tensors, for a file: `<bucket>.weights`, `<bucket>.exp_avg`,
+    /// `<bucket>.exp_avg_sq`, `<bucket>.steps`.
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut named = Vec::new();
+        for (index, (buffers, steps)) in self.buffers.iter().zip(&self.steps).enumerate() {
+            for (part, buffer) in Self::PARTS.iter().zip(buffers) {
+                named.push((format!("{index}.{part}"), buffer.shallow_clone()));
+            }
+            named.push((format!("{index}.steps"), Tensor::from(*steps)));
+        }
+        named
+    }
+
+    /// Read back from [`OptimizerSnapshot::named`]; names the first tensor missing.
+    pub fn from_named(named: &std::collections::HashMap<String, Tensor>) -> Result<Self, String> {
+        let entry = |name: String| named.get(&name).ok_or_else(|| format!("`{name}` is missing"));
+        let buckets = named.len() / 4;
+        let mut snapshot = OptimizerSnapshot { buffers: Vec::with_capacity(buckets), steps: Vec::new() };
+        for index in 0..buckets {
+            let [weights, exp_avg, exp_avg_sq] = Self::PARTS.map(|part| entry(format!("{index}.{part}")));
+            snapshot.buffers.push([weights?.shallow_clone(), exp_avg?.shallow_clone(), exp_avg_sq?.shallow_clone()]);
+            snapshot.steps.push(entry(format!("{index}.steps"))?.int64_value(&[]));
+        }
+        Ok(snapshot)
+    }
+}
+
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
@@ -222,6 +260,12 @@ impl AdamW {
     pub fn weights_sum(&self) -> f64 {
         let sums: Vec<Tensor> = self.buckets.iter().map(|b| b.weights.sum(Kind::Double)).collect();
         tch::no_grad(|| Tensor::stack(&sums, 0).sum(Kind::Double)).double_value(&[])
+    }
+
+    /// The parameters of every group not `frozen`, in the buckets' order.
+    pub fn trainable_params(&self, frozen: &[bool]) -> Vec<Tensor> {
+        let trainable = self.buckets.iter().filter(|bucket| !frozen[bucket.group]);
+        trainable.flat_map(|bucket| bucket.members.iter().map(|member| member.tensor.shallow_clone())).collect()
     }
 
     /// The gradient buffers of group `group` (writing them writes its parameters' gradients).
@@ -276,6 +320,49 @@ impl AdamW {
             }
             Ok(())
         })
+    }
+
+    /// A copy of every trained weight and of the optimizer's state, in host memory: the
+    /// flat buffers of each bucket as they are, so restoring it is bit-exact.
+    pub fn snapshot(&self) -> OptimizerSnapshot {
+        let host_copy = |buffer: &Tensor| match buffer.device() {
+            Device::Cpu => buffer.copy(),
+            _ => buffer.to_device(Device::Cpu),
+        };
+        tch::no_grad(|| OptimizerSnapshot {
+            buffers: self
+                .buckets
+                .iter()
+                .map(|b| [host_copy(&b.weights), host_copy(&b.exp_avg), host_copy(&b.exp_avg_sq)])
+                .collect(),
+            steps: self.buckets.iter().map(|b| b.steps).collect(),
+        })
+    }
+
+    /// Puts back the weights and state of [`AdamW::snapshot`] (of this optimizer); says
+    /// what does not fit when the snapshot is of another model.
+    pub fn restore(&mut self, snapshot: &OptimizerSnapshot) -> Result<(), String> {
+        if snapshot.buffers.len() != self.buckets.len() {
+            return Err(format!("{} buffers for {} in the model", snapshot.buffers.len(), self.buckets.len()));
+        }
+        for (index, (bucket, saved)) in self.buckets.iter().zip(&snapshot.buffers).enumerate() {
+            if saved.iter().any(|buffer| buffer.size() != bucket.weights.size()) {
+                return Err(format!(
+                    "buffer {index} has shape {:?}, the model {:?}",
+                    saved[0].size(),
+                    bucket.weights.size()
+                ));
+            }
+        }
+        tch::no_grad(|| {
+            for ((bucket, saved), &steps) in self.buckets.iter_mut().zip(&snapshot.buffers).zip(&snapshot.steps) {
+                bucket.weights.copy_(&saved[0]);
+                bucket.exp_avg.copy_(&saved[1]);
+                bucket.exp_avg_sq.copy_(&saved[2]);
+                bucket.steps = steps;
+            }
+        });
+        Ok(())
     }
 
     /// One update with learning rate `lrs[group]` for each group that is not frozen

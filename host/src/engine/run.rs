@@ -9,16 +9,19 @@ use super::checkpoint::{
 use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
 use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
-use super::optimizer::{AdamW, AdamWConfig, OptimizedParam};
-use super::task::{Scores, StepKnobs, Task};
+use super::loss_gradients::LossGradientMeter;
+use super::optimizer::{AdamW, AdamWConfig, OptimizedParam, OptimizerSnapshot};
+use super::snapshot::{SnapshotPoint, Snapshots};
+use super::task::{Backward, Scores, StepKnobs, Task};
 use super::trace::{SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::distributed::{DistributedError, Team};
 use crate::files::FileError;
+use crate::models::groups::Group;
 use crate::models::pretrained;
 use crate::policy::{
-    AugmentationKnob, INTERFACE_PACKAGE, INTERFACE_VERSION, Observation, ParamGroup, PolicyError, PolicyRuntime,
-    PolicySet, PolicySource, RunSpec, SandboxLimits, StepDecision,
+    AugmentationKnob, Depth, Observation, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySet,
+    PolicySource, Rollback, RollbackSource, RunSpec, SandboxLimits, StepDecision,
 };
 use crate::report::{EventWriter, JsonFloat, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::Serialize;
@@ -46,6 +49,9 @@ struct MetricsRecord<'a> {
     /// The update was skipped because the loss or gradient norm was not finite.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     skipped: bool,
+    /// Each weighted loss term's gradient norm, on steps a policy asked for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss_gradients: Option<BTreeMap<&'a str, JsonFloat>>,
 }
 
 /// Checks what can be checked before the task is opened (which may read a whole data set):
@@ -115,6 +121,9 @@ pub fn resume(
     if let Some(policies) = &resume.policies {
         config.policies = policies.clone();
     }
+    if let Some(shadows) = &resume.shadow_policies {
+        config.shadow_policies = shadows.clone();
+    }
     // Neither changes what the run computes: a user may change them on resume (after a
     // full disk, say).
     config.keep_checkpoints = resume.keep_checkpoints.unwrap_or(config.keep_checkpoints);
@@ -177,6 +186,12 @@ struct Run {
     loss_tags: Vec<String>,
     log: std::io::LineWriter<Box<dyn Write>>,
     progress: Progress,
+    /// This process's time limit, and when it started training: the elapsed time a resumed
+    /// run starts from, and the clock this process adds to it.
+    time_limit: Option<std::time::Duration>,
+    elapsed_at_start: f64,
+    clock: Instant,
+    snapshots: Snapshots,
 }
 
 impl Run {
@@ -203,7 +218,7 @@ impl Run {
             Some(metric) if leader => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
             _ => None,
         };
-        let groups = task.groups().to_vec();
+        let groups: Vec<Group> = task.groups().to_vec();
         let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         // In the same order on every rank, for the broadcast of rank 0's weights below.
@@ -224,11 +239,13 @@ impl Run {
             groups: groups
                 .iter()
                 .zip(&group_params)
-                .map(|(name, params)| ParamGroup {
-                    name: name.to_string(),
+                .map(|(group, params)| ParamGroup {
+                    name: group.name.clone(),
                     base_lr: config.lr,
                     param_count: params.iter().map(|p| p.numel() as u64).sum(),
                     frozen: false,
+                    tower: group.tower.clone(),
+                    depth: group.depth.map(|(index, count)| Depth { index, count }),
                 })
                 .collect(),
             losses: task.loss_names().iter().map(|name| name.to_string()).collect(),
@@ -245,22 +262,15 @@ impl Run {
         let saved_spec = SavedSpec::from(&spec);
         let limits = SandboxLimits { fuel_per_call: config.policy_fuel, ..Default::default() };
         let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
-        let mut policies = PolicySet::start(&runtime, &config.policies, spec)?;
+        let mut policies = PolicySet::start(&runtime, &config.policies, &config.shadow_policies, spec)?;
+        let mut snapshots = Snapshots::new(config.snapshots);
 
-        let fresh_state = TrainerState {
-            steps_done: 0,
-            knobs: KnobState {
-                lrs: vec![config.lr; groups.len()],
-                loss_weights: vec![1.0; task.loss_names().len()],
-                augmentation: KNOBS.iter().map(|k| k.default).collect(),
-                grad_clip: None,
-                frozen: vec![false; groups.len()],
-            },
-            last: LastStep::default(),
-            pending_evaluation: None,
-            skipped: Default::default(),
-            stopped_by: None,
-        };
+        let fresh_state = TrainerState::new(KnobState::new(
+            vec![config.lr; groups.len()],
+            vec![1.0; task.loss_names().len()],
+            KNOBS.iter().map(|k| k.default).collect(),
+            config.policies.len(),
+        ));
         let log_path = run_dir.join("run.log");
         let resuming = from.is_some();
         let log_file: Box<dyn Write> = if leader {
@@ -306,6 +316,11 @@ impl Run {
                 optimizer
                     .load_state(&checkpoint.optimizer)
                     .map_err(|problem| FileError::format(&checkpoint.dir.join(checkpoint::OPTIMIZER_FILE), problem))?;
+                for (point, tensors) in checkpoint.trainer.snapshots.iter().zip(&checkpoint.snapshots) {
+                    let snapshot = OptimizerSnapshot::from_named(tensors)
+                        .map_err(|problem| FileError::format(&checkpoint.dir, format!("a snapshot: {problem}")))?;
+                    snapshots.keep(*point, snapshot);
+                }
                 restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
                 if saved_total != config.steps {
                     let line = format!(
@@ -325,6 +340,9 @@ impl Run {
                     checkpoint.trainer.steps_done
                 );
                 let mut trainer = checkpoint.trainer;
+                if trainer.knobs.fit_policies(config.policies.len()) {
+                    let _ = writeln!(log, "the policies changed: every learning-rate multiplier starts again at 1");
+                }
                 if let Some(fault) = &checkpoint.fault {
                     let _ = writeln!(log, "that checkpoint was saved after a fault: {fault}");
                     // Continuing is the user's call (new policies, say): the divergence guard
@@ -334,7 +352,7 @@ impl Run {
                 trainer
             }
         };
-        let steps_done = state.steps_done;
+        let (steps_done, steps_elapsed) = (state.steps_done, state.elapsed_seconds);
         let keep = |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step < steps_done);
         let keep_evaluations =
             |record: &serde_json::Value| record["step"].as_u64().is_some_and(|step| step <= steps_done);
@@ -370,7 +388,7 @@ impl Run {
             _runtime: runtime,
             eval_tags: metric_names.iter().map(|name| format!("eval/{name}")).collect(),
             loss_tags: task.loss_names().iter().map(|name| format!("loss/{name}")).collect(),
-            lr_tags: groups.iter().map(|group| format!("lr/{group}")).collect(),
+            lr_tags: groups.iter().map(|group| format!("lr/{}", group.name)).collect(),
             task,
             optimizer,
             group_params,
@@ -382,6 +400,10 @@ impl Run {
             tensorboard,
             log,
             progress,
+            time_limit: options.time_limit,
+            elapsed_at_start: steps_elapsed,
+            clock: Instant::now(),
+            snapshots,
         };
         run.apply_freezing(&(0..groups.len()).collect::<Vec<_>>());
         run.report_start();
@@ -399,10 +421,21 @@ impl Run {
                 &instance.sha256()[..12]
             ));
         }
-        for (knob, owner) in self.policies.ownership() {
+        for (knob, claimers) in self.policies.ownership() {
+            let quoted: Vec<String> = claimers.iter().map(|name| format!("`{name}`")).collect();
+            let owner = match (knob, quoted.len()) {
+                (_, 0) => "trainer default".to_string(),
+                ("lr-multipliers", _) => format!("the product of {}", quoted.join(" × ")),
+                _ => format!("owned by {}", quoted[0]),
+            };
+            lines.push(format!("  {knob:<15} {owner}"));
+        }
+        for (source, instance) in self.policies.shadows_mut() {
             lines.push(format!(
-                "  {knob:<15} {}",
-                owner.map(|o| format!("owned by `{o}`")).unwrap_or("trainer default".into())
+                "shadow policy `{}`: {} (sha256 {}): decisions recorded, not applied",
+                instance.name(),
+                source.origin(),
+                &instance.sha256()[..12]
             ));
         }
         let skipped = self.task.skipped_at_start();
@@ -463,11 +496,12 @@ impl Run {
             let interrupt = self.agree(step, Some(&decision), interrupted.load(Ordering::Relaxed))?;
             self.forward_policy_logs(Some(step));
             self.record_decisions(step, &decision)?;
-            let changed = self.state.knobs.apply(&decision.merged);
+            let changed = self.state.knobs.apply(&decision);
             self.apply_freezing(&changed);
             self.state.pending_evaluation = None;
+            self.snapshot_and_roll_back(step, &decision)?;
 
-            self.step(step)?;
+            self.step(step, decision.merged.measure_loss_gradients)?;
             self.state.steps_done = step + 1;
             // The policies saw every non-finite step before this one, so one that stops or
             // acts on the first (early_stopping does) does so before the guard.
@@ -487,7 +521,13 @@ impl Run {
             // With periodic checkpoints, the last step gets one too (as Hugging Face's Trainer
             // does), so a finished run can be resumed with a longer --steps.
             let last = done == self.config.steps && self.config.checkpoint_every > 0;
-            if decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || paused || last {
+            let regular = decision.merged.checkpoint || scheduled(self.config.checkpoint_every) || last;
+            if regular || paused {
+                if regular {
+                    // Before the save, so that the checkpoint names itself: a run resumed
+                    // from it rolls back to it, as the uninterrupted run would.
+                    self.state.rollback_checkpoint = Some(done);
+                }
                 let path = self.checkpoint(None)?;
                 if paused {
                     self.progress.finish();
@@ -632,23 +672,112 @@ impl Run {
     }
 
     fn observation(&self) -> Observation {
-        self.state.observation(self.task.epoch_of(self.state.steps_done))
+        self.state.observation(self.task.epoch_of(self.data_position(self.state.steps_done)), self.seconds_left())
+    }
+
+    /// The batch of the data order step `step` trains on.
+    fn data_position(&self, step: u64) -> u64 {
+        (step as i64 + self.state.data_offset).max(0) as u64
+    }
+
+    /// The `snapshot` and `rollback` actions of a step's decision, before the step runs,
+    /// each recorded in `decisions.jsonl` with what it kept or restored.
+    fn snapshot_and_roll_back(&mut self, step: u64, decision: &StepDecision) -> Result<(), EngineError> {
+        let asked_by = |wants: &dyn Fn(&crate::policy::Decision) -> bool| {
+            decision.per_policy.iter().find(|(_, decided)| wants(decided)).map(|(name, _)| name.clone())
+        };
+        if let Some(policy) = asked_by(&|d| d.snapshot) {
+            let point = SnapshotPoint { steps_done: step, data_offset: self.state.data_offset };
+            let kept = if self.snapshots.capacity() == 0 {
+                serde_json::json!("none: --snapshots 0")
+            } else {
+                self.snapshots.keep(point, self.optimizer.snapshot());
+                serde_json::json!(self.snapshots.points().len())
+            };
+            let record = serde_json::json!({"step": step, "policy": policy, "action": "snapshot", "kept": kept});
+            self.decisions.write(&record).map_err(io_error(self.decisions.path()))?;
+        }
+        let (Some(rollback), Some(policy)) = (decision.merged.rollback, asked_by(&|d| d.rollback.is_some())) else {
+            return Ok(());
+        };
+        let restored = self.roll_back(step, rollback)?;
+        let line = format!("step {step}: `{policy}` rolled back: {restored}");
+        self.say(&line);
+        let record = serde_json::json!({
+            "step": step,
+            "policy": policy,
+            "action": "rollback",
+            "restored": restored,
+            "skip_batches": rollback.skip_batches,
+            "data_position": self.data_position(step),
+        });
+        self.decisions.write(&record).map_err(io_error(self.decisions.path()))
+    }
+
+    /// Restores the newest snapshot (or checkpoint) and moves the data order past
+    /// `skip_batches` batches from where it was then; says what was restored.
+    fn roll_back(&mut self, step: u64, rollback: Rollback) -> Result<String, EngineError> {
+        let from_snapshot = matches!(rollback.source, RollbackSource::Snapshot) && self.snapshots.newest().is_some();
+        let point = if from_snapshot {
+            let (point, snapshot) = self.snapshots.newest().expect("checked above");
+            let point = *point;
+            self.optimizer.restore(snapshot).map_err(|problem| EngineError::Config(format!("rollback: {problem}")))?;
+            point
+        } else {
+            let Some(steps_done) = self.state.rollback_checkpoint else {
+                return Ok("nothing: no snapshot or checkpoint to return to yet".into());
+            };
+            let dir = checkpoint::dir_of(&self.run_dir, steps_done);
+            let saved = match checkpoint::load(&dir) {
+                Ok(saved) => saved,
+                Err(error) => return Ok(format!("nothing: checkpoint {} does not load: {error}", dir.display())),
+            };
+            pretrained::load_weights(self.task.var_store(), &saved.model_file)?;
+            self.optimizer
+                .load_state(&saved.optimizer)
+                .map_err(|problem| FileError::format(&dir.join(checkpoint::OPTIMIZER_FILE), problem))?;
+            SnapshotPoint { steps_done, data_offset: saved.trainer.data_offset }
+        };
+        let position = point.data_position() + rollback.skip_batches as i64;
+        self.state.data_offset = position - step as i64;
+        // The steps that led here are undone: the divergence guard counts afresh.
+        self.state.skipped.end_streak();
+        let source = if from_snapshot { "the snapshot" } else { "checkpoint" };
+        Ok(format!(
+            "{source} taken before step {}; the data order goes on at batch {position} ({} skipped)",
+            point.steps_done, rollback.skip_batches
+        ))
+    }
+
+    /// With a time limit, the seconds this process may still train (rank 0's clock).
+    fn seconds_left(&self) -> Option<f64> {
+        let limit = self.time_limit?.as_secs_f64();
+        Some((limit - (self.state.elapsed_seconds - self.elapsed_at_start)).max(0.0))
     }
 
     /// One optimizer step on the batch of global step `step`.
-    fn step(&mut self, step: u64) -> Result<(), EngineError> {
+    /// One optimizer step on the batch of global step `step`; with `measure_loss_gradients`,
+    /// each loss term's gradient is measured on the way.
+    fn step(&mut self, step: u64, measure_loss_gradients: bool) -> Result<(), EngineError> {
         let started = Instant::now();
-        let epoch = self.task.epoch_of(step);
+        let position = self.data_position(step);
+        let epoch = self.task.epoch_of(position);
         self.optimizer.zero_grad();
         let any_trainable = self.state.knobs.frozen.iter().any(|f| !f);
+        let meter = (any_trainable && measure_loss_gradients).then(|| {
+            let params = self.optimizer.trainable_params(&self.state.knobs.frozen);
+            LossGradientMeter::new(params, self.task.loss_names().len())
+        });
         let knobs = StepKnobs {
             augmentation: &self.state.knobs.augmentation,
             loss_weights: &self.state.knobs.loss_weights,
-            backward: any_trainable,
-            total_steps: self.config.steps,
+            backward: any_trainable
+                .then_some(Backward { weights: &self.state.knobs.loss_weights, meter: meter.as_ref() }),
+            total_steps: self.data_position(self.config.steps),
             seed: self.config.seed,
         };
-        let measured = self.task.step(step, knobs)?;
+        let measured = self.task.step(position, knobs)?;
+        let loss_gradients = meter.map(|meter| meter.finish(step, &self.team)).transpose()?;
         for line in &measured.skipped {
             let _ = writeln!(self.log, "step {step}: skipped {line}");
         }
@@ -690,31 +819,44 @@ impl Run {
                 let factor = (max_norm / (&grad_norm + 1e-6)).clamp_max(1.0);
                 self.optimizer.scale_grads(&factor);
             }
-            self.optimizer.step(&self.state.knobs.lrs, &self.state.knobs.frozen);
+            self.optimizer.step(&self.state.knobs.effective_lrs(), &self.state.knobs.frozen);
             self.task.after_update();
         }
-        let throughput = Tensor::from(images / started.elapsed().as_secs_f64());
-        self.team.broadcast_from_leader(&[throughput.shallow_clone()], "the broadcast of the throughput")?;
-        let images_per_second = throughput.double_value(&[]);
+        // Rank 0's clock, so that every rank's policies observe the same values.
+        let elapsed = self.elapsed_at_start + self.clock.elapsed().as_secs_f64();
+        let clocks = Tensor::from_slice(&[images / started.elapsed().as_secs_f64(), elapsed]);
+        self.team.broadcast_from_leader(&[clocks.shallow_clone()], "the broadcast of the throughput")?;
+        let [images_per_second, elapsed] = Vec::<f64>::try_from(&clocks)?[..] else {
+            unreachable!("two clock readings")
+        };
+        self.state.elapsed_seconds = elapsed;
         self.state.last = LastStep {
             losses: raw.to_vec(),
             total_loss: Some(total),
             grad_norm: Some(norm),
             logit_scale: Some(scale),
             images_per_second: Some(images_per_second),
+            loss_gradients,
         };
+        let lrs = self.state.knobs.effective_lrs();
         self.metrics
             .write(&MetricsRecord {
                 step,
                 epoch,
                 loss: JsonFloat(total),
                 losses: by_name(self.task.loss_names(), raw),
-                lr: by_name(self.task.groups(), &self.state.knobs.lrs),
+                lr: by_name(&group_names(self.task.groups()), &lrs),
                 grad_norm: JsonFloat(norm),
                 logit_scale: JsonFloat(scale),
                 images_per_second: JsonFloat(images_per_second),
                 skipped_samples: skipped_samples as u64,
                 skipped,
+                loss_gradients: self
+                    .state
+                    .last
+                    .loss_gradients
+                    .as_ref()
+                    .map(|measured| by_name(self.task.loss_names(), &measured.norms)),
             })
             .map_err(io_error(self.metrics.path()))?;
         let mut scalars = vec![("loss/total", total)];
@@ -724,9 +866,9 @@ impl Run {
             ("logit_scale", scale),
             ("throughput/images_per_second", images_per_second),
         ]);
-        scalars.extend(self.lr_tags.iter().map(String::as_str).zip(self.state.knobs.lrs.iter().copied()));
+        scalars.extend(self.lr_tags.iter().map(String::as_str).zip(lrs.iter().copied()));
         self.tensorboard.scalars(step, scalars).map_err(io_error(self.tensorboard.path()))?;
-        self.progress.update(step + 1, total, self.state.knobs.lrs[0], images_per_second);
+        self.progress.update(step + 1, total, lrs[0], images_per_second);
         Ok(())
     }
 
@@ -769,8 +911,8 @@ impl Run {
 
     fn record_decisions(&mut self, step: u64, decision: &StepDecision) -> Result<(), EngineError> {
         let knobs: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
-        let groups = self.task.groups();
-        for record in decision_records(step, decision, groups, self.task.loss_names(), &knobs) {
+        let groups = group_names(self.task.groups());
+        for record in decision_records(step, decision, &groups, self.task.loss_names(), &knobs) {
             self.decisions.write(&record).map_err(io_error(self.decisions.path()))?;
         }
         Ok(())
@@ -789,20 +931,18 @@ impl Run {
             // policy's state from before the fault: keep it rather than replace it.
             return Ok(existing);
         }
-        let mut policies = Vec::new();
         let stage = format!("checkpoint after step {}", self.state.steps_done);
+        let mut policies = Vec::new();
         for (source, instance) in self.policies.members_mut() {
             let state = if instance.has_trapped() { None } else { Some(instance.save_state(&stage)?) };
-            let record = PolicyRecord {
-                name: instance.name().to_string(),
-                source: source.clone(),
-                sha256: instance.sha256().to_string(),
-                interface: format!("{INTERFACE_PACKAGE}@{INTERFACE_VERSION}"),
-                state_file: None,
-            };
-            policies.push((record, state));
+            policies.push((policy_record(source, instance, false), state));
+        }
+        // A shadow that cannot save its state resumes without one; it never fails the run.
+        for (source, instance) in self.policies.shadows_mut() {
+            policies.push((policy_record(source, instance, true), instance.save_state(&stage).ok()));
         }
         let out_of_turn = fault.is_some();
+        self.state.snapshots = self.snapshots.points();
         let path = checkpoint::save(
             &self.run_dir,
             CheckpointContents {
@@ -811,6 +951,7 @@ impl Run {
                 model: self.task.var_store(),
                 optimizer: self.optimizer.state(),
                 policies,
+                snapshots: self.snapshots.iter().map(|(_, snapshot)| snapshot.named()).collect(),
             },
         )?;
         let megabytes = checkpoint::size(&path)? as f64 / 1e6;
@@ -847,6 +988,17 @@ impl Run {
     }
 }
 
+fn policy_record(source: &PolicySource, instance: &PolicyInstance, shadow: bool) -> PolicyRecord {
+    PolicyRecord {
+        name: instance.name().to_string(),
+        source: source.clone(),
+        sha256: instance.sha256().to_string(),
+        interface: instance.interface_version().qualified(),
+        state_file: None,
+        shadow,
+    }
+}
+
 /// Gives each resumed policy its saved state, after checking it is the same component.
 fn restore_policies(
     policies: &mut PolicySet,
@@ -854,13 +1006,17 @@ fn restore_policies(
     swap_policies: bool,
     log: &mut impl Write,
 ) -> Result<(), EngineError> {
+    let (saved_shadows, saved): (Vec<_>, Vec<_>) =
+        checkpoint.policies.iter().zip(&checkpoint.policy_states).partition(|(record, _)| record.shadow);
     let members: Vec<_> = policies.members_mut().collect();
     let count = members.len();
-    let same_count = count == checkpoint.policies.len();
+    let same_count = count == saved.len();
     for (index, (_, instance)) in members.into_iter().enumerate() {
-        let saved = checkpoint.policies.get(index).filter(|_| same_count);
-        let state = checkpoint.policy_states.get(index).and_then(Option::as_ref);
-        match saved {
+        let (record, state) = match saved.get(index).filter(|_| same_count) {
+            Some((record, state)) => (Some(*record), state.as_ref()),
+            None => (None, None),
+        };
+        match record {
             Some(record) if record.sha256 == instance.sha256() && record.name == instance.name() => match state {
                 Some(state) => instance.load_state(state)?,
                 None => {
@@ -887,11 +1043,24 @@ fn restore_policies(
                 return Err(EngineError::Config(format!(
                     "checkpoint {} holds {} policies, this run has {}; pass --swap-policies to continue with them",
                     checkpoint.dir.display(),
-                    checkpoint.policies.len(),
+                    saved.len(),
                     count
                 )));
             }
         }
+    }
+    // A shadow continues from the state saved by the same component with the same arguments;
+    // any other starts fresh. A shadow's failure here, as anywhere, is a warning.
+    let mut unused = saved_shadows;
+    for (source, shadow) in policies.shadows_mut() {
+        let same = unused.iter().position(|(record, _)| &record.source == source && record.sha256 == shadow.sha256());
+        let state = same.map(|index| unused.remove(index)).and_then(|(_, state)| state.as_ref());
+        let outcome = match state {
+            Some(state) => shadow.load_state(state).map(|()| "continues from its saved state".to_string()),
+            None => Ok("starts fresh".to_string()),
+        };
+        let line = outcome.unwrap_or_else(|error| format!("starts fresh: {error}"));
+        let _ = writeln!(log, "shadow policy `{}` {line}", shadow.name());
     }
     Ok(())
 }
@@ -959,6 +1128,10 @@ fn clear_run_dir(run_dir: &Path) -> Result<(), EngineError> {
         }
     }
     std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))
+}
+
+fn group_names(groups: &[Group]) -> Vec<&str> {
+    groups.iter().map(|group| group.name.as_str()).collect()
 }
 
 fn by_name<'a>(names: &[&'a str], values: &[f64]) -> BTreeMap<&'a str, JsonFloat> {

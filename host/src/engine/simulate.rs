@@ -11,6 +11,7 @@ use super::checkpoint::{LastStep, PendingEvaluation, TrainerState};
 use super::config::{RUN_FILE, SavedRun};
 use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
+use super::loss_gradients::MeasuredGradients;
 use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::data::sampler::keyed;
@@ -69,6 +70,8 @@ struct Reading {
     grad_norm: f64,
     logit_scale: f64,
     images_per_second: f64,
+    /// Each term's gradient norm, where the run measured them.
+    loss_gradients: Option<Vec<f64>>,
 }
 
 /// Where readings and evaluations come from, step by step.
@@ -102,7 +105,7 @@ impl Stream {
         match self {
             Stream::Recorded { readings, .. } => {
                 let r = &readings[step as usize];
-                Reading { losses: r.losses.clone(), ..*r }
+                Reading { losses: r.losses.clone(), loss_gradients: r.loss_gradients.clone(), ..*r }
             }
             Stream::Synthetic(curve) => {
                 let progress = step as f64 / curve.steps.max(1) as f64;
@@ -114,7 +117,14 @@ impl Stream {
                     })
                     .collect();
                 let total = losses.iter().zip(weights).map(|(loss, weight)| loss * weight).sum();
-                Reading { losses, total, grad_norm: 1.0, logit_scale: 14.29, images_per_second: 1000.0 }
+                Reading {
+                    losses,
+                    total,
+                    grad_norm: 1.0,
+                    logit_scale: 14.29,
+                    images_per_second: 1000.0,
+                    loss_gradients: None,
+                }
             }
         }
     }
@@ -132,26 +142,22 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
     };
     let limits = SandboxLimits { fuel_per_call: options.policy_fuel, ..Default::default() };
     let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
-    let mut set = PolicySet::start(&runtime, &policies, spec.to_run_spec())?;
+    let mut set = PolicySet::start(&runtime, &policies, &[], spec.to_run_spec())?;
 
     std::fs::create_dir_all(&options.out).map_err(io_error(&options.out))?;
     let decisions_path = options.out.join("decisions.jsonl");
     let mut decisions = JsonLines::create(&decisions_path).map_err(io_error(&decisions_path))?;
     let (groups, losses, knob_names) = (spec.group_names(), spec.loss_names(), spec.knob_names());
-    let mut state = TrainerState {
-        steps_done: 0,
-        knobs: KnobState {
-            lrs: spec.groups.iter().map(|g| g.base_lr).collect(),
-            loss_weights: vec![1.0; spec.losses.len()],
-            augmentation: spec.augmentation.iter().map(|k| k.default).collect(),
-            grad_clip: None,
-            frozen: spec.groups.iter().map(|g| g.frozen).collect(),
-        },
-        last: LastStep::default(),
-        pending_evaluation: None,
-        skipped: Default::default(),
-        stopped_by: None,
+    let knobs = KnobState {
+        frozen: spec.groups.iter().map(|g| g.frozen).collect(),
+        ..KnobState::new(
+            spec.groups.iter().map(|g| g.base_lr).collect(),
+            vec![1.0; spec.losses.len()],
+            spec.augmentation.iter().map(|k| k.default).collect(),
+            policies.len(),
+        )
     };
+    let mut state = TrainerState::new(knobs);
     let mut history: Vec<(u64, KnobState)> = Vec::new();
     let mut requested = false;
     let mut stopped = None;
@@ -160,20 +166,36 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
         state.steps_done = step;
         state.pending_evaluation =
             stream.evaluation(step, requested, &state.last).map(|values| PendingEvaluation { step, values });
-        let decision = set.decide(&state.observation(step / spec.steps_per_epoch.max(1)))?;
+        let decision = set.decide(&state.observation(step / spec.steps_per_epoch.max(1), None))?;
         for record in decision_records(step, &decision, &groups, &losses, &knob_names) {
             decisions.write(&record).map_err(io_error(&decisions_path))?;
         }
-        state.knobs.apply(&decision.merged);
+        state.knobs.apply(&decision);
         history.push((step, state.knobs.clone()));
         requested = decision.merged.evaluate;
         let reading = stream.reading(step, &state.knobs.loss_weights);
+        let loss_gradients = match (reading.loss_gradients, &stream) {
+            (Some(norms), _) => Some(norms),
+            // A synthetic term's gradient grows with its index as its loss shrinks, so the
+            // shares of the gradient differ from those of the losses.
+            (None, Stream::Synthetic(_)) if decision.merged.measure_loss_gradients => Some(
+                reading
+                    .losses
+                    .iter()
+                    .zip(&state.knobs.loss_weights)
+                    .enumerate()
+                    .map(|(i, (loss, w))| loss * w * 10f64.powi(i as i32))
+                    .collect(),
+            ),
+            (None, _) => None,
+        };
         state.last = LastStep {
             losses: reading.losses,
             total_loss: Some(reading.total),
             grad_norm: Some(reading.grad_norm),
             logit_scale: Some(reading.logit_scale),
             images_per_second: Some(reading.images_per_second),
+            loss_gradients: loss_gradients.map(|norms| MeasuredGradients::from_norms(step, norms)),
         };
         if let Some((policy, reason)) = decision.stop {
             stopped = Some((step + 1, policy, reason));
@@ -201,6 +223,9 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
             grad_norm: number(&record["grad_norm"]),
             logit_scale: number(&record["logit_scale"]),
             images_per_second: number(&record["images_per_second"]),
+            loss_gradients: record
+                .get("loss_gradients")
+                .map(|norms| spec.losses.iter().map(|name| number(&norms[name])).collect()),
         })
         .collect();
     let evaluations_path = run_dir.join("evaluations.jsonl");
@@ -220,7 +245,14 @@ fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {
         groups: curve
             .groups
             .iter()
-            .map(|name| SavedGroup { name: name.clone(), base_lr: curve.lr, param_count: 0, frozen: false })
+            .map(|name| SavedGroup {
+                name: name.clone(),
+                base_lr: curve.lr,
+                param_count: 0,
+                frozen: false,
+                tower: None,
+                depth: None,
+            })
             .collect(),
         losses: curve.losses.clone(),
         augmentation: KNOBS
@@ -246,7 +278,12 @@ fn plot_knobs(out: &Path, spec: &SavedSpec, history: &[(u64, KnobState)]) -> Res
             .collect()
     };
     let charts = [
-        ("lr.png", "Learning rate per group", "learning rate", series(&spec.group_names(), &|k, i| k.lrs[i])),
+        (
+            "lr.png",
+            "Learning rate per group",
+            "learning rate",
+            series(&spec.group_names(), &|k, i| k.effective_lrs()[i]),
+        ),
         ("loss_weights.png", "Loss weights", "weight", series(&spec.loss_names(), &|k, i| k.loss_weights[i])),
         ("augmentation.png", "Augmentation knobs", "value", series(&spec.knob_names(), &|k, i| k.augmentation[i])),
     ];

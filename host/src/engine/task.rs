@@ -4,6 +4,8 @@
 //! [`Task`], and every policy works with it unchanged.
 
 use super::error::EngineError;
+use super::loss_gradients::LossGradientMeter;
+use crate::models::groups::Group;
 use crate::report::float_to_json;
 use std::path::Path;
 use tch::{Tensor, nn};
@@ -28,17 +30,39 @@ impl Scores {
 }
 
 /// The knob values one step trains with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct StepKnobs<'a> {
     /// Aligned with [`crate::data::augment::KNOBS`].
     pub augmentation: &'a [f64],
     /// Aligned with [`Task::loss_names`].
     pub loss_weights: &'a [f64],
-    /// Whether any parameter is trainable; when not, no gradient is computed.
-    pub backward: bool,
+    /// How the loss terms reach the gradients; `None` when no parameter is trainable, and
+    /// no gradient is computed.
+    pub backward: Option<Backward<'a>>,
     /// The run's length, bounding how far ahead data is prepared.
     pub total_steps: u64,
     pub seed: u64,
+}
+
+/// How a step's loss terms reach the parameters' gradients: their weighted sum
+/// back-propagated at once, or, when a policy asked for the per-loss gradients, each
+/// weighted term alone through the meter (the gradient is the same sum).
+#[derive(Clone, Copy)]
+pub struct Backward<'a> {
+    /// Aligned with the terms.
+    pub weights: &'a [f64],
+    pub meter: Option<&'a LossGradientMeter>,
+}
+
+impl Backward<'_> {
+    /// Back-propagates the weighted sum of `terms` into the parameters' gradients.
+    pub fn run(&self, terms: &[Tensor]) -> Result<(), EngineError> {
+        if let Some(meter) = self.meter {
+            return meter.backward(terms, self.weights);
+        }
+        let weighted = terms.iter().zip(self.weights).map(|(term, &weight)| term * weight);
+        Ok(weighted.reduce(|sum, term| sum + term).expect("a step has at least one loss term").f_backward()?)
+    }
 }
 
 /// What one step measured.
@@ -55,7 +79,7 @@ pub struct StepLosses {
 
 pub trait Task {
     /// Parameter groups, each with its own learning rate, in the order policies see them.
-    fn groups(&self) -> &[&'static str];
+    fn groups(&self) -> &[Group];
     /// Loss terms, in the order policies see them.
     fn loss_names(&self) -> &[&'static str];
     /// Evaluation metrics, in the order policies see them.

@@ -6,7 +6,8 @@
 
 use super::checkpoint::TrainerState;
 use crate::policy::{
-    AugmentationKnob, Decision, Evaluation, GradClip, NonFinite, Observation, ParamGroup, RunSpec, StepDecision,
+    AugmentationKnob, Decision, Depth, Evaluation, GradClip, LossGradients, NonFinite, Observation, ParamGroup,
+    RollbackSource, RunSpec, StepDecision,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,12 @@ pub struct SavedGroup {
     pub base_lr: f64,
     pub param_count: u64,
     pub frozen: bool,
+    /// `None` in runs from before towers were recorded: the group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tower: Option<String>,
+    /// The group's layer and the tower's count of layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +57,8 @@ impl From<&RunSpec> for SavedSpec {
                     base_lr: g.base_lr,
                     param_count: g.param_count,
                     frozen: g.frozen,
+                    tower: Some(g.tower.clone()),
+                    depth: g.depth.map(|Depth { index, count }| (index, count)),
                 })
                 .collect(),
             losses: spec.losses.clone(),
@@ -77,6 +86,8 @@ impl SavedSpec {
                     base_lr: g.base_lr,
                     param_count: g.param_count,
                     frozen: g.frozen,
+                    tower: g.tower.clone().unwrap_or_else(|| g.name.clone()),
+                    depth: g.depth.map(|(index, count)| Depth { index, count }),
                 })
                 .collect(),
             losses: self.losses.clone(),
@@ -107,8 +118,9 @@ impl SavedSpec {
 }
 
 impl TrainerState {
-    /// What the policies see before step `steps_done`, in `epoch`.
-    pub fn observation(&self, epoch: u64) -> Observation {
+    /// What the policies see before step `steps_done`, in `epoch`, with `seconds_left` under
+    /// a time limit.
+    pub fn observation(&self, epoch: u64, seconds_left: Option<f64>) -> Observation {
         let last = &self.last;
         let mut non_finite = NonFinite::empty();
         if last.total_loss.is_some_and(|l| !l.is_finite()) || last.losses.iter().any(|l| !l.is_finite()) {
@@ -125,11 +137,19 @@ impl TrainerState {
             grad_norm: last.grad_norm,
             non_finite,
             lrs: self.knobs.lrs.clone(),
+            lr_multipliers: self.knobs.composed_multipliers(),
             loss_weights: self.knobs.loss_weights.clone(),
             frozen: self.knobs.frozen.clone(),
             images_per_second: last.images_per_second,
             logit_scale: last.logit_scale,
             evaluation: self.pending_evaluation.as_ref().map(|e| Evaluation { step: e.step, values: e.values.clone() }),
+            elapsed_seconds: self.elapsed_seconds,
+            seconds_left,
+            loss_gradients: last.loss_gradients.as_ref().map(|measured| LossGradients {
+                step: measured.step,
+                norms: measured.norms.clone(),
+                shares: measured.shares.clone(),
+            }),
         }
     }
 }
@@ -142,10 +162,16 @@ pub fn decision_records(
     losses: &[&str],
     knobs: &[&str],
 ) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let shadows = decision.shadows.iter().map(|(policy, decided)| {
+        let mut record = decision_record(step, policy, decided, groups, losses, knobs);
+        record.insert("shadow".into(), true.into());
+        record
+    });
     decision
         .per_policy
         .iter()
         .map(|(policy, decided)| decision_record(step, policy, decided, groups, losses, knobs))
+        .chain(shadows)
         .collect()
 }
 
@@ -169,6 +195,7 @@ fn decision_record(
     };
     let json = |v: &Option<f64>| serde_json::json!(v);
     put("lrs", groups, decided.lrs.iter().map(json).collect());
+    put("lr_multipliers", groups, decided.lr_multipliers.iter().map(json).collect());
     put("loss_weights", losses, decided.loss_weights.iter().map(json).collect());
     put("augmentation", knobs, decided.augmentation.iter().map(json).collect());
     put("freeze", groups, decided.freeze.iter().map(|v| serde_json::json!(v)).collect());
@@ -177,13 +204,26 @@ fn decision_record(
         Some(GradClip::MaxNorm(norm)) => drop(record.insert("grad_clip".into(), norm.into())),
         None => {}
     }
-    for (flag, set) in [("evaluate", decided.evaluate), ("checkpoint", decided.checkpoint)] {
+    let flags = [
+        ("evaluate", decided.evaluate),
+        ("checkpoint", decided.checkpoint),
+        ("measure_loss_gradients", decided.measure_loss_gradients),
+        ("snapshot", decided.snapshot),
+    ];
+    for (flag, set) in flags {
         if set {
             record.insert(flag.into(), true.into());
         }
     }
     if let Some(reason) = &decided.stop {
         record.insert("stop".into(), reason.as_str().into());
+    }
+    if let Some(rollback) = &decided.rollback {
+        let source = match rollback.source {
+            RollbackSource::Snapshot => "snapshot",
+            RollbackSource::Checkpoint => "checkpoint",
+        };
+        record.insert("rollback".into(), serde_json::json!({"source": source, "skip_batches": rollback.skip_batches}));
     }
     record
 }

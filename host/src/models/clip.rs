@@ -4,6 +4,7 @@
 //! projection into a shared space, and a learnable logit scale.
 
 use super::checkpoint;
+use super::groups::{GroupBy, GroupLayout, Place, TowerPart};
 use super::pretrained::{self, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -557,20 +558,36 @@ pub(super) fn normalize(xs: &Tensor) -> Tensor {
     xs / xs.norm_scalaropt_dim(2.0, [-1], true)
 }
 
-/// The parameter groups of CLIP, each with its own learning rate: the two towers, the
-/// projections into the shared space, and the logit scale.
-pub const PARAMETER_GROUPS: [&str; 4] = ["vision", "text", "projection", "logit_scale"];
+/// The parts of CLIP outside its towers, each a parameter group of its own: the projections
+/// into the shared space, and the logit scale.
+pub const HEADS: [&str; 2] = ["projection", "logit_scale"];
 
-/// The group (an index into [`PARAMETER_GROUPS`]) of a parameter, by its Hugging Face name.
-pub fn parameter_group(name: &str) -> usize {
-    if name.starts_with("vision_model.") {
-        0
-    } else if name.starts_with("text_model.") {
-        1
+/// The parameter groups of CLIP, each with its own learning rate: the two towers (or, by
+/// layer, each of their layers), then [`HEADS`].
+pub fn parameter_groups(config: &ClipConfig, by: GroupBy) -> GroupLayout {
+    GroupLayout::new(by, &towers(config), &HEADS)
+}
+
+/// CLIP's towers, in the order of [`parameter_place`].
+pub const TOWERS: [&str; 2] = ["vision", "text"];
+
+/// CLIP's towers with their counts of blocks.
+pub fn towers(config: &ClipConfig) -> [(&'static str, usize); 2] {
+    let blocks = [config.vision_config.num_hidden_layers, config.text_config.num_hidden_layers];
+    [(TOWERS[0], blocks[0] as usize), (TOWERS[1], blocks[1] as usize)]
+}
+
+/// Where a parameter of CLIP belongs, by its Hugging Face name: in tower 0 (vision) or 1
+/// (text), or in one of [`HEADS`].
+pub fn parameter_place(name: &str) -> Place {
+    if let Some(rest) = name.strip_prefix("vision_model.") {
+        Place::Tower(0, TowerPart::of(rest))
+    } else if let Some(rest) = name.strip_prefix("text_model.") {
+        Place::Tower(1, TowerPart::of(rest))
     } else if name == "logit_scale" {
-        3
+        Place::Head(1)
     } else {
-        2
+        Place::Head(0)
     }
 }
 

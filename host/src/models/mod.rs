@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod groups;
 pub mod owlvit;
 pub mod pretrained;
 pub mod tagger;

@@ -12,6 +12,7 @@ use super::clip::{
     Activation, ClipTextConfig, ClipVisionConfig, Compute, TextPooling, TextTransformer, VisionTransformer, layer_norm,
     normalize, projection,
 };
+use super::groups::{GroupBy, GroupLayout, Place, TowerPart};
 use super::pretrained::{self, PretrainedError};
 use crate::files::FileError;
 use serde::{Deserialize, Serialize};
@@ -352,27 +353,46 @@ fn box_bias(grid: i64, device: Device) -> Tensor {
     Tensor::cat(&[logit(&centres), logit(&sizes)], -1)
 }
 
-/// Parameter groups of detection fine-tuning, each with its own learning rate: the towers,
-/// then the heads (OWLv2's objectness head last).
-pub fn parameter_groups(variant: OwlVariant) -> &'static [&'static str] {
+/// The heads of detection fine-tuning, each a parameter group of its own (OWLv2's objectness
+/// head last).
+pub fn heads(variant: OwlVariant) -> &'static [&'static str] {
     match variant {
-        OwlVariant::OwlVit => &["vision", "text", "class_head", "box_head"],
-        OwlVariant::Owlv2 => &["vision", "text", "class_head", "box_head", "objectness_head"],
+        OwlVariant::OwlVit => &["class_head", "box_head"],
+        OwlVariant::Owlv2 => &["class_head", "box_head", "objectness_head"],
     }
 }
 
-/// The group (an index into [`parameter_groups`]) of a parameter by its Hugging Face name;
-/// `None` for the image projection and the logit scale, which detection does not read.
-pub fn parameter_group(name: &str) -> Option<usize> {
-    let tower = name.strip_prefix("owlvit.").or_else(|| name.strip_prefix("owlv2."));
-    match tower {
-        Some(rest) if rest.starts_with("vision_model.") => Some(0),
-        Some(rest) if rest.starts_with("text_model.") || rest.starts_with("text_projection") => Some(1),
-        Some(_) => None,
-        None if name.starts_with("layer_norm.") => Some(0),
-        None if name.starts_with("class_head.") => Some(2),
-        None if name.starts_with("box_head.") => Some(3),
-        None if name.starts_with("objectness_head.") => Some(4),
+/// Parameter groups of detection fine-tuning, each with its own learning rate: the towers
+/// (or, by layer, each of their layers), then the [`heads`].
+pub fn parameter_groups(config: &OwlConfig, by: GroupBy) -> GroupLayout {
+    let towers = [
+        ("vision", config.vision_config.num_hidden_layers as usize),
+        ("text", config.text_config.num_hidden_layers as usize),
+    ];
+    GroupLayout::new(by, &towers, heads(config.variant()))
+}
+
+/// Where a parameter belongs by its Hugging Face name: in tower 0 (vision, with the norm
+/// after it) or 1 (text, with its projection), or in one of the [`heads`]; `None` for the
+/// image projection and the logit scale, which detection does not read.
+pub fn parameter_place(name: &str) -> Option<Place> {
+    let towers = name.strip_prefix("owlvit.").or_else(|| name.strip_prefix("owlv2."));
+    match towers {
+        Some(rest) => {
+            if let Some(vision) = rest.strip_prefix("vision_model.") {
+                Some(Place::Tower(0, TowerPart::of(vision)))
+            } else if let Some(text) = rest.strip_prefix("text_model.") {
+                Some(Place::Tower(1, TowerPart::of(text)))
+            } else if rest.starts_with("text_projection") {
+                Some(Place::Tower(1, TowerPart::After))
+            } else {
+                None
+            }
+        }
+        None if name.starts_with("layer_norm.") => Some(Place::Tower(0, TowerPart::After)),
+        None if name.starts_with("class_head.") => Some(Place::Head(0)),
+        None if name.starts_with("box_head.") => Some(Place::Head(1)),
+        None if name.starts_with("objectness_head.") => Some(Place::Head(2)),
         None => None,
     }
 }
@@ -442,13 +462,18 @@ mod tests {
 
     #[test]
     fn parameters_fall_into_the_tower_and_head_groups() {
-        assert_eq!(parameter_group("owlvit.vision_model.encoder.layers.0.mlp.fc1.weight"), Some(0));
-        assert_eq!(parameter_group("layer_norm.weight"), Some(0));
-        assert_eq!(parameter_group("owlv2.text_projection.weight"), Some(1));
-        assert_eq!(parameter_group("class_head.logit_shift.bias"), Some(2));
-        assert_eq!(parameter_group("box_head.dense2.weight"), Some(3));
-        assert_eq!(parameter_group("objectness_head.dense0.weight"), Some(4));
-        assert_eq!(parameter_group("owlvit.visual_projection.weight"), None);
-        assert_eq!(parameter_group("owlvit.logit_scale"), None);
+        let place = parameter_place;
+        assert_eq!(
+            place("owlvit.vision_model.encoder.layers.0.mlp.fc1.weight"),
+            Some(Place::Tower(0, TowerPart::Block(0)))
+        );
+        assert_eq!(place("owlv2.vision_model.pre_layernorm.bias"), Some(Place::Tower(0, TowerPart::Embeddings)));
+        assert_eq!(place("layer_norm.weight"), Some(Place::Tower(0, TowerPart::After)));
+        assert_eq!(place("owlv2.text_projection.weight"), Some(Place::Tower(1, TowerPart::After)));
+        assert_eq!(place("class_head.logit_shift.bias"), Some(Place::Head(0)));
+        assert_eq!(place("box_head.dense2.weight"), Some(Place::Head(1)));
+        assert_eq!(place("objectness_head.dense0.weight"), Some(Place::Head(2)));
+        assert_eq!(place("owlvit.visual_projection.weight"), None);
+        assert_eq!(place("owlvit.logit_scale"), None);
     }
 }

@@ -2,10 +2,10 @@
 //! inside the sandbox's limits: a fuel budget (deterministic), an epoch deadline (a
 //! wall-clock backstop), and a memory cap that traps when the policy tries to grow past it.
 
-use super::bindings;
 use super::{
-    Decision, INTERFACE_PACKAGE, INTERFACE_VERSION, Knobs, LogLevel, Observation, PolicyError, PolicySource, RunSpec,
+    Decision, INTERFACE_PACKAGE, InterfaceVersion, Knobs, LogLevel, Observation, PolicyError, PolicySource, RunSpec,
 };
+use super::{bindings, v1_0};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -82,11 +82,24 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-// The shared types interface has no functions to provide.
+// The shared types interfaces have no functions to provide.
 impl bindings::trainer::policy::types::Host for HostState {}
+impl v1_0::bindings::trainer::policy::types::Host for HostState {}
 
 impl bindings::trainer::policy::host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
+        self.log_line(level, message);
+    }
+}
+
+impl v1_0::bindings::trainer::policy::host::Host for HostState {
+    fn log(&mut self, level: v1_0::bindings::trainer::policy::host::LogLevel, message: String) {
+        self.log_line(v1_0::log_level(level), message);
+    }
+}
+
+impl HostState {
+    fn log_line(&mut self, level: LogLevel, message: String) {
         self.logged_in_run += 1;
         if self.logged_in_run == MAX_LOG_LINES_PER_RUN {
             let message = format!("{MAX_LOG_LINES_PER_RUN} lines logged; the rest of this run's lines are dropped");
@@ -122,6 +135,8 @@ impl PolicyRuntime {
         let mut linker = Linker::new(&engine);
         bindings::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .expect("the host interface is added once to a fresh linker");
+        v1_0::Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .expect("each version's host interface has its own name");
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.clone();
@@ -156,8 +171,8 @@ impl PolicyRuntime {
         let sha256 = hex(&Sha256::digest(&bytes));
         let component = self.compile(path, &bytes, &sha256)?;
         self.check_imports(path, &component)?;
-        self.check_interface_version(path, &component)?;
-        Ok(PreparedPolicy { path: path.to_path_buf(), name: source.name(), sha256, component })
+        let version = self.interface_version(path, &component)?;
+        Ok(PreparedPolicy { path: path.to_path_buf(), name: source.name(), sha256, component, version })
     }
 
     /// A fresh instance of a prepared policy, in its own sandbox.
@@ -169,6 +184,7 @@ impl PolicyRuntime {
             path: prepared.path.clone(),
             name: prepared.name.clone(),
             sha256: prepared.sha256.clone(),
+            version: prepared.version,
             limits: self.limits,
         };
         PolicyInstance::start(Arc::new(origin))
@@ -204,10 +220,12 @@ impl PolicyRuntime {
     /// Refuses a component that imports anything but the host interface (WASI, say): the
     /// sandbox offers nothing else, and the message should say so rather than "missing".
     fn check_imports(&self, path: &Path, component: &Component) -> Result<(), PolicyError> {
-        let allowed = [
-            format!("{INTERFACE_PACKAGE}/host@{INTERFACE_VERSION}"),
-            format!("{INTERFACE_PACKAGE}/types@{INTERFACE_VERSION}"),
-        ];
+        let allowed: Vec<String> = InterfaceVersion::ALL
+            .iter()
+            .flat_map(|version| {
+                ["host", "types"].map(|name| format!("{INTERFACE_PACKAGE}/{name}@{}", version.number()))
+            })
+            .collect();
         let component_type = component.component_type();
         let foreign: Vec<&str> = component_type
             .imports(&self.engine)
@@ -220,10 +238,11 @@ impl PolicyRuntime {
         Err(PolicyError::ForbiddenImports { path: path.to_path_buf(), imports: foreign.join(", ") })
     }
 
-    /// Refuses a component that exports the strategy interface at another version, with
-    /// both versions in the message (instantiation alone would only say "missing export").
-    fn check_interface_version(&self, path: &Path, component: &Component) -> Result<(), PolicyError> {
-        let wanted = format!("{INTERFACE_PACKAGE}/strategy@{INTERFACE_VERSION}");
+    /// The version of the strategy interface the component exports. A component that exports
+    /// it at another version is refused with the versions in the message (instantiation
+    /// alone would only say "missing export").
+    fn interface_version(&self, path: &Path, component: &Component) -> Result<InterfaceVersion, PolicyError> {
+        let strategy = |version: &InterfaceVersion| format!("{INTERFACE_PACKAGE}/strategy@{}", version.number());
         let prefix = format!("{INTERFACE_PACKAGE}/strategy");
         let exports: Vec<String> = component
             .component_type()
@@ -231,9 +250,11 @@ impl PolicyRuntime {
             .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .map(|(name, _)| name.to_string())
             .collect();
-        if exports.contains(&wanted) {
-            return Ok(());
+        if let Some(version) = InterfaceVersion::ALL.into_iter().rev().find(|v| exports.contains(&strategy(v))) {
+            return Ok(version);
         }
+        let wanted: Vec<String> = InterfaceVersion::ALL.iter().map(strategy).collect();
+        let wanted = wanted.join("` or `");
         match exports.iter().find(|name| name.starts_with(&prefix)) {
             Some(found) => Err(PolicyError::UnsupportedVersion { path: path.to_path_buf(), found: found.clone() }),
             None => Err(PolicyError::WrongWorld {
@@ -279,6 +300,7 @@ pub struct PreparedPolicy {
     name: String,
     sha256: String,
     component: Component,
+    version: InterfaceVersion,
 }
 
 /// What an instance is made from, kept to start it again.
@@ -289,7 +311,14 @@ struct Origin {
     path: PathBuf,
     name: String,
     sha256: String,
+    version: InterfaceVersion,
     limits: SandboxLimits,
+}
+
+/// A component's entry points, at the version it implements.
+enum Exports {
+    V1_0(v1_0::Policy),
+    V1_1(bindings::Policy),
 }
 
 /// One live policy: its sandbox and its entry points.
@@ -302,7 +331,7 @@ struct Origin {
 pub struct PolicyInstance {
     origin: Arc<Origin>,
     store: Store<HostState>,
-    bindings: Option<bindings::Policy>,
+    exports: Option<Exports>,
     limits: SandboxLimits,
     /// Set once a call trapped: the instance may be inconsistent and is never entered again.
     trapped: Option<String>,
@@ -322,7 +351,7 @@ impl PolicyInstance {
         store.epoch_deadline_trap();
         let mut instance = PolicyInstance {
             store,
-            bindings: None,
+            exports: None,
             limits: origin.limits,
             trapped: None,
             last_fuel_used: 0,
@@ -333,9 +362,13 @@ impl PolicyInstance {
         };
         instance.prepare_call();
         let origin = &instance.origin;
-        let bindings = bindings::Policy::instantiate(&mut instance.store, &origin.component, &origin.linker)
-            .map_err(|err| PolicyError::WrongWorld { path: origin.path.clone(), detail: format!("{err:#}") })?;
-        instance.bindings = Some(bindings);
+        let (store, component, linker) = (&mut instance.store, &origin.component, &origin.linker);
+        let exports = match origin.version {
+            InterfaceVersion::V1_0 => v1_0::Policy::instantiate(store, component, linker).map(Exports::V1_0),
+            InterfaceVersion::V1_1 => bindings::Policy::instantiate(store, component, linker).map(Exports::V1_1),
+        }
+        .map_err(|err| PolicyError::WrongWorld { path: origin.path.clone(), detail: format!("{err:#}") })?;
+        instance.exports = Some(exports);
         Ok(instance)
     }
 
@@ -349,6 +382,11 @@ impl PolicyInstance {
         &self.origin.sha256
     }
 
+    /// The interface version the component implements.
+    pub fn interface_version(&self) -> InterfaceVersion {
+        self.origin.version
+    }
+
     /// Fuel the last call used.
     pub fn last_fuel_used(&self) -> u64 {
         self.last_fuel_used
@@ -356,8 +394,13 @@ impl PolicyInstance {
 
     /// Starts the policy with the run's fixed facts; returns the kinds of knob it claims.
     pub fn init(&mut self, spec: &RunSpec) -> Result<Knobs, PolicyError> {
-        let outcome =
-            self.call("init".into(), |bindings, store| bindings.trainer_policy_strategy().call_init(store, spec))?;
+        let outcome = self.call("init".into(), |exports, store| match exports {
+            Exports::V1_0(old) => {
+                let claimed = old.trainer_policy_strategy().call_init(store, &spec.into())?;
+                Ok(claimed.map(v1_0::knobs))
+            }
+            Exports::V1_1(new) => new.trainer_policy_strategy().call_init(store, spec),
+        })?;
         let claimed =
             outcome.map_err(|message| PolicyError::InitRefused { policy: self.name().to_string(), message })?;
         self.spec = Some(spec.clone());
@@ -368,8 +411,9 @@ impl PolicyInstance {
 
     /// The policy's decision for the step `observation.step`, not yet validated.
     pub fn decide(&mut self, observation: &Observation) -> Result<Decision, PolicyError> {
-        let decision = self.call(format!("step {}", observation.step), |bindings, store| {
-            bindings.trainer_policy_strategy().call_decide(store, observation)
+        let decision = self.call(format!("step {}", observation.step), |exports, store| match exports {
+            Exports::V1_0(old) => Ok(old.trainer_policy_strategy().call_decide(store, &observation.into())?.into()),
+            Exports::V1_1(new) => new.trainer_policy_strategy().call_decide(store, observation),
         })?;
         self.calls_since_start += 1;
         if self.calls_since_start >= CALLS_BETWEEN_RESTARTS && self.store.data().memory.largest > self.restart_above {
@@ -402,15 +446,17 @@ impl PolicyInstance {
 
     /// The policy's state, for a checkpoint.
     pub fn save_state(&mut self, stage: &str) -> Result<Vec<u8>, PolicyError> {
-        self.call(format!("save-state ({stage})"), |bindings, store| {
-            bindings.trainer_policy_strategy().call_save_state(store)
+        self.call(format!("save-state ({stage})"), |exports, store| match exports {
+            Exports::V1_0(old) => old.trainer_policy_strategy().call_save_state(store),
+            Exports::V1_1(new) => new.trainer_policy_strategy().call_save_state(store),
         })
     }
 
     /// Restores a state from a checkpoint, right after `init`.
     pub fn load_state(&mut self, state: &[u8]) -> Result<(), PolicyError> {
-        let outcome = self.call("load-state".into(), |bindings, store| {
-            bindings.trainer_policy_strategy().call_load_state(store, state)
+        let outcome = self.call("load-state".into(), |exports, store| match exports {
+            Exports::V1_0(old) => old.trainer_policy_strategy().call_load_state(store, state),
+            Exports::V1_1(new) => new.trainer_policy_strategy().call_load_state(store, state),
         })?;
         outcome.map_err(|message| PolicyError::StateRefused { policy: self.name().to_string(), message })
     }
@@ -434,7 +480,7 @@ impl PolicyInstance {
     fn call<T>(
         &mut self,
         stage: String,
-        call: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyError> {
         if let Some(earlier) = &self.trapped {
             return Err(PolicyError::Trap {
@@ -444,8 +490,8 @@ impl PolicyInstance {
             });
         }
         self.prepare_call();
-        let bindings = self.bindings.as_ref().expect("instances are returned only once instantiated");
-        let outcome = call(bindings, &mut self.store);
+        let exports = self.exports.as_ref().expect("instances are returned only once instantiated");
+        let outcome = call(exports, &mut self.store);
         self.last_fuel_used = self.limits.fuel_per_call - self.store.get_fuel().unwrap_or(0);
         outcome.map_err(|err| {
             let cause = describe_trap(&err, &self.limits);

@@ -7,6 +7,7 @@ pub mod builtin;
 mod component;
 mod compose;
 mod source;
+mod v1_0;
 mod validate;
 
 pub use component::{LogLine, PolicyInstance, PolicyRuntime, PreparedPolicy, SandboxLimits};
@@ -14,17 +15,18 @@ pub use compose::{KNOB_NAMES, PolicySet, StepDecision, knob_name};
 pub use source::PolicySource;
 pub use validate::validate_decision;
 
-/// Host bindings of the WIT world under `wit/v1`.
+/// Host bindings of the newest WIT world, under `wit/v1.1`; the trainer's own types.
 mod bindings {
     wasmtime::component::bindgen!({
         world: "policy",
-        path: "../wit/v1",
+        path: "../wit/v1.1",
     });
 }
 
 pub use bindings::trainer::policy::host::LogLevel;
 pub use bindings::trainer::policy::types::{
-    AugmentationKnob, Decision, Evaluation, GradClip, Knobs, NonFinite, Observation, ParamGroup, RunSpec,
+    AugmentationKnob, Decision, Depth, Evaluation, GradClip, Knobs, LossGradients, NonFinite, Observation, ParamGroup,
+    Rollback, RollbackSource, RunSpec,
 };
 
 impl Decision {
@@ -32,6 +34,7 @@ impl Decision {
     pub fn keep() -> Self {
         Decision {
             lrs: vec![],
+            lr_multipliers: vec![],
             loss_weights: vec![],
             augmentation: vec![],
             grad_clip: None,
@@ -39,13 +42,47 @@ impl Decision {
             evaluate: false,
             checkpoint: false,
             stop: None,
+            measure_loss_gradients: false,
+            snapshot: false,
+            rollback: None,
         }
     }
 }
 
 /// The interface package this trainer implements, as components name it in their exports.
 pub const INTERFACE_PACKAGE: &str = "trainer:policy";
-pub const INTERFACE_VERSION: &str = "1.0.0";
+
+/// The versions of the interface a component may implement, oldest first. The last is the
+/// one the SDKs target; new policies should use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceVersion {
+    V1_0,
+    V1_1,
+}
+
+impl InterfaceVersion {
+    pub const ALL: [InterfaceVersion; 2] = [InterfaceVersion::V1_0, InterfaceVersion::V1_1];
+    pub const NEWEST: InterfaceVersion = InterfaceVersion::V1_1;
+
+    /// The version as components write it (`1.1.0`).
+    pub fn number(self) -> &'static str {
+        match self {
+            InterfaceVersion::V1_0 => "1.0.0",
+            InterfaceVersion::V1_1 => "1.1.0",
+        }
+    }
+
+    /// `trainer:policy@1.1.0`, as checkpoints record it.
+    pub fn qualified(self) -> String {
+        format!("{INTERFACE_PACKAGE}@{}", self.number())
+    }
+}
+
+/// `trainer:policy@1.0.0 or @1.1.0`, for messages.
+fn supported_versions() -> String {
+    let numbers: Vec<String> = InterfaceVersion::ALL.iter().map(|v| format!("@{}", v.number())).collect();
+    format!("{INTERFACE_PACKAGE}{}", numbers.join(" or "))
+}
 
 /// Why a policy could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -60,20 +97,20 @@ pub enum PolicyError {
     NotWasm { path: std::path::PathBuf },
     #[error(
         "policy file {}: a core WebAssembly module, not a component; wrap it into a component \
-         of the {INTERFACE_PACKAGE}@{INTERFACE_VERSION} world (e.g. `wasm-tools component new`)",
-        path.display()
+         of the {} world (e.g. `wasm-tools component new`)",
+        path.display(), InterfaceVersion::NEWEST.qualified()
     )]
     CoreModule { path: std::path::PathBuf },
     #[error("policy file {}: invalid component: {detail}", path.display())]
     Compile { path: std::path::PathBuf, detail: String },
-    #[error("policy file {}: exports {found}, but this trainer supports {INTERFACE_PACKAGE}@{INTERFACE_VERSION}", path.display())]
+    #[error("policy file {}: exports {found}, but this trainer supports {}", path.display(), supported_versions())]
     UnsupportedVersion { path: std::path::PathBuf, found: String },
     #[error(
         "policy file {}: imports {imports}; a policy may import only {INTERFACE_PACKAGE}/host (no WASI, no other host access)",
         path.display()
     )]
     ForbiddenImports { path: std::path::PathBuf, imports: String },
-    #[error("policy file {}: does not implement the {INTERFACE_PACKAGE}@{INTERFACE_VERSION} world: {detail}", path.display())]
+    #[error("policy file {}: does not implement the {} world: {detail}", path.display(), supported_versions())]
     WrongWorld { path: std::path::PathBuf, detail: String },
     #[error("policy `{given}`: neither a file nor a built-in policy (built-in: {})", builtin::names())]
     UnknownPolicy { given: String },

@@ -35,6 +35,9 @@ pub fn validate_decision(
     };
     let groups = spec.groups.len();
     check_slots("lrs", decision.lrs.len(), groups, Knobs::LEARNING_RATES, decision.lrs.iter().any(Option::is_some))?;
+    let multipliers = &decision.lr_multipliers;
+    let sets_multipliers = multipliers.iter().any(Option::is_some);
+    check_slots("lr_multipliers", multipliers.len(), groups, Knobs::LR_MULTIPLIERS, sets_multipliers)?;
     let losses = spec.losses.len();
     let sets_weights = decision.loss_weights.iter().any(Option::is_some);
     check_slots("loss_weights", decision.loss_weights.len(), losses, Knobs::LOSS_WEIGHTS, sets_weights)?;
@@ -50,6 +53,16 @@ pub fn validate_decision(
             return Err(invalid(
                 format!("lrs[{}]", group.name),
                 format!("learning rate {lr} is not a finite number >= 0"),
+            ));
+        }
+    }
+    for (group, multiplier) in spec.groups.iter().zip(multipliers) {
+        if let Some(multiplier) = *multiplier
+            && !(multiplier.is_finite() && multiplier >= 0.0)
+        {
+            return Err(invalid(
+                format!("lr_multipliers[{}]", group.name),
+                format!("multiplier {multiplier} is not a finite number >= 0"),
             ));
         }
     }
@@ -97,7 +110,14 @@ mod tests {
     use crate::policy::{AugmentationKnob, ParamGroup};
 
     fn spec() -> RunSpec {
-        let group = |name: &str| ParamGroup { name: name.into(), base_lr: 1e-3, param_count: 10, frozen: false };
+        let group = |name: &str| ParamGroup {
+            name: name.into(),
+            base_lr: 1e-3,
+            param_count: 10,
+            frozen: false,
+            tower: name.into(),
+            depth: None,
+        };
         RunSpec {
             groups: vec![group("vision"), group("text")],
             losses: vec!["contrastive".into()],
@@ -135,6 +155,7 @@ mod tests {
             (Decision { augmentation: vec![Some(1.5)], ..Decision::keep() }, "augmentation[flip_prob]"),
             (Decision { grad_clip: Some(GradClip::MaxNorm(f64::INFINITY)), ..Decision::keep() }, "grad_clip"),
             (Decision { lrs: vec![Some(1.0)], ..Decision::keep() }, "1 values for 2 names"),
+            (Decision { lr_multipliers: vec![Some(-0.5), None], ..Decision::keep() }, "lr_multipliers[vision]"),
         ];
         for (decision, field) in cases {
             let text = validate_decision("cosine", 7, &spec(), Knobs::all(), &decision).unwrap_err().to_string();
@@ -147,5 +168,8 @@ mod tests {
         let decision = Decision { freeze: vec![Some(true), None], ..Decision::keep() };
         let text = validate_decision("p", 0, &spec(), Knobs::LEARNING_RATES, &decision).unwrap_err().to_string();
         assert!(text.contains("freeze") && text.contains("did not claim"), "{text}");
+        let decision = Decision { lr_multipliers: vec![Some(0.5), None], ..Decision::keep() };
+        let text = validate_decision("p", 0, &spec(), Knobs::LEARNING_RATES, &decision).unwrap_err().to_string();
+        assert!(text.contains("lr_multipliers") && text.contains("lr-multipliers knob"), "{text}");
     }
 }

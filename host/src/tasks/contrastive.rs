@@ -14,6 +14,7 @@
 //! another model (see the tests).
 
 use crate::distributed::{DistributedError, Team};
+use crate::engine::{Backward, EngineError};
 use crate::models::clip::{Clip, contrastive_loss};
 use tch::Tensor;
 
@@ -78,7 +79,7 @@ pub fn logit_scale_for(model: &Clip, piece: usize, team: &Team) -> Tensor {
 }
 
 /// CLIP's contrastive loss of the global batch, as this rank's share (loss / ranks); with
-/// `weight`, the gradient of `weight` times this rank's share accumulated into the
+/// `backward`, the gradient of its weight times this rank's share accumulated into the
 /// parameters.
 pub fn contrastive_share(
     model: &Clip,
@@ -86,8 +87,8 @@ pub fn contrastive_share(
     input_ids: &Tensor,
     micro_batches: u64,
     team: &Team,
-    weight: Option<f64>,
-) -> Result<Tensor, DistributedError> {
+    backward: Option<Backward>,
+) -> Result<Tensor, EngineError> {
     let pixel_pieces = pixel_values.chunk(micro_batches as i64, 0);
     let id_pieces = input_ids.chunk(micro_batches as i64, 0);
     let gathered = if pixel_pieces.len() > 1 {
@@ -108,8 +109,8 @@ pub fn contrastive_share(
         let (images, texts) = (model.image_embeddings(pixels), model.text_embeddings(ids));
         let (images, texts) = placed(&images, &texts, offset, gathered.as_ref(), team)?;
         let loss = contrastive_loss(&images, &texts, &logit_scale_for(model, piece, team));
-        if let Some(weight) = weight {
-            (&loss * weight).backward();
+        if let Some(backward) = backward {
+            backward.run(std::slice::from_ref(&loss))?;
         }
         whole_batch_loss.get_or_insert_with(|| loss.detach() / team.size() as f64);
         offset += pixels.size()[0];
@@ -122,6 +123,10 @@ mod tests {
     use super::*;
     use crate::models::clip::ClipConfig;
     use tch::{Device, Kind, nn};
+
+    fn weighted(weights: &'static [f64]) -> Backward<'static> {
+        Backward { weights, meter: None }
+    }
 
     /// Every parameter's gradient, by name, after `backward`.
     fn gradients(var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
@@ -159,7 +164,7 @@ mod tests {
     #[test]
     fn a_loss_over_each_shard_alone_has_another_gradient() {
         let (var_store, model, pixels, ids) = model_and_batch();
-        let _loss = contrastive_share(&model, &pixels, &ids, 1, &Team::solo(), Some(1.0)).unwrap();
+        let _loss = contrastive_share(&model, &pixels, &ids, 1, &Team::solo(), Some(weighted(&[1.0]))).unwrap();
         let whole = gradients(&var_store);
         zero_grads(&var_store);
         for (pixels, ids) in pixels.chunk(2, 0).iter().zip(ids.chunk(2, 0)) {
@@ -179,10 +184,10 @@ mod tests {
     fn accumulated_micro_batches_give_the_whole_batch_gradient() {
         let (var_store, model, pixels, ids) = model_and_batch();
         let solo = Team::solo();
-        let whole = contrastive_share(&model, &pixels, &ids, 1, &solo, Some(2.0)).unwrap();
+        let whole = contrastive_share(&model, &pixels, &ids, 1, &solo, Some(weighted(&[2.0]))).unwrap();
         let expected = gradients(&var_store);
         zero_grads(&var_store);
-        let accumulated = contrastive_share(&model, &pixels, &ids, 4, &solo, Some(2.0)).unwrap();
+        let accumulated = contrastive_share(&model, &pixels, &ids, 4, &solo, Some(weighted(&[2.0]))).unwrap();
         assert!((whole.double_value(&[]) - accumulated.double_value(&[])).abs() < 1e-5);
         for ((name, want), (_, got)) in expected.iter().zip(gradients(&var_store)) {
             let error = (want - &got).abs().max().double_value(&[]);

@@ -9,6 +9,7 @@ use crate::data::sampler::Shard;
 use crate::distributed::Team;
 use crate::engine::EngineError;
 use crate::models::clip::ClipConfig;
+use crate::models::groups::GroupBy;
 use crate::models::pretrained::{self, LoadReport, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub struct Inputs {
     /// Micro-batches per optimizer step (per process); the losses still see the whole batch.
     #[serde(default = "one")]
     pub accum_steps: u64,
+    /// How the model's parameters are split into groups.
+    #[serde(default)]
+    pub group_by: GroupBy,
 }
 
 fn one() -> u64 {
@@ -95,6 +99,11 @@ pub struct InputArgs {
     /// batch, and the gradient is the whole batch's [default: 1].
     #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
     pub accum_steps: Option<u64>,
+    /// `layer`: each layer of each tower is a parameter group of its own (`vision.embeddings`,
+    /// `vision.0` …, `vision.post`), for policies that set rates by depth, such as `llrd`
+    /// [default: part: one group per tower, projection and head].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub group_by: Option<GroupBy>,
 }
 
 impl InputArgs {
@@ -110,6 +119,7 @@ impl InputArgs {
             val_data: self.val_data.clone().map(absolute),
             skip_bad_samples: self.skip_bad_samples,
             accum_steps: self.accum_steps.unwrap_or(1),
+            group_by: self.group_by.unwrap_or_default(),
         }
     }
 
@@ -124,6 +134,7 @@ impl InputArgs {
             ("--val-data", self.val_data.is_some()),
             ("--skip-bad-samples", self.skip_bad_samples),
             ("--accum-steps", self.accum_steps.is_some()),
+            ("--group-by", self.group_by.is_some()),
         ])
     }
 }

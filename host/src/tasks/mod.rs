@@ -286,7 +286,7 @@ mod tests {
             let knobs = StepKnobs {
                 augmentation: &augmentation,
                 loss_weights: &weights,
-                backward: true,
+                backward: Some(crate::engine::Backward { weights: &weights, meter: None }),
                 total_steps: 1,
                 seed: 0,
             };

@@ -20,7 +20,8 @@ use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::models::clip::{Clip, ClipConfig, PARAMETER_GROUPS, parameter_group};
+use crate::models::clip::{Clip, ClipConfig, parameter_groups, parameter_place};
+use crate::models::groups::{Group, GroupLayout};
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
@@ -61,6 +62,7 @@ pub struct ContrastiveTask {
     model: Clip,
     var_store: nn::VarStore,
     model_config: ClipConfig,
+    groups: GroupLayout,
     data: TrainingData,
     normalizer: PixelNormalizer,
     accum_steps: u64,
@@ -100,6 +102,7 @@ impl ContrastiveTask {
         Ok(ContrastiveTask {
             model,
             var_store,
+            groups: parameter_groups(&model_config, inputs.group_by),
             model_config,
             data,
             normalizer,
@@ -112,8 +115,8 @@ impl ContrastiveTask {
 }
 
 impl Task for ContrastiveTask {
-    fn groups(&self) -> &[&'static str] {
-        &PARAMETER_GROUPS
+    fn groups(&self) -> &[Group] {
+        self.groups.groups()
     }
 
     fn loss_names(&self) -> &[&'static str] {
@@ -129,7 +132,7 @@ impl Task for ContrastiveTask {
     }
 
     fn parameter_group(&self, name: &str) -> Option<usize> {
-        Some(parameter_group(name))
+        self.groups.index(parameter_place(name))
     }
 
     fn steps_per_epoch(&self) -> u64 {
@@ -154,9 +157,8 @@ impl Task for ContrastiveTask {
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixel_values = self.normalizer.normalize(&unit);
         let (micro_batches, team) = (self.accum_steps, &self.team);
-        let raw = if knobs.backward {
-            let weight = Some(knobs.loss_weights[0]);
-            contrastive_share(&self.model, &pixel_values, &batch.input_ids, micro_batches, team, weight)?
+        let raw = if let Some(backward) = knobs.backward {
+            contrastive_share(&self.model, &pixel_values, &batch.input_ids, micro_batches, team, Some(backward))?
         } else {
             tch::no_grad(|| contrastive_share(&self.model, &pixel_values, &batch.input_ids, micro_batches, team, None))?
         };

@@ -48,10 +48,11 @@ use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::distributed::Team;
-use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
+use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
 use crate::files::FileError;
 use crate::models::clip::Activation;
+use crate::models::groups::{Group, GroupLayout};
 use crate::models::owlvit::{self, OwlConfig, OwlDetector, OwlVariant};
 use crate::models::pretrained;
 use serde::{Deserialize, Serialize};
@@ -198,7 +199,7 @@ pub struct DetectionTask {
     var_store: nn::VarStore,
     config: OwlConfig,
     settings: DetectionConfig,
-    groups: &'static [&'static str],
+    groups: GroupLayout,
     loss_names: Vec<&'static str>,
     metric_names: Vec<&'static str>,
     samples: Arc<Vec<DetectionSample>>,
@@ -403,7 +404,7 @@ impl DetectionTask {
             model,
             var_store,
             settings: task.clone(),
-            groups: owlvit::parameter_groups(variant),
+            groups: owlvit::parameter_groups(&config, task.inputs.group_by),
             loss_names: LOSSES[..loss_count].to_vec(),
             metric_names,
             sampler: EpochSampler::new(options.seed, splits.train.len(), options.batch_size, options.shard),
@@ -560,7 +561,7 @@ impl DetectionTask {
         pixels: &Tensor,
         boxes: &[Tensor],
         labels: &[Tensor],
-        weights: Option<&[f64]>,
+        backward: Option<Backward>,
     ) -> Result<Vec<Tensor>, EngineError> {
         let local_boxes = BatchTargets { boxes, labels }.box_count() as f64;
         let box_count = self.team.total(local_boxes, "the sum of the batch's box counts")?.max(1.0);
@@ -575,9 +576,8 @@ impl DetectionTask {
             let terms =
                 detection_losses(&self.model, &pixels, &self.seen_prompt_ids, &targets, costs, focal, box_count)
                     .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
-            if let Some(weights) = weights {
-                let weighted = terms.iter().zip(weights).map(|(term, &weight)| term * weight);
-                weighted.reduce(|a, b| a + b).expect("at least three loss terms").backward();
+            if let Some(backward) = backward {
+                backward.run(&terms)?;
             }
             if shares.is_empty() {
                 shares = terms.iter().map(Tensor::detach).collect();
@@ -609,8 +609,8 @@ fn check_settings(task: &DetectionConfig) -> Result<(), EngineError> {
 }
 
 impl Task for DetectionTask {
-    fn groups(&self) -> &[&'static str] {
-        self.groups
+    fn groups(&self) -> &[Group] {
+        self.groups.groups()
     }
 
     fn loss_names(&self) -> &[&'static str] {
@@ -626,7 +626,7 @@ impl Task for DetectionTask {
     }
 
     fn parameter_group(&self, name: &str) -> Option<usize> {
-        owlvit::parameter_group(name)
+        self.groups.index(owlvit::parameter_place(name)?)
     }
 
     fn steps_per_epoch(&self) -> u64 {
@@ -667,8 +667,8 @@ impl Task for DetectionTask {
         let pixels = pixels.to_device(self.device).to_kind(Kind::Float) / 255.0;
         let pixels = augment::augment(&pixels, &keys, epoch, knobs.seed, knobs.augmentation);
         let pixels = self.normalizer.normalize(&pixels);
-        let terms = if knobs.backward {
-            self.terms_in_pieces(&pixels, &boxes, &labels, Some(knobs.loss_weights))?
+        let terms = if let Some(backward) = knobs.backward {
+            self.terms_in_pieces(&pixels, &boxes, &labels, Some(backward))?
         } else {
             tch::no_grad(|| self.terms_in_pieces(&pixels, &boxes, &labels, None))?
         };

@@ -43,10 +43,11 @@ use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
 use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
 use crate::distributed::Team;
-use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
+use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{TAGGING_METRICS, tagging_scores};
 use crate::files::FileError;
-use crate::models::clip::{self, ClipConfig, PARAMETER_GROUPS};
+use crate::models::clip::{self, ClipConfig};
+use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained;
 use crate::models::tagger::{self, FIXED, HEAD_PREFIX, TAG_PROMPT, TEACHER_PREFIX, Tagger, TaggerConfig};
 use serde::{Deserialize, Serialize};
@@ -147,10 +148,9 @@ impl TaggingArgs {
     }
 }
 
-/// Parameter groups: CLIP's, and the tag head.
-const TAGGER_GROUPS: [&str; 5] =
-    [PARAMETER_GROUPS[0], PARAMETER_GROUPS[1], PARAMETER_GROUPS[2], PARAMETER_GROUPS[3], "tag_head"];
-const TAG_HEAD_GROUP: usize = 4;
+/// The tagger's parameter groups outside the towers: CLIP's, and the tag head.
+const HEADS: [&str; 3] = [clip::HEADS[0], clip::HEADS[1], "tag_head"];
+const TAG_HEAD: Place = Place::Head(2);
 /// A tag is predicted present when its probability is at least this.
 pub const THRESHOLD: f64 = 0.5;
 /// The metric of the tags evaluated by name alone.
@@ -167,6 +167,7 @@ pub struct TaggingTask {
     tagger: Tagger,
     var_store: nn::VarStore,
     config: TaggerConfig,
+    groups: GroupLayout,
     losses: Vec<TagLoss>,
     loss_names: Vec<&'static str>,
     metric_names: Vec<&'static str>,
@@ -489,6 +490,7 @@ impl TaggingTask {
         Ok(TaggingTask {
             tagger,
             var_store,
+            groups: GroupLayout::new(config.group_by, &clip::towers(&model_config.clip), &HEADS),
             config: model_config,
             weights: vec![1.0; losses.len()],
             accum_steps: config.accum_steps,
@@ -559,7 +561,7 @@ impl TaggingTask {
         &self,
         pixels: &Tensor,
         batch: &TagBatch,
-        weights: Option<&[f64]>,
+        backward: Option<Backward>,
     ) -> Result<Vec<Tensor>, EngineError> {
         let pieces = self.accum_steps as i64;
         let (pixel_pieces, target_pieces, id_pieces) =
@@ -586,9 +588,8 @@ impl TaggingTask {
         for (index, ((pixels, targets), ids)) in pixel_pieces.iter().zip(&target_pieces).zip(&id_pieces).enumerate() {
             let piece = Piece { index, offset, gathered: gathered.as_ref(), global_rows };
             let terms = self.loss_terms(pixels, targets, ids, Some(&piece))?;
-            if let Some(weights) = weights {
-                let weighted = terms.iter().zip(weights).map(|(term, weight)| term * *weight);
-                weighted.reduce(|sum, term| sum + term).expect("at least one loss").backward();
+            if let Some(backward) = backward {
+                backward.run(&terms)?;
             }
             for (slot, (loss, term)) in self.losses.iter().zip(terms).enumerate() {
                 let term = term.detach();
@@ -782,8 +783,8 @@ fn read_model_config(
 }
 
 impl Task for TaggingTask {
-    fn groups(&self) -> &[&'static str] {
-        &TAGGER_GROUPS
+    fn groups(&self) -> &[Group] {
+        self.groups.groups()
     }
 
     fn loss_names(&self) -> &[&'static str] {
@@ -806,9 +807,9 @@ impl Task for TaggingTask {
         if name.starts_with(TEACHER_PREFIX) || FIXED.contains(&name) || !trained {
             None
         } else if name.starts_with(HEAD_PREFIX) {
-            Some(TAG_HEAD_GROUP)
+            self.groups.index(TAG_HEAD)
         } else {
-            Some(clip::parameter_group(name))
+            self.groups.index(clip::parameter_place(name))
         }
     }
 
@@ -856,8 +857,8 @@ impl Task for TaggingTask {
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixels = self.normalizer.normalize(&unit);
         self.weights = knobs.loss_weights.to_vec();
-        let terms = if knobs.backward {
-            self.terms_in_pieces(&pixels, &batch, Some(knobs.loss_weights))?
+        let terms = if let Some(backward) = knobs.backward {
+            self.terms_in_pieces(&pixels, &batch, Some(backward))?
         } else {
             tch::no_grad(|| self.terms_in_pieces(&pixels, &batch, None))?
         };
