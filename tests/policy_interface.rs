@@ -307,3 +307,25 @@ fn per_loss_gradients_are_measured_on_the_steps_a_policy_asks() {
     assert_eq!(weights[2], weights[1], "step 1 measured nothing");
     assert_ne!(weights[3], weights[2], "step 2's measurement moves them again");
 }
+
+/// `--time-limit`: the run pauses with a checkpoint once it has trained that long, and a
+/// resume finishes it.
+#[test]
+fn a_time_limit_pauses_the_run_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let policies = [policy("cosine_warmup").display().to_string()];
+    let output = train_cpu(&run_dir, &policies, &["--steps", "50", "--batch-size", "16", "--time-limit", "0s"]);
+    assert_success(&output);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &stderr(&output);
+    assert!(said.contains("--time-limit: 0 s of training reached after step 1; pausing"), "{said}");
+    assert_eq!(read_jsonl(&run_dir.join("metrics.jsonl")).len(), 1);
+    assert!(run_dir.join("checkpoints/step-1").is_dir());
+    let resumed = common::trainer(&["train", "--resume", run_dir.to_str().unwrap(), "--device", "cpu"]);
+    assert_success(&resumed);
+    assert_eq!(read_jsonl(&run_dir.join("metrics.jsonl")).len(), 50);
+    let elapsed = read_json(&run_dir.join("checkpoints/step-1/manifest.json"))["trainer"]["elapsed_seconds"].clone();
+    assert!(elapsed.as_f64().is_some_and(|seconds| seconds > 0.0), "{elapsed}");
+    let output = common::trainer(&["train", "--policy", "constant", "--time-limit", "2x"]);
+    assert!(stderr(&output).contains("`2x`: expected seconds or a duration such as 2h30m"), "{}", stderr(&output));
+}

@@ -1,6 +1,6 @@
 //! `trainer simulate`: a recorded run replayed without a model gives the run's decisions
-//! line for line; a synthetic stream shows where a policy would stop, with plots of the
-//! knobs.
+//! line for line, its shadows' too; a synthetic stream shows where a policy would stop, with
+//! plots of the knobs.
 
 mod common;
 
@@ -21,12 +21,17 @@ fn replaying_a_recorded_run_reproduces_its_decisions_exactly() {
         policy("loss_balance").display().to_string(),
         format!("{}:flip_prob=0.5,ramp_steps=10", policy("aug_curriculum").display()),
     ];
-    assert_success(&train_cpu(&run, &policies, &["--steps", "30", "--batch-size", "32"]));
+    let shadow = format!("{}:lr=1e-3", policy("constant").display());
+    let args = ["--steps", "30", "--batch-size", "32", "--shadow-policy", &shadow];
+    assert_success(&train_cpu(&run, &policies, &args));
     assert!(!read_jsonl(&run.join("evaluations.jsonl")).is_empty(), "the run evaluated");
 
     let out = dir.path().join("simulated");
     let output = trainer(&["simulate", "--trace", arg(&run), "--out", arg(&out)]);
     assert_success(&output);
+    // The shadow's constant rate is the cosine's at no step of the 30.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("shadow `constant`: its knobs differ from the run's at 30 of 30 steps"), "{stdout}");
     let recorded = std::fs::read_to_string(run.join("decisions.jsonl")).unwrap();
     let simulated = std::fs::read_to_string(out.join("decisions.jsonl")).unwrap();
     assert_eq!(simulated, recorded, "simulate reproduces decisions.jsonl byte for byte");

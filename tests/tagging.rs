@@ -147,13 +147,15 @@ mod loss_balance;
 #[test]
 fn the_loss_balancing_benchmark_runs_at_a_small_size() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = loss_balance::compare(6, 16, dir.path());
+    let rows = loss_balance::compare(6, 16, &[0], dir.path());
     loss_balance::print_table(&rows);
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
     for row in &rows {
-        assert!((0.0..=1.0).contains(&row.map), "{row:?}");
+        assert!((0.0..=1.0).contains(&row.mean()) && row.spread() == 0.0, "{row:?}");
         assert!((row.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{row:?}");
     }
+    let (median, low, high) = loss_balance::measurement_cost(4, 16, 1, dir.path());
+    assert!(median > 0.0 && low <= median && median <= high, "{median} {low} {high}");
     let png = std::fs::read(dir.path().join("loss_curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG of the loss curves");
 }

@@ -78,6 +78,10 @@ pub struct SimulateArgs {
     /// repeat to compose [default: the recorded run's].
     #[arg(long, value_name = "NAME|FILE[:ARGS]", required_unless_present = "trace")]
     pub policy: Vec<PolicySource>,
+    /// A policy to run beside them as a shadow, compared with them and plotted with them;
+    /// repeatable [default: the recorded run's shadows].
+    #[arg(long, value_name = "NAME|FILE[:ARGS]")]
+    pub shadow_policy: Vec<PolicySource>,
     /// A run directory whose metrics.jsonl and evaluations.jsonl drive the policies.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "synthetic")]
     pub trace: Option<PathBuf>,
@@ -517,6 +521,7 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
     };
     let options = SimulateOptions {
         policies: (!args.policy.is_empty()).then_some(args.policy),
+        shadow_policies: (!args.shadow_policy.is_empty()).then_some(args.shadow_policy),
         trace,
         out: args.out,
         policy_fuel: args.policy_fuel,
@@ -526,6 +531,12 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
     match &outcome.stopped {
         Some((step, policy, reason)) => println!("`{policy}` stops the run after step {step}: {reason}"),
         None => println!("no policy stops the run in {} steps", outcome.steps),
+    }
+    for (shadow, differing) in &outcome.shadows {
+        println!(
+            "shadow `{shadow}`: its knobs differ from the run's at {differing} of {} steps (decisions.jsonl has both)",
+            outcome.steps
+        );
     }
     println!("decisions: {}", outcome.decisions.display());
     let plots: Vec<String> = outcome.plots.iter().map(|p| p.display().to_string()).collect();

@@ -391,6 +391,50 @@ mod tests {
 
     /// One AdamW step written out by hand, element by element.
     #[test]
+    fn a_snapshot_restores_weights_moments_and_steps_bit_for_bit_and_survives_a_file() {
+        let weight = Tensor::from_slice(&[1.0f32, -2.0, 0.25]).set_requires_grad(true);
+        let bias = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
+        let params = vec![
+            OptimizedParam { name: "w".into(), tensor: weight.shallow_clone(), group: 0, decay: true },
+            OptimizedParam { name: "b".into(), tensor: bias.shallow_clone(), group: 1, decay: false },
+        ];
+        let mut adamw = AdamW::new(params, AdamWConfig::default());
+        let train = |adamw: &mut AdamW, steps: usize| {
+            for _ in 0..steps {
+                adamw.zero_grad();
+                (weight.square().sum(Kind::Float) + (&bias * 3.0).sum(Kind::Float)).backward();
+                adamw.step(&[0.1, 0.01], &[false, false]);
+            }
+        };
+        train(&mut adamw, 2);
+        let snapshot = adamw.snapshot();
+        let before: Vec<(String, Tensor)> = adamw.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let weights_before = (weight.copy(), bias.copy());
+        train(&mut adamw, 3);
+        assert!(!weight.equal(&weights_before.0), "training moved the weights");
+        // Through a file, as a checkpoint keeps it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.safetensors");
+        Tensor::write_safetensors(&snapshot.named(), &file).unwrap();
+        let read_back = OptimizerSnapshot::from_named(&Tensor::read_safetensors(&file).unwrap().into_iter().collect());
+        adamw.restore(&read_back.unwrap()).unwrap();
+        assert!(weight.equal(&weights_before.0) && bias.equal(&weights_before.1));
+        for ((name, now), (_, then)) in adamw.state().iter().zip(&before) {
+            assert!(now.equal(then), "{name}");
+        }
+        let mut other = AdamW::new(
+            vec![OptimizedParam {
+                name: "x".into(),
+                tensor: Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+                group: 0,
+                decay: true,
+            }],
+            AdamWConfig::default(),
+        );
+        assert!(other.restore(&snapshot).unwrap_err().contains("buffers"), "another model's snapshot is refused");
+    }
+
+    #[test]
     fn matches_the_update_rule() {
         let config = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.5 };
         let weight = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);

@@ -517,7 +517,13 @@ impl Run {
                 // Saved with the state, so a pause here or a failed final/ does not train on.
                 self.state.stopped_by = Some(stop);
             }
-            let paused = options.pause_after_steps == Some(done) || interrupt;
+            // Rank 0's clock decides, through the elapsed time every rank holds.
+            let out_of_time = self.seconds_left() == Some(0.0) && done < self.config.steps;
+            if out_of_time {
+                let limit = self.time_limit.map(|limit| limit.as_secs_f64()).unwrap_or_default();
+                self.say(&format!("--time-limit: {limit} s of training reached after step {done}; pausing"));
+            }
+            let paused = options.pause_after_steps == Some(done) || interrupt || out_of_time;
             // With periodic checkpoints, the last step gets one too (as Hugging Face's Trainer
             // does), so a finished run can be resumed with a longer --steps.
             let last = done == self.config.steps && self.config.checkpoint_every > 0;

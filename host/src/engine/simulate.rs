@@ -6,6 +6,10 @@
 //! at `s`), so the same policies reproduce the run's `decisions.jsonl` line for line.
 //! A synthetic stream is a decaying loss per term (magnitudes 100, 10, 1, ...) with seeded
 //! noise, and evaluations every `eval_every` steps or when a policy asks.
+//!
+//! Shadow policies run beside the others on the same stream: their decisions go to
+//! `decisions.jsonl` marked as shadows, the knobs each would have set are plotted beside the
+//! run's, and the steps where they differ are counted.
 
 use super::checkpoint::{LastStep, PendingEvaluation, TrainerState};
 use super::config::{RUN_FILE, SavedRun};
@@ -16,7 +20,7 @@ use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
 use crate::data::augment::KNOBS;
 use crate::data::sampler::keyed;
 use crate::files::FileError;
-use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits};
+use crate::policy::{PolicyRuntime, PolicySet, PolicySource, SandboxLimits, StepDecision};
 use crate::report::{Chart, JsonLines, Series, float_from_json, read_records};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,8 @@ pub struct SyntheticCurve {
 pub struct SimulateOptions {
     /// The policies to drive; `None`: those of the recorded run.
     pub policies: Option<Vec<PolicySource>>,
+    /// Shadow policies; `None`: those of the recorded run.
+    pub shadow_policies: Option<Vec<PolicySource>>,
     pub trace: Trace,
     /// Where `decisions.jsonl` and the plots go.
     pub out: PathBuf,
@@ -61,6 +67,9 @@ pub struct SimulateOutcome {
     pub stopped: Option<(u64, String, String)>,
     pub decisions: PathBuf,
     pub plots: Vec<PathBuf>,
+    /// Each shadow, with the steps at which the knobs it would have set differ from the
+    /// run's (learning rates with multipliers, loss weights, augmentation).
+    pub shadows: Vec<(String, u64)>,
 }
 
 /// What a step measured, as the next observation shows it.
@@ -131,10 +140,15 @@ impl Stream {
 }
 
 pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineError> {
-    let (spec, recorded_policies, stream) = match &options.trace {
-        Trace::Recorded(run_dir) => read_recorded(run_dir)?,
+    let (spec, recorded, stream) = match &options.trace {
+        Trace::Recorded(run_dir) => {
+            let (spec, recorded, stream) = read_recorded(run_dir)?;
+            (spec, Some(recorded), stream)
+        }
         Trace::Synthetic(curve) => (synthetic_spec(curve), None, Stream::Synthetic(curve.clone())),
     };
+    let (recorded_policies, recorded_shadows) = recorded.unzip();
+    let shadows = options.shadow_policies.clone().or(recorded_shadows).unwrap_or_default();
     let policies = match (&options.policies, recorded_policies) {
         (Some(policies), _) if !policies.is_empty() => policies.clone(),
         (_, Some(recorded)) => recorded,
@@ -142,7 +156,10 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
     };
     let limits = SandboxLimits { fuel_per_call: options.policy_fuel, ..Default::default() };
     let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
-    let mut set = PolicySet::start(&runtime, &policies, &[], spec.to_run_spec())?;
+    let mut set = PolicySet::start(&runtime, &policies, &shadows, spec.to_run_spec())?;
+    for (shadow, line) in set.take_logs() {
+        eprintln!("[shadow {shadow}] {}", line.message);
+    }
 
     std::fs::create_dir_all(&options.out).map_err(io_error(&options.out))?;
     let decisions_path = options.out.join("decisions.jsonl");
@@ -157,8 +174,17 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
             policies.len(),
         )
     };
+    // What each shadow would have set, alone in the run's place.
+    let mut shadow_knobs: Vec<(String, KnobState, u64)> = shadows
+        .iter()
+        .map(|source| {
+            (source.name(), KnobState { lr_multipliers: vec![vec![1.0; knobs.lrs.len()]], ..knobs.clone() }, 0)
+        })
+        .collect();
     let mut state = TrainerState::new(knobs);
     let mut history: Vec<(u64, KnobState)> = Vec::new();
+    let mut shadow_history: Vec<(String, Vec<(u64, KnobState)>)> =
+        shadow_knobs.iter().map(|(name, _, _)| (name.clone(), Vec::new())).collect();
     let mut requested = false;
     let mut stopped = None;
     let steps = stream.len().min(spec.total_steps);
@@ -172,6 +198,24 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
         }
         state.knobs.apply(&decision);
         history.push((step, state.knobs.clone()));
+        for (name, decided) in &decision.shadows {
+            let Some(index) = shadow_knobs.iter().position(|(shadow, _, _)| shadow == name) else { continue };
+            let (_, knobs, differing) = &mut shadow_knobs[index];
+            let alone = StepDecision {
+                merged: decided.clone(),
+                per_policy: vec![(name.clone(), decided.clone())],
+                stop: None,
+                shadows: vec![],
+            };
+            knobs.apply(&alone);
+            let differs = |a: &KnobState, b: &KnobState| {
+                a.effective_lrs() != b.effective_lrs()
+                    || a.loss_weights != b.loss_weights
+                    || a.augmentation != b.augmentation
+            };
+            *differing += u64::from(differs(knobs, &state.knobs));
+            shadow_history[index].1.push((step, knobs.clone()));
+        }
         requested = decision.merged.evaluate;
         let reading = stream.reading(step, &state.knobs.loss_weights);
         let loss_gradients = match (reading.loss_gradients, &stream) {
@@ -202,12 +246,20 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
             break;
         }
     }
-    let plots = plot_knobs(&options.out, &spec, &history)?;
-    Ok(SimulateOutcome { steps: history.len() as u64, stopped, decisions: decisions_path, plots })
+    for (shadow, line) in set.take_logs() {
+        eprintln!("[shadow {shadow}] {}", line.message);
+    }
+    let mut series = vec![(None, history.as_slice())];
+    series.extend(shadow_history.iter().map(|(name, history)| (Some(name.as_str()), history.as_slice())));
+    let plots = plot_knobs(&options.out, &spec, &series)?;
+    let shadows = shadow_knobs.into_iter().map(|(name, _, differing)| (name, differing)).collect();
+    Ok(SimulateOutcome { steps: history.len() as u64, stopped, decisions: decisions_path, plots, shadows })
 }
 
-/// The spec, policies and stream of a recorded run.
-fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>, Stream), EngineError> {
+/// The spec, the policies and shadows, and the stream of a recorded run.
+type Recorded = (Vec<PolicySource>, Vec<PolicySource>);
+
+fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Recorded, Stream), EngineError> {
     let run_path = run_dir.join(RUN_FILE);
     let saved = SavedRun::read(run_dir)?;
     let spec = saved.spec.ok_or_else(|| {
@@ -237,7 +289,8 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Option<Vec<PolicySource>>
                 Some((step, spec.metrics.iter().map(|name| number(&record[name])).collect()))
             })
             .collect();
-    Ok((spec, Some(saved.train.policies), Stream::Recorded { readings, evaluations }))
+    let policies = (saved.train.policies, saved.train.shadow_policies);
+    Ok((spec, policies, Stream::Recorded { readings, evaluations }))
 }
 
 fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {
@@ -266,14 +319,24 @@ fn synthetic_spec(curve: &SyntheticCurve) -> SavedSpec {
     }
 }
 
-/// `lr.png`, `loss_weights.png` and `augmentation.png` of the knob values over the steps.
-fn plot_knobs(out: &Path, spec: &SavedSpec, history: &[(u64, KnobState)]) -> Result<Vec<PathBuf>, EngineError> {
+/// `lr.png`, `loss_weights.png` and `augmentation.png` of the knob values over the steps:
+/// the run's (`shadow` `None`), then each shadow's, named `<knob> [shadow <name>]`.
+fn plot_knobs(
+    out: &Path,
+    spec: &SavedSpec,
+    histories: &[(Option<&str>, &[(u64, KnobState)])],
+) -> Result<Vec<PathBuf>, EngineError> {
     let series = |names: &[&str], value: &dyn Fn(&KnobState, usize) -> f64| -> Vec<Series> {
-        names
+        histories
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                Series::new(*name, history.iter().map(|(step, knobs)| (*step as f64, value(knobs, i))).collect())
+            .flat_map(|(shadow, history)| {
+                names.iter().enumerate().map(move |(i, name)| {
+                    let label = match shadow {
+                        Some(shadow) => format!("{name} [shadow {shadow}]"),
+                        None => name.to_string(),
+                    };
+                    Series::new(label, history.iter().map(|(step, knobs)| (*step as f64, value(knobs, i))).collect())
+                })
             })
             .collect()
     };
