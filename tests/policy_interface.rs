@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{assert_success, fixture, policy, read_json, read_jsonl, stderr, train_cpu, workspace};
+use common::{assert_success, fixture, observation, policy, read_json, read_jsonl, stderr, train_cpu, workspace};
 use std::f64::consts::PI;
 use std::path::Path;
 use trainer::check::check_spec;
 use trainer::models::groups::GroupBy;
 use trainer::policy::{
-    Evaluation, InterfaceVersion, NonFinite, Observation, PolicyInstance, PolicyRuntime, PolicySource, SandboxLimits,
+    Evaluation, InterfaceVersion, Observation, PolicyInstance, PolicyRuntime, PolicySource, SandboxLimits,
 };
 
 fn load(runtime: &PolicyRuntime, path: &Path, args: &[(&str, &str)], total: u64) -> PolicyInstance {
@@ -18,27 +18,6 @@ fn load(runtime: &PolicyRuntime, path: &Path, args: &[(&str, &str)], total: u64)
     let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     instance.init(&check_spec(total, args, GroupBy::Part)).unwrap();
     instance
-}
-
-fn observation(step: u64, loss: f64, evaluation: Option<Evaluation>) -> Observation {
-    Observation {
-        step,
-        epoch: 0,
-        losses: vec![loss; 3],
-        total_loss: Some(3.0 * loss),
-        grad_norm: Some(1.0),
-        non_finite: NonFinite::empty(),
-        lrs: vec![1e-4, 1e-4, 1e-3, 1e-3],
-        lr_multipliers: vec![1.0; 4],
-        loss_weights: vec![1.0; 3],
-        frozen: vec![false; 4],
-        images_per_second: Some(100.0),
-        logit_scale: None,
-        evaluation,
-        elapsed_seconds: step as f64,
-        seconds_left: Some(100.0),
-        loss_gradients: None,
-    }
 }
 
 /// The components in `tests/fixtures/policy-1.0.0/` were built against `wit/v1` before 1.1
@@ -57,7 +36,13 @@ fn components_of_1_0_run_unchanged_and_decide_as_their_1_1_builds() {
             // The validation loss stops improving at step 60: early stopping fires.
             let evaluation = (step % 10 == 0 && step > 0)
                 .then(|| Evaluation { step, values: vec![1.0 / (step.min(60) as f64), 0.5, 0.7] });
-            let seen = observation(step, 1.0 / (step + 1) as f64, evaluation);
+            let loss = 1.0 / (step + 1) as f64;
+            let losses = if step == 0 { vec![] } else { vec![loss; 3] };
+            let seen = Observation {
+                elapsed_seconds: step as f64,
+                seconds_left: Some(100.0),
+                ..observation(step, losses, evaluation)
+            };
             let (old_decision, new_decision) = (old.decide(&seen).unwrap(), new.decide(&seen).unwrap());
             assert_eq!(format!("{old_decision:?}"), format!("{new_decision:?}"), "{name} at step {step}");
             stopped |= old_decision.stop.is_some();

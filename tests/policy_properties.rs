@@ -6,12 +6,15 @@
 //! reaches its target shares; layer-wise decay shrinks with depth below the top; the spike
 //! guard leaves a calm run alone and rolls back every spike.
 
+mod common;
+
+use common::observation;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use trainer::check::check_spec;
 use trainer::models::groups::GroupBy;
 use trainer::policy::{
-    Evaluation, LossGradients, NonFinite, Observation, PolicyInstance, PolicyRuntime, PolicySource, SandboxLimits,
+    Evaluation, LossGradients, Observation, PolicyInstance, PolicyRuntime, PolicySource, SandboxLimits,
 };
 
 fn policy_path(name: &str) -> PathBuf {
@@ -30,28 +33,6 @@ fn start(runtime: &PolicyRuntime, name: &str, args: Vec<(String, String)>, total
 
 fn args(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn observation(step: u64, losses: Vec<f64>, evaluation: Option<Evaluation>) -> Observation {
-    let total = (!losses.is_empty()).then(|| losses.iter().sum());
-    Observation {
-        step,
-        epoch: 0,
-        losses,
-        total_loss: total,
-        grad_norm: Some(1.0),
-        non_finite: NonFinite::empty(),
-        lrs: vec![1e-4, 1e-4, 1e-3, 1e-3],
-        lr_multipliers: vec![1.0; 4],
-        loss_weights: vec![1.0; 3],
-        frozen: vec![false; 4],
-        images_per_second: None,
-        logit_scale: None,
-        evaluation,
-        elapsed_seconds: 0.0,
-        seconds_left: None,
-        loss_gradients: None,
-    }
 }
 
 /// `cosine_warmup:warmup_start=zero` decides what transformers'

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use trainer::policy::{Evaluation, NonFinite, Observation};
 
 /// The standard policies, as built into the binary and into `build/policies/`.
 pub const STANDARD_POLICIES: [&str; 15] = [
@@ -165,4 +166,29 @@ pub fn write_mosaics(dir: &Path, first: usize, count: usize) -> Vec<Mosaic> {
             Mosaic { file_name, captions, tags: shown.into_iter().map(|class| CLASS_NAMES[class].to_string()).collect() }
         })
         .collect()
+}
+
+/// What a policy sees before `step` on the check spec's four groups and three losses:
+/// `losses` (the previous step's, empty at step 0) and their sum, a gradient norm of 1, the
+/// groups at the check spec's base rates, and `evaluation`.
+pub fn observation(step: u64, losses: Vec<f64>, evaluation: Option<Evaluation>) -> Observation {
+    let total = (!losses.is_empty()).then(|| losses.iter().sum());
+    Observation {
+        step,
+        epoch: 0,
+        losses,
+        total_loss: total,
+        grad_norm: Some(1.0),
+        non_finite: NonFinite::empty(),
+        lrs: vec![1e-4, 1e-4, 1e-3, 1e-3],
+        lr_multipliers: vec![1.0; 4],
+        loss_weights: vec![1.0; 3],
+        frozen: vec![false; 4],
+        images_per_second: None,
+        logit_scale: None,
+        evaluation,
+        elapsed_seconds: 0.0,
+        seconds_left: None,
+        loss_gradients: None,
+    }
 }
