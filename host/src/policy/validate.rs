@@ -6,6 +6,10 @@ use super::{Decision, GradClip, Knobs, PolicyError, RunSpec};
 /// Longest stop reason kept; a policy cannot flood the run's records through it.
 pub const MAX_STOP_REASON_CHARS: usize = 500;
 
+/// Most batches one rollback may skip: far beyond any run, well within the data order's
+/// signed offset.
+pub const MAX_SKIP_BATCHES: u64 = 1 << 40;
+
 /// Accepts `decision` of `policy` (which claimed `claimed`) for step `step`, or says what is
 /// wrong with the first bad field.
 pub fn validate_decision(
@@ -96,6 +100,12 @@ pub fn validate_decision(
             return Err(invalid("grad_clip".into(), format!("max norm {norm} is not a finite number > 0")));
         }
     }
+    if let Some(rollback) = &decision.rollback
+        && rollback.skip_batches > MAX_SKIP_BATCHES
+    {
+        let problem = format!("skip_batches {} is more than {MAX_SKIP_BATCHES}", rollback.skip_batches);
+        return Err(invalid("rollback".into(), problem));
+    }
     if let Some(reason) = &decision.stop
         && reason.chars().count() > MAX_STOP_REASON_CHARS
     {
@@ -107,7 +117,7 @@ pub fn validate_decision(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{AugmentationKnob, ParamGroup};
+    use crate::policy::{AugmentationKnob, ParamGroup, Rollback, RollbackSource};
 
     fn spec() -> RunSpec {
         let group = |name: &str| ParamGroup {
@@ -156,6 +166,13 @@ mod tests {
             (Decision { grad_clip: Some(GradClip::MaxNorm(f64::INFINITY)), ..Decision::keep() }, "grad_clip"),
             (Decision { lrs: vec![Some(1.0)], ..Decision::keep() }, "1 values for 2 names"),
             (Decision { lr_multipliers: vec![Some(-0.5), None], ..Decision::keep() }, "lr_multipliers[vision]"),
+            (
+                Decision {
+                    rollback: Some(Rollback { source: RollbackSource::Snapshot, skip_batches: u64::MAX }),
+                    ..Decision::keep()
+                },
+                "rollback",
+            ),
         ];
         for (decision, field) in cases {
             let text = validate_decision("cosine", 7, &spec(), Knobs::all(), &decision).unwrap_err().to_string();
