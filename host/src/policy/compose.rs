@@ -76,17 +76,18 @@ impl PolicySet {
         };
         let mut members: Vec<Member> = Vec::with_capacity(sources.len());
         for source in sources {
-            let Member { instance, claimed, .. } = start(source)?;
+            let member = start(source)?;
             for (knob, name) in KNOB_NAMES.into_iter().filter(|(knob, _)| !SHARED_KNOBS.contains(*knob)) {
-                if let Some(owner) = members.iter().find(|m| claimed.contains(knob) && m.claimed.contains(knob)) {
+                let claims = |other: &Member| other.claimed.contains(knob);
+                if let Some(owner) = members.iter().find(|owner| claims(&member) && claims(owner)) {
                     return Err(PolicyError::KnobConflict {
                         knob: name,
                         first: owner.instance.name().to_string(),
-                        second: instance.name().to_string(),
+                        second: member.instance.name().to_string(),
                     });
                 }
             }
-            members.push(Member { instance, source: source.clone(), claimed });
+            members.push(member);
         }
         let mut shadows = Vec::with_capacity(shadow_sources.len());
         let mut dropped = Vec::new();
