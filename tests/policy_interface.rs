@@ -269,6 +269,28 @@ fn a_rollback_restores_its_snapshot_bit_for_bit_and_resumes_exactly() {
     }
 }
 
+/// A rollback to the newest checkpoint: with checkpoints every 2 steps, a rollback before
+/// step 5 returns to the one after 4 steps, so step 5 repeats step 4 to the bit.
+#[test]
+fn a_rollback_to_a_checkpoint_restores_it_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let policies = [
+        format!("{}:warmup_steps=2", policy("cosine_warmup").display()),
+        format!("{}:mode=rollback,at=3,source=checkpoint", fixture("hostile_policy").display()),
+    ];
+    let args = ["--steps", "7", "--batch-size", "16", "--checkpoint-every", "2"];
+    assert_success(&train_cpu(&run_dir, &policies, &args));
+    let metrics = metrics_without_timing(&run_dir);
+    for field in ["loss", "grad_norm"] {
+        assert_eq!(metrics[5][field], metrics[4][field], "step 5 repeats step 4: {field}");
+    }
+    let decisions = read_jsonl(&run_dir.join("decisions.jsonl"));
+    let rollback = decisions.iter().find(|d| d["action"] == "rollback").unwrap();
+    assert_eq!((rollback["step"].as_u64(), rollback["data_position"].as_u64()), (Some(5), Some(4)));
+    assert!(rollback["restored"].as_str().unwrap().starts_with("checkpoint taken before step 4"), "{rollback}");
+}
+
 /// `grad_balance` asks for the per-loss gradients every other step: they are measured on
 /// those steps alone, logged by loss, and the weights it sets follow them.
 #[test]
