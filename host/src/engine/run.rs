@@ -421,12 +421,12 @@ impl Run {
                 &instance.sha256()[..12]
             ));
         }
-        for (knob, claimers) in self.policies.ownership() {
+        for (knob, shared, claimers) in self.policies.ownership() {
             let quoted: Vec<String> = claimers.iter().map(|name| format!("`{name}`")).collect();
-            let owner = match (knob, quoted.len()) {
+            let owner = match (shared, quoted.len()) {
                 (_, 0) => "trainer default".to_string(),
-                ("lr-multipliers", _) => format!("the product of {}", quoted.join(" × ")),
-                _ => format!("owned by {}", quoted[0]),
+                (true, _) => format!("the product of {}", quoted.join(" × ")),
+                (false, _) => format!("owned by {}", quoted[0]),
             };
             lines.push(format!("  {knob:<15} {owner}"));
         }
@@ -818,6 +818,8 @@ impl Run {
         let total: f64 = raw.iter().zip(&self.state.knobs.loss_weights).map(|(raw, weight)| raw * weight).sum();
         let skipped = !(total.is_finite() && norm.is_finite());
         self.state.skipped.record(step, skipped, total, norm);
+        // The rate each group trains at: the owner's times every policy's multiplier.
+        let lrs = self.state.knobs.effective_lrs();
         if skipped {
             self.say(&format!("step {step}: loss {total} or gradient norm {norm} is not finite; update skipped"));
         } else if any_trainable {
@@ -825,7 +827,7 @@ impl Run {
                 let factor = (max_norm / (&grad_norm + 1e-6)).clamp_max(1.0);
                 self.optimizer.scale_grads(&factor);
             }
-            self.optimizer.step(&self.state.knobs.effective_lrs(), &self.state.knobs.frozen);
+            self.optimizer.step(&lrs, &self.state.knobs.frozen);
             self.task.after_update();
         }
         // Rank 0's clock, so that every rank's policies observe the same values.
@@ -844,7 +846,6 @@ impl Run {
             images_per_second: Some(images_per_second),
             loss_gradients,
         };
-        let lrs = self.state.knobs.effective_lrs();
         self.metrics
             .write(&MetricsRecord {
                 step,

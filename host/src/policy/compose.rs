@@ -100,13 +100,14 @@ impl PolicySet {
         Ok(PolicySet { spec, members, shadows, dropped })
     }
 
-    /// The policies that claimed each kind of knob (none: the trainer keeps its value).
-    pub fn ownership(&self) -> Vec<(&'static str, Vec<&str>)> {
+    /// Each kind of knob, whether any number of policies may claim it (their values are
+    /// then multiplied), and the policies that claimed it (none: the trainer keeps its value).
+    pub fn ownership(&self) -> Vec<(&'static str, bool, Vec<&str>)> {
         KNOB_NAMES
             .iter()
             .map(|(knob, name)| {
                 let claimers = self.members.iter().filter(|m| m.claimed.contains(*knob));
-                (*name, claimers.map(|m| m.instance.name()).collect())
+                (*name, SHARED_KNOBS.contains(*knob), claimers.map(|m| m.instance.name()).collect())
             })
             .collect()
     }
