@@ -1,5 +1,7 @@
 # Two entry points: `make demo` (train on Fashion-MNIST with the cosine_warmup policy) and
-# `make test` (every test). Each installs what it needs on first use and is quick after.
+# `make test` (every test). Each installs what it needs on first use and is quick after:
+# the demo only torch, the Rust policies and the data; the tests also the Python packages
+# that read back what the trainer writes and the toolchains of the other policy languages.
 # Installs live under $(CACHE), outside the clone, so a fresh clone reuses them.
 
 SHELL := /bin/bash
@@ -11,6 +13,8 @@ TORCH_VERSION := 2.11.0
 TORCHVISION_VERSION := 0.26.0
 VENV := $(CACHE)/venv-torch-$(TORCH_VERSION)
 PYTHON := $(VENV)/bin/python
+TORCH_INSTALLED := $(VENV)/.installed-torch
+TEST_PACKAGES := $(VENV)/.installed-test-packages
 TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
@@ -35,7 +39,7 @@ C_BUILD := build/c
 WIT := wit/v1.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup policies device-check
+.PHONY: demo test test-times setup test-setup policies policies-all device-check
 
 # The trainer embeds the standard policies of $(POLICY_DIR) when it is built, so `policies`
 # comes first: as a prerequisite, it is done before these recipes run cargo.
@@ -43,8 +47,13 @@ demo: setup policies
 	cargo build --release --bin trainer
 	$(CARGO_TARGET_DIR)/release/trainer train --policy cosine_warmup --run-dir runs/demo --overwrite
 
-test: setup policies
+test: test-setup policies-all
 	cargo test --release --workspace
+	cargo bench --workspace --no-run
+
+# Each test binary's wall time, slowest first, so a change sees what it adds to `make test`.
+test-times: test-setup policies-all
+	benches/test-times.sh
 
 OPEN_CLIP := $(CACHE)/open_clip
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
@@ -74,17 +83,21 @@ GLOO_INCLUDE := $(CACHE)/gloo/usr/include
 CUDA_HEADER_WHEELS := nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
 CUDA_INCLUDE := $(CACHE)/cuda-headers/nvidia/cu13/include
 
-setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE) \
-	$(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+# What the trainer's build and the demo need.
+setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/wasm-target.ok $(CLIP_BPE)
+
+# What the tests need besides: the Python packages of the reference sides and the
+# toolchains of the Python, JavaScript and C policies.
+test-setup: setup $(TEST_PACKAGES) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
-.cargo/config.toml: $(VENV)/.installed-python-packages-v3 $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
+.cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
 	mkdir -p .cargo
 	printf '%s\n' '# Written by `make`; machine-specific.' '[build]' \
 		'target-dir = "$(CARGO_TARGET_DIR)"' '' '[env]' \
 		'LIBTORCH = "$(TORCH_DIR)"' 'TRAINER_PYTHON = "$(PYTHON)"' 'TRAINER_GLOO_INCLUDE = "$(GLOO_INCLUDE)"' 'TRAINER_CUDA_INCLUDE = "$(CUDA_INCLUDE)"' > $@
 
-$(CUDA_INCLUDE)/crt/host_config.h: $(VENV)/.installed-python-packages-v3
+$(CUDA_INCLUDE)/crt/host_config.h: $(TORCH_INSTALLED)
 	rm -rf $(CACHE)/cuda-headers.tmp && mkdir -p $(CACHE)/cuda-headers.tmp
 	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps $(CUDA_HEADER_WHEELS) -d $(CACHE)/cuda-headers.tmp
 	cd $(CACHE)/cuda-headers.tmp && $(PYTHON) -c 'import glob, zipfile; \
@@ -98,18 +111,23 @@ $(GLOO_INCLUDE)/gloo/algorithm.h:
 	dpkg-deb -x $(CACHE)/gloo.tmp/gloo.deb $(CACHE)/gloo.tmp/root
 	rm -rf $(CACHE)/gloo && mv $(CACHE)/gloo.tmp/root $(CACHE)/gloo && rm -rf $(CACHE)/gloo.tmp
 
+# The trainer links the libtorch of this venv's torch.
+$(TORCH_INSTALLED):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy
+	touch $@
+
 # transformers, tensorboard and pycocotools read what the trainer writes, in the tests;
 # scipy is the reference matcher of the detection benchmark, torchvision's transforms the
 # reference of the data pipeline's.
-$(VENV)/.installed-python-packages-v3:
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) numpy transformers tensorboard \
+$(TEST_PACKAGES): $(TORCH_INSTALLED)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) transformers tensorboard \
 		pycocotools scipy torchvision==$(TORCHVISION_VERSION)
 	touch $@
 
 # OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),
 # taken from the open_clip_torch wheel on PyPI.
-$(CLIP_BPE): $(VENV)/.installed-python-packages-v3
+$(CLIP_BPE): $(TORCH_INSTALLED)
 	rm -rf $(OPEN_CLIP).tmp && mkdir -p $(OPEN_CLIP).tmp
 	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0 -d $(OPEN_CLIP).tmp
 	cd $(OPEN_CLIP).tmp && $(PYTHON) -c 'import glob, zipfile; wheel = zipfile.ZipFile(glob.glob("*.whl")[0]); \
@@ -125,7 +143,7 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 # The toolchains of the policies in other languages: componentize-py from PyPI,
 # componentize-js from npm (with the machine's Node.js, or Debian's), clang with wasi-libc
 # from Debian, wit-bindgen's C generator from crates.io at the workspace's wit-bindgen version.
-$(COMPONENTIZE_PY): $(VENV)/.installed-python-packages-v3
+$(COMPONENTIZE_PY): $(TORCH_INSTALLED)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 	touch $@
 
@@ -150,12 +168,15 @@ $(CACHE)/wasm-target.ok:
 componentize = mkdir -p $(2) && for p in $(1); do \
 	$(CARGO_TARGET_DIR)/release/componentize $(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(2)/$$p.wasm; done
 
-# The standard policies into build/policies/ (built into the trainer by its next cargo build),
-# and the test fixtures into build/fixtures/.
+# The standard policies into build/policies/ (built into the trainer by its next cargo build).
 policies: setup
-	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES) $(FIXTURES))
+	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES))
 	cargo build --release -p componentize
 	$(call componentize,$(POLICIES),$(POLICY_DIR))
+
+# Besides, the test fixtures into build/fixtures/ and the policies of the other languages.
+policies-all: test-setup policies
+	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(FIXTURES))
 	$(call componentize,$(FIXTURES),$(FIXTURE_DIR))
 	$(MAKE) --no-print-directory $(LANGUAGE_WASM)
 
