@@ -19,6 +19,7 @@ TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WASM_TARGET := wasm32-unknown-unknown
+COMPONENTIZE := $(CARGO_TARGET_DIR)/tool/componentize
 POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_balance grad_clip layerwise llrd loss_balance \
 	one_cycle reduce_on_plateau spike_guard staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
@@ -166,12 +167,12 @@ $(CACHE)/wasm-target.ok:
 
 # Wraps the core modules named in $(1) into components in folder $(2).
 componentize = mkdir -p $(2) && for p in $(1); do \
-	$(CARGO_TARGET_DIR)/release/componentize $(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(2)/$$p.wasm; done
+	$(COMPONENTIZE) $(CARGO_TARGET_DIR)/$(WASM_TARGET)/policy/$$p.wasm $(2)/$$p.wasm; done
 
 # The standard policies into build/policies/ (built into the trainer by its next cargo build).
 policies: setup
 	cargo build --profile policy --target $(WASM_TARGET) $(addprefix -p ,$(POLICIES))
-	cargo build --release -p componentize
+	cargo build --profile tool -p componentize
 	$(call componentize,$(POLICIES),$(POLICY_DIR))
 
 # Besides, the test fixtures into build/fixtures/ and the policies of the other languages.
@@ -200,4 +201,4 @@ $(POLICY_DIR)/c_%.wasm: policies/c/%/policy.c policies/c/trainer_policy.c polici
 	mkdir -p $(@D)
 	$(CLANG) --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror -I $(C_BUILD)/bindings -I policies/c \
 		$(filter %.c,$^) $(C_BUILD)/bindings/policy_component_type.o -o $(C_BUILD)/$*.core.wasm
-	$(CARGO_TARGET_DIR)/release/componentize $(C_BUILD)/$*.core.wasm $@
+	$(COMPONENTIZE) $(C_BUILD)/$*.core.wasm $@
