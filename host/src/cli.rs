@@ -33,8 +33,10 @@ use tch::Device;
     long_about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy.\n\n\
         Tasks (--task): `clip`, contrastive image-text training of a CLIP dual encoder (Hugging Face \
         CLIP folders in and out; zero-shot accuracy, retrieval recall); `tagging`, a multi-label \
-        tagger on CLIP's image tower with tag, align and distill losses (mAP, precision/recall). \
-        After training: `eval` a saved model, `embed` images and texts, `predict` tags."
+        tagger on CLIP's image tower with tag, align and distill losses (mAP, precision/recall); \
+        `detection`, OWL-ViT/OWLv2 open-vocabulary detection on COCO boxes (COCO AP). \
+        After training: `eval` a saved model, `embed` images and texts, `predict` a tagger's tags \
+        or a detector's boxes. `trainer <command> --help` lists each command's flags."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,16 +46,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train or fine-tune a model: `--task clip` (contrastive, on image-caption pairs:
-    /// Fashion-MNIST with templated captions by default, COCO captions, or a JSONL manifest)
-    /// or `--task tagging` (a multi-label tagger: Fashion-MNIST mosaics by default, or a
-    /// tagged JSONL manifest).
+    /// Fashion-MNIST with templated captions by default, COCO captions, or a JSONL manifest),
+    /// `--task tagging` (a multi-label tagger: Fashion-MNIST mosaics by default, or a tagged
+    /// JSONL manifest) or `--task detection` (OWL-ViT/OWLv2: Fashion-MNIST canvases by
+    /// default, COCO instances, or a JSONL manifest of boxes).
     Train(Box<TrainArgs>),
     /// Evaluate a saved model (a run's final/, best/, checkpoints/step-N/, or a Hugging Face
     /// folder) with the metrics of the end of a run, on the run's data or other data.
     Eval(Box<EvalArgs>),
     /// Write L2-normalised CLIP embeddings of images and texts to a safetensors file.
     Embed(EmbedArgs),
-    /// Write a tagger's tags and scores for each image to a JSONL file.
+    /// Write a tagger's tags and scores for each image to a JSONL file, or a detector's boxes
+    /// as a COCO results file.
     Predict(PredictArgs),
     /// Check a policy against generated observation streams before a long run: no trap,
     /// valid decisions, determinism, exact save/load of its state.
@@ -155,7 +159,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "NAME|FILE[:ARGS]")]
     pub shadow_policy: Vec<PolicySource>,
     /// `clip`: image-text contrastive training; `tagging`: a multi-label tagger on CLIP's
-    /// image tower, trained on 2x2 Fashion-MNIST mosaics [default: clip].
+    /// image tower, trained on 2x2 Fashion-MNIST mosaics by default; `detection`: OWL-ViT or
+    /// OWLv2 on COCO-format boxes, Fashion-MNIST canvases by default [default: clip].
     #[arg(long, value_enum)]
     pub task: Option<TaskKind>,
     #[command(flatten)]
@@ -247,7 +252,7 @@ pub struct TrainArgs {
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// The model: a run's final/, best/ or checkpoints/step-N/ (evaluated on the run's data
-    /// with its settings), or a Hugging Face CLIP folder or saved tagger.
+    /// with its settings), or a Hugging Face CLIP or OWL-ViT/OWLv2 folder, or a saved tagger.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// The task to evaluate as [default: the run's, or what the folder holds].
