@@ -14,6 +14,7 @@ use reference::{Ratios, median};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use trainer::models::groups::GroupBy;
 use trainer::models::owlvit::{self, OwlConfig, OwlDetector, OwlVariant};
 use trainer::tasks::detection::{BatchTargets, Focal, MatchCosts, detection_losses};
 
@@ -74,11 +75,12 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     tch::manual_seed(0);
     let store = nn::VarStore::new(Device::Cpu);
     let model = OwlDetector::new(&store.root(), &case.config);
+    let layout = owlvit::parameter_groups(&case.config, GroupBy::Part);
     let params = store
         .variables()
         .into_iter()
         .filter_map(|(name, tensor)| {
-            let group = owlvit::parameter_group(&name)?;
+            let group = layout.index(owlvit::parameter_place(&name)?)?;
             Some(OptimizedParam { group, decay: tensor.dim() >= 2, name, tensor })
         })
         .collect();
@@ -93,7 +95,7 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     let (boxes, labels) = targets(case.batch);
     let batch = BatchTargets { boxes: &boxes, labels: &labels };
     let (costs, focal) = (MatchCosts { class: 1.0, l1: 5.0, giou: 2.0 }, Focal { alpha: 0.25, gamma: 2.0 });
-    let groups = owlvit::parameter_groups(OwlVariant::OwlVit).len();
+    let groups = layout.groups().len();
     let mut step = || {
         let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal, batch.box_count().max(1) as f64)
             .expect("finite costs");

@@ -9,7 +9,7 @@
 //! at every step against the unweighted run, alternating the two over rounds.
 //!
 //! Run with `cargo bench -p trainer --bench loss_balance [-- --steps N --batch-size N
-//! --seeds N --out DIR]` (after `make policies`); the tests run it at a small size.
+//! --seeds N --out DIR]` (after `make policies-all`); the tests run it at a small size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

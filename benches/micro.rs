@@ -3,7 +3,7 @@
 //! apply) beside a demo training step, the AdamW step over flat buffers, and decoding an
 //! image into model input.
 //!
-//! Run with `cargo bench -p trainer --bench micro` (after `make policies`); criterion's
+//! Run with `cargo bench -p trainer --bench micro` (after `make policies-all`); criterion's
 //! filters select groups, e.g. `cargo bench -p trainer --bench micro -- policy_decide`.
 
 mod clip_training;
@@ -18,6 +18,7 @@ use trainer::check::{StreamSpec, check_spec};
 use trainer::data::images::{load_rgb_padded, load_rgb_square};
 use trainer::engine::KnobState;
 use trainer::models::clip::ClipConfig;
+use trainer::models::groups::GroupBy;
 use trainer::policy::{Decision, Observation, PolicyRuntime, PolicySet, PolicySource, RunSpec, SandboxLimits};
 
 const LANGUAGES: [(&str, &str); 4] = [
@@ -30,7 +31,7 @@ const TOTAL_STEPS: u64 = 1_000_000;
 
 fn component(file: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/policies").join(format!("{file}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` first", path.display());
+    assert!(path.exists(), "{} is missing: run `make policies-all` first", path.display());
     path
 }
 
@@ -64,7 +65,7 @@ fn native_decide(observation: &Observation, base_lrs: &[f64], warmup: u64) -> De
 }
 
 fn policy_decide(c: &mut Criterion) {
-    let spec = check_spec(TOTAL_STEPS, vec![]);
+    let spec = check_spec(TOTAL_STEPS, vec![], GroupBy::Part);
     let observations = observations(&spec);
     let mut group = c.benchmark_group("policy_decide");
     let base_lrs: Vec<f64> = spec.groups.iter().map(|group| group.base_lr).collect();
@@ -97,24 +98,23 @@ fn policy_decide(c: &mut Criterion) {
 /// and apply through the engine's policy set, and a CLIP training step at the demo size
 /// (batch 256) with its loss and gradient norm read back, as the engine reads them.
 fn policy_and_training_step(c: &mut Criterion) {
-    let spec = check_spec(TOTAL_STEPS, vec![]);
+    let spec = check_spec(TOTAL_STEPS, vec![], GroupBy::Part);
     let observations = observations(&spec);
     let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
     let source = PolicySource { path: component("cosine_warmup"), args: vec![] };
-    let mut policies = PolicySet::start(&runtime, &[source], spec.clone()).expect("the policy starts");
-    let mut knobs = KnobState {
-        lrs: spec.groups.iter().map(|group| group.base_lr).collect(),
-        loss_weights: vec![1.0; spec.losses.len()],
-        augmentation: spec.augmentation.iter().map(|knob| knob.default).collect(),
-        grad_clip: None,
-        frozen: vec![false; spec.groups.len()],
-    };
+    let mut policies = PolicySet::start(&runtime, &[source], &[], spec.clone()).expect("the policy starts");
+    let mut knobs = KnobState::new(
+        spec.groups.iter().map(|group| group.base_lr).collect(),
+        vec![1.0; spec.losses.len()],
+        spec.augmentation.iter().map(|knob| knob.default).collect(),
+        1,
+    );
     let mut step = 0;
     c.bench_function("policy_step/cosine_warmup", |b| {
         b.iter(|| {
             step = (step + 1) % observations.len();
             let decision = policies.decide(&observations[step]).expect("the policy decides");
-            black_box(knobs.apply(&decision.merged));
+            black_box(knobs.apply(&decision));
         })
     });
 

@@ -3,11 +3,12 @@
 //! component read back from the cache), and instantiation with `init`. Per-call costs are
 //! criterion's: `cargo bench -p trainer --bench micro -- policy_decide`.
 //!
-//! Run with `cargo bench -p trainer --bench policy_languages` (after `make policies`).
+//! Run with `cargo bench -p trainer --bench policy_languages` (after `make policies-all`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use trainer::check::check_spec;
+use trainer::models::groups::GroupBy;
 use trainer::policy::{PolicyRuntime, PolicySource, SandboxLimits};
 
 const LANGUAGES: [(&str, &str); 4] = [
@@ -19,7 +20,7 @@ const LANGUAGES: [(&str, &str); 4] = [
 
 fn component(file: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/policies").join(format!("{file}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` first", path.display());
+    assert!(path.exists(), "{} is missing: run `make policies-all` first", path.display());
     path
 }
 
@@ -30,7 +31,7 @@ fn timed<T>(body: impl FnOnce() -> T) -> (T, Duration) {
 }
 
 fn main() {
-    let spec = check_spec(1_000_000, vec![]);
+    let spec = check_spec(1_000_000, vec![], GroupBy::Part);
     println!("cosine_warmup start-up per language:");
     println!("{:<12} {:>14} {:>14} {:>14}", "", "cold compile", "cached start", "instantiate");
     let cache = tempfile::tempdir().expect("a temporary cache folder");

@@ -7,7 +7,7 @@
 //! accuracy at the end.
 //!
 //! Run with `cargo bench -p trainer --bench spike [-- --steps N --spike-at N --factor F
-//! --out DIR]` (after `make policies`).
+//! --out DIR]` (after `make policies-all`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -17,7 +17,7 @@ const LOSSES: [&str; 3] = ["tag", "align", "distill"];
 
 fn policy_path(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/policies").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` (or `make test`) first", path.display());
+    assert!(path.exists(), "{} is missing: run `make policies-all` (or `make test`) first", path.display());
     path
 }
 

@@ -19,7 +19,7 @@ use trainer::policy::{
 
 fn policy_path(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/policies").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` first", path.display());
+    assert!(path.exists(), "{} is missing: run `make policies-all` first", path.display());
     path
 }
 

@@ -32,7 +32,7 @@ pub fn workspace() -> PathBuf {
 
 fn built(folder: &str, name: &str) -> PathBuf {
     let path = workspace().join("build").join(folder).join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run `make policies` (or `make test`) first", path.display());
+    assert!(path.exists(), "{} is missing: run `make policies-all` (or `make test`) first", path.display());
     path
 }
 
