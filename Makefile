@@ -48,9 +48,10 @@ demo: setup policies
 	cargo build --release --bin trainer
 	$(CARGO_TARGET_DIR)/release/trainer train --policy cosine_warmup --run-dir runs/demo --overwrite
 
+# Every bench target is built first (not run): one that no longer compiles fails at once.
 test: test-setup policies-all
-	cargo test --release --workspace
 	cargo bench --workspace --no-run
+	cargo test --release --workspace
 
 # Each test binary's wall time, slowest first, so a change sees what it adds to `make test`.
 test-times: test-setup policies-all
