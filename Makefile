@@ -30,8 +30,12 @@ FIXTURE_DIR := build/fixtures
 LANGUAGES := python js c
 LANGUAGE_POLICIES := cosine_warmup early_stopping
 LANGUAGE_WASM := $(foreach l,$(LANGUAGES),$(LANGUAGE_POLICIES:%=$(POLICY_DIR)/$(l)_%.wasm))
+COMPONENTIZE_PY_VERSION := 0.25.1
 COMPONENTIZE_PY := $(VENV)/bin/componentize-py
+COMPONENTIZE_JS_VERSION := 0.23.0
 COMPONENTIZE_JS := $(CACHE)/node/node_modules/.bin/componentize-js
+# Python and JavaScript components built before, under the hash of what they were built from.
+KEPT_COMPONENTS := $(CACHE)/kept-components
 WIT_BINDGEN_VERSION := 0.61.1
 WIT_BINDGEN := $(CACHE)/wit-bindgen-$(WIT_BINDGEN_VERSION)/bin/wit-bindgen
 CLANG := /usr/bin/clang-19
@@ -146,13 +150,13 @@ $(FASHION_MNIST)/train-images-idx3-ubyte.gz:
 # componentize-js from npm (with the machine's Node.js, or Debian's), clang with wasi-libc
 # from Debian, wit-bindgen's C generator from crates.io at the workspace's wit-bindgen version.
 $(COMPONENTIZE_PY): $(TORCH_INSTALLED)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	touch $@
 
 $(COMPONENTIZE_JS):
 	command -v npm > /dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
-	npm install --prefix $(CACHE)/node --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@0.23.0
+	npm install --prefix $(CACHE)/node --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@$(COMPONENTIZE_JS_VERSION)
 	touch $@
 
 $(WIT_BINDGEN):
@@ -182,15 +186,25 @@ policies-all: test-setup policies
 	$(call componentize,$(FIXTURES),$(FIXTURE_DIR))
 	$(MAKE) --no-print-directory $(LANGUAGE_WASM)
 
+# componentize-py and componentize-js build different bytes from the same sources on each
+# run, and the trainer caches compiled components by their bytes: a fresh clone would compile
+# each of them again (about 25 s on 2 cores). $(call kept,COMMAND,TOOL) therefore runs
+# COMMAND, whose last word is `-o`, only when $(KEPT_COMPONENTS) has no component built from
+# the same prerequisites, command and TOOL version, and copies that component to $@.
+kept = mkdir -p $(@D) $(KEPT_COMPONENTS) && \
+	key=$$( { cat $^; echo '$(1) $(2)'; } | sha256sum | cut -c1-16 ) && \
+	kept=$(KEPT_COMPONENTS)/$(@F:.wasm=)-$$key.wasm && \
+	{ [ -f $$kept ] || { $(1) $$kept.tmp > /dev/null && mv $$kept.tmp $$kept; }; } && \
+	cp $$kept $@
+
 $(POLICY_DIR)/python_%.wasm: policies/python/%/app.py policies/python/trainer_policy.py $(WIT)/policy.wit
-	mkdir -p $(@D)
-	$(COMPONENTIZE_PY) --quiet -d $(WIT) -w policy componentize --stub-wasi \
-		-p policies/python -p policies/python/$* app -o $@
+	$(call kept,$(COMPONENTIZE_PY) --quiet -d $(WIT) -w policy componentize --stub-wasi \
+		-p policies/python -p policies/python/$* app -o,componentize-py $(COMPONENTIZE_PY_VERSION))
 
 # componentize-js's --disable takes every WASI feature: the component imports only the host.
 $(POLICY_DIR)/js_%.wasm: policies/js/%/policy.js policies/js/trainer_policy.js $(WIT)/policy.wit
-	mkdir -p $(@D)
-	$(COMPONENTIZE_JS) $< -w $(WIT) -n policy -d stdio random clocks http fetch-event -o $@ > /dev/null
+	$(call kept,$(COMPONENTIZE_JS) $< -w $(WIT) -n policy -d stdio random clocks http fetch-event -o,\
+		componentize-js $(COMPONENTIZE_JS_VERSION))
 
 $(C_BUILD)/bindings/policy.c: $(WIT)/policy.wit
 	$(WIT_BINDGEN) c $(WIT) -w policy --out-dir $(@D) > /dev/null
