@@ -8,7 +8,6 @@ mod common;
 use common::{assert_success, policy, train_cpu, trainer};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
-use std::path::PathBuf;
 use trainer::check::{StreamSpec, check_spec};
 use trainer::models::groups::GroupBy;
 use trainer::policy::{PolicyError, PolicyInstance, PolicyRuntime, PolicySource, PreparedPolicy, SandboxLimits};
@@ -48,9 +47,9 @@ const BAD_ARGS: &[(&str, &[(&str, &str)])] = &[
 ];
 
 fn runtime() -> PolicyRuntime {
-    // The compiled Python and JavaScript components are cached between test runs.
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("language-components");
-    PolicyRuntime::new(SandboxLimits::default(), Some(cache))
+    // The cache the `trainer` runs below use: each component compiles once (25 s for Python
+    // or JavaScript on 2 cores), here or there, and again only when its bytes change.
+    PolicyRuntime::new(SandboxLimits::default(), PolicyRuntime::default_cache_dir())
 }
 
 fn prepare(runtime: &PolicyRuntime, name: &str) -> PreparedPolicy {

@@ -12,7 +12,7 @@ use crate::engine::{
 use crate::eval::COCO_MISSING;
 use crate::models::clip;
 use crate::models::groups::GroupBy;
-use crate::policy::{PolicyError, PolicySource, SandboxLimits};
+use crate::policy::{PolicyError, PolicyRuntime, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
 use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
@@ -366,11 +366,6 @@ pub struct PredictArgs {
     pub device: Device,
 }
 
-/// Where compiled policy components are cached between runs.
-fn component_cache() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components"))
-}
-
 pub fn positive_u64(text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(value) if value >= 1 && value <= u64::MAX as i128 => Ok(value as u64),
@@ -473,7 +468,7 @@ fn run_check_policy(args: CheckPolicyArgs) -> ExitCode {
         total_steps: args.steps,
         limits: SandboxLimits { fuel_per_call: args.policy_fuel, ..Default::default() },
         seed: args.seed,
-        component_cache: component_cache(),
+        component_cache: PolicyRuntime::default_cache_dir(),
         group_by: args.group_by,
     };
     match check_policy(&args.policy, &options) {
@@ -530,7 +525,7 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
         trace,
         out: args.out,
         policy_fuel: args.policy_fuel,
-        policy_cache: component_cache(),
+        policy_cache: PolicyRuntime::default_cache_dir(),
     };
     let outcome = simulate(&options)?;
     match &outcome.stopped {
@@ -613,7 +608,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         device: args.device,
         overwrite: args.overwrite,
         pause_after_steps: args.pause_after_steps,
-        policy_cache: component_cache(),
+        policy_cache: PolicyRuntime::default_cache_dir(),
         time_limit: args.time_limit,
         team,
     };

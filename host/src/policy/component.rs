@@ -154,6 +154,11 @@ impl PolicyRuntime {
         PolicyRuntime { engine, linker, limits, cache_dir, ticker_stop, ticker: Some(ticker) }
     }
 
+    /// Where the trainer caches compiled components between runs: `~/.cache/trainer/components`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/components"))
+    }
+
     /// Reads, checks, compiles (or takes from the cache) and instantiates `source`.
     pub fn load(&self, source: &PolicySource) -> Result<PolicyInstance, PolicyError> {
         self.instantiate(&self.prepare(source)?)
