@@ -5,7 +5,7 @@
 //! images/s of each, the median ratio with its spread, and where a step's time goes on each
 //! side, at the demo size and at a ViT-B/32-sized configuration.
 //!
-//! Run with `cargo bench -p trainer --bench clip_step` (after `make` has installed the venv);
+//! Run with `cargo bench --workspace --bench clip_step` (after `make` has installed the venv);
 //! `TRAINER_BENCH_ROUNDS` sets the number of rounds (default 5), and a word after `--` picks
 //! the cases whose name holds it (`-- demo`, `-- ViT`).
 

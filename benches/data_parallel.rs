@@ -7,7 +7,7 @@
 //! and gain nothing but what splitting the cores gains; the figure is the price of the
 //! collectives, the base for runs over several machines or GPUs.
 //!
-//! Run with `cargo bench -p trainer --bench data_parallel` (after `make`).
+//! Run with `cargo bench --workspace --bench data_parallel` (after `make`).
 
 use std::path::Path;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! one thread each. The two alternate over rounds; prints images/s per core of each, the
 //! median ratio and its spread.
 //!
-//! Run with `cargo bench -p trainer --bench data_pipeline` (after `make` has installed the
+//! Run with `cargo bench --workspace --bench data_pipeline` (after `make` has installed the
 //! venv); `TRAINER_BENCH_ROUNDS` sets the number of rounds (default 5).
 
 mod reference;

@@ -6,7 +6,7 @@
 //! the medians and their ratio are printed, at the default data's size and at
 //! owlvit-base-patch32's (768 px).
 //!
-//! Run with `cargo bench -p trainer --bench detection_step` (after `make` has installed the venv).
+//! Run with `cargo bench --workspace --bench detection_step` (after `make` has installed the venv).
 
 mod reference;
 

@@ -8,7 +8,7 @@
 //! what measuring the per-loss gradients costs: the step time with `grad_balance` measuring
 //! at every step against the unweighted run, alternating the two over rounds.
 //!
-//! Run with `cargo bench -p trainer --bench loss_balance [-- --steps N --batch-size N
+//! Run with `cargo bench --workspace --bench loss_balance [-- --steps N --batch-size N
 //! --seeds N --out DIR]` (after `make policies-all`); the tests run it at a small size.
 
 use std::path::{Path, PathBuf};

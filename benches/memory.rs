@@ -5,7 +5,7 @@
 //! figures are that peak before the first step (weights, gradients, AdamW's moments) and
 //! after two steps, and their difference, what the steps themselves add.
 //!
-//! Run with `cargo bench -p trainer --bench memory` (after `make` has installed the venv).
+//! Run with `cargo bench --workspace --bench memory` (after `make` has installed the venv).
 
 // Only the PyTorch side is used here, not the rounds and their statistics.
 mod clip_training;

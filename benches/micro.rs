@@ -3,8 +3,8 @@
 //! apply) beside a demo training step, the AdamW step over flat buffers, and decoding an
 //! image into model input.
 //!
-//! Run with `cargo bench -p trainer --bench micro` (after `make policies-all`); criterion's
-//! filters select groups, e.g. `cargo bench -p trainer --bench micro -- policy_decide`.
+//! Run with `cargo bench --workspace --bench micro` (after `make policies-all`); criterion's
+//! filters select groups, e.g. `cargo bench --workspace --bench micro -- policy_decide`.
 
 mod clip_training;
 

@@ -1,4 +1,4 @@
-"""The reference side of `cargo bench -p trainer --bench data_pipeline`: CLIP's image
+"""The reference side of `cargo bench --workspace --bench data_pipeline`: CLIP's image
 preprocessing as PyTorch users write it, PIL and torchvision transforms on one thread, over
 every JPEG of a folder, in batches; prints images/s as JSON.
 

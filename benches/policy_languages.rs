@@ -1,9 +1,9 @@
 //! What a policy costs to start in each language: `cosine_warmup` as a Rust, Python,
 //! JavaScript and C component, cold compile (nothing cached), cached start-up (the compiled
 //! component read back from the cache), and instantiation with `init`. Per-call costs are
-//! criterion's: `cargo bench -p trainer --bench micro -- policy_decide`.
+//! criterion's: `cargo bench --workspace --bench micro -- policy_decide`.
 //!
-//! Run with `cargo bench -p trainer --bench policy_languages` (after `make policies-all`).
+//! Run with `cargo bench --workspace --bench policy_languages` (after `make policies-all`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-"""The reference side of `cargo bench -p trainer --bench clip_step`: trains the same CLIP
+"""The reference side of `cargo bench --workspace --bench clip_step`: trains the same CLIP
 (`transformers.CLIPModel` built from the config.json the Rust side wrote) on the same kind
 of batch with the same AdamW (decay on matrices only, lr 1e-3, wd 0.1), PyTorch eager, and
 prints images/s and the seconds per step spent in forward (with the loss), backward and the

@@ -1,5 +1,5 @@
 """One OWL-ViT detection training step in PyTorch, the reference side of
-`cargo bench -p trainer --bench detection_step`: transformers' OwlViTForObjectDetection built
+`cargo bench --workspace --bench detection_step`: transformers' OwlViTForObjectDetection built
 from the config the Rust side wrote, the queries embedded once per step, per-image Hungarian
 matching with scipy's linear_sum_assignment on the same cost (focal class cost, L1, GIoU),
 the same losses (sigmoid focal, L1, GIoU, each per box), backward and torch's AdamW.

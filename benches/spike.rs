@@ -6,7 +6,7 @@
 //! mean loss of the last 20 steps, the steps the guard rolled back, and the zero-shot top-1
 //! accuracy at the end.
 //!
-//! Run with `cargo bench -p trainer --bench spike [-- --steps N --spike-at N --factor F
+//! Run with `cargo bench --workspace --bench spike [-- --steps N --spike-at N --factor F
 //! --out DIR]` (after `make policies-all`).
 
 use std::path::{Path, PathBuf};
