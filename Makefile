@@ -52,14 +52,20 @@ demo: setup policies
 	cargo build --release --bin trainer
 	$(CARGO_TARGET_DIR)/release/trainer train --policy cosine_warmup --run-dir runs/demo --overwrite
 
+# Two tests run at once, and most start a trainer (or Python with torch) whose OpenMP threads
+# spin some 300,000 times waiting for work: on 2 cores, two such processes spin on the cores
+# the other computes on. Two 40-step tagging runs side by side took 40-63 s so, 22 s spinning
+# 1,000 times (one alone: 12 s either way). For the tests only: the benchmarks keep the default.
+TEST_ENV := GOMP_SPINCOUNT=1000
+
 # Every bench target is built first (not run): one that no longer compiles fails at once.
 test: test-setup policies-all
 	cargo bench --workspace --no-run
-	cargo test --release --workspace
+	$(TEST_ENV) cargo test --release --workspace
 
 # Each test binary's wall time, slowest first, so a change sees what it adds to `make test`.
 test-times: test-setup policies-all
-	benches/test-times.sh
+	$(TEST_ENV) benches/test-times.sh
 
 OPEN_CLIP := $(CACHE)/open_clip
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
