@@ -54,8 +54,8 @@ demo: setup policies
 
 # Two tests run at once, and most start a trainer (or Python with torch) whose OpenMP threads
 # spin some 300,000 times waiting for work: on 2 cores, two such processes spin on the cores
-# the other computes on. Two 40-step tagging runs side by side took 40-63 s so, 22 s spinning
-# 1,000 times (one alone: 12 s either way). For the tests only: the benchmarks keep the default.
+# the other computes on. Two 40-step tagging runs side by side took 40-63 s with the default
+# and 22 s spinning 1,000 times (one alone: 12-13 s either way). For the tests only: the benchmarks keep the default.
 TEST_ENV := GOMP_SPINCOUNT=1000
 
 # Every bench target is built first (not run): one that no longer compiles fails at once.
@@ -194,9 +194,10 @@ policies-all: test-setup policies
 
 # componentize-py and componentize-js build different bytes from the same sources on each
 # run, and the trainer caches compiled components by their bytes: a fresh clone would compile
-# each of them again (about 25 s on 2 cores). $(call kept,COMMAND,TOOL) therefore runs
+# each of them again (13-15 s each on 2 cores). $(call kept,COMMAND,TOOL) therefore runs
 # COMMAND, whose last word is `-o`, only when $(KEPT_COMPONENTS) has no component built from
-# the same prerequisites, command and TOOL version, and copies that component to $@.
+# the same prerequisites, command and TOOL version, and copies that component to $@. Each
+# change of the sources adds one (12-18 MB); deleting the folder only costs a rebuild.
 kept = mkdir -p $(@D) $(KEPT_COMPONENTS) && \
 	key=$$( { cat $^; echo '$(1) $(2)'; } | sha256sum | cut -c1-16 ) && \
 	kept=$(KEPT_COMPONENTS)/$(@F:.wasm=)-$$key.wasm && \
