@@ -47,7 +47,7 @@ const BAD_ARGS: &[(&str, &[(&str, &str)])] = &[
 ];
 
 fn runtime() -> PolicyRuntime {
-    // The cache the `trainer` runs below use: each component compiles once (25 s for Python
+    // The cache the `trainer` runs below use: each component compiles once (13-15 s for Python
     // or JavaScript on 2 cores), here or there, and again only when its bytes change.
     PolicyRuntime::new(SandboxLimits::default(), PolicyRuntime::default_cache_dir())
 }
