@@ -225,3 +225,32 @@ fn a_sample_skipped_by_one_process_leaves_the_global_batch_as_one_process_has_it
         assert!((a - b).abs() <= 1e-5 * a, "loss {b} with two processes, {a} with one");
     }
 }
+
+/// A resume on a manifest that changed since the run started is refused, naming the file
+/// and what changed; with `--data-changed` it goes on, saying so in run.log and run.json.
+#[test]
+fn a_resume_on_changed_data_is_refused_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = write_mosaics(dir.path(), 0, 40);
+    let manifest = dir.path().join("data.jsonl");
+    write_manifest(&manifest, &images);
+    let run = dir.path().join("run");
+    assert_success(&train_on(&manifest, &run, &["--batch-size", "8", "--steps", "4", "--pause-after-steps", "2"]));
+    let started_on = read_json(&run.join("run.json"))["data"]["fingerprint"].clone();
+    assert_eq!(started_on["files"][0]["path"], arg(&manifest), "{started_on}");
+    let bytes_before = std::fs::metadata(&manifest).unwrap().len();
+    write_manifest(&manifest, &images[..32]);
+    let bytes_after = std::fs::metadata(&manifest).unwrap().len();
+
+    let resume =
+        |extra: &[&str]| common::trainer(&[&["train", "--device", "cpu", "--resume", arg(&run)], extra].concat());
+    let changed = format!("{} changed from {bytes_before} to {bytes_after} bytes", arg(&manifest));
+    assert_one_line_error(&resume(&[]), 1, &[&changed, "--data-changed"]);
+    assert_success(&resume(&["--data-changed"]));
+    let record = read_json(&run.join("run.json"))["data"].clone();
+    assert_eq!(record["changes"][0]["step"], 2, "{record}");
+    assert!(record["changes"][0]["change"].as_str().unwrap().contains(&changed), "{record}");
+    assert!(record["fingerprint"]["train_samples"].as_u64() < started_on["train_samples"].as_u64(), "{record}");
+    let log = std::fs::read_to_string(run.join("run.log")).unwrap();
+    assert!(log.contains("--data-changed: going on after step 2"), "{log}");
+}

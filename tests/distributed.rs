@@ -223,6 +223,49 @@ fn wait_for_steps(run_dir: &Path, lines: usize) {
     }
 }
 
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command name in parentheses: the state, then the parent's pid.
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        if after_name.split_whitespace().nth(1) == Some(&parent.to_string()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The local addresses (as /proc/net/tcp{,6} write them) of the listening TCP sockets of
+/// the processes `pids`.
+fn listening_addresses(pids: &[u32]) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for pid in pids {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let target = std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default();
+            if let Some(inode) = target.strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']')) {
+                inodes.push(inode.to_string());
+            }
+        }
+    }
+    let mut addresses = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state (0A: listening), field 9 the socket's inode.
+            if fields[3] == "0A" && inodes.iter().any(|inode| inode == fields[9]) {
+                addresses.push(fields[1].to_string());
+            }
+        }
+    }
+    addresses
+}
+
+/// SIGTERM to the launcher checkpoints every rank. While the run trains: its ranks listen on
+/// loopback only (the store of rank 0, Gloo's pairs), and the folder they share is refused
+/// to another run.
 #[test]
 fn sigterm_to_nproc_checkpoints_and_ends_every_rank() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,6 +273,19 @@ fn sigterm_to_nproc_checkpoints_and_ends_every_rank() {
     let launcher = command().args(endless(run_args(&run_dir))).args(["--nproc", "2"]).stderr(Stdio::piped()).spawn();
     let launcher = launcher.unwrap();
     wait_for_steps(&run_dir, 2);
+
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "two ranks under the launcher");
+    let addresses = listening_addresses(&ranks);
+    assert!(!addresses.is_empty(), "rank 0 serves the store");
+    const IPV4_LOOPBACK: &str = "0100007F:";
+    const IPV6_LOOPBACK: &str = "00000000000000000000000001000000:";
+    for address in &addresses {
+        assert!(address.starts_with(IPV4_LOOPBACK) || address.starts_with(IPV6_LOOPBACK), "listens on {address}");
+    }
+    let second = run(&run_args(&run_dir), &["--overwrite"]);
+    assert_one_line_error(&second, 1, &[&format!("in use by pid {}", launcher.id()), "run.lock"]);
+
     let sent = Command::new("kill").args(["-TERM", &launcher.id().to_string()]).status().unwrap();
     assert!(sent.success());
     let output = launcher.wait_with_output().unwrap();

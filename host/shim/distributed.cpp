@@ -52,13 +52,16 @@ bool guarded(char** error, Body body) {
   return false;
 }
 
+// Gloo's pairs listen on `GLOO_SOCKET_IFNAME` when set, on the loopback address when every
+// rank is on this machine, and otherwise on the address this host's name resolves to.
 c10::intrusive_ptr<c10d::Backend> gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                       int world_size, std::chrono::milliseconds timeout) {
+                                       int world_size, std::chrono::milliseconds timeout, bool loopback) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
   options->devices.push_back(interface != nullptr && *interface != '\0'
                                  ? c10d::ProcessGroupGloo::createDeviceForInterface(interface)
-                                 : c10d::ProcessGroupGloo::createDefaultDevice());
+                             : loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                        : c10d::ProcessGroupGloo::createDefaultDevice());
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
 }
 
@@ -81,10 +84,13 @@ extern "C" {
 
 // A process group of `world_size` ranks meeting at master_addr:master_port, over NCCL (CUDA
 // tensors) when `use_nccl`, Gloo (CPU tensors) otherwise. Rank 0 serves the store unless
-// `agent_store` (torchrun's agent already serves it at that address).
+// `agent_store` (torchrun's agent already serves it at that address); it serves it on
+// `listen_fd`, a socket already listening that the store takes over, when that is not -1
+// (c10d's own server would listen on every interface). `loopback`: every rank is on this
+// machine, and Gloo keeps to the loopback interface.
 trainer_dist_group* trainer_dist_group_new(const char* master_addr, uint16_t master_port, int rank,
                                            int world_size, bool agent_store, int64_t timeout_ms,
-                                           bool use_nccl, char** error) {
+                                           bool use_nccl, int listen_fd, bool loopback, char** error) {
   trainer_dist_group* group = nullptr;
   // c10d logs every failed connection attempt, with a C++ backtrace, while it retries; the
   // error the caller gets says it once. TORCH_CPP_LOG_LEVEL, when set, still decides.
@@ -100,11 +106,14 @@ trainer_dist_group* trainer_dist_group_new(const char* master_addr, uint16_t mas
     store_options.numWorkers = world_size;
     store_options.waitWorkers = !agent_store;
     store_options.timeout = timeout;
+    if (listen_fd >= 0) {
+      store_options.masterListenFd = listen_fd;
+    }
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), store_options);
     // Our own namespace in a store torchrun's agent may share with others.
     auto store = c10::make_intrusive<c10d::PrefixStore>("trainer", tcp);
     auto backend = use_nccl ? nccl_backend(store, rank, world_size, timeout)
-                            : gloo_backend(store, rank, world_size, timeout);
+                            : gloo_backend(store, rank, world_size, timeout, loopback);
     group = new trainer_dist_group{store, backend};
   });
   FLAGS_caffe2_log_level = log_level;

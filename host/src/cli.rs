@@ -6,8 +6,9 @@
 use crate::check::{CheckOptions, check_policy};
 use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use crate::engine::{
-    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, Resume, RunConfig,
-    RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate, write_json,
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, RUN_FILE, Resume,
+    RunConfig, RunLock, RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits,
+    simulate, write_json,
 };
 use crate::eval::COCO_MISSING;
 use crate::models::clip;
@@ -238,6 +239,10 @@ pub struct TrainArgs {
     /// On --resume, continue with the policies given by --policy instead of the saved ones.
     #[arg(long, requires = "resume")]
     pub swap_policies: bool,
+    /// On --resume, go on although the data differs from what the run started on (a file
+    /// changed, the samples counted otherwise): said in run.log and recorded in run.json.
+    #[arg(long, requires = "resume")]
+    pub data_changed: bool,
     /// Train on N local processes, data-parallel over PyTorch's c10d (Gloo), as `torchrun
     /// --nproc-per-node N --no-python trainer train ...` does; --batch-size stays the global
     /// batch, split evenly over the processes.
@@ -561,7 +566,23 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
                 return failed(err);
             }
             let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-            return match spawn_local(nproc, &arguments, Duration::from_secs(60)) {
+            // The ranks share this claim on the run folder, held until the last one ends.
+            let run_dir = args.resume.clone().unwrap_or_else(|| args.run_dir.clone());
+            let claim = match &args.resume {
+                Some(_) if !run_dir.join(RUN_FILE).is_file() => None,
+                _ => match RunLock::claim(&run_dir) {
+                    Ok(claim) => Some(claim),
+                    Err(err) => return failed(err),
+                },
+            };
+            for warning in claim.iter().flat_map(|claim| &claim.warnings) {
+                eprintln!("{warning}");
+            }
+            let shared = match claim.as_ref().map(RunLock::share_with_children).transpose() {
+                Ok(shared) => shared,
+                Err(err) => return failed(err),
+            };
+            return match spawn_local(nproc, &arguments, Duration::from_secs(60), shared.as_slice()) {
                 Ok(status) if status.success() => ExitCode::SUCCESS,
                 Ok(status) => ExitCode::from(status.code().map_or(EXIT_FAILURE, |code| code as u8)),
                 Err(err) => failed(DistributedError::from(err).into()),
@@ -643,6 +664,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
             steps: args.steps,
             keep_checkpoints: args.keep_checkpoints,
             max_skipped_steps: args.max_skipped_steps,
+            data_changed: args.data_changed,
         };
         return tasks::resume(&options, &resume, execution);
     }

@@ -1,6 +1,7 @@
 //! The error of a file that cannot be read or understood. Every loader in the crate
 //! (data sets, tokenizer vocabularies, model folders) reports through it, so each message
-//! starts with the file at fault.
+//! starts with the file at fault. Also the SHA-256 of a file, by which checkpoints and a
+//! run's data are verified.
 
 use std::path::{Path, PathBuf};
 
@@ -36,4 +37,14 @@ impl FileError {
             io => io,
         }
     }
+}
+
+/// The SHA-256 of the file at `path` in lower-case hex, read in pieces (an annotation file
+/// may be gigabytes).
+pub fn sha256_file(path: &Path) -> Result<String, FileError> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(FileError::io(path))?;
+    Ok(hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
 }

@@ -49,6 +49,11 @@ impl EpochSampler {
         EpochSampler { seed, len, batch_size, shard, epoch: None }
     }
 
+    /// Samples it draws from.
+    pub fn sample_count(&self) -> usize {
+        self.len
+    }
+
     pub fn steps_per_epoch(&self) -> u64 {
         (self.len / self.batch_size) as u64
     }

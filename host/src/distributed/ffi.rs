@@ -17,6 +17,8 @@ unsafe extern "C" {
         agent_store: bool,
         timeout_ms: i64,
         use_nccl: bool,
+        listen_fd: i32,
+        loopback: bool,
         error: *mut *mut c_char,
     ) -> *mut RawGroup;
     pub fn trainer_dist_group_free(group: *mut RawGroup);

@@ -76,14 +76,27 @@ impl Launch {
         let agent_store = variable("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|value| value == "True" || value == "1");
         Ok(Some(Launch { rank, local_rank, world_size, master_addr, master_port, agent_store }))
     }
+
+    /// Every rank is on this machine: the master address is a loopback one.
+    pub fn on_one_machine(&self) -> bool {
+        let address = self.master_addr.trim();
+        address.eq_ignore_ascii_case("localhost")
+            || address.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
+    }
 }
 
 /// Runs this program again as `nproc` local ranks with `args`, and returns once all have
 /// ended: the first failure's status, or success. When a rank fails, the others are given
 /// `grace` to stop on their own (their next collective fails), then killed, so a run never
 /// hangs on a dead peer. SIGINT or SIGTERM sent to this process is passed on to the ranks as
-/// SIGTERM, on which they checkpoint and exit together.
-pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -> Result<ExitStatus, LaunchError> {
+/// SIGTERM, on which they checkpoint and exit together. `shared` is set in every rank's
+/// environment (the launcher's claim on the run folder).
+pub fn spawn_local(
+    nproc: usize,
+    args: &[std::ffi::OsString],
+    grace: Duration,
+    shared: &[(&str, String)],
+) -> Result<ExitStatus, LaunchError> {
     let program =
         std::env::current_exe().map_err(|err| LaunchError(format!("--nproc: cannot find this program: {err}")))?;
     // A free port now; the store of rank 0 binds it a moment later.
@@ -95,11 +108,15 @@ pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -
     // the cores N times over. torchrun sets 1; a share of the cores keeps CPU runs fast.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / nproc).max(1).to_string());
+    // NCCL's bootstrap listens on the first interface other than loopback unless told
+    // otherwise; every rank is here, so it has no reason to listen on the network.
+    let nccl_interface = std::env::var("NCCL_SOCKET_IFNAME").unwrap_or_else(|_| "lo".into());
     let mut children: Vec<Child> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
         let child = Command::new(&program)
             .args(args)
             .env("OMP_NUM_THREADS", &threads)
+            .env("NCCL_SOCKET_IFNAME", &nccl_interface)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", nproc.to_string())
@@ -107,6 +124,7 @@ pub fn spawn_local(nproc: usize, args: &[std::ffi::OsString], grace: Duration) -
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .envs(shared.iter().map(|(name, value)| (name, value)))
             .spawn();
         match child {
             Ok(child) => children.push(child),
@@ -184,7 +202,11 @@ mod tests {
             master_port: 29500,
             agent_store: true,
         };
-        assert_eq!(found, Some(expected));
+        assert_eq!(found, Some(expected.clone()));
+        assert!(!expected.on_one_machine(), "a named master may be another machine");
+        for local in ["127.0.0.1", "127.0.1.1", "::1", "localhost"] {
+            assert!(Launch { master_addr: local.into(), ..expected.clone() }.on_one_machine(), "{local}");
+        }
         assert_eq!(launch(&[]).unwrap(), None);
     }
 

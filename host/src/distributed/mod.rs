@@ -8,6 +8,11 @@
 //! The collectives come from the C++ shim in `host/shim/` (see `build.rs`) because c10d has no
 //! C API and tch binds none of it; a home-made protocol would not interoperate with the
 //! launchers and clusters our users already run.
+//!
+//! c10d's store authenticates nobody: whoever reaches its port can read and write the
+//! rendezvous. A run on one machine (its master a loopback address, as `--nproc` sets it)
+//! therefore listens on loopback only; a run over machines needs the network, as torchrun's
+//! does, and is meant for a trusted one.
 
 mod ffi;
 pub mod launch;
@@ -71,6 +76,17 @@ impl Team {
         };
         let address =
             CString::new(launch.master_addr.as_str()).map_err(|_| join_error("a NUL byte in MASTER_ADDR".into()))?;
+        // A run whose master is this machine's loopback address has every rank here: its
+        // store and Gloo listen there only, since c10d's store has no authentication.
+        let loopback = launch.on_one_machine();
+        let listen_fd = if loopback && launch.rank == 0 && !launch.agent_store {
+            let listener = std::net::TcpListener::bind((launch.master_addr.as_str(), launch.master_port))
+                .map_err(|err| join_error(format!("cannot listen for the other ranks: {err}")))?;
+            // The store takes the socket over and closes it.
+            std::os::fd::IntoRawFd::into_raw_fd(listener)
+        } else {
+            -1
+        };
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; `error` is set only on failure.
         let raw = unsafe {
@@ -82,6 +98,8 @@ impl Team {
                 launch.agent_store,
                 timeout.as_millis().min(i64::MAX as u128) as i64,
                 device.is_cuda(),
+                listen_fd,
+                loopback,
                 &mut error,
             )
         };

@@ -9,10 +9,9 @@ use super::exact;
 use super::knobs::KnobState;
 use super::loss_gradients::MeasuredGradients;
 use super::snapshot::SnapshotPoint;
-use crate::files::FileError;
+use crate::files::{FileError, sha256_file};
 use crate::policy::PolicySource;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -170,11 +169,6 @@ pub struct Checkpoint {
     pub optimizer: HashMap<String, Tensor>,
 }
 
-fn sha256_file(path: &Path) -> Result<String, EngineError> {
-    let bytes = std::fs::read(path).map_err(io_error(path))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// What to write in a checkpoint.
 pub struct CheckpointContents<'a> {
     pub trainer: &'a TrainerState,
@@ -201,6 +195,10 @@ pub fn dir_of(run_dir: &Path, steps_done: u64) -> PathBuf {
 pub fn save(run_dir: &Path, contents: CheckpointContents) -> Result<PathBuf, EngineError> {
     let target = dir_of(run_dir, contents.trainer.steps_done);
     let staging = target.with_extension("tmp");
+    if !run_dir.is_dir() {
+        // Making the staging folder would make the run folder again, empty but for this.
+        return Err(io_error(&staging)(std::io::ErrorKind::NotFound.into()));
+    }
     let saved = write_staged(&staging, &target, contents);
     if saved.is_err() && staging.is_dir() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -279,6 +277,12 @@ fn complete(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, EngineError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The steps of the complete checkpoints of a run, oldest first; none when they cannot be
+/// listed.
+pub fn complete_steps(run_dir: &Path) -> Vec<u64> {
+    complete(run_dir).map(|found| found.into_iter().map(|(step, _)| step).collect()).unwrap_or_default()
 }
 
 /// The complete checkpoint after `steps_done` steps, if there is one.

@@ -4,6 +4,7 @@
 //! run can be resumed, replayed or evaluated later.
 
 use super::error::{EngineError, io_error};
+use super::fingerprint::DataRecord;
 use super::trace::SavedSpec;
 use crate::files::FileError;
 use crate::policy::PolicySource;
@@ -128,6 +129,8 @@ pub struct Resume {
     /// `--keep-checkpoints` and `--max-skipped-steps` for the rest of the run, when given.
     pub keep_checkpoints: Option<usize>,
     pub max_skipped_steps: Option<u64>,
+    /// Go on although the data differs from what the run started on (`--data-changed`).
+    pub data_changed: bool,
 }
 
 /// `run.json`: the engine's settings, the task's section (opaque to the engine), the
@@ -142,6 +145,9 @@ pub struct SavedRun {
     /// What the policies were started with; `trainer simulate` replays runs from it.
     #[serde(default)]
     pub spec: Option<SavedSpec>,
+    /// The data it trains on; absent in runs saved before the trainer recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataRecord>,
 }
 
 impl SavedRun {

@@ -12,10 +12,12 @@ mod checkpoint;
 mod config;
 mod error;
 mod exact;
+mod fingerprint;
 mod knobs;
 mod loss_gradients;
 pub mod optimizer;
 mod run;
+mod run_lock;
 mod simulate;
 mod snapshot;
 mod task;
@@ -28,7 +30,9 @@ pub use config::{
     RunOptions, SavedRun, TrainOutcome,
 };
 pub use error::EngineError;
+pub use fingerprint::{DataChange, DataFingerprint, DataRecord};
 pub use knobs::KnobState;
-pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, write_json};
+pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, validate_config, write_json};
+pub use run_lock::{LOCK_FILE, RunLock};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
 pub use task::{Backward, Scores, StepKnobs, StepLosses, Task};

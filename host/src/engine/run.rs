@@ -7,7 +7,8 @@ use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
 use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
-use super::error::{EngineError, io_error};
+use super::error::{EngineError, WriteProblem, io_error};
+use super::fingerprint::{DataChange, DataFingerprint, DataRecord};
 use super::knobs::KnobState;
 use super::loss_gradients::LossGradientMeter;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam, OptimizerSnapshot};
@@ -71,22 +72,32 @@ pub fn check_new_run(config: &RunConfig, options: &RunOptions) -> Result<(), Eng
 }
 
 /// Starts a new run of `task`, whose own settings `task_section` are saved in `run.json`.
+/// `data` is the fingerprint of the data it trains on, recorded there too.
 pub fn train(
     config: &RunConfig,
     task: Box<dyn Task>,
     task_section: serde_json::Value,
+    data: DataFingerprint,
     options: &RunOptions,
 ) -> Result<TrainOutcome, EngineError> {
     check_new_run(config, options)?;
     if options.team.is_leader() {
         clear_run_dir(&options.run_dir)?;
     }
-    Run::start(config, task, task_section, options, None)?.train(options)
+    let data = DataRecord { fingerprint: data, changes: Vec::new() };
+    Run::start(config, task, task_section, data, options, None)?.train(options)
 }
 
 /// Checks what can be checked before the task of a resumed run is opened: that the run has
-/// a checkpoint, and that other policies are swapped in only when asked to.
+/// a checkpoint, that other policies are swapped in only when asked to, and that the data's
+/// files are those it started on, unless `--data-changed`.
 pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> Result<(), EngineError> {
+    if let Some(record) = &saved.data
+        && !resume.data_changed
+        && let Some(change) = record.fingerprint.files_changed()
+    {
+        return Err(data_changed_error(&options.run_dir, &change));
+    }
     if checkpoint::latest(&options.run_dir)?.is_none() {
         return Err(EngineError::Config(format!(
             "--resume {}: the run has no checkpoint to resume from",
@@ -106,16 +117,44 @@ pub fn check_resume(saved: &SavedRun, options: &RunOptions, resume: &Resume) -> 
     Ok(())
 }
 
+fn data_changed_error(run_dir: &Path, change: &str) -> EngineError {
+    EngineError::Config(format!(
+        "--resume {}: {change} since the run started; an exact resume needs the data it started on (pass \
+         --data-changed to go on with the data as it is now)",
+        run_dir.display()
+    ))
+}
+
 /// Continues the run saved as `saved` in `options.run_dir` from its latest checkpoint, with
-/// `task` opened from the saved task section.
+/// `task` opened from the saved task section on the data `data` fingerprints.
 pub fn resume(
     saved: SavedRun,
     task: Box<dyn Task>,
+    data: DataFingerprint,
     options: &RunOptions,
     resume: &Resume,
 ) -> Result<TrainOutcome, EngineError> {
     check_resume(&saved, options, resume)?;
     let (checkpoint, passed_over) = checkpoint::load_newest(&options.run_dir)?;
+    let mut data_record = DataRecord { fingerprint: data, changes: Vec::new() };
+    let mut data_lines = Vec::new();
+    match saved.data {
+        Some(DataRecord { fingerprint, changes }) => {
+            data_record.changes = changes;
+            if let Some(change) = fingerprint.change_to(&data_record.fingerprint) {
+                if !resume.data_changed {
+                    return Err(data_changed_error(&options.run_dir, &change));
+                }
+                let step = checkpoint.trainer.steps_done;
+                data_lines.push(format!(
+                    "--data-changed: going on after step {step} although {change}; the rest of the run is not \
+                     what an uninterrupted one would train"
+                ));
+                data_record.changes.push(DataChange { step, change });
+            }
+        }
+        None => data_lines.push("run.json had no record of its data; it records the data as it is now".into()),
+    }
     let mut config = saved.train;
     let saved_total = config.steps;
     if let Some(policies) = &resume.policies {
@@ -139,8 +178,8 @@ pub fn resume(
         config.steps = steps;
     }
     validate_config(&config, options)?;
-    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over, saved_total };
-    Run::start(&config, task, saved.task, options, Some(resumed))?.train(options)
+    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over, saved_total, data_lines };
+    Run::start(&config, task, saved.task, data_record, options, Some(resumed))?.train(options)
 }
 
 fn is_zero(count: &u64) -> bool {
@@ -159,6 +198,8 @@ struct Resumed {
     passed_over: Vec<String>,
     /// The length the run had before this resume.
     saved_total: u64,
+    /// What to say about its data (changed, or not recorded before).
+    data_lines: Vec<String>,
 }
 
 /// Everything a run holds between steps.
@@ -199,6 +240,7 @@ impl Run {
         config: &RunConfig,
         task: Box<dyn Task>,
         task_section: serde_json::Value,
+        data: DataRecord,
         options: &RunOptions,
         from: Option<Resumed>,
     ) -> Result<Self, EngineError> {
@@ -297,6 +339,7 @@ impl Run {
                 task: task_section.clone(),
                 model: task.model_config(),
                 spec: Some(saved_spec.clone()),
+                data: Some(data.clone()),
             };
             write_json(&run_dir.join(RUN_FILE), &saved)
         };
@@ -305,7 +348,11 @@ impl Run {
                 write_run_record()?;
                 fresh_state
             }
-            Some(Resumed { checkpoint, swap_policies, passed_over, saved_total }) => {
+            Some(Resumed { checkpoint, swap_policies, passed_over, saved_total, data_lines }) => {
+                for line in data_lines {
+                    eprintln!("{line}");
+                    let _ = writeln!(log, "{line}");
+                }
                 for line in passed_over {
                     // Exact either way: the steps after the older checkpoint are trained again.
                     let line = format!("warning: passed over a checkpoint that does not load: {line}");
@@ -476,6 +523,10 @@ impl Run {
     }
 
     fn train(mut self, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
+        self.train_steps(options).map_err(|error| explain_write_failure(&self.run_dir, error))
+    }
+
+    fn train_steps(&mut self, options: &RunOptions) -> Result<TrainOutcome, EngineError> {
         let started = Instant::now();
         // SIGINT or SIGTERM (Ctrl-C, a preempted job) ends the step in flight, then the run
         // saves a checkpoint and exits as on --pause-after-steps.
@@ -559,6 +610,10 @@ impl Run {
                 Ok(path) => format!("the training state is saved in {}; resume to write final/", path.display()),
                 Err(also) => format!("saving the training state failed too: {also}"),
             };
+            if error.write_problem().is_some() {
+                // Said by the run's one line for failed writes, which names what is intact.
+                return Err(error);
+            }
             return Err(EngineError::Config(format!("{error}; {saved}")));
         }
         let scores = self.task.final_evaluation()?;
@@ -1083,7 +1138,9 @@ pub fn check_batch_splits(batch_size: usize, processes: usize) -> Result<(), Eng
     Ok(())
 }
 
-fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
+/// Checks the settings alone (the batch split, the policies given, the rates, the device),
+/// before anything is read or written.
+pub fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), EngineError> {
     check_batch_splits(config.batch_size, options.team.size())?;
     if config.policies.is_empty() {
         return Err(EngineError::Config("--policy: give at least one policy".into()));
@@ -1106,6 +1163,51 @@ fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), Engin
         }
     }
     Ok(())
+}
+
+/// `error`, or when it is a write that failed for a reason outside the trainer (see
+/// [`WriteProblem`]), one line naming what was being written, the checkpoints that are
+/// complete, and how to go on.
+fn explain_write_failure(run_dir: &Path, error: EngineError) -> EngineError {
+    let Some((path, problem)) = error.write_problem() else { return error };
+    let run = run_dir.display();
+    let relative = path.strip_prefix(run_dir).unwrap_or(&path);
+    let mut parts = relative.iter().map(|part| part.to_string_lossy());
+    let written = match (parts.next(), parts.next()) {
+        (Some(first), Some(step)) if first == checkpoint::CHECKPOINTS_DIR => {
+            format!("checkpoint {}", step.trim_end_matches(".tmp"))
+        }
+        (Some(first), _) if first.starts_with("final") => "final/".to_string(),
+        (Some(first), _) if first.starts_with(BEST_DIR) => format!("{BEST_DIR}/"),
+        _ => relative.display().to_string(),
+    };
+    if problem == WriteProblem::Vanished && !run_dir.is_dir() {
+        return EngineError::WriteFailed(format!(
+            "{run} vanished while writing {written}: the run folder was moved or deleted during the run, and \
+             nothing of it is left there to resume"
+        ));
+    }
+    let complete = checkpoint::complete_steps(run_dir);
+    let names: Vec<String> = complete.iter().map(|step| format!("step-{step}")).collect();
+    let kept = match names.len() {
+        0 => "no checkpoint was written before".to_string(),
+        1 => format!("checkpoint {} is intact", names[0]),
+        _ => format!("checkpoints {} are intact", names.join(", ")),
+    };
+    let fix = match problem {
+        WriteProblem::DiskFull | WriteProblem::QuotaExceeded => "free space".to_string(),
+        WriteProblem::PermissionDenied | WriteProblem::ReadOnly => format!("make {run} writable"),
+        WriteProblem::Vanished => format!("restore what was removed from {run}"),
+    };
+    let next = if names.is_empty() {
+        "start the run again with --overwrite".to_string()
+    } else {
+        format!("run `trainer train --resume {run}`")
+    };
+    EngineError::WriteFailed(format!(
+        "{} while writing {written} in {run}; {kept}; {fix} and {next}",
+        problem.describe()
+    ))
 }
 
 fn holds_run(run_dir: &Path) -> bool {

@@ -89,6 +89,9 @@ pub trait Task {
     /// teacher, fixed queries).
     fn parameter_group(&self, name: &str) -> Option<usize>;
     fn steps_per_epoch(&self) -> u64;
+    /// Samples it trains on (after any `--skip-bad-samples` left out): part of the data's
+    /// fingerprint, which counts images rather than hashing them.
+    fn train_samples(&self) -> usize;
     fn epoch_of(&self, step: u64) -> u64;
     /// Lines for the start-up report (which tokenizer, which teacher).
     fn describe(&self) -> Vec<String>;

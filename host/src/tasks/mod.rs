@@ -17,7 +17,9 @@ pub mod use_model;
 
 pub use inputs::{Execution, InputArgs, Inputs, Precision, TaskContext};
 
-use crate::engine::{self, EngineError, Resume, RunConfig, RunOptions, SavedRun, Task, TrainOutcome};
+use crate::engine::{
+    self, DataFingerprint, EngineError, Resume, RunConfig, RunLock, RunOptions, SavedRun, Task, TrainOutcome,
+};
 use crate::files::FileError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -153,6 +155,27 @@ impl TaskConfig {
         Ok(())
     }
 
+    /// The files of the data these settings train and evaluate on (a folder given as data
+    /// stands for its files), for the run's data fingerprint; images are counted, not listed.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let inputs = match self {
+            TaskConfig::Clip(config) => &config.inputs,
+            TaskConfig::Tagging(config) => &config.inputs,
+            TaskConfig::Detection(config) => &config.inputs,
+        };
+        let mut files = vec![inputs.data.clone()];
+        files.extend(inputs.val_data.iter().filter(|val| **val != inputs.data).cloned());
+        if let TaskConfig::Tagging(config) = self {
+            files.extend(config.tags.iter().cloned());
+        }
+        files
+    }
+
+    /// The fingerprint of the data of `opened`, a task opened from these settings.
+    fn data_fingerprint(&self, opened: &dyn Task) -> Result<DataFingerprint, EngineError> {
+        DataFingerprint::new(&self.data_files(), opened.train_samples())
+    }
+
     /// The task section of a saved run.
     pub fn of_saved(saved: &SavedRun, run_dir: &Path) -> Result<TaskConfig, EngineError> {
         serde_json::from_value(saved.task.clone()).map_err(|err| {
@@ -171,6 +194,10 @@ pub fn train(
     options: &RunOptions,
     execution: Execution,
 ) -> Result<TrainOutcome, EngineError> {
+    // Settings that cannot work make no folder; a live run there is named before the folder
+    // is read or cleared, and the claim is held until the run has ended.
+    engine::validate_config(run, options)?;
+    let _claim = RunLock::for_run(options)?;
     engine::check_new_run(run, options)?;
     let context = TaskContext {
         device: options.device,
@@ -181,12 +208,16 @@ pub fn train(
         load_weights: true,
     };
     let opened = task.open(&context)?;
+    let data = task.data_fingerprint(opened.as_ref())?;
     let section = serde_json::to_value(task).expect("task settings serialize");
-    engine::train(run, opened, section, options)
+    engine::train(run, opened, section, data, options)
 }
 
 /// Continues the run in `options.run_dir` with its saved settings.
 pub fn resume(options: &RunOptions, resume: &Resume, execution: Execution) -> Result<TrainOutcome, EngineError> {
+    // A folder without a run is not made by claiming it: reading run.json says what is wrong.
+    let has_run = options.run_dir.join(engine::RUN_FILE).is_file();
+    let _claim = if has_run { RunLock::for_run(options)? } else { None };
     let saved = SavedRun::read(&options.run_dir)?;
     engine::check_resume(&saved, options, resume)?;
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
@@ -199,7 +230,8 @@ pub fn resume(options: &RunOptions, resume: &Resume, execution: Execution) -> Re
         load_weights: false,
     };
     let opened = task.open(&context)?;
-    engine::resume(saved, opened, options, resume)
+    let data = task.data_fingerprint(opened.as_ref())?;
+    engine::resume(saved, opened, data, options, resume)
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ impl TrainingData {
         self.sampler().epoch_of(step)
     }
 
-    fn sampler(&self) -> &EpochSampler {
+    pub fn sampler(&self) -> &EpochSampler {
         match self {
             TrainingData::Labelled(data) => &data.sampler,
             TrainingData::Captioned(data) => data.sampler(),

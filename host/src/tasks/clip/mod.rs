@@ -139,6 +139,10 @@ impl Task for ContrastiveTask {
         self.data.steps_per_epoch()
     }
 
+    fn train_samples(&self) -> usize {
+        self.data.sampler().sample_count()
+    }
+
     fn epoch_of(&self, step: u64) -> u64 {
         self.data.epoch_of(step)
     }

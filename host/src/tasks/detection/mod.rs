@@ -633,6 +633,10 @@ impl Task for DetectionTask {
         self.sampler.steps_per_epoch()
     }
 
+    fn train_samples(&self) -> usize {
+        self.sampler.sample_count()
+    }
+
     fn epoch_of(&self, step: u64) -> u64 {
         self.sampler.epoch_of(step)
     }

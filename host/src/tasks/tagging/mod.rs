@@ -817,6 +817,10 @@ impl Task for TaggingTask {
         self.source.sampler().steps_per_epoch()
     }
 
+    fn train_samples(&self) -> usize {
+        self.source.sampler().sample_count()
+    }
+
     fn epoch_of(&self, step: u64) -> u64 {
         self.source.sampler().epoch_of(step)
     }
