@@ -1,7 +1,9 @@
 //! CLIP as `transformers` defines it: a checkpoint written by `transformers` (the fixture
 //! made by `tests/fixtures/clip/make_fixture.py`) loads and gives the outputs `transformers`
-//! computed, float32 or bfloat16; and the trainer's saved folder loads back into
-//! `transformers` with the same outputs.
+//! computed, float32 or bfloat16, from `model.safetensors` or from a `torch.save`
+//! `pytorch_model.bin` read without Python; and the trainer's saved folder loads back into
+//! `transformers` with the same outputs. PyTorch files keep views, dtypes and parameters
+//! exactly, and one that would run code in Python is refused by name.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use trainer::models::clip::Clip;
-use trainer::models::pretrained;
+use trainer::models::{pretrained, pth};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/clip")
@@ -82,4 +84,34 @@ fn a_missing_or_misshapen_tensor_is_named() {
     let err = pretrained::load_weights(&store, &file).unwrap_err().to_string();
     assert!(err.contains("`logit_scale` has shape [2]"), "{err}");
     drop(config);
+}
+
+#[test]
+fn pytorch_checkpoints_load_without_python_and_code_in_them_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = common::python_fixture("pth/make_checkpoints.py", &[dir.path().as_os_str()]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    let (_, _, model) = Clip::from_pretrained(&dir.path().join("bin"), Device::Cpu).unwrap();
+    assert_matches_transformers(&model, "tiny-expected.safetensors");
+
+    // Views sharing one storage, every common dtype and a Parameter, under `model` beside
+    // other values: each as PyTorch made it contiguous.
+    let read: HashMap<String, Tensor> =
+        pth::read_state_dict(&dir.path().join("views.pth")).unwrap().into_iter().collect();
+    let expected: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("views-expected.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(read.len(), expected.len());
+    for (name, tensor) in &expected {
+        let got = &read[name];
+        assert_eq!(got.kind(), tensor.kind(), "{name}");
+        assert!(got.equal(tensor), "{name}: {got} against {tensor}");
+    }
+
+    let refused = pth::read_state_dict(&dir.path().join("evil.pth")).unwrap_err().to_string();
+    assert!(
+        refused.contains("evil.pth") && refused.contains(".system`") && refused.contains("weights_only"),
+        "{refused}"
+    );
+    assert!(!dir.path().join("ran").exists(), "nothing ran");
 }

@@ -492,13 +492,13 @@ impl Clip {
         self.compute.checkpointing = on;
     }
 
-    /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors`) onto `device`,
-    /// with float32 variables whatever the file's dtype.
+    /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors` or
+    /// `pytorch_model.bin`) onto `device`, with float32 variables whatever the file's dtype.
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<(ClipConfig, nn::VarStore, Clip), PretrainedError> {
         let config: ClipConfig = pretrained::read_config(dir)?;
         let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &config);
-        pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        pretrained::load_weights(&var_store, &pretrained::weights_in(dir))?;
         Ok((config, var_store, model))
     }
 

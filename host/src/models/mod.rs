@@ -6,4 +6,5 @@ pub mod clip;
 pub mod groups;
 pub mod owlvit;
 pub mod pretrained;
+pub mod pth;
 pub mod tagger;

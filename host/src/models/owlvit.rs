@@ -254,7 +254,7 @@ impl OwlDetector {
         let config = OwlConfig::read(dir)?;
         let var_store = nn::VarStore::new(device);
         let model = OwlDetector::new(&var_store.root(), &config);
-        pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        pretrained::load_weights(&var_store, &pretrained::weights_in(dir))?;
         Ok((config, var_store, model))
     }
 

@@ -12,6 +12,27 @@ use tch::{Tensor, nn};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The weights of Hugging Face folders saved before safetensors, or with
+/// `safe_serialization=False`: a `torch.save` file.
+pub const PYTORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
+
+/// The weights file of the model folder `dir`: `model.safetensors`, or where only that is
+/// missing, `pytorch_model.bin`.
+pub fn weights_in(dir: &Path) -> PathBuf {
+    let safetensors = dir.join(WEIGHTS_FILE);
+    let pytorch = dir.join(PYTORCH_WEIGHTS_FILE);
+    if !safetensors.is_file() && pytorch.is_file() { pytorch } else { safetensors }
+}
+
+/// The tensors of a weights file: safetensors, or a `torch.save` checkpoint (any other
+/// extension: `.bin`, `.pth`, `.pt`), read by [`super::pth`].
+fn read_tensors(file: &Path) -> Result<HashMap<String, Tensor>, PretrainedError> {
+    if file.extension().is_some_and(|extension| extension == "safetensors") {
+        let torch_error = |source| PretrainedError::Torch { path: file.to_path_buf(), source };
+        return Ok(Tensor::read_safetensors(file).map_err(torch_error)?.into_iter().collect());
+    }
+    Ok(super::pth::read_state_dict(file)?.into_iter().collect())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainedError {
@@ -95,8 +116,7 @@ pub fn load_weights_named(
     file_name: impl Fn(&str) -> Option<String>,
     allow_partial: bool,
 ) -> Result<LoadReport, PretrainedError> {
-    let torch_error = |source| PretrainedError::Torch { path: file.to_path_buf(), source };
-    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file).map_err(torch_error)?.into_iter().collect();
+    let tensors = read_tensors(file)?;
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let mut fresh = Vec::new();

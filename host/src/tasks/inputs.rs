@@ -306,7 +306,7 @@ pub fn load_model(
     file_name: impl Fn(&str) -> Option<String>,
     allow_partial: bool,
 ) -> Result<LoadReport, EngineError> {
-    let file = dir.join(pretrained::WEIGHTS_FILE);
+    let file = pretrained::weights_in(dir);
     pretrained::load_weights_named(var_store, &file, file_name, allow_partial).map_err(|err| match err {
         PretrainedError::Missing { .. } => EngineError::Config(format!(
             "--model {}: {err}; pass --allow-partial to start those from scratch",

@@ -81,11 +81,13 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
 /// [`load_evaluated_weights`]), the folder's kind of model otherwise.
 pub fn evaluation_settings(request: &EvalRequest) -> Result<(TaskConfig, TaskContext, PathBuf), EngineError> {
     let dir = absolute(request.model.clone());
-    if !dir.join(pretrained::WEIGHTS_FILE).is_file() {
+    if !pretrained::weights_in(&dir).is_file() {
         return Err(EngineError::Config(format!(
-            "--model {}: no {} (expected a run's final/, best/, checkpoints/step-N/, or a Hugging Face folder)",
+            "--model {}: no {} or {} (expected a run's final/, best/, checkpoints/step-N/, or a Hugging Face \
+             folder)",
             dir.display(),
-            pretrained::WEIGHTS_FILE
+            pretrained::WEIGHTS_FILE,
+            pretrained::PYTORCH_WEIGHTS_FILE
         )));
     }
     let in_run = run_of(&dir);
@@ -135,7 +137,7 @@ pub fn load_evaluated_weights(
     dir: &Path,
 ) -> Result<(), EngineError> {
     if !context.load_weights {
-        pretrained::load_weights(var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        pretrained::load_weights(var_store, &pretrained::weights_in(dir))?;
     }
     Ok(())
 }
