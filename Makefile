@@ -68,6 +68,9 @@ test-times: test-setup policies-all
 	$(TEST_ENV) benches/test-times.sh
 
 OPEN_CLIP := $(CACHE)/open_clip
+OPEN_CLIP_VERSION := 3.3.0
+# open_clip itself, the reference the tests compare open_clip checkpoints with.
+OPEN_CLIP_INSTALLED := $(VENV)/.installed-open-clip-$(OPEN_CLIP_VERSION)
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 
 # What benches/device-check.sh needs on a GPU machine that has torch but no Rust and no
@@ -100,7 +103,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 
 # What the tests need besides: the Python packages of the reference sides and the
 # toolchains of the Python, JavaScript and C policies.
-test-setup: setup $(TEST_PACKAGES) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+test-setup: setup $(TEST_PACKAGES) $(OPEN_CLIP_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
@@ -137,11 +140,16 @@ $(TEST_PACKAGES): $(TORCH_INSTALLED)
 		pycocotools scipy torchvision==$(TORCHVISION_VERSION)
 	touch $@
 
+$(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
+		torchvision==$(TORCHVISION_VERSION) open_clip_torch==$(OPEN_CLIP_VERSION)
+	touch $@
+
 # OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),
 # taken from the open_clip_torch wheel on PyPI.
 $(CLIP_BPE): $(TORCH_INSTALLED)
 	rm -rf $(OPEN_CLIP).tmp && mkdir -p $(OPEN_CLIP).tmp
-	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0 -d $(OPEN_CLIP).tmp
+	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps open_clip_torch==$(OPEN_CLIP_VERSION) -d $(OPEN_CLIP).tmp
 	cd $(OPEN_CLIP).tmp && $(PYTHON) -c 'import glob, zipfile; wheel = zipfile.ZipFile(glob.glob("*.whl")[0]); \
 		[open(name.split("/")[-1], "wb").write(wheel.read(name)) for name in \
 		 ("open_clip/tokenizer.py", "open_clip/bpe_simple_vocab_16e6.txt.gz")]'

@@ -10,6 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+use trainer::models::clip::Activation;
 use trainer::models::clip::Clip;
 use trainer::models::{pretrained, pth};
 
@@ -114,4 +115,56 @@ fn pytorch_checkpoints_load_without_python_and_code_in_them_is_refused() {
         "{refused}"
     );
     assert!(!dir.path().join("ran").exists(), "nothing ran");
+}
+
+/// An open_clip folder (`open_clip_config.json` and its weights, safetensors or
+/// `torch.save`), made by `tests/fixtures/open_clip/make_model.py`, gives open_clip's
+/// embeddings with GELU and with QuickGELU, and fine-tunes; a tower the trainer lacks is
+/// refused by its field.
+#[test]
+fn open_clip_folders_give_open_clips_embeddings_and_fine_tune() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = common::python_fixture("open_clip/make_model.py", &[dir.path().as_os_str()]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    for name in ["gelu", "quickgelu"] {
+        let folder = dir.path().join(name);
+        let (config, _, model) = Clip::from_pretrained(&folder, Device::Cpu).unwrap();
+        assert_eq!(config.vision_config.hidden_act == Activation::QuickGelu, name == "quickgelu");
+        let expected: HashMap<String, Tensor> =
+            Tensor::read_safetensors(folder.join("expected.safetensors")).unwrap().into_iter().collect();
+        tch::no_grad(|| {
+            let images = model.image_embeddings(&expected["pixel_values"]);
+            assert_close(&format!("{name} image_embeds"), &images, &expected["image_embeds"]);
+            let texts = model.text_embeddings(&expected["input_ids"]);
+            assert_close(&format!("{name} text_embeds"), &texts, &expected["text_embeds"]);
+        });
+    }
+
+    let folder = dir.path().join("gelu");
+    let run = dir.path().join("run");
+    let constant = common::policy("constant").display().to_string();
+    let trained = common::trainer(&[
+        "train",
+        "--device",
+        "cpu",
+        "--model",
+        folder.to_str().unwrap(),
+        "--policy",
+        &constant,
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    common::assert_success(&trained);
+    Clip::from_pretrained(&run.join("final"), Device::Cpu).expect("final/ is a Hugging Face folder");
+
+    let config_file = folder.join("open_clip_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    config["model_cfg"]["vision_cfg"]["timm_model_name"] = "convnext_base".into();
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let refused = Clip::from_pretrained(&folder, Device::Cpu).err().expect("refused").to_string();
+    assert!(refused.contains("open_clip_config.json") && refused.contains("timm_model_name"), "{refused}");
 }

@@ -5,6 +5,7 @@
 
 use super::checkpoint;
 use super::groups::{GroupBy, GroupLayout, Place, TowerPart};
+use super::open_clip;
 use super::pretrained::{self, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -124,6 +125,12 @@ impl Default for ClipConfig {
             architectures: vec!["CLIPModel".to_string()],
         }
     }
+}
+
+/// The configuration of a CLIP folder: a Hugging Face one's `config.json`, or an open_clip
+/// one's `open_clip_config.json`.
+pub fn read_folder_config(dir: &Path) -> Result<ClipConfig, PretrainedError> {
+    if open_clip::is_open_clip(dir) { open_clip::read_config(dir) } else { pretrained::read_config(dir) }
 }
 
 impl ClipConfig {
@@ -494,11 +501,17 @@ impl Clip {
 
     /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors` or
     /// `pytorch_model.bin`) onto `device`, with float32 variables whatever the file's dtype.
+    /// An open_clip folder ([`super::open_clip`]) loads the same way.
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<(ClipConfig, nn::VarStore, Clip), PretrainedError> {
-        let config: ClipConfig = pretrained::read_config(dir)?;
+        let config = read_folder_config(dir)?;
         let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &config);
-        pretrained::load_weights(&var_store, &pretrained::weights_in(dir))?;
+        if open_clip::is_open_clip(dir) {
+            let (file, tensors) = open_clip::read_weights(dir)?;
+            pretrained::load_tensors_named(&var_store, &file, &tensors, |name| Some(name.to_string()), false)?;
+        } else {
+            pretrained::load_weights(&var_store, &pretrained::weights_in(dir))?;
+        }
         Ok((config, var_store, model))
     }
 

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod groups;
+pub mod open_clip;
 pub mod owlvit;
 pub mod pretrained;
 pub mod pth;

@@ -26,7 +26,7 @@ pub fn weights_in(dir: &Path) -> PathBuf {
 
 /// The tensors of a weights file: safetensors, or a `torch.save` checkpoint (any other
 /// extension: `.bin`, `.pth`, `.pt`), read by [`super::pth`].
-fn read_tensors(file: &Path) -> Result<HashMap<String, Tensor>, PretrainedError> {
+pub fn read_tensors(file: &Path) -> Result<HashMap<String, Tensor>, PretrainedError> {
     if file.extension().is_some_and(|extension| extension == "safetensors") {
         let torch_error = |source| PretrainedError::Torch { path: file.to_path_buf(), source };
         return Ok(Tensor::read_safetensors(file).map_err(torch_error)?.into_iter().collect());
@@ -116,7 +116,18 @@ pub fn load_weights_named(
     file_name: impl Fn(&str) -> Option<String>,
     allow_partial: bool,
 ) -> Result<LoadReport, PretrainedError> {
-    let tensors = read_tensors(file)?;
+    load_tensors_named(var_store, file, &read_tensors(file)?, file_name, allow_partial)
+}
+
+/// Like [`load_weights_named`], from `tensors` already read from `file` (and renamed, as
+/// an open_clip checkpoint's are).
+pub fn load_tensors_named(
+    var_store: &nn::VarStore,
+    file: &Path,
+    tensors: &HashMap<String, Tensor>,
+    file_name: impl Fn(&str) -> Option<String>,
+    allow_partial: bool,
+) -> Result<LoadReport, PretrainedError> {
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let mut fresh = Vec::new();

@@ -12,7 +12,7 @@ use crate::data::{PixelNormalizer, fashion_mnist};
 use crate::engine::{CHECKPOINTS_DIR, EngineError, RUN_FILE, SavedRun, Scores};
 use crate::files::FileError;
 use crate::models::owlvit::OwlVariant;
-use crate::models::{pretrained, tagger};
+use crate::models::{open_clip, pretrained, tagger};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -46,6 +46,9 @@ pub fn run_of(model: &Path) -> Option<PathBuf> {
 
 /// The kind of model in `dir`, by its `config.json`: a tagger, a detector or a CLIP.
 pub fn kind_of_folder(dir: &Path) -> Result<TaskKind, EngineError> {
+    if open_clip::is_open_clip(dir) {
+        return Ok(TaskKind::Clip);
+    }
     let config: serde_json::Value = pretrained::read_config(dir)?;
     let detectors = [OwlVariant::OwlVit, OwlVariant::Owlv2].map(OwlVariant::model_type);
     Ok(match config["model_type"].as_str() {
@@ -81,7 +84,7 @@ pub fn evaluate(request: &EvalRequest) -> Result<Scores, EngineError> {
 /// [`load_evaluated_weights`]), the folder's kind of model otherwise.
 pub fn evaluation_settings(request: &EvalRequest) -> Result<(TaskConfig, TaskContext, PathBuf), EngineError> {
     let dir = absolute(request.model.clone());
-    if !pretrained::weights_in(&dir).is_file() {
+    if !pretrained::weights_in(&dir).is_file() && !open_clip::is_open_clip(&dir) {
         return Err(EngineError::Config(format!(
             "--model {}: no {} or {} (expected a run's final/, best/, checkpoints/step-N/, or a Hugging Face \
              folder)",

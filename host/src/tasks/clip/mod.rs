@@ -20,7 +20,7 @@ use crate::data::clip_tokenizer;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::models::clip::{Clip, ClipConfig, parameter_groups, parameter_place};
+use crate::models::clip::{self, Clip, ClipConfig, parameter_groups, parameter_place};
 use crate::models::groups::{Group, GroupLayout};
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
@@ -210,7 +210,7 @@ fn open_data(
             dir.display()
         )));
     }
-    let pretrained: Option<ClipConfig> = inputs.model.as_deref().map(pretrained::read_config).transpose()?;
+    let pretrained: Option<ClipConfig> = inputs.model.as_deref().map(clip::read_folder_config).transpose()?;
     if kind == DataKind::FashionMnist {
         options.refuse_file_flags_for_fashion_mnist()?;
     }

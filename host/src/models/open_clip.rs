@@ -1,0 +1,231 @@
+//! open_clip's checkpoints of CLIP, as its hub folders hold them: `open_clip_config.json`
+//! (`model_cfg`: `embed_dim`, `vision_cfg`, `text_cfg`, `quick_gelu`) beside
+//! `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`, read into the trainer's
+//! CLIP ([`super::clip`], Hugging Face's layout).
+//!
+//! The two layouts hold the same numbers (open_clip's `VisionTransformer` and
+//! `TextTransformer` with their defaults, read from open_clip 3.3's `model.py` and
+//! `transformer.py`): `nn.MultiheadAttention`'s packed `in_proj_weight` is the query, key
+//! and value projections stacked in that order; `visual.proj` and `text_projection` are
+//! the transposes of Hugging Face's projection weights; vision heads are `width /
+//! head_width`; layer norms use eps 1e-5; the text is read at its largest token id (the
+//! end token), which is Hugging Face's legacy `eos_token_id` 2. Configurations that leave
+//! those defaults (a timm or Hugging Face tower, attentional pooling, layer scale, other
+//! pooling, QK norm, a logit bias as in SigLIP) are refused by name.
+
+use super::clip::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+use super::pretrained::PretrainedError;
+use crate::files::FileError;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const CONFIG_FILE: &str = "open_clip_config.json";
+/// Where open_clip's folders keep the weights, in the order they are looked for.
+const WEIGHTS_FILES: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
+/// `transformers`' value by which the text is read at its largest token id.
+const LEGACY_EOS_TOKEN_ID: i64 = 2;
+
+#[derive(Debug, Deserialize)]
+struct FolderConfig {
+    model_cfg: ModelCfg,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelCfg {
+    embed_dim: i64,
+    vision_cfg: serde_json::Map<String, serde_json::Value>,
+    text_cfg: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    quick_gelu: bool,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whether `dir` is an open_clip folder.
+pub fn is_open_clip(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).is_file()
+}
+
+/// A field of an open_clip tower's configuration, or its default.
+fn field(section: &serde_json::Map<String, serde_json::Value>, name: &str, default: f64) -> f64 {
+    section.get(name).and_then(serde_json::Value::as_f64).unwrap_or(default)
+}
+
+/// The first field of `section` set to other than the default this reader implements.
+fn unsupported(
+    section: &serde_json::Map<String, serde_json::Value>,
+    defaults: &[(&str, serde_json::Value)],
+) -> Option<String> {
+    defaults.iter().find_map(|(name, default)| {
+        let value = section.get(*name)?;
+        (value != default && !value.is_null()).then(|| format!("{name} = {value}"))
+    })
+}
+
+/// The trainer's CLIP configuration of the open_clip folder `dir`.
+pub fn read_config(dir: &Path) -> Result<ClipConfig, PretrainedError> {
+    use serde_json::json;
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(FileError::io(&path))?;
+    let config: FolderConfig = serde_json::from_str(&text).map_err(|err| FileError::format(&path, err.to_string()))?;
+    let ModelCfg { embed_dim, vision_cfg: vision, text_cfg: text, quick_gelu, other } = config.model_cfg;
+    let refuse = |part: &str, what: String| {
+        PretrainedError::File(FileError::format(
+            &path,
+            format!("{part}: {what} is an architecture this trainer does not have (it trains open_clip's ViT CLIP)"),
+        ))
+    };
+    let tower_defaults = [
+        ("ls_init_value", json!(null)),
+        ("final_ln_after_pool", json!(false)),
+        ("qk_norm", json!(false)),
+        ("scaled_cosine_attn", json!(false)),
+        ("scale_heads", json!(false)),
+        ("scale_attn", json!(false)),
+        ("scale_attn_inner", json!(false)),
+        ("scale_fc", json!(false)),
+        ("block_type", json!(null)),
+        ("act_kwargs", json!(null)),
+        ("norm_kwargs", json!(null)),
+    ];
+    let vision_defaults = [
+        ("timm_model_name", json!(null)),
+        ("attentional_pool", json!(false)),
+        ("no_ln_pre", json!(false)),
+        ("pos_embed_type", json!("learnable")),
+        ("pool_type", json!("tok")),
+        ("patch_dropout", json!(0.0)),
+    ];
+    let text_defaults = [
+        ("hf_model_name", json!(null)),
+        ("embed_cls", json!(false)),
+        ("no_causal_mask", json!(false)),
+        ("pool_type", json!("argmax")),
+        ("proj_bias", json!(false)),
+        ("proj_type", json!("linear")),
+    ];
+    for (part, section, defaults) in
+        [("vision_cfg", &vision, &vision_defaults[..]), ("text_cfg", &text, &text_defaults[..])]
+    {
+        if let Some(what) = unsupported(section, defaults).or_else(|| unsupported(section, &tower_defaults)) {
+            return Err(refuse(part, what));
+        }
+    }
+    if let Some(what) =
+        unsupported(&other, &[("init_logit_bias", json!(null)), ("nonscalar_logit_scale", json!(false))])
+    {
+        return Err(refuse("model_cfg", what));
+    }
+    let activation = if quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
+    let vision_width = field(&vision, "width", 768.0) as i64;
+    let text_width = field(&text, "width", 512.0) as i64;
+    let vision_config = ClipVisionConfig {
+        hidden_size: vision_width,
+        intermediate_size: (vision_width as f64 * field(&vision, "mlp_ratio", 4.0)) as i64,
+        num_hidden_layers: field(&vision, "layers", 12.0) as i64,
+        num_attention_heads: vision_width / field(&vision, "head_width", 64.0) as i64,
+        num_channels: 3,
+        image_size: field(&vision, "image_size", 224.0) as i64,
+        patch_size: field(&vision, "patch_size", 16.0) as i64,
+        hidden_act: activation,
+        layer_norm_eps: 1e-5,
+    };
+    let text_config = ClipTextConfig {
+        vocab_size: field(&text, "vocab_size", 49408.0) as i64,
+        hidden_size: text_width,
+        intermediate_size: (text_width as f64 * field(&text, "mlp_ratio", 4.0)) as i64,
+        num_hidden_layers: field(&text, "layers", 12.0) as i64,
+        num_attention_heads: field(&text, "heads", 8.0) as i64,
+        max_position_embeddings: field(&text, "context_length", 77.0) as i64,
+        hidden_act: activation,
+        layer_norm_eps: 1e-5,
+        eos_token_id: LEGACY_EOS_TOKEN_ID,
+        ..ClipTextConfig::default()
+    };
+    Ok(ClipConfig { text_config, vision_config, projection_dim: embed_dim, ..ClipConfig::default() })
+}
+
+/// The weights file of the open_clip folder `dir`.
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let found = WEIGHTS_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file());
+    found.unwrap_or_else(|| dir.join(WEIGHTS_FILES[0]))
+}
+
+/// The Hugging Face names of one resblock's tensors, `prefix` being its open_clip name
+/// (`visual.transformer.resblocks.3.`) and `to` its Hugging Face one.
+fn resblock(name: &str, prefix: &str, to: &str, tensor: Tensor, out: &mut HashMap<String, Tensor>) -> Option<()> {
+    let rest = name.strip_prefix(prefix)?;
+    match rest {
+        "attn.in_proj_weight" | "attn.in_proj_bias" => {
+            let kind = rest.rsplit('_').next().expect("a suffix");
+            for (part, chunk) in ["q_proj", "k_proj", "v_proj"].iter().zip(tensor.chunk(3, 0)) {
+                out.insert(format!("{to}self_attn.{part}.{kind}"), chunk.contiguous());
+            }
+        }
+        _ => {
+            let renamed = [
+                ("attn.out_proj.", "self_attn.out_proj."),
+                ("ln_1.", "layer_norm1."),
+                ("ln_2.", "layer_norm2."),
+                ("mlp.c_fc.", "mlp.fc1."),
+                ("mlp.c_proj.", "mlp.fc2."),
+            ]
+            .iter()
+            .find_map(|(from, into)| rest.strip_prefix(from).map(|param| format!("{to}{into}{param}")))?;
+            out.insert(renamed, tensor);
+        }
+    }
+    Some(())
+}
+
+/// The tensors of the open_clip folder `dir` under the trainer's (Hugging Face's) names,
+/// and the file they came from; tensors it has no place for keep their own names, so the
+/// load reports them unused.
+pub fn read_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>), PretrainedError> {
+    let file = weights_file(dir);
+    let mut out = HashMap::new();
+    for (name, tensor) in super::pretrained::read_tensors(&file)? {
+        let renamed = match name.as_str() {
+            "visual.conv1.weight" => "vision_model.embeddings.patch_embedding.weight",
+            "visual.class_embedding" => "vision_model.embeddings.class_embedding",
+            "visual.positional_embedding" => "vision_model.embeddings.position_embedding.weight",
+            "visual.ln_pre.weight" => "vision_model.pre_layrnorm.weight",
+            "visual.ln_pre.bias" => "vision_model.pre_layrnorm.bias",
+            "visual.ln_post.weight" => "vision_model.post_layernorm.weight",
+            "visual.ln_post.bias" => "vision_model.post_layernorm.bias",
+            "token_embedding.weight" => "text_model.embeddings.token_embedding.weight",
+            "positional_embedding" => "text_model.embeddings.position_embedding.weight",
+            "ln_final.weight" => "text_model.final_layer_norm.weight",
+            "ln_final.bias" => "text_model.final_layer_norm.bias",
+            "logit_scale" => "logit_scale",
+            "visual.proj" => {
+                out.insert("visual_projection.weight".into(), tensor.tr().contiguous());
+                continue;
+            }
+            "text_projection" => {
+                out.insert("text_projection.weight".into(), tensor.tr().contiguous());
+                continue;
+            }
+            _ => {
+                let block = name.split('.').take_while(|part| part.parse::<usize>().is_err()).count();
+                let index = name.split('.').nth(block).unwrap_or_default();
+                let prefixes = [
+                    (format!("visual.transformer.resblocks.{index}."), format!("vision_model.encoder.layers.{index}.")),
+                    (format!("transformer.resblocks.{index}."), format!("text_model.encoder.layers.{index}.")),
+                ];
+                let placed = prefixes.iter().any(|(prefix, to)| {
+                    name.starts_with(prefix.as_str())
+                        && resblock(&name, prefix, to, tensor.shallow_clone(), &mut out).is_some()
+                });
+                if !placed {
+                    out.insert(name, tensor);
+                }
+                continue;
+            }
+        };
+        out.insert(renamed.to_string(), tensor);
+    }
+    Ok((file, out))
+}
