@@ -119,8 +119,8 @@ fn pytorch_checkpoints_load_without_python_and_code_in_them_is_refused() {
 
 /// An open_clip folder (`open_clip_config.json` and its weights, safetensors or
 /// `torch.save`), made by `tests/fixtures/open_clip/make_model.py`, gives open_clip's
-/// embeddings with GELU and with QuickGELU, and fine-tunes; a tower the trainer lacks is
-/// refused by its field.
+/// embeddings with GELU and with QuickGELU, and fine-tunes into a `final/` that open_clip
+/// and `transformers` both load; a tower the trainer lacks is refused by its field.
 #[test]
 fn open_clip_folders_give_open_clips_embeddings_and_fine_tune() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +159,16 @@ fn open_clip_folders_give_open_clips_embeddings_and_fine_tune() {
         run.to_str().unwrap(),
     ]);
     common::assert_success(&trained);
-    Clip::from_pretrained(&run.join("final"), Device::Cpu).expect("final/ is a Hugging Face folder");
+    // final/ in both layouts: open_clip loads it strictly, transformers too, alike.
+    let expected = folder.join("expected.safetensors");
+    let check =
+        common::python_fixture("open_clip/check_saved.py", &[run.join("final").as_os_str(), expected.as_os_str()]);
+    assert!(
+        check.status.success(),
+        "open_clip and transformers disagree on final/:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let config_file = folder.join("open_clip_config.json");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();

@@ -153,31 +153,60 @@ pub fn weights_file(dir: &Path) -> PathBuf {
     found.unwrap_or_else(|| dir.join(WEIGHTS_FILES[0]))
 }
 
-/// The Hugging Face names of one resblock's tensors, `prefix` being its open_clip name
-/// (`visual.transformer.resblocks.3.`) and `to` its Hugging Face one.
-fn resblock(name: &str, prefix: &str, to: &str, tensor: Tensor, out: &mut HashMap<String, Tensor>) -> Option<()> {
-    let rest = name.strip_prefix(prefix)?;
-    match rest {
-        "attn.in_proj_weight" | "attn.in_proj_bias" => {
-            let kind = rest.rsplit('_').next().expect("a suffix");
-            for (part, chunk) in ["q_proj", "k_proj", "v_proj"].iter().zip(tensor.chunk(3, 0)) {
-                out.insert(format!("{to}self_attn.{part}.{kind}"), chunk.contiguous());
-            }
-        }
-        _ => {
-            let renamed = [
-                ("attn.out_proj.", "self_attn.out_proj."),
-                ("ln_1.", "layer_norm1."),
-                ("ln_2.", "layer_norm2."),
-                ("mlp.c_fc.", "mlp.fc1."),
-                ("mlp.c_proj.", "mlp.fc2."),
-            ]
-            .iter()
-            .find_map(|(from, into)| rest.strip_prefix(from).map(|param| format!("{to}{into}{param}")))?;
-            out.insert(renamed, tensor);
-        }
-    }
-    Some(())
+/// Tensors named alike but for their prefix: open_clip's, then Hugging Face's.
+const RENAMED: [(&str, &str); 12] = [
+    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight"),
+    ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias"),
+    ("visual.ln_post.weight", "vision_model.post_layernorm.weight"),
+    ("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("ln_final.weight", "text_model.final_layer_norm.weight"),
+    ("ln_final.bias", "text_model.final_layer_norm.bias"),
+    ("logit_scale", "logit_scale"),
+];
+/// The projections, each the other's transpose.
+const PROJECTIONS: [(&str, &str); 2] =
+    [("visual.proj", "visual_projection.weight"), ("text_projection", "text_projection.weight")];
+/// The towers' transformer blocks, by the prefix before a block's index.
+const TOWERS: [(&str, &str); 2] = [
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+];
+/// A block's tensors named alike but for their prefix.
+const BLOCK_RENAMED: [(&str, &str); 5] = [
+    ("attn.out_proj.", "self_attn.out_proj."),
+    ("ln_1.", "layer_norm1."),
+    ("ln_2.", "layer_norm2."),
+    ("mlp.c_fc.", "mlp.fc1."),
+    ("mlp.c_proj.", "mlp.fc2."),
+];
+/// `nn.MultiheadAttention`'s packed input projection, by its suffix, and the three it packs.
+const PACKED: &str = "attn.in_proj_";
+const QUERY_KEY_VALUE: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
+
+/// Which checkpoint's names a name is in.
+#[derive(Clone, Copy)]
+enum Names {
+    OpenClip,
+    HuggingFace,
+}
+
+/// A block's tensor: its tower's prefixes (open_clip's, Hugging Face's), its index and the
+/// rest of its name, from its name in `names`.
+fn in_block(name: &str, names: Names) -> Option<(&'static str, &'static str, &str, &str)> {
+    TOWERS.iter().find_map(|&(open_clip, hugging_face)| {
+        let prefix = match names {
+            Names::OpenClip => open_clip,
+            Names::HuggingFace => hugging_face,
+        };
+        let (index, rest) = name.strip_prefix(prefix)?.split_once('.')?;
+        index.parse::<usize>().ok()?;
+        Some((open_clip, hugging_face, index, rest))
+    })
 }
 
 /// The tensors of the open_clip folder `dir` under the trainer's (Hugging Face's) names,
@@ -187,45 +216,62 @@ pub fn read_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>), Pr
     let file = weights_file(dir);
     let mut out = HashMap::new();
     for (name, tensor) in super::pretrained::read_tensors(&file)? {
-        let renamed = match name.as_str() {
-            "visual.conv1.weight" => "vision_model.embeddings.patch_embedding.weight",
-            "visual.class_embedding" => "vision_model.embeddings.class_embedding",
-            "visual.positional_embedding" => "vision_model.embeddings.position_embedding.weight",
-            "visual.ln_pre.weight" => "vision_model.pre_layrnorm.weight",
-            "visual.ln_pre.bias" => "vision_model.pre_layrnorm.bias",
-            "visual.ln_post.weight" => "vision_model.post_layernorm.weight",
-            "visual.ln_post.bias" => "vision_model.post_layernorm.bias",
-            "token_embedding.weight" => "text_model.embeddings.token_embedding.weight",
-            "positional_embedding" => "text_model.embeddings.position_embedding.weight",
-            "ln_final.weight" => "text_model.final_layer_norm.weight",
-            "ln_final.bias" => "text_model.final_layer_norm.bias",
-            "logit_scale" => "logit_scale",
-            "visual.proj" => {
-                out.insert("visual_projection.weight".into(), tensor.tr().contiguous());
-                continue;
-            }
-            "text_projection" => {
-                out.insert("text_projection.weight".into(), tensor.tr().contiguous());
-                continue;
-            }
-            _ => {
-                let block = name.split('.').take_while(|part| part.parse::<usize>().is_err()).count();
-                let index = name.split('.').nth(block).unwrap_or_default();
-                let prefixes = [
-                    (format!("visual.transformer.resblocks.{index}."), format!("vision_model.encoder.layers.{index}.")),
-                    (format!("transformer.resblocks.{index}."), format!("text_model.encoder.layers.{index}.")),
-                ];
-                let placed = prefixes.iter().any(|(prefix, to)| {
-                    name.starts_with(prefix.as_str())
-                        && resblock(&name, prefix, to, tensor.shallow_clone(), &mut out).is_some()
-                });
-                if !placed {
-                    out.insert(name, tensor);
+        if let Some((_, to)) = RENAMED.iter().find(|(from, _)| *from == name) {
+            out.insert(to.to_string(), tensor);
+        } else if let Some((_, to)) = PROJECTIONS.iter().find(|(from, _)| *from == name) {
+            out.insert(to.to_string(), tensor.tr().contiguous());
+        } else if let Some((_, to, index, rest)) = in_block(&name, Names::OpenClip) {
+            if let Some(kind) = rest.strip_prefix(PACKED) {
+                for (part, chunk) in QUERY_KEY_VALUE.iter().zip(tensor.chunk(3, 0)) {
+                    out.insert(format!("{to}{index}.self_attn.{part}.{kind}"), chunk.contiguous());
                 }
-                continue;
+            } else if let Some((from, into)) = BLOCK_RENAMED.iter().find(|(from, _)| rest.starts_with(from)) {
+                out.insert(format!("{to}{index}.{into}{}", &rest[from.len()..]), tensor);
+            } else {
+                out.insert(name, tensor);
             }
-        };
-        out.insert(renamed.to_string(), tensor);
+        } else {
+            out.insert(name, tensor);
+        }
     }
     Ok((file, out))
+}
+
+/// `var_store`'s tensors under open_clip's names, the packed projections packed again.
+fn open_clip_tensors(var_store: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let variables = var_store.variables();
+    let mut out = Vec::with_capacity(variables.len());
+    for (name, tensor) in &variables {
+        let tensor = tensor.detach();
+        if let Some((from, _)) = RENAMED.iter().find(|(_, to)| to == name) {
+            out.push((from.to_string(), tensor));
+        } else if let Some((from, _)) = PROJECTIONS.iter().find(|(_, to)| to == name) {
+            out.push((from.to_string(), tensor.tr().contiguous()));
+        } else if let Some((from, to, index, rest)) = in_block(name, Names::HuggingFace) {
+            if let Some(kind) = rest.strip_prefix("self_attn.q_proj.") {
+                let parts = QUERY_KEY_VALUE.map(|part| &variables[&format!("{to}{index}.self_attn.{part}.{kind}")]);
+                out.push((format!("{from}{index}.{PACKED}{kind}"), Tensor::cat(&parts, 0).detach()));
+            } else if let Some((original, into)) = BLOCK_RENAMED.iter().find(|(_, into)| rest.starts_with(into)) {
+                out.push((format!("{from}{index}.{original}{}", &rest[into.len()..]), tensor));
+            } else if !(rest.starts_with("self_attn.k_proj.") || rest.starts_with("self_attn.v_proj.")) {
+                out.push((name.clone(), tensor));
+            }
+        } else {
+            // No variable should get here; open_clip's strict load would name it.
+            out.push((name.clone(), tensor));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Writes `var_store`'s weights into `dir` as open_clip's folder from `source` holds them
+/// (`open_clip_config.json` copied, `open_clip_model.safetensors`), so that open_clip loads
+/// the fine-tuned model as it loaded the one it started from.
+pub fn write_folder(dir: &Path, var_store: &tch::nn::VarStore, source: &Path) -> Result<(), PretrainedError> {
+    let config = source.join(CONFIG_FILE);
+    std::fs::copy(&config, dir.join(CONFIG_FILE)).map_err(FileError::io(&config))?;
+    let weights = dir.join(WEIGHTS_FILES[0]);
+    Tensor::write_safetensors(&open_clip_tensors(var_store), &weights)
+        .map_err(|source| PretrainedError::Torch { path: weights, source })
 }

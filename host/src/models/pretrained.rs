@@ -196,8 +196,25 @@ pub fn save(
     config: &impl Serialize,
     source: Option<&Path>,
 ) -> Result<(), PretrainedError> {
+    save_with(dir, var_store, config, source, |_| Ok(()))
+}
+
+/// Like [`save`], with `also` writing more files into the staged folder before it is
+/// renamed (the same model in another checkpoint's layout).
+pub fn save_with(
+    dir: &Path,
+    var_store: &nn::VarStore,
+    config: &impl Serialize,
+    source: Option<&Path>,
+    also: impl FnOnce(&Path) -> Result<(), PretrainedError>,
+) -> Result<(), PretrainedError> {
     let staging = dir.with_extension("tmp");
-    let saved = write_staged(dir, &staging, var_store, config, source);
+    let saved = write_staged(&staging, var_store, config, source).and_then(|()| also(&staging)).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(FileError::io(dir))?;
+        }
+        Ok(std::fs::rename(&staging, dir).map_err(FileError::io(dir))?)
+    });
     if saved.is_err() && staging.is_dir() {
         let _ = std::fs::remove_dir_all(&staging);
     }
@@ -205,7 +222,6 @@ pub fn save(
 }
 
 fn write_staged(
-    dir: &Path,
     staging: &Path,
     var_store: &nn::VarStore,
     config: &impl Serialize,
@@ -226,8 +242,5 @@ fn write_staged(
             std::fs::copy(&from, staging.join(name)).map_err(io(&from))?;
         }
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-    }
-    Ok(std::fs::rename(staging, dir).map_err(io(dir))?)
+    Ok(())
 }

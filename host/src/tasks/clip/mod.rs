@@ -22,6 +22,7 @@ use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::models::clip::{self, Clip, ClipConfig, parameter_groups, parameter_place};
 use crate::models::groups::{Group, GroupLayout};
+use crate::models::open_clip;
 use crate::models::pretrained;
 use crate::tasks::TaskKind;
 use crate::tasks::use_model::kind_of_folder;
@@ -185,8 +186,16 @@ impl Task for ContrastiveTask {
         self.data.final_evaluation(&self.model, &self.normalizer)
     }
 
+    /// A model started from an open_clip folder is saved in open_clip's layout too, so both
+    /// open_clip and `transformers` load it.
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
-        Ok(pretrained::save(dir, &self.var_store, &self.model_config, self.started_from.as_deref())?)
+        let source = self.started_from.as_deref();
+        Ok(pretrained::save_with(dir, &self.var_store, &self.model_config, source, |staging| match source {
+            Some(source) if open_clip::is_open_clip(source) => {
+                open_clip::write_folder(staging, &self.var_store, source)
+            }
+            _ => Ok(()),
+        })?)
     }
 
     fn model_config(&self) -> serde_json::Value {
