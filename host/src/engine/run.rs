@@ -1165,13 +1165,14 @@ pub fn validate_config(config: &RunConfig, options: &RunOptions) -> Result<(), E
     Ok(())
 }
 
-/// `error`, or when it is a write that failed for a reason outside the trainer (see
-/// [`WriteProblem`]), one line naming what was being written, the checkpoints that are
-/// complete, and how to go on.
+/// `error`, or when it is a write into the run folder that failed for a reason outside the
+/// trainer (see [`WriteProblem`]), one line naming what was being written, the checkpoints
+/// that are complete, and how to go on.
 fn explain_write_failure(run_dir: &Path, error: EngineError) -> EngineError {
     let Some((path, problem)) = error.write_problem() else { return error };
+    // A file elsewhere (an image that went missing) is the data's problem, said as it is.
+    let Ok(relative) = path.strip_prefix(run_dir) else { return error };
     let run = run_dir.display();
-    let relative = path.strip_prefix(run_dir).unwrap_or(&path);
     let mut parts = relative.iter().map(|part| part.to_string_lossy());
     let written = match (parts.next(), parts.next()) {
         (Some(first), Some(step)) if first == checkpoint::CHECKPOINTS_DIR => {
@@ -1265,4 +1266,38 @@ fn decision_hash(decision: &crate::policy::Decision) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("{decision:?}").as_bytes());
     i64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(path: &Path, kind: std::io::ErrorKind) -> EngineError {
+        io_error(path)(kind.into())
+    }
+
+    #[test]
+    fn a_failed_write_in_the_run_folder_names_what_is_intact_and_a_failed_read_elsewhere_stays_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints/step-2")).unwrap();
+        std::fs::write(run.join("checkpoints/step-2/manifest.json"), "{}").unwrap();
+        let full = io(&run.join("checkpoints/step-4.tmp/optimizer.safetensors"), std::io::ErrorKind::StorageFull);
+        let said = explain_write_failure(&run, full).to_string();
+        let expected = format!(
+            "disk full while writing checkpoint step-4 in {0}; checkpoint step-2 is intact; free space and run \
+             `trainer train --resume {0}`",
+            run.display()
+        );
+        assert_eq!(said, expected);
+        let denied = explain_write_failure(
+            &run,
+            io(&run.join("final.tmp/model.safetensors"), std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(denied.to_string().starts_with("permission denied while writing final/"), "{denied}");
+
+        let image = dir.path().join("images/0001.png");
+        let missing = explain_write_failure(&run, io(&image, std::io::ErrorKind::NotFound));
+        assert!(matches!(missing, EngineError::File(_)), "a data file's error is kept: {missing}");
+    }
 }
