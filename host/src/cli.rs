@@ -6,9 +6,9 @@
 use crate::check::{CheckOptions, check_policy};
 use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use crate::engine::{
-    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, RUN_FILE, Resume,
-    RunConfig, RunLock, RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits,
-    simulate, write_json,
+    BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, Resume, RunConfig,
+    RunLock, RunOptions, Scores, SimulateOptions, SyntheticCurve, Trace, TrainOutcome, check_batch_splits, simulate,
+    write_json,
 };
 use crate::eval::COCO_MISSING;
 use crate::models::clip;
@@ -568,16 +568,10 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
             let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
             // The ranks share this claim on the run folder, held until the last one ends.
             let run_dir = args.resume.clone().unwrap_or_else(|| args.run_dir.clone());
-            let claim = match &args.resume {
-                Some(_) if !run_dir.join(RUN_FILE).is_file() => None,
-                _ => match RunLock::claim(&run_dir) {
-                    Ok(claim) => Some(claim),
-                    Err(err) => return failed(err),
-                },
+            let claim = match RunLock::for_command(&run_dir, args.resume.is_some()) {
+                Ok(claim) => claim,
+                Err(err) => return failed(err),
             };
-            for warning in claim.iter().flat_map(|claim| &claim.warnings) {
-                eprintln!("{warning}");
-            }
             let shared = match claim.as_ref().map(RunLock::share_with_children).transpose() {
                 Ok(shared) => shared,
                 Err(err) => return failed(err),

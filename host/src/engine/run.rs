@@ -606,14 +606,15 @@ impl Run {
         let final_dir = self.run_dir.join("final");
         if let Err(error) = self.task.save(&final_dir) {
             // The weights are good, only their copy failed: keep them where a resume finds them.
-            let saved = match self.checkpoint(Some(format!("final/ could not be written: {error}"))) {
-                Ok(path) => format!("the training state is saved in {}; resume to write final/", path.display()),
-                Err(also) => format!("saving the training state failed too: {also}"),
-            };
+            let saved = self.checkpoint(Some(format!("final/ could not be written: {error}")));
             if error.write_problem().is_some() {
                 // Said by the run's one line for failed writes, which names what is intact.
                 return Err(error);
             }
+            let saved = match saved {
+                Ok(path) => format!("the training state is saved in {}; resume to write final/", path.display()),
+                Err(also) => format!("saving the training state failed too: {also}"),
+            };
             return Err(EngineError::Config(format!("{error}; {saved}")));
         }
         let scores = self.task.final_evaluation()?;

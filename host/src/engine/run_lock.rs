@@ -17,7 +17,7 @@
 //! fresh every [`HEARTBEAT`]: a claim that finds such a holder is refused although its own
 //! lock succeeded.
 
-use super::config::RunOptions;
+use super::config::{RUN_FILE, RunOptions};
 use super::error::{EngineError, io_error};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -52,18 +52,15 @@ impl std::fmt::Display for Holder {
 pub struct RunLock {
     path: PathBuf,
     file: File,
-    /// This process wrote the holder record (a rank sharing its launcher's claim did not),
-    /// and clears it on release.
-    owner: bool,
-    /// Dropping it stops the heartbeat.
+    /// The heartbeat of the process that wrote the holder record, which clears the record on
+    /// release (a rank sharing its launcher's claim has none); dropping it stops the beat.
     heartbeat: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
-    /// Lines to say about the claim (a network file system, a refused lock call).
-    pub warnings: Vec<String>,
 }
 
 impl RunLock {
     /// Claims `run_dir` (made if missing) for this process tree, or refuses in one line
-    /// naming the folder and its holder, touching nothing.
+    /// naming the folder and its holder, touching nothing. What it cannot be sure of (a
+    /// network file system, a refused lock call) is said on stderr.
     pub fn claim(run_dir: &Path) -> Result<RunLock, EngineError> {
         std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
         let path = run_dir.join(LOCK_FILE);
@@ -77,13 +74,12 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io_error(&path))?;
-        let mut warnings = Vec::new();
         if let Some(kind) = network_file_system(run_dir) {
-            warnings.push(format!(
+            eprintln!(
                 "warning: {} is on {kind}, where locks may not keep a run on another machine out; the \
                  trainer also refuses a holder whose heartbeat in {LOCK_FILE} is fresh",
                 run_dir.display()
-            ));
+            );
         }
         match file.try_lock() {
             Ok(()) => {}
@@ -92,10 +88,10 @@ impl RunLock {
                     read_holder(&mut file).map_or_else(|| "another process".to_string(), |holder| holder.to_string());
                 return Err(in_use(run_dir, &holder));
             }
-            Err(TryLockError::Error(err)) => warnings.push(format!(
+            Err(TryLockError::Error(err)) => eprintln!(
                 "warning: {}: the file system refuses locks ({err}); only the heartbeat keeps a second run out",
                 path.display()
-            )),
+            ),
         }
         let host = host_name();
         if let Some(holder) = read_holder(&mut file)
@@ -121,20 +117,26 @@ impl RunLock {
             .and_then(|()| file.write_all(record.as_bytes()))
             .map_err(io_error(&path))?;
         let heartbeat = start_heartbeat(file.try_clone().map_err(io_error(&path))?);
-        Ok(RunLock { path, file, owner: true, heartbeat: Some(heartbeat), warnings })
+        Ok(RunLock { path, file, heartbeat: Some(heartbeat) })
+    }
+
+    /// The claim of `trainer train` (`resuming`: `--resume`) on `run_dir`; none for a
+    /// resume of a folder without `run.json`, whose reading says what is wrong without the
+    /// claim making the folder.
+    pub fn for_command(run_dir: &Path, resuming: bool) -> Result<Option<RunLock>, EngineError> {
+        if resuming && !run_dir.join(RUN_FILE).is_file() {
+            return Ok(None);
+        }
+        RunLock::claim(run_dir).map(Some)
     }
 
     /// The claim of a run with `options`, taken by rank 0 (the others write nothing in the
-    /// folder), its warnings said on stderr.
-    pub fn for_run(options: &RunOptions) -> Result<Option<RunLock>, EngineError> {
+    /// folder).
+    pub fn for_run(options: &RunOptions, resuming: bool) -> Result<Option<RunLock>, EngineError> {
         if !options.team.is_leader() {
             return Ok(None);
         }
-        let lock = RunLock::claim(&options.run_dir)?;
-        for warning in &lock.warnings {
-            eprintln!("{warning}");
-        }
-        Ok(Some(lock))
+        RunLock::for_command(&options.run_dir, resuming)
     }
 
     /// The launcher's claim, when this process is one of its ranks.
@@ -157,7 +159,7 @@ impl RunLock {
         let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         // The same open file as the launcher's: the lock it holds is this one.
         file.try_lock().map_err(|_| in_use(path.parent().unwrap_or(path), "another process"))?;
-        Ok(Some(RunLock { path: path.to_path_buf(), file, owner: false, heartbeat: None, warnings: Vec::new() }))
+        Ok(Some(RunLock { path: path.to_path_buf(), file, heartbeat: None }))
     }
 
     /// The environment variable that lets child processes share this claim; the
@@ -179,8 +181,6 @@ impl Drop for RunLock {
         if let Some((stop, thread)) = self.heartbeat.take() {
             drop(stop);
             let _ = thread.join();
-        }
-        if self.owner {
             // No holder is named once the run has ended; the lock goes with the file.
             let _ = self.file.set_len(0);
         }

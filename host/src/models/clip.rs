@@ -506,12 +506,7 @@ impl Clip {
         let config = read_folder_config(dir)?;
         let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &config);
-        if open_clip::is_open_clip(dir) {
-            let (file, tensors) = open_clip::read_weights(dir)?;
-            pretrained::load_tensors_named(&var_store, &file, &tensors, |name| Some(name.to_string()), false)?;
-        } else {
-            pretrained::load_weights(&var_store, &pretrained::weights_in(dir))?;
-        }
+        pretrained::load_folder_named(&var_store, dir, |name| Some(name.to_string()), false)?;
         Ok((config, var_store, model))
     }
 

@@ -119,6 +119,21 @@ pub fn load_weights_named(
     load_tensors_named(var_store, file, &read_tensors(file)?, file_name, allow_partial)
 }
 
+/// Like [`load_weights_named`], from the weights of the model folder `dir`: a Hugging Face
+/// folder's ([`weights_in`]), or an open_clip folder's under Hugging Face's names.
+pub fn load_folder_named(
+    var_store: &nn::VarStore,
+    dir: &Path,
+    file_name: impl Fn(&str) -> Option<String>,
+    allow_partial: bool,
+) -> Result<LoadReport, PretrainedError> {
+    if super::open_clip::is_open_clip(dir) {
+        let (file, tensors) = super::open_clip::read_weights(dir)?;
+        return load_tensors_named(var_store, &file, &tensors, file_name, allow_partial);
+    }
+    load_weights_named(var_store, &weights_in(dir), file_name, allow_partial)
+}
+
 /// Like [`load_weights_named`], from `tensors` already read from `file` (and renamed, as
 /// an open_clip checkpoint's are).
 pub fn load_tensors_named(

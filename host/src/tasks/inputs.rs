@@ -10,7 +10,6 @@ use crate::distributed::Team;
 use crate::engine::EngineError;
 use crate::models::clip::ClipConfig;
 use crate::models::groups::GroupBy;
-use crate::models::open_clip;
 use crate::models::pretrained::{self, LoadReport, PretrainedError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -307,14 +306,7 @@ pub fn load_model(
     file_name: impl Fn(&str) -> Option<String>,
     allow_partial: bool,
 ) -> Result<LoadReport, EngineError> {
-    let loaded = if open_clip::is_open_clip(dir) {
-        open_clip::read_weights(dir).and_then(|(file, tensors)| {
-            pretrained::load_tensors_named(var_store, &file, &tensors, file_name, allow_partial)
-        })
-    } else {
-        pretrained::load_weights_named(var_store, &pretrained::weights_in(dir), file_name, allow_partial)
-    };
-    loaded.map_err(|err| match err {
+    pretrained::load_folder_named(var_store, dir, file_name, allow_partial).map_err(|err| match err {
         PretrainedError::Missing { .. } => EngineError::Config(format!(
             "--model {}: {err}; pass --allow-partial to start those from scratch",
             dir.display()

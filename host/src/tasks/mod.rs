@@ -101,6 +101,14 @@ impl TaskConfig {
         }
     }
 
+    pub fn inputs(&self) -> &Inputs {
+        match self {
+            TaskConfig::Clip(config) => &config.inputs,
+            TaskConfig::Tagging(config) => &config.inputs,
+            TaskConfig::Detection(config) => &config.inputs,
+        }
+    }
+
     pub fn inputs_mut(&mut self) -> &mut Inputs {
         match self {
             TaskConfig::Clip(config) => &mut config.inputs,
@@ -158,11 +166,7 @@ impl TaskConfig {
     /// The files of the data these settings train and evaluate on (a folder given as data
     /// stands for its files), for the run's data fingerprint; images are counted, not listed.
     pub fn data_files(&self) -> Vec<PathBuf> {
-        let inputs = match self {
-            TaskConfig::Clip(config) => &config.inputs,
-            TaskConfig::Tagging(config) => &config.inputs,
-            TaskConfig::Detection(config) => &config.inputs,
-        };
+        let inputs = self.inputs();
         let mut files = vec![inputs.data.clone()];
         files.extend(inputs.val_data.iter().filter(|val| **val != inputs.data).cloned());
         if let TaskConfig::Tagging(config) = self {
@@ -197,7 +201,7 @@ pub fn train(
     // Settings that cannot work make no folder; a live run there is named before the folder
     // is read or cleared, and the claim is held until the run has ended.
     engine::validate_config(run, options)?;
-    let _claim = RunLock::for_run(options)?;
+    let _claim = RunLock::for_run(options, false)?;
     engine::check_new_run(run, options)?;
     let context = TaskContext {
         device: options.device,
@@ -215,9 +219,7 @@ pub fn train(
 
 /// Continues the run in `options.run_dir` with its saved settings.
 pub fn resume(options: &RunOptions, resume: &Resume, execution: Execution) -> Result<TrainOutcome, EngineError> {
-    // A folder without a run is not made by claiming it: reading run.json says what is wrong.
-    let has_run = options.run_dir.join(engine::RUN_FILE).is_file();
-    let _claim = if has_run { RunLock::for_run(options)? } else { None };
+    let _claim = RunLock::for_run(options, true)?;
     let saved = SavedRun::read(&options.run_dir)?;
     engine::check_resume(&saved, options, resume)?;
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
