@@ -60,7 +60,9 @@ fn unsupported(
 ) -> Option<String> {
     defaults.iter().find_map(|(name, default)| {
         let value = section.get(*name)?;
-        (value != default && !value.is_null()).then(|| format!("{name} = {value}"))
+        // `0` and `0.0` are one default to open_clip's Python.
+        let same = value == default || value.as_f64().is_some_and(|number| Some(number) == default.as_f64());
+        (!same && !value.is_null()).then(|| format!("{name} = {value}"))
     })
 }
 
@@ -274,4 +276,25 @@ pub fn write_folder(dir: &Path, var_store: &tch::nn::VarStore, source: &Path) ->
     let weights = dir.join(WEIGHTS_FILES[0]);
     Tensor::write_safetensors(&open_clip_tensors(var_store), &weights)
         .map_err(|source| PretrainedError::Torch { path: weights, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_default_written_as_an_integer_is_still_the_default() {
+        let section = |value: serde_json::Value| value.as_object().unwrap().clone();
+        let defaults = [("patch_dropout", json!(0.0)), ("pool_type", json!("tok"))];
+        assert_eq!(unsupported(&section(json!({"patch_dropout": 0, "pool_type": "tok"})), &defaults), None);
+        assert_eq!(
+            unsupported(&section(json!({"patch_dropout": 0.5})), &defaults).as_deref(),
+            Some("patch_dropout = 0.5")
+        );
+        assert_eq!(
+            unsupported(&section(json!({"pool_type": "avg"})), &defaults).as_deref(),
+            Some("pool_type = \"avg\"")
+        );
+    }
 }
