@@ -7,7 +7,7 @@
 
 use super::captioned::CaptionedSample;
 use super::clip_tokenizer::ClipTokenizer;
-use super::images::load_rgb_square;
+use super::images::{SquareResize, load_rgb_square};
 use crate::files::FileError;
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,7 +50,7 @@ pub struct ItemReader {
     pub samples: Arc<Vec<CaptionedSample>>,
     pub tokenizer: Arc<ClipTokenizer>,
     pub context_length: usize,
-    pub image_size: u32,
+    pub square: SquareResize,
 }
 
 impl ReadItem for ItemReader {
@@ -59,7 +59,7 @@ impl ReadItem for ItemReader {
 
     fn read(&self, item: Item) -> Result<LoadedItem, FileError> {
         let sample = &self.samples[item.sample];
-        let pixels = load_rgb_square(&sample.image, self.image_size).map_err(|err| err.declared_in(&sample.origin))?;
+        let pixels = load_rgb_square(&sample.image, &self.square).map_err(|err| err.declared_in(&sample.origin))?;
         let token_ids = self.tokenizer.tokenize(&sample.captions[item.caption], self.context_length);
         Ok(LoadedItem { sample: item.sample, pixels, token_ids })
     }

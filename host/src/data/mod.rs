@@ -14,6 +14,7 @@ pub mod prompts;
 pub mod sampler;
 
 use crate::files::FileError;
+use images::SquareResize;
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -40,10 +41,12 @@ pub fn rgb_batch<'a>(images: impl ExactSizeIterator<Item = &'a [u8]>, size: i64)
 }
 
 /// Model input from pixels in [0, 1]: resized to the model's image size, grey repeated to
-/// RGB, normalised per channel with the model's mean and standard deviation.
+/// RGB, normalised per channel with the model's mean and standard deviation; with how the
+/// model's preprocessing makes image files square.
 #[derive(Debug)]
 pub struct PixelNormalizer {
     image_size: i64,
+    square: SquareResize,
     /// `(1, 3, 1, 1)` on the training device, made once rather than every batch.
     mean: Tensor,
     std: Tensor,
@@ -61,14 +64,25 @@ impl PixelNormalizer {
         let shape = [1, 3, 1, 1];
         PixelNormalizer {
             image_size,
+            square: SquareResize::clip(image_size.clamp(1, u32::MAX as i64) as u32),
             mean: Tensor::from_slice(&mean).view(shape).to_device(device),
             std: Tensor::from_slice(&std).view(shape).to_device(device),
         }
     }
 
-    /// CLIP's statistics, or those of `dir/preprocessor_config.json` when the model folder
-    /// has one.
+    /// CLIP's statistics and preprocessing, or those of the model at `dir`: its
+    /// `preprocessor_config.json` (Hugging Face), or an open_clip checkpoint's
+    /// `preprocess_cfg`, which also says how images are made square.
     pub fn for_model(dir: Option<&Path>, image_size: i64, device: Device) -> Result<Self, FileError> {
+        let square = SquareResize::for_model(dir, image_size)?;
+        if let Some(preprocess) =
+            dir.map(|dir| crate::models::open_clip::preprocess(dir, image_size)).transpose()?.flatten()
+        {
+            return Ok(PixelNormalizer {
+                square,
+                ..PixelNormalizer::new(image_size, preprocess.mean, preprocess.std, device)
+            });
+        }
         let path = dir.map(|dir| dir.join(PREPROCESSOR_CONFIG)).filter(|path| path.exists());
         let (mean, std) = match path {
             None => (CLIP_MEAN, CLIP_STD),
@@ -82,7 +96,12 @@ impl PixelNormalizer {
                 (config.image_mean, config.image_std)
             }
         };
-        Ok(PixelNormalizer::new(image_size, mean, std, device))
+        Ok(PixelNormalizer { square, ..PixelNormalizer::new(image_size, mean, std, device) })
+    }
+
+    /// How image files become this model's square input.
+    pub fn square(&self) -> SquareResize {
+        self.square
     }
 
     pub fn image_size(&self) -> i64 {

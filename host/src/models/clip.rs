@@ -127,10 +127,11 @@ impl Default for ClipConfig {
     }
 }
 
-/// The configuration of a CLIP folder: a Hugging Face one's `config.json`, or an open_clip
-/// one's `open_clip_config.json`.
-pub fn read_folder_config(dir: &Path) -> Result<ClipConfig, PretrainedError> {
-    if open_clip::is_open_clip(dir) { open_clip::read_config(dir) } else { pretrained::read_config(dir) }
+/// The configuration of a CLIP checkpoint: a Hugging Face folder's `config.json`, or an
+/// open_clip checkpoint's (`arch`: the architecture of a weights file, see
+/// [`open_clip::config_json`]).
+pub fn read_model_config(path: &Path, arch: Option<&str>) -> Result<ClipConfig, PretrainedError> {
+    if open_clip::is_open_clip(path) { open_clip::read_config(path, arch) } else { pretrained::read_config(path) }
 }
 
 impl ClipConfig {
@@ -501,12 +502,22 @@ impl Clip {
 
     /// Loads a Hugging Face CLIP folder (`config.json`, `model.safetensors` or
     /// `pytorch_model.bin`) onto `device`, with float32 variables whatever the file's dtype.
-    /// An open_clip folder ([`super::open_clip`]) loads the same way.
+    /// An open_clip folder or OpenAI's `.pt` ([`super::open_clip`]) loads the same way.
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<(ClipConfig, nn::VarStore, Clip), PretrainedError> {
-        let config = read_folder_config(dir)?;
+        Clip::from_checkpoint(dir, None, device)
+    }
+
+    /// Like [`Clip::from_pretrained`], also from an open_clip weights file of the
+    /// architecture `arch`.
+    pub fn from_checkpoint(
+        path: &Path,
+        arch: Option<&str>,
+        device: Device,
+    ) -> Result<(ClipConfig, nn::VarStore, Clip), PretrainedError> {
+        let config = read_model_config(path, arch)?;
         let var_store = nn::VarStore::new(device);
         let model = Clip::new(&var_store.root(), &config);
-        pretrained::load_folder_named(&var_store, dir, |name| Some(name.to_string()), false)?;
+        pretrained::load_folder_named(&var_store, path, |name| Some(name.to_string()), false)?;
         Ok((config, var_store, model))
     }
 

@@ -119,8 +119,9 @@ pub fn load_weights_named(
     load_tensors_named(var_store, file, &read_tensors(file)?, file_name, allow_partial)
 }
 
-/// Like [`load_weights_named`], from the weights of the model folder `dir`: a Hugging Face
-/// folder's ([`weights_in`]), or an open_clip folder's under Hugging Face's names.
+/// Like [`load_weights_named`], from the weights of the model at `dir`: a Hugging Face
+/// folder's ([`weights_in`]), or an open_clip checkpoint's (folder or file) under Hugging
+/// Face's names.
 pub fn load_folder_named(
     var_store: &nn::VarStore,
     dir: &Path,
@@ -223,8 +224,24 @@ pub fn save_with(
     source: Option<&Path>,
     also: impl FnOnce(&Path) -> Result<(), PretrainedError>,
 ) -> Result<(), PretrainedError> {
+    save_staged(dir, |staging| write_staged(staging, var_store, config, source).and_then(|()| also(staging)))
+}
+
+/// Writes a model folder `dir` by `write` filling `dir.tmp`, then a rename, so an
+/// interrupted save never leaves half a model; a save that fails removes what it staged.
+pub fn save_staged(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<(), PretrainedError>,
+) -> Result<(), PretrainedError> {
     let staging = dir.with_extension("tmp");
-    let saved = write_staged(&staging, var_store, config, source).and_then(|()| also(&staging)).and_then(|()| {
+    let staged = (|| {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(FileError::io(&staging))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(FileError::io(&staging))?;
+        write(&staging)
+    })();
+    let saved = staged.and_then(|()| {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(FileError::io(dir))?;
         }
@@ -243,18 +260,20 @@ fn write_staged(
     source: Option<&Path>,
 ) -> Result<(), PretrainedError> {
     let io = FileError::io;
-    if staging.exists() {
-        std::fs::remove_dir_all(staging).map_err(io(staging))?;
-    }
-    std::fs::create_dir_all(staging).map_err(io(staging))?;
     let weights = staging.join(WEIGHTS_FILE);
     var_store.save(&weights).map_err(|source| PretrainedError::Torch { path: weights, source })?;
     let config_path = staging.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(config).expect("model configs serialize");
     std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+    copy_companions(staging, source)
+}
+
+/// Copies into `dir` the [`COMPANION_FILES`] that `source` has.
+pub fn copy_companions(dir: &Path, source: Option<&Path>) -> Result<(), PretrainedError> {
+    let io = FileError::io;
     for name in COMPANION_FILES {
         if let Some(from) = source.map(|source| source.join(name)).filter(|from| from.is_file()) {
-            std::fs::copy(&from, staging.join(name)).map_err(io(&from))?;
+            std::fs::copy(&from, dir.join(name)).map_err(io(&from))?;
         }
     }
     Ok(())

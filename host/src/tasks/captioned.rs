@@ -7,6 +7,7 @@
 
 use crate::data::captioned::{self, CaptionedData, CaptionedSample, Needs};
 use crate::data::clip_tokenizer::ClipTokenizer;
+use crate::data::images::SquareResize;
 use crate::data::loader::{EVALUATION_KEYS, Item, ItemReader, Loader};
 use crate::data::sampler::{EpochSampler, keyed};
 use crate::data::{PixelNormalizer, rgb_batch};
@@ -93,7 +94,7 @@ impl CaptionedTraining {
         mut prepare: impl FnMut(&mut CaptionedSample) -> Result<(), EngineError>,
         tokenizer: Arc<ClipTokenizer>,
         context_length: usize,
-        image_size: i64,
+        square: SquareResize,
     ) -> Result<Self, EngineError> {
         let mut train = captioned::load(options.data, options.images, options.skip_bad_samples, needs)?;
         let held_out = match options.val_data {
@@ -113,13 +114,7 @@ impl CaptionedTraining {
         for sample in &mut samples {
             prepare(sample)?;
         }
-        let reader = ItemReader {
-            samples: Arc::new(samples),
-            tokenizer: tokenizer.clone(),
-            context_length,
-            image_size: u32::try_from(image_size)
-                .map_err(|_| EngineError::Config(format!("image size {image_size} is not usable")))?,
-        };
+        let reader = ItemReader { samples: Arc::new(samples), tokenizer: tokenizer.clone(), context_length, square };
         Ok(CaptionedTraining {
             sampler: EpochSampler::new(options.seed, train_count, options.batch_size, options.shard),
             samples: reader.samples.clone(),
@@ -127,7 +122,7 @@ impl CaptionedTraining {
             loader: Loader::new(reader, options.workers),
             tokenizer,
             context_length,
-            image_size,
+            image_size: square.size as i64,
             held_out: None,
             skipped_at_start,
             skip_bad: options.skip_bad_samples,

@@ -32,6 +32,9 @@ pub struct Inputs {
     /// A model folder to start from; `None`: a small model trained from scratch.
     #[serde(default)]
     pub model: Option<PathBuf>,
+    /// The open_clip architecture of a `model` that is a weights file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_arch: Option<String>,
     /// Start the variables `model` lacks from scratch instead of refusing it.
     #[serde(default)]
     pub allow_partial: bool,
@@ -65,11 +68,17 @@ fn one() -> u64 {
 /// The flags of [`Inputs`].
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct InputArgs {
-    /// A model folder to fine-tune: a Hugging Face CLIP folder (config.json,
-    /// model.safetensors), or a model this trainer saved (a run's final/ or best/); without
-    /// it a small model is trained from scratch.
-    #[arg(long, value_name = "DIR")]
+    /// The model to fine-tune: a Hugging Face CLIP folder (config.json, model.safetensors),
+    /// an open_clip folder (open_clip_config.json), a model this trainer saved (a run's
+    /// final/ or best/), or a CLIP weights file: OpenAI's TorchScript `.pt`, or open_clip
+    /// weights with --model-arch; without it a small model is trained from scratch.
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// The open_clip architecture of a --model weights file (`.bin`, `.pt`, `.safetensors`):
+    /// ViT-B-32, ViT-B-16, ViT-L-14, each also `-quickgelu` [default for OpenAI's `.pt`: from
+    /// its tensors].
+    #[arg(long, value_name = "NAME")]
+    pub model_arch: Option<String>,
     /// Accept a --model folder that lacks some of the model's tensors: those start from
     /// scratch (they are listed at start-up).
     #[arg(long)]
@@ -112,6 +121,7 @@ impl InputArgs {
     pub fn inputs(&self) -> Inputs {
         Inputs {
             model: self.model.clone().map(absolute),
+            model_arch: self.model_arch.clone(),
             allow_partial: self.allow_partial,
             precision: self.precision.unwrap_or_default(),
             data: absolute(self.data.clone().unwrap_or_else(|| PathBuf::from(fashion_mnist::DEFAULT_DIR))),
@@ -127,6 +137,7 @@ impl InputArgs {
     pub fn given(&self) -> Vec<&'static str> {
         given_flags([
             ("--model", self.model.is_some()),
+            ("--model-arch", self.model_arch.is_some()),
             ("--allow-partial", self.allow_partial),
             ("--precision", self.precision.is_some()),
             ("--data", self.data.is_some()),

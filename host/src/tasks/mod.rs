@@ -52,6 +52,8 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
     #[command(flatten)]
+    pub clip: clip::ClipArgs,
+    #[command(flatten)]
     pub tagging: tagging::TaggingArgs,
     #[command(flatten)]
     pub detection: detection::DetectionArgs,
@@ -61,6 +63,7 @@ impl TaskArgs {
     /// Every flag given, by name.
     pub fn given(&self) -> Vec<&'static str> {
         let mut flags = self.inputs.given();
+        flags.extend(self.clip.given());
         flags.extend(self.tagging.given());
         flags.extend(self.detection.given());
         flags
@@ -69,11 +72,11 @@ impl TaskArgs {
     /// The settings of a `kind` run; a flag of another task is refused by name.
     pub fn config(&self, kind: TaskKind) -> Result<TaskConfig, EngineError> {
         let inputs = self.inputs.inputs();
-        let (tagging, detection) = (self.tagging.given(), self.detection.given());
+        let (clip, tagging, detection) = (self.clip.given(), self.tagging.given(), self.detection.given());
         let (config, others) = match kind {
-            TaskKind::Clip => (TaskConfig::Clip(clip::ClipTaskConfig { inputs }), [tagging, detection].concat()),
-            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), detection),
-            TaskKind::Detection => (TaskConfig::Detection(self.detection.config(inputs)), tagging),
+            TaskKind::Clip => (TaskConfig::Clip(self.clip.config(inputs)), [tagging, detection].concat()),
+            TaskKind::Tagging => (TaskConfig::Tagging(self.tagging.config(inputs)), [clip, detection].concat()),
+            TaskKind::Detection => (TaskConfig::Detection(self.detection.config(inputs)), [clip, tagging].concat()),
         };
         if let Some(flag) = others.first() {
             return Err(EngineError::Config(format!("{flag}: not a flag of --task {}", kind.name())));
@@ -133,8 +136,10 @@ impl TaskConfig {
     pub fn for_evaluation(&mut self, dir: &Path) {
         let inputs = self.inputs_mut();
         inputs.accum_steps = 1;
-        if inputs.model.is_some() && dir.join(crate::models::pretrained::CONFIG_FILE).is_file() {
+        let saved_config = [crate::models::pretrained::CONFIG_FILE, crate::models::open_clip::CONFIG_FILE];
+        if inputs.model.is_some() && saved_config.iter().any(|name| dir.join(name).is_file()) {
             inputs.model = Some(dir.to_path_buf());
+            inputs.model_arch = None;
         }
     }
 

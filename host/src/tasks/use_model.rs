@@ -140,7 +140,7 @@ pub fn load_evaluated_weights(
     dir: &Path,
 ) -> Result<(), EngineError> {
     if !context.load_weights {
-        pretrained::load_weights(var_store, &pretrained::weights_in(dir))?;
+        pretrained::load_folder_named(var_store, dir, |name| Some(name.to_string()), false)?;
     }
     Ok(())
 }
@@ -205,11 +205,11 @@ pub fn for_each_batch(
     mut consume: impl FnMut(&[PathBuf], &Tensor) -> Result<(), EngineError>,
 ) -> Result<(), EngineError> {
     let size = normalizer.image_size();
-    let side = u32::try_from(size).map_err(|_| EngineError::Config(format!("image size {size} is not usable")))?;
+    let square = normalizer.square();
     for chunk in files.chunks(batch_size) {
         let mut pixels = Vec::with_capacity(chunk.len() * (3 * size * size) as usize);
         for file in chunk {
-            pixels.extend(load_rgb_square(file, side)?);
+            pixels.extend(load_rgb_square(file, &square)?);
         }
         let batch = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, size, size]);
         let unit = batch.to_device(device).to_kind(Kind::Float) / 255.0;

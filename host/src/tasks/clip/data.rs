@@ -5,6 +5,7 @@
 use crate::data::captioned::Needs;
 use crate::data::clip_tokenizer::ClipTokenizer;
 use crate::data::fashion_mnist::{self, CLASS_NAMES, LabelledImages, Split};
+use crate::data::images::SquareResize;
 use crate::data::prompts::{CaptionTable, TEMPLATES};
 use crate::data::sampler::EpochSampler;
 use crate::data::{PixelNormalizer, grey_to_unit};
@@ -50,16 +51,15 @@ impl TrainingData {
         }))
     }
 
-    /// A COCO captions file or JSONL manifest, with images decoded at `image_size` and
+    /// A COCO captions file or JSONL manifest, with images made square by `square` and
     /// captions tokenized to `context_length`.
     pub fn captioned(
         options: &DataOptions,
         tokenizer: Arc<ClipTokenizer>,
         context_length: usize,
-        image_size: i64,
+        square: SquareResize,
     ) -> Result<TrainingData, EngineError> {
-        let data =
-            CaptionedTraining::open(options, Needs::Captions, |_| Ok(()), tokenizer, context_length, image_size)?;
+        let data = CaptionedTraining::open(options, Needs::Captions, |_| Ok(()), tokenizer, context_length, square)?;
         Ok(TrainingData::Captioned(Box::new(data)))
     }
 

@@ -17,6 +17,7 @@ use crate::data::PixelNormalizer;
 use crate::data::augment;
 use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer;
+use crate::data::images::SquareResize;
 use crate::data::prompts::{END_ID, PAD_ID, START_ID};
 use crate::distributed::Team;
 use crate::engine::{EngineError, Scores, StepKnobs, StepLosses, Task};
@@ -40,6 +41,50 @@ const CONTRASTIVE_LOSS: &str = "contrastive";
 pub struct ClipTaskConfig {
     #[serde(flatten)]
     pub inputs: Inputs,
+    /// The layouts `final/` and `best/` are written in; `None`: the layout of `--model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_format: Option<SaveFormat>,
+}
+
+/// Which checkpoint layouts a CLIP model is saved in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveFormat {
+    /// `open_clip_config.json` and `open_clip_model.safetensors`, which open_clip loads.
+    OpenClip,
+    /// `config.json` and `model.safetensors`, which `transformers` loads.
+    Hf,
+    /// Both, side by side.
+    Both,
+}
+
+impl SaveFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaveFormat::OpenClip => "open_clip",
+            SaveFormat::Hf => "hf",
+            SaveFormat::Both => "both",
+        }
+    }
+}
+
+/// The flags only CLIP training has.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClipArgs {
+    /// The layout of final/ and best/: `open_clip`, `hf` (Hugging Face) or `both` [default:
+    /// the layout of --model; hf from scratch; --task clip].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub save_format: Option<SaveFormat>,
+}
+
+impl ClipArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        super::inputs::given_flags([("--save-format", self.save_format.is_some())])
+    }
+
+    pub fn config(&self, inputs: Inputs) -> ClipTaskConfig {
+        ClipTaskConfig { inputs, save_format: self.save_format }
+    }
 }
 
 impl ClipTaskConfig {
@@ -73,6 +118,9 @@ pub struct ContrastiveTask {
     /// The folder the model started from, whose tokenizer and preprocessing files the
     /// saved model keeps.
     started_from: Option<PathBuf>,
+    /// The layouts it is saved in, and for open_clip's, the configuration written.
+    save_format: SaveFormat,
+    open_clip_config: Option<serde_json::Value>,
 }
 
 impl ContrastiveTask {
@@ -81,7 +129,26 @@ impl ContrastiveTask {
     pub fn open(config: &ClipTaskConfig, context: &TaskContext) -> Result<Self, EngineError> {
         let inputs = &config.inputs;
         context.check_micro_batches(inputs)?;
+        let open_clip_config = match &inputs.model {
+            Some(path) if open_clip::is_open_clip(path) => {
+                Some(open_clip::config_json(path, inputs.model_arch.as_deref())?)
+            }
+            _ => None,
+        };
+        let default_format = if open_clip_config.is_some() { SaveFormat::OpenClip } else { SaveFormat::Hf };
+        let save_format = config.save_format.unwrap_or(default_format);
         let (data, model_config, vocabulary) = open_data(inputs, &context.data_options(inputs))?;
+        // A model that did not come in open_clip's layout is checked to fit it now, not at
+        // the end of the run.
+        let open_clip_config = match open_clip_config {
+            None if save_format != SaveFormat::Hf => Some(open_clip::config_of(&model_config).map_err(|why| {
+                EngineError::Config(format!(
+                    "--save-format {}: the model cannot be saved for open_clip: {why}",
+                    save_format.name()
+                ))
+            })?),
+            config => config,
+        };
         let normalizer =
             PixelNormalizer::for_model(inputs.model.as_deref(), model_config.vision_config.image_size, context.device)?;
         tch::manual_seed(context.seed as i64);
@@ -111,6 +178,8 @@ impl ContrastiveTask {
             team: context.team.clone(),
             description,
             started_from: inputs.model.clone(),
+            save_format,
+            open_clip_config,
         })
     }
 }
@@ -186,16 +255,26 @@ impl Task for ContrastiveTask {
         self.data.final_evaluation(&self.model, &self.normalizer)
     }
 
-    /// A model started from an open_clip folder is saved in open_clip's layout too, so both
-    /// open_clip and `transformers` load it.
+    /// `final/` and `best/` in the layouts of `--save-format`: open_clip's with the
+    /// configuration of the checkpoint the run started from (a run from scratch or from a
+    /// Hugging Face folder writes its own as `model_cfg`).
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
-        let source = self.started_from.as_deref();
-        Ok(pretrained::save_with(dir, &self.var_store, &self.model_config, source, |staging| match source {
-            Some(source) if open_clip::is_open_clip(source) => {
-                open_clip::write_folder(staging, &self.var_store, source)
+        let source = self.started_from.as_deref().filter(|path| path.is_dir());
+        let write_open_clip = |staging: &Path| {
+            let config = self.open_clip_config.as_ref().expect("set at opening for the formats that write it");
+            open_clip::write_folder(staging, &self.var_store, config)
+        };
+        let saved = match self.save_format {
+            SaveFormat::Hf => pretrained::save(dir, &self.var_store, &self.model_config, source),
+            SaveFormat::Both => {
+                pretrained::save_with(dir, &self.var_store, &self.model_config, source, write_open_clip)
             }
-            _ => Ok(()),
-        })?)
+            SaveFormat::OpenClip => pretrained::save_staged(dir, |staging| {
+                write_open_clip(staging)?;
+                pretrained::copy_companions(staging, source)
+            }),
+        };
+        Ok(saved?)
     }
 
     fn model_config(&self) -> serde_json::Value {
@@ -219,7 +298,9 @@ fn open_data(
             dir.display()
         )));
     }
-    let pretrained: Option<ClipConfig> = inputs.model.as_deref().map(clip::read_folder_config).transpose()?;
+    let arch = inputs.model_arch.as_deref();
+    let pretrained: Option<ClipConfig> =
+        inputs.model.as_deref().map(|path| clip::read_model_config(path, arch)).transpose()?;
     if kind == DataKind::FashionMnist {
         options.refuse_file_flags_for_fashion_mnist()?;
     }
@@ -249,7 +330,8 @@ fn open_data(
     let data = match kind {
         DataKind::FashionMnist => TrainingData::fashion_mnist(options, Some((&tokenizer, context)))?,
         DataKind::Coco | DataKind::Manifest => {
-            TrainingData::captioned(options, Arc::new(tokenizer), context, model_config.vision_config.image_size)?
+            let square = SquareResize::for_model(inputs.model.as_deref(), model_config.vision_config.image_size)?;
+            TrainingData::captioned(options, Arc::new(tokenizer), context, square)?
         }
     };
     Ok((data, model_config, Some(vocabulary)))

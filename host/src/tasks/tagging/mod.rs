@@ -40,6 +40,7 @@ use crate::data::augment;
 use crate::data::captioned::{CaptionedSample, DataKind, Needs};
 use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::fashion_mnist::{self, CLASS_NAMES, Split};
+use crate::data::images::SquareResize;
 use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
 use crate::distributed::Team;
@@ -722,8 +723,8 @@ fn open_source(
         Ok(())
     };
     let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
-    let image_size = model.clip.vision_config.image_size;
-    let data = CaptionedTraining::open(options, Needs::Tags, check, Arc::new(tokenizer.clone()), context, image_size)?;
+    let square = SquareResize::for_model(task.inputs.model.as_deref(), model.clip.vision_config.image_size)?;
+    let data = CaptionedTraining::open(options, Needs::Tags, check, Arc::new(tokenizer.clone()), context, square)?;
     Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf() })
 }
 
