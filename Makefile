@@ -72,6 +72,8 @@ OPEN_CLIP_VERSION := 3.3.0
 # open_clip itself, the reference the tests compare open_clip checkpoints with.
 OPEN_CLIP_INSTALLED := $(VENV)/.installed-open-clip-$(OPEN_CLIP_VERSION)
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
+WEBDATASET_VERSION := 1.0.2
+WEBDATASET_INSTALLED := $(VENV)/.installed-webdataset-$(WEBDATASET_VERSION)
 
 # What benches/device-check.sh needs on a GPU machine that has torch but no Rust and no
 # network, in one folder git ignores, to carry there: the trainer (stripped, to fit the
@@ -103,7 +105,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 
 # What the tests need besides: the Python packages of the reference sides and the
 # toolchains of the Python, JavaScript and C policies.
-test-setup: setup $(TEST_PACKAGES) $(OPEN_CLIP_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+test-setup: setup $(TEST_PACKAGES) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
@@ -143,6 +145,12 @@ $(TEST_PACKAGES): $(TORCH_INSTALLED)
 $(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
 		torchvision==$(TORCHVISION_VERSION) open_clip_torch==$(OPEN_CLIP_VERSION)
+	touch $@
+
+# webdataset writes the shards the tests train on, and is the reference of the shard
+# reading benchmark.
+$(WEBDATASET_INSTALLED): $(TORCH_INSTALLED)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) webdataset==$(WEBDATASET_VERSION)
 	touch $@
 
 # OpenAI CLIP's BPE merges (and open_clip's tokenizer.py, the reference for the golden ids),

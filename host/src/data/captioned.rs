@@ -66,10 +66,15 @@ pub enum DataKind {
     Coco,
     /// A JSONL manifest (`.jsonl`).
     Manifest,
+    /// WebDataset shards: a `.tar` pattern or a `.txt` list of shards.
+    Shards,
 }
 
 impl DataKind {
     pub fn of(path: &Path) -> Result<DataKind, FileError> {
+        if super::webdataset::is_shards(path) {
+            return Ok(DataKind::Shards);
+        }
         if path.is_dir() {
             return Ok(DataKind::FashionMnist);
         }
@@ -79,7 +84,8 @@ impl DataKind {
             _ if !path.exists() => Err(FileError::format(path, "no such file or folder")),
             _ => Err(FileError::format(
                 path,
-                "not a data set: expected a Fashion-MNIST folder, a COCO captions .json or a .jsonl manifest",
+                "not a data set: expected a Fashion-MNIST folder, a COCO captions .json, a .jsonl manifest or \
+                 WebDataset shards (.tar, a {first..last}.tar pattern or a .txt list)",
             )),
         }
     }
@@ -100,6 +106,7 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) ->
         DataKind::FashionMnist => {
             return Err(FileError::format(path, "a Fashion-MNIST folder has no captions to read here"));
         }
+        DataKind::Shards => return Err(FileError::format(path, "WebDataset shards are read as a stream, not here")),
     };
     let mut kept = Vec::with_capacity(data.samples.len());
     for sample in data.samples {

@@ -37,11 +37,11 @@ pub const EVALUATION_KEYS: u64 = 1 << 62;
 
 /// What worker threads read: one item (an image and what goes with it) at a time.
 pub trait ReadItem: Send + Sync + 'static {
-    type Item: Copy + Send + 'static;
+    type Item: Clone + Send + 'static;
     type Loaded: Send + 'static;
-    fn read(&self, item: Self::Item) -> Result<Self::Loaded, FileError>;
+    fn read(&self, item: &Self::Item) -> Result<Self::Loaded, FileError>;
     /// The file of `item`, named when its decoder panics.
-    fn file(&self, item: Self::Item) -> &Path;
+    fn file<'a>(&'a self, item: &'a Self::Item) -> &'a Path;
 }
 
 /// What a worker needs to turn an [`Item`] into a [`LoadedItem`].
@@ -57,14 +57,14 @@ impl ReadItem for ItemReader {
     type Item = Item;
     type Loaded = LoadedItem;
 
-    fn read(&self, item: Item) -> Result<LoadedItem, FileError> {
+    fn read(&self, item: &Item) -> Result<LoadedItem, FileError> {
         let sample = &self.samples[item.sample];
         let pixels = load_rgb_square(&sample.image, &self.square).map_err(|err| err.declared_in(&sample.origin))?;
         let token_ids = self.tokenizer.tokenize(&sample.captions[item.caption], self.context_length);
         Ok(LoadedItem { sample: item.sample, pixels, token_ids })
     }
 
-    fn file(&self, item: Item) -> &Path {
+    fn file<'a>(&'a self, item: &'a Item) -> &'a Path {
         &self.samples[item.sample].image
     }
 }
@@ -104,9 +104,9 @@ impl<R: ReadItem> Loader<R> {
                         let Ok(Ok(job)) = next else { break };
                         // A decoder that panics on a hostile file must not leave its slot empty
                         // (the loop would wait for it forever): it becomes that file's error.
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read(job.item)))
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.read(&job.item)))
                             .unwrap_or_else(|_| {
-                                Err(FileError::format(reader.file(job.item), "the image decoder failed on this file"))
+                                Err(FileError::format(reader.file(&job.item), "the image decoder failed on this file"))
                             });
                         if finished.send((job.key, job.slot, result)).is_err() {
                             break;
@@ -133,8 +133,8 @@ impl<R: ReadItem> Loader<R> {
     pub fn submit(&mut self, key: u64, items: &[R::Item]) {
         self.batches.insert(key, items.iter().map(|_| None).collect());
         let jobs = self.jobs.as_ref().expect("jobs close only on drop");
-        for (slot, &item) in items.iter().enumerate() {
-            jobs.send(Job { key, slot, item }).expect("workers live as long as the loader");
+        for (slot, item) in items.iter().enumerate() {
+            jobs.send(Job { key, slot, item: item.clone() }).expect("workers live as long as the loader");
         }
     }
 

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod mosaics;
 pub mod prompts;
 pub mod sampler;
+pub mod webdataset;
 
 use crate::files::FileError;
 use images::SquareResize;

@@ -3,7 +3,7 @@
 //! held-out split, which both follow from the data. Each manifest, annotation or vocabulary
 //! file is recorded by size and SHA-256 (a folder given as data, by each of its files);
 //! images are not hashed (too many, too large), only counted, through the training samples
-//! the task opened.
+//! the task opened; nor are WebDataset shards (`.tar`, often terabytes), recorded by size.
 
 use super::error::EngineError;
 use crate::files::{FileError, sha256_file};
@@ -22,7 +22,9 @@ pub struct DataFingerprint {
 pub struct FileFingerprint {
     pub path: PathBuf,
     pub bytes: u64,
-    pub sha256: String,
+    /// `None` for a WebDataset shard, recorded by size only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `run.json`'s record of the data: what it is now, and each resume that went on after it
@@ -60,7 +62,9 @@ impl FileFingerprint {
 
     fn of_file(path: &Path) -> Result<FileFingerprint, FileError> {
         let bytes = std::fs::metadata(path).map_err(FileError::io(path))?.len();
-        Ok(FileFingerprint { path: path.to_path_buf(), bytes, sha256: sha256_file(path)? })
+        let shard = path.extension().is_some_and(|extension| extension == "tar");
+        let sha256 = if shard { None } else { Some(sha256_file(path)?) };
+        Ok(FileFingerprint { path: path.to_path_buf(), bytes, sha256 })
     }
 
     /// What differs in `now` from this fingerprint of the same file.

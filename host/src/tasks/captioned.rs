@@ -72,8 +72,17 @@ pub struct CaptionedTraining {
     device: Device,
 }
 
+/// A held-out image, decoded, with every caption of it.
+pub struct HeldOutImage {
+    /// Its index among the data set's samples.
+    pub sample: usize,
+    /// `3 x size x size` bytes, channel-major.
+    pub pixels: Vec<u8>,
+    pub captions: Vec<String>,
+}
+
 /// The held-out images as `u8` pixels on the CPU, and every caption of them.
-struct HeldOut {
+pub struct HeldOut {
     pixels: Tensor,
     /// `(captions, context)`.
     caption_ids: Tensor,
@@ -83,6 +92,78 @@ struct HeldOut {
     first_caption: Vec<i64>,
     /// The sample index of each image.
     samples: Vec<usize>,
+}
+
+impl HeldOut {
+    /// The held-out split of `images` (of side `image_size`), their captions tokenized to
+    /// `context_length`.
+    pub fn new(
+        images: Vec<HeldOutImage>,
+        tokenizer: &ClipTokenizer,
+        context_length: usize,
+        image_size: i64,
+    ) -> Result<HeldOut, EngineError> {
+        if images.len() < MIN_HELD_OUT {
+            return Err(EngineError::Config(
+                "the held-out split (--val-data, or the last 5% of --data) has fewer than two readable images".into(),
+            ));
+        }
+        let (mut caption_ids, mut caption_image, mut first_caption) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, image) in images.iter().enumerate() {
+            first_caption.push(caption_image.len() as i64);
+            for caption in &image.captions {
+                caption_ids.extend(tokenizer.tokenize(caption, context_length));
+                caption_image.push(row as i64);
+            }
+        }
+        Ok(HeldOut {
+            pixels: rgb_batch(images.iter().map(|image| image.pixels.as_slice()), image_size),
+            caption_ids: Tensor::from_slice(&caption_ids).view([caption_image.len() as i64, -1]),
+            caption_image,
+            first_caption,
+            samples: images.iter().map(|image| image.sample).collect(),
+        })
+    }
+
+    /// Validation loss (each image with its first caption, in batches of
+    /// [`EVAL_BATCH_SIZE`]) and retrieval recall over all held-out captions.
+    pub fn evaluate(&self, model: &Clip, normalizer: &PixelNormalizer, device: Device) -> Scores {
+        tch::no_grad(|| {
+            let count = self.pixels.size()[0];
+            let mut image_embeddings = Vec::new();
+            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
+                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
+                let pixels = self.pixels.narrow(0, start, rows).to_device(device).to_kind(Kind::Float) / 255.0;
+                image_embeddings.push(model.image_embeddings(&normalizer.normalize(&pixels)));
+            }
+            let image_embeddings = Tensor::cat(&image_embeddings, 0);
+            let caption_count = self.caption_ids.size()[0];
+            let text_embeddings: Vec<Tensor> = (0..caption_count)
+                .step_by(EVAL_BATCH_SIZE)
+                .map(|start| {
+                    let rows = (EVAL_BATCH_SIZE as i64).min(caption_count - start);
+                    model.text_embeddings(&self.caption_ids.narrow(0, start, rows).to_device(device))
+                })
+                .collect();
+            let text_embeddings = Tensor::cat(&text_embeddings, 0);
+            let first = Tensor::from_slice(&self.first_caption).to_device(device);
+            let paired_texts = text_embeddings.index_select(0, &first);
+            let scale = model.logit_scale();
+            let mut weighted_loss = 0.0;
+            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
+                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
+                let loss = crate::models::clip::contrastive_loss(
+                    &image_embeddings.narrow(0, start, rows),
+                    &paired_texts.narrow(0, start, rows),
+                    &scale,
+                );
+                weighted_loss += loss.to_kind(Kind::Double).double_value(&[]) * rows as f64;
+            }
+            let mut values = vec![weighted_loss / count as f64];
+            values.extend(recall(&image_embeddings, &text_embeddings, &self.caption_image).values());
+            Scores { names: CAPTIONED_METRICS.to_vec(), values, images: count as usize, split: "held-out" }
+        })
+    }
 }
 
 impl CaptionedTraining {
@@ -192,90 +273,27 @@ impl CaptionedTraining {
     /// Decodes the held-out images and tokenizes all their captions, once.
     fn held_out(&mut self) -> Result<&HeldOut, EngineError> {
         if self.held_out.is_none() {
-            let held_out_samples = self.train_count..self.samples.len();
-            let mut pixels = Vec::new();
-            let mut caption_ids = Vec::new();
-            let (mut caption_image, mut first_caption, mut image_samples) = (Vec::new(), Vec::new(), Vec::new());
-            let samples: Vec<usize> = held_out_samples.collect();
+            let samples: Vec<usize> = (self.train_count..self.samples.len()).collect();
+            let mut images = Vec::with_capacity(samples.len());
             for (chunk, indices) in samples.chunks(EVAL_BATCH_SIZE).enumerate() {
                 let key = EVALUATION_KEYS + chunk as u64;
                 let items: Vec<Item> = indices.iter().map(|&sample| Item { sample, caption: 0 }).collect();
                 self.loader.submit(key, &items);
                 let (loaded, _) = self.loader.take_readable(key, self.skip_bad)?;
-                for item in loaded {
-                    let row = pixels.len() as i64;
-                    first_caption.push(caption_ids.len() as i64);
-                    caption_ids.push(item.token_ids);
-                    caption_image.push(row);
-                    // The other captions of this image, tokenized here rather than decoding
-                    // the image again for each.
-                    for caption in &self.samples[item.sample].captions[1..] {
-                        caption_ids.push(self.tokenizer.tokenize(caption, self.context_length));
-                        caption_image.push(row);
-                    }
-                    image_samples.push(item.sample);
-                    pixels.push(item.pixels);
-                }
+                images.extend(loaded.into_iter().map(|item| HeldOutImage {
+                    sample: item.sample,
+                    captions: self.samples[item.sample].captions.clone(),
+                    pixels: item.pixels,
+                }));
             }
-            if pixels.len() < 2 {
-                return Err(EngineError::Config(
-                    "the held-out split (--val-data, or the last 5% of --data) has fewer than two readable images"
-                        .into(),
-                ));
-            }
-            let ids: Vec<i64> = caption_ids.concat();
-            let pixels = rgb_batch(pixels.iter().map(Vec::as_slice), self.image_size);
-            self.held_out = Some(HeldOut {
-                pixels,
-                caption_ids: Tensor::from_slice(&ids).view([caption_image.len() as i64, -1]),
-                caption_image,
-                first_caption,
-                samples: image_samples,
-            });
+            self.held_out = Some(HeldOut::new(images, &self.tokenizer, self.context_length, self.image_size)?);
         }
         Ok(self.held_out.as_ref().expect("set just above"))
     }
 
-    /// Validation loss (each image with its first caption, in batches of
-    /// [`EVAL_BATCH_SIZE`]) and retrieval recall over all held-out captions.
+    /// Validation loss and retrieval recall on the held-out split (see [`HeldOut::evaluate`]).
     pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
         let device = self.device;
-        let held_out = self.held_out()?;
-        let scores = tch::no_grad(|| {
-            let count = held_out.pixels.size()[0];
-            let mut image_embeddings = Vec::new();
-            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
-                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
-                let pixels = held_out.pixels.narrow(0, start, rows).to_device(device).to_kind(Kind::Float) / 255.0;
-                image_embeddings.push(model.image_embeddings(&normalizer.normalize(&pixels)));
-            }
-            let image_embeddings = Tensor::cat(&image_embeddings, 0);
-            let caption_count = held_out.caption_ids.size()[0];
-            let text_embeddings: Vec<Tensor> = (0..caption_count)
-                .step_by(EVAL_BATCH_SIZE)
-                .map(|start| {
-                    let rows = (EVAL_BATCH_SIZE as i64).min(caption_count - start);
-                    model.text_embeddings(&held_out.caption_ids.narrow(0, start, rows).to_device(device))
-                })
-                .collect();
-            let text_embeddings = Tensor::cat(&text_embeddings, 0);
-            let first = Tensor::from_slice(&held_out.first_caption).to_device(device);
-            let paired_texts = text_embeddings.index_select(0, &first);
-            let scale = model.logit_scale();
-            let mut weighted_loss = 0.0;
-            for start in (0..count).step_by(EVAL_BATCH_SIZE) {
-                let rows = (EVAL_BATCH_SIZE as i64).min(count - start);
-                let loss = crate::models::clip::contrastive_loss(
-                    &image_embeddings.narrow(0, start, rows),
-                    &paired_texts.narrow(0, start, rows),
-                    &scale,
-                );
-                weighted_loss += loss.to_kind(Kind::Double).double_value(&[]) * rows as f64;
-            }
-            let mut values = vec![weighted_loss / count as f64];
-            values.extend(recall(&image_embeddings, &text_embeddings, &held_out.caption_image).values());
-            Scores { names: CAPTIONED_METRICS.to_vec(), values, images: count as usize, split: "held-out" }
-        });
-        Ok(scores)
+        Ok(self.held_out()?.evaluate(model, normalizer, device))
     }
 }

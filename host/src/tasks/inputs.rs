@@ -3,6 +3,7 @@
 //! `--data` and `--precision` mean the same thing whatever is trained; and the pieces
 //! every task loads them with (tokenizer, weights with a report of what was loaded).
 
+use super::shards::StreamOptions;
 use crate::data::clip_tokenizer::{self, ClipTokenizer};
 use crate::data::fashion_mnist;
 use crate::data::sampler::Shard;
@@ -59,10 +60,26 @@ pub struct Inputs {
     /// How the model's parameters are split into groups.
     #[serde(default)]
     pub group_by: GroupBy,
+    /// Samples per epoch of WebDataset shards; `None`: the shards' samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_num_samples: Option<u64>,
+    /// Shards drawn with replacement rather than dealt out once per pass.
+    #[serde(default)]
+    pub dataset_resampled: bool,
+    /// Samples of a shard stream shuffled together.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: u64,
 }
 
 fn one() -> u64 {
     1
+}
+
+/// open_clip's sample shuffle buffer (`_SAMPLE_SHUFFLE_SIZE`).
+const SHUFFLE_BUFFER: u64 = 5000;
+
+fn default_shuffle_buffer() -> u64 {
+    SHUFFLE_BUFFER
 }
 
 /// The flags of [`Inputs`].
@@ -88,7 +105,9 @@ pub struct InputArgs {
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Training data: a Fashion-MNIST folder of IDX files, a COCO captions file
-    /// (`captions_*.json`) or a JSONL manifest (`{"image": ..., "captions": [...]}` per line)
+    /// (`captions_*.json`), a JSONL manifest (`{"image": ..., "captions": [...]}` per line), or
+    /// WebDataset shards (`'shards/{00000..00099}.tar'`, patterns joined by `::`, or a `.txt`
+    /// list of shards; samples of `jpg|jpeg|png|webp` with `txt` or `json` captions)
     /// [default: /usr/share/datasets/fashion-mnist].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
@@ -96,8 +115,8 @@ pub struct InputArgs {
     /// COCO `annotations/captions_X.json`, the folder `X/` beside `annotations/`].
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
-    /// Held-out set (COCO or JSONL) for evaluation [default: the last 5% of --data, at most
-    /// 5,000 images].
+    /// Held-out set (COCO, JSONL or shards) for evaluation [default: the last 5% of --data, at
+    /// most 5,000 images; of shards, the last shard].
     #[arg(long, value_name = "PATH")]
     pub val_data: Option<PathBuf>,
     /// Leave out missing or unreadable images and malformed manifest lines, counting them in
@@ -113,6 +132,39 @@ pub struct InputArgs {
     /// [default: part: one group per tower, projection and head].
     #[arg(long, value_enum, value_name = "HOW")]
     pub group_by: Option<GroupBy>,
+    /// Samples per epoch of WebDataset shards, over all processes, as open_clip's flag
+    /// [default: every sample of the shards].
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
+    pub train_num_samples: Option<u64>,
+    /// Draw each process's shards with replacement (webdataset's ResampledShards) instead of
+    /// dealing every shard out once per pass.
+    #[arg(long)]
+    pub dataset_resampled: bool,
+    /// Samples of a shard stream shuffled together (webdataset's shuffle buffer) [default: 5000].
+    #[arg(long, value_name = "N", value_parser = crate::cli::positive_u64)]
+    pub shuffle_buffer: Option<u64>,
+}
+
+impl Inputs {
+    /// Refuses the flags of shard streams for data that is not shards.
+    pub fn refuse_stream_flags(&self) -> Result<(), EngineError> {
+        if crate::data::webdataset::is_shards(&self.data) {
+            return Ok(());
+        }
+        let inputs = self;
+        let given = [
+            ("--train-num-samples", inputs.train_num_samples.is_some()),
+            ("--dataset-resampled", inputs.dataset_resampled),
+            ("--shuffle-buffer", inputs.shuffle_buffer != SHUFFLE_BUFFER),
+        ];
+        match given.iter().find(|(_, given)| *given) {
+            Some((flag, _)) => Err(EngineError::Config(format!(
+                "{flag}: goes with WebDataset shards, and --data {} is not shards",
+                inputs.data.display()
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl InputArgs {
@@ -130,6 +182,9 @@ impl InputArgs {
             skip_bad_samples: self.skip_bad_samples,
             accum_steps: self.accum_steps.unwrap_or(1),
             group_by: self.group_by.unwrap_or_default(),
+            train_num_samples: self.train_num_samples,
+            dataset_resampled: self.dataset_resampled,
+            shuffle_buffer: self.shuffle_buffer.unwrap_or(SHUFFLE_BUFFER),
         }
     }
 
@@ -146,6 +201,9 @@ impl InputArgs {
             ("--skip-bad-samples", self.skip_bad_samples),
             ("--accum-steps", self.accum_steps.is_some()),
             ("--group-by", self.group_by.is_some()),
+            ("--train-num-samples", self.train_num_samples.is_some()),
+            ("--dataset-resampled", self.dataset_resampled),
+            ("--shuffle-buffer", self.shuffle_buffer.is_some()),
         ])
     }
 }
@@ -199,6 +257,11 @@ impl TaskContext {
             batch_size: self.batch_size,
             shard: Shard { index: self.team.rank(), count: self.team.size() },
             device: self.device,
+            stream: StreamOptions {
+                train_num_samples: inputs.train_num_samples,
+                resampled: inputs.dataset_resampled,
+                shuffle_buffer: inputs.shuffle_buffer,
+            },
         }
     }
 
@@ -231,6 +294,8 @@ pub struct DataOptions<'a> {
     /// This process's part of each batch.
     pub shard: Shard,
     pub device: Device,
+    /// How WebDataset shards are streamed.
+    pub stream: StreamOptions,
 }
 
 impl DataOptions<'_> {

@@ -12,6 +12,7 @@ pub mod clip;
 mod contrastive;
 pub mod detection;
 mod inputs;
+mod shards;
 pub mod tagging;
 pub mod use_model;
 
@@ -122,6 +123,7 @@ impl TaskConfig {
 
     /// The task these settings describe, with its data and model.
     pub fn open(&self, context: &TaskContext) -> Result<Box<dyn Task>, EngineError> {
+        self.inputs().refuse_stream_flags()?;
         Ok(match self {
             TaskConfig::Clip(config) => Box::new(clip::ContrastiveTask::open(config, context)?),
             TaskConfig::Tagging(config) => Box::new(tagging::TaggingTask::open(config, context)?),
@@ -172,8 +174,13 @@ impl TaskConfig {
     /// stands for its files), for the run's data fingerprint; images are counted, not listed.
     pub fn data_files(&self) -> Vec<PathBuf> {
         let inputs = self.inputs();
-        let mut files = vec![inputs.data.clone()];
-        files.extend(inputs.val_data.iter().filter(|val| **val != inputs.data).cloned());
+        // Shards are named by pattern: each shard is a file of the data.
+        let files_of = |path: &PathBuf| match crate::data::webdataset::expand(path) {
+            Ok(shards) if crate::data::webdataset::is_shards(path) => shards,
+            _ => vec![path.clone()],
+        };
+        let mut files = files_of(&inputs.data);
+        files.extend(inputs.val_data.iter().filter(|val| **val != inputs.data).flat_map(files_of));
         if let TaskConfig::Tagging(config) = self {
             files.extend(config.tags.iter().cloned());
         }

@@ -14,12 +14,14 @@ use crate::eval::{VALIDATION_METRICS, validation_metrics, zero_shot_accuracy};
 use crate::models::clip::Clip;
 use crate::tasks::captioned::{CAPTIONED_METRICS, CaptionedTraining, EVAL_BATCH_SIZE, TrainBatch, caption_draw};
 use crate::tasks::inputs::{DataOptions, check_batch_size};
+use crate::tasks::shards::ShardTraining;
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
 pub enum TrainingData {
     Labelled(LabelledData),
     Captioned(Box<CaptionedTraining>),
+    Shards(Box<ShardTraining>),
 }
 
 impl TrainingData {
@@ -63,18 +65,40 @@ impl TrainingData {
         Ok(TrainingData::Captioned(Box::new(data)))
     }
 
+    /// WebDataset shards, with images made square by `square` and captions tokenized to
+    /// `context_length`.
+    pub fn shards(
+        options: &DataOptions,
+        tokenizer: Arc<ClipTokenizer>,
+        context_length: usize,
+        square: SquareResize,
+    ) -> Result<TrainingData, EngineError> {
+        let data = ShardTraining::open(options, options.stream, tokenizer, context_length, square)?;
+        Ok(TrainingData::Shards(Box::new(data)))
+    }
+
     pub fn steps_per_epoch(&self) -> u64 {
-        self.sampler().steps_per_epoch()
+        match self {
+            TrainingData::Labelled(data) => data.sampler.steps_per_epoch(),
+            TrainingData::Captioned(data) => data.sampler().steps_per_epoch(),
+            TrainingData::Shards(data) => data.steps_per_epoch(),
+        }
     }
 
     pub fn epoch_of(&self, step: u64) -> u64 {
-        self.sampler().epoch_of(step)
+        match self {
+            TrainingData::Labelled(data) => data.sampler.epoch_of(step),
+            TrainingData::Captioned(data) => data.sampler().epoch_of(step),
+            TrainingData::Shards(data) => data.epoch_of(step),
+        }
     }
 
-    pub fn sampler(&self) -> &EpochSampler {
+    /// Samples it trains on.
+    pub fn train_samples(&self) -> usize {
         match self {
-            TrainingData::Labelled(data) => &data.sampler,
-            TrainingData::Captioned(data) => data.sampler(),
+            TrainingData::Labelled(data) => data.sampler.sample_count(),
+            TrainingData::Captioned(data) => data.sampler().sample_count(),
+            TrainingData::Shards(data) => data.train_samples(),
         }
     }
 
@@ -82,7 +106,7 @@ impl TrainingData {
     pub fn metric_names(&self) -> &'static [&'static str] {
         match self {
             TrainingData::Labelled(_) => &VALIDATION_METRICS,
-            TrainingData::Captioned(_) => &CAPTIONED_METRICS,
+            TrainingData::Captioned(_) | TrainingData::Shards(_) => &CAPTIONED_METRICS,
         }
     }
 
@@ -91,6 +115,7 @@ impl TrainingData {
         match self {
             TrainingData::Labelled(_) => &[],
             TrainingData::Captioned(data) => data.skipped_at_start(),
+            TrainingData::Shards(data) => data.skipped_at_start(),
         }
     }
 
@@ -99,6 +124,7 @@ impl TrainingData {
         match self {
             TrainingData::Labelled(data) => Ok(data.batch(step)),
             TrainingData::Captioned(data) => data.batch(step, last_step),
+            TrainingData::Shards(data) => data.batch(step, last_step),
         }
     }
 
@@ -120,6 +146,7 @@ impl TrainingData {
                 split: "held-out",
             }),
             TrainingData::Captioned(data) => data.evaluate(model, normalizer),
+            TrainingData::Shards(data) => data.evaluate(model, normalizer),
         }
     }
 
@@ -138,6 +165,7 @@ impl TrainingData {
                 })
             }
             TrainingData::Captioned(data) => data.evaluate(model, normalizer),
+            TrainingData::Shards(data) => data.evaluate(model, normalizer),
         }
     }
 }

@@ -210,7 +210,7 @@ impl Task for ContrastiveTask {
     }
 
     fn train_samples(&self) -> usize {
-        self.data.sampler().sample_count()
+        self.data.train_samples()
     }
 
     fn epoch_of(&self, step: u64) -> u64 {
@@ -329,6 +329,10 @@ fn open_data(
     let context = model_config.text_config.max_position_embeddings.max(2) as usize;
     let data = match kind {
         DataKind::FashionMnist => TrainingData::fashion_mnist(options, Some((&tokenizer, context)))?,
+        DataKind::Shards => {
+            let square = SquareResize::for_model(inputs.model.as_deref(), model_config.vision_config.image_size)?;
+            TrainingData::shards(options, Arc::new(tokenizer), context, square)?
+        }
         DataKind::Coco | DataKind::Manifest => {
             let square = SquareResize::for_model(inputs.model.as_deref(), model_config.vision_config.image_size)?;
             TrainingData::captioned(options, Arc::new(tokenizer), context, square)?

@@ -161,14 +161,14 @@ impl ReadItem for DetectionReader {
     type Item = usize;
     type Loaded = LoadedImage;
 
-    fn read(&self, sample: usize) -> Result<LoadedImage, FileError> {
+    fn read(&self, &sample: &usize) -> Result<LoadedImage, FileError> {
         let declared = &self.samples[sample];
         let padded =
             load_rgb_padded(&declared.image, self.image_size).map_err(|err| err.declared_in(&declared.origin))?;
         Ok(LoadedImage { sample, pixels: padded.pixels, scale: padded.scale })
     }
 
-    fn file(&self, sample: usize) -> &Path {
+    fn file<'a>(&'a self, &sample: &'a usize) -> &'a Path {
         &self.samples[sample].image
     }
 }
@@ -252,6 +252,12 @@ struct DetectionData {
 
 fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
     let skip = options.skip_bad_samples;
+    if DataKind::of(options.data)? == DataKind::Shards {
+        return Err(EngineError::Config(format!(
+            "--data {}: detection reads COCO box annotations, not WebDataset shards",
+            options.data.display()
+        )));
+    }
     if DataKind::of(options.data)? == DataKind::FashionMnist {
         options.refuse_file_flags_for_fashion_mnist()?;
         let cache = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/datasets"));

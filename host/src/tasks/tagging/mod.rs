@@ -410,7 +410,7 @@ impl TaggingTask {
             (DataKind::FashionMnist, Some(_)) => {
                 return Err(EngineError::Config("--tags: the mosaic default has its own tags, the ten classes".into()));
             }
-            (DataKind::Coco, _) => {
+            (DataKind::Coco | DataKind::Shards, _) => {
                 return Err(EngineError::Config(format!(
                     "--data {}: tagging reads a JSONL manifest with `tags`, or Fashion-MNIST mosaics",
                     config.data.display()
