@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use trainer::check::{StreamSpec, check_spec};
-use trainer::data::images::{load_rgb_padded, load_rgb_square};
+use trainer::data::images::{SquareResize, load_rgb_padded, load_rgb_square};
 use trainer::engine::KnobState;
 use trainer::models::clip::ClipConfig;
 use trainer::models::groups::GroupBy;
@@ -170,7 +170,7 @@ fn image_decode(c: &mut Criterion) {
     });
     picture.save(&path).expect("the JPEG is written");
     let mut group = c.benchmark_group("image_decode");
-    group.bench_function("640x480 JPEG to 224 square", |b| b.iter(|| black_box(load_rgb_square(&path, 224))));
+    group.bench_function("640x480 JPEG to 224 square", |b| b.iter(|| black_box(load_rgb_square(&path, &SquareResize::clip(224)))));
     group.bench_function("640x480 JPEG to 768 padded", |b| b.iter(|| black_box(load_rgb_padded(&path, 768))));
     group.finish();
 }
