@@ -1,7 +1,8 @@
 //! WebDataset shards written by the `webdataset` package: a CLIP trained on them reaches the
 //! zero-shot accuracy of the same images read from a JSONL manifest; a run killed mid-way
 //! and resumed ends with the same weights as one never stopped; a damaged shard or image is
-//! named by shard and key, or with `--skip-bad-samples` left out and counted.
+//! named by shard and key, or with `--skip-bad-samples` left out and counted. A tagger reads
+//! each sample's tags from its `.json` as it reads them from a manifest.
 
 mod common;
 
@@ -209,4 +210,77 @@ fn damaged_shards_and_images_are_named_by_shard_and_key_or_skipped_and_counted()
     assert_success(&train("cut-skipped", &["--skip-bad-samples"]));
     let log = std::fs::read_to_string(dir.path().join("cut-skipped/run.log")).unwrap();
     assert!(log.contains(arg(&second)) && log.contains("samples before that are kept"), "{log}");
+}
+
+/// The manifest of `mosaics` (their tags; every other one without captions) in `dir`.
+fn tagged_manifest(dir: &Path, name: &str, mosaics: &[common::Mosaic]) -> PathBuf {
+    let lines: Vec<String> = mosaics
+        .iter()
+        .enumerate()
+        .map(|(index, mosaic)| {
+            let captions = if index % 2 == 0 { mosaic.captions.to_vec() } else { Vec::new() };
+            serde_json::json!({"image": mosaic.file_name, "tags": mosaic.tags, "captions": captions}).to_string()
+        })
+        .collect();
+    let manifest = dir.join(name);
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    manifest
+}
+
+#[test]
+fn a_tagger_reads_the_tags_of_shards_as_those_of_the_same_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mosaics = common::write_mosaics(dir.path(), 0, 48);
+    let vocabulary = dir.path().join("tags.txt");
+    std::fs::write(&vocabulary, CLASS_NAMES.join("\n") + "\n").unwrap();
+    let held_out = tagged_manifest(dir.path(), "held-out.jsonl", &mosaics[32..]);
+    let train_manifest = tagged_manifest(dir.path(), "train.jsonl", &mosaics[..32]);
+    let (shards, held_out_shards) = (dir.path().join("shards"), dir.path().join("held-out"));
+    write_shards(&train_manifest, &shards, 16);
+    write_shards(&held_out, &held_out_shards, 16);
+    let held_out_shard = held_out_shards.join("00000.tar");
+    let pattern = format!("{}/{{00000..00001}}.tar", shards.display());
+    // Learning rate 0: both runs evaluate the same model; one step of all 32 training images
+    // sums the same tag loss whatever their order.
+    let still = format!("{}:lr=0", common::policy("constant").display());
+    let train = |run: &str, data: &str, val_data: &Path| {
+        let args = [
+            "--task",
+            "tagging",
+            "--losses",
+            "tag",
+            "--tags",
+            arg(&vocabulary),
+            "--data",
+            data,
+            "--val-data",
+            arg(val_data),
+            "--steps",
+            "1",
+            "--batch-size",
+            "32",
+        ];
+        common::train_cpu(&dir.path().join(run), std::slice::from_ref(&still), &args)
+    };
+    assert_success(&train("manifest", arg(&train_manifest), &held_out));
+    assert_success(&train("shards", &pattern, &held_out_shard));
+    let (manifest_eval, shards_eval) =
+        (read_json(&dir.path().join("manifest/eval.json")), read_json(&dir.path().join("shards/eval.json")));
+    assert_eq!(shards_eval["images"], 16, "{shards_eval}");
+    for metric in trainer::eval::TAGGING_METRICS {
+        let value = |eval: &serde_json::Value| eval[metric].as_f64().unwrap_or_else(|| panic!("{metric} in {eval}"));
+        assert_eq!(value(&manifest_eval), value(&shards_eval), "{metric}: {manifest_eval} vs {shards_eval}");
+    }
+    let tag_loss = |run: &str| common::read_jsonl(&dir.path().join(run).join("metrics.jsonl"))[0]["losses"]["tag"].as_f64().unwrap();
+    let (manifest_loss, shards_loss) = (tag_loss("manifest"), tag_loss("shards"));
+    assert!((manifest_loss - shards_loss).abs() <= 1e-5 * manifest_loss, "tag loss {manifest_loss} vs {shards_loss}");
+
+    // A tag the vocabulary lacks is named with its shard and sample.
+    mosaics[3].tags.push("handbag".into());
+    let bad_manifest = tagged_manifest(dir.path(), "bad.jsonl", &mosaics[..32]);
+    let bad_shards = dir.path().join("bad-shards");
+    write_shards(&bad_manifest, &bad_shards, 16);
+    let bad_pattern = format!("{}/{{00000..00001}}.tar", bad_shards.display());
+    let output = train("bad", &bad_pattern, &held_out_shard);
+    common::assert_error(&output, 1, &[arg(&bad_shards.join("00000.tar")), "sample `000003`", "unknown tag `handbag`"]);
 }

@@ -102,15 +102,15 @@ pub struct Member {
     pub len: u64,
 }
 
-/// A usable sample of a shard: its key, its image, and its text (`.txt`: the caption;
-/// `.json`: `caption` or `captions`, and `tags`).
+/// A usable sample of a shard: its key, its image, and its text, one or both of `.txt` (the
+/// caption) and `.json` (`caption` or `captions`, and `tags`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleEntry {
     pub key: String,
     pub image: Member,
     pub image_extension: String,
-    pub text: Member,
-    pub text_is_json: bool,
+    pub txt: Option<Member>,
+    pub json: Option<Member>,
 }
 
 /// A shard's usable samples, and what made it stop early, when something did.
@@ -135,14 +135,14 @@ pub fn scan(shard: &Path) -> Result<ShardTable, FileError> {
     let finish = |table: &mut ShardTable, sample: Option<(String, HashMap<String, Member>)>| {
         let Some((key, members)) = sample else { return };
         let image = IMAGE_EXTENSIONS.iter().find_map(|ext| members.get(*ext).map(|member| (*ext, *member)));
-        let text = members.get("txt").map(|member| (*member, false)).or(members.get("json").map(|m| (*m, true)));
-        match (image, text) {
-            (Some((extension, image)), Some((text, text_is_json))) => table.samples.push(SampleEntry {
+        let (txt, json) = (members.get("txt").copied(), members.get("json").copied());
+        match image {
+            Some((extension, image)) if txt.is_some() || json.is_some() => table.samples.push(SampleEntry {
                 key,
                 image,
                 image_extension: extension.to_string(),
-                text,
-                text_is_json,
+                txt,
+                json,
             }),
             _ => table.incomplete += 1,
         }
@@ -182,8 +182,11 @@ pub fn scan(shard: &Path) -> Result<ShardTable, FileError> {
         // zero blocks after its last member.
         let length = std::fs::metadata(shard).map_err(FileError::io(shard))?.len();
         if end + 1024 > length {
-            let ends = |member: &Member| member.offset + member.len;
-            while table.samples.last().is_some_and(|last| ends(&last.image).max(ends(&last.text)) > length) {
+            let ends = |member: Option<&Member>| member.map_or(0, |member| member.offset + member.len);
+            let sample_end = |sample: &SampleEntry| {
+                ends(Some(&sample.image)).max(ends(sample.txt.as_ref())).max(ends(sample.json.as_ref()))
+            };
+            while table.samples.last().is_some_and(|last| sample_end(last) > length) {
                 table.samples.pop();
             }
             table.damage = Some(format!("cut short at {length} bytes, after {} whole samples", table.samples.len()));

@@ -37,6 +37,15 @@ pub struct TrainBatch {
     pub skipped: Vec<String>,
 }
 
+/// The caption of a sample that has tags but no caption.
+pub fn caption_from_tags(tags: &[String]) -> String {
+    match tags {
+        [] => String::new(),
+        [only] => format!("a photo of a {only}."),
+        [rest @ .., last] => format!("a photo of a {}, and a {last}.", rest.join(", a ")),
+    }
+}
+
 /// Metric names of an image-caption evaluation.
 pub const CAPTIONED_METRICS: [&str; 7] = [
     "val_loss",
@@ -95,6 +104,11 @@ pub struct HeldOut {
 }
 
 impl HeldOut {
+    /// The images, `(n, 3, size, size)` `u8` on the CPU.
+    pub fn pixels(&self) -> &Tensor {
+        &self.pixels
+    }
+
     /// The held-out split of `images` (of side `image_size`), their captions tokenized to
     /// `context_length`.
     pub fn new(

@@ -5,12 +5,15 @@
 //! what the uninterrupted run read; what differs from files is that each process reads
 //! shards of its own (a run of 2 processes sees other batches than a run of 1, as with
 //! webdataset).
+//!
+//! Tagging reads the same streams with a tag vocabulary: each sample's `.json` then has its
+//! `tags`, checked against the vocabulary as the worker threads read it.
 
-use super::captioned::{EVAL_BATCH_SIZE, HeldOut, HeldOutImage, TrainBatch, caption_draw};
+use super::captioned::{EVAL_BATCH_SIZE, HeldOut, HeldOutImage, TrainBatch, caption_draw, caption_from_tags};
 use crate::data::clip_tokenizer::ClipTokenizer;
 use crate::data::images::{SquareResize, decode_rgb_bytes, rgb_square};
 use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
-use crate::data::webdataset::{self, SampleEntry, ShardIndex, ShardStream, ShardTable};
+use crate::data::webdataset::{self, Member, SampleEntry, ShardIndex, ShardStream, ShardTable};
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::engine::{EngineError, Scores};
 use crate::files::FileError;
@@ -43,6 +46,17 @@ pub struct LoadedSample {
     pixels: Vec<u8>,
     token_ids: Vec<i64>,
     captions: Vec<String>,
+    /// Its tags' columns in the run's [`TagVocabulary`] (none without one).
+    tags: Vec<usize>,
+}
+
+/// The tags a tagging run knows, which each sample's tags must be among.
+#[derive(Debug)]
+pub struct TagVocabulary {
+    /// Each tag's column in the multi-hot targets.
+    pub columns: HashMap<String, usize>,
+    /// The file the tags came from, named when a sample has another tag.
+    pub file: PathBuf,
 }
 
 /// What worker threads need to read samples out of shards.
@@ -51,14 +65,17 @@ struct ShardReader {
     context_length: usize,
     square: SquareResize,
     seed: u64,
+    tags: Option<Arc<TagVocabulary>>,
 }
 
-/// A sample's `.json`: its caption, or captions (and tags, for tagging).
+/// A sample's `.json`: its caption, or captions, and its tags.
 #[derive(Deserialize)]
 struct SampleJson {
     caption: Option<String>,
     #[serde(default)]
     captions: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 impl ReadItem for ShardReader {
@@ -66,20 +83,48 @@ impl ReadItem for ShardReader {
     type Loaded = LoadedSample;
 
     fn read(&self, item: &ShardItem) -> Result<LoadedSample, FileError> {
-        let SampleEntry { key, image, image_extension, text, text_is_json } = &item.entry;
+        let SampleEntry { key, image, image_extension, txt, json } = &item.entry;
         let bad = |problem: String| FileError::format(&item.shard, format!("sample `{key}`: {problem}"));
         let image_bytes = webdataset::read_member(&item.shard, *image)?;
         let rgb =
             decode_rgb_bytes(&image_bytes).map_err(|problem| bad(format!("{key}.{image_extension}: {problem}")))?;
-        let text_bytes = webdataset::read_member(&item.shard, *text)?;
-        let text = String::from_utf8(text_bytes).map_err(|_| bad("its caption is not UTF-8".into()))?;
-        let captions = if *text_is_json {
-            let parsed: SampleJson = serde_json::from_str(&text).map_err(|err| bad(format!("{key}.json: {err}")))?;
-            parsed.caption.into_iter().chain(parsed.captions).collect()
-        } else {
-            vec![text.trim().to_string()]
+        let text = |member: Member, extension: &str| -> Result<String, FileError> {
+            let bytes = webdataset::read_member(&item.shard, member)?;
+            String::from_utf8(bytes).map_err(|_| bad(format!("{key}.{extension} is not UTF-8")))
         };
-        let captions: Vec<String> = captions.into_iter().filter(|caption| !caption.trim().is_empty()).collect();
+        let json = match json {
+            Some(member) => Some(
+                serde_json::from_str::<SampleJson>(&text(*member, "json")?)
+                    .map_err(|err| bad(format!("{key}.json: {err}")))?,
+            ),
+            None => None,
+        };
+        // The `.txt` caption first, as open_clip reads it; else the `.json`'s.
+        let mut captions: Vec<String> = match (txt, &json) {
+            (Some(member), _) => vec![text(*member, "txt")?.trim().to_string()],
+            (None, Some(json)) => json.caption.iter().chain(&json.captions).cloned().collect(),
+            (None, None) => Vec::new(),
+        };
+        captions.retain(|caption| !caption.trim().is_empty());
+        let tags = match &self.tags {
+            None => Vec::new(),
+            Some(vocabulary) => {
+                let names = match &json {
+                    None => return Err(bad(format!("has no {key}.json with its tags"))),
+                    Some(json) if json.tags.is_empty() => return Err(bad("has an empty tag list".into())),
+                    Some(json) => &json.tags,
+                };
+                if captions.is_empty() {
+                    captions.push(caption_from_tags(names));
+                }
+                let column = |tag: &String| {
+                    vocabulary.columns.get(tag).copied().ok_or_else(|| {
+                        bad(format!("unknown tag `{tag}` (not in {})", vocabulary.file.display()))
+                    })
+                };
+                names.iter().map(column).collect::<Result<Vec<usize>, FileError>>()?
+            }
+        };
         if captions.is_empty() {
             return Err(bad("has no caption".into()));
         }
@@ -92,6 +137,7 @@ impl ReadItem for ShardReader {
             pixels: rgb_square(&rgb, &self.square),
             token_ids: self.tokenizer.tokenize(&captions[caption], self.context_length),
             captions,
+            tags,
         })
     }
 
@@ -156,6 +202,9 @@ pub struct ShardTraining {
     loader: Loader<ShardReader>,
     held_out_shards: Vec<PathBuf>,
     held_out: Option<HeldOut>,
+    /// Each held-out image's tags and first caption, in the order of `held_out`'s rows.
+    held_out_tags: Vec<Vec<usize>>,
+    held_out_captions: Vec<String>,
     steps_per_epoch: u64,
     /// This process's part of each batch.
     process_batch: usize,
@@ -169,13 +218,14 @@ pub struct ShardTraining {
 
 impl ShardTraining {
     /// The shards of `options.data`, and the held-out ones: `options.val_data`, or the
-    /// last training shard.
+    /// last training shard; with `tags`, every sample's tags are read and checked.
     pub fn open(
         options: &DataOptions,
         stream_options: StreamOptions,
         tokenizer: Arc<ClipTokenizer>,
         context_length: usize,
         square: SquareResize,
+        tags: Option<Arc<TagVocabulary>>,
     ) -> Result<Self, EngineError> {
         let mut train = webdataset::expand(options.data)?;
         let held_out_shards = match options.val_data {
@@ -208,7 +258,7 @@ impl ShardTraining {
             )));
         }
         let process_batch = options.batch_size / options.shard.count;
-        let reader = ShardReader { tokenizer: tokenizer.clone(), context_length, square, seed: options.seed };
+        let reader = ShardReader { tokenizer: tokenizer.clone(), context_length, square, seed: options.seed, tags };
         Ok(ShardTraining {
             shard_paths: index.shards.iter().cloned().map(Arc::new).collect(),
             skipped_at_start: index.problems.clone(),
@@ -218,6 +268,8 @@ impl ShardTraining {
             loader: Loader::new(reader, options.workers),
             held_out_shards,
             held_out: None,
+            held_out_tags: Vec::new(),
+            held_out_captions: Vec::new(),
             steps_per_epoch,
             process_batch,
             tokenizer,
@@ -263,7 +315,8 @@ impl ShardTraining {
         Ok(items)
     }
 
-    pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
+    /// The samples of `step` that decoded, and a line for each one left out.
+    fn loaded(&mut self, step: u64, last_step: u64) -> Result<(Vec<LoadedSample>, Vec<String>), EngineError> {
         for ahead in self.loader.to_prefetch(step, last_step) {
             let items = self.items(ahead)?;
             self.loader.submit(ahead, &items);
@@ -275,15 +328,31 @@ impl ShardTraining {
                 loaded.len()
             )));
         }
+        Ok((loaded, skipped))
+    }
+
+    pub fn batch(&mut self, step: u64, last_step: u64) -> Result<TrainBatch, EngineError> {
+        let (loaded, skipped) = self.loaded(step, last_step)?;
+        Ok(self.train_batch(&loaded, skipped))
+    }
+
+    /// The batch of `step` and each row's tag columns.
+    pub fn tagged_batch(&mut self, step: u64, last_step: u64) -> Result<(TrainBatch, Vec<Vec<usize>>), EngineError> {
+        let (loaded, skipped) = self.loaded(step, last_step)?;
+        let batch = self.train_batch(&loaded, skipped);
+        Ok((batch, loaded.into_iter().map(|sample| sample.tags).collect()))
+    }
+
+    fn train_batch(&self, loaded: &[LoadedSample], skipped: Vec<String>) -> TrainBatch {
         let pixels = rgb_batch(loaded.iter().map(|sample| sample.pixels.as_slice()), self.image_size);
         let ids: Vec<i64> = loaded.iter().flat_map(|sample| sample.token_ids.iter().copied()).collect();
         let input_ids = Tensor::from_slice(&ids).view([loaded.len() as i64, -1]);
-        Ok(TrainBatch {
+        TrainBatch {
             pixels: pixels.to_device(self.device).to_kind(Kind::Float) / 255.0,
             input_ids: input_ids.to_device(self.device),
             samples: loaded.iter().map(|sample| sample.id).collect(),
             skipped,
-        })
+        }
     }
 
     /// The held-out shards' samples (at most [`MAX_HELD_OUT`]), decoded once.
@@ -311,15 +380,23 @@ impl ShardTraining {
                 self.loader.submit(key, chunk_items);
                 let (loaded, _) = self.loader.take_readable(key, self.skip_bad)?;
                 let first = chunk * EVAL_BATCH_SIZE;
-                images.extend(loaded.into_iter().enumerate().map(|(row, sample)| HeldOutImage {
-                    sample: first + row,
-                    pixels: sample.pixels,
-                    captions: sample.captions,
-                }));
+                for (row, sample) in loaded.into_iter().enumerate() {
+                    self.held_out_tags.push(sample.tags);
+                    self.held_out_captions.push(sample.captions[0].clone());
+                    images.push(HeldOutImage { sample: first + row, pixels: sample.pixels, captions: sample.captions });
+                }
             }
             self.held_out = Some(HeldOut::new(images, &self.tokenizer, self.context_length, self.image_size)?);
         }
         Ok(self.held_out.as_ref().expect("set just above"))
+    }
+
+    /// The held-out images, `(n, 3, size, size)` `u8` on the CPU, with each one's tag
+    /// columns and first caption.
+    pub fn held_out_tagged(&mut self) -> Result<(&Tensor, &[Vec<usize>], &[String]), EngineError> {
+        self.held_out()?;
+        let held_out = self.held_out.as_ref().expect("read just above");
+        Ok((held_out.pixels(), &self.held_out_tags, &self.held_out_captions))
     }
 
     /// Validation loss and retrieval recall on the held-out shards.

@@ -73,7 +73,7 @@ impl TrainingData {
         context_length: usize,
         square: SquareResize,
     ) -> Result<TrainingData, EngineError> {
-        let data = ShardTraining::open(options, options.stream, tokenizer, context_length, square)?;
+        let data = ShardTraining::open(options, options.stream, tokenizer, context_length, square, None)?;
         Ok(TrainingData::Shards(Box::new(data)))
     }
 

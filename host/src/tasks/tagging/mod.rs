@@ -9,7 +9,8 @@
 //!
 //! Data: 2x2 mosaics of Fashion-MNIST (the offline default, tagged with the classes shown),
 //! or a JSONL manifest whose lines have `tags` (and optionally `captions`; without them the
-//! caption names the tags) with a tag vocabulary file, one tag per line.
+//! caption names the tags), or WebDataset shards whose samples' `.json` has them, with a tag
+//! vocabulary file, one tag per line.
 //!
 //! Tags named in `--unseen-tags` are left out of the head's training and evaluated by name
 //! alone (`unseen_mAP`): queries from the text tower's embeddings of their prompts, as a
@@ -29,7 +30,8 @@ mod predict;
 
 pub use predict::{PredictRequest, predict};
 
-use super::captioned::{CaptionedTraining, TrainBatch};
+use super::captioned::{CaptionedTraining, TrainBatch, caption_from_tags};
+use super::shards::{ShardTraining, TagVocabulary};
 use super::contrastive::{GlobalPairs, logit_scale_for, placed};
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
@@ -237,13 +239,35 @@ enum TagSource {
         tags: Vec<Vec<usize>>,
         manifest: PathBuf,
     },
+    /// WebDataset shards, each sample's tags read with it.
+    Shards {
+        data: Box<ShardTraining>,
+        pattern: PathBuf,
+    },
 }
 
 impl TagSource {
-    fn sampler(&self) -> &EpochSampler {
+    fn steps_per_epoch(&self) -> u64 {
         match self {
-            TagSource::Mosaics { sampler, .. } => sampler,
-            TagSource::Files { data, .. } => data.sampler(),
+            TagSource::Mosaics { sampler, .. } => sampler.steps_per_epoch(),
+            TagSource::Files { data, .. } => data.sampler().steps_per_epoch(),
+            TagSource::Shards { data, .. } => data.steps_per_epoch(),
+        }
+    }
+
+    fn train_samples(&self) -> usize {
+        match self {
+            TagSource::Mosaics { sampler, .. } => sampler.sample_count(),
+            TagSource::Files { data, .. } => data.sampler().sample_count(),
+            TagSource::Shards { data, .. } => data.train_samples(),
+        }
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        match self {
+            TagSource::Mosaics { sampler, .. } => sampler.epoch_of(step),
+            TagSource::Files { data, .. } => data.sampler().epoch_of(step),
+            TagSource::Shards { data, .. } => data.epoch_of(step),
         }
     }
 
@@ -262,6 +286,13 @@ impl TagSource {
                 let TrainBatch { pixels, input_ids, samples, skipped } = batch;
                 Ok(TagBatch { pixels, targets, input_ids, samples, skipped })
             }
+            TagSource::Shards { data, .. } => {
+                let (batch, tags) = data.tagged_batch(step, last_step)?;
+                let rows: Vec<&[usize]> = tags.iter().map(Vec::as_slice).collect();
+                let targets = multi_hot(&rows, text.tag_count).to_device(batch.pixels.device());
+                let TrainBatch { pixels, input_ids, samples, skipped } = batch;
+                Ok(TagBatch { pixels, targets, input_ids, samples, skipped })
+            }
         }
     }
 
@@ -271,6 +302,7 @@ impl TagSource {
         Ok(match self {
             TagSource::Mosaics { validation, test, .. } => if final_split { test } else { validation }.len(),
             TagSource::Files { data, .. } => data.held_out_images()?.1.len(),
+            TagSource::Shards { data, .. } => data.held_out_tagged()?.1.len(),
         })
     }
 
@@ -307,6 +339,19 @@ impl TagSource {
                     targets: multi_hot(&rows, text.tag_count).to_device(device),
                     input_ids: text.tokenize(&captions),
                     samples: samples.iter().map(|&s| s as i64).collect(),
+                    skipped: Vec::new(),
+                })
+            }
+            TagSource::Shards { data, .. } => {
+                let (pixels, tags, captions) = data.held_out_tagged()?;
+                let pixels =
+                    pixels.narrow(0, start as i64, count as i64).to_device(device).to_kind(Kind::Float) / 255.0;
+                let rows: Vec<&[usize]> = tags[start..start + count].iter().map(Vec::as_slice).collect();
+                Ok(TagBatch {
+                    pixels,
+                    targets: multi_hot(&rows, text.tag_count).to_device(device),
+                    input_ids: text.tokenize(&captions[start..start + count]),
+                    samples: indices,
                     skipped: Vec::new(),
                 })
             }
@@ -377,15 +422,6 @@ pub fn read_vocabulary(path: &Path) -> Result<Vec<String>, FileError> {
     Ok(tags)
 }
 
-/// The caption of a sample that has tags but no caption.
-fn caption_from_tags(tags: &[String]) -> String {
-    match tags {
-        [] => String::new(),
-        [only] => format!("a photo of a {only}."),
-        [rest @ .., last] => format!("a photo of a {}, and a {last}.", rest.join(", a ")),
-    }
-}
-
 impl TaggingTask {
     pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
         let config = &task.inputs;
@@ -400,19 +436,19 @@ impl TaggingTask {
         let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
         let tags: Vec<String> = match (DataKind::of(&config.data)?, &task.tags) {
             (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
-            (DataKind::Manifest, Some(path)) => read_vocabulary(path)?,
-            (DataKind::Manifest, None) => {
+            (DataKind::Manifest | DataKind::Shards, Some(path)) => read_vocabulary(path)?,
+            (DataKind::Manifest | DataKind::Shards, None) => {
                 return Err(EngineError::Config(format!(
-                    "--data {}: a tagging manifest needs its tag vocabulary, --tags FILE (one tag per line)",
+                    "--data {}: tagged data needs its tag vocabulary, --tags FILE (one tag per line)",
                     config.data.display()
                 )));
             }
             (DataKind::FashionMnist, Some(_)) => {
                 return Err(EngineError::Config("--tags: the mosaic default has its own tags, the ten classes".into()));
             }
-            (DataKind::Coco | DataKind::Shards, _) => {
+            (DataKind::Coco, _) => {
                 return Err(EngineError::Config(format!(
-                    "--data {}: tagging reads a JSONL manifest with `tags`, or Fashion-MNIST mosaics",
+                    "--data {}: tagging reads a JSONL manifest or WebDataset shards with `tags`, or Fashion-MNIST mosaics",
                     config.data.display()
                 )));
             }
@@ -699,8 +735,17 @@ fn open_source(
         let sampler = EpochSampler::new(seed, train.len(), options.batch_size, options.shard);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
-    let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
     let vocabulary = task.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
+    let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
+    let square = SquareResize::for_model(task.inputs.model.as_deref(), model.clip.vision_config.image_size)?;
+    let tokenizer = Arc::new(tokenizer.clone());
+    if DataKind::of(data)? == DataKind::Shards {
+        let columns = vocabulary_tags.iter().enumerate().map(|(column, tag)| (tag.clone(), column)).collect();
+        let tags = Arc::new(TagVocabulary { columns, file: vocabulary.to_path_buf() });
+        let data = ShardTraining::open(options, options.stream, tokenizer, context, square, Some(tags))?;
+        return Ok(TagSource::Shards { data: Box::new(data), pattern: options.data.to_path_buf() });
+    }
+    let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
     let mut tags = Vec::new();
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
         let indices = sample
@@ -722,9 +767,7 @@ fn open_source(
         }
         Ok(())
     };
-    let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
-    let square = SquareResize::for_model(task.inputs.model.as_deref(), model.clip.vision_config.image_size)?;
-    let data = CaptionedTraining::open(options, Needs::Tags, check, Arc::new(tokenizer.clone()), context, square)?;
+    let data = CaptionedTraining::open(options, Needs::Tags, check, tokenizer, context, square)?;
     Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf() })
 }
 
@@ -815,21 +858,22 @@ impl Task for TaggingTask {
     }
 
     fn steps_per_epoch(&self) -> u64 {
-        self.source.sampler().steps_per_epoch()
+        self.source.steps_per_epoch()
     }
 
     fn train_samples(&self) -> usize {
-        self.source.sampler().sample_count()
+        self.source.train_samples()
     }
 
     fn epoch_of(&self, step: u64) -> u64 {
-        self.source.sampler().epoch_of(step)
+        self.source.epoch_of(step)
     }
 
     fn describe(&self) -> Vec<String> {
         let data = match &self.source {
             TagSource::Mosaics { .. } => "2x2 Fashion-MNIST mosaics".to_string(),
             TagSource::Files { manifest, .. } => manifest.display().to_string(),
+            TagSource::Shards { pattern, .. } => pattern.display().to_string(),
         };
         let unseen = if self.unseen_names.is_empty() {
             String::new()
@@ -852,11 +896,12 @@ impl Task for TaggingTask {
         match &self.source {
             TagSource::Mosaics { .. } => &[],
             TagSource::Files { data, .. } => data.skipped_at_start(),
+            TagSource::Shards { data, .. } => data.skipped_at_start(),
         }
     }
 
     fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
-        let epoch = self.source.sampler().epoch_of(step);
+        let epoch = self.source.epoch_of(step);
         let text = TextSide::new(&self.tokenizer, &self.config, self.data_tags, self.device);
         let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
