@@ -9,14 +9,14 @@
 //! Run with `cargo bench --workspace --bench data_pipeline` (after `make` has installed the
 //! venv); `TRAINER_BENCH_ROUNDS` sets the number of rounds (default 5).
 
+mod photos;
 mod reference;
 
-use image::{Rgb, RgbImage};
 use reference::Ratios;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind};
-use trainer::data::images::load_rgb_square;
+use trainer::data::images::{SquareResize, load_rgb_square};
 use trainer::data::{CLIP_MEAN, CLIP_STD, PixelNormalizer, rgb_batch};
 
 const IMAGES: usize = 64;
@@ -25,51 +25,13 @@ const SIZE: u32 = 224;
 /// Passes over the folder per round.
 const PASSES: usize = 3;
 
-/// A photo-like picture: smooth gradients, a few discs and sensor-like noise, so that it
-/// compresses about as a photograph does (flat colour would decode unrealistically fast,
-/// pure noise unrealistically slowly).
-fn picture(seed: u32) -> RgbImage {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        (state % 17) as f32 - 8.0
-    };
-    let discs: Vec<(f32, f32, f32, [f32; 3])> = (0..6)
-        .map(|k| {
-            let k = (seed * 7 + k) as f32;
-            (
-                (k * 97.0) % 640.0,
-                (k * 61.0) % 480.0,
-                30.0 + (k * 13.0) % 90.0,
-                [(k * 37.0) % 255.0, (k * 71.0) % 255.0, (k * 23.0) % 255.0],
-            )
-        })
-        .collect();
-    RgbImage::from_fn(640, 480, |x, y| {
-        let (fx, fy) = (x as f32, y as f32);
-        let mut colour = [
-            128.0 + 90.0 * (fx / 97.0 + seed as f32).sin(),
-            128.0 + 90.0 * (fy / 71.0).cos(),
-            128.0 + 60.0 * ((fx + fy) / 151.0).sin(),
-        ];
-        for (cx, cy, r, disc) in &discs {
-            if (fx - cx).powi(2) + (fy - cy).powi(2) < r * r {
-                colour = *disc;
-            }
-        }
-        Rgb(colour.map(|c| (c + noise()).clamp(0.0, 255.0) as u8))
-    })
-}
-
 fn write_images(dir: &Path) -> Vec<PathBuf> {
     (0..IMAGES)
         .map(|index| {
             let path = dir.join(format!("{index:012}.jpg"));
             let file = std::fs::File::create(&path).expect("the bench's folder is writable");
             let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90);
-            encoder.encode_image(&picture(index as u32)).expect("JPEG encoding");
+            encoder.encode_image(&photos::photo_like(index as u32)).expect("JPEG encoding");
             path
         })
         .collect()
@@ -83,7 +45,7 @@ fn ours(paths: &[PathBuf]) -> f64 {
     for _ in 0..PASSES {
         for chunk in paths.chunks(BATCH) {
             let pixels: Vec<Vec<u8>> =
-                chunk.iter().map(|path| load_rgb_square(path, SIZE).expect("the bench's images decode")).collect();
+                chunk.iter().map(|path| load_rgb_square(path, &SquareResize::clip(SIZE)).expect("the bench's images decode")).collect();
             let batch = rgb_batch(pixels.iter().map(Vec::as_slice), SIZE as i64);
             let input = normalizer.normalize(&(batch.to_kind(Kind::Float) / 255.0));
             checksum += input.double_value(&[0, 0, 0, 0]);

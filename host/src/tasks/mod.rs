@@ -12,11 +12,11 @@ pub mod clip;
 mod contrastive;
 pub mod detection;
 mod inputs;
-mod shards;
+pub mod shards;
 pub mod tagging;
 pub mod use_model;
 
-pub use inputs::{Execution, InputArgs, Inputs, Precision, TaskContext};
+pub use inputs::{DataOptions, Execution, InputArgs, Inputs, Precision, TaskContext};
 
 use crate::engine::{
     self, DataFingerprint, EngineError, Resume, RunConfig, RunLock, RunOptions, SavedRun, Task, TrainOutcome,
