@@ -93,7 +93,11 @@ fn shards_train_clip_as_far_as_the_same_images_from_a_manifest() {
     let pattern = format!("{}/{{00000..00006}}.tar", shards.display());
     let held_out_pattern = format!("{}/00000.tar", held_out_shards.display());
     let shard_settings = [settings, &["--val-data", &held_out_pattern]].concat();
-    assert_success(&train(&from_shards, &model, &pattern, &shard_settings));
+    let shard_run = train(&from_shards, &model, &pattern, &shard_settings);
+    assert_success(&shard_run);
+    let report = String::from_utf8_lossy(&shard_run.stdout).to_string() + &common::stderr(&shard_run);
+    let data_line = "data: 7 training shards, 2800 samples (counted); steps per epoch: 43; held-out shards: 1";
+    assert!(report.contains(data_line), "{report}");
     let eval = read_json(&from_shards.join("eval.json"));
     assert_eq!(eval["images"], 400, "the held-out shard: {eval}");
 
@@ -263,7 +267,10 @@ fn a_tagger_reads_the_tags_of_shards_as_those_of_the_same_manifest() {
         common::train_cpu(&dir.path().join(run), std::slice::from_ref(&still), &args)
     };
     assert_success(&train("manifest", arg(&train_manifest), &held_out));
-    assert_success(&train("shards", &pattern, &held_out_shard));
+    let shard_run = train("shards", &pattern, &held_out_shard);
+    assert_success(&shard_run);
+    let report = String::from_utf8_lossy(&shard_run.stdout).to_string() + &common::stderr(&shard_run);
+    assert!(report.contains("data: 2 training shards, 32 samples (counted); steps per epoch: 1"), "{report}");
     let (manifest_eval, shards_eval) =
         (read_json(&dir.path().join("manifest/eval.json")), read_json(&dir.path().join("shards/eval.json")));
     assert_eq!(shards_eval["images"], 16, "{shards_eval}");

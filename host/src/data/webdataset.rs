@@ -211,6 +211,8 @@ pub struct ShardIndex {
     pub counts: Vec<u64>,
     /// One line per shard that was damaged or had incomplete samples.
     pub problems: Vec<String>,
+    /// Whether the counts are `sizes.json`'s rather than counted in the shards.
+    pub recorded: bool,
 }
 
 impl ShardIndex {
@@ -219,7 +221,7 @@ impl ShardIndex {
     /// stops here by name unless `skip_bad`, which keeps its samples before the damage.
     pub fn build(shards: Vec<PathBuf>, threads: usize, skip_bad: bool) -> Result<ShardIndex, FileError> {
         if let Some(counts) = recorded_sizes(&shards)? {
-            return Ok(ShardIndex { shards: Arc::new(shards), counts, problems: Vec::new() });
+            return Ok(ShardIndex { shards: Arc::new(shards), counts, problems: Vec::new(), recorded: true });
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<(usize, Result<ShardTable, FileError>)> = std::thread::scope(|scope| {
@@ -255,7 +257,7 @@ impl ShardIndex {
             }
             counts[at] = table.samples.len() as u64;
         }
-        Ok(ShardIndex { shards: Arc::new(shards), counts, problems })
+        Ok(ShardIndex { shards: Arc::new(shards), counts, problems, recorded: false })
     }
 
     pub fn total(&self) -> u64 {
@@ -437,7 +439,7 @@ mod tests {
 
     fn index(counts: &[u64]) -> ShardIndex {
         let shards = (0..counts.len()).map(|i| PathBuf::from(format!("{i}.tar"))).collect();
-        ShardIndex { shards: Arc::new(shards), counts: counts.to_vec(), problems: Vec::new() }
+        ShardIndex { shards: Arc::new(shards), counts: counts.to_vec(), problems: Vec::new(), recorded: false }
     }
 
     #[test]

@@ -293,6 +293,18 @@ impl ShardTraining {
         self.index.total() as usize
     }
 
+    /// The start-up report's line on the shards.
+    pub fn describe(&self) -> String {
+        let counted = if self.index.recorded { format!("from {}", webdataset::SIZES_FILE) } else { "counted".into() };
+        format!(
+            "data: {} training shards, {} samples ({counted}); steps per epoch: {}; held-out shards: {}",
+            self.index.shards.len(),
+            self.index.total(),
+            self.steps_per_epoch,
+            self.held_out_shards.len()
+        )
+    }
+
     pub fn skipped_at_start(&self) -> &[String] {
         &self.skipped_at_start
     }

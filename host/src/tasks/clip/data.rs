@@ -110,6 +110,14 @@ impl TrainingData {
         }
     }
 
+    /// A line for the start-up report on data that is not named elsewhere (shards).
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            TrainingData::Shards(data) => Some(data.describe()),
+            TrainingData::Labelled(_) | TrainingData::Captioned(_) => None,
+        }
+    }
+
     /// Samples left out before training started, under `--skip-bad-samples`.
     pub fn skipped_at_start(&self) -> &[String] {
         match self {

@@ -158,8 +158,8 @@ impl ContrastiveTask {
             model.set_compute_kind(Kind::BFloat16);
         }
         model.set_grad_checkpointing(context.execution.grad_checkpointing);
-        let mut description: Vec<String> =
-            vocabulary.iter().map(|path| format!("captions tokenized with {}", path.display())).collect();
+        let mut description: Vec<String> = data.describe().into_iter().collect();
+        description.extend(vocabulary.iter().map(|path| format!("captions tokenized with {}", path.display())));
         if context.load_weights {
             let report = match &inputs.model {
                 Some(dir) => Some(load_model(&var_store, dir, |name| Some(name.to_string()), inputs.allow_partial)?),

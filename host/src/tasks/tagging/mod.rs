@@ -888,6 +888,9 @@ impl Task for TaggingTask {
             ),
             format!("captions and tag names tokenized with {}", self.vocabulary.display()),
         ];
+        if let TagSource::Shards { data, .. } = &self.source {
+            lines.push(data.describe());
+        }
         lines.extend(self.description.iter().cloned());
         lines
     }
