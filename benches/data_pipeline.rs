@@ -44,8 +44,10 @@ fn ours(paths: &[PathBuf]) -> f64 {
     let mut checksum = 0.0;
     for _ in 0..PASSES {
         for chunk in paths.chunks(BATCH) {
-            let pixels: Vec<Vec<u8>> =
-                chunk.iter().map(|path| load_rgb_square(path, &SquareResize::clip(SIZE)).expect("the bench's images decode")).collect();
+            let pixels: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|path| load_rgb_square(path, &SquareResize::clip(SIZE)).expect("the bench's images decode"))
+                .collect();
             let batch = rgb_batch(pixels.iter().map(Vec::as_slice), SIZE as i64);
             let input = normalizer.normalize(&(batch.to_kind(Kind::Float) / 255.0));
             checksum += input.double_value(&[0, 0, 0, 0]);

@@ -170,7 +170,9 @@ fn image_decode(c: &mut Criterion) {
     });
     picture.save(&path).expect("the JPEG is written");
     let mut group = c.benchmark_group("image_decode");
-    group.bench_function("640x480 JPEG to 224 square", |b| b.iter(|| black_box(load_rgb_square(&path, &SquareResize::clip(224)))));
+    group.bench_function("640x480 JPEG to 224 square", |b| {
+        b.iter(|| black_box(load_rgb_square(&path, &SquareResize::clip(224))))
+    });
     group.bench_function("640x480 JPEG to 768 padded", |b| b.iter(|| black_box(load_rgb_padded(&path, 768))));
     group.finish();
 }

@@ -81,8 +81,9 @@ fn ours(dir: &Path, tokenizer: &Arc<ClipTokenizer>, workers: usize) -> f64 {
         stream: StreamOptions { train_num_samples: None, resampled: false, shuffle_buffer: 1000 },
     };
     let started = Instant::now();
-    let mut shards = ShardTraining::open(&options, options.stream, tokenizer.clone(), 77, SquareResize::clip(SIZE), None)
-        .expect("the bench's shards open");
+    let mut shards =
+        ShardTraining::open(&options, options.stream, tokenizer.clone(), 77, SquareResize::clip(SIZE), None)
+            .expect("the bench's shards open");
     let normalizer = PixelNormalizer::new(SIZE as i64, CLIP_MEAN, CLIP_STD, Device::Cpu);
     let knobs = [0.9, 0.0, 0.0];
     let mut checksum = 0.0;

@@ -278,7 +278,9 @@ fn a_tagger_reads_the_tags_of_shards_as_those_of_the_same_manifest() {
         let value = |eval: &serde_json::Value| eval[metric].as_f64().unwrap_or_else(|| panic!("{metric} in {eval}"));
         assert_eq!(value(&manifest_eval), value(&shards_eval), "{metric}: {manifest_eval} vs {shards_eval}");
     }
-    let tag_loss = |run: &str| common::read_jsonl(&dir.path().join(run).join("metrics.jsonl"))[0]["losses"]["tag"].as_f64().unwrap();
+    let tag_loss = |run: &str| {
+        common::read_jsonl(&dir.path().join(run).join("metrics.jsonl"))[0]["losses"]["tag"].as_f64().unwrap()
+    };
     let (manifest_loss, shards_loss) = (tag_loss("manifest"), tag_loss("shards"));
     assert!((manifest_loss - shards_loss).abs() <= 1e-5 * manifest_loss, "tag loss {manifest_loss} vs {shards_loss}");
 

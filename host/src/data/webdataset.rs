@@ -137,13 +137,9 @@ pub fn scan(shard: &Path) -> Result<ShardTable, FileError> {
         let image = IMAGE_EXTENSIONS.iter().find_map(|ext| members.get(*ext).map(|member| (*ext, *member)));
         let (txt, json) = (members.get("txt").copied(), members.get("json").copied());
         match image {
-            Some((extension, image)) if txt.is_some() || json.is_some() => table.samples.push(SampleEntry {
-                key,
-                image,
-                image_extension: extension.to_string(),
-                txt,
-                json,
-            }),
+            Some((extension, image)) if txt.is_some() || json.is_some() => {
+                table.samples.push(SampleEntry { key, image, image_extension: extension.to_string(), txt, json })
+            }
             _ => table.incomplete += 1,
         }
     };

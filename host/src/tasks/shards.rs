@@ -118,9 +118,11 @@ impl ReadItem for ShardReader {
                     captions.push(caption_from_tags(names));
                 }
                 let column = |tag: &String| {
-                    vocabulary.columns.get(tag).copied().ok_or_else(|| {
-                        bad(format!("unknown tag `{tag}` (not in {})", vocabulary.file.display()))
-                    })
+                    vocabulary
+                        .columns
+                        .get(tag)
+                        .copied()
+                        .ok_or_else(|| bad(format!("unknown tag `{tag}` (not in {})", vocabulary.file.display())))
                 };
                 names.iter().map(column).collect::<Result<Vec<usize>, FileError>>()?
             }

@@ -31,12 +31,12 @@ mod predict;
 pub use predict::{PredictRequest, predict};
 
 use super::captioned::{CaptionedTraining, TrainBatch, caption_from_tags};
-use super::shards::{ShardTraining, TagVocabulary};
 use super::contrastive::{GlobalPairs, logit_scale_for, placed};
 use super::inputs::{
     DataOptions, Inputs, Precision, TaskContext, absolute, check_batch_size, check_tokenizer_fits, describe_weights,
     given_flags, load_model, load_tokenizer,
 };
+use super::shards::{ShardTraining, TagVocabulary};
 use crate::data::PixelNormalizer;
 use crate::data::augment;
 use crate::data::captioned::{CaptionedSample, DataKind, Needs};
