@@ -105,8 +105,9 @@ fn shards_train_clip_as_far_as_the_same_images_from_a_manifest() {
         (zero_shot_top1(&from_manifest.join("final")), zero_shot_top1(&from_shards.join("final")));
     eprintln!("zero-shot top-1: manifest {manifest_top1}, shards {shards_top1}");
     assert!(manifest_top1 > 0.6, "the manifest run learned: {manifest_top1}");
-    // Two runs that see the same images in other orders: seeds 3 and 4 of the manifest run
-    // alone end 1.2 points apart (0.699, 0.711), the shard runs at 0.716 and 0.726.
+    // Two runs that see the same images in other orders. Over seeds 3 to 8 the manifest
+    // runs average 0.721 (sd 0.014) and the shard runs 0.719 (sd 0.006), within a point;
+    // one seed's pair can be 2 points apart (seed 8: 0.732, 0.712), which bounds one run.
     assert!((manifest_top1 - shards_top1).abs() <= 0.025, "manifest {manifest_top1}, shards {shards_top1}");
 }
 
