@@ -69,8 +69,10 @@ test-times: test-setup policies-all
 
 OPEN_CLIP := $(CACHE)/open_clip
 OPEN_CLIP_VERSION := 3.3.0
-# open_clip itself, the reference the tests compare open_clip checkpoints with.
-OPEN_CLIP_INSTALLED := $(VENV)/.installed-open-clip-$(OPEN_CLIP_VERSION)
+TIMM_VERSION := 1.0.31
+# open_clip itself, the reference the tests compare open_clip checkpoints with, and timm
+# (which open_clip requires), whose Swin Transformer is the reference of RAM's image encoder.
+OPEN_CLIP_INSTALLED := $(VENV)/.installed-open-clip-$(OPEN_CLIP_VERSION)-timm-$(TIMM_VERSION)
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 WEBDATASET_VERSION := 1.0.2
 WEBDATASET_INSTALLED := $(VENV)/.installed-webdataset-$(WEBDATASET_VERSION)
@@ -144,7 +146,7 @@ $(TEST_PACKAGES): $(TORCH_INSTALLED)
 
 $(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
-		torchvision==$(TORCHVISION_VERSION) open_clip_torch==$(OPEN_CLIP_VERSION)
+		torchvision==$(TORCHVISION_VERSION) open_clip_torch==$(OPEN_CLIP_VERSION) timm==$(TIMM_VERSION)
 	touch $@
 
 # webdataset writes the shards the tests train on, and is the reference of the shard

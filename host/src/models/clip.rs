@@ -180,7 +180,7 @@ pub(super) fn projection(path: nn::Path, input: i64, output: i64) -> nn::Linear 
 
 /// `layer` applied in the dtype of `xs`: float32 weights are cast for the call (an explicit
 /// cast, as autocast would make), so float32 master weights still receive the gradient.
-fn linear_as_input(layer: &nn::Linear, xs: &Tensor) -> Tensor {
+pub(super) fn linear_as_input(layer: &nn::Linear, xs: &Tensor) -> Tensor {
     let kind = xs.kind();
     if kind == layer.ws.kind() {
         return layer.forward(xs);

@@ -8,4 +8,5 @@ pub mod open_clip;
 pub mod owlvit;
 pub mod pretrained;
 pub mod pth;
+pub mod swin;
 pub mod tagger;
