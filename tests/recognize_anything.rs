@@ -1,13 +1,43 @@
-//! recognize-anything's models against independent PyTorch references: the Swin Transformer
-//! image encoder against timm's, renamed to the layout of Microsoft's reference that
-//! recognize-anything vendors (`tests/fixtures/swin/make_reference.py`).
+//! recognize-anything's models against independent PyTorch references made by
+//! `tests/fixtures/recognize_anything/make_reference.py`: the Swin Transformer image
+//! encoder against timm's, renamed to the layout of Microsoft's reference that
+//! recognize-anything vendors; RAM++ read from a `.pth` saved as recognize-anything saves
+//! it, against the same model assembled from timm's Swin and transformers' BERT modules.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
-use trainer::models::swin::{Swin, SwinConfig};
+use trainer::models::bert::BertConfig;
+use trainer::models::pretrained;
+use trainer::models::ram_plus::{RamPlus, RamPlusConfig};
+use trainer::models::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
+
+/// The reference's files, made once for the tests of this binary.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recognize_anything");
+        let made = common::python_fixture("recognize_anything/make_reference.py", &[dir.as_os_str()]);
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        dir
+    })
+}
+
+/// The reference's Swin: 64 px, stages of 16, 8 and 4 tokens a side, windows of 4.
+fn small_swin() -> SwinConfig {
+    SwinConfig {
+        image_res: 64,
+        patch_size: 4,
+        embed_dim: 16,
+        depths: vec![2, 2, 2],
+        num_heads: vec![2, 2, 4],
+        window_size: 4,
+        mlp_ratio: 4.0,
+    }
+}
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
@@ -19,27 +49,17 @@ fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn swin_gives_timms_tokens_under_the_reference_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let made = common::python_fixture("swin/make_reference.py", &[dir.path().as_os_str()]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let config = SwinConfig {
-        image_res: 64,
-        patch_size: 4,
-        embed_dim: 16,
-        depths: vec![2, 2, 2],
-        num_heads: vec![2, 2, 4],
-        window_size: 4,
-        mlp_ratio: 4.0,
-    };
+    let dir = fixtures();
+    let config = small_swin();
     config.check().unwrap();
     let mut var_store = nn::VarStore::new(Device::Cpu);
     let mut swin = Swin::new(&var_store.root(), &config);
-    let weights = read(&dir.path().join("swin.safetensors"));
+    let weights = read(&dir.join("swin.safetensors"));
     let ours: BTreeSet<String> = var_store.variables().into_keys().collect();
     let theirs: BTreeSet<String> = weights.keys().cloned().collect();
     assert_eq!(ours, theirs, "the reference's parameter names");
-    var_store.load(dir.path().join("swin.safetensors")).unwrap();
-    let expected = read(&dir.path().join("expected.safetensors"));
+    var_store.load(dir.join("swin.safetensors")).unwrap();
+    let expected = read(&dir.join("swin-expected.safetensors"));
     let pixels = &expected["pixel_values"];
 
     let tokens = tch::no_grad(|| swin.forward(pixels));
@@ -66,4 +86,33 @@ fn swin_gives_timms_tokens_under_the_reference_names() {
     assert_eq!(mixed.kind(), Kind::Float);
     let error = max_difference(&mixed, &expected["tokens"]);
     assert!(error < 0.05 * expected["tokens"].abs().max().double_value(&[]), "bfloat16 tokens differ by {error}");
+}
+
+#[test]
+fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
+    let file = fixtures().join("ram_plus.pth");
+    let head = BertConfig {
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        layer_norm_eps: 1e-12,
+        encoder_width: 512,
+    };
+    let config = RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 3 };
+    let var_store = nn::VarStore::new(Device::Cpu);
+    let model = RamPlus::new(&var_store.root(), &config);
+    // Every parameter from the file; what is left over is the Swin's buffers.
+    let report = pretrained::load_weights(&var_store, &file).unwrap();
+    assert!(report.fresh.is_empty(), "{:?}", report.fresh);
+    let tensors = pretrained::read_tensors(&file).unwrap();
+    let buffers = tensors.keys().filter(|name| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))).count();
+    assert_eq!((report.loaded, report.unused), (var_store.len(), buffers), "6 index buffers, 2 masks");
+    assert_eq!(buffers, 8);
+
+    let expected = read(&fixtures().join("ram_plus-expected.safetensors"));
+    let logits = tch::no_grad(|| model.logits(&expected["pixel_values"]));
+    assert_eq!(logits.size(), [2, 8]);
+    let difference = max_difference(&logits, &expected["logits"]);
+    assert!(difference <= 1e-4, "logits differ from the reference's by {difference}");
 }

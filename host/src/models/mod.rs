@@ -1,6 +1,7 @@
 //! Model definitions, one file per model family, with Hugging Face configuration fields
 //! and parameter names so that checkpoints move between this trainer and `transformers`.
 
+pub mod bert;
 pub mod checkpoint;
 pub mod clip;
 pub mod groups;
@@ -8,5 +9,6 @@ pub mod open_clip;
 pub mod owlvit;
 pub mod pretrained;
 pub mod pth;
+pub mod ram_plus;
 pub mod swin;
 pub mod tagger;
