@@ -115,4 +115,18 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     assert_eq!(logits.size(), [2, 8]);
     let difference = max_difference(&logits, &expected["logits"]);
     assert!(difference <= 1e-4, "logits differ from the reference's by {difference}");
+
+    let embeds = model.image_embeds(&expected["pixel_values"]);
+    let terms = model.losses(&embeds, &expected["targets"], &expected["teacher_image"], &expected["captions"]);
+    for (name, term) in ["tag", "distill", "align"].iter().zip(&terms) {
+        let (ours, theirs) = (term.double_value(&[]), expected[*name].double_value(&[]));
+        assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "{name}: {ours} vs {theirs}");
+    }
+    terms.iter().fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, term| sum + term).backward();
+    let variables = var_store.variables();
+    for (name, gradient) in expected.iter().filter_map(|(name, t)| name.strip_prefix("grad.").map(|n| (n, t))) {
+        let difference = max_difference(&variables[name].grad(), gradient);
+        let scale = gradient.abs().max().double_value(&[]).max(1.0);
+        assert!(difference <= 1e-4 * scale, "the gradient of {name} differs by {difference} (largest {scale})");
+    }
 }

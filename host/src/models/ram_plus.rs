@@ -12,12 +12,15 @@
 //!   image tokens (with the average token first);
 //! - `fc`: one logit per tag, the same linear for every tag.
 //!
+//! Training minimises the three terms `RAM_plus.forward` returns ([`RamPlus::losses`]).
+//!
 //! What the released model has besides (`class_threshold`, the tag list) is not a tensor of
 //! its state dict; the Swin's buffers are, and [`super::swin::BUFFER_SUFFIXES`] names them.
 
 use super::bert::{BertConfig, BertCrossLayer};
 use super::clip::Compute;
 use super::swin::{Swin, SwinConfig};
+use super::tagger::asymmetric_loss;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -127,5 +130,36 @@ impl RamPlus {
     /// The tag logits of `pixel_values` (normalised, `image_res` square): `(batch, tags)`.
     pub fn logits(&self, pixel_values: &Tensor) -> Tensor {
         self.tag_logits(&self.image_embeds(pixel_values))
+    }
+
+    /// The head's logit of each image for each of `texts` (`(count, 512)` CLIP text
+    /// embeddings, e.g. the batch's captions), queried through `wordvec_proj` and ReLU as
+    /// tags are: `(batch, count)`.
+    pub fn alignment_logits(&self, image_embeds: &Tensor, texts: &Tensor) -> Tensor {
+        let queries = self.wordvec_proj.forward(&texts.to_kind(Kind::Float)).relu().unsqueeze(0);
+        self.head_logits(&queries, image_embeds)
+    }
+
+    /// RAM++'s loss terms for images embedded as `image_embeds`: `tag`, the asymmetric loss
+    /// (gamma- 7, clip 0.05) of the tag logits against the multi-hot `targets`, summed;
+    /// `distill`, the mean L1 distance of the (unnormalised) average token to the teacher
+    /// CLIP's image features `teacher_image`; `align`, the asymmetric loss (gamma- 4) of each
+    /// image's logits for the batch's caption embeddings `captions`, its own caption the one
+    /// positive.
+    pub fn losses(
+        &self,
+        image_embeds: &Tensor,
+        targets: &Tensor,
+        teacher_image: &Tensor,
+        captions: &Tensor,
+    ) -> [Tensor; 3] {
+        let tag = asymmetric_loss(&self.tag_logits(image_embeds), targets, 0.0, 7.0, 0.05);
+        let average = image_embeds.select(1, 0);
+        let distill = average.l1_loss(&teacher_image.to_kind(Kind::Float), tch::Reduction::Mean);
+        let alignment = self.alignment_logits(image_embeds, captions);
+        let (batch, count) = (alignment.size()[0], alignment.size()[1]);
+        let own = Tensor::eye_m(batch, count, (Kind::Float, alignment.device()));
+        let align = asymmetric_loss(&alignment, &own, 0.0, 4.0, 0.05);
+        [tag, distill, align]
     }
 }

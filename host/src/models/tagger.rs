@@ -162,6 +162,8 @@ impl Tagger {
 /// The asymmetric loss of Ridnik et al. (ASL) as RAM trains its tag head with it: negatives
 /// with probability shifted by `clip` and focused with `gamma_neg`, positives with
 /// `gamma_pos`, summed over images and tags (which is why this loss runs in the hundreds).
+/// The focusing weight carries no gradient, as in recognize-anything's copy of ASL
+/// (`disable_torch_grad_focal_loss=True`, its default there).
 pub fn asymmetric_loss(logits: &Tensor, targets: &Tensor, gamma_pos: f64, gamma_neg: f64, clip: f64) -> Tensor {
     const EPS: f64 = 1e-8;
     let probability = logits.sigmoid();
@@ -170,7 +172,7 @@ pub fn asymmetric_loss(logits: &Tensor, targets: &Tensor, gamma_pos: f64, gamma_
     let log_likelihood = targets * probability.clamp_min(EPS).log() + &negatives * negative.clamp_min(EPS).log();
     let p_true = &probability * targets + &negative * &negatives;
     let gamma = targets * gamma_pos + &negatives * gamma_neg;
-    let focus = (p_true.neg() + 1.0).pow(&gamma);
+    let focus = (p_true.neg() + 1.0).pow(&gamma).detach();
     -(log_likelihood * focus).sum(Kind::Float)
 }
 
