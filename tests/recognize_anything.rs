@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::models::bert::BertConfig;
 use trainer::models::pretrained;
-use trainer::models::ram_plus::{RamPlus, RamPlusConfig};
+use trainer::models::ram_plus::{self, RamPlus, RamPlusConfig};
 use trainer::models::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
 
 /// The reference's files, made once for the tests of this binary.
@@ -70,10 +70,10 @@ fn swin_gives_timms_tokens_under_the_reference_names() {
     // Checkpointed blocks give the same gradients; bfloat16 stays near float32.
     let qkv = var_store.variables()["layers.0.blocks.1.attn.qkv.weight"].shallow_clone();
     // A checkpointed block's backward accumulates into the parameters' gradients.
-    let mut gradient = |swin: &Swin| {
+    let gradient = |swin: &Swin| {
         swin.forward(pixels).pow_tensor_scalar(2).sum(Kind::Float).backward();
         let gradient = qkv.grad().copy();
-        qkv.grad().zero_();
+        let _ = qkv.grad().zero_();
         gradient
     };
     let plain = gradient(&swin);
@@ -100,15 +100,23 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
         encoder_width: 512,
     };
     let config = RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 3 };
+    // The shape is read from the tensors, given the number of tags.
+    let tensors = pretrained::read_tensors(&file).unwrap();
+    assert_eq!(RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap(), config);
+    let wrong = RamPlusConfig::of_checkpoint(&file, &tensors, 5).unwrap_err().to_string();
+    assert!(wrong.contains("`label_embed` has 24 rows") && wrong.contains("tag list"), "{wrong}");
+
     let var_store = nn::VarStore::new(Device::Cpu);
     let model = RamPlus::new(&var_store.root(), &config);
     // Every parameter from the file; what is left over is the Swin's buffers.
-    let report = pretrained::load_weights(&var_store, &file).unwrap();
+    let report = pretrained::load_tensors_named(&var_store, &file, &tensors, |n| Some(n.to_string()), false).unwrap();
     assert!(report.fresh.is_empty(), "{:?}", report.fresh);
-    let tensors = pretrained::read_tensors(&file).unwrap();
     let buffers = tensors.keys().filter(|name| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))).count();
     assert_eq!((report.loaded, report.unused), (var_store.len(), buffers), "6 index buffers, 2 masks");
     assert_eq!(buffers, 8);
+    let line = ram_plus::describe_load(&var_store, &report, &tensors);
+    let parts = "(image encoder 92, label embeddings 1, tagging head 37); 8 Swin buffers computed here";
+    assert!(line.ends_with(parts), "{line}");
 
     let expected = read(&fixtures().join("ram_plus-expected.safetensors"));
     let logits = tch::no_grad(|| model.logits(&expected["pixel_values"]));

@@ -14,14 +14,23 @@
 //!
 //! Training minimises the three terms `RAM_plus.forward` returns ([`RamPlus::losses`]).
 //!
+//! A released checkpoint carries no configuration: [`RamPlusConfig::of_checkpoint`] reads
+//! the shape from the tensors (the Swin's stages, heads and window, the image size from its
+//! shifted-window masks, the head's widths), given the number of tags, which the tag list
+//! gives; only the head's attention heads are not in any shape, and are RAM's 4.
+//!
 //! What the released model has besides (`class_threshold`, the tag list) is not a tensor of
 //! its state dict; the Swin's buffers are, and [`super::swin::BUFFER_SUFFIXES`] names them.
 
 use super::bert::{BertConfig, BertCrossLayer};
 use super::clip::Compute;
-use super::swin::{Swin, SwinConfig};
+use super::pretrained::LoadReport;
+use super::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
 use super::tagger::asymmetric_loss;
+use crate::files::FileError;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
 use tch::{Kind, Tensor, nn, nn::Module};
 
 /// Width of the CLIP embeddings RAM++ works in (`image_proj`'s output, `label_embed`'s rows).
@@ -43,6 +52,121 @@ impl RamPlusConfig {
     pub fn swin_large_14m() -> Self {
         RamPlusConfig { vision: SwinConfig::large(384), head: BertConfig::query2label(), tags: 4585, descriptions: 51 }
     }
+
+    /// The shape of the RAM++ (or RAM) checkpoint `tensors`, read from `file`, for a tag list
+    /// of `tags` tags.
+    pub fn of_checkpoint(file: &Path, tensors: &HashMap<String, Tensor>, tags: i64) -> Result<Self, FileError> {
+        let bad = |problem: String| FileError::format(file, problem);
+        let shape = |name: &str| {
+            tensors.get(name).map(Tensor::size).ok_or_else(|| {
+                bad(format!("no tensor `{name}`: not a RAM++ or RAM checkpoint of recognize-anything's"))
+            })
+        };
+        // The count of `prefix{N}.` indices among the names.
+        let count = |prefix: &str| {
+            let indices =
+                tensors.keys().filter_map(|name| name.strip_prefix(prefix)?.split('.').next()?.parse::<i64>().ok());
+            indices.max().map_or(0, |last| last + 1)
+        };
+        let patch = shape("visual_encoder.patch_embed.proj.weight")?;
+        let stages = count("visual_encoder.layers.");
+        let depths: Vec<i64> =
+            (0..stages).map(|stage| count(&format!("visual_encoder.layers.{stage}.blocks."))).collect();
+        let table =
+            |stage: i64| shape(&format!("visual_encoder.layers.{stage}.blocks.0.attn.relative_position_bias_table"));
+        let num_heads = (0..stages).map(|stage| Ok(table(stage)?[1])).collect::<Result<Vec<i64>, FileError>>()?;
+        let span = (table(0)?[0] as f64).sqrt().round() as i64;
+        let window_size = (span + 1) / 2;
+        let embed_dim = patch[0];
+        let mlp = shape("visual_encoder.layers.0.blocks.0.mlp.fc1.weight")?;
+        // The first shifted block's mask holds one row per window of the first stage; without
+        // the buffers, RAM's own pairing of window and size.
+        let image_res = match tensors.get("visual_encoder.layers.0.blocks.1.attn_mask") {
+            Some(mask) => ((mask.size()[0] as f64).sqrt().round() as i64) * window_size * patch[2],
+            None if window_size == 12 => 384,
+            None => 224,
+        };
+        let vision = SwinConfig {
+            image_res,
+            patch_size: patch[2],
+            embed_dim,
+            depths,
+            num_heads,
+            window_size,
+            mlp_ratio: mlp[0] as f64 / embed_dim as f64,
+        };
+        vision.check().map_err(|problem| bad(format!("its Swin image encoder: {problem}")))?;
+        let layer = "tagging_head.encoder.layer.0";
+        let key = shape(&format!("{layer}.crossattention.self.key.weight"))?;
+        let head = BertConfig {
+            hidden_size: key[0],
+            num_hidden_layers: count("tagging_head.encoder.layer."),
+            num_attention_heads: BertConfig::query2label().num_attention_heads,
+            intermediate_size: shape(&format!("{layer}.intermediate.dense.weight"))?[0],
+            layer_norm_eps: BertConfig::query2label().layer_norm_eps,
+            encoder_width: key[1],
+        };
+        let rows = shape("label_embed")?[0];
+        if tags <= 0 || rows % tags != 0 {
+            return Err(bad(format!(
+                "`label_embed` has {rows} rows, which {tags} tags do not divide: the tag list is not this \
+                 checkpoint's (RAM++'s has 4585 tags of 51 descriptions, RAM's 4585 of one)"
+            )));
+        }
+        Ok(RamPlusConfig { vision, head, tags, descriptions: rows / tags })
+    }
+}
+
+/// The start-up report's account of loading `tensors` (of `report.file`) into the RAM++
+/// of `var_store`: the tensors each part took, the Swin's buffers (computed here, not
+/// loaded), and what else of the file went unused, by the first part of its names (RAM's
+/// caption branch, `tag_encoder` and `text_decoder`, say).
+pub fn describe_load(var_store: &nn::VarStore, report: &LoadReport, tensors: &HashMap<String, Tensor>) -> String {
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    for name in var_store.variables().keys().filter(|name| !report.fresh.contains(name)) {
+        let part = part_of(name);
+        match parts.iter_mut().find(|(known, _)| *known == part) {
+            Some((_, count)) => *count += 1,
+            None => parts.push((part, 1)),
+        }
+    }
+    parts.sort();
+    let loaded: Vec<String> = parts.iter().map(|(part, count)| format!("{part} {count}")).collect();
+    let mut line = format!("{} tensors from {} ({})", report.loaded, report.file.display(), loaded.join(", "));
+    let variables = var_store.variables();
+    let is_buffer = |name: &String| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
+    let buffers = tensors.keys().filter(|name| is_buffer(name)).count();
+    if buffers > 0 {
+        line.push_str(&format!("; {buffers} Swin buffers computed here"));
+    }
+    let mut unused: Vec<(String, usize)> = Vec::new();
+    for name in tensors.keys().filter(|name| !variables.contains_key(*name) && !is_buffer(name)) {
+        let part = name.split('.').next().unwrap_or(name).to_string();
+        match unused.iter_mut().find(|(known, _)| *known == part) {
+            Some((_, count)) => *count += 1,
+            None => unused.push((part, 1)),
+        }
+    }
+    unused.sort();
+    if !unused.is_empty() {
+        let listed: Vec<String> = unused.iter().map(|(part, count)| format!("{count} `{part}.*`")).collect();
+        line.push_str(&format!("; unused: {}", listed.join(", ")));
+    }
+    line
+}
+
+/// The part of RAM++ the tensor `name` belongs to, as the start-up report names it.
+pub fn part_of(name: &str) -> &'static str {
+    const PARTS: [(&str, &str); 7] = [
+        ("visual_encoder.", "image encoder"),
+        ("image_proj.", "image encoder"),
+        ("label_embed", "label embeddings"),
+        ("tagging_head.", "tagging head"),
+        ("wordvec_proj.", "tagging head"),
+        ("fc.", "tagging head"),
+        ("reweight_scale", "tagging head"),
+    ];
+    PARTS.iter().find(|(prefix, _)| name.starts_with(prefix)).map_or("other", |(_, part)| part)
 }
 
 #[derive(Debug)]
