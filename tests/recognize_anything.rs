@@ -88,18 +88,22 @@ fn swin_gives_timms_tokens_under_the_reference_names() {
     assert!(error < 0.05 * expected["tokens"].abs().max().double_value(&[]), "bfloat16 tokens differ by {error}");
 }
 
-#[test]
-fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
-    let file = fixtures().join("ram_plus.pth");
-    let head = BertConfig {
+/// The reference's tagging head: 2 layers 32 wide, 4 heads, over 512-wide image embeddings.
+fn small_head() -> BertConfig {
+    BertConfig {
         hidden_size: 32,
         num_hidden_layers: 2,
         num_attention_heads: 4,
         intermediate_size: 64,
         layer_norm_eps: 1e-12,
         encoder_width: 512,
-    };
-    let config = RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 3 };
+    }
+}
+
+#[test]
+fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
+    let file = fixtures().join("ram_plus.pth");
+    let config = RamPlusConfig { vision: small_swin(), head: small_head(), tags: 8, descriptions: 3, reweighted: true };
     // The shape is read from the tensors, given the number of tags.
     let tensors = pretrained::read_tensors(&file).unwrap();
     assert_eq!(RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap(), config);
@@ -137,4 +141,24 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
         let scale = gradient.abs().max().double_value(&[]).max(1.0);
         assert!(difference <= 1e-4 * scale, "the gradient of {name} differs by {difference} (largest {scale})");
     }
+}
+
+#[test]
+fn rams_tagging_branch_loads_from_its_pth_with_the_caption_branch_reported_unused() {
+    let file = fixtures().join("ram.pth");
+    let tensors = pretrained::read_tensors(&file).unwrap();
+    let config = RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap();
+    let expected =
+        RamPlusConfig { vision: small_swin(), head: small_head(), tags: 8, descriptions: 1, reweighted: false };
+    assert_eq!(config, expected);
+    let var_store = nn::VarStore::new(Device::Cpu);
+    let model = RamPlus::new(&var_store.root(), &config);
+    let report = pretrained::load_tensors_named(&var_store, &file, &tensors, |n| Some(n.to_string()), false).unwrap();
+    let line = ram_plus::describe_load(&var_store, &report, &tensors);
+    assert!(line.ends_with("8 Swin buffers computed here; unused: 1 `tag_encoder.*`, 2 `text_decoder.*`"), "{line}");
+
+    let pixels = &read(&fixtures().join("ram_plus-expected.safetensors"))["pixel_values"];
+    let logits = tch::no_grad(|| model.logits(pixels));
+    let difference = max_difference(&logits, &read(&fixtures().join("ram-expected.safetensors"))["logits"]);
+    assert!(difference <= 1e-4, "logits differ from the reference's by {difference}");
 }

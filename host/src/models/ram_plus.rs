@@ -1,6 +1,9 @@
 //! RAM++ (Huang et al. 2023, "Open-Set Image Tagging with Multi-Grained Text Supervision")
 //! as recognize-anything's `ram/models/ram_plus.py` defines it, under its state-dict names,
-//! so that the released `ram_plus_swin_large_14m.pth` loads as it is:
+//! so that the released `ram_plus_swin_large_14m.pth` loads as it is; and RAM's tagging
+//! branch (`ram/models/ram.py`, `ram_swin_large_14m.pth`), which is the same but for the
+//! label embeddings: one per tag, taken as they are, with no `reweight_scale`. RAM's caption
+//! branch (`tag_encoder`, `text_decoder`) is not built here; its tensors are reported unused.
 //!
 //! - `visual_encoder`: a [`Swin`]; `image_proj` maps its average token and tokens to 512;
 //! - `label_embed`: `tags x descriptions` rows of 512, the teacher CLIP's text embeddings of
@@ -44,13 +47,17 @@ pub struct RamPlusConfig {
     /// Tags the model scores, each with `descriptions` rows of `label_embed`.
     pub tags: i64,
     pub descriptions: i64,
+    /// Whether each image weighs a tag's description rows (RAM++), or the one row of each
+    /// tag is its query as it is (RAM).
+    pub reweighted: bool,
 }
 
 impl RamPlusConfig {
     /// The released `ram_plus_swin_large_14m`: Swin-L at 384 px, 4585 tags of 51
     /// descriptions each.
     pub fn swin_large_14m() -> Self {
-        RamPlusConfig { vision: SwinConfig::large(384), head: BertConfig::query2label(), tags: 4585, descriptions: 51 }
+        let (vision, head) = (SwinConfig::large(384), BertConfig::query2label());
+        RamPlusConfig { vision, head, tags: 4585, descriptions: 51, reweighted: true }
     }
 
     /// The shape of the RAM++ (or RAM) checkpoint `tensors`, read from `file`, for a tag list
@@ -113,7 +120,13 @@ impl RamPlusConfig {
                  checkpoint's (RAM++'s has 4585 tags of 51 descriptions, RAM's 4585 of one)"
             )));
         }
-        Ok(RamPlusConfig { vision, head, tags, descriptions: rows / tags })
+        let (descriptions, reweighted) = (rows / tags, tensors.contains_key("reweight_scale"));
+        if !reweighted && descriptions != 1 {
+            return Err(bad(format!(
+                "`label_embed` has {descriptions} rows per tag but no `reweight_scale` weighs them (RAM has one per tag)"
+            )));
+        }
+        Ok(RamPlusConfig { vision, head, tags, descriptions, reweighted })
     }
 }
 
@@ -174,7 +187,8 @@ pub struct RamPlus {
     visual_encoder: Swin,
     image_proj: nn::Linear,
     label_embed: Tensor,
-    reweight_scale: Tensor,
+    /// RAM++'s temperature of the description weights; RAM has none.
+    reweight_scale: Option<Tensor>,
     wordvec_proj: nn::Linear,
     tagging_head: Vec<BertCrossLayer>,
     fc: nn::Linear,
@@ -192,7 +206,9 @@ impl RamPlus {
             visual_encoder: Swin::new(&(path / "visual_encoder"), &config.vision),
             image_proj: nn::linear(path / "image_proj", config.vision.num_features(), EMBED_DIM, Default::default()),
             label_embed: path.zeros("label_embed", &[config.tags * config.descriptions, EMBED_DIM]),
-            reweight_scale: path.var("reweight_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln())),
+            reweight_scale: config
+                .reweighted
+                .then(|| path.var("reweight_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()))),
             wordvec_proj: nn::linear(path / "wordvec_proj", EMBED_DIM, hidden, Default::default()),
             tagging_head: (0..config.head.num_hidden_layers)
                 .map(|layer| BertCrossLayer::new(&layers / layer, &config.head))
@@ -223,11 +239,15 @@ impl RamPlus {
     }
 
     /// Each image's tag queries: its mix of each tag's description embeddings through
-    /// `wordvec_proj` and ReLU, `(batch, tags, hidden)`.
+    /// `wordvec_proj` and ReLU, `(batch, tags, hidden)`; RAM's are the same for every image,
+    /// `(1, tags, hidden)`.
     fn tag_queries(&self, image_embeds: &Tensor) -> Tensor {
+        let Some(reweight_scale) = &self.reweight_scale else {
+            return self.wordvec_proj.forward(&self.label_embed).relu().unsqueeze(0);
+        };
         let average = image_embeds.select(1, 0);
         let average = &average / average.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
-        let similarity = average.matmul(&self.label_embed.tr()) * self.reweight_scale.exp();
+        let similarity = average.matmul(&self.label_embed.tr()) * reweight_scale.exp();
         let (batch, tags, descriptions) = (average.size()[0], self.tags, self.descriptions);
         let weights = similarity.view([batch, tags, descriptions]).softmax(-1, Kind::Float);
         let rows = self.label_embed.view([tags, descriptions, EMBED_DIM]);
