@@ -122,6 +122,17 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     let parts = "(image encoder 92, label embeddings 1, tagging head 37); 8 Swin buffers computed here";
     assert!(line.ends_with(parts), "{line}");
 
+    // Written back as recognize-anything saves it: torch.load(weights_only=True) gives the
+    // file's tensors, buffers included, equal in names, dtypes and values.
+    let written = fixtures().join("ram_plus-written.pth");
+    trainer::models::pth::write_state_dict(&written, "model", &model.state_dict(&var_store)).unwrap();
+    let compared =
+        common::python_fixture("recognize_anything/same_checkpoint.py", &[file.as_os_str(), written.as_os_str()]);
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    let read_back = pretrained::read_tensors(&written).unwrap();
+    assert_eq!(read_back.len(), tensors.len());
+    assert!(read_back.iter().all(|(name, tensor)| tensor.equal(&tensors[name])), "our reader reads it back");
+
     let expected = read(&fixtures().join("ram_plus-expected.safetensors"));
     let logits = tch::no_grad(|| model.logits(&expected["pixel_values"]));
     assert_eq!(logits.size(), [2, 8]);

@@ -9,6 +9,13 @@
 //! (`os.system`, `builtins.eval`, any class outside the few below) is refused by name, as
 //! `torch.load(weights_only=True)` refuses it, so a file this reader accepts is also safe
 //! for the user's own Python tools.
+//!
+//! [`write_state_dict`] writes the same format back (`torch.save({"model": state_dict})` as
+//! recognize-anything saves its checkpoints), so that a fine-tuned model goes back to the
+//! user's own scripts: a zip archive of raw storages and a pickle that names nothing but
+//! `OrderedDict`, `_rebuild_tensor_v2` and storage types, which `torch.load` reads with
+//! `weights_only=True`. Written here because no crate writes it: pickle crates serialise
+//! plain data, not the persistent storage references torch's format is made of.
 
 use super::pretrained::PretrainedError;
 use crate::files::FileError;
@@ -137,4 +144,142 @@ pub fn read_state_dict(file: &Path) -> Result<Vec<(String, Tensor)>, PretrainedE
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(tensors)
+}
+
+/// The torch storage class of `kind`, as `torch.save` names it.
+fn storage_class(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Float => "FloatStorage",
+        Kind::Double => "DoubleStorage",
+        Kind::Half => "HalfStorage",
+        Kind::BFloat16 => "BFloat16Storage",
+        Kind::Int64 => "LongStorage",
+        Kind::Int => "IntStorage",
+        Kind::Int16 => "ShortStorage",
+        Kind::Int8 => "CharStorage",
+        Kind::Uint8 => "ByteStorage",
+        Kind::Bool => "BoolStorage",
+        _ => return None,
+    })
+}
+
+/// The few pickle opcodes (protocol 2) a state dict is written with.
+#[derive(Default)]
+struct Pickle(Vec<u8>);
+
+impl Pickle {
+    fn op(&mut self, code: u8) {
+        self.0.push(code);
+    }
+
+    fn global(&mut self, module: &str, name: &str) {
+        self.0.push(b'c');
+        self.0.extend(format!("{module}\n{name}\n").bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        self.0.push(b'X');
+        self.0.extend((text.len() as u32).to_le_bytes());
+        self.0.extend(text.bytes());
+    }
+
+    fn int(&mut self, value: i64) {
+        match value {
+            0..=0xff => self.0.extend([b'K', value as u8]),
+            0x100..=0xffff => {
+                self.0.push(b'M');
+                self.0.extend((value as u16).to_le_bytes());
+            }
+            _ if i32::try_from(value).is_ok() => {
+                self.0.push(b'J');
+                self.0.extend((value as i32).to_le_bytes());
+            }
+            _ => {
+                self.0.extend([0x8a, 8]);
+                self.0.extend(value.to_le_bytes());
+            }
+        }
+    }
+
+    fn tuple_of_ints(&mut self, values: &[i64]) {
+        self.op(b'(');
+        for &value in values {
+            self.int(value);
+        }
+        self.op(b't');
+    }
+
+    fn empty_ordered_dict(&mut self) {
+        self.global("collections", "OrderedDict");
+        self.op(b')');
+        self.op(b'R');
+    }
+}
+
+/// Writes `tensors` (contiguous copies of them, on the CPU) as a `torch.save` checkpoint
+/// holding `{key: OrderedDict(tensors)}`.
+pub fn write_state_dict(file: &Path, key: &str, tensors: &[(String, Tensor)]) -> Result<(), FileError> {
+    let format = |problem: String| FileError::format(file, problem);
+    let archive = file.file_stem().map_or("archive".to_string(), |stem| stem.to_string_lossy().to_string());
+    let mut pickle = Pickle::default();
+    pickle.0.extend([0x80, 2]);
+    pickle.op(b'}');
+    pickle.text(key);
+    pickle.empty_ordered_dict();
+    pickle.op(b'(');
+    let mut storages = Vec::with_capacity(tensors.len());
+    for (index, (name, tensor)) in tensors.iter().enumerate() {
+        let class = storage_class(tensor.kind())
+            .ok_or_else(|| format(format!("`{name}`: dtype {:?} has no torch storage", tensor.kind())))?;
+        pickle.text(name);
+        pickle.global("torch._utils", "_rebuild_tensor_v2");
+        pickle.op(b'(');
+        // The storage, by reference to its file in the archive.
+        pickle.op(b'(');
+        pickle.text("storage");
+        pickle.global("torch", class);
+        pickle.text(&index.to_string());
+        pickle.text("cpu");
+        pickle.int(tensor.numel() as i64);
+        pickle.op(b't');
+        pickle.op(b'Q');
+        pickle.int(0);
+        let size = tensor.size();
+        pickle.tuple_of_ints(&size);
+        let mut strides = vec![1i64; size.len()];
+        for dim in (0..size.len().saturating_sub(1)).rev() {
+            strides[dim] = strides[dim + 1] * size[dim + 1];
+        }
+        pickle.tuple_of_ints(&strides);
+        pickle.op(0x89);
+        pickle.empty_ordered_dict();
+        pickle.op(b't');
+        pickle.op(b'R');
+        storages.push(tensor.to_device(tch::Device::Cpu).contiguous());
+    }
+    pickle.op(b'u');
+    pickle.op(b's');
+    pickle.op(b'.');
+
+    let created = std::fs::File::create(file).map_err(FileError::io(file))?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(created));
+    let stored = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true)
+        .with_alignment(64);
+    let zip_error = |err: zip::result::ZipError| format(format!("writing the checkpoint: {err}"));
+    let mut put = |name: String, bytes: &[u8]| -> Result<(), FileError> {
+        zip.start_file(format!("{archive}/{name}"), stored).map_err(zip_error)?;
+        std::io::Write::write_all(&mut zip, bytes).map_err(FileError::io(file))
+    };
+    put("data.pkl".into(), &pickle.0)?;
+    put("byteorder".into(), b"little")?;
+    for (index, storage) in storages.iter().enumerate() {
+        let mut bytes = vec![0u8; storage.numel() * storage.kind().elt_size_in_bytes()];
+        storage.copy_data_u8(&mut bytes, storage.numel());
+        put(format!("data/{index}"), &bytes)?;
+    }
+    put("version".into(), b"3\n")?;
+    let writer = zip.finish().map_err(zip_error)?;
+    writer.into_inner().map_err(|err| FileError::io(file)(err.into_error()))?.sync_all().map_err(FileError::io(file))
 }

@@ -232,6 +232,16 @@ impl RamPlus {
         self.visual_encoder.set_grad_checkpointing(on);
     }
 
+    /// Every tensor of recognize-anything's state dict of this model, by name: the
+    /// variables of `var_store` (the one the model was built in) and the Swin's buffers.
+    pub fn state_dict(&self, var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
+        let mut tensors: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
+        let buffers = self.visual_encoder.buffers().into_iter();
+        tensors.extend(buffers.map(|(name, buffer)| (format!("visual_encoder.{name}"), buffer)));
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    }
+
     /// `image_proj` of the encoder's output: `(batch, 1 + tokens, 512)`, the average token
     /// first.
     pub fn image_embeds(&self, pixel_values: &Tensor) -> Tensor {

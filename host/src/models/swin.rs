@@ -412,6 +412,25 @@ impl Swin {
         self.compute.checkpointing = on;
     }
 
+    /// The reference's buffers under its names (inside the encoder): each block's
+    /// `attn.relative_position_index` (`(window^2, window^2)`, int64), and each shifted
+    /// block's `attn_mask`. A checkpoint loaded strictly by the reference needs them.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut buffers = Vec::new();
+        for (stage, layer) in self.stages.iter().enumerate() {
+            for (number, block) in layer.blocks.iter().enumerate() {
+                let prefix = format!("layers.{stage}.blocks.{number}");
+                let tokens = block.window * block.window;
+                let index = block.attn.relative_position_index.view([tokens, tokens]);
+                buffers.push((format!("{prefix}.attn.relative_position_index"), index));
+                if let Some(mask) = &block.mask {
+                    buffers.push((format!("{prefix}.attn_mask"), mask.shallow_clone()));
+                }
+            }
+        }
+        buffers
+    }
+
     /// `pixel_values`: `(batch, 3, image_res, image_res)`, normalised. Returns the average
     /// token followed by every token: `(batch, 1 + tokens, num_features)`.
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
