@@ -1,0 +1,55 @@
+"""One RAM++ training step in PyTorch, the reference side of
+`cargo bench --workspace --bench ram_plus_step`: the reference RAM++ of the parity tests
+(`tests/fixtures/recognize_anything/make_reference.py`: timm's Swin and transformers' BERT
+modules assembled as recognize-anything assembles them) built from the config the Rust side
+wrote; image embeddings, the three loss terms, backward and torch's AdamW, `label_embed`
+frozen, dropout off (`eval()`: the trainer has no dropout yet).
+
+Usage: python pytorch_ram_plus_step.py <config.json> <batch> <steps> <threads>
+Prints {"seconds_per_step": median over the timed steps}.
+"""
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/fixtures/recognize_anything"))
+from make_reference import EMBED, RamPlusReference  # noqa: E402
+
+
+def main() -> None:
+    config_path, batch, steps, threads = sys.argv[1], *map(int, sys.argv[2:])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = json.load(open(config_path))
+    model = RamPlusReference(config).eval()
+    model.label_embed.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    size = config["vision"]["image_res"]
+    pixels = torch.randn(batch, 3, size, size)
+    targets = (torch.rand(batch, config["tags"]) < 0.01).float()
+    teacher = torch.randn(batch, EMBED)
+    captions = torch.randn(batch, EMBED)
+
+    def step():
+        tag, distill, align = model.losses(pixels, targets, teacher, captions)
+        optimizer.zero_grad()
+        (tag + distill + align).backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"seconds_per_step": statistics.median(times)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+//! One RAM++ training step against PyTorch: the same architecture (the `RamPlusConfig`
+//! written here is built on the other side by the reference of the parity tests, timm's
+//! Swin and transformers' BERT modules assembled as recognize-anything assembles them), the
+//! same batch and thread count; image embeddings, the three loss terms (`tag`, `distill`,
+//! `align`), backward and AdamW, with `label_embed` frozen as RAM++ fine-tunes it. Dropout and
+//! stochastic depth are off on both sides (the trainer has neither yet). The sides alternate
+//! over rounds; prints the median steps per minute of each and their ratio.
+//!
+//! Run with `cargo bench --workspace --bench ram_plus_step` (after `make test-setup`);
+//! `TRAINER_BENCH_ROUNDS` sets the rounds (default 3), and a word after `--` picks the cases
+//! whose name holds it (`-- 4585` is the released model's tag count, the slow one on a CPU).
+
+mod reference;
+
+use reference::{Ratios, median};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor, nn};
+use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use trainer::models::bert::BertConfig;
+use trainer::models::ram_plus::{EMBED_DIM, RamPlus, RamPlusConfig};
+use trainer::models::swin::SwinConfig;
+
+struct Case {
+    name: &'static str,
+    config: RamPlusConfig,
+    batch: i64,
+    steps: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let swin_b = |tags| RamPlusConfig {
+        vision: SwinConfig::base(224),
+        head: BertConfig::query2label(),
+        tags,
+        descriptions: 51,
+        reweighted: true,
+    };
+    vec![
+        Case { name: "Swin-B 224, 256 tags x 51 descriptions", config: swin_b(256), batch: 8, steps: 2 },
+        Case { name: "Swin-B 224, 4585 tags x 51 descriptions", config: swin_b(4585), batch: 8, steps: 1 },
+    ]
+}
+
+fn rust_seconds_per_step(case: &Case) -> f64 {
+    tch::manual_seed(0);
+    let store = nn::VarStore::new(Device::Cpu);
+    let model = RamPlus::new(&store.root(), &case.config);
+    let params = store
+        .variables()
+        .into_iter()
+        .filter_map(|(name, tensor)| {
+            if name == "label_embed" {
+                let _ = tensor.set_requires_grad(false);
+                return None;
+            }
+            Some(OptimizedParam { group: 0, decay: tensor.dim() >= 2, name, tensor })
+        })
+        .collect();
+    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let (batch, size) = (case.batch, case.config.vision.image_res);
+    let options = (Kind::Float, Device::Cpu);
+    let pixels = Tensor::randn([batch, 3, size, size], options);
+    let targets = Tensor::rand([batch, case.config.tags], options).lt(0.01).to_kind(Kind::Float);
+    let teacher = Tensor::randn([batch, EMBED_DIM], options);
+    let captions = Tensor::randn([batch, EMBED_DIM], options);
+    let mut step = || {
+        let terms = model.losses(&model.image_embeds(&pixels), &targets, &teacher, &captions);
+        let loss = terms.iter().fold(Tensor::zeros([], options), |sum, term| sum + term);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step(&[1e-4], &[false]);
+    };
+    step();
+    let times: Vec<f64> = (0..case.steps)
+        .map(|_| {
+            let started = Instant::now();
+            step();
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&times)
+}
+
+fn pytorch_seconds_per_step(case: &Case, threads: i32) -> Result<f64, String> {
+    let args = [case.batch.to_string(), case.steps.to_string(), threads.to_string()];
+    let reply = reference::run_reference("pytorch_ram_plus_step.py", &case.config, &args)?;
+    reply["seconds_per_step"].as_f64().ok_or_else(|| "no seconds_per_step in the reply".into())
+}
+
+fn main() {
+    let rounds: usize = std::env::var("TRAINER_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let words: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let threads = tch::get_num_threads();
+    println!(
+        "CPU, {threads} threads, {rounds} alternating rounds; PyTorch eager (timm + transformers) vs this trainer"
+    );
+    for case in cases().into_iter().filter(|case| words.is_empty() || words.iter().any(|w| case.name.contains(w))) {
+        let (mut ratios, mut ours) = (Ratios::default(), Vec::new());
+        for _ in 0..rounds {
+            let our_seconds = rust_seconds_per_step(&case);
+            ours.push(our_seconds);
+            match pytorch_seconds_per_step(&case, threads) {
+                Ok(their_seconds) => ratios.push(60.0 / our_seconds, 60.0 / their_seconds),
+                Err(err) => println!("{}: PyTorch side failed: {err}", case.name),
+            }
+        }
+        if ratios.is_empty() {
+            println!("{}: batch {}: trainer {:.3} s/step", case.name, case.batch, median(&ours));
+            continue;
+        }
+        println!("{}: batch {}: {}", case.name, case.batch, ratios.summary("steps/min"));
+    }
+}
