@@ -9,12 +9,11 @@ Prints {"seconds_per_step": median over the timed steps}.
 """
 
 import json
-import statistics
 import sys
-import time
 
 import torch
 from scipy.optimize import linear_sum_assignment
+from step_timing import print_seconds_per_step
 from transformers import OwlViTConfig, OwlViTForObjectDetection
 
 ALPHA, GAMMA = 0.25, 2.0
@@ -104,13 +103,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    print(json.dumps({"seconds_per_step": statistics.median(times)}))
+    print_seconds_per_step(step, steps)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ Prints {"seconds_per_step": median over the timed steps}.
 """
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from step_timing import print_seconds_per_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/fixtures/recognize_anything"))
 from make_reference import EMBED, RamPlusReference  # noqa: E402
@@ -42,13 +40,7 @@ def main() -> None:
         (tag + distill + align).backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    print(json.dumps({"seconds_per_step": statistics.median(times)}))
+    print_seconds_per_step(step, steps)
 
 
 if __name__ == "__main__":
