@@ -135,37 +135,31 @@ impl RamPlusConfig {
 /// loaded), and what else of the file went unused, by the first part of its names (RAM's
 /// caption branch, `tag_encoder` and `text_decoder`, say).
 pub fn describe_load(var_store: &nn::VarStore, report: &LoadReport, tensors: &HashMap<String, Tensor>) -> String {
-    let mut parts: Vec<(&str, usize)> = Vec::new();
-    for name in var_store.variables().keys().filter(|name| !report.fresh.contains(name)) {
-        let part = part_of(name);
-        match parts.iter_mut().find(|(known, _)| *known == part) {
-            Some((_, count)) => *count += 1,
-            None => parts.push((part, 1)),
-        }
-    }
-    parts.sort();
+    let variables = var_store.variables();
+    let parts = tally(variables.keys().filter(|name| !report.fresh.contains(name)).map(|name| part_of(name)));
     let loaded: Vec<String> = parts.iter().map(|(part, count)| format!("{part} {count}")).collect();
     let mut line = format!("{} tensors from {} ({})", report.loaded, report.file.display(), loaded.join(", "));
-    let variables = var_store.variables();
     let is_buffer = |name: &String| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
     let buffers = tensors.keys().filter(|name| is_buffer(name)).count();
     if buffers > 0 {
         line.push_str(&format!("; {buffers} Swin buffers computed here"));
     }
-    let mut unused: Vec<(String, usize)> = Vec::new();
-    for name in tensors.keys().filter(|name| !variables.contains_key(*name) && !is_buffer(name)) {
-        let part = name.split('.').next().unwrap_or(name).to_string();
-        match unused.iter_mut().find(|(known, _)| *known == part) {
-            Some((_, count)) => *count += 1,
-            None => unused.push((part, 1)),
-        }
-    }
-    unused.sort();
+    let unused_names = tensors.keys().filter(|name| !variables.contains_key(*name) && !is_buffer(name));
+    let unused = tally(unused_names.map(|name| name.split('.').next().unwrap_or(name)));
     if !unused.is_empty() {
         let listed: Vec<String> = unused.iter().map(|(part, count)| format!("{count} `{part}.*`")).collect();
         line.push_str(&format!("; unused: {}", listed.join(", ")));
     }
     line
+}
+
+/// How often each of `keys` occurs, sorted by key.
+fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for key in keys {
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// The part of RAM++ the tensor `name` belongs to, as the start-up report names it.

@@ -54,9 +54,22 @@ pub struct LoadedSample {
 #[derive(Debug)]
 pub struct TagVocabulary {
     /// Each tag's column in the multi-hot targets.
-    pub columns: HashMap<String, usize>,
+    columns: HashMap<String, usize>,
     /// The file the tags came from, named when a sample has another tag.
-    pub file: PathBuf,
+    file: PathBuf,
+}
+
+impl TagVocabulary {
+    /// `tags` in column order, read from `file`.
+    pub fn new(tags: &[String], file: &Path) -> Self {
+        let columns = tags.iter().enumerate().map(|(column, tag)| (tag.clone(), column)).collect();
+        TagVocabulary { columns, file: file.to_path_buf() }
+    }
+
+    /// The column of `tag`, or why it has none.
+    pub fn column(&self, tag: &str) -> Result<usize, String> {
+        self.columns.get(tag).copied().ok_or_else(|| format!("unknown tag `{tag}` (not in {})", self.file.display()))
+    }
 }
 
 /// What worker threads need to read samples out of shards.
@@ -117,14 +130,10 @@ impl ReadItem for ShardReader {
                 if captions.is_empty() {
                     captions.push(caption_from_tags(names));
                 }
-                let column = |tag: &String| {
-                    vocabulary
-                        .columns
-                        .get(tag)
-                        .copied()
-                        .ok_or_else(|| bad(format!("unknown tag `{tag}` (not in {})", vocabulary.file.display())))
-                };
-                names.iter().map(column).collect::<Result<Vec<usize>, FileError>>()?
+                names
+                    .iter()
+                    .map(|tag| vocabulary.column(tag).map_err(bad))
+                    .collect::<Result<Vec<usize>, FileError>>()?
             }
         };
         if captions.is_empty() {

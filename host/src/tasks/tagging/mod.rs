@@ -54,7 +54,6 @@ use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained;
 use crate::models::tagger::{self, FIXED, HEAD_PREFIX, TAG_PROMPT, TEACHER_PREFIX, Tagger, TaggerConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor, nn};
@@ -225,6 +224,15 @@ struct TagBatch {
     skipped: Vec<String>,
 }
 
+impl TagBatch {
+    /// `batch` with the multi-hot targets of its rows' tag columns, over `tag_count` tags.
+    fn of(batch: TrainBatch, rows: &[&[usize]], tag_count: usize) -> Self {
+        let targets = multi_hot(rows, tag_count).to_device(batch.pixels.device());
+        let TrainBatch { pixels, input_ids, samples, skipped } = batch;
+        TagBatch { pixels, targets, input_ids, samples, skipped }
+    }
+}
+
 /// Where tagged images come from.
 enum TagSource {
     Mosaics {
@@ -282,16 +290,12 @@ impl TagSource {
             TagSource::Files { data, tags, .. } => {
                 let batch = data.batch(step, last_step)?;
                 let rows: Vec<&[usize]> = batch.samples.iter().map(|&s| tags[s as usize].as_slice()).collect();
-                let targets = multi_hot(&rows, text.tag_count).to_device(batch.pixels.device());
-                let TrainBatch { pixels, input_ids, samples, skipped } = batch;
-                Ok(TagBatch { pixels, targets, input_ids, samples, skipped })
+                Ok(TagBatch::of(batch, &rows, text.tag_count))
             }
             TagSource::Shards { data, .. } => {
                 let (batch, tags) = data.tagged_batch(step, last_step)?;
                 let rows: Vec<&[usize]> = tags.iter().map(Vec::as_slice).collect();
-                let targets = multi_hot(&rows, text.tag_count).to_device(batch.pixels.device());
-                let TrainBatch { pixels, input_ids, samples, skipped } = batch;
-                Ok(TagBatch { pixels, targets, input_ids, samples, skipped })
+                Ok(TagBatch::of(batch, &rows, text.tag_count))
             }
         }
     }
@@ -739,28 +743,17 @@ fn open_source(
     let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
     let square = SquareResize::for_model(task.inputs.model.as_deref(), model.clip.vision_config.image_size)?;
     let tokenizer = Arc::new(tokenizer.clone());
+    let columns = Arc::new(TagVocabulary::new(vocabulary_tags, vocabulary));
     if DataKind::of(data)? == DataKind::Shards {
-        let columns = vocabulary_tags.iter().enumerate().map(|(column, tag)| (tag.clone(), column)).collect();
-        let tags = Arc::new(TagVocabulary { columns, file: vocabulary.to_path_buf() });
-        let data = ShardTraining::open(options, options.stream, tokenizer, context, square, Some(tags))?;
+        let data = ShardTraining::open(options, options.stream, tokenizer, context, square, Some(columns))?;
         return Ok(TagSource::Shards { data: Box::new(data), pattern: options.data.to_path_buf() });
     }
-    let index: HashMap<&str, usize> = vocabulary_tags.iter().enumerate().map(|(i, tag)| (tag.as_str(), i)).collect();
     let mut tags = Vec::new();
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
-        let indices = sample
-            .tags
-            .iter()
-            .map(|tag| {
-                index.get(tag.as_str()).copied().ok_or_else(|| {
-                    EngineError::Config(format!(
-                        "{}: unknown tag `{tag}` (not in {})",
-                        sample.origin,
-                        vocabulary.display()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<usize>, _>>()?;
+        let column = |tag: &String| {
+            columns.column(tag).map_err(|problem| EngineError::Config(format!("{}: {problem}", sample.origin)))
+        };
+        let indices = sample.tags.iter().map(column).collect::<Result<Vec<usize>, _>>()?;
         tags.push(indices);
         if sample.captions.is_empty() {
             sample.captions.push(caption_from_tags(&sample.tags));
