@@ -5,17 +5,25 @@
 //! figures are that peak before the first step (weights, gradients, AdamW's moments) and
 //! after two steps, and their difference, what the steps themselves add.
 //!
-//! Run with `cargo bench --workspace --bench memory` (after `make` has installed the venv).
+//! Also the released RAM++ (Swin-L at 384 px, 4585 tags of 51 descriptions) for one training
+//! step of its three terms, with and without checkpointing of the Swin blocks.
+//!
+//! Run with `cargo bench --workspace --bench memory` (after `make` has installed the venv);
+//! `-- clip` or `-- ram` runs one of the two; `TRAINER_MEMORY_RAM_BATCH` sets RAM++'s batch
+//! (default 2: a step of the large model takes minutes on a CPU).
 
 // Only the PyTorch side is used here, not the rounds and their statistics.
 mod clip_training;
+mod ram_plus_training;
 #[allow(dead_code)]
 mod reference;
 
 use clip_training::clip_and_adamw;
+use ram_plus_training::ram_plus_training;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use trainer::models::clip::ClipConfig;
+use trainer::models::ram_plus::RamPlusConfig;
 
 const BATCH: i64 = 32;
 const CONTEXT: i64 = 77;
@@ -53,6 +61,15 @@ fn child(checkpointing: bool) {
     println!("{before} {}", peak_mib());
 }
 
+/// One RAM++ training step; prints the peak before and after it.
+fn ram_plus_child(checkpointing: bool) {
+    let batch = std::env::var("TRAINER_MEMORY_RAM_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(2);
+    let mut step = ram_plus_training(&RamPlusConfig::swin_large_14m(), batch, checkpointing);
+    let before = peak_mib();
+    step();
+    println!("{before} {}", peak_mib());
+}
+
 /// (peak before the steps, peak after them) of a child process running `case`.
 fn measure(case: &str) -> (f64, f64) {
     let output = Command::new(std::env::current_exe().expect("the bench knows its path"))
@@ -69,14 +86,37 @@ fn main() {
     match std::env::var(CASE_VARIABLE).as_deref() {
         Ok("plain") => return child(false),
         Ok("checkpointed") => return child(true),
+        Ok("ram_plus_plain") => return ram_plus_child(false),
+        Ok("ram_plus_checkpointed") => return ram_plus_child(true),
         _ => {}
     }
+    let words: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let wanted = |word: &str| words.is_empty() || words.iter().any(|w| w == word);
+    if wanted("clip") {
+        clip_memory();
+    }
+    if wanted("ram") {
+        ram_plus_memory();
+    }
+}
+
+fn row(name: &str, (before, after): (f64, f64)) -> f64 {
+    println!("{name:<34} {before:>14.0} {after:>14.0} {:>14.0}", after - before);
+    after - before
+}
+
+fn ram_plus_memory() {
+    let batch = std::env::var("TRAINER_MEMORY_RAM_BATCH").unwrap_or_else(|_| "2".into());
+    println!("RAM++ Swin-L 384, 4585 tags x 51, batch {batch}, CPU; peak resident memory in MiB");
+    println!("{:<34} {:>14} {:>14} {:>14}", "", "before step", "after 1 step", "step adds");
+    let plain = row("trainer", measure("ram_plus_plain"));
+    let checkpointed = row("trainer --grad-checkpointing", measure("ram_plus_checkpointed"));
+    println!("checkpointing leaves {:.0}% of what the step adds", 100.0 * checkpointed / plain);
+}
+
+fn clip_memory() {
     println!("ViT-B/32 size CLIP, batch {BATCH}, context {CONTEXT}, CPU; peak resident memory in MiB");
     println!("{:<34} {:>14} {:>14} {:>14}", "", "before steps", "after 2 steps", "steps add");
-    let row = |name: &str, (before, after): (f64, f64)| {
-        println!("{name:<34} {before:>14.0} {after:>14.0} {:>14.0}", after - before);
-        after - before
-    };
     let plain = row("trainer", measure("plain"));
     let checkpointed = row("trainer --grad-checkpointing", measure("checkpointed"));
     let args = [BATCH.to_string(), CONTEXT.to_string(), "2".into(), tch::get_num_threads().to_string()];

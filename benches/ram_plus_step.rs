@@ -10,14 +10,14 @@
 //! `TRAINER_BENCH_ROUNDS` sets the rounds (default 3), and a word after `--` picks the cases
 //! whose name holds it (`-- 4585` is the released model's tag count, the slow one on a CPU).
 
+mod ram_plus_training;
 mod reference;
 
+use ram_plus_training::ram_plus_training;
 use reference::{Ratios, median};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
-use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
 use trainer::models::bert::BertConfig;
-use trainer::models::ram_plus::{EMBED_DIM, RamPlus, RamPlusConfig};
+use trainer::models::ram_plus::RamPlusConfig;
 use trainer::models::swin::SwinConfig;
 
 struct Case {
@@ -42,34 +42,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn rust_seconds_per_step(case: &Case) -> f64 {
-    tch::manual_seed(0);
-    let store = nn::VarStore::new(Device::Cpu);
-    let model = RamPlus::new(&store.root(), &case.config);
-    let params = store
-        .variables()
-        .into_iter()
-        .filter_map(|(name, tensor)| {
-            if name == "label_embed" {
-                let _ = tensor.set_requires_grad(false);
-                return None;
-            }
-            Some(OptimizedParam { group: 0, decay: tensor.dim() >= 2, name, tensor })
-        })
-        .collect();
-    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: 0.05, ..Default::default() });
-    let (batch, size) = (case.batch, case.config.vision.image_res);
-    let options = (Kind::Float, Device::Cpu);
-    let pixels = Tensor::randn([batch, 3, size, size], options);
-    let targets = Tensor::rand([batch, case.config.tags], options).lt(0.01).to_kind(Kind::Float);
-    let teacher = Tensor::randn([batch, EMBED_DIM], options);
-    let captions = Tensor::randn([batch, EMBED_DIM], options);
-    let mut step = || {
-        let terms = model.losses(&model.image_embeds(&pixels), &targets, &teacher, &captions);
-        let loss = terms.iter().fold(Tensor::zeros([], options), |sum, term| sum + term);
-        optimizer.zero_grad();
-        loss.backward();
-        optimizer.step(&[1e-4], &[false]);
-    };
+    let mut step = ram_plus_training(&case.config, case.batch, false);
     step();
     let times: Vec<f64> = (0..case.steps)
         .map(|_| {

@@ -17,7 +17,7 @@ fn map_and_precision_recall_match_scikit_learn() {
     let scores: Vec<f64> = rows("scores").iter().flatten().map(|v| v.as_f64().unwrap()).collect();
     let targets: Vec<bool> = rows("targets").iter().flatten().map(|v| v.as_i64().unwrap() == 1).collect();
     let tags = fixture["targets"][0].as_array().unwrap().len();
-    let got = tagging_scores(&scores, &targets, tags, fixture["threshold"].as_f64().unwrap());
+    let got = tagging_scores(&scores, &targets, &vec![fixture["threshold"].as_f64().unwrap(); tags]);
     for (name, value) in TAGGING_METRICS.iter().zip(got.values()) {
         let expected = fixture[*name].as_f64().unwrap();
         assert!((value - expected).abs() < 1e-12, "{name}: {value}, scikit-learn {expected}");

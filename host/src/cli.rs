@@ -16,7 +16,7 @@ use crate::models::groups::GroupBy;
 use crate::policy::{PolicyError, PolicyRuntime, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
-use crate::tasks::tagging::{PredictRequest, THRESHOLD, predict};
+use crate::tasks::tagging::{PredictRequest, predict};
 use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
 use crate::tasks::{self, Execution, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
@@ -354,7 +354,8 @@ pub struct PredictArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub images: ImageArgs,
-    /// Keep tags or boxes whose score is at least this [default: 0.5 for tags, 0.1 for boxes].
+    /// Keep tags or boxes whose score is at least this [default: each tag's own threshold for
+    /// RAM++ and RAM, 0.5 for other taggers, 0.1 for boxes].
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Keep at most this many tags (or boxes) per image, the most probable first [default:
@@ -770,7 +771,7 @@ fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
         model: args.model,
         images: args.images.source(),
         out: args.out,
-        threshold: args.threshold.unwrap_or(THRESHOLD),
+        threshold: args.threshold,
         top_k: args.top_k,
         device: args.device,
     };

@@ -100,6 +100,11 @@ impl PixelNormalizer {
         Ok(PixelNormalizer { square, ..PixelNormalizer::new(image_size, mean, std, device) })
     }
 
+    /// These statistics with image files made squares by `square` instead.
+    pub fn with_square(self, square: SquareResize) -> Self {
+        PixelNormalizer { square, ..self }
+    }
+
     /// How image files become this model's square input.
     pub fn square(&self) -> SquareResize {
         self.square

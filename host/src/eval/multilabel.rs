@@ -25,17 +25,19 @@ impl TaggingScores {
 }
 
 /// Scores of `samples x tags` predictions (`scores`, row-major) against multi-hot `targets`;
-/// a prediction is positive when its score is at least `threshold`. Tags without a positive
-/// sample are left out of mAP, where average precision is undefined.
-pub fn tagging_scores(scores: &[f64], targets: &[bool], tags: usize, threshold: f64) -> TaggingScores {
+/// a prediction is positive when its score is at least its tag's of `thresholds` (RAM keeps
+/// a threshold per tag). Tags without a positive sample are left out of mAP, where average
+/// precision is undefined.
+pub fn tagging_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> TaggingScores {
     assert_eq!(scores.len(), targets.len(), "one score per target");
+    let tags = thresholds.len();
     let samples = scores.len().checked_div(tags).unwrap_or(0);
     let column = |tag: usize| (0..samples).map(move |sample| sample * tags + tag);
     let mut precisions = Vec::new();
     let mut recalls = Vec::new();
     let mut average_precisions = Vec::new();
     let (mut all_true_positive, mut all_predicted, mut all_positive) = (0usize, 0usize, 0usize);
-    for tag in 0..tags {
+    for (tag, &threshold) in thresholds.iter().enumerate() {
         let pairs: Vec<(f64, bool)> = column(tag).map(|i| (scores[i], targets[i])).collect();
         let positive = pairs.iter().filter(|(_, target)| *target).count();
         let predicted = pairs.iter().filter(|(score, _)| *score >= threshold).count();
@@ -92,7 +94,7 @@ mod tests {
     fn perfect_ranking_scores_one_and_ties_share_a_threshold() {
         let scores = [0.9, 0.8, 0.1, 0.2];
         let targets = [true, true, false, false];
-        assert_eq!(tagging_scores(&scores, &targets, 1, 0.5).map, 1.0);
+        assert_eq!(tagging_scores(&scores, &targets, &[0.5]).map, 1.0);
         // Two samples tied at the top, one positive: precision 1/2 at recall 1.
         assert_eq!(average_precision(vec![(0.7, true), (0.7, false)]), 0.5);
     }

@@ -523,7 +523,12 @@ impl Clip {
 
     /// L2-normalised image embeddings for `(batch, channels, height, width)` pixels.
     pub fn image_embeddings(&self, pixel_values: &Tensor) -> Tensor {
-        normalize(&self.visual_projection.forward(&self.vision_model.forward(pixel_values, self.compute)))
+        normalize(&self.image_features(pixel_values))
+    }
+
+    /// The image embeddings before their normalisation (OpenAI CLIP's `encode_image`).
+    pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
+        self.visual_projection.forward(&self.vision_model.forward(pixel_values, self.compute))
     }
 
     /// The vision tower's tokens after its final layer norm, `(batch, tokens, hidden)`, and

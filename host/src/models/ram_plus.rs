@@ -289,11 +289,9 @@ impl RamPlus {
     }
 
     /// RAM++'s loss terms for images embedded as `image_embeds`: `tag`, the asymmetric loss
-    /// (gamma- 7, clip 0.05) of the tag logits against the multi-hot `targets`, summed;
-    /// `distill`, the mean L1 distance of the (unnormalised) average token to the teacher
-    /// CLIP's image features `teacher_image`; `align`, the asymmetric loss (gamma- 4) of each
-    /// image's logits for the batch's caption embeddings `captions`, its own caption the one
-    /// positive.
+    /// of the tag logits against the multi-hot `targets` ([`tag_loss`]); `distill`
+    /// ([`RamPlus::distill_loss`]); `align`, with the batch's caption embeddings `captions`,
+    /// each image's own caption at its own row ([`RamPlus::align_loss`]).
     pub fn losses(
         &self,
         image_embeds: &Tensor,
@@ -301,13 +299,44 @@ impl RamPlus {
         teacher_image: &Tensor,
         captions: &Tensor,
     ) -> [Tensor; 3] {
-        let tag = asymmetric_loss(&self.tag_logits(image_embeds), targets, 0.0, 7.0, 0.05);
-        let average = image_embeds.select(1, 0);
-        let distill = average.l1_loss(&teacher_image.to_kind(Kind::Float), tch::Reduction::Mean);
-        let alignment = self.alignment_logits(image_embeds, captions);
-        let (batch, count) = (alignment.size()[0], alignment.size()[1]);
-        let own = Tensor::eye_m(batch, count, (Kind::Float, alignment.device()));
-        let align = asymmetric_loss(&alignment, &own, 0.0, 4.0, 0.05);
-        [tag, distill, align]
+        let tag = tag_loss(&self.tag_logits(image_embeds), targets);
+        [tag, self.distill_loss(image_embeds, teacher_image), self.align_loss(image_embeds, captions, 0)]
     }
+
+    /// `distill`: the mean L1 distance of the (unnormalised) average token to the teacher
+    /// CLIP's image features `teacher_image`.
+    pub fn distill_loss(&self, image_embeds: &Tensor, teacher_image: &Tensor) -> Tensor {
+        image_embeds.select(1, 0).l1_loss(&teacher_image.to_kind(Kind::Float), tch::Reduction::Mean)
+    }
+
+    /// `align`: the asymmetric loss (gamma- 4, clip 0.05) of each image's logits for the
+    /// caption embeddings `captions` (`(count, 512)`), summed; image `k`'s own caption is
+    /// row `first_own + k` of `captions`, every other row a negative.
+    pub fn align_loss(&self, image_embeds: &Tensor, captions: &Tensor, first_own: i64) -> Tensor {
+        let alignment = self.alignment_logits(image_embeds, captions);
+        let (rows, count) = (alignment.size()[0], alignment.size()[1]);
+        let own = Tensor::arange_start(first_own, first_own + rows, (Kind::Int64, alignment.device()));
+        let own = own.one_hot(count).to_kind(Kind::Float);
+        asymmetric_loss(&alignment, &own, 0.0, 4.0, 0.05)
+    }
+
+    /// The label embeddings, `(tags x descriptions, 512)`: a tag's rows are consecutive.
+    pub fn label_embed(&self) -> &Tensor {
+        &self.label_embed
+    }
+
+    /// exp(`reweight_scale`), RAM++'s inverse temperature of the description weights; 1 for
+    /// RAM, which weighs none.
+    pub fn description_scale(&self) -> Tensor {
+        match &self.reweight_scale {
+            Some(scale) => scale.exp(),
+            None => Tensor::ones([], (Kind::Float, self.label_embed.device())),
+        }
+    }
+}
+
+/// `tag`: the asymmetric loss (gamma- 7, gamma+ 0, clip 0.05) of tag `logits` against the
+/// multi-hot `targets`, summed over images and tags, as RAM++ and RAM train their tagging head.
+pub fn tag_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+    asymmetric_loss(logits, targets, 0.0, 7.0, 0.05)
 }

@@ -126,7 +126,7 @@ impl TaskConfig {
         self.inputs().refuse_stream_flags()?;
         Ok(match self {
             TaskConfig::Clip(config) => Box::new(clip::ContrastiveTask::open(config, context)?),
-            TaskConfig::Tagging(config) => Box::new(tagging::TaggingTask::open(config, context)?),
+            TaskConfig::Tagging(config) => tagging::open(config, context)?,
             TaskConfig::Detection(config) => Box::new(detection::DetectionTask::open(config, context)?),
         })
     }

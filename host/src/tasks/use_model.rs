@@ -53,6 +53,7 @@ pub fn kind_of_folder(dir: &Path) -> Result<TaskKind, EngineError> {
     let detectors = [OwlVariant::OwlVit, OwlVariant::Owlv2].map(OwlVariant::model_type);
     Ok(match config["model_type"].as_str() {
         Some(tagger::MODEL_TYPE) => TaskKind::Tagging,
+        _ if crate::tasks::tagging::ram::is_ram_type(&config["model_type"]) => TaskKind::Tagging,
         Some(kind) if detectors.contains(&kind) => TaskKind::Detection,
         _ => TaskKind::Clip,
     })

@@ -27,6 +27,7 @@
 //! Owns `--losses`, `--tags` and `--unseen-tags`.
 
 mod predict;
+pub mod ram;
 
 pub use predict::{PredictRequest, predict};
 
@@ -111,6 +112,18 @@ pub struct TaggingConfig {
     /// Tags left out of training and evaluated by name alone.
     #[serde(default)]
     pub unseen_tags: Vec<String>,
+    /// RAM's frozen CLIP, of `distill`, `align` and new tags' label embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
+    /// The tag names of a RAM `.pth`, one per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_tags: Option<PathBuf>,
+    /// Descriptions of the tags a RAM checkpoint lacks, for their label embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_descriptions: Option<PathBuf>,
+    /// RAM's per-tag thresholds, one per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<PathBuf>,
 }
 
 fn all_losses() -> Vec<TagLoss> {
@@ -129,6 +142,23 @@ pub struct TaggingArgs {
     /// Tags the tagging head never trains on, evaluated by name alone (`unseen_mAP`) [--task tagging].
     #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
     pub unseen_tags: Option<Vec<String>>,
+    /// The frozen CLIP of a RAM++/RAM --model: a Hugging Face folder (recognize-anything uses
+    /// OpenAI's ViT-B/16); needed for `distill`, `align` and tags the checkpoint lacks
+    /// [default without it: --losses tag].
+    #[arg(long, value_name = "DIR")]
+    pub teacher: Option<PathBuf>,
+    /// The tag names of a RAM++/RAM `.pth`, one per line (recognize-anything's
+    /// ram/data/ram_tag_list.txt) [default: ram_tag_list.txt beside it].
+    #[arg(long, value_name = "FILE")]
+    pub model_tags: Option<PathBuf>,
+    /// Descriptions of new tags for RAM++/RAM: JSON, tag -> list of descriptions (or RAM++'s
+    /// LLM tag-description files); a new tag without them is embedded from prompt templates.
+    #[arg(long, value_name = "FILE")]
+    pub tag_descriptions: Option<PathBuf>,
+    /// Per-tag thresholds of RAM++/RAM, one per line, aligned with the checkpoint's tag list
+    /// or with --tags (RAM's ram_tag_list_threshold.txt) [default: 0.68].
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
 }
 
 impl TaggingArgs {
@@ -137,15 +167,27 @@ impl TaggingArgs {
             ("--losses", self.losses.is_some()),
             ("--tags", self.tags.is_some()),
             ("--unseen-tags", self.unseen_tags.is_some()),
+            ("--teacher", self.teacher.is_some()),
+            ("--model-tags", self.model_tags.is_some()),
+            ("--tag-descriptions", self.tag_descriptions.is_some()),
+            ("--thresholds", self.thresholds.is_some()),
         ])
     }
 
+    /// The settings of a tagging run. Its losses by default: all three, but for a RAM
+    /// without a teacher, whose only term is then `tag`.
     pub fn config(&self, inputs: Inputs) -> TaggingConfig {
+        let tag_only = self.teacher.is_none() && inputs.model.as_deref().is_some_and(ram::is_ram);
+        let default_losses = if tag_only { vec![TagLoss::Tag] } else { all_losses() };
         TaggingConfig {
             inputs,
-            losses: self.losses.clone().unwrap_or_else(all_losses),
+            losses: self.losses.clone().unwrap_or(default_losses),
             tags: self.tags.clone().map(absolute),
             unseen_tags: self.unseen_tags.clone().unwrap_or_default(),
+            teacher: self.teacher.clone().map(absolute),
+            model_tags: self.model_tags.clone().map(absolute),
+            tag_descriptions: self.tag_descriptions.clone().map(absolute),
+            thresholds: self.thresholds.clone().map(absolute),
         }
     }
 }
@@ -279,6 +321,23 @@ impl TagSource {
         }
     }
 
+    /// The data, as the start-up report names it.
+    fn describe_data(&self) -> String {
+        match self {
+            TagSource::Mosaics { .. } => "2x2 Fashion-MNIST mosaics".to_string(),
+            TagSource::Files { manifest, .. } => manifest.display().to_string(),
+            TagSource::Shards { pattern, .. } => pattern.display().to_string(),
+        }
+    }
+
+    fn skipped_at_start(&self) -> &[String] {
+        match self {
+            TagSource::Mosaics { .. } => &[],
+            TagSource::Files { data, .. } => data.skipped_at_start(),
+            TagSource::Shards { data, .. } => data.skipped_at_start(),
+        }
+    }
+
     fn train_batch(&mut self, step: u64, last_step: u64, text: &TextSide) -> Result<TagBatch, EngineError> {
         match self {
             TagSource::Mosaics { sampler, train, .. } => {
@@ -387,8 +446,9 @@ struct TextSide<'a> {
 }
 
 impl<'a> TextSide<'a> {
-    fn new(tokenizer: &'a ClipTokenizer, model: &TaggerConfig, tag_count: usize, device: Device) -> Self {
-        TextSide { tokenizer, context: model.clip.text_config.max_position_embeddings, tag_count, device }
+    /// Captions tokenized to at most `context` tokens, targets over `tag_count` tags.
+    fn new(tokenizer: &'a ClipTokenizer, context: i64, tag_count: usize, device: Device) -> Self {
+        TextSide { tokenizer, context, tag_count, device }
     }
 
     fn tokenize(&self, texts: &[String]) -> Tensor {
@@ -404,6 +464,53 @@ fn multi_hot(rows: &[&[usize]], tags: usize) -> Tensor {
         }
     }
     Tensor::from_slice(&values).view([rows.len() as i64, tags as i64])
+}
+
+/// The tags of the data: the ten classes of the mosaic default, or the `--tags` vocabulary
+/// of a manifest or shards (`model_tags` when not given, for a model that has its own).
+fn data_vocabulary(task: &TaggingConfig, model_tags: Option<&[String]>) -> Result<Vec<String>, EngineError> {
+    let data = &task.inputs.data;
+    Ok(match (DataKind::of(data)?, &task.tags) {
+        (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
+        (DataKind::Manifest | DataKind::Shards, Some(path)) => read_vocabulary(path)?,
+        (DataKind::Manifest | DataKind::Shards, None) => match model_tags {
+            Some(tags) => tags.to_vec(),
+            None => {
+                return Err(EngineError::Config(format!(
+                    "--data {}: tagged data needs its tag vocabulary, --tags FILE (one tag per line)",
+                    data.display()
+                )));
+            }
+        },
+        (DataKind::FashionMnist, Some(_)) => {
+            return Err(EngineError::Config("--tags: the mosaic default has its own tags, the ten classes".into()));
+        }
+        (DataKind::Coco, _) => {
+            return Err(EngineError::Config(format!(
+                "--data {}: tagging reads a JSONL manifest or WebDataset shards with `tags`, or Fashion-MNIST mosaics",
+                data.display()
+            )));
+        }
+    })
+}
+
+/// The columns of `tags` the head trains on, and those named in `--unseen-tags`, which it
+/// never sees in training.
+fn split_unseen(tags: &[String], unseen_tags: &[String]) -> Result<(Vec<i64>, Vec<i64>), EngineError> {
+    if let Some(unknown) = unseen_tags.iter().find(|tag| !tags.contains(tag)) {
+        return Err(EngineError::Config(format!(
+            "--unseen-tags: `{unknown}` is not a tag of the data (its tags: {})",
+            tags.join(", ")
+        )));
+    }
+    let columns = |unseen: bool| -> Vec<i64> {
+        (0..tags.len() as i64).filter(|&i| unseen_tags.contains(&tags[i as usize]) == unseen).collect()
+    };
+    let (seen, unseen) = (columns(false), columns(true));
+    if seen.is_empty() {
+        return Err(EngineError::Config("--unseen-tags: every tag is unseen; the head has nothing to learn".into()));
+    }
+    Ok((seen, unseen))
 }
 
 /// A tag vocabulary: one tag per line; blank lines and lines starting with `#` are skipped.
@@ -426,6 +533,27 @@ pub fn read_vocabulary(path: &Path) -> Result<Vec<String>, FileError> {
     Ok(tags)
 }
 
+/// The task of a tagging run: RAM++ or RAM for a `--model` of theirs, otherwise the CLIP
+/// tagger.
+pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Box<dyn Task>, EngineError> {
+    if task.inputs.model.as_deref().is_some_and(ram::is_ram) {
+        return Ok(Box::new(ram::RamTaggingTask::open(task, context)?));
+    }
+    let ram_only = [
+        ("--teacher", task.teacher.is_some()),
+        ("--model-tags", task.model_tags.is_some()),
+        ("--tag-descriptions", task.tag_descriptions.is_some()),
+        ("--thresholds", task.thresholds.is_some()),
+    ];
+    if let Some((flag, _)) = ram_only.iter().find(|(_, given)| *given) {
+        return Err(EngineError::Config(format!(
+            "{flag}: goes with a RAM++ or RAM --model (a recognize-anything .pth, or a folder saved from one); \
+             the CLIP tagger's teacher is the CLIP it starts from"
+        )));
+    }
+    Ok(Box::new(TaggingTask::open(task, context)?))
+}
+
 impl TaggingTask {
     pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
         let config = &task.inputs;
@@ -438,40 +566,8 @@ impl TaggingTask {
             return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
         }
         let (tokenizer, vocabulary) = load_tokenizer(config.model.as_deref())?;
-        let tags: Vec<String> = match (DataKind::of(&config.data)?, &task.tags) {
-            (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
-            (DataKind::Manifest | DataKind::Shards, Some(path)) => read_vocabulary(path)?,
-            (DataKind::Manifest | DataKind::Shards, None) => {
-                return Err(EngineError::Config(format!(
-                    "--data {}: tagged data needs its tag vocabulary, --tags FILE (one tag per line)",
-                    config.data.display()
-                )));
-            }
-            (DataKind::FashionMnist, Some(_)) => {
-                return Err(EngineError::Config("--tags: the mosaic default has its own tags, the ten classes".into()));
-            }
-            (DataKind::Coco, _) => {
-                return Err(EngineError::Config(format!(
-                    "--data {}: tagging reads a JSONL manifest or WebDataset shards with `tags`, or Fashion-MNIST mosaics",
-                    config.data.display()
-                )));
-            }
-        };
-        if let Some(unknown) = task.unseen_tags.iter().find(|tag| !tags.contains(tag)) {
-            return Err(EngineError::Config(format!(
-                "--unseen-tags: `{unknown}` is not a tag of the data (its tags: {})",
-                tags.join(", ")
-            )));
-        }
-        let columns = |unseen: bool| -> Vec<i64> {
-            (0..tags.len() as i64).filter(|&i| task.unseen_tags.contains(&tags[i as usize]) == unseen).collect()
-        };
-        let (seen_columns, unseen_columns) = (columns(false), columns(true));
-        if seen_columns.is_empty() {
-            return Err(EngineError::Config(
-                "--unseen-tags: every tag is unseen; the head has nothing to learn".into(),
-            ));
-        }
+        let tags = data_vocabulary(task, None)?;
+        let (seen_columns, unseen_columns) = split_unseen(&tags, &task.unseen_tags)?;
         let vocabulary_tags = tags.clone();
         let tags: Vec<String> = seen_columns.iter().map(|&i| vocabulary_tags[i as usize].clone()).collect();
         let unseen_names: Vec<String> = unseen_columns.iter().map(|&i| vocabulary_tags[i as usize].clone()).collect();
@@ -489,7 +585,9 @@ impl TaggingTask {
                 (TaggerConfig::new(clip, tags), false)
             }
         };
-        let source = open_source(task, options, &vocabulary_tags, &model_config, &tokenizer)?;
+        let caption_context = model_config.clip.text_config.max_position_embeddings.max(2) as usize;
+        let square = SquareResize::for_model(config.model.as_deref(), model_config.clip.vision_config.image_size)?;
+        let source = open_source(task, options, &vocabulary_tags, caption_context, square, &tokenizer)?;
         tch::manual_seed(options.seed as i64);
         let var_store = nn::VarStore::new(device);
         let mut tagger = Tagger::new(&var_store.root(), &model_config);
@@ -647,81 +745,129 @@ impl TaggingTask {
         Ok(shares)
     }
 
-    fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
-        let images = self.source.eval_len(final_split)?;
-        let mut seen = Predictions::default();
-        let mut unseen = Predictions::default();
-        let mut first_batch = None;
-        // The unseen tags' queries come from the text tower as it is now.
-        let unseen_embeddings = tch::no_grad(|| self.tagger.clip.text_embeddings(&self.unseen_prompts));
-        for start in (0..images).step_by(EVAL_BATCH_SIZE) {
-            let count = EVAL_BATCH_SIZE.min(images - start);
-            let text = TextSide::new(&self.tokenizer, &self.config, self.data_tags, self.device);
-            let batch = self.source.eval_batch(final_split, start, count, &text, self.device)?;
-            tch::no_grad(|| -> Result<(), EngineError> {
-                let pixels = self.normalizer.normalize(&batch.pixels);
-                seen.add(&self.tagger.forward(&pixels).0, &batch.targets.index_select(1, &self.seen))?;
-                if !self.unseen_names.is_empty() {
-                    let logits = self.tagger.logits_for(&pixels, &unseen_embeddings);
-                    unseen.add(&logits, &batch.targets.index_select(1, &self.unseen))?;
-                }
-                Ok(())
-            })?;
-            first_batch.get_or_insert(batch);
-        }
-        let mut values = tagging_scores(&seen.scores, &seen.targets, self.config.tags.len(), THRESHOLD).values();
-        let first_batch = first_batch.ok_or_else(|| {
-            EngineError::Config(
-                "the evaluation split (--val-data, or the held-out part of --data) has no images".into(),
-            )
-        })?;
-        values.extend(self.gradient_shares(&first_batch)?);
-        if !self.unseen_names.is_empty() {
-            values.push(tagging_scores(&unseen.scores, &unseen.targets, self.unseen_names.len(), THRESHOLD).map);
-        }
-        let split = if final_split && matches!(self.source, TagSource::Mosaics { .. }) { "test" } else { "held-out" };
-        Ok(Scores { names: self.metric_names.clone(), values, images, split })
+    fn context(&self) -> i64 {
+        self.config.clip.text_config.max_position_embeddings
     }
 
-    /// Each weighted loss term's gradient norm over the trainable parameters, as a share of
-    /// their sum, on `batch`.
+    fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
+        // The unseen tags' queries come from the text tower as it is now.
+        let unseen_embeddings = tch::no_grad(|| self.tagger.clip.text_embeddings(&self.unseen_prompts));
+        let text = TextSide::new(&self.tokenizer, self.context(), self.data_tags, self.device);
+        let columns = Columns { seen: &self.seen, unseen: (!self.unseen_names.is_empty()).then_some(&self.unseen) };
+        let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
+            let pixels = self.normalizer.normalize(&batch.pixels);
+            let unseen = columns.unseen.map(|_| self.tagger.logits_for(&pixels, &unseen_embeddings));
+            (self.tagger.forward(&pixels).0, unseen)
+        })?;
+        let mut values =
+            tagging_scores(&split.seen.scores, &split.seen.targets, &vec![THRESHOLD; self.config.tags.len()]).values();
+        values.extend(self.gradient_shares(&split.first_batch)?);
+        if !self.unseen_names.is_empty() {
+            let thresholds = vec![THRESHOLD; self.unseen_names.len()];
+            values.push(tagging_scores(&split.unseen.scores, &split.unseen.targets, &thresholds).map);
+        }
+        Ok(Scores { names: self.metric_names.clone(), values, images: split.images, split: split.name })
+    }
+
+    /// Each weighted loss term's gradient norm as a share of their sum, on `batch`.
     fn gradient_shares(&self, batch: &TagBatch) -> Result<Vec<f64>, EngineError> {
-        let mut trainable: Vec<(String, Tensor)> = self
-            .var_store
-            .variables()
-            .into_iter()
-            .filter(|(name, tensor)| tensor.requires_grad() && self.parameter_group(name).is_some())
-            .collect();
-        // By name: the sums below then add up in the same order every time.
-        trainable.sort_by(|a, b| a.0.cmp(&b.0));
-        let trainable: Vec<Tensor> = trainable.into_iter().map(|(_, tensor)| tensor).collect();
+        let trainable = trainable_variables(self);
         if trainable.is_empty() {
             return Ok(vec![0.0; self.losses.len()]);
         }
         let terms =
             self.loss_terms(&self.normalizer.normalize(&batch.pixels), &batch.targets, &batch.input_ids, None)?;
-        let mut norms = Vec::new();
-        for (term, weight) in terms.iter().zip(&self.weights) {
-            let grads = Tensor::f_run_backward(&[term * *weight], &trainable, true, false)?;
-            let squares: f64 = grads
-                .iter()
-                .filter(|grad| grad.defined())
-                .map(|grad| grad.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]))
-                .sum();
-            norms.push(squares.sqrt());
-        }
-        let total: f64 = norms.iter().sum();
-        Ok(norms.iter().map(|norm| if total > 0.0 { norm / total } else { 0.0 }).collect())
+        gradient_shares(&trainable, &terms, &self.weights)
     }
 }
 
+/// Which columns of the data's tags are scored as seen, and as unseen (`None`: no unseen
+/// tags).
+#[derive(Clone, Copy)]
+struct Columns<'a> {
+    seen: &'a Tensor,
+    unseen: Option<&'a Tensor>,
+}
+
+/// The predictions of a model on the evaluation split.
+struct SplitPredictions {
+    seen: Predictions,
+    unseen: Predictions,
+    /// The split's first batch: the gradient shares are measured on it.
+    first_batch: TagBatch,
+    images: usize,
+    /// `test` (the mosaics' test split, at the end of a run) or `held-out`.
+    name: &'static str,
+}
+
+/// Every batch of the evaluation split (`final_split`: the one the end of a run is scored
+/// on) through `logits`, which gives a batch's logits of its seen tags and of its unseen ones,
+/// without gradient.
+fn predict_split(
+    source: &mut TagSource,
+    final_split: bool,
+    text: &TextSide,
+    columns: Columns,
+    mut logits: impl FnMut(&TagBatch) -> (Tensor, Option<Tensor>),
+) -> Result<SplitPredictions, EngineError> {
+    let images = source.eval_len(final_split)?;
+    let (mut seen, mut unseen, mut first_batch) = (Predictions::default(), Predictions::default(), None);
+    for start in (0..images).step_by(EVAL_BATCH_SIZE) {
+        let count = EVAL_BATCH_SIZE.min(images - start);
+        let batch = source.eval_batch(final_split, start, count, text, text.device)?;
+        let (seen_logits, unseen_logits) = tch::no_grad(|| logits(&batch));
+        seen.add(&seen_logits, &batch.targets.index_select(1, columns.seen))?;
+        if let (Some(logits), Some(unseen_columns)) = (unseen_logits, columns.unseen) {
+            unseen.add(&logits, &batch.targets.index_select(1, unseen_columns))?;
+        }
+        first_batch.get_or_insert(batch);
+    }
+    let first_batch = first_batch.ok_or_else(|| {
+        EngineError::Config("the evaluation split (--val-data, or the held-out part of --data) has no images".into())
+    })?;
+    let name = if final_split && matches!(source, TagSource::Mosaics { .. }) { "test" } else { "held-out" };
+    Ok(SplitPredictions { seen, unseen, first_batch, images, name })
+}
+
+/// The variables of `task` that a policy trains, in the order of their names (the sums of
+/// [`gradient_shares`] then add up in the same order every time).
+fn trainable_variables(task: &dyn Task) -> Vec<Tensor> {
+    let mut trainable: Vec<(String, Tensor)> = task
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(name, tensor)| tensor.requires_grad() && task.parameter_group(name).is_some())
+        .collect();
+    trainable.sort_by(|a, b| a.0.cmp(&b.0));
+    trainable.into_iter().map(|(_, tensor)| tensor).collect()
+}
+
+/// Each of `terms` times its weight: its gradient's norm over `trainable`, as a share of
+/// the sum of those norms.
+fn gradient_shares(trainable: &[Tensor], terms: &[Tensor], weights: &[f64]) -> Result<Vec<f64>, EngineError> {
+    let mut norms = Vec::new();
+    for (term, weight) in terms.iter().zip(weights) {
+        let grads = Tensor::f_run_backward(&[term * *weight], trainable, true, false)?;
+        let squares: f64 = grads
+            .iter()
+            .filter(|grad| grad.defined())
+            .map(|grad| grad.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]))
+            .sum();
+        norms.push(squares.sqrt());
+    }
+    let total: f64 = norms.iter().sum();
+    Ok(norms.iter().map(|norm| if total > 0.0 { norm / total } else { 0.0 }).collect())
+}
+
 /// The mosaic default, or the manifest of `config.data` with its tags checked against the
-/// vocabulary (an unknown tag names its manifest line).
+/// vocabulary (an unknown tag names its manifest line); captions tokenized to `context`
+/// tokens, images made squares by `square`.
 fn open_source(
     task: &TaggingConfig,
     options: &DataOptions,
     vocabulary_tags: &[String],
-    model: &TaggerConfig,
+    context: usize,
+    square: SquareResize,
     tokenizer: &ClipTokenizer,
 ) -> Result<TagSource, EngineError> {
     let data = options.data;
@@ -740,8 +886,6 @@ fn open_source(
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
     let vocabulary = task.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
-    let context = model.clip.text_config.max_position_embeddings.max(2) as usize;
-    let square = SquareResize::for_model(task.inputs.model.as_deref(), model.clip.vision_config.image_size)?;
     let tokenizer = Arc::new(tokenizer.clone());
     let columns = Arc::new(TagVocabulary::new(vocabulary_tags, vocabulary));
     if DataKind::of(data)? == DataKind::Shards {
@@ -863,11 +1007,7 @@ impl Task for TaggingTask {
     }
 
     fn describe(&self) -> Vec<String> {
-        let data = match &self.source {
-            TagSource::Mosaics { .. } => "2x2 Fashion-MNIST mosaics".to_string(),
-            TagSource::Files { manifest, .. } => manifest.display().to_string(),
-            TagSource::Shards { pattern, .. } => pattern.display().to_string(),
-        };
+        let data = self.source.describe_data();
         let unseen = if self.unseen_names.is_empty() {
             String::new()
         } else {
@@ -889,16 +1029,12 @@ impl Task for TaggingTask {
     }
 
     fn skipped_at_start(&self) -> &[String] {
-        match &self.source {
-            TagSource::Mosaics { .. } => &[],
-            TagSource::Files { data, .. } => data.skipped_at_start(),
-            TagSource::Shards { data, .. } => data.skipped_at_start(),
-        }
+        self.source.skipped_at_start()
     }
 
     fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
         let epoch = self.source.epoch_of(step);
-        let text = TextSide::new(&self.tokenizer, &self.config, self.data_tags, self.device);
+        let text = TextSide::new(&self.tokenizer, self.context(), self.data_tags, self.device);
         let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
         let pixels = self.normalizer.normalize(&unit);

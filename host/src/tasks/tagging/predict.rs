@@ -1,18 +1,23 @@
-//! `trainer predict` for taggers: each image's tags with their probabilities, the same
-//! probabilities the evaluation scores (sigmoid of the head's logits in float64, images
-//! decoded as the held-out images are), above a threshold and at most the top K.
+//! `trainer predict` for taggers (the CLIP tagger, RAM++ and RAM): each image's tags with
+//! their probabilities, the same probabilities the evaluation scores (sigmoid of the head's
+//! logits in float64, images decoded as the held-out images are), at or above each tag's
+//! threshold (RAM's own per tag) or the one given, at most the top K; and RAM's `tag | tag`
+//! string of them.
 
 use crate::data::PixelNormalizer;
 use crate::engine::EngineError;
 use crate::files::FileError;
 use crate::models::pretrained;
+use crate::models::ram_plus::RamPlus;
 use crate::models::tagger::{Tagger, TaggerConfig};
 use crate::report::JsonLines;
 use crate::tasks::TaskKind;
+use crate::tasks::tagging::THRESHOLD;
+use crate::tasks::tagging::ram::{self, RamTaggerConfig};
 use crate::tasks::use_model::{ImageSource, for_each_batch, kind_of_folder};
 use serde::Serialize;
 use std::path::PathBuf;
-use tch::{Device, Kind, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 /// `trainer predict`: which tagger, which images, which tags to keep, where to.
 #[derive(Debug, Clone)]
@@ -20,8 +25,8 @@ pub struct PredictRequest {
     pub model: PathBuf,
     pub images: ImageSource,
     pub out: PathBuf,
-    /// Tags with a probability at least this are kept.
-    pub threshold: f64,
+    /// Tags with a probability at least this are kept; `None`: each tag's own threshold.
+    pub threshold: Option<f64>,
     /// Of those, at most this many, the most probable first.
     pub top_k: Option<usize>,
     pub device: Device,
@@ -37,6 +42,50 @@ struct PredictedTag<'a> {
 struct Prediction<'a> {
     image: String,
     tags: Vec<PredictedTag<'a>>,
+    /// The tags joined by ` | `, as RAM's inference prints them.
+    tag_string: String,
+}
+
+/// A saved tagger ready to score images.
+struct LoadedTagger {
+    tags: Vec<String>,
+    thresholds: Vec<f64>,
+    normalizer: PixelNormalizer,
+    logits: Box<dyn Fn(&Tensor) -> Tensor>,
+}
+
+impl LoadedTagger {
+    fn load(dir: &std::path::Path, device: Device) -> Result<Self, EngineError> {
+        let value: serde_json::Value = pretrained::read_config(dir)?;
+        let parse_error =
+            |err: serde_json::Error| FileError::format(&dir.join(pretrained::CONFIG_FILE), err.to_string());
+        let var_store = nn::VarStore::new(device);
+        let tagger = if ram::is_ram_type(&value["model_type"]) {
+            let config: RamTaggerConfig = serde_json::from_value(value).map_err(parse_error)?;
+            let model = RamPlus::new(&var_store.root(), &config.architecture);
+            LoadedTagger {
+                normalizer: ram::input_normalizer(config.architecture.vision.image_res, device)?,
+                tags: config.tag_list,
+                thresholds: config.thresholds,
+                logits: Box::new(move |pixels| model.logits(pixels)),
+            }
+        } else {
+            let config: TaggerConfig = serde_json::from_value(value).map_err(parse_error)?;
+            let tagger = Tagger::new(&var_store.root(), &config);
+            LoadedTagger {
+                normalizer: PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, device)?,
+                thresholds: vec![THRESHOLD; config.tags.len()],
+                tags: config.tags,
+                logits: Box::new(move |pixels| tagger.forward(pixels).0),
+            }
+        };
+        if tagger.tags.is_empty() {
+            let path = dir.join(pretrained::CONFIG_FILE);
+            return Err(FileError::format(&path, "the tagger has no tags").into());
+        }
+        pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
+        Ok(tagger)
+    }
 }
 
 /// Writes one JSON line per image to `request.out`; returns the number of images.
@@ -48,34 +97,25 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
             dir.display()
         )));
     }
-    if !(0.0..=1.0).contains(&request.threshold) {
-        return Err(EngineError::Config(format!("--threshold {}: must be within [0, 1]", request.threshold)));
+    if let Some(threshold) = request.threshold.filter(|threshold| !(0.0..=1.0).contains(threshold)) {
+        return Err(EngineError::Config(format!("--threshold {threshold}: must be within [0, 1]")));
     }
-    let config: TaggerConfig = pretrained::read_config(dir)?;
-    if config.tags.is_empty() {
-        let path = dir.join(pretrained::CONFIG_FILE);
-        return Err(FileError::format(&path, "the tagger has no tags").into());
-    }
-    let var_store = nn::VarStore::new(request.device);
-    let tagger = Tagger::new(&var_store.root(), &config);
-    pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
-    let normalizer = PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, request.device)?;
+    let tagger = LoadedTagger::load(dir, request.device)?;
     let files = request.images.files()?;
     let mut out = JsonLines::create(&request.out).map_err(FileError::io(&request.out))?;
-    for_each_batch(&files, &normalizer, request.device, request.images.batch_size, |chunk, pixels| {
-        let probabilities = tagger.forward(pixels).0.sigmoid().to_kind(Kind::Double);
+    let count = tagger.tags.len();
+    for_each_batch(&files, &tagger.normalizer, request.device, request.images.batch_size, |chunk, pixels| {
+        let probabilities = (tagger.logits)(pixels).sigmoid().to_kind(Kind::Double);
         let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1))?;
-        for (file, row) in chunk.iter().zip(probabilities.chunks(config.tags.len())) {
-            let mut tags: Vec<PredictedTag> = config
-                .tags
-                .iter()
-                .zip(row)
-                .filter(|(_, score)| **score >= request.threshold)
-                .map(|(tag, score)| PredictedTag { tag, score: *score })
+        for (file, row) in chunk.iter().zip(probabilities.chunks(count)) {
+            let mut tags: Vec<PredictedTag> = (0..count)
+                .filter(|&i| row[i] >= request.threshold.unwrap_or(tagger.thresholds[i]))
+                .map(|i| PredictedTag { tag: &tagger.tags[i], score: row[i] })
                 .collect();
             tags.sort_by(|a, b| b.score.total_cmp(&a.score));
             tags.truncate(request.top_k.unwrap_or(usize::MAX));
-            let line = Prediction { image: file.display().to_string(), tags };
+            let tag_string = tags.iter().map(|tag| tag.tag).collect::<Vec<_>>().join(" | ");
+            let line = Prediction { image: file.display().to_string(), tags, tag_string };
             out.write(&line).map_err(FileError::io(&request.out))?;
         }
         Ok(())

@@ -1,0 +1,44 @@
+//! The trainer's side of the RAM++ benchmarks: a seeded RAM++ with its AdamW (decay on
+//! matrices, weight decay 0.05 as `finetune.yaml`; `label_embed` frozen as RAM++ fine-tunes
+//! it), and one training step of its three terms on random inputs, as
+//! `pytorch_ram_plus_step.py` makes them on the PyTorch side.
+
+use tch::{Device, Kind, Tensor, nn};
+use trainer::engine::optimizer::{AdamW, AdamWConfig, OptimizedParam};
+use trainer::models::ram_plus::{EMBED_DIM, RamPlus, RamPlusConfig};
+
+/// A RAM++ of `config`, its AdamW, and a closure that runs one training step on a random
+/// batch of `batch` images.
+pub fn ram_plus_training(config: &RamPlusConfig, batch: i64, checkpointing: bool) -> impl FnMut() {
+    tch::manual_seed(0);
+    let store = nn::VarStore::new(Device::Cpu);
+    let mut model = RamPlus::new(&store.root(), config);
+    model.set_grad_checkpointing(checkpointing);
+    let params = store
+        .variables()
+        .into_iter()
+        .filter_map(|(name, tensor)| {
+            if name == "label_embed" {
+                let _ = tensor.set_requires_grad(false);
+                return None;
+            }
+            Some(OptimizedParam { group: 0, decay: tensor.dim() >= 2, name, tensor })
+        })
+        .collect();
+    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let size = config.vision.image_res;
+    let options = (Kind::Float, Device::Cpu);
+    let pixels = Tensor::randn([batch, 3, size, size], options);
+    let targets = Tensor::rand([batch, config.tags], options).lt(0.01).to_kind(Kind::Float);
+    let teacher = Tensor::randn([batch, EMBED_DIM], options);
+    let captions = Tensor::randn([batch, EMBED_DIM], options);
+    move || {
+        // The store lives as long as the step does.
+        let _ = &store;
+        let terms = model.losses(&model.image_embeds(&pixels), &targets, &teacher, &captions);
+        let loss = terms.iter().fold(Tensor::zeros([], options), |sum, term| sum + term);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step(&[1e-4], &[false]);
+    }
+}

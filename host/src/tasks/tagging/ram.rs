@@ -1,0 +1,744 @@
+//! recognize-anything's RAM++ (and RAM's tagging branch) fine-tuned as a tagging run:
+//! `--task tagging --model ram_plus_swin_large_14m.pth --teacher DIR`, the model of
+//! [`crate::models::ram_plus`] under its own names, trained with the three terms of
+//! recognize-anything's `finetune.py`, named as every tagging run names them:
+//!
+//! - `tag`: the asymmetric loss of the tag logits (gamma- 7, clip 0.05), summed;
+//! - `distill`: the mean L1 distance of the average image token to the frozen teacher CLIP's
+//!   image features (OpenAI CLIP's `encode_image`, unnormalised);
+//! - `align`: the asymmetric loss (gamma- 4) of the head's logits for the captions' teacher
+//!   embeddings, each image's own caption the positive, over the global batch: every
+//!   caption of every process and micro-batch is a negative of every other image, as one
+//!   process on the whole batch computes it (`finetune.py` under DDP sees only its own).
+//!
+//! Each is additive over images, so a process's share is the sum over its rows (`distill`:
+//! its rows' part of the global mean), and the shares summed over processes are the terms of
+//! the whole batch.
+//!
+//! **Tags.** A released `.pth` holds no tag names: they come from `--model-tags FILE`, or a
+//! `ram_tag_list.txt` beside the file (recognize-anything's `ram/data/ram_tag_list.txt`).
+//! The run's tag list is the data's (`--tags`, or the checkpoint's when not given). A tag the
+//! checkpoint has keeps its label embedding, matched by name; a new tag's rows are the
+//! teacher's normalised text embeddings of its descriptions (`--tag-descriptions`, RAM++'s
+//! LLM tag-description files), as recognize-anything's open-set inference builds them, or of
+//! prompt templates when it has none. RAM++ keeps the same number of rows per tag, so a
+//! tag's descriptions are repeated in turn to fill them. Thresholds: RAM's per-tag file,
+//! 0.68 for a tag without one.
+//!
+//! `unseen_mAP` scores the tags the checkpoint did not have (and any `--unseen-tags`, which
+//! `tag` leaves out), on their own.
+//!
+//! What differs from `finetune.py`, and why: the teacher sees the student's augmented view
+//! resized to its size rather than a crop of its own, and the augmentation is the trainer's
+//! batched crop, scale and flip, whose strength the policies own (RAM adds RandAugment).
+//! Held-out images are resized to the square as RAM's inference transform does.
+
+use super::{
+    Columns, Predictions, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
+    open_source, predict_split, read_vocabulary, split_unseen, trainable_variables,
+};
+use crate::data::PixelNormalizer;
+use crate::data::augment;
+use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use crate::data::images::{Filter, Fit, SquareResize};
+use crate::distributed::Team;
+use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
+use crate::eval::{TAGGING_METRICS, tagging_scores};
+use crate::files::FileError;
+use crate::models::clip::{Clip, ClipConfig};
+use crate::models::groups::{Group, GroupLayout, Place};
+use crate::models::pretrained::{self, PretrainedError};
+use crate::models::pth;
+use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, tag_loss};
+use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor, nn};
+
+/// The `model_type` of a saved RAM++, and of a saved RAM tagging branch.
+pub const RAM_PLUS: &str = "ram_plus";
+pub const RAM: &str = "ram";
+/// recognize-anything's checkpoint of a saved model, beside `model.safetensors`.
+pub const PTH_FILE: &str = "model.pth";
+/// The tag list looked for beside a `.pth` when `--model-tags` is not given.
+pub const TAG_LIST_FILE: &str = "ram_tag_list.txt";
+/// The threshold of a tag without one of its own: RAM++'s inference default.
+pub const DEFAULT_THRESHOLD: f64 = 0.68;
+/// The prompts a new tag without descriptions is embedded from (CLIP's ImageNet templates).
+const TEMPLATES: [&str; 5] = [
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "art of the {}.",
+];
+const UNSEEN_MAP: &str = "unseen_mAP";
+const GATHER: &str = "the gather of the caption embeddings";
+
+/// A saved RAM++ or RAM: its `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RamTaggerConfig {
+    pub model_type: String,
+    pub architecture: RamPlusConfig,
+    /// The tags, in the order of `label_embed`'s rows and of the logits.
+    pub tag_list: Vec<String>,
+    /// Each tag's threshold on its probability.
+    pub thresholds: Vec<f64>,
+    /// Tags whose label embeddings were made from descriptions rather than trained with the
+    /// checkpoint: `unseen_mAP` scores them.
+    #[serde(default)]
+    pub added_tags: Vec<String>,
+}
+
+/// Whether `--model` names a RAM++ or RAM: a `.pth` checkpoint of recognize-anything's, or
+/// a folder this trainer saved one in.
+pub fn is_ram(model: &Path) -> bool {
+    if model.is_file() {
+        return model.extension().is_some_and(|extension| extension == "pth");
+    }
+    let config: Result<serde_json::Value, _> = pretrained::read_config(model);
+    config.is_ok_and(|config| is_ram_type(&config["model_type"]))
+}
+
+/// Whether a `config.json`'s `model_type` is a RAM's.
+pub fn is_ram_type(model_type: &serde_json::Value) -> bool {
+    [RAM_PLUS, RAM].iter().any(|kind| model_type == kind)
+}
+
+/// The model a run starts from, as read from `--model`.
+struct StartingModel {
+    /// The file the weights were read from.
+    file: PathBuf,
+    /// Its tensors; empty when the run's own weights replace them (resume, evaluation of a
+    /// run's folder).
+    tensors: HashMap<String, Tensor>,
+    architecture: RamPlusConfig,
+    tags: Vec<String>,
+    /// The checkpoint's own thresholds by tag (a saved folder's).
+    thresholds: HashMap<String, f64>,
+    added: Vec<String>,
+}
+
+impl StartingModel {
+    fn read(model: &Path, model_tags: Option<&Path>, load_weights: bool) -> Result<Self, EngineError> {
+        if model.is_dir() {
+            let config: RamTaggerConfig = pretrained::read_config(model)?;
+            let file = pretrained::weights_in(model);
+            let tensors = if load_weights { pretrained::read_tensors(&file)? } else { HashMap::new() };
+            let thresholds = config.tag_list.iter().cloned().zip(config.thresholds.iter().copied()).collect();
+            return Ok(StartingModel {
+                file,
+                tensors,
+                architecture: config.architecture,
+                tags: config.tag_list,
+                thresholds,
+                added: config.added_tags,
+            });
+        }
+        let list = match model_tags {
+            Some(list) => list.to_path_buf(),
+            None => model.with_file_name(TAG_LIST_FILE),
+        };
+        if !list.is_file() {
+            return Err(EngineError::Config(format!(
+                "--model {}: a .pth holds no tag names; give them with --model-tags FILE (recognize-anything's \
+                 ram/data/ram_tag_list.txt, one tag per line) or put {TAG_LIST_FILE} beside it",
+                model.display()
+            )));
+        }
+        let tags = read_vocabulary(&list)?;
+        // The architecture is read from the tensors, so a resumed run reads them too.
+        let tensors = pretrained::read_tensors(model)?;
+        let architecture = RamPlusConfig::of_checkpoint(model, &tensors, tags.len() as i64)?;
+        let tensors = if load_weights { tensors } else { HashMap::new() };
+        Ok(StartingModel {
+            file: model.to_path_buf(),
+            tensors,
+            architecture,
+            tags,
+            thresholds: HashMap::new(),
+            added: vec![],
+        })
+    }
+}
+
+/// The frozen CLIP of `distill` and `align`, and of new tags' label embeddings.
+struct Teacher {
+    clip: Clip,
+    /// Holds the teacher's variables, apart from the student's: never trained, never saved.
+    _var_store: nn::VarStore,
+    tokenizer: ClipTokenizer,
+    context: i64,
+    normalizer: PixelNormalizer,
+    dir: PathBuf,
+    device: Device,
+}
+
+impl Teacher {
+    fn open(dir: &Path, device: Device) -> Result<Self, EngineError> {
+        let (config, var_store, clip): (ClipConfig, _, _) = Clip::from_pretrained(dir, device)?;
+        if config.projection_dim != EMBED_DIM {
+            return Err(EngineError::Config(format!(
+                "--teacher {}: projection_dim is {}; RAM++ and RAM work in {EMBED_DIM}-wide CLIP embeddings \
+                 (OpenAI's ViT-B/16 is their teacher)",
+                dir.display(),
+                config.projection_dim
+            )));
+        }
+        let (tokenizer, _) = load_tokenizer(Some(dir))?;
+        let normalizer = PixelNormalizer::for_model(Some(dir), config.vision_config.image_size, device)?;
+        let context = config.text_config.max_position_embeddings;
+        Ok(Teacher { clip, _var_store: var_store, tokenizer, context, normalizer, dir: dir.to_path_buf(), device })
+    }
+
+    /// The normalised text embeddings of `texts`, `(count, 512)`.
+    fn embed_texts(&self, texts: &[String]) -> Tensor {
+        let ids = super::tokenize(&self.tokenizer, texts, self.context);
+        tch::no_grad(|| self.clip.text_embeddings(&ids.to_device(self.device)))
+    }
+}
+
+/// How RAM's inference makes images its input: both sides resized to `image_res`
+/// (torchvision's `Resize((size, size))`, bilinear), normalised with CLIP's statistics.
+pub fn input_normalizer(image_res: i64, device: Device) -> Result<PixelNormalizer, EngineError> {
+    let square = SquareResize { size: image_res as u32, fit: Fit::Squash, filter: Filter::Bilinear };
+    Ok(PixelNormalizer::for_model(None, image_res, device)?.with_square(square))
+}
+
+/// A tag's descriptions as a file gives them: `{"tag": ["...", ...], ...}`, or RAM++'s LLM
+/// tag-description files, a list of `{"tag": [...]}`.
+fn read_descriptions(path: &Path) -> Result<HashMap<String, Vec<String>>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|err| FileError::format(path, err.to_string()))?;
+    let entries: Vec<(String, serde_json::Value)> = match value {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        serde_json::Value::Array(items) => {
+            let mut entries = Vec::new();
+            for (index, item) in items.into_iter().enumerate() {
+                match item {
+                    serde_json::Value::Object(map) if map.len() == 1 => entries.extend(map),
+                    _ => {
+                        return Err(FileError::format(path, format!("entry {index}: not an object of one tag")));
+                    }
+                }
+            }
+            entries
+        }
+        _ => return Err(FileError::format(path, "neither an object of tags nor a list of them")),
+    };
+    let mut descriptions = HashMap::new();
+    for (tag, list) in entries {
+        let texts: Option<Vec<String>> =
+            list.as_array().and_then(|list| list.iter().map(|text| text.as_str().map(str::to_string)).collect());
+        match texts {
+            Some(texts) if !texts.is_empty() => {
+                descriptions.insert(tag, texts);
+            }
+            _ => return Err(FileError::format(path, format!("`{tag}`: not a non-empty list of strings"))),
+        }
+    }
+    Ok(descriptions)
+}
+
+/// Each tag's threshold: `--thresholds FILE` (RAM's format, one number per line, aligned with
+/// the checkpoint's tag list or with the run's), else the checkpoint's own, else
+/// [`DEFAULT_THRESHOLD`].
+fn thresholds_of(file: Option<&Path>, tags: &[String], starting: &StartingModel) -> Result<Vec<f64>, EngineError> {
+    let mut by_tag = starting.thresholds.clone();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        let names = if lines.len() == starting.tags.len() {
+            &starting.tags
+        } else if lines.len() == tags.len() {
+            tags
+        } else {
+            return Err(FileError::format(
+                path,
+                format!(
+                    "{} thresholds, but the checkpoint has {} tags and the run {}",
+                    lines.len(),
+                    starting.tags.len(),
+                    tags.len()
+                ),
+            )
+            .into());
+        };
+        for (index, (line, tag)) in lines.iter().zip(names).enumerate() {
+            let value: f64 = line.trim().parse().map_err(|_| {
+                FileError::format(path, format!("line {}: `{}` is not a number", index + 1, line.trim()))
+            })?;
+            if !(0.0..=1.0).contains(&value) {
+                return Err(FileError::format(path, format!("line {}: {value} is not within [0, 1]", index + 1)).into());
+            }
+            by_tag.insert(tag.clone(), value);
+        }
+    }
+    Ok(tags.iter().map(|tag| by_tag.get(tag).copied().unwrap_or(DEFAULT_THRESHOLD)).collect())
+}
+
+/// What the teacher gives one step's images, without gradient.
+struct TeacherOutputs {
+    /// `(rows, 512)` image features of this process's images, for `distill`.
+    image: Option<Tensor>,
+    /// The caption embeddings of the global batch `(global rows, 512)`, and the row this
+    /// process's first image's caption is at, for `align`.
+    captions: Option<(Tensor, i64)>,
+}
+
+pub struct RamTaggingTask {
+    model: RamPlus,
+    var_store: nn::VarStore,
+    config: RamTaggerConfig,
+    teacher: Option<Teacher>,
+    /// Tokenizes the captions (the teacher's tokenizer when there is one).
+    tokenizer: ClipTokenizer,
+    context: i64,
+    groups: GroupLayout,
+    losses: Vec<TagLoss>,
+    loss_names: Vec<&'static str>,
+    metric_names: Vec<&'static str>,
+    normalizer: PixelNormalizer,
+    source: TagSource,
+    /// Columns `tag` trains on, and those `unseen_mAP` scores, on the training device.
+    seen: Tensor,
+    unseen: Tensor,
+    seen_thresholds: Vec<f64>,
+    unseen_count: usize,
+    weights: Vec<f64>,
+    accum_steps: u64,
+    team: Arc<Team>,
+    description: Vec<String>,
+    device: Device,
+}
+
+impl RamTaggingTask {
+    pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Self, EngineError> {
+        let inputs = &task.inputs;
+        context.check_micro_batches(inputs)?;
+        let options = &context.data_options(inputs);
+        let device = options.device;
+        let model_path = inputs.model.as_deref().ok_or_else(|| EngineError::Config("RAM needs --model".into()))?;
+        let starting = StartingModel::read(model_path, task.model_tags.as_deref(), context.load_weights)?;
+        let tags = data_vocabulary(task, Some(&starting.tags))?;
+        let (seen_columns, unseen_by_flag) = split_unseen(&tags, &task.unseen_tags)?;
+        let new_tags: Vec<&String> = tags.iter().filter(|tag| !starting.tags.contains(tag)).collect();
+        let added: Vec<String> =
+            tags.iter().filter(|tag| new_tags.contains(tag) || starting.added.contains(*tag)).cloned().collect();
+        let unseen_columns: Vec<i64> = (0..tags.len() as i64)
+            .filter(|&i| unseen_by_flag.contains(&i) || added.contains(&tags[i as usize]))
+            .collect();
+        let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| task.losses.contains(loss)).collect();
+        if losses.is_empty() {
+            return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
+        }
+        let mut needs = Vec::new();
+        for loss in [TagLoss::Distill, TagLoss::Align] {
+            if losses.contains(&loss) {
+                needs.push(format!("the `{}` loss", loss.name()));
+            }
+        }
+        if context.load_weights && !new_tags.is_empty() {
+            needs.push(format!("the label embeddings of tags the checkpoint lacks (`{}`)", new_tags[0]));
+        }
+        let teacher = match (&task.teacher, needs.is_empty()) {
+            (Some(dir), _) => Some(Teacher::open(dir, device)?),
+            (None, true) => None,
+            (None, false) => {
+                return Err(EngineError::Config(format!(
+                    "--teacher DIR: a Hugging Face CLIP folder (RAM++ was trained with OpenAI's ViT-B/16) is needed \
+                     for {}; or train `tag` alone with --losses tag",
+                    needs.join(" and ")
+                )));
+            }
+        };
+        let (tokenizer, context_length) = match &teacher {
+            Some(teacher) => (teacher.tokenizer.clone(), teacher.context),
+            None => (load_tokenizer(None)?.0, CONTEXT_LENGTH as i64),
+        };
+        let mut architecture = starting.architecture.clone();
+        architecture.tags = tags.len() as i64;
+        let normalizer = input_normalizer(architecture.vision.image_res, device)?;
+        let source = open_source(task, options, &tags, context_length as usize, normalizer.square(), &tokenizer)?;
+        tch::manual_seed(options.seed as i64);
+        let var_store = nn::VarStore::new(device);
+        let mut model = RamPlus::new(&var_store.root(), &architecture);
+        if inputs.precision == Precision::Bf16 {
+            model.set_compute_kind(Kind::BFloat16);
+        }
+        model.set_grad_checkpointing(context.execution.grad_checkpointing);
+        let mut description = Vec::new();
+        if context.load_weights {
+            let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
+            let report = pretrained::load_tensors_named(
+                &var_store,
+                &starting.file,
+                &starting.tensors,
+                not_label_embed,
+                inputs.allow_partial,
+            )
+            .map_err(|err| match err {
+                PretrainedError::Missing { .. } => EngineError::Config(format!(
+                    "--model {}: {err}; pass --allow-partial to start those from scratch",
+                    model_path.display()
+                )),
+                other => other.into(),
+            })?;
+            description.push(format!("weights: {}", ram_plus::describe_load(&var_store, &report, &starting.tensors)));
+            let descriptions = task.tag_descriptions.as_deref().map(read_descriptions).transpose()?;
+            let label_line = fill_label_embed(&model, &starting, &tags, descriptions.as_ref(), teacher.as_ref())?;
+            description.push(label_line);
+        } else {
+            description.push("weights: the run's own, from its checkpoint or saved folder".into());
+        }
+        let thresholds = thresholds_of(task.thresholds.as_deref(), &tags, &starting)?;
+        let seen_thresholds = seen_columns.iter().map(|&i| thresholds[i as usize]).collect();
+        let model_type = if architecture.reweighted { RAM_PLUS } else { RAM };
+        let config = RamTaggerConfig {
+            model_type: model_type.into(),
+            architecture,
+            tag_list: tags,
+            thresholds,
+            added_tags: added,
+        };
+        let loss_names = losses.iter().map(|loss| loss.name()).collect();
+        let mut metric_names = TAGGING_METRICS.to_vec();
+        metric_names.extend(losses.iter().map(|loss| loss.share_metric()));
+        if !unseen_columns.is_empty() {
+            metric_names.push(UNSEEN_MAP);
+        }
+        let blocks = config.architecture.vision.block_count();
+        Ok(RamTaggingTask {
+            model,
+            var_store,
+            teacher,
+            tokenizer,
+            context: context_length,
+            groups: GroupLayout::new(inputs.group_by, &[("vision", blocks)], &["projection", "tag_head"]),
+            weights: vec![1.0; losses.len()],
+            losses,
+            loss_names,
+            metric_names,
+            normalizer,
+            source,
+            seen: Tensor::from_slice(&seen_columns).to_device(device),
+            unseen_count: unseen_columns.len(),
+            unseen: Tensor::from_slice(&unseen_columns).to_device(device),
+            seen_thresholds,
+            accum_steps: inputs.accum_steps,
+            team: context.team.clone(),
+            description,
+            config,
+            device,
+        })
+    }
+
+    /// The teacher's image features of `unit` (pixels in [0, 1], the student's view) and
+    /// caption embeddings of `input_ids`, as the run's losses need them; the captions of
+    /// every process when `gather`.
+    fn teacher_outputs(&self, unit: &Tensor, input_ids: &Tensor, gather: bool) -> Result<TeacherOutputs, EngineError> {
+        let Some(teacher) = &self.teacher else { return Ok(TeacherOutputs { image: None, captions: None }) };
+        tch::no_grad(|| -> Result<TeacherOutputs, EngineError> {
+            let image = self
+                .losses
+                .contains(&TagLoss::Distill)
+                .then(|| teacher.clip.image_features(&teacher.normalizer.normalize(unit)));
+            let captions = if self.losses.contains(&TagLoss::Align) {
+                let local = teacher.clip.text_embeddings(input_ids);
+                Some(if gather { self.team.gather_rows(&local, GATHER)? } else { (local, 0) })
+            } else {
+                None
+            };
+            Ok(TeacherOutputs { image, captions })
+        })
+    }
+
+    /// The run's loss terms of `pixels` (normalised) with their `targets`, with graph: the
+    /// teacher's `image` features of these rows, the global `captions` with this piece's first
+    /// own caption at `first_caption`, and `share`, these rows' part of the global batch.
+    fn loss_terms(
+        &self,
+        pixels: &Tensor,
+        targets: &Tensor,
+        image: Option<&Tensor>,
+        captions: Option<&Tensor>,
+        first_caption: i64,
+        share: f64,
+    ) -> Vec<Tensor> {
+        let embeds = self.model.image_embeds(pixels);
+        let teacher_gives = "a run with this loss has a teacher, which gives its inputs";
+        self.losses
+            .iter()
+            .map(|loss| match loss {
+                TagLoss::Tag => {
+                    let logits = self.model.tag_logits(&embeds).index_select(1, &self.seen);
+                    tag_loss(&logits, &targets.index_select(1, &self.seen))
+                }
+                TagLoss::Distill => {
+                    let image = image.expect(teacher_gives);
+                    self.model.distill_loss(&embeds, image) * share
+                }
+                TagLoss::Align => {
+                    let captions = captions.expect(teacher_gives);
+                    self.model.align_loss(&embeds, captions, first_caption)
+                }
+            })
+            .collect()
+    }
+
+    /// The step's terms as this process's shares, the batch in `--accum-steps` pieces; with
+    /// `backward`, the gradient of their weighted sum accumulated into the parameters.
+    fn terms_in_pieces(
+        &self,
+        pixels: &Tensor,
+        batch: &TagBatch,
+        teacher: &TeacherOutputs,
+        backward: Option<Backward>,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let pieces = self.accum_steps as i64;
+        let global_rows = self.team.total(pixels.size()[0] as f64, "the sum of the batch's images")?;
+        let images = teacher.image.as_ref().map(|image| image.chunk(pieces, 0));
+        let (captions, first_row) = match &teacher.captions {
+            Some((captions, first_row)) => (Some(captions), *first_row),
+            None => (None, 0),
+        };
+        let mut shares: Vec<Tensor> = Vec::with_capacity(self.losses.len());
+        let mut offset = 0;
+        for (index, (pixels, targets)) in pixels.chunk(pieces, 0).iter().zip(batch.targets.chunk(pieces, 0)).enumerate()
+        {
+            let rows = pixels.size()[0];
+            let image = images.as_ref().map(|images| &images[index]);
+            let share = rows as f64 / global_rows;
+            let terms = self.loss_terms(pixels, &targets, image, captions, first_row + offset, share);
+            if let Some(backward) = backward {
+                backward.run(&terms)?;
+            }
+            for (slot, term) in terms.into_iter().enumerate() {
+                match shares.get_mut(slot) {
+                    Some(sum) => *sum += term.detach(),
+                    None => shares.push(term.detach()),
+                }
+            }
+            offset += rows;
+        }
+        Ok(shares)
+    }
+
+    fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
+        let text = TextSide::new(&self.tokenizer, self.context, self.config.tag_list.len(), self.device);
+        let unseen = (self.unseen_count > 0).then_some(&self.unseen);
+        let columns = Columns { seen: &self.seen, unseen };
+        let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
+            let logits = self.model.logits(&self.normalizer.normalize(&batch.pixels));
+            let unseen = columns.unseen.map(|unseen| logits.index_select(1, unseen));
+            (logits.index_select(1, columns.seen), unseen)
+        })?;
+        let mut values = tagging_scores(&split.seen.scores, &split.seen.targets, &self.seen_thresholds).values();
+        values.extend(self.gradient_shares(&split.first_batch)?);
+        if self.unseen_count > 0 {
+            let Predictions { scores, targets } = &split.unseen;
+            values.push(tagging_scores(scores, targets, &vec![DEFAULT_THRESHOLD; self.unseen_count]).map);
+        }
+        Ok(Scores { names: self.metric_names.clone(), values, images: split.images, split: split.name })
+    }
+
+    fn gradient_shares(&self, batch: &TagBatch) -> Result<Vec<f64>, EngineError> {
+        let trainable = trainable_variables(self);
+        if trainable.is_empty() {
+            return Ok(vec![0.0; self.losses.len()]);
+        }
+        let teacher = self.teacher_outputs(&batch.pixels, &batch.input_ids, false)?;
+        let pixels = self.normalizer.normalize(&batch.pixels);
+        let captions = teacher.captions.as_ref().map(|(captions, _)| captions);
+        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 0, 1.0);
+        gradient_shares(&trainable, &terms, &self.weights)
+    }
+}
+
+/// Sets the label embeddings of `model` for `tags`: the rows of a tag `starting` has, and
+/// for a new tag the teacher's normalised embeddings of its descriptions (or of prompt
+/// templates), repeated in turn to fill its rows. Returns the start-up line saying which.
+fn fill_label_embed(
+    model: &RamPlus,
+    starting: &StartingModel,
+    tags: &[String],
+    descriptions: Option<&HashMap<String, Vec<String>>>,
+    teacher: Option<&Teacher>,
+) -> Result<String, EngineError> {
+    let rows_per_tag = starting.architecture.descriptions;
+    let source = starting.tensors.get("label_embed").map(|rows| rows.view([-1, rows_per_tag, EMBED_DIM]));
+    let (mut kept, mut described, mut templated) = (0, Vec::new(), Vec::new());
+    let mut blocks = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let known = starting.tags.iter().position(|known| known == tag);
+        let block = match (known, &source) {
+            (Some(index), Some(source)) => {
+                kept += 1;
+                source.get(index as i64).to_kind(Kind::Float)
+            }
+            _ => {
+                let teacher = teacher.ok_or_else(|| {
+                    EngineError::Config(format!(
+                        "--teacher DIR: `{tag}` has no label embedding in {}, and only the teacher can make one",
+                        starting.file.display()
+                    ))
+                })?;
+                let texts: Vec<String> = match descriptions.and_then(|all| all.get(tag)) {
+                    Some(texts) => {
+                        described.push(tag.as_str());
+                        texts.clone()
+                    }
+                    None => {
+                        templated.push(tag.as_str());
+                        TEMPLATES.iter().map(|template| template.replace("{}", tag)).collect()
+                    }
+                };
+                let cycled: Vec<String> = texts.iter().cycle().take(rows_per_tag as usize).cloned().collect();
+                teacher.embed_texts(&cycled).to_device(Device::Cpu)
+            }
+        };
+        blocks.push(block);
+    }
+    let rows = Tensor::stack(&blocks, 0).view([-1, EMBED_DIM]);
+    tch::no_grad(|| model.label_embed().shallow_clone().copy_(&rows.to_device(model.label_embed().device())));
+    let mut line = format!("label embeddings: {kept} tags from the checkpoint");
+    if !described.is_empty() {
+        line.push_str(&format!("; {} from their descriptions: {}", described.len(), described.join(", ")));
+    }
+    if !templated.is_empty() {
+        line.push_str(&format!(
+            "; {} without descriptions, from prompt templates (give them with --tag-descriptions): {}",
+            templated.len(),
+            templated.join(", ")
+        ));
+    }
+    Ok(line)
+}
+
+impl Task for RamTaggingTask {
+    fn groups(&self) -> &[Group] {
+        self.groups.groups()
+    }
+
+    fn loss_names(&self) -> &[&'static str] {
+        &self.loss_names
+    }
+
+    fn metric_names(&self) -> &[&'static str] {
+        &self.metric_names
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.var_store
+    }
+
+    /// `label_embed` is frozen, as in recognize-anything; a part no loss of the run reaches
+    /// is not trained (the head under `distill` alone).
+    fn parameter_group(&self, name: &str) -> Option<usize> {
+        let in_image_encoder = name.starts_with("visual_encoder.") || name.starts_with("image_proj.");
+        let reached = self.losses.iter().any(|loss| match loss {
+            TagLoss::Tag => true,
+            TagLoss::Align => name != "reweight_scale",
+            TagLoss::Distill => in_image_encoder,
+        });
+        if name == "label_embed" || !reached {
+            return None;
+        }
+        let place = match name.strip_prefix("visual_encoder.") {
+            Some(inside) => Place::Tower(0, self.config.architecture.vision.tower_part(inside)),
+            None if name.starts_with("image_proj.") => Place::Head(0),
+            None => Place::Head(1),
+        };
+        self.groups.index(place)
+    }
+
+    fn steps_per_epoch(&self) -> u64 {
+        self.source.steps_per_epoch()
+    }
+
+    fn train_samples(&self) -> usize {
+        self.source.train_samples()
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        self.source.epoch_of(step)
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let architecture = &self.config.architecture;
+        let vision = &architecture.vision;
+        let mut lines = vec![format!(
+            "tagging {} tags with {} (Swin {} wide at {} px, {} label embeddings per tag) and losses {} on {}",
+            self.config.tag_list.len(),
+            if architecture.reweighted { "RAM++" } else { "RAM" },
+            vision.embed_dim,
+            vision.image_res,
+            architecture.descriptions,
+            self.loss_names.join(", "),
+            self.source.describe_data(),
+        )];
+        match &self.teacher {
+            Some(teacher) => {
+                lines.push(format!("teacher: {} (frozen; captions tokenized with it)", teacher.dir.display()))
+            }
+            None => lines.push("teacher: none".into()),
+        }
+        if let TagSource::Shards { data, .. } = &self.source {
+            lines.push(data.describe());
+        }
+        lines.extend(self.description.iter().cloned());
+        let custom = self.config.thresholds.iter().filter(|&&t| t != DEFAULT_THRESHOLD).count();
+        lines.push(format!("thresholds: {custom} tags with their own, the others {DEFAULT_THRESHOLD}"));
+        lines
+    }
+
+    fn skipped_at_start(&self) -> &[String] {
+        self.source.skipped_at_start()
+    }
+
+    fn step(&mut self, step: u64, knobs: StepKnobs) -> Result<StepLosses, EngineError> {
+        let epoch = self.source.epoch_of(step);
+        let text = TextSide::new(&self.tokenizer, self.context, self.config.tag_list.len(), self.device);
+        let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
+        let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
+        let teacher = self.teacher_outputs(&unit, &batch.input_ids, true)?;
+        let pixels = self.normalizer.normalize(&unit);
+        self.weights = knobs.loss_weights.to_vec();
+        let terms = match knobs.backward {
+            Some(backward) => self.terms_in_pieces(&pixels, &batch, &teacher, Some(backward))?,
+            None => tch::no_grad(|| self.terms_in_pieces(&pixels, &batch, &teacher, None))?,
+        };
+        Ok(StepLosses { raw: terms, images: batch.samples.len(), skipped: batch.skipped })
+    }
+
+    /// RAM++ has no contrastive logit scale; its nearest, exp(`reweight_scale`), is shown.
+    fn logit_scale(&self) -> Tensor {
+        tch::no_grad(|| self.model.description_scale())
+    }
+
+    fn after_update(&mut self) {}
+
+    fn evaluate(&mut self) -> Result<Scores, EngineError> {
+        self.evaluate_on(false)
+    }
+
+    fn final_evaluation(&mut self) -> Result<Scores, EngineError> {
+        self.evaluate_on(true)
+    }
+
+    /// `config.json`, `model.safetensors`, and `model.pth` as recognize-anything saves its
+    /// models (`{"model": state_dict}`, the Swin's buffers included), which its loaders read.
+    fn save(&self, dir: &Path) -> Result<(), EngineError> {
+        let state = self.model.state_dict(&self.var_store);
+        Ok(pretrained::save_with(dir, &self.var_store, &self.config, None, |staging| {
+            Ok(pth::write_state_dict(&staging.join(PTH_FILE), "model", &state)?)
+        })?)
+    }
+
+    fn model_config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("model configs serialize")
+    }
+}
