@@ -9,7 +9,7 @@ use trainer::models::ram_plus::{EMBED_DIM, RamPlus, RamPlusConfig};
 
 /// A RAM++ of `config`, its AdamW, and a closure that runs one training step on a random
 /// batch of `batch` images.
-pub fn ram_plus_training(config: &RamPlusConfig, batch: i64, checkpointing: bool) -> impl FnMut() {
+pub fn ram_plus_training(config: &RamPlusConfig, batch: i64, checkpointing: bool) -> impl FnMut() + use<> {
     tch::manual_seed(0);
     let store = nn::VarStore::new(Device::Cpu);
     let mut model = RamPlus::new(&store.root(), config);

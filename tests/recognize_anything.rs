@@ -251,6 +251,33 @@ fn ram_plus_fine_tunes_on_a_custom_tag_list_with_new_tags_made_from_descriptions
     assert_eq!(config["thresholds"][0], 0.68);
     let checked = common::python_fixture("recognize_anything/check_saved.py", &[final_dir.as_os_str()]);
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+
+    // Each tag's figures, and thresholds calibrated on the same images: no tag's F1 is lower
+    // at its F1-best threshold than at 0.68.
+    let per_tag = after["per_tag"].as_array().unwrap();
+    let tags: Vec<&str> = per_tag.iter().map(|row| row["tag"].as_str().unwrap()).collect();
+    assert_eq!(tags, trainer::data::fashion_mnist::CLASS_NAMES);
+    assert!(per_tag.iter().all(|row| row["support"].as_u64().unwrap() > 0 && row["ap"].as_f64().is_some()));
+    let thresholds = tuned.path().join("thresholds.txt");
+    let model = final_dir.to_str().unwrap();
+    let calibrate =
+        ["eval", "--model", model, "--device", "cpu", "--calibrate-thresholds", thresholds.to_str().unwrap()];
+    common::assert_success(&common::trainer(&calibrate));
+    let calibrated: Vec<f64> =
+        std::fs::read_to_string(&thresholds).unwrap().lines().map(|line| line.parse().unwrap()).collect();
+    assert_eq!(calibrated.len(), 10);
+    let mut config = common::read_json(&final_dir.join("config.json"));
+    config["thresholds"] = serde_json::json!(calibrated);
+    std::fs::write(final_dir.join("config.json"), config.to_string()).unwrap();
+    let out = tuned.path().join("calibrated.json");
+    let evaluated = common::trainer(&["eval", "--model", model, "--device", "cpu", "--out", out.to_str().unwrap()]);
+    common::assert_success(&evaluated);
+    let recalibrated = common::read_json(&out);
+    for (before, now) in per_tag.iter().zip(recalibrated["per_tag"].as_array().unwrap()) {
+        let (was, is) = (before["f1"].as_f64().unwrap(), now["f1"].as_f64().unwrap());
+        assert!(is >= was, "{}: F1 {was} at 0.68, {is} at its calibrated threshold", before["tag"]);
+    }
+    assert!(recalibrated["CF1"].as_f64().unwrap() > after["CF1"].as_f64().unwrap());
 }
 
 #[test]
@@ -315,4 +342,49 @@ fn a_pth_without_tag_names_or_a_loss_without_its_teacher_is_refused_in_one_line(
     let args = ["--task", "tagging", "--model", model_arg, "--model-tags", model_tags.to_str().unwrap()];
     let no_teacher = common::train_cpu(run.path(), &constant, &[&args[..], &["--losses", "tag,distill"]].concat());
     common::assert_one_line_error(&no_teacher, 1, &["--teacher", "the `distill` loss", "`shirt`"]);
+}
+
+#[test]
+fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are_checked() {
+    use trainer::data::fashion_mnist::CLASS_NAMES;
+    let dir = tempfile::tempdir().unwrap();
+    let tags = tag_files();
+    let run_tags = dir.path().join("run_tags.txt");
+    std::fs::write(&run_tags, CLASS_NAMES.join("\n")).unwrap();
+    let (mut lines, mut entries) = (Vec::new(), Vec::new());
+    for mosaic in common::write_mosaics(dir.path(), 0, 40) {
+        let ids: Vec<usize> =
+            mosaic.tags.iter().map(|tag| CLASS_NAMES.iter().position(|c| c == tag).unwrap()).collect();
+        lines.push(serde_json::json!({"image": mosaic.file_name, "tags": mosaic.tags}).to_string());
+        // `parse_label_id` holds each caption's tags; `union_label_id` the image's.
+        let parsed = vec![ids.clone(), ids[..1].to_vec()];
+        entries.push(serde_json::json!({"image_path": mosaic.file_name, "caption": mosaic.captions,
+            "union_label_id": ids, "parse_label_id": parsed}));
+    }
+    let manifest = dir.path().join("tagged.jsonl");
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    let finetune = dir.path().join("finetune.json");
+    std::fs::write(&finetune, serde_json::Value::Array(entries.clone()).to_string()).unwrap();
+    let train = |run: &Path, data: &Path| {
+        let args = ["--data", data.to_str().unwrap(), "--tags", run_tags.to_str().unwrap()];
+        let rest = ["--steps", "3", "--eval-every", "3", "--losses", "tag,distill", "--workers", "1"];
+        train_ram_plus(run, tags.path(), "1e-3", &[&args[..], &rest].concat())
+    };
+    let (from_manifest, from_finetune) = (dir.path().join("manifest-run"), dir.path().join("finetune-run"));
+    common::assert_success(&train(&from_manifest, &manifest));
+    common::assert_success(&train(&from_finetune, &finetune));
+    let losses = |run: &Path| -> Vec<serde_json::Value> {
+        common::read_jsonl(&run.join("metrics.jsonl")).into_iter().map(|line| line["losses"].clone()).collect()
+    };
+    assert_eq!(losses(&from_manifest), losses(&from_finetune));
+    assert_eq!(
+        common::read_json(&from_manifest.join("eval.json")),
+        common::read_json(&from_finetune.join("eval.json"))
+    );
+
+    // An id past the tag list: the file was written for another list.
+    entries[3]["union_label_id"] = serde_json::json!([2, 12]);
+    std::fs::write(&finetune, serde_json::Value::Array(entries).to_string()).unwrap();
+    let refused = train(&dir.path().join("refused"), &finetune);
+    common::assert_one_line_error(&refused, 1, &["finetune.json entry 3", "tag id 12", "10 tags of", "run_tags.txt"]);
 }

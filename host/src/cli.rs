@@ -11,16 +11,17 @@ use crate::engine::{
     write_json,
 };
 use crate::eval::COCO_MISSING;
+use crate::files::FileError;
 use crate::models::clip;
 use crate::models::groups::GroupBy;
 use crate::policy::{PolicyError, PolicyRuntime, PolicySource, SandboxLimits};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
-use crate::tasks::tagging::{PredictRequest, predict};
+use crate::tasks::tagging::{self, PredictRequest, predict};
 use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
 use crate::tasks::{self, Execution, TaskArgs, TaskKind};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,8 @@ use tch::Device;
     long_about = "Fine-tune vision and vision-language models, steered by a WebAssembly policy.\n\n\
         Tasks (--task): `clip`, contrastive image-text training of a CLIP dual encoder (Hugging Face \
         CLIP folders in and out; zero-shot accuracy, retrieval recall); `tagging`, a multi-label \
-        tagger on CLIP's image tower with tag, align and distill losses (mAP, precision/recall); \
+        tagger on CLIP's image tower, or recognize-anything's RAM++ and RAM from their .pth, with \
+        tag, align and distill losses (mAP, precision/recall); \
         `detection`, OWL-ViT/OWLv2 open-vocabulary detection on COCO boxes (COCO AP). \
         After training: `eval` a saved model, `embed` images and texts, `predict` a tagger's tags \
         or a detector's boxes. `trainer <command> --help` lists each command's flags."
@@ -286,6 +288,11 @@ pub struct EvalArgs {
     /// Also write the metrics to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// For a tagger: write each tag's F1-best threshold on these images to FILE, one per
+    /// line in the order of its tags (RAM's threshold format, which `train --thresholds`
+    /// reads).
+    #[arg(long, value_name = "FILE")]
+    pub calibrate_thresholds: Option<PathBuf>,
     /// `auto` (CUDA when libtorch sees a GPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: Device,
@@ -734,14 +741,27 @@ fn run_eval(args: EvalArgs) -> Result<(), EngineError> {
     };
     let scores = evaluate(&request)?;
     print_scores(&scores);
+    if let Some(file) = &args.calibrate_thresholds {
+        let count = write_calibrated_thresholds(&scores, file)?;
+        println!("thresholds: {count} tags at their F1-best on {} images: {}", scores.images, file.display());
+    }
     if let Some(out) = &args.out {
-        let mut record = scores.to_json();
-        record.insert("images".into(), scores.images.into());
-        record.insert("split".into(), scores.split.into());
-        write_json(out, &record)?;
+        write_json(out, &scores.record())?;
         println!("metrics: {}", out.display());
     }
     Ok(())
+}
+
+/// Writes the F1-best threshold of each tag of the per-tag table of `scores` to `file`, one
+/// per line; returns how many.
+fn write_calibrated_thresholds(scores: &Scores, file: &Path) -> Result<usize, EngineError> {
+    let rows = scores.tables.get(tagging::PER_TAG).and_then(|table| table.as_array()).ok_or_else(|| {
+        EngineError::Config("--calibrate-thresholds: only a tagger's evaluation has per-tag thresholds".into())
+    })?;
+    let lines: Vec<String> =
+        rows.iter().map(|row| format!("{}", row["f1_best_threshold"].as_f64().unwrap_or(1.0))).collect();
+    std::fs::write(file, lines.join("\n") + "\n").map_err(FileError::io(file))?;
+    Ok(lines.len())
 }
 
 fn run_embed(args: EmbedArgs) -> Result<(), EngineError> {

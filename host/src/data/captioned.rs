@@ -1,6 +1,8 @@
-//! Image-caption data sets: COCO captions (`captions_*.json` and an image folder) and JSONL
+//! Image-caption data sets: COCO captions (`captions_*.json` and an image folder), JSONL
 //! manifests (`{"image": ..., "captions": [...], "tags": [...]}` per line; tags for
-//! tagging runs). Reading one gives the list of
+//! tagging runs), and recognize-anything's finetune JSON (a list of `{"image_path": ...,
+//! "caption": [...], "union_label_id": [...], "parse_label_id": [[...], ...]}`, tags as ids
+//! into a tag list that the file does not carry). Reading one gives the list of
 //! samples, each remembering where it was declared, so an image that fails to decode later
 //! is reported with its manifest line or COCO image id.
 //!
@@ -21,6 +23,9 @@ pub struct CaptionedSample {
     pub image: PathBuf,
     pub captions: Vec<String>,
     pub tags: Vec<String>,
+    /// Tags given as positions in a tag list (recognize-anything's finetune JSON), checked
+    /// against the list by the task that has it.
+    pub tag_ids: Vec<i64>,
     pub origin: Origin,
 }
 
@@ -36,8 +41,19 @@ pub enum Needs {
 /// Where a sample was declared.
 #[derive(Debug, Clone)]
 pub enum Origin {
-    ManifestLine { manifest: PathBuf, line: usize },
-    CocoImage { annotations: PathBuf, id: i64 },
+    ManifestLine {
+        manifest: PathBuf,
+        line: usize,
+    },
+    CocoImage {
+        annotations: PathBuf,
+        id: i64,
+    },
+    /// Entry `index` (from 0) of a JSON list.
+    ListEntry {
+        file: PathBuf,
+        index: usize,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -45,6 +61,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::ManifestLine { manifest, line } => write!(f, "{} line {line}", manifest.display()),
             Origin::CocoImage { annotations, id } => write!(f, "{} image id {id}", annotations.display()),
+            Origin::ListEntry { file, index } => write!(f, "{} entry {index}", file.display()),
         }
     }
 }
@@ -66,6 +83,8 @@ pub enum DataKind {
     Coco,
     /// A JSONL manifest (`.jsonl`).
     Manifest,
+    /// recognize-anything's finetune JSON: a `.json` holding a list.
+    RamFinetune,
     /// WebDataset shards: a `.tar` pattern or a `.txt` list of shards.
     Shards,
 }
@@ -79,6 +98,7 @@ impl DataKind {
             return Ok(DataKind::FashionMnist);
         }
         match path.extension().and_then(|e| e.to_str()) {
+            Some("json") if starts_a_list(path)? => Ok(DataKind::RamFinetune),
             Some("json") => Ok(DataKind::Coco),
             Some("jsonl") => Ok(DataKind::Manifest),
             _ if !path.exists() => Err(FileError::format(path, "no such file or folder")),
@@ -89,6 +109,20 @@ impl DataKind {
             )),
         }
     }
+}
+
+/// Whether the JSON file at `path` holds a list (its first character past white space is
+/// `[`), as recognize-anything's finetune files do, rather than COCO's object.
+fn starts_a_list(path: &Path) -> Result<bool, FileError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    for byte in std::io::BufReader::new(file).bytes() {
+        let byte = byte.map_err(FileError::io(path))?;
+        if !byte.is_ascii_whitespace() {
+            return Ok(byte == b'[');
+        }
+    }
+    Ok(false)
 }
 
 /// Reads the data set at `path`; `images` is the folder image paths are relative to (by
@@ -103,6 +137,10 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) ->
             let base = images.map(Path::to_path_buf).unwrap_or_else(|| parent(path));
             read_manifest(path, &base, skip_bad)?
         }
+        DataKind::RamFinetune => {
+            let base = images.map(Path::to_path_buf).unwrap_or_else(|| parent(path));
+            read_ram_finetune(path, &base, skip_bad)?
+        }
         DataKind::FashionMnist => {
             return Err(FileError::format(path, "a Fashion-MNIST folder has no captions to read here"));
         }
@@ -112,7 +150,7 @@ pub fn load(path: &Path, images: Option<&Path>, skip_bad: bool, needs: Needs) ->
     for sample in data.samples {
         let problem = if needs == Needs::Captions && sample.captions.is_empty() {
             Some("has no captions")
-        } else if needs == Needs::Tags && sample.tags.is_empty() {
+        } else if needs == Needs::Tags && sample.tags.is_empty() && sample.tag_ids.is_empty() {
             Some("has an empty tag list")
         } else if !sample.image.is_file() {
             Some("image file not found")
@@ -189,6 +227,7 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedDa
                     image: base.join(entry.image),
                     captions,
                     tags: entry.tags,
+                    tag_ids: Vec::new(),
                     origin: Origin::ManifestLine { manifest: path.to_path_buf(), line: line_number },
                 });
             }
@@ -197,6 +236,72 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedDa
         }
     }
     Ok(data)
+}
+
+/// An entry of recognize-anything's finetune JSON.
+#[derive(Deserialize)]
+struct RamFinetuneEntry {
+    image_path: String,
+    #[serde(default)]
+    caption: Vec<String>,
+    /// The image's tags; without them, the union of its captions' parsed tags.
+    union_label_id: Option<Vec<i64>>,
+    #[serde(default)]
+    parse_label_id: Vec<Vec<i64>>,
+}
+
+/// Reads recognize-anything's finetune JSON: each entry's captions cleaned as its
+/// `pre_caption(caption, 30)` cleans them, its tags the ids of `union_label_id`.
+fn read_ram_finetune(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedData, FileError> {
+    let file = std::fs::File::open(path).map_err(FileError::io(path))?;
+    let entries: Vec<serde_json::Value> = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|err| FileError::format(path, format!("not a JSON list: {err}")))?;
+    let mut data = CaptionedData::default();
+    for (index, entry) in entries.into_iter().enumerate() {
+        let origin = Origin::ListEntry { file: path.to_path_buf(), index };
+        let entry = match serde_json::from_value::<RamFinetuneEntry>(entry) {
+            Ok(entry) => entry,
+            Err(err) if skip_bad => {
+                data.skipped.push(format!("{origin}: {err}"));
+                continue;
+            }
+            Err(err) => return Err(FileError::format(path, format!("entry {index}: {err}"))),
+        };
+        let mut tag_ids = entry.union_label_id.unwrap_or_else(|| entry.parse_label_id.concat());
+        tag_ids.sort_unstable();
+        tag_ids.dedup();
+        data.samples.push(CaptionedSample {
+            image: base.join(entry.image_path),
+            captions: entry.caption.iter().map(|caption| ram_caption(caption, 30)).collect(),
+            tags: Vec::new(),
+            tag_ids,
+            origin,
+        });
+    }
+    Ok(data)
+}
+
+/// A caption as recognize-anything's `pre_caption` cleans it: lower case, `.!"()*#:;~` made
+/// spaces, runs of white space made one space, at most `max_words` words.
+pub fn ram_caption(caption: &str, max_words: usize) -> String {
+    let lowered = caption.to_lowercase();
+    let spaced: String = lowered.chars().map(|c| if ".!\"()*#:;~".contains(c) { ' ' } else { c }).collect();
+    let mut collapsed = String::with_capacity(spaced.len());
+    let mut run = String::new();
+    for c in spaced.chars() {
+        if c.is_whitespace() {
+            run.push(c);
+            continue;
+        }
+        // A single white-space character stays as it is; two or more become one space.
+        collapsed.push_str(if run.chars().count() >= 2 { " " } else { run.as_str() });
+        run.clear();
+        collapsed.push(c);
+    }
+    collapsed.push_str(if run.chars().count() >= 2 { " " } else { run.as_str() });
+    let trimmed = collapsed.trim_end_matches('\n').trim_matches(' ');
+    let words: Vec<&str> = trimmed.split(' ').collect();
+    if words.len() > max_words { words[..max_words].join(" ") } else { trimmed.to_string() }
 }
 
 #[derive(Deserialize)]
@@ -238,6 +343,7 @@ fn read_coco(path: &Path, image_dir: PathBuf) -> Result<CaptionedData, FileError
             image: image_dir.join(&image.file_name),
             captions,
             tags: Vec::new(),
+            tag_ids: Vec::new(),
             origin: Origin::CocoImage { annotations: path.to_path_buf(), id: image.id },
         })
         .collect();
@@ -247,6 +353,13 @@ fn read_coco(path: &Path, image_dir: PathBuf) -> Result<CaptionedData, FileError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_are_cleaned_as_recognize_anything_cleans_them() {
+        assert_eq!(ram_caption("A Man (riding) a horse.  Fast!", 30), "a man riding a horse fast");
+        assert_eq!(ram_caption("one two three four", 2), "one two");
+        assert_eq!(ram_caption("tab\there", 30), "tab\there");
+    }
 
     fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -620,9 +620,7 @@ impl Run {
         let scores = self.task.final_evaluation()?;
         let mut record = serde_json::Map::new();
         record.insert("step".into(), self.state.steps_done.into());
-        record.extend(scores.to_json());
-        record.insert("images".into(), scores.images.into());
-        record.insert("split".into(), scores.split.into());
+        record.extend(scores.record());
         record.insert("skipped_steps".into(), self.state.skipped.total.into());
         let stopped =
             stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));

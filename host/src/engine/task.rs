@@ -19,9 +19,26 @@ pub struct Scores {
     pub images: usize,
     /// Which images: `test` or `held-out`.
     pub split: &'static str,
+    /// Tables a person reads beside the numbers (a tagger's per-tag figures), written to
+    /// `eval.json` by name; not shown to policies.
+    pub tables: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Scores {
+    pub fn new(names: Vec<&'static str>, values: Vec<f64>, images: usize, split: &'static str) -> Self {
+        Scores { names, values, images, split, tables: serde_json::Map::new() }
+    }
+
+    /// The numbers by name, the images and split they were measured on, and the tables: what
+    /// `eval.json` records of an evaluation.
+    pub fn record(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut record = self.to_json();
+        record.insert("images".into(), self.images.into());
+        record.insert("split".into(), self.split.into());
+        record.extend(self.tables.clone());
+        record
+    }
+
     /// `{name: value, ...}` in the order of the names, as `eval.json`, `evaluations.jsonl`
     /// and `trainer eval` write them (non-finite values as strings).
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -24,37 +24,91 @@ impl TaggingScores {
     }
 }
 
-/// Scores of `samples x tags` predictions (`scores`, row-major) against multi-hot `targets`;
-/// a prediction is positive when its score is at least its tag's of `thresholds` (RAM keeps
-/// a threshold per tag). Tags without a positive sample are left out of mAP, where average
-/// precision is undefined.
-pub fn tagging_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> TaggingScores {
+/// One tag's figures at its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TagScores {
+    /// Average precision; `None` without a positive sample, where it is undefined.
+    pub ap: Option<f64>,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Samples that have the tag.
+    pub support: usize,
+    /// The threshold at which the tag's F1 is highest on these samples (the lowest such,
+    /// 1 when no threshold finds a positive).
+    pub f1_best_threshold: f64,
+    #[serde(skip)]
+    true_positive: usize,
+    #[serde(skip)]
+    predicted: usize,
+}
+
+/// Each tag's figures for `samples x tags` predictions (`scores`, row-major) against
+/// multi-hot `targets`; a prediction is positive when its score is at least its tag's of
+/// `thresholds` (RAM keeps a threshold per tag).
+pub fn per_tag_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> Vec<TagScores> {
     assert_eq!(scores.len(), targets.len(), "one score per target");
     let tags = thresholds.len();
     let samples = scores.len().checked_div(tags).unwrap_or(0);
     let column = |tag: usize| (0..samples).map(move |sample| sample * tags + tag);
-    let mut precisions = Vec::new();
-    let mut recalls = Vec::new();
-    let mut average_precisions = Vec::new();
-    let (mut all_true_positive, mut all_predicted, mut all_positive) = (0usize, 0usize, 0usize);
-    for (tag, &threshold) in thresholds.iter().enumerate() {
-        let pairs: Vec<(f64, bool)> = column(tag).map(|i| (scores[i], targets[i])).collect();
-        let positive = pairs.iter().filter(|(_, target)| *target).count();
-        let predicted = pairs.iter().filter(|(score, _)| *score >= threshold).count();
-        let true_positive = pairs.iter().filter(|(score, target)| *target && *score >= threshold).count();
-        precisions.push(ratio(true_positive, predicted));
-        recalls.push(ratio(true_positive, positive));
-        all_true_positive += true_positive;
-        all_predicted += predicted;
-        all_positive += positive;
-        if positive > 0 {
-            average_precisions.push(average_precision(pairs));
+    thresholds
+        .iter()
+        .enumerate()
+        .map(|(tag, &threshold)| {
+            let pairs: Vec<(f64, bool)> = column(tag).map(|i| (scores[i], targets[i])).collect();
+            let support = pairs.iter().filter(|(_, target)| *target).count();
+            let predicted = pairs.iter().filter(|(score, _)| *score >= threshold).count();
+            let true_positive = pairs.iter().filter(|(score, target)| *target && *score >= threshold).count();
+            let (precision, recall) = (ratio(true_positive, predicted), ratio(true_positive, support));
+            TagScores {
+                ap: (support > 0).then(|| average_precision(pairs.clone())),
+                precision,
+                recall,
+                f1: f1(precision, recall),
+                support,
+                f1_best_threshold: f1_best_threshold(pairs),
+                true_positive,
+                predicted,
+            }
+        })
+        .collect()
+}
+
+/// Scores of `samples x tags` predictions against multi-hot `targets` at each tag's of
+/// `thresholds`. Tags without a positive sample are left out of mAP, where average
+/// precision is undefined.
+pub fn tagging_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> TaggingScores {
+    let per_tag = per_tag_scores(scores, targets, thresholds);
+    let mean =
+        |values: Vec<f64>| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
+    let (cp, cr) =
+        (mean(per_tag.iter().map(|t| t.precision).collect()), mean(per_tag.iter().map(|t| t.recall).collect()));
+    let total = |count: fn(&TagScores) -> usize| per_tag.iter().map(count).sum::<usize>();
+    let all_true_positive = total(|t| t.true_positive);
+    let (op, or) = (ratio(all_true_positive, total(|t| t.predicted)), ratio(all_true_positive, total(|t| t.support)));
+    let map = mean(per_tag.iter().filter_map(|t| t.ap).collect());
+    TaggingScores { map, cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
+}
+
+/// The threshold at which predicting `pairs`' scores at or above it as positive has the
+/// highest F1 (the lowest such score: ties keep more positives); 1 when none is positive.
+fn f1_best_threshold(mut pairs: Vec<(f64, bool)>) -> f64 {
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let positives = pairs.iter().filter(|(_, target)| *target).count();
+    let (mut best, mut best_f1, mut true_positive) = (1.0, 0.0, 0);
+    let mut index = 0;
+    while index < pairs.len() {
+        let threshold = pairs[index].0;
+        while index < pairs.len() && pairs[index].0 == threshold {
+            true_positive += usize::from(pairs[index].1);
+            index += 1;
+        }
+        let score = f1(ratio(true_positive, index), ratio(true_positive, positives));
+        if score > best_f1 {
+            (best, best_f1) = (threshold, score);
         }
     }
-    let mean = |values: &[f64]| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
-    let (cp, cr) = (mean(&precisions), mean(&recalls));
-    let (op, or) = (ratio(all_true_positive, all_predicted), ratio(all_true_positive, all_positive));
-    TaggingScores { map: mean(&average_precisions), cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
+    best
 }
 
 fn ratio(part: usize, whole: usize) -> f64 {
@@ -97,5 +151,17 @@ mod tests {
         assert_eq!(tagging_scores(&scores, &targets, &[0.5]).map, 1.0);
         // Two samples tied at the top, one positive: precision 1/2 at recall 1.
         assert_eq!(average_precision(vec![(0.7, true), (0.7, false)]), 0.5);
+    }
+
+    #[test]
+    fn the_f1_best_threshold_is_the_lowest_score_of_the_best_cut() {
+        // Cutting at 0.8 keeps two positives of three with no negative: F1 0.8; at 0.3
+        // all three positives and two negatives: F1 0.75.
+        let pairs = vec![(0.9, true), (0.8, true), (0.6, false), (0.5, false), (0.3, true), (0.1, false)];
+        assert_eq!(f1_best_threshold(pairs), 0.8);
+        assert_eq!(f1_best_threshold(vec![(0.4, false)]), 1.0);
+        let table = per_tag_scores(&[0.9, 0.2, 0.4, 0.7], &[true, false, false, true], &[0.5, 0.5]);
+        assert_eq!((table[0].support, table[0].precision, table[0].recall), (1, 1.0, 1.0));
+        assert_eq!((table[1].ap, table[1].f1, table[1].f1_best_threshold), (Some(1.0), 1.0, 0.7));
     }
 }

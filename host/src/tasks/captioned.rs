@@ -175,7 +175,7 @@ impl HeldOut {
             }
             let mut values = vec![weighted_loss / count as f64];
             values.extend(recall(&image_embeddings, &text_embeddings, &self.caption_image).values());
-            Scores { names: CAPTIONED_METRICS.to_vec(), values, images: count as usize, split: "held-out" }
+            Scores::new(CAPTIONED_METRICS.to_vec(), values, count as usize, "held-out")
         })
     }
 }

@@ -55,6 +55,8 @@ pub struct LoadedSample {
 pub struct TagVocabulary {
     /// Each tag's column in the multi-hot targets.
     columns: HashMap<String, usize>,
+    /// The tags in column order.
+    names: Vec<String>,
     /// The file the tags came from, named when a sample has another tag.
     file: PathBuf,
 }
@@ -63,12 +65,26 @@ impl TagVocabulary {
     /// `tags` in column order, read from `file`.
     pub fn new(tags: &[String], file: &Path) -> Self {
         let columns = tags.iter().enumerate().map(|(column, tag)| (tag.clone(), column)).collect();
-        TagVocabulary { columns, file: file.to_path_buf() }
+        TagVocabulary { columns, names: tags.to_vec(), file: file.to_path_buf() }
     }
 
     /// The column of `tag`, or why it has none.
     pub fn column(&self, tag: &str) -> Result<usize, String> {
         self.columns.get(tag).copied().ok_or_else(|| format!("unknown tag `{tag}` (not in {})", self.file.display()))
+    }
+
+    /// The tag at position `id` of the list, for data that gives tags by position
+    /// (recognize-anything's finetune JSON), or why there is none.
+    pub fn tag_at(&self, id: i64) -> Result<&str, String> {
+        let tag = usize::try_from(id).ok().and_then(|index| self.names.get(index));
+        tag.map(String::as_str).ok_or_else(|| {
+            format!(
+                "tag id {id} is not a position in the {} tags of {}: the ids are of another tag list \
+                 (RAM++'s and RAM's has 4585 tags, Tag2Text's 3429)",
+                self.names.len(),
+                self.file.display()
+            )
+        })
     }
 }
 

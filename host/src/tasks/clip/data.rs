@@ -139,9 +139,8 @@ impl TrainingData {
     /// Mid-run evaluation on the held-out images.
     pub fn evaluate(&mut self, model: &Clip, normalizer: &PixelNormalizer) -> Result<Scores, EngineError> {
         match self {
-            TrainingData::Labelled(data) => Ok(Scores {
-                names: VALIDATION_METRICS.to_vec(),
-                values: validation_metrics(
+            TrainingData::Labelled(data) => {
+                let values = validation_metrics(
                     model,
                     &data.validation,
                     &data.captions,
@@ -149,10 +148,9 @@ impl TrainingData {
                     EVAL_BATCH_SIZE,
                     data.seed,
                     data.device,
-                ),
-                images: data.validation.len(),
-                split: "held-out",
-            }),
+                );
+                Ok(Scores::new(VALIDATION_METRICS.to_vec(), values, data.validation.len(), "held-out"))
+            }
             TrainingData::Captioned(data) => data.evaluate(model, normalizer),
             TrainingData::Shards(data) => data.evaluate(model, normalizer),
         }
@@ -165,12 +163,8 @@ impl TrainingData {
             TrainingData::Labelled(data) => {
                 let accuracy =
                     zero_shot_accuracy(model, &data.test, &data.captions, normalizer, EVAL_BATCH_SIZE, data.device);
-                Ok(Scores {
-                    names: vec!["zero_shot_top1", "zero_shot_top5"],
-                    values: vec![accuracy.top1, accuracy.top5],
-                    images: accuracy.images,
-                    split: "test",
-                })
+                let values = vec![accuracy.top1, accuracy.top5];
+                Ok(Scores::new(vec!["zero_shot_top1", "zero_shot_top5"], values, accuracy.images, "test"))
             }
             TrainingData::Captioned(data) => data.evaluate(model, normalizer),
             TrainingData::Shards(data) => data.evaluate(model, normalizer),

@@ -333,7 +333,7 @@ fn open_data(
             let square = SquareResize::for_model(inputs.model.as_deref(), model_config.vision_config.image_size)?;
             TrainingData::shards(options, Arc::new(tokenizer), context, square)?
         }
-        DataKind::Coco | DataKind::Manifest => {
+        DataKind::Coco | DataKind::Manifest | DataKind::RamFinetune => {
             let square = SquareResize::for_model(inputs.model.as_deref(), model_config.vision_config.image_size)?;
             TrainingData::captioned(options, Arc::new(tokenizer), context, square)?
         }

@@ -554,7 +554,7 @@ impl DetectionTask {
             let unseen = evaluation.over_categories(&ids);
             values.extend([unseen.ap, unseen.ap50]);
         }
-        Ok(Scores { names: self.metric_names.clone(), values, images, split })
+        Ok(Scores::new(self.metric_names.clone(), values, images, split))
     }
 
     /// Each loss term of one batch (with its graph), in the order of the loss names.

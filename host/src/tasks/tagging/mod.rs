@@ -48,7 +48,7 @@ use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, tagging_scores};
+use crate::eval::{TAGGING_METRICS, TagScores, per_tag_scores, tagging_scores};
 use crate::files::FileError;
 use crate::models::clip::{self, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
@@ -435,7 +435,28 @@ impl Predictions {
         self.targets.extend(Vec::<f32>::try_from(targets.flatten(0, -1))?.into_iter().map(|t| t > 0.5));
         Ok(())
     }
+
+    /// These predictions of `tags` tags restricted to the tags at `columns`.
+    fn columns(&self, tags: usize, columns: &[usize]) -> Predictions {
+        let rows = self.scores.len().checked_div(tags).unwrap_or(0);
+        let cells = (0..rows).flat_map(|row| columns.iter().map(move |&column| row * tags + column));
+        let (scores, targets) = cells.map(|cell| (self.scores[cell], self.targets[cell])).unzip();
+        Predictions { scores, targets }
+    }
 }
+
+/// The `per_tag` table of `eval.json`: a row per tag, its figures at its threshold.
+fn per_tag_table(tags: &[String], scores: &[TagScores]) -> serde_json::Value {
+    let rows = tags.iter().zip(scores).map(|(tag, scores)| {
+        let mut row = serde_json::to_value(scores).expect("tag scores serialize");
+        row["tag"] = tag.as_str().into();
+        row
+    });
+    serde_json::Value::Array(rows.collect())
+}
+
+/// The name of the per-tag table in [`Scores::tables`].
+pub const PER_TAG: &str = "per_tag";
 
 /// What captions become token ids with, and how many tags the data has.
 struct TextSide<'a> {
@@ -472,8 +493,8 @@ fn data_vocabulary(task: &TaggingConfig, model_tags: Option<&[String]>) -> Resul
     let data = &task.inputs.data;
     Ok(match (DataKind::of(data)?, &task.tags) {
         (DataKind::FashionMnist, None) => CLASS_NAMES.iter().map(|name| name.to_string()).collect(),
-        (DataKind::Manifest | DataKind::Shards, Some(path)) => read_vocabulary(path)?,
-        (DataKind::Manifest | DataKind::Shards, None) => match model_tags {
+        (DataKind::Manifest | DataKind::RamFinetune | DataKind::Shards, Some(path)) => read_vocabulary(path)?,
+        (DataKind::Manifest | DataKind::RamFinetune | DataKind::Shards, None) => match model_tags {
             Some(tags) => tags.to_vec(),
             None => {
                 return Err(EngineError::Config(format!(
@@ -487,7 +508,8 @@ fn data_vocabulary(task: &TaggingConfig, model_tags: Option<&[String]>) -> Resul
         }
         (DataKind::Coco, _) => {
             return Err(EngineError::Config(format!(
-                "--data {}: tagging reads a JSONL manifest or WebDataset shards with `tags`, or Fashion-MNIST mosaics",
+                "--data {}: tagging reads a JSONL manifest or WebDataset shards with `tags`, recognize-anything's \
+                 finetune JSON, or Fashion-MNIST mosaics",
                 data.display()
             )));
         }
@@ -759,14 +781,17 @@ impl TaggingTask {
             let unseen = columns.unseen.map(|_| self.tagger.logits_for(&pixels, &unseen_embeddings));
             (self.tagger.forward(&pixels).0, unseen)
         })?;
-        let mut values =
-            tagging_scores(&split.seen.scores, &split.seen.targets, &vec![THRESHOLD; self.config.tags.len()]).values();
+        let thresholds = vec![THRESHOLD; self.config.tags.len()];
+        let mut values = tagging_scores(&split.seen.scores, &split.seen.targets, &thresholds).values();
+        let per_tag = per_tag_scores(&split.seen.scores, &split.seen.targets, &thresholds);
         values.extend(self.gradient_shares(&split.first_batch)?);
         if !self.unseen_names.is_empty() {
             let thresholds = vec![THRESHOLD; self.unseen_names.len()];
             values.push(tagging_scores(&split.unseen.scores, &split.unseen.targets, &thresholds).map);
         }
-        Ok(Scores { names: self.metric_names.clone(), values, images: split.images, split: split.name })
+        let mut scores = Scores::new(self.metric_names.clone(), values, split.images, split.name);
+        scores.tables.insert(PER_TAG.into(), per_tag_table(&self.config.tags, &per_tag));
+        Ok(scores)
     }
 
     /// Each weighted loss term's gradient norm as a share of their sum, on `batch`.
@@ -885,7 +910,7 @@ fn open_source(
         let sampler = EpochSampler::new(seed, train.len(), options.batch_size, options.shard);
         return Ok(TagSource::Mosaics { sampler, train, validation, test });
     }
-    let vocabulary = task.tags.as_deref().unwrap_or(Path::new("the tag vocabulary"));
+    let vocabulary = task.tags.as_deref().unwrap_or(Path::new("the tag list of --model"));
     let tokenizer = Arc::new(tokenizer.clone());
     let columns = Arc::new(TagVocabulary::new(vocabulary_tags, vocabulary));
     if DataKind::of(data)? == DataKind::Shards {
@@ -894,6 +919,10 @@ fn open_source(
     }
     let mut tags = Vec::new();
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
+        let in_sample = |problem: String| EngineError::Config(format!("{}: {problem}", sample.origin));
+        let named = sample.tag_ids.iter().map(|&id| columns.tag_at(id).map(str::to_string));
+        let named = named.collect::<Result<Vec<String>, String>>().map_err(in_sample)?;
+        sample.tags.extend(named);
         let column = |tag: &String| {
             columns.column(tag).map_err(|problem| EngineError::Config(format!("{}: {problem}", sample.origin)))
         };

@@ -34,8 +34,8 @@
 //! Held-out images are resized to the square as RAM's inference transform does.
 
 use super::{
-    Columns, Predictions, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
-    open_source, predict_split, read_vocabulary, split_unseen, trainable_variables,
+    Columns, PER_TAG, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
+    open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, trainable_variables,
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment;
@@ -43,7 +43,7 @@ use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::images::{Filter, Fit, SquareResize};
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, tagging_scores};
+use crate::eval::{TAGGING_METRICS, per_tag_scores, tagging_scores};
 use crate::files::FileError;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
@@ -303,11 +303,11 @@ pub struct RamTaggingTask {
     metric_names: Vec<&'static str>,
     normalizer: PixelNormalizer,
     source: TagSource,
-    /// Columns `tag` trains on, and those `unseen_mAP` scores, on the training device.
+    /// Columns `tag` trains on, on the training device; and as positions, with those
+    /// `unseen_mAP` scores.
     seen: Tensor,
-    unseen: Tensor,
-    seen_thresholds: Vec<f64>,
-    unseen_count: usize,
+    seen_columns: Vec<usize>,
+    unseen_columns: Vec<usize>,
     weights: Vec<f64>,
     accum_steps: u64,
     team: Arc<Team>,
@@ -395,7 +395,6 @@ impl RamTaggingTask {
             description.push("weights: the run's own, from its checkpoint or saved folder".into());
         }
         let thresholds = thresholds_of(task.thresholds.as_deref(), &tags, &starting)?;
-        let seen_thresholds = seen_columns.iter().map(|&i| thresholds[i as usize]).collect();
         let model_type = if architecture.reweighted { RAM_PLUS } else { RAM };
         let config = RamTaggerConfig {
             model_type: model_type.into(),
@@ -425,9 +424,8 @@ impl RamTaggingTask {
             normalizer,
             source,
             seen: Tensor::from_slice(&seen_columns).to_device(device),
-            unseen_count: unseen_columns.len(),
-            unseen: Tensor::from_slice(&unseen_columns).to_device(device),
-            seen_thresholds,
+            seen_columns: seen_columns.iter().map(|&i| i as usize).collect(),
+            unseen_columns: unseen_columns.iter().map(|&i| i as usize).collect(),
             accum_steps: inputs.accum_steps,
             team: context.team.clone(),
             description,
@@ -527,22 +525,30 @@ impl RamTaggingTask {
         Ok(shares)
     }
 
+    /// Scores every tag at once, then the trained ones (`mAP`, ...) and those new to the
+    /// checkpoint (`unseen_mAP`) apart; `eval.json` gets the per-tag table of them all.
     fn evaluate_on(&mut self, final_split: bool) -> Result<Scores, EngineError> {
-        let text = TextSide::new(&self.tokenizer, self.context, self.config.tag_list.len(), self.device);
-        let unseen = (self.unseen_count > 0).then_some(&self.unseen);
-        let columns = Columns { seen: &self.seen, unseen };
+        let tag_count = self.config.tag_list.len();
+        let text = TextSide::new(&self.tokenizer, self.context, tag_count, self.device);
+        let every_tag = Tensor::arange(tag_count as i64, (Kind::Int64, self.device));
+        let columns = Columns { seen: &every_tag, unseen: None };
         let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
-            let logits = self.model.logits(&self.normalizer.normalize(&batch.pixels));
-            let unseen = columns.unseen.map(|unseen| logits.index_select(1, unseen));
-            (logits.index_select(1, columns.seen), unseen)
+            (self.model.logits(&self.normalizer.normalize(&batch.pixels)), None)
         })?;
-        let mut values = tagging_scores(&split.seen.scores, &split.seen.targets, &self.seen_thresholds).values();
+        let all = &split.seen;
+        let thresholds_of =
+            |columns: &[usize]| -> Vec<f64> { columns.iter().map(|&i| self.config.thresholds[i]).collect() };
+        let seen = all.columns(tag_count, &self.seen_columns);
+        let mut values = tagging_scores(&seen.scores, &seen.targets, &thresholds_of(&self.seen_columns)).values();
         values.extend(self.gradient_shares(&split.first_batch)?);
-        if self.unseen_count > 0 {
-            let Predictions { scores, targets } = &split.unseen;
-            values.push(tagging_scores(scores, targets, &vec![DEFAULT_THRESHOLD; self.unseen_count]).map);
+        if !self.unseen_columns.is_empty() {
+            let unseen = all.columns(tag_count, &self.unseen_columns);
+            values.push(tagging_scores(&unseen.scores, &unseen.targets, &thresholds_of(&self.unseen_columns)).map);
         }
-        Ok(Scores { names: self.metric_names.clone(), values, images: split.images, split: split.name })
+        let mut scores = Scores::new(self.metric_names.clone(), values, split.images, split.name);
+        let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
+        scores.tables.insert(PER_TAG.into(), per_tag_table(&self.config.tag_list, &per_tag));
+        Ok(scores)
     }
 
     fn gradient_shares(&self, batch: &TagBatch) -> Result<Vec<f64>, EngineError> {
