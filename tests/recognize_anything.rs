@@ -232,6 +232,36 @@ fn ram_plus_fine_tunes_on_a_custom_tag_list_with_new_tags_made_from_descriptions
         started.contains("label embeddings: 6 tags from the checkpoint; 4 from their descriptions"),
         "the start-up report says where each tag's embeddings came from: {started}"
     );
+    // Open-set tagging without training: the checkpoint with the new tags embedded from
+    // their descriptions scores images as the run above saved it (at learning rate 0).
+    let images = tempfile::tempdir().unwrap();
+    common::write_mosaics(images.path(), 0, 3);
+    let predict = |model: &Path, extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = images.path().join("tags.jsonl");
+        let (model, dir) = (model.to_str().unwrap(), images.path().to_str().unwrap());
+        let args = ["predict", "--model", model, "--images", dir, "--out", out.to_str().unwrap(), "--threshold", "0"];
+        common::assert_success(&common::trainer(&[&args[..], &["--device", "cpu"], extra].concat()));
+        common::read_jsonl(&out)
+    };
+    let (fixtures, garments) = (fixtures(), tags.path().join("garments.txt"));
+    std::fs::write(&garments, trainer::data::fashion_mnist::CLASS_NAMES.join("\n")).unwrap();
+    let (model_tags, descriptions) = (tags.path().join("model_tags.txt"), tags.path().join("descriptions.json"));
+    let teacher = fixtures.join("teacher");
+    let open_set = [
+        "--model-tags",
+        model_tags.to_str().unwrap(),
+        "--tags",
+        garments.to_str().unwrap(),
+        "--tag-descriptions",
+        descriptions.to_str().unwrap(),
+        "--teacher",
+        teacher.to_str().unwrap(),
+    ];
+    let from_pth = predict(&fixtures.join("ram_plus-init.pth"), &open_set);
+    assert_eq!(from_pth.len(), 3);
+    assert_eq!(from_pth[0]["tags"].as_array().unwrap().len(), 10, "every garment, new ones too");
+    assert_eq!(from_pth, predict(&untrained.path().join("final"), &[]));
+
     let after = train_ram_plus(tuned.path(), tags.path(), "1e-3", &["--steps", "300"]);
     common::assert_success(&after);
     let metrics = common::read_jsonl(&tuned.path().join("metrics.jsonl"));

@@ -356,8 +356,9 @@ pub struct EmbedArgs {
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
     /// A tagger or a detector: the final/ or best/ of a `--task tagging` or `--task
-    /// detection` run (or a Hugging Face OWL-ViT/OWLv2 folder, with --data).
-    #[arg(long, value_name = "DIR")]
+    /// detection` run, a RAM++ or RAM `.pth` of recognize-anything's (or a Hugging Face
+    /// OWL-ViT/OWLv2 folder, with --data).
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     #[command(flatten)]
     pub images: ImageArgs,
@@ -369,6 +370,21 @@ pub struct PredictArgs {
     /// all tags, 100 boxes].
     #[arg(long, value_name = "K", value_parser = positive_usize)]
     pub top_k: Option<usize>,
+    /// The tag names of a RAM++/RAM `.pth` --model, one per line [default: ram_tag_list.txt
+    /// beside it].
+    #[arg(long, value_name = "FILE")]
+    pub model_tags: Option<PathBuf>,
+    /// The tags a RAM++/RAM predicts, one per line, instead of its own: open-set tagging
+    /// without training; tags it lacks are embedded by --teacher from --tag-descriptions.
+    #[arg(long, value_name = "FILE")]
+    pub tags: Option<PathBuf>,
+    /// Descriptions of the --tags a RAM++/RAM lacks: JSON, tag -> list of descriptions (or
+    /// RAM++'s LLM tag-description files); without them, prompt templates.
+    #[arg(long, value_name = "FILE")]
+    pub tag_descriptions: Option<PathBuf>,
+    /// The CLIP folder that embeds a RAM++/RAM's new tags (the teacher it was trained with).
+    #[arg(long, value_name = "DIR")]
+    pub teacher: Option<PathBuf>,
     /// The file to write: for tags, one `{"image": ..., "tags": [{"tag": ..., "score": ...}]}`
     /// line per image (JSONL); for boxes, a COCO results list (JSON) on the images `trainer
     /// eval` evaluates (the run's, or those of --data).
@@ -793,6 +809,12 @@ fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
         out: args.out,
         threshold: args.threshold,
         top_k: args.top_k,
+        open_set: tagging::ram::OpenSet {
+            model_tags: args.model_tags,
+            tags: args.tags,
+            tag_descriptions: args.tag_descriptions,
+            teacher: args.teacher,
+        },
         device: args.device,
     };
     let images = predict(&request)?;

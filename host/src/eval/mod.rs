@@ -10,7 +10,9 @@ pub use coco::{
     AveragePrecision, COCO_METRICS, COCO_MISSING, CocoDetection, CocoEvaluation, CocoSummary, GroundTruthBox,
     coco_evaluation,
 };
-pub use multilabel::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, tagging_scores};
+pub use multilabel::{
+    TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map, tagging_scores,
+};
 pub use retrieval::{RECALL_AT, RETRIEVAL_METRICS, Recall, recall};
 pub use validation::{VALIDATION_METRICS, validation_metrics};
 pub use zero_shot::{ZeroShotAccuracy, zero_shot_accuracy};

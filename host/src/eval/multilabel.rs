@@ -90,6 +90,15 @@ pub fn tagging_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> T
     TaggingScores { map, cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
 }
 
+/// mAP as recognize-anything's `get_mAP` computes it: the mean over every tag, a tag without
+/// a positive counting 0 (its average precision divides by the positives plus 1e-8).
+pub fn recognize_anything_map(per_tag: &[TagScores]) -> f64 {
+    if per_tag.is_empty() {
+        return 0.0;
+    }
+    per_tag.iter().map(|tag| tag.ap.unwrap_or(0.0)).sum::<f64>() / per_tag.len() as f64
+}
+
 /// The threshold at which predicting `pairs`' scores at or above it as positive has the
 /// highest F1 (the lowest such score: ties keep more positives); 1 when none is positive.
 fn f1_best_threshold(mut pairs: Vec<(f64, bool)>) -> f64 {

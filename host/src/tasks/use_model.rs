@@ -46,6 +46,9 @@ pub fn run_of(model: &Path) -> Option<PathBuf> {
 
 /// The kind of model in `dir`, by its `config.json`: a tagger, a detector or a CLIP.
 pub fn kind_of_folder(dir: &Path) -> Result<TaskKind, EngineError> {
+    if dir.is_file() && crate::tasks::tagging::ram::is_ram(dir) {
+        return Ok(TaskKind::Tagging);
+    }
     if open_clip::is_open_clip(dir) {
         return Ok(TaskKind::Clip);
     }

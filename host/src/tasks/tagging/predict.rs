@@ -8,12 +8,11 @@ use crate::data::PixelNormalizer;
 use crate::engine::EngineError;
 use crate::files::FileError;
 use crate::models::pretrained;
-use crate::models::ram_plus::RamPlus;
 use crate::models::tagger::{Tagger, TaggerConfig};
 use crate::report::JsonLines;
 use crate::tasks::TaskKind;
 use crate::tasks::tagging::THRESHOLD;
-use crate::tasks::tagging::ram::{self, RamTaggerConfig};
+use crate::tasks::tagging::ram;
 use crate::tasks::use_model::{ImageSource, for_each_batch, kind_of_folder};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -29,6 +28,8 @@ pub struct PredictRequest {
     pub threshold: Option<f64>,
     /// Of those, at most this many, the most probable first.
     pub top_k: Option<usize>,
+    /// For a RAM++ or RAM: the tags to predict and how to embed those it lacks.
+    pub open_set: ram::OpenSet,
     pub device: Device,
 }
 
@@ -55,36 +56,43 @@ struct LoadedTagger {
 }
 
 impl LoadedTagger {
-    fn load(dir: &std::path::Path, device: Device) -> Result<Self, EngineError> {
-        let value: serde_json::Value = pretrained::read_config(dir)?;
-        let parse_error =
-            |err: serde_json::Error| FileError::format(&dir.join(pretrained::CONFIG_FILE), err.to_string());
-        let var_store = nn::VarStore::new(device);
-        let tagger = if ram::is_ram_type(&value["model_type"]) {
-            let config: RamTaggerConfig = serde_json::from_value(value).map_err(parse_error)?;
-            let model = RamPlus::new(&var_store.root(), &config.architecture);
-            LoadedTagger {
+    fn load(dir: &std::path::Path, open_set: &ram::OpenSet, device: Device) -> Result<Self, EngineError> {
+        if ram::is_ram(dir) {
+            let (config, var_store, model) = ram::open_for_prediction(dir, open_set, device)?;
+            return Ok(LoadedTagger {
                 normalizer: ram::input_normalizer(config.architecture.vision.image_res, device)?,
                 tags: config.tag_list,
                 thresholds: config.thresholds,
-                logits: Box::new(move |pixels| model.logits(pixels)),
-            }
-        } else {
-            let config: TaggerConfig = serde_json::from_value(value).map_err(parse_error)?;
-            let tagger = Tagger::new(&var_store.root(), &config);
-            LoadedTagger {
-                normalizer: PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, device)?,
-                thresholds: vec![THRESHOLD; config.tags.len()],
-                tags: config.tags,
-                logits: Box::new(move |pixels| tagger.forward(pixels).0),
-            }
-        };
-        if tagger.tags.is_empty() {
-            let path = dir.join(pretrained::CONFIG_FILE);
+                logits: Box::new(move |pixels| {
+                    // The store owns the model's variables for as long as it tags.
+                    let _ = &var_store;
+                    model.logits(pixels)
+                }),
+            });
+        }
+        let given = [
+            ("--model-tags", open_set.model_tags.is_some()),
+            ("--tags", open_set.tags.is_some()),
+            ("--tag-descriptions", open_set.tag_descriptions.is_some()),
+            ("--teacher", open_set.teacher.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(EngineError::Config(format!("{flag}: goes with a RAM++ or RAM --model")));
+        }
+        let path = dir.join(pretrained::CONFIG_FILE);
+        let config: TaggerConfig = pretrained::read_config(dir)?;
+        if config.tags.is_empty() {
             return Err(FileError::format(&path, "the tagger has no tags").into());
         }
+        let var_store = nn::VarStore::new(device);
+        let tagger = Tagger::new(&var_store.root(), &config);
         pretrained::load_weights(&var_store, &dir.join(pretrained::WEIGHTS_FILE))?;
-        Ok(tagger)
+        Ok(LoadedTagger {
+            normalizer: PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, device)?,
+            thresholds: vec![THRESHOLD; config.tags.len()],
+            tags: config.tags,
+            logits: Box::new(move |pixels| tagger.forward(pixels).0),
+        })
     }
 }
 
@@ -100,7 +108,7 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
     if let Some(threshold) = request.threshold.filter(|threshold| !(0.0..=1.0).contains(threshold)) {
         return Err(EngineError::Config(format!("--threshold {threshold}: must be within [0, 1]")));
     }
-    let tagger = LoadedTagger::load(dir, request.device)?;
+    let tagger = LoadedTagger::load(dir, &request.open_set, request.device)?;
     let files = request.images.files()?;
     let mut out = JsonLines::create(&request.out).map_err(FileError::io(&request.out))?;
     let count = tagger.tags.len();

@@ -26,7 +26,8 @@
 //! 0.68 for a tag without one.
 //!
 //! `unseen_mAP` scores the tags the checkpoint did not have (and any `--unseen-tags`, which
-//! `tag` leaves out), on their own.
+//! `tag` leaves out), on their own. Both mAPs are recognize-anything's (`get_mAP`): a tag
+//! without a positive among the held-out images counts 0.
 //!
 //! What differs from `finetune.py`, and why: the teacher sees the student's augmented view
 //! resized to its size rather than a crop of its own, and the augmentation is the trainer's
@@ -43,7 +44,7 @@ use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::images::{Filter, Fit, SquareResize};
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, per_tag_scores, tagging_scores};
+use crate::eval::{TAGGING_METRICS, TagScores, per_tag_scores, recognize_anything_map, tagging_scores};
 use crate::files::FileError;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
@@ -162,6 +163,49 @@ impl StartingModel {
             added: vec![],
         })
     }
+}
+
+/// What open-set prediction with a RAM++ or RAM takes besides the model: the checkpoint's
+/// tag names, the tags to predict, descriptions of those it lacks and the teacher that embeds
+/// them, as `trainer train` takes them.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSet {
+    pub model_tags: Option<PathBuf>,
+    pub tags: Option<PathBuf>,
+    pub tag_descriptions: Option<PathBuf>,
+    pub teacher: Option<PathBuf>,
+}
+
+/// A RAM++ or RAM from `model` (a `.pth` or a saved folder) ready to tag images, its tags
+/// the checkpoint's or those of `open_set.tags`, new tags embedded as a run embeds them at
+/// its start: open-set tagging without training. Returns the model's configuration, the
+/// store holding its weights, and the model.
+pub fn open_for_prediction(
+    model: &Path,
+    open_set: &OpenSet,
+    device: Device,
+) -> Result<(RamTaggerConfig, nn::VarStore, RamPlus), EngineError> {
+    let starting = StartingModel::read(model, open_set.model_tags.as_deref(), true)?;
+    let tags = match &open_set.tags {
+        Some(path) => read_vocabulary(path)?,
+        None => starting.tags.clone(),
+    };
+    let teacher = open_set.teacher.as_deref().map(|dir| Teacher::open(dir, device)).transpose()?;
+    let mut architecture = starting.architecture.clone();
+    architecture.tags = tags.len() as i64;
+    let var_store = nn::VarStore::new(device);
+    let ram = RamPlus::new(&var_store.root(), &architecture);
+    let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
+    pretrained::load_tensors_named(&var_store, &starting.file, &starting.tensors, not_label_embed, false)?;
+    let descriptions = open_set.tag_descriptions.as_deref().map(read_descriptions).transpose()?;
+    fill_label_embed(&ram, &starting, &tags, descriptions.as_ref(), teacher.as_ref())?;
+    let added =
+        tags.iter().filter(|tag| !starting.tags.contains(tag) || starting.added.contains(tag)).cloned().collect();
+    let thresholds = thresholds_of(None, &tags, &starting)?;
+    let model_type = if architecture.reweighted { RAM_PLUS } else { RAM };
+    let config =
+        RamTaggerConfig { model_type: model_type.into(), architecture, tag_list: tags, thresholds, added_tags: added };
+    Ok((config, var_store, ram))
 }
 
 /// The frozen CLIP of `distill` and `align`, and of new tags' label embeddings.
@@ -536,17 +580,19 @@ impl RamTaggingTask {
             (self.model.logits(&self.normalizer.normalize(&batch.pixels)), None)
         })?;
         let all = &split.seen;
-        let thresholds_of =
+        let thresholds_at =
             |columns: &[usize]| -> Vec<f64> { columns.iter().map(|&i| self.config.thresholds[i]).collect() };
+        let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
+        let of_columns = |columns: &[usize]| -> Vec<TagScores> { columns.iter().map(|&i| per_tag[i]).collect() };
         let seen = all.columns(tag_count, &self.seen_columns);
-        let mut values = tagging_scores(&seen.scores, &seen.targets, &thresholds_of(&self.seen_columns)).values();
+        let mut measured = tagging_scores(&seen.scores, &seen.targets, &thresholds_at(&self.seen_columns));
+        measured.map = recognize_anything_map(&of_columns(&self.seen_columns));
+        let mut values = measured.values();
         values.extend(self.gradient_shares(&split.first_batch)?);
         if !self.unseen_columns.is_empty() {
-            let unseen = all.columns(tag_count, &self.unseen_columns);
-            values.push(tagging_scores(&unseen.scores, &unseen.targets, &thresholds_of(&self.unseen_columns)).map);
+            values.push(recognize_anything_map(&of_columns(&self.unseen_columns)));
         }
         let mut scores = Scores::new(self.metric_names.clone(), values, split.images, split.name);
-        let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
         scores.tables.insert(PER_TAG.into(), per_tag_table(&self.config.tag_list, &per_tag));
         Ok(scores)
     }
