@@ -395,14 +395,18 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
     let finetune = dir.path().join("finetune.json");
     std::fs::write(&finetune, serde_json::Value::Array(entries.clone()).to_string()).unwrap();
-    let train = |run: &Path, data: &Path| {
+    let train = |run: &Path, data: &Path, losses: &[&str]| {
         let args = ["--data", data.to_str().unwrap(), "--tags", run_tags.to_str().unwrap()];
-        let rest = ["--steps", "3", "--eval-every", "3", "--losses", "tag,distill", "--workers", "1"];
-        train_ram_plus(run, tags.path(), "1e-3", &[&args[..], &rest].concat())
+        let rest = ["--steps", "3", "--eval-every", "3", "--workers", "1"];
+        train_ram_plus(run, tags.path(), "1e-3", &[&args[..], &rest, losses].concat())
     };
     let (from_manifest, from_finetune) = (dir.path().join("manifest-run"), dir.path().join("finetune-run"));
-    common::assert_success(&train(&from_manifest, &manifest));
-    common::assert_success(&train(&from_finetune, &finetune));
+    // Without captions, RAM's tagging-branch fine-tune: `tag` and `distill` alone.
+    let uncaptioned = train(&from_manifest, &manifest, &[]);
+    common::assert_success(&uncaptioned);
+    let report = String::from_utf8_lossy(&uncaptioned.stdout).into_owned() + &common::stderr(&uncaptioned);
+    assert!(report.contains("align left out") && report.contains("losses tag, distill"), "{report}");
+    common::assert_success(&train(&from_finetune, &finetune, &["--losses", "tag,distill"]));
     let losses = |run: &Path| -> Vec<serde_json::Value> {
         common::read_jsonl(&run.join("metrics.jsonl")).into_iter().map(|line| line["losses"].clone()).collect()
     };
@@ -415,6 +419,6 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     // An id past the tag list: the file was written for another list.
     entries[3]["union_label_id"] = serde_json::json!([2, 12]);
     std::fs::write(&finetune, serde_json::Value::Array(entries).to_string()).unwrap();
-    let refused = train(&dir.path().join("refused"), &finetune);
+    let refused = train(&dir.path().join("refused"), &finetune, &[]);
     common::assert_one_line_error(&refused, 1, &["finetune.json entry 3", "tag id 12", "10 tags of", "run_tags.txt"]);
 }

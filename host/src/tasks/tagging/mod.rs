@@ -288,6 +288,8 @@ enum TagSource {
         data: Box<CaptionedTraining>,
         tags: Vec<Vec<usize>>,
         manifest: PathBuf,
+        /// Samples that came without captions (theirs name their tags).
+        uncaptioned: usize,
     },
     /// WebDataset shards, each sample's tags read with it.
     Shards {
@@ -318,6 +320,14 @@ impl TagSource {
             TagSource::Mosaics { sampler, .. } => sampler.epoch_of(step),
             TagSource::Files { data, .. } => data.sampler().epoch_of(step),
             TagSource::Shards { data, .. } => data.epoch_of(step),
+        }
+    }
+
+    /// Samples the data gives no caption of their own: those of a manifest that has none.
+    fn uncaptioned(&self) -> usize {
+        match self {
+            TagSource::Files { uncaptioned, .. } => *uncaptioned,
+            TagSource::Mosaics { .. } | TagSource::Shards { .. } => 0,
         }
     }
 
@@ -561,18 +571,12 @@ pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Box<dyn Task>
     if task.inputs.model.as_deref().is_some_and(ram::is_ram) {
         return Ok(Box::new(ram::RamTaggingTask::open(task, context)?));
     }
-    let ram_only = [
+    ram::refuse_flags(given_flags([
         ("--teacher", task.teacher.is_some()),
         ("--model-tags", task.model_tags.is_some()),
         ("--tag-descriptions", task.tag_descriptions.is_some()),
         ("--thresholds", task.thresholds.is_some()),
-    ];
-    if let Some((flag, _)) = ram_only.iter().find(|(_, given)| *given) {
-        return Err(EngineError::Config(format!(
-            "{flag}: goes with a RAM++ or RAM --model (a recognize-anything .pth, or a folder saved from one); \
-             the CLIP tagger's teacher is the CLIP it starts from"
-        )));
-    }
+    ]))?;
     Ok(Box::new(TaggingTask::open(task, context)?))
 }
 
@@ -917,7 +921,7 @@ fn open_source(
         let data = ShardTraining::open(options, options.stream, tokenizer, context, square, Some(columns))?;
         return Ok(TagSource::Shards { data: Box::new(data), pattern: options.data.to_path_buf() });
     }
-    let mut tags = Vec::new();
+    let (mut tags, mut uncaptioned) = (Vec::new(), 0);
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
         let in_sample = |problem: String| EngineError::Config(format!("{}: {problem}", sample.origin));
         let named = sample.tag_ids.iter().map(|&id| columns.tag_at(id).map(str::to_string));
@@ -929,12 +933,13 @@ fn open_source(
         let indices = sample.tags.iter().map(column).collect::<Result<Vec<usize>, _>>()?;
         tags.push(indices);
         if sample.captions.is_empty() {
+            uncaptioned += 1;
             sample.captions.push(caption_from_tags(&sample.tags));
         }
         Ok(())
     };
     let data = CaptionedTraining::open(options, Needs::Tags, check, tokenizer, context, square)?;
-    Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf() })
+    Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf(), uncaptioned })
 }
 
 fn strip_teacher(name: &str) -> String {

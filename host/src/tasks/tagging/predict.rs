@@ -11,6 +11,7 @@ use crate::models::pretrained;
 use crate::models::tagger::{Tagger, TaggerConfig};
 use crate::report::JsonLines;
 use crate::tasks::TaskKind;
+use crate::tasks::inputs::given_flags;
 use crate::tasks::tagging::THRESHOLD;
 use crate::tasks::tagging::ram;
 use crate::tasks::use_model::{ImageSource, for_each_batch, kind_of_folder};
@@ -70,15 +71,12 @@ impl LoadedTagger {
                 }),
             });
         }
-        let given = [
+        ram::refuse_flags(given_flags([
             ("--model-tags", open_set.model_tags.is_some()),
             ("--tags", open_set.tags.is_some()),
             ("--tag-descriptions", open_set.tag_descriptions.is_some()),
             ("--teacher", open_set.teacher.is_some()),
-        ];
-        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
-            return Err(EngineError::Config(format!("{flag}: goes with a RAM++ or RAM --model")));
-        }
+        ]))?;
         let path = dir.join(pretrained::CONFIG_FILE);
         let config: TaggerConfig = pretrained::read_config(dir)?;
         if config.tags.is_empty() {

@@ -108,6 +108,17 @@ pub fn is_ram_type(model_type: &serde_json::Value) -> bool {
     [RAM_PLUS, RAM].iter().any(|kind| model_type == kind)
 }
 
+/// Refuses the first of `given`, flags that only a RAM++ or RAM `--model` takes, given
+/// with another model.
+pub fn refuse_flags(given: Vec<&'static str>) -> Result<(), EngineError> {
+    match given.first() {
+        Some(flag) => Err(EngineError::Config(format!(
+            "{flag}: goes with a RAM++ or RAM --model (a recognize-anything .pth, or a folder saved from one)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The model a run starts from, as read from `--model`.
 struct StartingModel {
     /// The file the weights were read from.
@@ -407,6 +418,24 @@ impl RamTaggingTask {
         architecture.tags = tags.len() as i64;
         let normalizer = input_normalizer(architecture.vision.image_res, device)?;
         let source = open_source(task, options, &tags, context_length as usize, normalizer.square(), &tokenizer)?;
+        let mut description = Vec::new();
+        // RAM's tagging-branch fine-tune: data without captions trains `tag` and `distill`.
+        let mut losses = losses;
+        if source.uncaptioned() > 0 && losses.contains(&TagLoss::Align) {
+            losses.retain(|loss| *loss != TagLoss::Align);
+            if losses.is_empty() {
+                return Err(EngineError::Config(format!(
+                    "--losses align: {} samples of {} have no captions to align with",
+                    source.uncaptioned(),
+                    inputs.data.display()
+                )));
+            }
+            description.push(format!(
+                "align left out: {} samples of {} have no captions",
+                source.uncaptioned(),
+                inputs.data.display()
+            ));
+        }
         tch::manual_seed(options.seed as i64);
         let var_store = nn::VarStore::new(device);
         let mut model = RamPlus::new(&var_store.root(), &architecture);
@@ -414,7 +443,6 @@ impl RamTaggingTask {
             model.set_compute_kind(Kind::BFloat16);
         }
         model.set_grad_checkpointing(context.execution.grad_checkpointing);
-        let mut description = Vec::new();
         if context.load_weights {
             let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
             let report = pretrained::load_tensors_named(
