@@ -285,6 +285,7 @@ fn ram_plus_fine_tunes_on_a_custom_tag_list_with_new_tags_made_from_descriptions
     // Each tag's figures, and thresholds calibrated on the same images: no tag's F1 is lower
     // at its F1-best threshold than at 0.68.
     let per_tag = after["per_tag"].as_array().unwrap();
+    assert!(tuned.path().join("plots/per_tag_ap.png").is_file(), "the chart of the best and worst tags");
     let tags: Vec<&str> = per_tag.iter().map(|row| row["tag"].as_str().unwrap()).collect();
     assert_eq!(tags, trainer::data::fashion_mnist::CLASS_NAMES);
     assert!(per_tag.iter().all(|row| row["support"].as_u64().unwrap() > 0 && row["ap"].as_f64().is_some()));

@@ -80,6 +80,85 @@ pub struct Chart {
     pub log_y: bool,
 }
 
+/// Horizontal bars of values in [0, 1], each with its label, the first at the top: the rows
+/// of a table a person compares at a glance (a tagger's worst and best tags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarChart {
+    pub title: String,
+    pub x_label: String,
+    pub bars: Vec<(String, f64)>,
+}
+
+impl BarChart {
+    /// Draws the chart into a PNG of [`IMAGE_SIZE`] at `path`, as [`Chart::write_png`] does.
+    pub fn write_png(&self, path: &Path) -> Result<(), PlotError> {
+        write_rendered(path, self.render())
+    }
+
+    fn render(&self) -> Result<Vec<u8>, String> {
+        register_font()?;
+        let (width, height) = IMAGE_SIZE;
+        let mut pixels = vec![0; width as usize * height as usize * 3];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, IMAGE_SIZE).into_drawing_area();
+            root.fill(&WHITE).map_err(describe)?;
+            let rows = self.bars.len().max(1);
+            let label_width = self.bars.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) as u32;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.title, (FONT, 24))
+                .margin(MARGIN as u32)
+                .x_label_area_size(40)
+                .y_label_area_size((label_width * 8 + 16).min(width / 2))
+                .build_cartesian_2d(0f64..1f64, (0..rows).into_segmented())
+                .map_err(describe)?;
+            // Row 0 is at the bottom: bar i sits in row `rows - 1 - i`.
+            let label_of = |value: &SegmentValue<usize>| match value {
+                SegmentValue::CenterOf(row) if *row < rows => {
+                    self.bars.get(rows - 1 - row).map_or(String::new(), |(label, _)| label.clone())
+                }
+                _ => String::new(),
+            };
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .light_line_style(GRID)
+                .x_desc(&self.x_label)
+                .y_labels(rows)
+                .y_label_formatter(&label_of)
+                .label_style((FONT, 14))
+                .draw()
+                .map_err(describe)?;
+            let [r, g, b] = series_colour(0);
+            let bars = self.bars.iter().enumerate().map(|(index, (_, value))| {
+                let row = rows - 1 - index;
+                let value = if value.is_finite() { value.clamp(0.0, 1.0) } else { 0.0 };
+                let mut bar = Rectangle::new(
+                    [(0.0, SegmentValue::Exact(row)), (value, SegmentValue::Exact(row + 1))],
+                    RGBColor(r, g, b).filled(),
+                );
+                bar.set_margin(3, 3, 0, 0);
+                bar
+            });
+            chart.draw_series(bars).map_err(describe)?;
+            root.present().map_err(describe)?;
+        }
+        Ok(pixels)
+    }
+}
+
+/// Encodes `rendered` RGB pixels of [`IMAGE_SIZE`] as a PNG written to `path` under a
+/// temporary name and renamed, so a reader never sees half of it.
+fn write_rendered(path: &Path, rendered: Result<Vec<u8>, String>) -> Result<(), PlotError> {
+    let failed = |problem: String| PlotError::Draw { path: path.to_path_buf(), problem };
+    let pixels = rendered.map_err(failed)?;
+    let mut png = Vec::new();
+    let (width, height) = IMAGE_SIZE;
+    PngEncoder::new(&mut png)
+        .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|error| failed(error.to_string()))?;
+    Ok(write_atomically(path, &png)?)
+}
+
 /// The colour of the series at `index`, as RGB; colours repeat after nine series.
 pub fn series_colour(index: usize) -> [u8; 3] {
     PALETTE[index % PALETTE.len()]
@@ -101,14 +180,7 @@ impl Chart {
     /// Draws the chart into a PNG of [`IMAGE_SIZE`] at `path`, whose folder must exist. The file
     /// is written under a temporary name and renamed, so a reader never sees half of it.
     pub fn write_png(&self, path: &Path) -> Result<(), PlotError> {
-        let failed = |problem: String| PlotError::Draw { path: path.to_path_buf(), problem };
-        let pixels = self.render().map_err(failed)?;
-        let mut png = Vec::new();
-        let (width, height) = IMAGE_SIZE;
-        PngEncoder::new(&mut png)
-            .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
-            .map_err(|error| failed(error.to_string()))?;
-        Ok(write_atomically(path, &png)?)
+        write_rendered(path, self.render())
     }
 
     /// The chart as RGB pixels, row by row.
@@ -385,9 +457,26 @@ impl Gathered {
     }
 }
 
+/// How many of the worst and of the best tags `per_tag_ap.png` shows.
+const TAGS_SHOWN: usize = 10;
+
+/// The worst and best [`TAGS_SHOWN`] tags by AP of the `per_tag` table of `eval.json`, the
+/// best first; `None` when it has no such table.
+fn worst_and_best_tags(eval: &serde_json::Value) -> Option<Vec<(String, f64)>> {
+    let rows = eval.get("per_tag")?.as_array()?;
+    let mut scored: Vec<(String, f64)> =
+        rows.iter().filter_map(|row| Some((row.get("tag")?.as_str()?.to_string(), row.get("ap")?.as_f64()?))).collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if scored.len() > 2 * TAGS_SHOWN {
+        scored.drain(TAGS_SHOWN..scored.len() - TAGS_SHOWN);
+    }
+    Some(scored)
+}
+
 /// Draws `run_dir/metrics.jsonl` (and `run_dir/evaluations.jsonl`, when there is one) into
 /// `run_dir/plots/`: `losses.png` (every loss term and the total), `lr.png` (per group),
-/// `logit_scale.png` and, when the run has evaluations, `eval.png`. Returns the files written.
+/// `logit_scale.png`, when the run has evaluations `eval.png`, and when its `eval.json` has a
+/// per-tag table `per_tag_ap.png` (the best and worst tags by AP). Returns the files written.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
     let metrics: Vec<MetricsRecord> = read_records(&run_dir.join("metrics.jsonl"))?;
     let evaluations_path = run_dir.join("evaluations.jsonl");
@@ -427,13 +516,7 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
     ];
     let plots = run_dir.join(PLOTS_DIR);
     if evaluations.is_empty() {
-        // A stale chart of an earlier run in the same folder would be mistaken for this one's.
-        match std::fs::remove_file(plots.join("eval.png")) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(FileError::io(&plots.join("eval.png"))(error).into());
-            }
-            _ => {}
-        }
+        remove_stale(&plots.join("eval.png"))?;
     } else {
         charts.push(("eval.png", Chart::new(format!("Evaluations: {run}"), "step", "value", metrics_by_name.0)));
     }
@@ -444,7 +527,30 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
         chart.write_png(&path)?;
         written.push(path);
     }
+    let (eval_path, tags_path) = (run_dir.join("eval.json"), plots.join("per_tag_ap.png"));
+    let eval: serde_json::Value = match std::fs::read_to_string(&eval_path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|err| FileError::format(&eval_path, err.to_string()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+        Err(error) => return Err(FileError::io(&eval_path)(error).into()),
+    };
+    match worst_and_best_tags(&eval) {
+        Some(bars) => {
+            let title = format!("Average precision of the best and worst tags: {run}");
+            BarChart { title, x_label: "AP".into(), bars }.write_png(&tags_path)?;
+            written.push(tags_path);
+        }
+        None => remove_stale(&tags_path)?,
+    }
     Ok(written)
+}
+
+/// Removes the chart at `path`, if there is one: a stale chart of an earlier run in the same
+/// folder would be mistaken for this one's.
+fn remove_stale(path: &Path) -> Result<(), FileError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(FileError::io(path)(error)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +601,24 @@ mod tests {
         assert!(!chart(&[100.0, 2.0]).log_y);
         assert!(!chart(&[100.0, 0.5, 0.0]).log_y);
         assert!(!chart(&[]).log_y);
+    }
+
+    #[test]
+    fn the_tag_chart_keeps_the_best_and_worst_tags_best_first() {
+        let rows: Vec<serde_json::Value> =
+            (0..25).map(|i| serde_json::json!({"tag": format!("t{i}"), "ap": i as f64 / 25.0})).collect();
+        let mut eval = serde_json::json!({"per_tag": rows});
+        eval["per_tag"][3]["ap"] = serde_json::Value::Null;
+        let bars = worst_and_best_tags(&eval).unwrap();
+        let names: Vec<&str> = bars.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names[..2], ["t24", "t23"]);
+        assert_eq!(names[names.len() - 3..], ["t2", "t1", "t0"], "t3 has no AP");
+        assert_eq!(bars.len(), 2 * TAGS_SHOWN);
+        assert!(worst_and_best_tags(&serde_json::json!({"mAP": 0.5})).is_none());
+        let path = std::env::temp_dir().join(format!("per_tag_ap-{}.png", std::process::id()));
+        BarChart { title: "tags".into(), x_label: "AP".into(), bars }.write_png(&path).unwrap();
+        assert_eq!(image::open(&path).unwrap().width(), IMAGE_SIZE.0);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
