@@ -93,6 +93,22 @@ pub struct RamTaggerConfig {
     pub added_tags: Vec<String>,
 }
 
+impl RamTaggerConfig {
+    /// The model `starting` becomes for `tags` (some perhaps new to it), with their
+    /// `thresholds`: the tags it lacks, and those it had added itself, are the added ones.
+    fn new(starting: &StartingModel, tags: Vec<String>, thresholds: Vec<f64>) -> Self {
+        let architecture = RamPlusConfig { tags: tags.len() as i64, ..starting.architecture.clone() };
+        let added = tags.iter().filter(|tag| !starting.tags.contains(tag) || starting.added.contains(tag)).cloned();
+        RamTaggerConfig {
+            model_type: if architecture.reweighted { RAM_PLUS } else { RAM }.into(),
+            added_tags: added.collect(),
+            architecture,
+            tag_list: tags,
+            thresholds,
+        }
+    }
+}
+
 /// Whether `--model` names a RAM++ or RAM: a `.pth` checkpoint of recognize-anything's, or
 /// a folder this trainer saved one in.
 pub fn is_ram(model: &Path) -> bool {
@@ -202,21 +218,40 @@ pub fn open_for_prediction(
         None => starting.tags.clone(),
     };
     let teacher = open_set.teacher.as_deref().map(|dir| Teacher::open(dir, device)).transpose()?;
-    let mut architecture = starting.architecture.clone();
-    architecture.tags = tags.len() as i64;
-    let var_store = nn::VarStore::new(device);
-    let ram = RamPlus::new(&var_store.root(), &architecture);
-    let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
-    pretrained::load_tensors_named(&var_store, &starting.file, &starting.tensors, not_label_embed, false)?;
-    let descriptions = open_set.tag_descriptions.as_deref().map(read_descriptions).transpose()?;
-    fill_label_embed(&ram, &starting, &tags, descriptions.as_ref(), teacher.as_ref())?;
-    let added =
-        tags.iter().filter(|tag| !starting.tags.contains(tag) || starting.added.contains(tag)).cloned().collect();
     let thresholds = thresholds_of(None, &tags, &starting)?;
-    let model_type = if architecture.reweighted { RAM_PLUS } else { RAM };
-    let config =
-        RamTaggerConfig { model_type: model_type.into(), architecture, tag_list: tags, thresholds, added_tags: added };
+    let config = RamTaggerConfig::new(&starting, tags, thresholds);
+    let var_store = nn::VarStore::new(device);
+    let ram = RamPlus::new(&var_store.root(), &config.architecture);
+    let descriptions = open_set.tag_descriptions.as_deref();
+    load_starting(&ram, &var_store, &starting, &config.tag_list, descriptions, teacher.as_ref(), false)?;
     Ok((config, var_store, ram))
+}
+
+/// Loads `starting`'s weights into `model` (built in `var_store` for `tags`): every tensor
+/// but `label_embed`, whose rows [`fill_label_embed`] makes; a tensor the file lacks is
+/// refused by name unless `allow_partial`. Returns the start-up lines of what was loaded.
+fn load_starting(
+    model: &RamPlus,
+    var_store: &nn::VarStore,
+    starting: &StartingModel,
+    tags: &[String],
+    descriptions: Option<&Path>,
+    teacher: Option<&Teacher>,
+    allow_partial: bool,
+) -> Result<Vec<String>, EngineError> {
+    let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
+    let report =
+        pretrained::load_tensors_named(var_store, &starting.file, &starting.tensors, not_label_embed, allow_partial)
+            .map_err(|err| match err {
+                PretrainedError::Missing { .. } => EngineError::Config(format!(
+                    "--model {}: {err}; pass --allow-partial to start those from scratch",
+                    starting.file.display()
+                )),
+                other => other.into(),
+            })?;
+    let weights = format!("weights: {}", ram_plus::describe_load(var_store, &report, &starting.tensors));
+    let descriptions = descriptions.map(read_descriptions).transpose()?;
+    Ok(vec![weights, fill_label_embed(model, starting, tags, descriptions.as_ref(), teacher)?])
 }
 
 /// The frozen CLIP of `distill` and `align`, and of new tags' label embeddings.
@@ -380,11 +415,12 @@ impl RamTaggingTask {
         let starting = StartingModel::read(model_path, task.model_tags.as_deref(), context.load_weights)?;
         let tags = data_vocabulary(task, Some(&starting.tags))?;
         let (seen_columns, unseen_by_flag) = split_unseen(&tags, &task.unseen_tags)?;
-        let new_tags: Vec<&String> = tags.iter().filter(|tag| !starting.tags.contains(tag)).collect();
-        let added: Vec<String> =
-            tags.iter().filter(|tag| new_tags.contains(tag) || starting.added.contains(*tag)).cloned().collect();
+        let new_tags: Vec<String> = tags.iter().filter(|tag| !starting.tags.contains(tag)).cloned().collect();
+        let thresholds = thresholds_of(task.thresholds.as_deref(), &tags, &starting)?;
+        let config = RamTaggerConfig::new(&starting, tags, thresholds);
+        let tags = &config.tag_list;
         let unseen_columns: Vec<i64> = (0..tags.len() as i64)
-            .filter(|&i| unseen_by_flag.contains(&i) || added.contains(&tags[i as usize]))
+            .filter(|&i| unseen_by_flag.contains(&i) || config.added_tags.contains(&tags[i as usize]))
             .collect();
         let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| task.losses.contains(loss)).collect();
         if losses.is_empty() {
@@ -414,10 +450,8 @@ impl RamTaggingTask {
             Some(teacher) => (teacher.tokenizer.clone(), teacher.context),
             None => (load_tokenizer(None)?.0, CONTEXT_LENGTH as i64),
         };
-        let mut architecture = starting.architecture.clone();
-        architecture.tags = tags.len() as i64;
-        let normalizer = input_normalizer(architecture.vision.image_res, device)?;
-        let source = open_source(task, options, &tags, context_length as usize, normalizer.square(), &tokenizer)?;
+        let normalizer = input_normalizer(config.architecture.vision.image_res, device)?;
+        let source = open_source(task, options, tags, context_length as usize, normalizer.square(), &tokenizer)?;
         let mut description = Vec::new();
         // RAM's tagging-branch fine-tune: data without captions trains `tag` and `distill`.
         let mut losses = losses;
@@ -438,43 +472,20 @@ impl RamTaggingTask {
         }
         tch::manual_seed(options.seed as i64);
         let var_store = nn::VarStore::new(device);
-        let mut model = RamPlus::new(&var_store.root(), &architecture);
+        let mut model = RamPlus::new(&var_store.root(), &config.architecture);
         if inputs.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16);
         }
         model.set_grad_checkpointing(context.execution.grad_checkpointing);
         if context.load_weights {
-            let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
-            let report = pretrained::load_tensors_named(
-                &var_store,
-                &starting.file,
-                &starting.tensors,
-                not_label_embed,
-                inputs.allow_partial,
-            )
-            .map_err(|err| match err {
-                PretrainedError::Missing { .. } => EngineError::Config(format!(
-                    "--model {}: {err}; pass --allow-partial to start those from scratch",
-                    model_path.display()
-                )),
-                other => other.into(),
-            })?;
-            description.push(format!("weights: {}", ram_plus::describe_load(&var_store, &report, &starting.tensors)));
-            let descriptions = task.tag_descriptions.as_deref().map(read_descriptions).transpose()?;
-            let label_line = fill_label_embed(&model, &starting, &tags, descriptions.as_ref(), teacher.as_ref())?;
-            description.push(label_line);
+            let descriptions = task.tag_descriptions.as_deref();
+            let teacher = teacher.as_ref();
+            let lines =
+                load_starting(&model, &var_store, &starting, tags, descriptions, teacher, inputs.allow_partial)?;
+            description.extend(lines);
         } else {
             description.push("weights: the run's own, from its checkpoint or saved folder".into());
         }
-        let thresholds = thresholds_of(task.thresholds.as_deref(), &tags, &starting)?;
-        let model_type = if architecture.reweighted { RAM_PLUS } else { RAM };
-        let config = RamTaggerConfig {
-            model_type: model_type.into(),
-            architecture,
-            tag_list: tags,
-            thresholds,
-            added_tags: added,
-        };
         let loss_names = losses.iter().map(|loss| loss.name()).collect();
         let mut metric_names = TAGGING_METRICS.to_vec();
         metric_names.extend(losses.iter().map(|loss| loss.share_metric()));
