@@ -96,15 +96,11 @@ impl BarChart {
     }
 
     fn render(&self) -> Result<Vec<u8>, String> {
-        register_font()?;
-        let (width, height) = IMAGE_SIZE;
-        let mut pixels = vec![0; width as usize * height as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut pixels, IMAGE_SIZE).into_drawing_area();
-            root.fill(&WHITE).map_err(describe)?;
+        rendered(|root| {
+            let width = IMAGE_SIZE.0;
             let rows = self.bars.len().max(1);
             let label_width = self.bars.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) as u32;
-            let mut chart = ChartBuilder::on(&root)
+            let mut chart = ChartBuilder::on(root)
                 .caption(&self.title, (FONT, 24))
                 .margin(MARGIN as u32)
                 .x_label_area_size(40)
@@ -140,10 +136,23 @@ impl BarChart {
                 bar
             });
             chart.draw_series(bars).map_err(describe)?;
-            root.present().map_err(describe)?;
-        }
-        Ok(pixels)
+            Ok(())
+        })
     }
+}
+
+/// The RGB pixels, row by row, of a white image of [`IMAGE_SIZE`] that `draw` draws on.
+fn rendered(draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>) -> Result<Vec<u8>, String> {
+    register_font()?;
+    let (width, height) = IMAGE_SIZE;
+    let mut pixels = vec![0; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, IMAGE_SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(describe)?;
+        draw(&root)?;
+        root.present().map_err(describe)?;
+    }
+    Ok(pixels)
 }
 
 /// Encodes `rendered` RGB pixels of [`IMAGE_SIZE`] as a PNG written to `path` under a
@@ -185,21 +194,14 @@ impl Chart {
 
     /// The chart as RGB pixels, row by row.
     fn render(&self) -> Result<Vec<u8>, String> {
-        register_font()?;
-        let (width, height) = IMAGE_SIZE;
-        let mut pixels = vec![0; width as usize * height as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut pixels, IMAGE_SIZE).into_drawing_area();
-            root.fill(&WHITE).map_err(describe)?;
+        rendered(|root| {
             let body = root.titled(&self.title, (FONT, 24)).map_err(describe)?;
             // The legend gets a column of its own, so it never hides a line.
             let legend_width = self.legend_width(&body)?;
-            let (plot, legend) = body.split_horizontally(width as i32 - legend_width);
+            let (plot, legend) = body.split_horizontally(IMAGE_SIZE.0 as i32 - legend_width);
             self.draw_lines(&plot)?;
-            self.draw_legend(&legend)?;
-            root.present().map_err(describe)?;
-        }
-        Ok(pixels)
+            self.draw_legend(&legend)
+        })
     }
 
     /// The points as drawn: y through log10 on a log axis, anything undrawable as NaN (a gap).
