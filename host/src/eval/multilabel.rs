@@ -78,16 +78,25 @@ pub fn per_tag_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> V
 /// `thresholds`. Tags without a positive sample are left out of mAP, where average
 /// precision is undefined.
 pub fn tagging_scores(scores: &[f64], targets: &[bool], thresholds: &[f64]) -> TaggingScores {
-    let per_tag = per_tag_scores(scores, targets, thresholds);
-    let mean =
-        |values: Vec<f64>| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
-    let (cp, cr) =
-        (mean(per_tag.iter().map(|t| t.precision).collect()), mean(per_tag.iter().map(|t| t.recall).collect()));
-    let total = |count: fn(&TagScores) -> usize| per_tag.iter().map(count).sum::<usize>();
-    let all_true_positive = total(|t| t.true_positive);
-    let (op, or) = (ratio(all_true_positive, total(|t| t.predicted)), ratio(all_true_positive, total(|t| t.support)));
-    let map = mean(per_tag.iter().filter_map(|t| t.ap).collect());
-    TaggingScores { map, cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
+    TaggingScores::of_tags(&per_tag_scores(scores, targets, thresholds))
+}
+
+impl TaggingScores {
+    /// The scores of the tags whose figures `per_tag` holds, each at its own threshold: the
+    /// per-tag means (mAP over the tags with a positive, CP, CR) and the counts over all of
+    /// them (OP, OR).
+    pub fn of_tags(per_tag: &[TagScores]) -> TaggingScores {
+        let mean =
+            |values: Vec<f64>| if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
+        let (cp, cr) =
+            (mean(per_tag.iter().map(|t| t.precision).collect()), mean(per_tag.iter().map(|t| t.recall).collect()));
+        let total = |count: fn(&TagScores) -> usize| per_tag.iter().map(count).sum::<usize>();
+        let all_true_positive = total(|t| t.true_positive);
+        let (op, or) =
+            (ratio(all_true_positive, total(|t| t.predicted)), ratio(all_true_positive, total(|t| t.support)));
+        let map = mean(per_tag.iter().filter_map(|t| t.ap).collect());
+        TaggingScores { map, cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
+    }
 }
 
 /// mAP as recognize-anything's `get_mAP` computes it: the mean over every tag, a tag without

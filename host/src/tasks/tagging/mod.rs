@@ -48,7 +48,7 @@ use crate::data::mosaics::Mosaics;
 use crate::data::sampler::EpochSampler;
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, TagScores, per_tag_scores, tagging_scores};
+use crate::eval::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, tagging_scores};
 use crate::files::FileError;
 use crate::models::clip::{self, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
@@ -445,14 +445,6 @@ impl Predictions {
         self.targets.extend(Vec::<f32>::try_from(targets.flatten(0, -1))?.into_iter().map(|t| t > 0.5));
         Ok(())
     }
-
-    /// These predictions of `tags` tags restricted to the tags at `columns`.
-    fn columns(&self, tags: usize, columns: &[usize]) -> Predictions {
-        let rows = self.scores.len().checked_div(tags).unwrap_or(0);
-        let cells = (0..rows).flat_map(|row| columns.iter().map(move |&column| row * tags + column));
-        let (scores, targets) = cells.map(|cell| (self.scores[cell], self.targets[cell])).unzip();
-        Predictions { scores, targets }
-    }
 }
 
 /// The `per_tag` table of `eval.json`: a row per tag, its figures at its threshold.
@@ -786,8 +778,8 @@ impl TaggingTask {
             (self.tagger.forward(&pixels).0, unseen)
         })?;
         let thresholds = vec![THRESHOLD; self.config.tags.len()];
-        let mut values = tagging_scores(&split.seen.scores, &split.seen.targets, &thresholds).values();
         let per_tag = per_tag_scores(&split.seen.scores, &split.seen.targets, &thresholds);
+        let mut values = TaggingScores::of_tags(&per_tag).values();
         values.extend(self.gradient_shares(&split.first_batch)?);
         if !self.unseen_names.is_empty() {
             let thresholds = vec![THRESHOLD; self.unseen_names.len()];

@@ -44,7 +44,7 @@ use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::images::{Filter, Fit, SquareResize};
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, TagScores, per_tag_scores, recognize_anything_map, tagging_scores};
+use crate::eval::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map};
 use crate::files::FileError;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
@@ -619,13 +619,11 @@ impl RamTaggingTask {
             (self.model.logits(&self.normalizer.normalize(&batch.pixels)), None)
         })?;
         let all = &split.seen;
-        let thresholds_at =
-            |columns: &[usize]| -> Vec<f64> { columns.iter().map(|&i| self.config.thresholds[i]).collect() };
         let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
         let of_columns = |columns: &[usize]| -> Vec<TagScores> { columns.iter().map(|&i| per_tag[i]).collect() };
-        let seen = all.columns(tag_count, &self.seen_columns);
-        let mut measured = tagging_scores(&seen.scores, &seen.targets, &thresholds_at(&self.seen_columns));
-        measured.map = recognize_anything_map(&of_columns(&self.seen_columns));
+        let seen = of_columns(&self.seen_columns);
+        let mut measured = TaggingScores::of_tags(&seen);
+        measured.map = recognize_anything_map(&seen);
         let mut values = measured.values();
         values.extend(self.gradient_shares(&split.first_batch)?);
         if !self.unseen_columns.is_empty() {
