@@ -1,9 +1,10 @@
 //! Batched augmentation on the training device, steered by the policy's knob values:
-//! random-resized crop and horizontal flip in one `affine_grid` + `grid_sample`, then
-//! brightness/contrast jitter. Each sample's random numbers are a function of (seed, epoch,
-//! sample index), so a run's augmentation does not depend on thread timing or on where it
-//! was resumed.
+//! random-resized crop and horizontal flip in one `affine_grid` + `grid_sample`, then, where
+//! the task offers it, RandAugment ([`super::randaugment`]), then brightness/contrast jitter.
+//! Each sample's random numbers are a function of (seed, epoch, sample index), so a run's
+//! augmentation does not depend on thread timing or on where it was resumed.
 
+use super::randaugment::{self, MAX_MAGNITUDE};
 use super::sampler::keyed;
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +17,7 @@ pub struct KnobSpec {
     pub default: f64,
 }
 
-/// The knobs, in the order policies see them.
+/// The knobs every task offers, in the order policies see them.
 pub const KNOBS: [KnobSpec; 3] = [
     // Smallest crop area, as a fraction of the image (RandomResizedCrop's `scale[0]`).
     KnobSpec { name: "crop_scale_min", min: 0.08, max: 1.0, default: 1.0 },
@@ -25,22 +26,40 @@ pub const KNOBS: [KnobSpec; 3] = [
     KnobSpec { name: "color_jitter", min: 0.0, max: 0.9, default: 0.0 },
 ];
 
+/// [`KNOBS`] and RandAugment's two, for tasks whose targets survive shears and rotations.
+/// recognize-anything trains with 2 ops at magnitude 5.
+pub const KNOBS_WITH_RANDAUGMENT: [KnobSpec; 5] = [
+    KNOBS[0],
+    KNOBS[1],
+    KNOBS[2],
+    // Ops per image (`N`); a fractional part draws one more op for that share of images.
+    KnobSpec { name: "randaugment_ops", min: 0.0, max: 4.0, default: 0.0 },
+    // Their magnitude (`M`, of 10); 5 leaves brightness and sharpness as they are.
+    KnobSpec { name: "randaugment_magnitude", min: 0.0, max: MAX_MAGNITUDE, default: 5.0 },
+];
+
 /// Separates augmentation draws from other per-sample randomness.
 const AUGMENT_DRAW: u64 = 0xA06_3E47;
 
 /// A uniform number in [0, 1) for (seed, epoch, sample, draw).
-fn uniform(seed: u64, epoch: u64, sample: i64, draw: u64) -> f64 {
+pub(super) fn uniform(seed: u64, epoch: u64, sample: i64, draw: u64) -> f64 {
     (keyed(seed, &[AUGMENT_DRAW, epoch, sample as u64, draw]) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Augments `pixels` (`(batch, channels, height, width)`, values in [0, 1]) of the samples
-/// `samples`, with knob values `values` (aligned with [`KNOBS`]).
+/// `samples`, with knob values `values` (aligned with [`KNOBS`] or
+/// [`KNOBS_WITH_RANDAUGMENT`]).
 pub fn augment(pixels: &Tensor, samples: &[i64], epoch: u64, seed: u64, values: &[f64]) -> Tensor {
     let jitter = values[2];
     let device = pixels.device();
     let mut out = pixels.shallow_clone();
     if let Some(crops) = crops_and_flips(samples, epoch, seed, values) {
         out = crop_and_flip(&out, &crops, device);
+    }
+    if let [_, _, _, ops, magnitude] = *values
+        && ops > 0.0
+    {
+        out = randaugment::rand_augment(&out, samples, epoch, seed, ops, magnitude);
     }
     if jitter > 0.0 {
         out = brightness_contrast(&out, samples, epoch, seed, jitter, device);

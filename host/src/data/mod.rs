@@ -11,6 +11,7 @@ pub mod images;
 pub mod loader;
 pub mod mosaics;
 pub mod prompts;
+pub mod randaugment;
 pub mod sampler;
 pub mod webdataset;
 

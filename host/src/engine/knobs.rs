@@ -2,6 +2,7 @@
 //! (validated) decision changes them. A group trains at its learning rate, set by the one
 //! policy owning the rates, times the product of every policy's multiplier for it.
 
+use crate::data::augment::KnobSpec;
 use crate::policy::{Decision, GradClip, StepDecision};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,13 @@ impl KnobState {
         }
         self.lr_multipliers = vec![vec![1.0; self.lrs.len()]; policies];
         true
+    }
+
+    /// Values for `knobs`: those of a run from before the task offered its last knobs get
+    /// the new ones' defaults.
+    pub fn fit_augmentation(&mut self, knobs: &[KnobSpec]) {
+        let known = self.augmentation.len().min(knobs.len());
+        self.augmentation.extend(knobs[known..].iter().map(|knob| knob.default));
     }
 
     /// The product of every policy's multiplier, per group, in the policies' order.

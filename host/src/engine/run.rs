@@ -15,7 +15,6 @@ use super::optimizer::{AdamW, AdamWConfig, OptimizedParam, OptimizerSnapshot};
 use super::snapshot::{SnapshotPoint, Snapshots};
 use super::task::{Backward, Scores, StepKnobs, Task};
 use super::trace::{SavedSpec, decision_records};
-use crate::data::augment::KNOBS;
 use crate::distributed::{DistributedError, Team};
 use crate::files::FileError;
 use crate::models::groups::Group;
@@ -291,7 +290,8 @@ impl Run {
                 })
                 .collect(),
             losses: task.loss_names().iter().map(|name| name.to_string()).collect(),
-            augmentation: KNOBS
+            augmentation: task
+                .augmentation_knobs()
                 .iter()
                 .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
                 .collect(),
@@ -310,7 +310,7 @@ impl Run {
         let fresh_state = TrainerState::new(KnobState::new(
             vec![config.lr; groups.len()],
             vec![1.0; task.loss_names().len()],
-            KNOBS.iter().map(|k| k.default).collect(),
+            task.augmentation_knobs().iter().map(|k| k.default).collect(),
             config.policies.len(),
         ));
         let log_path = run_dir.join("run.log");
@@ -390,6 +390,7 @@ impl Run {
                 if trainer.knobs.fit_policies(config.policies.len()) {
                     let _ = writeln!(log, "the policies changed: every learning-rate multiplier starts again at 1");
                 }
+                trainer.knobs.fit_augmentation(task.augmentation_knobs());
                 if let Some(fault) = &checkpoint.fault {
                     let _ = writeln!(log, "that checkpoint was saved after a fault: {fault}");
                     // Continuing is the user's call (new policies, say): the divergence guard
@@ -971,7 +972,7 @@ impl Run {
     }
 
     fn record_decisions(&mut self, step: u64, decision: &StepDecision) -> Result<(), EngineError> {
-        let knobs: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
+        let knobs: Vec<&str> = self.task.augmentation_knobs().iter().map(|k| k.name).collect();
         let groups = group_names(self.task.groups());
         for record in decision_records(step, decision, &groups, self.task.loss_names(), &knobs) {
             self.decisions.write(&record).map_err(io_error(self.decisions.path()))?;

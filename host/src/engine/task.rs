@@ -5,6 +5,7 @@
 
 use super::error::EngineError;
 use super::loss_gradients::LossGradientMeter;
+use crate::data::augment::{KNOBS, KnobSpec};
 use crate::models::groups::Group;
 use crate::report::float_to_json;
 use std::path::Path;
@@ -49,7 +50,7 @@ impl Scores {
 /// The knob values one step trains with.
 #[derive(Clone, Copy)]
 pub struct StepKnobs<'a> {
-    /// Aligned with [`crate::data::augment::KNOBS`].
+    /// Aligned with [`Task::augmentation_knobs`].
     pub augmentation: &'a [f64],
     /// Aligned with [`Task::loss_names`].
     pub loss_weights: &'a [f64],
@@ -101,6 +102,10 @@ pub trait Task {
     fn loss_names(&self) -> &[&'static str];
     /// Evaluation metrics, in the order policies see them.
     fn metric_names(&self) -> &[&'static str];
+    /// The augmentation knobs its `step` reads, in the order policies see them.
+    fn augmentation_knobs(&self) -> &'static [KnobSpec] {
+        &KNOBS
+    }
     fn var_store(&self) -> &nn::VarStore;
     /// The group of a variable; `None` for variables that are never trained (a frozen
     /// teacher, fixed queries).

@@ -315,7 +315,6 @@ mod tests {
             (TaskKind::Tagging, Some(vec![TagLoss::Align])),
             (TaskKind::Tagging, Some(vec![TagLoss::Distill])),
         ];
-        let augmentation: Vec<f64> = crate::data::augment::KNOBS.iter().map(|knob| knob.default).collect();
         for (kind, losses) in cases {
             let mut args = TaskArgs::default();
             args.tagging.losses = losses.clone();
@@ -328,6 +327,7 @@ mod tests {
                 load_weights: true,
             };
             let mut task = args.config(kind).unwrap().open(&context).unwrap();
+            let augmentation: Vec<f64> = task.augmentation_knobs().iter().map(|knob| knob.default).collect();
             let weights = vec![1.0; task.loss_names().len()];
             let knobs = StepKnobs {
                 augmentation: &augmentation,
