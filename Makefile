@@ -137,8 +137,8 @@ $(TORCH_INSTALLED):
 	touch $@
 
 # transformers, tensorboard and pycocotools read what the trainer writes, in the tests;
-# scipy is the reference matcher of the detection benchmark, torchvision's transforms the
-# reference of the data pipeline's.
+# scipy is the reference matcher of the detection benchmark and resizes RAM's position tables
+# in the tests' reference, torchvision's transforms the reference of the data pipeline's.
 $(TEST_PACKAGES): $(TORCH_INSTALLED)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) transformers tensorboard \
 		pycocotools scipy torchvision==$(TORCHVISION_VERSION)

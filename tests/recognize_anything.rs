@@ -423,3 +423,86 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     let refused = train(&dir.path().join("refused"), &finetune, &[]);
     common::assert_one_line_error(&refused, 1, &["finetune.json entry 3", "tag id 12", "10 tags of", "run_tags.txt"]);
 }
+
+#[test]
+fn relative_position_tables_resize_as_recognize_anythings_loader_resizes_them() {
+    use trainer::models::relative_position::resize_table;
+    let expected = read(&fixtures().join("relative_position-expected.safetensors"));
+    for (source, window, resized) in [("source.7", 12, "resized.7.12"), ("source.12", 7, "resized.12.7")] {
+        let ours = resize_table(&expected[source], window).unwrap();
+        let difference = max_difference(&ours, &expected[resized]);
+        assert!(difference <= 1e-5, "{resized}: {difference} from SciPy's spline");
+    }
+}
+
+/// The fixture's RAM++ (64 px, window 4) trained at 224 px, so window 7, with RAM's training
+/// transform: its tables resized as recognize-anything's loader resizes them, the
+/// RandAugment knobs in the policies' hands.
+#[test]
+fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_rams_transform() {
+    use trainer::data::fashion_mnist::CLASS_NAMES;
+    let tags = tag_files();
+    let run = tempfile::tempdir().unwrap();
+    // Eight images to train and evaluate on: evaluating 2500 at 224 px takes minutes here.
+    let data = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = common::write_mosaics(data.path(), 0, 8)
+        .into_iter()
+        .map(|mosaic| serde_json::json!({"image": mosaic.file_name, "tags": mosaic.tags}).to_string())
+        .collect();
+    let (manifest, run_tags) = (data.path().join("tagged.jsonl"), data.path().join("run_tags.txt"));
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    std::fs::write(&run_tags, CLASS_NAMES.join("\n")).unwrap();
+    let transform = format!(
+        "{}:crop_scale_min=0.2,flip_prob=0.5,color_jitter=0,randaugment_ops=2,randaugment_magnitude=5,ramp_steps=0",
+        common::policy("aug_curriculum").display()
+    );
+    let fixtures = fixtures();
+    let (model, teacher) = (fixtures.join("ram_plus-init.pth"), fixtures.join("teacher"));
+    let model_tags = tags.path().join("model_tags.txt");
+    let args = [
+        "--task",
+        "tagging",
+        "--model",
+        model.to_str().unwrap(),
+        "--model-tags",
+        model_tags.to_str().unwrap(),
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--image-size",
+        "224",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--val-data",
+        manifest.to_str().unwrap(),
+        "--tags",
+        run_tags.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--lr",
+        "0",
+    ];
+    let policies = [format!("{}", common::policy("constant").display()), transform];
+    let output = common::train_cpu(run.path(), &policies, &args);
+    common::assert_success(&output);
+    let report = String::from_utf8_lossy(&output.stdout).into_owned() + &common::stderr(&output);
+    assert!(
+        report.contains("at 224 px") && report.contains("6 resized from 7x7 offsets to 13x13 (window 4 to 7)"),
+        "{report}"
+    );
+    let saved = read(&run.path().join("final/model.safetensors"));
+    let expected = read(&fixtures.join("relative_position-expected.safetensors"));
+    let mut compared = 0;
+    for (name, table) in &expected {
+        let Some(name) = name.strip_prefix("ram_plus.224.") else { continue };
+        let difference = max_difference(&saved[name], table);
+        assert!(difference <= 1e-5, "{name}: {difference} from the reference's resized table");
+        compared += 1;
+    }
+    assert_eq!(compared, 6);
+    let decisions = common::read_jsonl(&run.path().join("decisions.jsonl"));
+    let augmentation = decisions.iter().find_map(|d| d.get("augmentation")).expect("the transform is decided");
+    assert_eq!(augmentation["randaugment_ops"], 2.0);
+    assert_eq!(augmentation["randaugment_magnitude"], 5.0);
+}

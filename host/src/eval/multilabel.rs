@@ -101,6 +101,9 @@ impl TaggingScores {
 
 /// mAP as recognize-anything's `get_mAP` computes it: the mean over every tag, a tag without
 /// a positive counting 0 (its average precision divides by the positives plus 1e-8).
+/// Its average precision (precision at each positive, in score order) is this one wherever
+/// scores differ; among equal scores it follows the order numpy's unstable `argsort` leaves
+/// them in, which no rule reproduces, so they enter together here, as in scikit-learn.
 pub fn recognize_anything_map(per_tag: &[TagScores]) -> f64 {
     if per_tag.is_empty() {
         return 0.0;

@@ -10,5 +10,6 @@ pub mod owlvit;
 pub mod pretrained;
 pub mod pth;
 pub mod ram_plus;
+pub mod relative_position;
 pub mod swin;
 pub mod tagger;

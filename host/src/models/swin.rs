@@ -84,6 +84,19 @@ impl SwinConfig {
         }
     }
 
+    /// This encoder at `image_res` pixels a side, with the window recognize-anything's
+    /// configurations pair with it (7 at 224, 12 at 384; this one's at other sizes).
+    pub fn at_resolution(&self, image_res: i64) -> Result<Self, String> {
+        let window_size = match image_res {
+            224 => 7,
+            384 => 12,
+            _ => self.window_size,
+        };
+        let config = SwinConfig { image_res, window_size, ..self.clone() };
+        config.check()?;
+        Ok(config)
+    }
+
     /// Channels of the last stage: RAM's `vision_width`.
     pub fn num_features(&self) -> i64 {
         self.embed_dim << (self.depths.len() - 1)

@@ -124,6 +124,9 @@ pub struct TaggingConfig {
     /// RAM's per-tag thresholds, one per line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thresholds: Option<PathBuf>,
+    /// The side a RAM's image encoder works at, when not its checkpoint's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<i64>,
 }
 
 fn all_losses() -> Vec<TagLoss> {
@@ -159,6 +162,11 @@ pub struct TaggingArgs {
     /// or with --tags (RAM's ram_tag_list_threshold.txt) [default: 0.68].
     #[arg(long, value_name = "FILE")]
     pub thresholds: Option<PathBuf>,
+    /// The side, in pixels, a RAM++/RAM's Swin works at: 224 (window 7) or 384 (window 12) as
+    /// recognize-anything's configurations pair them; the checkpoint's relative position
+    /// tables are resized to the window as its loader resizes them [default: the checkpoint's].
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<i64>,
 }
 
 impl TaggingArgs {
@@ -171,6 +179,7 @@ impl TaggingArgs {
             ("--model-tags", self.model_tags.is_some()),
             ("--tag-descriptions", self.tag_descriptions.is_some()),
             ("--thresholds", self.thresholds.is_some()),
+            ("--image-size", self.image_size.is_some()),
         ])
     }
 
@@ -188,6 +197,7 @@ impl TaggingArgs {
             model_tags: self.model_tags.clone().map(absolute),
             tag_descriptions: self.tag_descriptions.clone().map(absolute),
             thresholds: self.thresholds.clone().map(absolute),
+            image_size: self.image_size,
         }
     }
 }
@@ -568,6 +578,7 @@ pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Box<dyn Task>
         ("--model-tags", task.model_tags.is_some()),
         ("--tag-descriptions", task.tag_descriptions.is_some()),
         ("--thresholds", task.thresholds.is_some()),
+        ("--image-size", task.image_size.is_some()),
     ]))?;
     Ok(Box::new(TaggingTask::open(task, context)?))
 }

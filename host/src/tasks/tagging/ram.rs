@@ -29,19 +29,24 @@
 //! `tag` leaves out), on their own. Both mAPs are recognize-anything's (`get_mAP`): a tag
 //! without a positive among the held-out images counts 0.
 //!
-//! What differs from `finetune.py`, and why: the teacher sees the student's augmented view
-//! resized to its size rather than a crop of its own, and the augmentation is the trainer's
-//! batched crop, scale and flip, whose strength the policies own (RAM adds RandAugment).
-//! Held-out images are resized to the square as RAM's inference transform does.
+//! **Augmentation.** The knobs are the trainer's batched crop, flip and jitter plus
+//! RandAugment's ops and magnitude ([`augment::KNOBS_WITH_RANDAUGMENT`]), all off until a
+//! policy sets them; RAM's training transform is `crop_scale_min=0.2, flip_prob=0.5,
+//! randaugment_ops=2, randaugment_magnitude=5`. As in `finetune.py` the teacher sees a view
+//! of its own: the same knobs with draws of their own, resized to its 224 px. What differs:
+//! that view is cropped from the student's resolution and then resized (RAM crops the file's
+//! image to 224 directly), and crops resample bilinearly where RAM's are bicubic. Held-out
+//! images are resized to the square as RAM's inference transform does.
 
 use super::{
     Columns, PER_TAG, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
     open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, trainable_variables,
 };
 use crate::data::PixelNormalizer;
-use crate::data::augment;
+use crate::data::augment::{self, KnobSpec};
 use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::images::{Filter, Fit, SquareResize};
+use crate::data::sampler::keyed;
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map};
@@ -51,6 +56,7 @@ use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::models::pth;
 use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, tag_loss};
+use crate::models::relative_position;
 use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -240,19 +246,71 @@ fn load_starting(
     allow_partial: bool,
 ) -> Result<Vec<String>, EngineError> {
     let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
-    let report =
-        pretrained::load_tensors_named(var_store, &starting.file, &starting.tensors, not_label_embed, allow_partial)
-            .map_err(|err| match err {
-                PretrainedError::Missing { .. } => EngineError::Config(format!(
-                    "--model {}: {err}; pass --allow-partial to start those from scratch",
-                    starting.file.display()
-                )),
-                other => other.into(),
-            })?;
-    let weights = format!("weights: {}", ram_plus::describe_load(var_store, &report, &starting.tensors));
+    let (tensors, resized) = fit_position_tables(var_store, starting)?;
+    let report = pretrained::load_tensors_named(var_store, &starting.file, &tensors, not_label_embed, allow_partial)
+        .map_err(|err| match err {
+            PretrainedError::Missing { .. } => EngineError::Config(format!(
+                "--model {}: {err}; pass --allow-partial to start those from scratch",
+                starting.file.display()
+            )),
+            other => other.into(),
+        })?;
+    let weights = format!("weights: {}", ram_plus::describe_load(var_store, &report, &tensors));
     let descriptions = descriptions.map(read_descriptions).transpose()?;
-    Ok(vec![weights, fill_label_embed(model, starting, tags, descriptions.as_ref(), teacher)?])
+    let mut lines = vec![weights];
+    lines.extend(resized);
+    lines.push(fill_label_embed(model, starting, tags, descriptions.as_ref(), teacher)?);
+    Ok(lines)
 }
+
+/// The starting tensors, each relative position table of a window other than the model's
+/// resized to it as recognize-anything's loaders resize them; with a line saying so when
+/// any was.
+fn fit_position_tables(
+    var_store: &nn::VarStore,
+    starting: &StartingModel,
+) -> Result<(HashMap<String, Tensor>, Option<String>), EngineError> {
+    let variables = var_store.variables();
+    let mut resized = Vec::new();
+    let mut tensors = HashMap::with_capacity(starting.tensors.len());
+    for (name, tensor) in &starting.tensors {
+        let target = variables.get(name).filter(|_| name.ends_with(".relative_position_bias_table"));
+        let tensor = match target {
+            Some(variable) if variable.size() != tensor.size() => {
+                let window = ((variable.size()[0] as f64).sqrt().round() as i64 + 1) / 2;
+                let fitted = relative_position::resize_table(tensor, window)
+                    .map_err(|err| FileError::format(&starting.file, format!("`{name}`: {err}")))?;
+                resized.push((tensor.size()[0], variable.size()[0]));
+                fitted
+            }
+            _ => tensor.shallow_clone(),
+        };
+        tensors.insert(name.clone(), tensor);
+    }
+    let line = resized.first().map(|&(from, to)| {
+        let side = |rows: i64| (rows as f64).sqrt().round() as i64;
+        format!(
+            "relative position tables: {} resized from {}x{} offsets to {}x{} (window {} to {}), as \
+             recognize-anything's loader resizes them",
+            resized.len(),
+            side(from),
+            side(from),
+            side(to),
+            side(to),
+            (side(from) + 1) / 2,
+            (side(to) + 1) / 2
+        )
+    });
+    Ok((tensors, line))
+}
+
+/// The seed of the teacher's view's augmentation draws: apart from the student's, as
+/// `finetune.py` transforms its two views independently.
+fn teacher_view_seed(seed: u64) -> u64 {
+    keyed(seed, &[TEACHER_VIEW])
+}
+
+const TEACHER_VIEW: u64 = 0x7EAC_4E12;
 
 /// The frozen CLIP of `distill` and `align`, and of new tags' label embeddings.
 struct Teacher {
@@ -417,7 +475,13 @@ impl RamTaggingTask {
         let (seen_columns, unseen_by_flag) = split_unseen(&tags, &task.unseen_tags)?;
         let new_tags: Vec<String> = tags.iter().filter(|tag| !starting.tags.contains(tag)).cloned().collect();
         let thresholds = thresholds_of(task.thresholds.as_deref(), &tags, &starting)?;
-        let config = RamTaggerConfig::new(&starting, tags, thresholds);
+        let mut config = RamTaggerConfig::new(&starting, tags, thresholds);
+        if let Some(size) = task.image_size {
+            let vision = &mut config.architecture.vision;
+            *vision = vision
+                .at_resolution(size)
+                .map_err(|problem| EngineError::Config(format!("--image-size {size}: {problem}")))?;
+        }
         let tags = &config.tag_list;
         let unseen_columns: Vec<i64> = (0..tags.len() as i64)
             .filter(|&i| unseen_by_flag.contains(&i) || config.added_tags.contains(&tags[i as usize]))
@@ -517,7 +581,7 @@ impl RamTaggingTask {
         })
     }
 
-    /// The teacher's image features of `unit` (pixels in [0, 1], the student's view) and
+    /// The teacher's image features of `unit` (pixels in [0, 1], its own view) and
     /// caption embeddings of `input_ids`, as the run's losses need them; the captions of
     /// every process when `gather`.
     fn teacher_outputs(&self, unit: &Tensor, input_ids: &Tensor, gather: bool) -> Result<TeacherOutputs, EngineError> {
@@ -720,6 +784,10 @@ impl Task for RamTaggingTask {
         &self.metric_names
     }
 
+    fn augmentation_knobs(&self) -> &'static [KnobSpec] {
+        &augment::KNOBS_WITH_RANDAUGMENT
+    }
+
     fn var_store(&self) -> &nn::VarStore {
         &self.var_store
     }
@@ -793,7 +861,17 @@ impl Task for RamTaggingTask {
         let text = TextSide::new(&self.tokenizer, self.context, self.config.tag_list.len(), self.device);
         let batch = self.source.train_batch(step, knobs.total_steps, &text)?;
         let unit = augment::augment(&batch.pixels, &batch.samples, epoch, knobs.seed, knobs.augmentation);
-        let teacher = self.teacher_outputs(&unit, &batch.input_ids, true)?;
+        let teacher_view = match self.losses.contains(&TagLoss::Distill) {
+            true => augment::augment(
+                &batch.pixels,
+                &batch.samples,
+                epoch,
+                teacher_view_seed(knobs.seed),
+                knobs.augmentation,
+            ),
+            false => unit.shallow_clone(),
+        };
+        let teacher = self.teacher_outputs(&teacher_view, &batch.input_ids, true)?;
         let pixels = self.normalizer.normalize(&unit);
         self.weights = knobs.loss_weights.to_vec();
         let terms = match knobs.backward {
