@@ -34,6 +34,7 @@ fn cases() -> Vec<Case> {
         tags,
         descriptions: 51,
         reweighted: true,
+        text: None,
     };
     vec![
         Case { name: "Swin-B 224, 256 tags x 51 descriptions", config: swin_b(256), batch: 8, steps: 2 },

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
-use trainer::models::bert::BertConfig;
+use trainer::models::bert::{BertConfig, BertTextConfig};
 use trainer::models::pretrained;
 use trainer::models::ram_plus::{self, RamPlus, RamPlusConfig};
 use trainer::models::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
@@ -103,7 +103,14 @@ fn small_head() -> BertConfig {
 #[test]
 fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     let file = fixtures().join("ram_plus.pth");
-    let config = RamPlusConfig { vision: small_swin(), head: small_head(), tags: 8, descriptions: 3, reweighted: true };
+    let config = RamPlusConfig {
+        vision: small_swin(),
+        head: small_head(),
+        tags: 8,
+        descriptions: 3,
+        reweighted: true,
+        text: None,
+    };
     // The shape is read from the tensors, given the number of tags.
     let tensors = pretrained::read_tensors(&file).unwrap();
     assert_eq!(RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap(), config);
@@ -118,8 +125,8 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     let buffers = tensors.keys().filter(|name| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))).count();
     assert_eq!((report.loaded, report.unused), (var_store.len(), buffers), "6 index buffers, 2 masks");
     assert_eq!(buffers, 8);
-    let line = ram_plus::describe_load(&var_store, &report, &tensors);
-    let parts = "(image encoder 92, label embeddings 1, tagging head 37); 8 Swin buffers computed here";
+    let line = ram_plus::describe_load(&model, &var_store, &report, &tensors);
+    let parts = "(image encoder 92, label embeddings 1, tagging head 37); 8 buffers computed here";
     assert!(line.ends_with(parts), "{line}");
 
     // Written back as recognize-anything saves it: torch.load(weights_only=True) gives the
@@ -154,24 +161,108 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     }
 }
 
+/// The reference RAM's text model: 2 layers 64 wide with one head of BERT's 64, over the
+/// fixture's vocabulary and `[DEC]`, `[ENC]`.
+fn small_text(vocab_size: i64) -> BertTextConfig {
+    let layers = BertConfig {
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        intermediate_size: 128,
+        layer_norm_eps: 1e-12,
+        encoder_width: 64,
+    };
+    BertTextConfig { layers, vocab_size, max_position_embeddings: 48 }
+}
+
 #[test]
-fn rams_tagging_branch_loads_from_its_pth_with_the_caption_branch_reported_unused() {
+fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t() {
     let file = fixtures().join("ram.pth");
     let tensors = pretrained::read_tensors(&file).unwrap();
     let config = RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap();
-    let expected =
-        RamPlusConfig { vision: small_swin(), head: small_head(), tags: 8, descriptions: 1, reweighted: false };
-    assert_eq!(config, expected);
+    let vocab_size = tensors["tag_encoder.embeddings.word_embeddings.weight"].size()[0];
+    // The tagging head is as wide as the text model, whose first layers it shares.
+    let head = BertConfig { hidden_size: 64, intermediate_size: 128, ..small_head() };
+    let text = Some(small_text(vocab_size));
+    assert_eq!(config, RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 1, reweighted: false, text });
     let var_store = nn::VarStore::new(Device::Cpu);
     let model = RamPlus::new(&var_store.root(), &config);
-    let report = pretrained::load_tensors_named(&var_store, &file, &tensors, |n| Some(n.to_string()), false).unwrap();
-    let line = ram_plus::describe_load(&var_store, &report, &tensors);
-    assert!(line.ends_with("8 Swin buffers computed here; unused: 1 `tag_encoder.*`, 2 `text_decoder.*`"), "{line}");
+    let aliases = model.aliases();
+    let variable = |name: &str| Some(trainer::models::ram_caption::canonical_name(name, &aliases));
+    let report = pretrained::load_tensors_named(&var_store, &file, &tensors, variable, false).unwrap();
+    assert!(report.fresh.is_empty(), "{:?}", report.fresh);
+    let line = ram_plus::describe_load(&model, &var_store, &report, &tensors);
+    // Tied: each shared block's 16 tensors in 2 layers, and the decoder's output weights.
+    let parts = "(caption branch 85, image encoder 92, label embeddings 1, tagging head 36); 10 buffers computed here; \
+                 34 tied to others";
+    assert!(line.ends_with(parts), "{line}");
+
+    // Written back whole, tied tensors under each of their names, as recognize-anything's
+    // strict load wants them.
+    let written = fixtures().join("ram-written.pth");
+    trainer::models::pth::write_state_dict(&written, "model", &model.state_dict(&var_store)).unwrap();
+    let compared =
+        common::python_fixture("recognize_anything/same_checkpoint.py", &[file.as_os_str(), written.as_os_str()]);
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
 
     let pixels = &read(&fixtures().join("ram_plus-expected.safetensors"))["pixel_values"];
+    let expected = read(&fixtures().join("ram-expected.safetensors"));
     let logits = tch::no_grad(|| model.logits(pixels));
-    let difference = max_difference(&logits, &read(&fixtures().join("ram-expected.safetensors"))["logits"]);
+    let difference = max_difference(&logits, &expected["logits"]);
     assert!(difference <= 1e-4, "logits differ from the reference's by {difference}");
+
+    let caption = model.caption().expect("RAM's checkpoint has its caption branch");
+    let embeds = model.image_embeds(pixels);
+    let tag_tokens = caption.encode_tags(&expected["tag_ids"], &expected["tag_mask"], &embeds, Kind::Float);
+    let difference = max_difference(&tag_tokens, &expected["tag_tokens"]);
+    assert!(difference <= 1e-4, "the tag encoder's tokens differ by {difference}");
+    let (ids, mask) = (&expected["caption_ids"], &expected["caption_mask"]);
+    let logits = caption.caption_logits(ids, mask, &tag_tokens, Kind::Float);
+    let difference = max_difference(&logits, &expected["caption_logits"]);
+    assert!(difference <= 1e-4, "the decoder's logits differ by {difference}");
+    let t2t = caption.t2t_loss(ids, mask, &tag_tokens, Kind::Float);
+    let (ours, theirs) = (t2t.double_value(&[]), expected["t2t"].double_value(&[]));
+    assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "t2t: {ours} vs {theirs}");
+    t2t.backward();
+    let variables = var_store.variables();
+    let mut compared = 0;
+    for (name, gradient) in expected.iter().filter_map(|(name, t)| name.strip_prefix("grad.").map(|n| (n, t))) {
+        let difference = max_difference(&variables[name].grad(), gradient);
+        let scale = gradient.abs().max().double_value(&[]).max(1.0);
+        assert!(difference <= 1e-4 * scale, "the gradient of {name} differs by {difference} (largest {scale})");
+        compared += 1;
+    }
+    assert_eq!(compared, 5, "a tied head weight, the image encoder, both text models, the output head");
+}
+
+#[test]
+fn the_bert_tokenizer_gives_transformers_ids_from_a_vocabulary_or_a_tokenizer_json() {
+    use trainer::data::bert_tokenizer::{BertTokenizer, Padding};
+    let dir = fixtures();
+    let expected = common::read_json(&dir.join("tokenizer-expected.json"));
+    let texts: Vec<String> = serde_json::from_value(expected["texts"].clone()).unwrap();
+    let ids: Vec<Vec<i64>> = serde_json::from_value(expected["ids"].clone()).unwrap();
+    let decoded: Vec<String> = serde_json::from_value(expected["decoded"].clone()).unwrap();
+    let caption = read(&dir.join("ram-expected.safetensors"));
+    for folder in ["bert_vocab", "bert_fast"] {
+        let tokenizer = BertTokenizer::from_dir(&dir.join(folder)).unwrap();
+        assert_eq!(
+            (tokenizer.dec_id(), tokenizer.enc_id()),
+            (expected["dec"].as_i64().unwrap(), expected["enc"].as_i64().unwrap())
+        );
+        for ((text, ids), decoded) in texts.iter().zip(&ids).zip(&decoded) {
+            let (ours, mask) = tokenizer.encode(std::slice::from_ref(text), 40, Padding::Longest);
+            let ours = Vec::<i64>::try_from(ours.view([-1])).unwrap();
+            assert_eq!(&ours, ids, "{folder}: {text:?}");
+            assert_eq!(mask.sum(Kind::Int64).int64_value(&[]), ids.len() as i64);
+            assert_eq!(&tokenizer.decode(&ours), decoded, "{folder}: {text:?}");
+        }
+        // RAM's tag strings: padded to 40, the first token then made `[ENC]`.
+        let tags = ["t-shirt | dress", "sandal | ankle boot | car"].map(String::from);
+        let (ours, mask) = tokenizer.encode(&tags, 40, Padding::Full);
+        let _ = ours.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+        assert!(ours.equal(&caption["tag_ids"]) && mask.equal(&caption["tag_mask"]), "{folder}");
+    }
 }
 
 /// The fixture RAM++'s eight tags: six garments of the mosaics and two they never show.
@@ -505,4 +596,55 @@ fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_r
     let augmentation = decisions.iter().find_map(|d| d.get("augmentation")).expect("the transform is decided");
     assert_eq!(augmentation["randaugment_ops"], 2.0);
     assert_eq!(augmentation["randaugment_magnitude"], 5.0);
+}
+
+/// RAM's tagging branch fine-tuned (with weight decay): the caption branch is saved whole
+/// with it, as it was but for the blocks it shares with the trained head.
+#[test]
+fn a_ram_run_trains_the_tagging_branch_and_saves_the_caption_branch_with_it() {
+    use trainer::models::ram_caption::canonical_name;
+    let fixtures = fixtures();
+    let (model, teacher) = (fixtures.join("ram.pth"), fixtures.join("teacher"));
+    let (tags, run) = (tag_files(), tempfile::tempdir().unwrap());
+    let model_tags = tags.path().join("model_tags.txt");
+    let args = [
+        "--task",
+        "tagging",
+        "--model",
+        model.to_str().unwrap(),
+        "--model-tags",
+        model_tags.to_str().unwrap(),
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--losses",
+        "tag",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-2",
+        "--weight-decay",
+        "0.1",
+    ];
+    let output = common::train_cpu(run.path(), &[common::policy("constant").display().to_string()], &args);
+    common::assert_success(&output);
+    let original = pretrained::read_tensors(&model).unwrap();
+    let saved = pretrained::read_tensors(&run.path().join("final/model.pth")).unwrap();
+    let names = |tensors: &HashMap<String, Tensor>| tensors.keys().cloned().collect::<BTreeSet<String>>();
+    assert_eq!(names(&saved), names(&original), "every name recognize-anything's strict load wants");
+    let var_store = nn::VarStore::new(Device::Cpu);
+    let config = RamPlusConfig::of_checkpoint(&model, &original, 8).unwrap();
+    let aliases = RamPlus::new(&var_store.root(), &config).aliases();
+    let mut trained_ties = 0;
+    for name in original.keys().filter(|name| name.starts_with("tag_encoder.") || name.starts_with("text_decoder.")) {
+        let canonical = canonical_name(name, &aliases);
+        assert!(saved[name].equal(&saved[&canonical]), "{name} is saved as the tensor it ties to");
+        if canonical.starts_with("tagging_head.") {
+            trained_ties += usize::from(!saved[name].equal(&original[name]));
+        } else {
+            assert!(saved[name].equal(&original[name]), "{name} is not trained by `tag`");
+        }
+    }
+    assert!(trained_ties > 0, "the shared blocks train with the head");
 }

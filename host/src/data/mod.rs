@@ -2,6 +2,7 @@
 //! input, captions into token ids, and the seeded order in which samples are seen.
 
 pub mod augment;
+pub mod bert_tokenizer;
 pub mod canvas;
 pub mod captioned;
 pub mod clip_tokenizer;

@@ -9,6 +9,7 @@ pub mod open_clip;
 pub mod owlvit;
 pub mod pretrained;
 pub mod pth;
+pub mod ram_caption;
 pub mod ram_plus;
 pub mod relative_position;
 pub mod swin;

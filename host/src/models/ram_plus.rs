@@ -2,8 +2,8 @@
 //! as recognize-anything's `ram/models/ram_plus.py` defines it, under its state-dict names,
 //! so that the released `ram_plus_swin_large_14m.pth` loads as it is; and RAM's tagging
 //! branch (`ram/models/ram.py`, `ram_swin_large_14m.pth`), which is the same but for the
-//! label embeddings: one per tag, taken as they are, with no `reweight_scale`. RAM's caption
-//! branch (`tag_encoder`, `text_decoder`) is not built here; its tensors are reported unused.
+//! label embeddings: one per tag, taken as they are, with no `reweight_scale`; with RAM's
+//! caption branch ([`CaptionBranch`]) when the checkpoint has it.
 //!
 //! - `visual_encoder`: a [`Swin`]; `image_proj` maps its average token and tokens to 512;
 //! - `label_embed`: `tags x descriptions` rows of 512, the teacher CLIP's text embeddings of
@@ -16,6 +16,7 @@
 //! - `fc`: one logit per tag, the same linear for every tag.
 //!
 //! Training minimises the three terms `RAM_plus.forward` returns ([`RamPlus::losses`]).
+//! RAM's caption branch, when built, shares the head's layers ([`CaptionBranch`]).
 //!
 //! A released checkpoint carries no configuration: [`RamPlusConfig::of_checkpoint`] reads
 //! the shape from the tensors (the Swin's stages, heads and window, the image size from its
@@ -25,9 +26,10 @@
 //! What the released model has besides (`class_threshold`, the tag list) is not a tensor of
 //! its state dict; the Swin's buffers are, and [`super::swin::BUFFER_SUFFIXES`] names them.
 
-use super::bert::{BertConfig, BertCrossLayer};
+use super::bert::{BertConfig, BertCrossLayer, BertTextConfig};
 use super::clip::Compute;
 use super::pretrained::LoadReport;
+use super::ram_caption::{self, CaptionBranch};
 use super::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
 use super::tagger::asymmetric_loss;
 use crate::files::FileError;
@@ -50,6 +52,9 @@ pub struct RamPlusConfig {
     /// Whether each image weighs a tag's description rows (RAM++), or the one row of each
     /// tag is its query as it is (RAM).
     pub reweighted: bool,
+    /// RAM's caption branch: the tag encoder's and the decoder's text model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<BertTextConfig>,
 }
 
 impl RamPlusConfig {
@@ -57,7 +62,7 @@ impl RamPlusConfig {
     /// descriptions each.
     pub fn swin_large_14m() -> Self {
         let (vision, head) = (SwinConfig::large(384), BertConfig::query2label());
-        RamPlusConfig { vision, head, tags: 4585, descriptions: 51, reweighted: true }
+        RamPlusConfig { vision, head, tags: 4585, descriptions: 51, reweighted: true, text: None }
     }
 
     /// The shape of the RAM++ (or RAM) checkpoint `tensors`, read from `file`, for a tag list
@@ -126,25 +131,47 @@ impl RamPlusConfig {
                 "`label_embed` has {descriptions} rows per tag but no `reweight_scale` weighs them (RAM has one per tag)"
             )));
         }
-        Ok(RamPlusConfig { vision, head, tags, descriptions, reweighted })
+        let text = ram_caption::text_config_of(file, tensors)?;
+        if let Some(text) = &text
+            && text.layers.hidden_size != head.hidden_size
+        {
+            return Err(bad(format!(
+                "`tag_encoder` is {} wide and the tagging head {}: RAM ties the head's layers to the encoder's",
+                text.layers.hidden_size, head.hidden_size
+            )));
+        }
+        Ok(RamPlusConfig { vision, head, tags, descriptions, reweighted, text })
     }
 }
 
-/// The start-up report's account of loading `tensors` (of `report.file`) into the RAM++
-/// of `var_store`: the tensors each part took, the Swin's buffers (computed here, not
-/// loaded), and what else of the file went unused, by the first part of its names (RAM's
-/// caption branch, `tag_encoder` and `text_decoder`, say).
-pub fn describe_load(var_store: &nn::VarStore, report: &LoadReport, tensors: &HashMap<String, Tensor>) -> String {
+/// The start-up report's account of loading `tensors` (of `report.file`) into `model`,
+/// built in `var_store`: the tensors each part took, the buffers (computed here, not
+/// loaded), the names of tied tensors, and what else of the file went unused, by the first
+/// part of its names.
+pub fn describe_load(
+    model: &RamPlus,
+    var_store: &nn::VarStore,
+    report: &LoadReport,
+    tensors: &HashMap<String, Tensor>,
+) -> String {
     let variables = var_store.variables();
     let parts = tally(variables.keys().filter(|name| !report.fresh.contains(name)).map(|name| part_of(name)));
     let loaded: Vec<String> = parts.iter().map(|(part, count)| format!("{part} {count}")).collect();
     let mut line = format!("{} tensors from {} ({})", report.loaded, report.file.display(), loaded.join(", "));
-    let is_buffer = |name: &String| BUFFER_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
+    let is_buffer =
+        |name: &String| BUFFER_SUFFIXES.iter().chain(&[ram_caption::POSITION_IDS]).any(|suffix| name.ends_with(suffix));
     let buffers = tensors.keys().filter(|name| is_buffer(name)).count();
     if buffers > 0 {
-        line.push_str(&format!("; {buffers} Swin buffers computed here"));
+        line.push_str(&format!("; {buffers} buffers computed here"));
     }
-    let unused_names = tensors.keys().filter(|name| !variables.contains_key(*name) && !is_buffer(name));
+    let aliases = model.aliases();
+    let tied = tensors.keys().filter(|name| ram_caption::canonical_name(name, &aliases) != **name).count();
+    if tied > 0 {
+        line.push_str(&format!("; {tied} tied to others"));
+    }
+    let unused_names = tensors
+        .keys()
+        .filter(|name| !variables.contains_key(&ram_caption::canonical_name(name, &aliases)) && !is_buffer(name));
     let unused = tally(unused_names.map(|name| name.split('.').next().unwrap_or(name)));
     if !unused.is_empty() {
         let listed: Vec<String> = unused.iter().map(|(part, count)| format!("{count} `{part}.*`")).collect();
@@ -162,9 +189,12 @@ fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
     counts.into_iter().collect()
 }
 
+/// The part of RAM's tag encoder and caption decoder.
+pub const CAPTION_BRANCH: &str = "caption branch";
+
 /// The part of RAM++ the tensor `name` belongs to, as the start-up report names it.
 pub fn part_of(name: &str) -> &'static str {
-    const PARTS: [(&str, &str); 7] = [
+    const PARTS: [(&str, &str); 9] = [
         ("visual_encoder.", "image encoder"),
         ("image_proj.", "image encoder"),
         ("label_embed", "label embeddings"),
@@ -172,6 +202,8 @@ pub fn part_of(name: &str) -> &'static str {
         ("wordvec_proj.", "tagging head"),
         ("fc.", "tagging head"),
         ("reweight_scale", "tagging head"),
+        ("tag_encoder.", CAPTION_BRANCH),
+        ("text_decoder.", CAPTION_BRANCH),
     ];
     PARTS.iter().find(|(prefix, _)| name.starts_with(prefix)).map_or("other", |(_, part)| part)
 }
@@ -186,6 +218,7 @@ pub struct RamPlus {
     wordvec_proj: nn::Linear,
     tagging_head: Vec<BertCrossLayer>,
     fc: nn::Linear,
+    caption: Option<CaptionBranch>,
     compute: Compute,
     tags: i64,
     descriptions: i64,
@@ -196,6 +229,9 @@ impl RamPlus {
     pub fn new(path: &nn::Path, config: &RamPlusConfig) -> Self {
         let hidden = config.head.hidden_size;
         let layers = path / "tagging_head" / "encoder" / "layer";
+        let tagging_head: Vec<BertCrossLayer> = (0..config.head.num_hidden_layers)
+            .map(|layer| BertCrossLayer::new(&layers / layer, &config.head))
+            .collect();
         RamPlus {
             visual_encoder: Swin::new(&(path / "visual_encoder"), &config.vision),
             image_proj: nn::linear(path / "image_proj", config.vision.num_features(), EMBED_DIM, Default::default()),
@@ -204,9 +240,8 @@ impl RamPlus {
                 .reweighted
                 .then(|| path.var("reweight_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()))),
             wordvec_proj: nn::linear(path / "wordvec_proj", EMBED_DIM, hidden, Default::default()),
-            tagging_head: (0..config.head.num_hidden_layers)
-                .map(|layer| BertCrossLayer::new(&layers / layer, &config.head))
-                .collect(),
+            caption: config.text.as_ref().map(|text| CaptionBranch::new(path, text, &tagging_head)),
+            tagging_head,
             fc: nn::linear(path / "fc", hidden, 1, Default::default()),
             compute: Compute::default(),
             tags: config.tags,
@@ -227,13 +262,39 @@ impl RamPlus {
     }
 
     /// Every tensor of recognize-anything's state dict of this model, by name: the
-    /// variables of `var_store` (the one the model was built in) and the Swin's buffers.
+    /// variables of `var_store` (the one the model was built in), the buffers, and the tied
+    /// tensors under each of their names.
     pub fn state_dict(&self, var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
-        let mut tensors: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
+        let variables = var_store.variables();
+        let mut tensors: Vec<(String, Tensor)> =
+            variables.iter().map(|(name, t)| (name.clone(), t.shallow_clone())).collect();
         let buffers = self.visual_encoder.buffers().into_iter();
         tensors.extend(buffers.map(|(name, buffer)| (format!("visual_encoder.{name}"), buffer)));
+        if let Some(caption) = &self.caption {
+            tensors.extend(caption.buffers());
+            let aliases = caption.aliases();
+            for (name, tensor) in &variables {
+                for (alias, canonical) in &aliases {
+                    if let Some(rest) =
+                        name.strip_prefix(canonical.as_str()).filter(|rest| rest.is_empty() || rest.starts_with('.'))
+                    {
+                        tensors.push((format!("{alias}{rest}"), tensor.shallow_clone()));
+                    }
+                }
+            }
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         tensors
+    }
+
+    /// Names a checkpoint of this model gives tied tensors, with the variable each ties to.
+    pub fn aliases(&self) -> Vec<(String, String)> {
+        self.caption.as_ref().map(CaptionBranch::aliases).unwrap_or_default()
+    }
+
+    /// RAM's caption branch, when the model has it.
+    pub fn caption(&self) -> Option<&CaptionBranch> {
+        self.caption.as_ref()
     }
 
     /// `image_proj` of the encoder's output: `(batch, 1 + tokens, 512)`, the average token

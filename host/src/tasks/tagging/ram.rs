@@ -55,6 +55,7 @@ use crate::models::clip::{Clip, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::models::pth;
+use crate::models::ram_caption;
 use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, tag_loss};
 use crate::models::relative_position;
 use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
@@ -245,17 +246,20 @@ fn load_starting(
     teacher: Option<&Teacher>,
     allow_partial: bool,
 ) -> Result<Vec<String>, EngineError> {
-    let not_label_embed = |name: &str| (name != "label_embed").then(|| name.to_string());
+    // A tied tensor's copies load into its one variable.
+    let aliases = model.aliases();
+    let variable = |name: &str| (name != "label_embed").then(|| ram_caption::canonical_name(name, &aliases));
     let (tensors, resized) = fit_position_tables(var_store, starting)?;
-    let report = pretrained::load_tensors_named(var_store, &starting.file, &tensors, not_label_embed, allow_partial)
-        .map_err(|err| match err {
+    let report = pretrained::load_tensors_named(var_store, &starting.file, &tensors, variable, allow_partial).map_err(
+        |err| match err {
             PretrainedError::Missing { .. } => EngineError::Config(format!(
                 "--model {}: {err}; pass --allow-partial to start those from scratch",
                 starting.file.display()
             )),
             other => other.into(),
-        })?;
-    let weights = format!("weights: {}", ram_plus::describe_load(var_store, &report, &tensors));
+        },
+    )?;
+    let weights = format!("weights: {}", ram_plus::describe_load(model, var_store, &report, &tensors));
     let descriptions = descriptions.map(read_descriptions).transpose()?;
     let mut lines = vec![weights];
     lines.extend(resized);
@@ -793,14 +797,17 @@ impl Task for RamTaggingTask {
     }
 
     /// `label_embed` is frozen, as in recognize-anything; a part no loss of the run reaches
-    /// is not trained (the head under `distill` alone).
+    /// is not trained (the head under `distill` alone, RAM's caption branch, which no loss
+    /// here reaches but through the layers it shares with the head).
     fn parameter_group(&self, name: &str) -> Option<usize> {
         let in_image_encoder = name.starts_with("visual_encoder.") || name.starts_with("image_proj.");
-        let reached = self.losses.iter().any(|loss| match loss {
-            TagLoss::Tag => true,
-            TagLoss::Align => name != "reweight_scale",
-            TagLoss::Distill => in_image_encoder,
-        });
+        let in_caption_branch = ram_plus::part_of(name) == ram_plus::CAPTION_BRANCH;
+        let reached = !in_caption_branch
+            && self.losses.iter().any(|loss| match loss {
+                TagLoss::Tag => true,
+                TagLoss::Align => name != "reweight_scale",
+                TagLoss::Distill => in_image_encoder,
+            });
         if name == "label_embed" || !reached {
             return None;
         }
