@@ -286,30 +286,23 @@ fn tag_files() -> tempfile::TempDir {
 /// `trainer train` of the fixture RAM++ as initialised on the mosaics, its tag list the
 /// mosaics' ten garments, with its teacher, after a warmup of 30 steps at `lr`.
 fn train_ram_plus(run_dir: &Path, tags: &Path, lr: &str, extra: &[&str]) -> std::process::Output {
-    let fixtures = fixtures();
-    let (model, teacher) = (fixtures.join("ram_plus-init.pth"), fixtures.join("teacher"));
-    let (model_tags, descriptions) = (tags.join("model_tags.txt"), tags.join("descriptions.json"));
-    let mut args = vec![
-        "--task",
-        "tagging",
-        "--model",
-        model.to_str().unwrap(),
-        "--model-tags",
-        model_tags.to_str().unwrap(),
-        "--tag-descriptions",
-        descriptions.to_str().unwrap(),
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--batch-size",
-        "32",
-        "--seed",
-        "2",
-        "--lr",
-        lr,
-    ];
+    let descriptions = tags.join("descriptions.json");
+    let mut args = vec!["--tag-descriptions", descriptions.to_str().unwrap(), "--batch-size", "32", "--seed", "2"];
+    args.extend(["--lr", lr]);
     args.extend(extra);
     let warmup = vec![format!("{}:warmup_steps=30", common::policy("cosine_warmup").display())];
-    common::train_cpu(run_dir, &warmup, &args)
+    train_fixture(run_dir, "ram_plus-init.pth", tags, &warmup, &args)
+}
+
+/// `trainer train --task tagging` of the fixture model `file`, its tags those of `tags`'s
+/// `model_tags.txt`, with the fixture teacher, under `policies`.
+fn train_fixture(run_dir: &Path, file: &str, tags: &Path, policies: &[String], extra: &[&str]) -> std::process::Output {
+    let fixtures = fixtures();
+    let (model, teacher, model_tags) = (fixtures.join(file), fixtures.join("teacher"), tags.join("model_tags.txt"));
+    let mut args = vec!["--task", "tagging", "--model", model.to_str().unwrap()];
+    args.extend(["--model-tags", model_tags.to_str().unwrap(), "--teacher", teacher.to_str().unwrap()]);
+    args.extend(extra);
+    common::train_cpu(run_dir, policies, &args)
 }
 
 #[test]
@@ -547,18 +540,7 @@ fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_r
         "{}:crop_scale_min=0.2,flip_prob=0.5,color_jitter=0,randaugment_ops=2,randaugment_magnitude=5,ramp_steps=0",
         common::policy("aug_curriculum").display()
     );
-    let fixtures = fixtures();
-    let (model, teacher) = (fixtures.join("ram_plus-init.pth"), fixtures.join("teacher"));
-    let model_tags = tags.path().join("model_tags.txt");
     let args = [
-        "--task",
-        "tagging",
-        "--model",
-        model.to_str().unwrap(),
-        "--model-tags",
-        model_tags.to_str().unwrap(),
-        "--teacher",
-        teacher.to_str().unwrap(),
         "--image-size",
         "224",
         "--data",
@@ -575,7 +557,7 @@ fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_r
         "0",
     ];
     let policies = [format!("{}", common::policy("constant").display()), transform];
-    let output = common::train_cpu(run.path(), &policies, &args);
+    let output = train_fixture(run.path(), "ram_plus-init.pth", tags.path(), &policies, &args);
     common::assert_success(&output);
     let report = String::from_utf8_lossy(&output.stdout).into_owned() + &common::stderr(&output);
     assert!(
@@ -583,7 +565,7 @@ fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_r
         "{report}"
     );
     let saved = read(&run.path().join("final/model.safetensors"));
-    let expected = read(&fixtures.join("relative_position-expected.safetensors"));
+    let expected = read(&fixtures().join("relative_position-expected.safetensors"));
     let mut compared = 0;
     for (name, table) in &expected {
         let Some(name) = name.strip_prefix("ram_plus.224.") else { continue };
@@ -603,32 +585,11 @@ fn a_ram_plus_at_another_image_size_starts_from_resized_tables_and_trains_with_r
 #[test]
 fn a_ram_run_trains_the_tagging_branch_and_saves_the_caption_branch_with_it() {
     use trainer::models::ram_caption::canonical_name;
-    let fixtures = fixtures();
-    let (model, teacher) = (fixtures.join("ram.pth"), fixtures.join("teacher"));
     let (tags, run) = (tag_files(), tempfile::tempdir().unwrap());
-    let model_tags = tags.path().join("model_tags.txt");
-    let args = [
-        "--task",
-        "tagging",
-        "--model",
-        model.to_str().unwrap(),
-        "--model-tags",
-        model_tags.to_str().unwrap(),
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--losses",
-        "tag",
-        "--batch-size",
-        "8",
-        "--steps",
-        "2",
-        "--lr",
-        "1e-2",
-        "--weight-decay",
-        "0.1",
-    ];
-    let output = common::train_cpu(run.path(), &[common::policy("constant").display().to_string()], &args);
-    common::assert_success(&output);
+    let args = ["--losses", "tag", "--batch-size", "8", "--steps", "2", "--lr", "1e-2", "--weight-decay", "0.1"];
+    let constant = [common::policy("constant").display().to_string()];
+    common::assert_success(&train_fixture(run.path(), "ram.pth", tags.path(), &constant, &args));
+    let model = fixtures().join("ram.pth");
     let original = pretrained::read_tensors(&model).unwrap();
     let saved = pretrained::read_tensors(&run.path().join("final/model.pth")).unwrap();
     let names = |tensors: &HashMap<String, Tensor>| tensors.keys().cloned().collect::<BTreeSet<String>>();
