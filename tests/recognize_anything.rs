@@ -14,6 +14,7 @@ use trainer::models::bert::{BertConfig, BertTextConfig};
 use trainer::models::pretrained;
 use trainer::models::ram_plus::{self, RamPlus, RamPlusConfig};
 use trainer::models::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
+use trainer::models::text_generation::Search;
 
 /// The reference's files, made once for the tests of this binary.
 fn fixtures() -> &'static Path {
@@ -233,6 +234,22 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
         compared += 1;
     }
     assert_eq!(compared, 5, "a tied head weight, the image encoder, both text models, the output head");
+
+    // Captions as transformers' `generate` writes them, greedy and with RAM's beam search.
+    let prompt = Vec::<i64>::try_from(expected["prompt_ids"].view([-1])).unwrap();
+    let eos = 3;
+    let caption_search = trainer::models::ram_caption::caption_search(eos);
+    for (name, search) in [("greedy", Search { beams: 1, ..caption_search }), ("beam", caption_search)] {
+        let ours = caption.generate(&tag_tokens.detach(), &prompt, &search, Kind::Float);
+        let theirs = Vec::<Vec<i64>>::try_from(&expected[&format!("captions.{name}")]).unwrap();
+        // transformers fills what follows the end with the end token (its pad id is 0).
+        let ended = |ids: &Vec<i64>| -> Vec<i64> {
+            let end =
+                ids[prompt.len()..].iter().position(|&id| id == eos).map_or(ids.len(), |at| prompt.len() + at + 1);
+            ids[..end].to_vec()
+        };
+        assert_eq!(ours, theirs.iter().map(ended).collect::<Vec<_>>(), "{name}");
+    }
 }
 
 #[test]

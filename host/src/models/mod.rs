@@ -14,3 +14,4 @@ pub mod ram_plus;
 pub mod relative_position;
 pub mod swin;
 pub mod tagger;
+pub mod text_generation;

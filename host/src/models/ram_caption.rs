@@ -24,6 +24,7 @@ use super::bert::{
     BertConfig, BertCrossLayer, BertLmHead, BertTextConfig, BertTextModel, HEAD_WIDTH, IGNORED, language_model_loss,
 };
 use super::ram_plus::EMBED_DIM;
+use super::text_generation::{self, Search};
 use crate::files::FileError;
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +35,14 @@ use tch::{Kind, Tensor, nn};
 pub const PROMPT_TOKENS: i64 = 4;
 /// RAM's `max_length` of the tag string and of captions, in tokens.
 pub const MAX_TOKENS: i64 = 40;
+/// The text captions continue.
+pub const PROMPT: &str = "a picture of ";
+
+/// How recognize-anything's Tag2Text captions (`generate`): 3 beams, 30 tokens at most and
+/// 5 at least, the prompt included, no length penalty, ending at `[SEP]`, `eos`.
+pub fn caption_search(eos: i64) -> Search {
+    Search { beams: 3, max_length: 30, min_length: 5, length_penalty: 1.0, eos }
+}
 /// The end of the names of the embeddings' position buffers.
 pub const POSITION_IDS: &str = "embeddings.position_ids";
 const TAG_ENCODER: &str = "tag_encoder";
@@ -130,6 +139,25 @@ impl CaptionBranch {
     pub fn t2t_loss(&self, caption_ids: &Tensor, caption_mask: &Tensor, tag_tokens: &Tensor, compute: Kind) -> Tensor {
         let logits = self.caption_logits(caption_ids, caption_mask, tag_tokens, compute);
         language_model_loss(&logits, &caption_targets(caption_ids, caption_mask))
+    }
+
+    /// Captions of the images whose tag encoder tokens are `tag_tokens` (`(batch, tag
+    /// tokens, hidden)`), continuing `prompt` (ids, `[DEC]` first) as `search` says: each
+    /// image's ids, the prompt first, up to and with the end token when there is one.
+    pub fn generate(&self, tag_tokens: &Tensor, prompt: &[i64], search: &Search, compute: Kind) -> Vec<Vec<i64>> {
+        let device = tag_tokens.device();
+        let prompts = vec![prompt.to_vec(); tag_tokens.size()[0] as usize];
+        tch::no_grad(|| {
+            text_generation::generate(&prompts, search, |ids, images| {
+                let rows_per_image = ids.size()[0] / images.len() as i64;
+                let images: Vec<i64> = images.iter().map(|&image| image as i64).collect();
+                let index =
+                    Tensor::from_slice(&images).to_device(device).repeat_interleave_self_int(rows_per_image, 0, None);
+                let ids = ids.to_device(device);
+                let logits = self.caption_logits(&ids, &ids.ones_like(), &tag_tokens.index_select(0, &index), compute);
+                logits.select(1, logits.size()[1] - 1).log_softmax(-1, Kind::Float)
+            })
+        })
     }
 
     /// Names of the checkpoint that are another tensor of this branch, with the name of the

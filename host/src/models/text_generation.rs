@@ -1,0 +1,201 @@
+//! Text generation from a decoder's next-token log-probabilities: greedy search and beam
+//! search with the rules of Hugging Face transformers' `generate` (the 5.x beam search,
+//! which recognize-anything's captioning calls through BLIP's `BertLMHeadModel`):
+//!
+//! - a sequence ends at `eos`, which cannot come before the sequence (prompt included) is
+//!   `min_length` tokens long, or at `max_length` tokens;
+//! - each step keeps, per input, the `2 x beams` best continuations of all beams by summed
+//!   log-probability; the best `beams` of them that did not end run on, and those among the
+//!   first `beams` that ended are offered to the finished list, scored by their sum over
+//!   their generated length (eos included) to the power `length_penalty`;
+//! - an input stops when every finished slot is filled and no running beam, scored at its
+//!   current length, could beat the worst finished one; the best finished sequence is the
+//!   result.
+//!
+//! The model is asked for whole prefixes each step (no cache of keys and values): captions
+//! are a few tens of tokens.
+
+use tch::{Kind, Tensor};
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Search {
+    /// 1: greedy.
+    pub beams: usize,
+    pub max_length: usize,
+    pub min_length: usize,
+    pub length_penalty: f64,
+    pub eos: i64,
+}
+
+/// What transformers' beam search adds to a score to rule a candidate out.
+const RULED_OUT: f64 = -1.0e9;
+
+/// For each of `prompts` (token ids, prompt included), the generated sequence, the prompt
+/// first, up to and with its `eos` when it has one. `log_probs(ids, rows)` gives the
+/// next-token log-probabilities `(rows.len() * k, vocab)` of the prefixes `ids`
+/// (`(rows.len() * k, length)`) where row `r` of `ids` belongs to input `rows[r / k]`,
+/// `k` being the beams.
+pub fn generate(
+    prompts: &[Vec<i64>],
+    search: &Search,
+    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
+) -> Vec<Vec<i64>> {
+    if search.beams <= 1 {
+        greedy(prompts, search, log_probs)
+    } else {
+        prompts.iter().enumerate().map(|(input, prompt)| beam_search(input, prompt, search, &mut log_probs)).collect()
+    }
+}
+
+/// The log-probabilities of `rows` (each `(vocab)`) with `eos` ruled out while the
+/// sequences are shorter than `min_length`.
+fn processed(log_probs: Tensor, length: usize, search: &Search) -> Vec<Vec<f32>> {
+    let log_probs = log_probs.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+    let mut rows = Vec::<Vec<f32>>::try_from(&log_probs).expect("log-probabilities are (rows, vocab)");
+    if length < search.min_length {
+        for row in &mut rows {
+            row[search.eos as usize] = f32::NEG_INFINITY;
+        }
+    }
+    rows
+}
+
+fn ids_tensor(sequences: &[&Vec<i64>]) -> Tensor {
+    let length = sequences[0].len() as i64;
+    let flat: Vec<i64> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
+    Tensor::from_slice(&flat).view([sequences.len() as i64, length])
+}
+
+fn greedy(
+    prompts: &[Vec<i64>],
+    search: &Search,
+    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
+) -> Vec<Vec<i64>> {
+    let mut sequences: Vec<Vec<i64>> = prompts.to_vec();
+    let mut running: Vec<usize> = (0..prompts.len()).collect();
+    while !running.is_empty() {
+        // Prompts of one length run together, as a batch.
+        let length = sequences[running[0]].len();
+        if length >= search.max_length {
+            break;
+        }
+        let batch: Vec<&Vec<i64>> = running.iter().map(|&input| &sequences[input]).collect();
+        let rows = processed(log_probs(&ids_tensor(&batch), &running), length, search);
+        for (&input, row) in running.iter().zip(&rows) {
+            let best = (0..row.len()).fold(0, |best, token| if row[token] > row[best] { token } else { best });
+            sequences[input].push(best as i64);
+        }
+        running.retain(|&input| *sequences[input].last().expect("one token at least") != search.eos);
+    }
+    sequences
+}
+
+/// A beam of an input: its tokens and summed log-probability (float32, as transformers
+/// keeps it).
+#[derive(Debug, Clone)]
+struct Beam {
+    tokens: Vec<i64>,
+    score: f32,
+}
+
+fn beam_search(
+    input: usize,
+    prompt: &[i64],
+    search: &Search,
+    log_probs: &mut impl FnMut(&Tensor, &[usize]) -> Tensor,
+) -> Vec<i64> {
+    let beams = search.beams;
+    let prompt_length = prompt.len();
+    // Only the first beam starts; the others are copies ruled out until they diverge.
+    let mut running: Vec<Beam> = (0..beams)
+        .map(|beam| Beam { tokens: prompt.to_vec(), score: if beam == 0 { 0.0 } else { RULED_OUT as f32 } })
+        .collect();
+    // Finished sequences with their length-normalised scores, best first, `beams` at most.
+    let mut finished: Vec<(Vec<i64>, f32)> = Vec::new();
+    let normalised = |score: f32, generated: usize| score / (generated as f32).powf(search.length_penalty as f32);
+    let mut length = prompt_length;
+    while length < search.max_length {
+        let batch: Vec<&Vec<i64>> = running.iter().map(|beam| &beam.tokens).collect();
+        let rows = processed(log_probs(&ids_tensor(&batch), &[input]), length, search);
+        // Every (beam, token) by summed log-probability; the 2 x beams best, as topk gives
+        // them (descending; the lower flat index first among equals).
+        let mut candidates: Vec<(f32, usize, i64)> = Vec::with_capacity(beams * rows[0].len());
+        for (index, (beam, row)) in running.iter().zip(&rows).enumerate() {
+            candidates.extend(row.iter().enumerate().map(|(token, &p)| (p + beam.score, index, token as i64)));
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        candidates.truncate(2 * beams);
+        let at_max = length + 1 >= search.max_length;
+        let ends = |token: i64| token == search.eos || at_max;
+        let extended = |beam: usize, token: i64| {
+            let mut tokens = running[beam].tokens.clone();
+            tokens.push(token);
+            tokens
+        };
+        for (rank, &(score, beam, token)) in candidates.iter().enumerate() {
+            if rank < beams && ends(token) {
+                finished.push((extended(beam, token), normalised(score, length + 1 - prompt_length)));
+            }
+        }
+        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+        finished.truncate(beams);
+        let next: Vec<Beam> = candidates
+            .iter()
+            .filter(|&&(_, _, token)| !ends(token))
+            .take(beams)
+            .map(|&(score, beam, token)| Beam { tokens: extended(beam, token), score })
+            .collect();
+        length += 1;
+        // Go on while a slot is free or the best running beam, at its length, beats the
+        // worst finished sequence.
+        let improvable = next.len() == beams
+            && (finished.len() < beams
+                || normalised(next[0].score, length - prompt_length) > finished.last().expect("beams finished").1);
+        if !improvable {
+            break;
+        }
+        running = next;
+    }
+    finished.into_iter().next().map_or_else(|| running.swap_remove(0).tokens, |(tokens, _)| tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "model" whose next token's log-probabilities depend on the last token only.
+    fn table(next: &[[f32; 4]; 4]) -> impl FnMut(&Tensor, &[usize]) -> Tensor + '_ {
+        move |ids: &Tensor, _rows: &[usize]| {
+            let last = ids.select(1, ids.size()[1] - 1);
+            let last = Vec::<i64>::try_from(&last).unwrap();
+            let rows: Vec<f32> = last.iter().flat_map(|&t| next[t as usize].map(f32::ln)).collect();
+            Tensor::from_slice(&rows).view([last.len() as i64, 4])
+        }
+    }
+
+    const EOS: i64 = 3;
+
+    #[test]
+    fn greedy_takes_the_likeliest_token_and_holds_eos_back_until_the_minimum_length() {
+        // After 0: 1 likeliest; after 1: eos likeliest, then 2; after 2: eos.
+        let next = [[0.1, 0.6, 0.2, 0.1], [0.1, 0.1, 0.3, 0.5], [0.1, 0.1, 0.1, 0.7], [0.25; 4]];
+        let search = Search { beams: 1, max_length: 10, min_length: 3, length_penalty: 1.0, eos: EOS };
+        // [0] -> 1 (length 2 < 3: no eos) -> 2 -> eos.
+        assert_eq!(generate(&[vec![0]], &search, table(&next)), vec![vec![0, 1, 2, 3]]);
+        let longer = Search { min_length: 1, ..search };
+        assert_eq!(generate(&[vec![0], vec![2]], &longer, table(&next)), vec![vec![0, 1, 3], vec![2, 3]]);
+        let short = Search { max_length: 2, ..search };
+        assert_eq!(generate(&[vec![0]], &short, table(&next)), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn beam_search_finds_the_likelier_sequence_greedy_misses() {
+        // Greedy: 0 -> 1 (0.5) -> eos (0.3): 0.15. Beam: 0 -> 2 (0.4) -> eos (0.9): 0.36.
+        let next = [[0.05, 0.5, 0.4, 0.05], [0.3, 0.2, 0.2, 0.3], [0.05, 0.025, 0.025, 0.9], [0.25; 4]];
+        let greedy = Search { beams: 1, max_length: 3, min_length: 0, length_penalty: 1.0, eos: EOS };
+        assert_eq!(generate(&[vec![0]], &greedy, table(&next)), vec![vec![0, 1, 0]]);
+        let beam = Search { beams: 2, ..greedy };
+        assert_eq!(generate(&[vec![0]], &beam, table(&next)), vec![vec![0, 2, 3]]);
+    }
+}
