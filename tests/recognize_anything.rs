@@ -221,7 +221,7 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
     let logits = caption.caption_logits(ids, mask, &tag_tokens, Kind::Float);
     let difference = max_difference(&logits, &expected["caption_logits"]);
     assert!(difference <= 1e-4, "the decoder's logits differ by {difference}");
-    let t2t = caption.t2t_loss(ids, mask, &tag_tokens, Kind::Float);
+    let t2t = caption.t2t_loss(ids, mask, &tag_tokens, Kind::Float, tch::Reduction::Mean);
     let (ours, theirs) = (t2t.double_value(&[]), expected["t2t"].double_value(&[]));
     assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "t2t: {ours} vs {theirs}");
     t2t.backward();
@@ -517,6 +517,25 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
         common::read_json(&from_manifest.join("eval.json")),
         common::read_json(&from_finetune.join("eval.json"))
     );
+
+    // RAM on the same file: its default terms with a teacher are `tag`, `distill` and `t2t`,
+    // the caption decoder's loss for each drawn caption given its own parsed tags; it falls.
+    let ram_run = dir.path().join("ram-run");
+    let vocabulary = fixtures().join("bert_vocab");
+    let args = [
+        ["--data", finetune.to_str().unwrap(), "--tags", run_tags.to_str().unwrap()],
+        ["--text-tokenizer", vocabulary.to_str().unwrap(), "--steps", "20"],
+        ["--lr", "1e-3", "--batch-size", "8"],
+    ]
+    .concat();
+    let constant = [common::policy("constant").display().to_string()];
+    let trained = train_fixture(&ram_run, "ram.pth", tags.path(), &constant, &args);
+    common::assert_success(&trained);
+    let report = String::from_utf8_lossy(&trained.stdout).into_owned() + &common::stderr(&trained);
+    assert!(report.contains("losses tag, distill, t2t"), "{report}");
+    let t2t: Vec<f64> = losses(&ram_run).iter().map(|losses| losses["t2t"].as_f64().unwrap()).collect();
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
+    assert!(t2t.len() == 20 && mean(&t2t[15..]) < 0.8 * mean(&t2t[..5]), "t2t falls: {t2t:?}");
 
     // An id past the tag list: the file was written for another list.
     entries[3]["union_label_id"] = serde_json::json!([2, 12]);

@@ -26,6 +26,9 @@ pub struct CaptionedSample {
     /// Tags given as positions in a tag list (recognize-anything's finetune JSON), checked
     /// against the list by the task that has it.
     pub tag_ids: Vec<i64>,
+    /// Each caption's own tags as such positions (the finetune JSON's `parse_label_id`):
+    /// RAM's tag encoder reads them with the caption. Empty when the data gives none.
+    pub caption_tag_ids: Vec<Vec<i64>>,
     pub origin: Origin,
 }
 
@@ -228,6 +231,7 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<CaptionedDa
                     captions,
                     tags: entry.tags,
                     tag_ids: Vec::new(),
+                    caption_tag_ids: Vec::new(),
                     origin: Origin::ManifestLine { manifest: path.to_path_buf(), line: line_number },
                 });
             }
@@ -267,6 +271,18 @@ fn read_ram_finetune(path: &Path, base: &Path, skip_bad: bool) -> Result<Caption
             }
             Err(err) => return Err(FileError::format(path, format!("entry {index}: {err}"))),
         };
+        if !entry.parse_label_id.is_empty() && entry.parse_label_id.len() != entry.caption.len() {
+            let problem = format!(
+                "{} captions but {} lists in `parse_label_id` (one per caption)",
+                entry.caption.len(),
+                entry.parse_label_id.len()
+            );
+            if skip_bad {
+                data.skipped.push(format!("{origin}: {problem}"));
+                continue;
+            }
+            return Err(FileError::format(path, format!("entry {index}: {problem}")));
+        }
         let mut tag_ids = entry.union_label_id.unwrap_or_else(|| entry.parse_label_id.concat());
         tag_ids.sort_unstable();
         tag_ids.dedup();
@@ -275,6 +291,7 @@ fn read_ram_finetune(path: &Path, base: &Path, skip_bad: bool) -> Result<Caption
             captions: entry.caption.iter().map(|caption| ram_caption(caption, 30)).collect(),
             tags: Vec::new(),
             tag_ids,
+            caption_tag_ids: entry.parse_label_id,
             origin,
         });
     }
@@ -344,6 +361,7 @@ fn read_coco(path: &Path, image_dir: PathBuf) -> Result<CaptionedData, FileError
             captions,
             tags: Vec::new(),
             tag_ids: Vec::new(),
+            caption_tag_ids: Vec::new(),
             origin: Origin::CocoImage { annotations: path.to_path_buf(), id: image.id },
         })
         .collect();

@@ -296,16 +296,10 @@ impl BertLmHead {
 
 /// `BertLMHeadModel`'s loss: cross-entropy of each position's `logits` for the next
 /// token's label in `labels` (`(batch, tokens)`; [`IGNORED`] ones left out), with label
-/// smoothing 0.1, averaged over the labels counted.
-pub fn language_model_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+/// smoothing 0.1, averaged over the labels counted (`Mean`, as `bert.py`) or summed.
+pub fn language_model_loss(logits: &Tensor, labels: &Tensor, reduction: tch::Reduction) -> Tensor {
     let (batch, tokens, vocab) = logits.size3().expect("logits are (batch, tokens, vocab)");
     let predicted = logits.narrow(1, 0, tokens - 1).reshape([batch * (tokens - 1), vocab]);
     let next = labels.narrow(1, 1, tokens - 1).reshape([-1]);
-    predicted.to_kind(Kind::Float).cross_entropy_loss(
-        &next,
-        None::<Tensor>,
-        tch::Reduction::Mean,
-        IGNORED,
-        LABEL_SMOOTHING,
-    )
+    predicted.to_kind(Kind::Float).cross_entropy_loss(&next, None::<Tensor>, reduction, IGNORED, LABEL_SMOOTHING)
 }

@@ -135,10 +135,18 @@ impl CaptionBranch {
         self.text_decoder.logits(caption_ids, caption_mask, tag_tokens, compute)
     }
 
-    /// `t2t`: the decoder's loss for `caption_ids` with `caption_mask` over `tag_tokens`.
-    pub fn t2t_loss(&self, caption_ids: &Tensor, caption_mask: &Tensor, tag_tokens: &Tensor, compute: Kind) -> Tensor {
+    /// `t2t`: the decoder's loss for `caption_ids` with `caption_mask` over `tag_tokens`,
+    /// averaged over the counted targets (`Mean`, as RAM) or summed.
+    pub fn t2t_loss(
+        &self,
+        caption_ids: &Tensor,
+        caption_mask: &Tensor,
+        tag_tokens: &Tensor,
+        compute: Kind,
+        reduction: tch::Reduction,
+    ) -> Tensor {
         let logits = self.caption_logits(caption_ids, caption_mask, tag_tokens, compute);
-        language_model_loss(&logits, &caption_targets(caption_ids, caption_mask))
+        language_model_loss(&logits, &caption_targets(caption_ids, caption_mask), reduction)
     }
 
     /// Captions of the images whose tag encoder tokens are `tag_tokens` (`(batch, tag

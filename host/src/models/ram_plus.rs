@@ -256,6 +256,11 @@ impl RamPlus {
         self.visual_encoder.set_compute_kind(kind);
     }
 
+    /// The kind attention and MLPs compute in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute.kind
+    }
+
     /// Activation checkpointing of the Swin blocks.
     pub fn set_grad_checkpointing(&mut self, on: bool) {
         self.visual_encoder.set_grad_checkpointing(on);

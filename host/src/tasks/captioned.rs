@@ -246,6 +246,12 @@ impl CaptionedTraining {
         Ok((&held_out.pixels, &held_out.samples))
     }
 
+    /// Which of its captions `sample` trains with at `step`.
+    pub fn drawn_caption(&self, step: u64, sample: usize) -> usize {
+        let epoch = self.sampler.epoch_of(step);
+        caption_draw(self.seed, epoch, sample as u64, self.samples[sample].captions.len())
+    }
+
     fn items(&mut self, step: u64) -> Vec<Item> {
         let epoch = self.sampler.epoch_of(step);
         let seed = self.seed;

@@ -66,9 +66,12 @@ pub enum TagLoss {
     Tag,
     Align,
     Distill,
+    /// RAM's caption branch: the decoder's loss for the caption given its tags.
+    T2t,
 }
 
 impl TagLoss {
+    /// The CLIP tagger's terms.
     pub const ALL: [TagLoss; 3] = [TagLoss::Tag, TagLoss::Align, TagLoss::Distill];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +79,7 @@ impl TagLoss {
             TagLoss::Tag => "tag",
             TagLoss::Align => "align",
             TagLoss::Distill => "distill",
+            TagLoss::T2t => "t2t",
         }
     }
 
@@ -86,6 +90,7 @@ impl TagLoss {
             TagLoss::Tag => vision || name.starts_with(HEAD_PREFIX),
             TagLoss::Align => !name.starts_with(HEAD_PREFIX),
             TagLoss::Distill => vision || name.starts_with("visual_projection."),
+            TagLoss::T2t => false,
         }
     }
 
@@ -94,6 +99,7 @@ impl TagLoss {
             TagLoss::Tag => "grad_share_tag",
             TagLoss::Align => "grad_share_align",
             TagLoss::Distill => "grad_share_distill",
+            TagLoss::T2t => "grad_share_t2t",
         }
     }
 }
@@ -127,6 +133,9 @@ pub struct TaggingConfig {
     /// The side a RAM's image encoder works at, when not its checkpoint's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<i64>,
+    /// bert-base-uncased's tokenizer for RAM's caption branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tokenizer: Option<PathBuf>,
 }
 
 fn all_losses() -> Vec<TagLoss> {
@@ -136,7 +145,8 @@ fn all_losses() -> Vec<TagLoss> {
 /// The flags only tagging has.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TaggingArgs {
-    /// The loss terms of a tagging run, comma-separated [default: tag,align,distill; --task tagging].
+    /// The loss terms of a tagging run, comma-separated; `t2t` is RAM's caption branch
+    /// [default: tag,align,distill; a RAM++ or RAM picks its own; --task tagging].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub losses: Option<Vec<TagLoss>>,
     /// Tag vocabulary of a tagging manifest: one tag per line [--task tagging].
@@ -167,6 +177,10 @@ pub struct TaggingArgs {
     /// tables are resized to the window as its loader resizes them [default: the checkpoint's].
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<i64>,
+    /// bert-base-uncased's tokenizer for RAM's caption branch (`t2t`): a folder with its
+    /// `vocab.txt` or `tokenizer.json`; `[DEC]` and `[ENC]` are added as RAM adds them.
+    #[arg(long, value_name = "DIR")]
+    pub text_tokenizer: Option<PathBuf>,
 }
 
 impl TaggingArgs {
@@ -180,14 +194,15 @@ impl TaggingArgs {
             ("--tag-descriptions", self.tag_descriptions.is_some()),
             ("--thresholds", self.thresholds.is_some()),
             ("--image-size", self.image_size.is_some()),
+            ("--text-tokenizer", self.text_tokenizer.is_some()),
         ])
     }
 
     /// The settings of a tagging run. Its losses by default: all three, but for a RAM
     /// without a teacher, whose only term is then `tag`.
     pub fn config(&self, inputs: Inputs) -> TaggingConfig {
-        let tag_only = self.teacher.is_none() && inputs.model.as_deref().is_some_and(ram::is_ram);
-        let default_losses = if tag_only { vec![TagLoss::Tag] } else { all_losses() };
+        // A RAM's terms depend on its checkpoint and teacher: it picks them when none are given.
+        let default_losses = if inputs.model.as_deref().is_some_and(ram::is_ram) { Vec::new() } else { all_losses() };
         TaggingConfig {
             inputs,
             losses: self.losses.clone().unwrap_or(default_losses),
@@ -198,6 +213,7 @@ impl TaggingArgs {
             tag_descriptions: self.tag_descriptions.clone().map(absolute),
             thresholds: self.thresholds.clone().map(absolute),
             image_size: self.image_size,
+            text_tokenizer: self.text_tokenizer.clone().map(absolute),
         }
     }
 }
@@ -274,6 +290,12 @@ struct TagBatch {
     /// Each row's sample index: the key of its augmentation draws.
     samples: Vec<i64>,
     skipped: Vec<String>,
+    /// Each row's caption as drawn for the step (none from shards, whose captions stay with
+    /// their loader).
+    captions: Vec<String>,
+    /// The tag columns of each row's caption: its own (recognize-anything's
+    /// `parse_label_id`), else the row's.
+    caption_tags: Vec<Vec<usize>>,
 }
 
 impl TagBatch {
@@ -281,7 +303,8 @@ impl TagBatch {
     fn of(batch: TrainBatch, rows: &[&[usize]], tag_count: usize) -> Self {
         let targets = multi_hot(rows, tag_count).to_device(batch.pixels.device());
         let TrainBatch { pixels, input_ids, samples, skipped } = batch;
-        TagBatch { pixels, targets, input_ids, samples, skipped }
+        let caption_tags = rows.iter().map(|row| row.to_vec()).collect();
+        TagBatch { pixels, targets, input_ids, samples, skipped, captions: Vec::new(), caption_tags }
     }
 }
 
@@ -297,6 +320,9 @@ enum TagSource {
     Files {
         data: Box<CaptionedTraining>,
         tags: Vec<Vec<usize>>,
+        /// `caption_tags[sample][caption]`: each caption's own tag indices, where the data
+        /// gives them.
+        caption_tags: Vec<Vec<Vec<usize>>>,
         manifest: PathBuf,
         /// Samples that came without captions (theirs name their tags).
         uncaptioned: usize,
@@ -364,12 +390,23 @@ impl TagSource {
                 let samples = sampler.batch(step).to_vec();
                 let batch = train.batch(&samples);
                 let input_ids = text.tokenize(&batch.captions);
-                Ok(TagBatch { pixels: batch.pixels, targets: batch.targets, input_ids, samples, skipped: Vec::new() })
+                let caption_tags = tag_rows(&batch.targets);
+                let (pixels, targets, captions) = (batch.pixels, batch.targets, batch.captions);
+                Ok(TagBatch { pixels, targets, input_ids, samples, skipped: Vec::new(), captions, caption_tags })
             }
-            TagSource::Files { data, tags, .. } => {
+            TagSource::Files { data, tags, caption_tags, .. } => {
                 let batch = data.batch(step, last_step)?;
                 let rows: Vec<&[usize]> = batch.samples.iter().map(|&s| tags[s as usize].as_slice()).collect();
-                Ok(TagBatch::of(batch, &rows, text.tag_count))
+                let mut tagged = TagBatch::of(batch, &rows, text.tag_count);
+                for (row, &sample) in tagged.samples.iter().enumerate() {
+                    let sample = sample as usize;
+                    let drawn = data.drawn_caption(step, sample);
+                    tagged.captions.push(data.samples()[sample].captions[drawn].clone());
+                    if let Some(own) = caption_tags[sample].get(drawn) {
+                        tagged.caption_tags[row] = own.clone();
+                    }
+                }
+                Ok(tagged)
             }
             TagSource::Shards { data, .. } => {
                 let (batch, tags) = data.tagged_batch(step, last_step)?;
@@ -403,26 +440,34 @@ impl TagSource {
                 let batch = if final_split { test } else { validation }.batch(&indices);
                 let input_ids = text.tokenize(&batch.captions);
                 Ok(TagBatch {
+                    caption_tags: tag_rows(&batch.targets),
                     pixels: batch.pixels,
                     targets: batch.targets,
                     input_ids,
                     samples: indices,
                     skipped: vec![],
+                    captions: batch.captions,
                 })
             }
-            TagSource::Files { data, tags, .. } => {
+            TagSource::Files { data, tags, caption_tags, .. } => {
                 let (pixels, samples) = data.held_out_images()?;
                 let pixels =
                     pixels.narrow(0, start as i64, count as i64).to_device(device).to_kind(Kind::Float) / 255.0;
                 let samples = samples[start..start + count].to_vec();
                 let rows: Vec<&[usize]> = samples.iter().map(|&s| tags[s].as_slice()).collect();
                 let captions: Vec<String> = samples.iter().map(|&s| data.samples()[s].captions[0].clone()).collect();
+                let first_caption_tags = samples.iter().zip(&rows).map(|(&s, row)| match caption_tags[s].first() {
+                    Some(own) => own.clone(),
+                    None => row.to_vec(),
+                });
                 Ok(TagBatch {
                     pixels,
                     targets: multi_hot(&rows, text.tag_count).to_device(device),
                     input_ids: text.tokenize(&captions),
                     samples: samples.iter().map(|&s| s as i64).collect(),
                     skipped: Vec::new(),
+                    caption_tags: first_caption_tags.collect(),
+                    captions,
                 })
             }
             TagSource::Shards { data, .. } => {
@@ -436,6 +481,8 @@ impl TagSource {
                     input_ids: text.tokenize(&captions[start..start + count]),
                     samples: indices,
                     skipped: Vec::new(),
+                    captions: captions[start..start + count].to_vec(),
+                    caption_tags: rows.iter().map(|row| row.to_vec()).collect(),
                 })
             }
         }
@@ -487,6 +534,12 @@ impl<'a> TextSide<'a> {
     fn tokenize(&self, texts: &[String]) -> Tensor {
         tokenize(self.tokenizer, texts, self.context).to_device(self.device)
     }
+}
+
+/// The tag columns of each row of multi-hot `targets`.
+fn tag_rows(targets: &Tensor) -> Vec<Vec<usize>> {
+    let rows = Vec::<Vec<f32>>::try_from(targets.to_device(Device::Cpu)).expect("targets are (rows, tags)");
+    rows.iter().map(|row| (0..row.len()).filter(|&tag| row[tag] > 0.5).collect()).collect()
 }
 
 fn multi_hot(rows: &[&[usize]], tags: usize) -> Tensor {
@@ -579,6 +632,8 @@ pub fn open(task: &TaggingConfig, context: &TaskContext) -> Result<Box<dyn Task>
         ("--tag-descriptions", task.tag_descriptions.is_some()),
         ("--thresholds", task.thresholds.is_some()),
         ("--image-size", task.image_size.is_some()),
+        ("--text-tokenizer", task.text_tokenizer.is_some()),
+        ("--losses t2t", task.losses.contains(&TagLoss::T2t)),
     ]))?;
     Ok(Box::new(TaggingTask::open(task, context)?))
 }
@@ -716,6 +771,7 @@ impl TaggingTask {
                         Some(piece) => mean * (pixels.size()[0] as f64 / piece.global_rows as f64),
                     }
                 }
+                TagLoss::T2t => unreachable!("the CLIP tagger's terms are those of TagLoss::ALL"),
             });
         }
         Ok(terms)
@@ -924,17 +980,24 @@ fn open_source(
         let data = ShardTraining::open(options, options.stream, tokenizer, context, square, Some(columns))?;
         return Ok(TagSource::Shards { data: Box::new(data), pattern: options.data.to_path_buf() });
     }
-    let (mut tags, mut uncaptioned) = (Vec::new(), 0);
+    let (mut tags, mut caption_tags, mut uncaptioned) = (Vec::new(), Vec::new(), 0);
     let check = |sample: &mut CaptionedSample| -> Result<(), EngineError> {
         let in_sample = |problem: String| EngineError::Config(format!("{}: {problem}", sample.origin));
-        let named = sample.tag_ids.iter().map(|&id| columns.tag_at(id).map(str::to_string));
-        let named = named.collect::<Result<Vec<String>, String>>().map_err(in_sample)?;
-        sample.tags.extend(named);
+        let named = |ids: &[i64]| {
+            let named = ids.iter().map(|&id| columns.tag_at(id).map(str::to_string));
+            named.collect::<Result<Vec<String>, String>>().map_err(in_sample)
+        };
+        let own: Vec<Vec<String>> = sample.caption_tag_ids.iter().map(|ids| named(ids)).collect::<Result<_, _>>()?;
+        sample.tags.extend(named(&sample.tag_ids)?);
         let column = |tag: &String| {
             columns.column(tag).map_err(|problem| EngineError::Config(format!("{}: {problem}", sample.origin)))
         };
         let indices = sample.tags.iter().map(column).collect::<Result<Vec<usize>, _>>()?;
         tags.push(indices);
+        let mut own_columns =
+            own.iter().map(|tags| tags.iter().map(column).collect()).collect::<Result<Vec<Vec<usize>>, _>>()?;
+        own_columns.iter_mut().for_each(|columns| columns.sort_unstable());
+        caption_tags.push(own_columns);
         if sample.captions.is_empty() {
             uncaptioned += 1;
             sample.captions.push(caption_from_tags(&sample.tags));
@@ -942,7 +1005,8 @@ fn open_source(
         Ok(())
     };
     let data = CaptionedTraining::open(options, Needs::Tags, check, tokenizer, context, square)?;
-    Ok(TagSource::Files { data: Box::new(data), tags, manifest: options.data.to_path_buf(), uncaptioned })
+    let manifest = options.data.to_path_buf();
+    Ok(TagSource::Files { data: Box::new(data), tags, caption_tags, manifest, uncaptioned })
 }
 
 fn strip_teacher(name: &str) -> String {

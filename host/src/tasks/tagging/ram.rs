@@ -1,7 +1,8 @@
-//! recognize-anything's RAM++ (and RAM's tagging branch) fine-tuned as a tagging run:
-//! `--task tagging --model ram_plus_swin_large_14m.pth --teacher DIR`, the model of
-//! [`crate::models::ram_plus`] under its own names, trained with the three terms of
-//! recognize-anything's `finetune.py`, named as every tagging run names them:
+//! recognize-anything's RAM++ and RAM fine-tuned as a tagging run: `--task tagging --model
+//! ram_plus_swin_large_14m.pth --teacher DIR`, the model of [`crate::models::ram_plus`] under
+//! its own names, trained with the terms of recognize-anything's `finetune.py`, named as
+//! every tagging run names them (RAM++'s default `tag`, `align`, `distill`; RAM's `tag`,
+//! `distill`, `t2t`; without a teacher, those that need none):
 //!
 //! - `tag`: the asymmetric loss of the tag logits (gamma- 7, clip 0.05), summed;
 //! - `distill`: the mean L1 distance of the average image token to the frozen teacher CLIP's
@@ -9,11 +10,15 @@
 //! - `align`: the asymmetric loss (gamma- 4) of the head's logits for the captions' teacher
 //!   embeddings, each image's own caption the positive, over the global batch: every
 //!   caption of every process and micro-batch is a negative of every other image, as one
-//!   process on the whole batch computes it (`finetune.py` under DDP sees only its own).
+//!   process on the whole batch computes it (`finetune.py` under DDP sees only its own);
+//! - `t2t` (RAM's caption branch, [`crate::models::ram_caption`]): the decoder's loss for the
+//!   step's caption of each image given that caption's own tags (`parse_label_id`, or the
+//!   image's), tokenized with `--text-tokenizer`, averaged over the caption tokens of the
+//!   global batch.
 //!
 //! Each is additive over images, so a process's share is the sum over its rows (`distill`:
-//! its rows' part of the global mean), and the shares summed over processes are the terms of
-//! the whole batch.
+//! its rows' part of the global mean; `t2t`: its tokens' part of the global mean), and the
+//! shares summed over processes are the terms of the whole batch.
 //!
 //! **Tags.** A released `.pth` holds no tag names: they come from `--model-tags FILE`, or a
 //! `ram_tag_list.txt` beside the file (recognize-anything's `ram/data/ram_tag_list.txt`).
@@ -44,6 +49,8 @@ use super::{
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment::{self, KnobSpec};
+use crate::data::bert_tokenizer::{BertTokenizer, Padding};
+use crate::data::captioned::ram_caption;
 use crate::data::clip_tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::data::images::{Filter, Fit, SquareResize};
 use crate::data::sampler::keyed;
@@ -51,11 +58,12 @@ use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
 use crate::eval::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map};
 use crate::files::FileError;
+use crate::models::bert::IGNORED;
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::models::pth;
-use crate::models::ram_caption;
+use crate::models::ram_caption::{self, MAX_TOKENS, caption_targets};
 use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, tag_loss};
 use crate::models::relative_position;
 use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
@@ -63,7 +71,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Reduction, Tensor, nn};
 
 /// The `model_type` of a saved RAM++, and of a saved RAM tagging branch.
 pub const RAM_PLUS: &str = "ram_plus";
@@ -448,6 +456,8 @@ pub struct RamTaggingTask {
     teacher: Option<Teacher>,
     /// Tokenizes the captions (the teacher's tokenizer when there is one).
     tokenizer: ClipTokenizer,
+    /// BERT's, for the caption branch's tag strings and captions, when `t2t` trains.
+    text_tokenizer: Option<BertTokenizer>,
     context: i64,
     groups: GroupLayout,
     losses: Vec<TagLoss>,
@@ -490,10 +500,26 @@ impl RamTaggingTask {
         let unseen_columns: Vec<i64> = (0..tags.len() as i64)
             .filter(|&i| unseen_by_flag.contains(&i) || config.added_tags.contains(&tags[i as usize]))
             .collect();
-        let losses: Vec<TagLoss> = TagLoss::ALL.into_iter().filter(|loss| task.losses.contains(loss)).collect();
-        if losses.is_empty() {
-            return Err(EngineError::Config("--losses: give at least one of tag, align, distill".into()));
+        let has_caption_branch = config.architecture.text.is_some();
+        let losses = run_losses(task, has_caption_branch);
+        if losses.contains(&TagLoss::T2t) && !has_caption_branch {
+            return Err(EngineError::Config(format!(
+                "--losses t2t: {} has no caption branch (`tag_encoder`, `text_decoder`): RAM's checkpoints have one, \
+                 RAM++'s do not",
+                model_path.display()
+            )));
         }
+        let text_tokenizer = match (losses.contains(&TagLoss::T2t), &task.text_tokenizer) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(open_text_tokenizer(dir, &config.architecture)?),
+            (true, None) => {
+                return Err(EngineError::Config(
+                    "--text-tokenizer DIR: bert-base-uncased's tokenizer (its vocab.txt or tokenizer.json) is needed \
+                     for the `t2t` loss of RAM's caption branch; or leave t2t out of --losses"
+                        .into(),
+                ));
+            }
+        };
         let mut needs = Vec::new();
         for loss in [TagLoss::Distill, TagLoss::Align] {
             if losses.contains(&loss) {
@@ -523,6 +549,13 @@ impl RamTaggingTask {
         let mut description = Vec::new();
         // RAM's tagging-branch fine-tune: data without captions trains `tag` and `distill`.
         let mut losses = losses;
+        if matches!(source, TagSource::Shards { .. }) && losses.contains(&TagLoss::T2t) {
+            return Err(EngineError::Config(format!(
+                "--losses t2t: {} is WebDataset shards, whose loader keeps the captions RAM's caption branch reads; \
+                 train t2t from a manifest or recognize-anything's finetune JSON",
+                inputs.data.display()
+            )));
+        }
         if source.uncaptioned() > 0 && losses.contains(&TagLoss::Align) {
             losses.retain(|loss| *loss != TagLoss::Align);
             if losses.is_empty() {
@@ -566,8 +599,9 @@ impl RamTaggingTask {
             var_store,
             teacher,
             tokenizer,
+            text_tokenizer,
             context: context_length,
-            groups: GroupLayout::new(inputs.group_by, &[("vision", blocks)], &["projection", "tag_head"]),
+            groups: GroupLayout::new(inputs.group_by, &[("vision", blocks)], &["projection", "tag_head", "caption"]),
             weights: vec![1.0; losses.len()],
             losses,
             loss_names,
@@ -616,6 +650,7 @@ impl RamTaggingTask {
         captions: Option<&Tensor>,
         first_caption: i64,
         share: f64,
+        text: Option<(&CaptionInputs, f64)>,
     ) -> Vec<Tensor> {
         let embeds = self.model.image_embeds(pixels);
         let teacher_gives = "a run with this loss has a teacher, which gives its inputs";
@@ -634,8 +669,28 @@ impl RamTaggingTask {
                     let captions = captions.expect(teacher_gives);
                     self.model.align_loss(&embeds, captions, first_caption)
                 }
+                TagLoss::T2t => {
+                    let (inputs, counted) = text.expect("a run with t2t tokenizes its captions");
+                    let caption = self.model.caption().expect("a run with t2t has a caption branch");
+                    let compute = self.model.compute_kind();
+                    let tag_tokens = caption.encode_tags(&inputs.tag_ids, &inputs.tag_mask, &embeds, compute);
+                    let sum = caption.t2t_loss(
+                        &inputs.caption_ids,
+                        &inputs.caption_mask,
+                        &tag_tokens,
+                        compute,
+                        Reduction::Sum,
+                    );
+                    sum / counted
+                }
             })
             .collect()
+    }
+
+    /// The caption branch's inputs of `batch`, when `t2t` trains.
+    fn caption_inputs(&self, batch: &TagBatch) -> Option<CaptionInputs> {
+        let tokenizer = self.text_tokenizer.as_ref()?;
+        Some(CaptionInputs::of(batch, &self.config.tag_list, tokenizer, self.device))
     }
 
     /// The step's terms as this process's shares, the batch in `--accum-steps` pieces; with
@@ -654,6 +709,13 @@ impl RamTaggingTask {
             Some((captions, first_row)) => (Some(captions), *first_row),
             None => (None, 0),
         };
+        let text = self.caption_inputs(batch);
+        // t2t averages over the global batch's counted tokens, as one process on it would.
+        let counted = match &text {
+            Some(text) => self.team.total(text.counted(), "the sum of the batch's caption tokens")?,
+            None => 1.0,
+        };
+        let text_pieces = text.as_ref().map(|text| text.chunk(pieces));
         let mut shares: Vec<Tensor> = Vec::with_capacity(self.losses.len());
         let mut offset = 0;
         for (index, (pixels, targets)) in pixels.chunk(pieces, 0).iter().zip(batch.targets.chunk(pieces, 0)).enumerate()
@@ -661,7 +723,8 @@ impl RamTaggingTask {
             let rows = pixels.size()[0];
             let image = images.as_ref().map(|images| &images[index]);
             let share = rows as f64 / global_rows;
-            let terms = self.loss_terms(pixels, &targets, image, captions, first_row + offset, share);
+            let text = text_pieces.as_ref().map(|pieces| (&pieces[index], counted));
+            let terms = self.loss_terms(pixels, &targets, image, captions, first_row + offset, share, text);
             if let Some(backward) = backward {
                 backward.run(&terms)?;
             }
@@ -710,7 +773,9 @@ impl RamTaggingTask {
         let teacher = self.teacher_outputs(&batch.pixels, &batch.input_ids, false)?;
         let pixels = self.normalizer.normalize(&batch.pixels);
         let captions = teacher.captions.as_ref().map(|(captions, _)| captions);
-        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 0, 1.0);
+        let text = self.caption_inputs(batch);
+        let text = text.as_ref().map(|text| (text, text.counted()));
+        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 0, 1.0, text);
         gradient_shares(&trainable, &terms, &self.weights)
     }
 }
@@ -775,6 +840,95 @@ fn fill_label_embed(
     Ok(line)
 }
 
+/// The run's terms: those of `--losses`, or the model's defaults, as recognize-anything's
+/// `finetune.py` trains it: RAM++ `tag`, `align`, `distill`; RAM `tag`, `distill`, `t2t`;
+/// `align` and `distill` only with a teacher.
+fn run_losses(task: &TaggingConfig, has_caption_branch: bool) -> Vec<TagLoss> {
+    const ORDER: [TagLoss; 4] = [TagLoss::Tag, TagLoss::Align, TagLoss::Distill, TagLoss::T2t];
+    if !task.losses.is_empty() {
+        return ORDER.into_iter().filter(|loss| task.losses.contains(loss)).collect();
+    }
+    let teacher = task.teacher.is_some();
+    ORDER
+        .into_iter()
+        .filter(|loss| match loss {
+            TagLoss::Tag => true,
+            TagLoss::Align => teacher && !has_caption_branch,
+            TagLoss::Distill => teacher,
+            TagLoss::T2t => has_caption_branch,
+        })
+        .collect()
+}
+
+/// The BERT tokenizer of `dir`, checked against the caption branch's vocabulary.
+fn open_text_tokenizer(dir: &Path, architecture: &RamPlusConfig) -> Result<BertTokenizer, EngineError> {
+    let tokenizer = BertTokenizer::from_dir(dir)?;
+    let wanted = architecture.text.as_ref().map_or(0, |text| text.vocab_size);
+    if tokenizer.vocab_size() != wanted {
+        return Err(EngineError::Config(format!(
+            "--text-tokenizer {}: {} tokens with [DEC] and [ENC], where the caption branch has {wanted} \
+             (bert-base-uncased's 30522 and RAM's two)",
+            dir.display(),
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(tokenizer)
+}
+
+/// A batch's tag strings and captions as `RAM.forward` tokenizes them: each caption's tags
+/// `tag | tag` in tag-list order, padded to 40 tokens, `[ENC]` first; the caption cleaned by
+/// `pre_caption`, padded to the longest, `[DEC]` first.
+struct CaptionInputs {
+    tag_ids: Tensor,
+    tag_mask: Tensor,
+    caption_ids: Tensor,
+    caption_mask: Tensor,
+}
+
+impl CaptionInputs {
+    fn of(batch: &TagBatch, tag_list: &[String], tokenizer: &BertTokenizer, device: Device) -> Self {
+        let tag_strings: Vec<String> = batch
+            .caption_tags
+            .iter()
+            .map(|columns| columns.iter().map(|&column| tag_list[column].as_str()).collect::<Vec<_>>().join(" | "))
+            .collect();
+        let captions: Vec<String> = batch.captions.iter().map(|caption| ram_caption(caption, 30)).collect();
+        let (tag_ids, tag_mask) = tokenizer.encode(&tag_strings, MAX_TOKENS as usize, Padding::Full);
+        let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+        let (caption_ids, caption_mask) = tokenizer.encode(&captions, MAX_TOKENS as usize, Padding::Longest);
+        let _ = caption_ids.narrow(1, 0, 1).fill_(tokenizer.dec_id());
+        CaptionInputs {
+            tag_ids: tag_ids.to_device(device),
+            tag_mask: tag_mask.to_device(device),
+            caption_ids: caption_ids.to_device(device),
+            caption_mask: caption_mask.to_device(device),
+        }
+    }
+
+    /// The targets `t2t` counts.
+    fn counted(&self) -> f64 {
+        let targets = caption_targets(&self.caption_ids, &self.caption_mask);
+        targets.narrow(1, 1, targets.size()[1] - 1).ne(IGNORED).sum(Kind::Int64).int64_value(&[]) as f64
+    }
+
+    fn chunk(&self, pieces: i64) -> Vec<CaptionInputs> {
+        let chunks = |tensor: &Tensor| tensor.chunk(pieces, 0);
+        let (tag_ids, tag_mask) = (chunks(&self.tag_ids), chunks(&self.tag_mask));
+        let (caption_ids, caption_mask) = (chunks(&self.caption_ids), chunks(&self.caption_mask));
+        tag_ids
+            .into_iter()
+            .zip(tag_mask)
+            .zip(caption_ids.into_iter().zip(caption_mask))
+            .map(|((tag_ids, tag_mask), (caption_ids, caption_mask))| CaptionInputs {
+                tag_ids,
+                tag_mask,
+                caption_ids,
+                caption_mask,
+            })
+            .collect()
+    }
+}
+
 impl Task for RamTaggingTask {
     fn groups(&self) -> &[Group] {
         self.groups.groups()
@@ -802,18 +956,20 @@ impl Task for RamTaggingTask {
     fn parameter_group(&self, name: &str) -> Option<usize> {
         let in_image_encoder = name.starts_with("visual_encoder.") || name.starts_with("image_proj.");
         let in_caption_branch = ram_plus::part_of(name) == ram_plus::CAPTION_BRANCH;
-        let reached = !in_caption_branch
-            && self.losses.iter().any(|loss| match loss {
-                TagLoss::Tag => true,
-                TagLoss::Align => name != "reweight_scale",
-                TagLoss::Distill => in_image_encoder,
-            });
+        let reached = self.losses.iter().any(|loss| match loss {
+            TagLoss::Tag => !in_caption_branch,
+            TagLoss::Align => !in_caption_branch && name != "reweight_scale",
+            TagLoss::Distill => in_image_encoder,
+            // Through the image embeddings, and the head's layers the tag encoder shares.
+            TagLoss::T2t => in_caption_branch || in_image_encoder || name.starts_with("tagging_head."),
+        });
         if name == "label_embed" || !reached {
             return None;
         }
         let place = match name.strip_prefix("visual_encoder.") {
             Some(inside) => Place::Tower(0, self.config.architecture.vision.tower_part(inside)),
             None if name.starts_with("image_proj.") => Place::Head(0),
+            None if in_caption_branch => Place::Head(2),
             None => Place::Head(1),
         };
         self.groups.index(place)
