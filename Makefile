@@ -21,7 +21,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WASM_TARGET := wasm32-unknown-unknown
 COMPONENTIZE := $(CARGO_TARGET_DIR)/tool/componentize
 POLICIES := aug_curriculum constant cosine_warmup early_stopping grad_balance grad_clip layerwise llrd loss_balance \
-	one_cycle reduce_on_plateau spike_guard staged_unfreeze step_decay warmup_stable_decay
+	one_cycle ram_balance reduce_on_plateau spike_guard staged_unfreeze step_decay warmup_stable_decay
 POLICY_DIR := build/policies
 FIXTURES := hostile_policy
 FIXTURE_DIR := build/fixtures

@@ -341,6 +341,43 @@ fn loss_balance_fixed_and_adaptive_match_their_formulas() {
     }
 }
 
+/// recognize-anything's RAM loss, `t2t + tag / (tag / t2t).detach() + distill`, with the
+/// ratio of the step before: the weighted total `ram_balance` gives at each step of a stream
+/// whose tag loss is 100 times its caption loss, and it follows finetune.py's within the
+/// ratio's change over one step.
+#[test]
+fn ram_balance_rescales_the_tag_loss_to_the_caption_loss_of_the_step_before() {
+    let runtime = PolicyRuntime::new(SandboxLimits::default(), None);
+    let source = PolicySource { path: policy_path("ram_balance"), args: vec![] };
+    let mut policy = runtime.load(&source).unwrap();
+    let losses = vec!["tag".to_string(), "distill".to_string(), "t2t".to_string()];
+    assert_eq!(policy.init(&RunSpec { losses: losses.clone(), ..spec(&[]) }).unwrap(), Knobs::LOSS_WEIGHTS);
+    // Raw tag, distill and t2t of a stream; tag's ratio to t2t drifts.
+    let raw = |step: u64| {
+        let [tag, distill, _] = three_losses(step)[..] else { unreachable!() };
+        [tag * (1.0 + step as f64 / 500.0), distill, tag / 100.0]
+    };
+    let mut previous_ratio = 1.0;
+    for step in 0..200 {
+        let observed = if step == 0 { vec![] } else { raw(step - 1).to_vec() };
+        let weights = policy.decide(&Observation { losses: observed.clone(), ..observe(step) }).unwrap().loss_weights;
+        if let [tag, _, t2t] = observed[..] {
+            previous_ratio = t2t / tag;
+        }
+        assert_eq!(weights, [Some(previous_ratio), Some(1.0), Some(1.0)], "step {step}");
+        let [tag, distill, t2t] = raw(step);
+        let ours = weights[0].unwrap() * tag + distill + t2t;
+        let finetune = t2t + tag / (tag / t2t) + distill;
+        let drift = (weights[0].unwrap() * tag - t2t).abs();
+        assert!((ours - finetune).abs() <= drift + 1e-12 * finetune, "step {step}: {ours} vs {finetune}");
+        assert!(step == 0 || drift < 0.05 * t2t, "step {step}: one step's change of the ratio is small");
+    }
+    // A run without the named losses is refused by name.
+    let mut policy = runtime.load(&source).unwrap();
+    let refused = policy.init(&spec(&[])).unwrap_err().to_string();
+    assert!(refused.contains("`caption`") && refused.contains("`t2t`"), "{refused}");
+}
+
 /// PyTorch's ReduceLROnPlateau (mode min, rel threshold), written out for one group.
 struct PlateauReference {
     lr: f64,

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use trainer::policy::{Evaluation, NonFinite, Observation};
 
 /// The standard policies, as built into the binary and into `build/policies/`.
-pub const STANDARD_POLICIES: [&str; 15] = [
+pub const STANDARD_POLICIES: [&str; 16] = [
     "aug_curriculum",
     "constant",
     "cosine_warmup",
@@ -19,6 +19,7 @@ pub const STANDARD_POLICIES: [&str; 15] = [
     "llrd",
     "loss_balance",
     "one_cycle",
+    "ram_balance",
     "reduce_on_plateau",
     "spike_guard",
     "staged_unfreeze",
