@@ -348,7 +348,7 @@ fn launches_that_cannot_work_are_refused_in_one_line() {
 }
 
 #[test]
-fn ram_plus_split_over_processes_and_micro_batches_trains_the_same_model() {
+fn ram_plus_and_ram_split_over_processes_and_micro_batches_train_the_same_model() {
     // recognize-anything's RAM++ (a small random one) with its teacher: `align` ranks every
     // caption of the global batch against every image, whichever process or piece holds it.
     let fixtures = Path::new(env!("CARGO_TARGET_TMPDIR")).join("recognize_anything-split");
@@ -375,4 +375,12 @@ fn ram_plus_split_over_processes_and_micro_batches_trains_the_same_model() {
     // Measured 3e-7 after 4 steps, both with 2 processes and with 4 micro-batches.
     let splits: [&[&str]; 3] = [&["--nproc", "2"], &["--accum-steps", "4"], &["--nproc", "2", "--accum-steps", "2"]];
     assert_splits_train_the_same_model(&args, &splits, 5e-6);
+
+    // RAM with its caption branch: `t2t` averages over the caption tokens of the global
+    // batch, whichever process or piece holds them.
+    let (model, vocabulary) = (fixtures.join("ram.pth"), fixtures.join("bert_vocab"));
+    let mut args = args.to_vec();
+    args[3] = model.to_str().unwrap();
+    args.extend(["--text-tokenizer", vocabulary.to_str().unwrap()]);
+    assert_splits_train_the_same_model(&args, &[&["--nproc", "2", "--accum-steps", "2"]], 5e-6);
 }
