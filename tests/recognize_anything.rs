@@ -536,6 +536,17 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     let t2t: Vec<f64> = losses(&ram_run).iter().map(|losses| losses["t2t"].as_f64().unwrap()).collect();
     let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
     assert!(t2t.len() == 20 && mean(&t2t[15..]) < 0.8 * mean(&t2t[..5]), "t2t falls: {t2t:?}");
+    // And on the held-out images' captions, against the same model untrained.
+    let untrained_run = dir.path().join("ram-untrained");
+    let untrained = [&args[..args.len() - 6], &["--steps", "1", "--lr", "0", "--batch-size", "8"]].concat();
+    common::assert_success(&train_fixture(&untrained_run, "ram.pth", tags.path(), &constant, &untrained));
+    let held_out = |run: &Path| common::read_json(&run.join("eval.json"))["val_t2t"].as_f64().unwrap();
+    assert!(
+        held_out(&ram_run) < 0.9 * held_out(&untrained_run),
+        "{} vs {}",
+        held_out(&ram_run),
+        held_out(&untrained_run)
+    );
 
     // An id past the tag list: the file was written for another list.
     entries[3]["union_label_id"] = serde_json::json!([2, 12]);

@@ -91,6 +91,8 @@ const TEMPLATES: [&str; 5] = [
     "art of the {}.",
 ];
 const UNSEEN_MAP: &str = "unseen_mAP";
+/// `t2t` of the held-out images' first captions.
+const HELD_OUT_T2T: &str = "val_t2t";
 const GATHER: &str = "the gather of the caption embeddings";
 
 /// A saved RAM++ or RAM: its `config.json`.
@@ -593,6 +595,9 @@ impl RamTaggingTask {
         if !unseen_columns.is_empty() {
             metric_names.push(UNSEEN_MAP);
         }
+        if losses.contains(&TagLoss::T2t) {
+            metric_names.push(HELD_OUT_T2T);
+        }
         let blocks = config.architecture.vision.block_count();
         Ok(RamTaggingTask {
             model,
@@ -746,8 +751,19 @@ impl RamTaggingTask {
         let text = TextSide::new(&self.tokenizer, self.context, tag_count, self.device);
         let every_tag = Tensor::arange(tag_count as i64, (Kind::Int64, self.device));
         let columns = Columns { seen: &every_tag, unseen: None };
+        let (mut t2t_sum, mut t2t_counted) = (0.0, 0.0);
         let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
-            (self.model.logits(&self.normalizer.normalize(&batch.pixels)), None)
+            let embeds = self.model.image_embeds(&self.normalizer.normalize(&batch.pixels));
+            if let (Some(tokenizer), Some(caption)) = (&self.text_tokenizer, self.model.caption()) {
+                let inputs = CaptionInputs::of(batch, &self.config.tag_list, tokenizer, self.device);
+                let compute = self.model.compute_kind();
+                let tag_tokens = caption.encode_tags(&inputs.tag_ids, &inputs.tag_mask, &embeds, compute);
+                let sum =
+                    caption.t2t_loss(&inputs.caption_ids, &inputs.caption_mask, &tag_tokens, compute, Reduction::Sum);
+                t2t_sum += sum.double_value(&[]);
+                t2t_counted += inputs.counted();
+            }
+            (self.model.tag_logits(&embeds), None)
         })?;
         let all = &split.seen;
         let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
@@ -759,6 +775,9 @@ impl RamTaggingTask {
         values.extend(self.gradient_shares(&split.first_batch)?);
         if !self.unseen_columns.is_empty() {
             values.push(recognize_anything_map(&of_columns(&self.unseen_columns)));
+        }
+        if self.losses.contains(&TagLoss::T2t) {
+            values.push(t2t_sum / t2t_counted.max(1.0));
         }
         let mut scores = Scores::new(self.metric_names.clone(), values, split.images, split.name);
         scores.tables.insert(PER_TAG.into(), per_tag_table(&self.config.tag_list, &per_tag));
