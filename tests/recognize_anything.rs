@@ -541,12 +541,22 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     let untrained = [&args[..args.len() - 6], &["--steps", "1", "--lr", "0", "--batch-size", "8"]].concat();
     common::assert_success(&train_fixture(&untrained_run, "ram.pth", tags.path(), &constant, &untrained));
     let held_out = |run: &Path| common::read_json(&run.join("eval.json"))["val_t2t"].as_f64().unwrap();
-    assert!(
-        held_out(&ram_run) < 0.9 * held_out(&untrained_run),
-        "{} vs {}",
-        held_out(&ram_run),
-        held_out(&untrained_run)
-    );
+    let (trained, untrained) = (held_out(&ram_run), held_out(&untrained_run));
+    assert!(trained < 0.9 * untrained, "val_t2t {trained} vs untrained {untrained}");
+    // Its folder captions images from the tags it predicts (or none), with its own tokenizer.
+    let images = tempfile::tempdir().unwrap();
+    common::write_mosaics(images.path(), 100, 3);
+    let captions = |threshold: &str| -> Vec<String> {
+        let (model, out) = (ram_run.join("final"), images.path().join("predicted.jsonl"));
+        let args = ["predict", "--model", model.to_str().unwrap(), "--images", images.path().to_str().unwrap()];
+        let rest = ["--out", out.to_str().unwrap(), "--threshold", threshold, "--device", "cpu"];
+        common::assert_success(&common::trainer(&[&args[..], &rest].concat()));
+        common::read_jsonl(&out).iter().map(|line| line["caption"].as_str().unwrap().to_string()).collect()
+    };
+    let with_tags = captions("0.5");
+    assert_eq!(with_tags.len(), 3);
+    assert_eq!(with_tags, captions("0.5"), "beam search is deterministic");
+    assert_eq!(captions("1").len(), 3, "an image with no tag kept is captioned from an empty tag string");
 
     // An id past the tag list: the file was written for another list.
     entries[3]["union_label_id"] = serde_json::json!([2, 12]);

@@ -382,6 +382,10 @@ pub struct PredictArgs {
     /// RAM++'s LLM tag-description files); without them, prompt templates.
     #[arg(long, value_name = "FILE")]
     pub tag_descriptions: Option<PathBuf>,
+    /// bert-base-uncased's tokenizer (`vocab.txt` or `tokenizer.json`) for a RAM `.pth`'s
+    /// captions; a folder saved by a run that trained `t2t` holds its own.
+    #[arg(long, value_name = "DIR")]
+    pub text_tokenizer: Option<PathBuf>,
     /// The CLIP folder that embeds a RAM++/RAM's new tags (the teacher it was trained with).
     #[arg(long, value_name = "DIR")]
     pub teacher: Option<PathBuf>,
@@ -814,6 +818,7 @@ fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
             tags: args.tags,
             tag_descriptions: args.tag_descriptions,
             teacher: args.teacher,
+            text_tokenizer: args.text_tokenizer,
         },
         device: args.device,
     };

@@ -94,6 +94,14 @@ impl BertTokenizer {
         (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
     }
 
+    /// Writes the tokenizer, added tokens included, as `dir/tokenizer.json`, which
+    /// [`BertTokenizer::from_dir`] reads back.
+    pub fn save(&self, dir: &Path) -> Result<(), FileError> {
+        std::fs::create_dir_all(dir).map_err(FileError::io(dir))?;
+        let file = dir.join("tokenizer.json");
+        self.inner.save(&file, false).map_err(|err| FileError::format(&file, err.to_string()))
+    }
+
     /// `ids` as text, special tokens left out and word pieces joined.
     pub fn decode(&self, ids: &[i64]) -> String {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();

@@ -46,6 +46,9 @@ struct Prediction<'a> {
     tags: Vec<PredictedTag<'a>>,
     /// The tags joined by ` | `, as RAM's inference prints them.
     tag_string: String,
+    /// RAM's caption from those tags, where it has its caption branch and tokenizer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caption: Option<String>,
 }
 
 /// A saved tagger ready to score images.
@@ -53,22 +56,27 @@ struct LoadedTagger {
     tags: Vec<String>,
     thresholds: Vec<f64>,
     normalizer: PixelNormalizer,
-    logits: Box<dyn Fn(&Tensor) -> Tensor>,
+    /// The logits of pixels, with what captions need of the images.
+    logits: Box<dyn Fn(&Tensor) -> (Tensor, Option<Tensor>)>,
+    /// Captions of images from what `logits` gave and their tag strings.
+    captions: Box<dyn Fn(&Tensor, &[String]) -> Option<Vec<String>>>,
 }
 
 impl LoadedTagger {
     fn load(dir: &std::path::Path, open_set: &ram::OpenSet, device: Device) -> Result<Self, EngineError> {
         if ram::is_ram(dir) {
-            let (config, var_store, model) = ram::open_for_prediction(dir, open_set, device)?;
+            let ram = std::rc::Rc::new(ram::open_for_prediction(dir, open_set, device)?);
+            let config = &ram.config;
+            let (scoring, captioning) = (ram.clone(), ram.clone());
             return Ok(LoadedTagger {
                 normalizer: ram::input_normalizer(config.architecture.vision.image_res, device)?,
-                tags: config.tag_list,
-                thresholds: config.thresholds,
+                tags: config.tag_list.clone(),
+                thresholds: config.thresholds.clone(),
                 logits: Box::new(move |pixels| {
-                    // The store owns the model's variables for as long as it tags.
-                    let _ = &var_store;
-                    model.logits(pixels)
+                    let embeds = scoring.model.image_embeds(pixels);
+                    (scoring.model.tag_logits(&embeds), Some(embeds))
                 }),
+                captions: Box::new(move |embeds, tags| captioning.captions(embeds, tags)),
             });
         }
         ram::refuse_flags(given_flags([
@@ -76,6 +84,7 @@ impl LoadedTagger {
             ("--tags", open_set.tags.is_some()),
             ("--tag-descriptions", open_set.tag_descriptions.is_some()),
             ("--teacher", open_set.teacher.is_some()),
+            ("--text-tokenizer", open_set.text_tokenizer.is_some()),
         ]))?;
         let path = dir.join(pretrained::CONFIG_FILE);
         let config: TaggerConfig = pretrained::read_config(dir)?;
@@ -89,7 +98,8 @@ impl LoadedTagger {
             normalizer: PixelNormalizer::for_model(Some(dir), config.clip.vision_config.image_size, device)?,
             thresholds: vec![THRESHOLD; config.tags.len()],
             tags: config.tags,
-            logits: Box::new(move |pixels| tagger.forward(pixels).0),
+            logits: Box::new(move |pixels| (tagger.forward(pixels).0, None)),
+            captions: Box::new(|_, _| None),
         })
     }
 }
@@ -111,8 +121,9 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
     let mut out = JsonLines::create(&request.out).map_err(FileError::io(&request.out))?;
     let count = tagger.tags.len();
     for_each_batch(&files, &tagger.normalizer, request.device, request.images.batch_size, |chunk, pixels| {
-        let probabilities = (tagger.logits)(pixels).sigmoid().to_kind(Kind::Double);
-        let probabilities = Vec::<f64>::try_from(probabilities.flatten(0, -1))?;
+        let (logits, embeds) = tch::no_grad(|| (tagger.logits)(pixels));
+        let probabilities = Vec::<f64>::try_from(logits.sigmoid().to_kind(Kind::Double).flatten(0, -1))?;
+        let mut lines = Vec::with_capacity(chunk.len());
         for (file, row) in chunk.iter().zip(probabilities.chunks(count)) {
             let mut tags: Vec<PredictedTag> = (0..count)
                 .filter(|&i| row[i] >= request.threshold.unwrap_or(tagger.thresholds[i]))
@@ -121,8 +132,25 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
             tags.sort_by(|a, b| b.score.total_cmp(&a.score));
             tags.truncate(request.top_k.unwrap_or(usize::MAX));
             let tag_string = tags.iter().map(|tag| tag.tag).collect::<Vec<_>>().join(" | ");
-            let line = Prediction { image: file.display().to_string(), tags, tag_string };
-            out.write(&line).map_err(FileError::io(&request.out))?;
+            lines.push(Prediction { image: file.display().to_string(), tags, tag_string, caption: None });
+        }
+        // RAM captions each image from the tags it kept, in the order of its tag list as
+        // `generate_tag` joins them.
+        let tag_strings: Vec<String> = lines
+            .iter()
+            .map(|line| {
+                let mut kept: Vec<&str> = line.tags.iter().map(|tag| tag.tag).collect();
+                kept.sort_by_key(|tag| tagger.tags.iter().position(|known| known == tag));
+                kept.join(" | ")
+            })
+            .collect();
+        if let Some(captions) = embeds.and_then(|embeds| (tagger.captions)(&embeds, &tag_strings)) {
+            for (line, caption) in lines.iter_mut().zip(captions) {
+                line.caption = Some(caption);
+            }
+        }
+        for line in &lines {
+            out.write(line).map_err(FileError::io(&request.out))?;
         }
         Ok(())
     })?;

@@ -218,17 +218,50 @@ pub struct OpenSet {
     pub tags: Option<PathBuf>,
     pub tag_descriptions: Option<PathBuf>,
     pub teacher: Option<PathBuf>,
+    /// BERT's tokenizer for a `.pth`'s captions (a saved folder has its own).
+    pub text_tokenizer: Option<PathBuf>,
+}
+
+/// A RAM ready to tag and caption images.
+pub struct PredictingRam {
+    pub config: RamTaggerConfig,
+    pub model: RamPlus,
+    /// With the caption branch, the tokenizer that captions: `None` where there is either
+    /// no caption branch or no tokenizer for it.
+    pub text_tokenizer: Option<BertTokenizer>,
+    /// Owns the model's variables.
+    _var_store: nn::VarStore,
+}
+
+impl PredictingRam {
+    /// The captions of images embedded as `image_embeds`, each from its `tags` (`tag | tag`),
+    /// as Tag2Text's `generate` writes them (beam search from `a picture of `, the prompt
+    /// cut off); `None` without a caption branch and its tokenizer.
+    pub fn captions(&self, image_embeds: &Tensor, tags: &[String]) -> Option<Vec<String>> {
+        let (tokenizer, caption) = (self.text_tokenizer.as_ref()?, self.model.caption()?);
+        let device = image_embeds.device();
+        let (tag_ids, tag_mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
+        let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+        let compute = self.model.compute_kind();
+        let tag_tokens = tch::no_grad(|| {
+            caption.encode_tags(&tag_ids.to_device(device), &tag_mask.to_device(device), image_embeds, compute)
+        });
+        let (prompt, _) = tokenizer.encode(&[ram_caption::PROMPT.to_string()], MAX_TOKENS as usize, Padding::Longest);
+        let mut prompt = Vec::<i64>::try_from(prompt.view([-1])).expect("one row of ids");
+        prompt[0] = tokenizer.dec_id();
+        prompt.pop();
+        let search = ram_caption::caption_search(tokenizer.sep_id());
+        let generated = caption.generate(&tag_tokens, &prompt, &search, compute);
+        let text = |ids: &Vec<i64>| tokenizer.decode(ids).get(ram_caption::PROMPT.len()..).unwrap_or("").to_string();
+        Some(generated.iter().map(text).collect())
+    }
 }
 
 /// A RAM++ or RAM from `model` (a `.pth` or a saved folder) ready to tag images, its tags
 /// the checkpoint's or those of `open_set.tags`, new tags embedded as a run embeds them at
 /// its start: open-set tagging without training. Returns the model's configuration, the
 /// store holding its weights, and the model.
-pub fn open_for_prediction(
-    model: &Path,
-    open_set: &OpenSet,
-    device: Device,
-) -> Result<(RamTaggerConfig, nn::VarStore, RamPlus), EngineError> {
+pub fn open_for_prediction(model: &Path, open_set: &OpenSet, device: Device) -> Result<PredictingRam, EngineError> {
     let starting = StartingModel::read(model, open_set.model_tags.as_deref(), true)?;
     let tags = match &open_set.tags {
         Some(path) => read_vocabulary(path)?,
@@ -241,8 +274,18 @@ pub fn open_for_prediction(
     let ram = RamPlus::new(&var_store.root(), &config.architecture);
     let descriptions = open_set.tag_descriptions.as_deref();
     load_starting(&ram, &var_store, &starting, &config.tag_list, descriptions, teacher.as_ref(), false)?;
-    Ok((config, var_store, ram))
+    let saved = model.join(TEXT_TOKENIZER_DIR);
+    let text_tokenizer = match (&open_set.text_tokenizer, ram.caption()) {
+        (_, None) => None,
+        (Some(dir), Some(_)) => Some(open_text_tokenizer(dir, &config.architecture)?),
+        (None, Some(_)) if saved.is_dir() => Some(open_text_tokenizer(&saved, &config.architecture)?),
+        (None, Some(_)) => None,
+    };
+    Ok(PredictingRam { config, model: ram, text_tokenizer, _var_store: var_store })
 }
+
+/// Where a saved RAM keeps the tokenizer of its caption branch.
+const TEXT_TOKENIZER_DIR: &str = "text_tokenizer";
 
 /// Loads `starting`'s weights into `model` (built in `var_store` for `tags`): every tensor
 /// but `label_embed`, whose rows [`fill_label_embed`] makes; a tensor the file lacks is
@@ -1080,9 +1123,13 @@ impl Task for RamTaggingTask {
 
     /// `config.json`, `model.safetensors`, and `model.pth` as recognize-anything saves its
     /// models (`{"model": state_dict}`, the Swin's buffers included), which its loaders read.
+    /// With the caption branch's tokenizer in `text_tokenizer/`, for its captions.
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
         let state = self.model.state_dict(&self.var_store);
         Ok(pretrained::save_with(dir, &self.var_store, &self.config, None, |staging| {
+            if let Some(tokenizer) = &self.text_tokenizer {
+                tokenizer.save(&staging.join(TEXT_TOKENIZER_DIR))?;
+            }
             Ok(pth::write_state_dict(&staging.join(PTH_FILE), "model", &state)?)
         })?)
     }
