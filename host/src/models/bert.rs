@@ -247,7 +247,8 @@ impl BertTextModel {
         let mut allowed = attention_mask.to_kind(Kind::Float).unsqueeze(1).unsqueeze(1);
         if self.causal {
             let causal = Tensor::ones([tokens, tokens], (Kind::Float, input_ids.device())).tril(0);
-            allowed = allowed * causal;
+            // Broadcast to (batch, 1, tokens, tokens), which `*=` in place cannot grow to.
+            allowed = causal * allowed;
         }
         let mask = (allowed.ones_like() - allowed) * MASKED;
         let embedded = self.embeddings.forward(input_ids);

@@ -51,15 +51,18 @@ struct Prediction<'a> {
     caption: Option<String>,
 }
 
+/// The logits of pixels, with what captions need of the images.
+type Score = Box<dyn Fn(&Tensor) -> (Tensor, Option<Tensor>)>;
+/// Captions of images from what [`Score`] gave and their tag strings.
+type Caption = Box<dyn Fn(&Tensor, &[String]) -> Option<Vec<String>>>;
+
 /// A saved tagger ready to score images.
 struct LoadedTagger {
     tags: Vec<String>,
     thresholds: Vec<f64>,
     normalizer: PixelNormalizer,
-    /// The logits of pixels, with what captions need of the images.
-    logits: Box<dyn Fn(&Tensor) -> (Tensor, Option<Tensor>)>,
-    /// Captions of images from what `logits` gave and their tag strings.
-    captions: Box<dyn Fn(&Tensor, &[String]) -> Option<Vec<String>>>,
+    logits: Score,
+    captions: Caption,
 }
 
 impl LoadedTagger {

@@ -688,15 +688,16 @@ impl RamTaggingTask {
     }
 
     /// The run's loss terms of `pixels` (normalised) with their `targets`, with graph: the
-    /// teacher's `image` features of these rows, the global `captions` with this piece's first
-    /// own caption at `first_caption`, and `share`, these rows' part of the global batch.
+    /// teacher's `image` features of these rows, the global `captions` with the row of this
+    /// piece's first own caption, `share`, these rows' part of the global batch, and `text`,
+    /// the caption branch's inputs of these rows with the global batch's count of caption
+    /// tokens.
     fn loss_terms(
         &self,
         pixels: &Tensor,
         targets: &Tensor,
         image: Option<&Tensor>,
-        captions: Option<&Tensor>,
-        first_caption: i64,
+        captions: Option<(&Tensor, i64)>,
         share: f64,
         text: Option<(&CaptionInputs, f64)>,
     ) -> Vec<Tensor> {
@@ -715,6 +716,7 @@ impl RamTaggingTask {
                 }
                 TagLoss::Align => {
                     let captions = captions.expect(teacher_gives);
+                    let (captions, first_caption) = captions;
                     self.model.align_loss(&embeds, captions, first_caption)
                 }
                 TagLoss::T2t => {
@@ -772,7 +774,8 @@ impl RamTaggingTask {
             let image = images.as_ref().map(|images| &images[index]);
             let share = rows as f64 / global_rows;
             let text = text_pieces.as_ref().map(|pieces| (&pieces[index], counted));
-            let terms = self.loss_terms(pixels, &targets, image, captions, first_row + offset, share, text);
+            let captions = captions.map(|captions| (captions, first_row + offset));
+            let terms = self.loss_terms(pixels, &targets, image, captions, share, text);
             if let Some(backward) = backward {
                 backward.run(&terms)?;
             }
@@ -837,7 +840,8 @@ impl RamTaggingTask {
         let captions = teacher.captions.as_ref().map(|(captions, _)| captions);
         let text = self.caption_inputs(batch);
         let text = text.as_ref().map(|text| (text, text.counted()));
-        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 0, 1.0, text);
+        let captions = captions.map(|captions| (captions, 0));
+        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 1.0, text);
         gradient_shares(&trainable, &terms, &self.weights)
     }
 }
