@@ -101,6 +101,18 @@ fn small_head() -> BertConfig {
     }
 }
 
+/// Writes `model`'s state dict as recognize-anything saves it, to the fixtures' `name`, and
+/// checks with `torch.load(weights_only=True)` that it holds `original`'s tensors, equal in
+/// names, dtypes and values. Returns the written file.
+fn assert_written_back_as(model: &RamPlus, var_store: &nn::VarStore, original: &Path, name: &str) -> PathBuf {
+    let written = fixtures().join(name);
+    trainer::models::pth::write_state_dict(&written, "model", &model.state_dict(var_store)).unwrap();
+    let compared =
+        common::python_fixture("recognize_anything/same_checkpoint.py", &[original.as_os_str(), written.as_os_str()]);
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    written
+}
+
 #[test]
 fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
     let file = fixtures().join("ram_plus.pth");
@@ -132,11 +144,7 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
 
     // Written back as recognize-anything saves it: torch.load(weights_only=True) gives the
     // file's tensors, buffers included, equal in names, dtypes and values.
-    let written = fixtures().join("ram_plus-written.pth");
-    trainer::models::pth::write_state_dict(&written, "model", &model.state_dict(&var_store)).unwrap();
-    let compared =
-        common::python_fixture("recognize_anything/same_checkpoint.py", &[file.as_os_str(), written.as_os_str()]);
-    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    let written = assert_written_back_as(&model, &var_store, &file, "ram_plus-written.pth");
     let read_back = pretrained::read_tensors(&written).unwrap();
     assert_eq!(read_back.len(), tensors.len());
     assert!(read_back.iter().all(|(name, tensor)| tensor.equal(&tensors[name])), "our reader reads it back");
@@ -200,11 +208,7 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
 
     // Written back whole, tied tensors under each of their names, as recognize-anything's
     // strict load wants them.
-    let written = fixtures().join("ram-written.pth");
-    trainer::models::pth::write_state_dict(&written, "model", &model.state_dict(&var_store)).unwrap();
-    let compared =
-        common::python_fixture("recognize_anything/same_checkpoint.py", &[file.as_os_str(), written.as_os_str()]);
-    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    assert_written_back_as(&model, &var_store, &file, "ram-written.pth");
 
     let pixels = &read(&fixtures().join("ram_plus-expected.safetensors"))["pixel_values"];
     let expected = read(&fixtures().join("ram-expected.safetensors"));

@@ -13,7 +13,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, Model, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Model, Tokenizer};
 
 /// The decoder's beginning of a caption (RAM's `bos_token`).
 pub const DEC: &str = "[DEC]";
@@ -70,14 +70,17 @@ impl BertTokenizer {
     /// Ids and attention mask, `(texts, length)` each, of `texts` as RAM tokenizes them:
     /// `[CLS] ... [SEP]`, cut to `max_tokens`, padded with `[PAD]` as `padding` says.
     pub fn encode(&self, texts: &[String], max_tokens: usize, padding: Padding) -> (Tensor, Tensor) {
-        let mut tokenizer = self.inner.clone();
-        let truncation = TruncationParams { max_length: max_tokens, ..Default::default() };
-        tokenizer.with_truncation(Some(truncation)).expect("a positive length truncates");
         let encoded: Vec<Vec<i64>> = texts
             .iter()
             .map(|text| {
-                let encoding = tokenizer.encode(text.as_str(), true).expect("BERT's pipeline encodes any text");
-                encoding.get_ids().iter().map(|&id| i64::from(id)).collect()
+                let encoding = self.inner.encode(text.as_str(), true).expect("BERT's pipeline encodes any text");
+                let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
+                // A single text cut as `truncation=True` cuts it: its first tokens, then `[SEP]`.
+                if ids.len() > max_tokens {
+                    ids.truncate(max_tokens - 1);
+                    ids.push(self.sep);
+                }
+                ids
             })
             .collect();
         let length = match padding {

@@ -293,9 +293,10 @@ struct TagBatch {
     /// Each row's caption as drawn for the step (none from shards, whose captions stay with
     /// their loader).
     captions: Vec<String>,
-    /// The tag columns of each row's caption: its own (recognize-anything's
-    /// `parse_label_id`), else the row's.
-    caption_tags: Vec<Vec<usize>>,
+    /// The tag columns of each row's caption where the data gives captions tags of their
+    /// own (recognize-anything's `parse_label_id`); `None`: each row's tags, read from
+    /// `targets` only by a task that needs them.
+    caption_tags: Option<Vec<Vec<usize>>>,
 }
 
 impl TagBatch {
@@ -303,8 +304,7 @@ impl TagBatch {
     fn of(batch: TrainBatch, rows: &[&[usize]], tag_count: usize) -> Self {
         let targets = multi_hot(rows, tag_count).to_device(batch.pixels.device());
         let TrainBatch { pixels, input_ids, samples, skipped } = batch;
-        let caption_tags = rows.iter().map(|row| row.to_vec()).collect();
-        TagBatch { pixels, targets, input_ids, samples, skipped, captions: Vec::new(), caption_tags }
+        TagBatch { pixels, targets, input_ids, samples, skipped, captions: Vec::new(), caption_tags: None }
     }
 }
 
@@ -390,22 +390,23 @@ impl TagSource {
                 let samples = sampler.batch(step).to_vec();
                 let batch = train.batch(&samples);
                 let input_ids = text.tokenize(&batch.captions);
-                let caption_tags = tag_rows(&batch.targets);
                 let (pixels, targets, captions) = (batch.pixels, batch.targets, batch.captions);
-                Ok(TagBatch { pixels, targets, input_ids, samples, skipped: Vec::new(), captions, caption_tags })
+                Ok(TagBatch { pixels, targets, input_ids, samples, skipped: Vec::new(), captions, caption_tags: None })
             }
             TagSource::Files { data, tags, caption_tags, .. } => {
                 let batch = data.batch(step, last_step)?;
                 let rows: Vec<&[usize]> = batch.samples.iter().map(|&s| tags[s as usize].as_slice()).collect();
+                let mut own_tags: Vec<Vec<usize>> = rows.iter().map(|row| row.to_vec()).collect();
                 let mut tagged = TagBatch::of(batch, &rows, text.tag_count);
                 for (row, &sample) in tagged.samples.iter().enumerate() {
                     let sample = sample as usize;
                     let drawn = data.drawn_caption(step, sample);
                     tagged.captions.push(data.samples()[sample].captions[drawn].clone());
                     if let Some(own) = caption_tags[sample].get(drawn) {
-                        tagged.caption_tags[row] = own.clone();
+                        own_tags[row] = own.clone();
                     }
                 }
+                tagged.caption_tags = Some(own_tags);
                 Ok(tagged)
             }
             TagSource::Shards { data, .. } => {
@@ -440,7 +441,7 @@ impl TagSource {
                 let batch = if final_split { test } else { validation }.batch(&indices);
                 let input_ids = text.tokenize(&batch.captions);
                 Ok(TagBatch {
-                    caption_tags: tag_rows(&batch.targets),
+                    caption_tags: None,
                     pixels: batch.pixels,
                     targets: batch.targets,
                     input_ids,
@@ -466,7 +467,7 @@ impl TagSource {
                     input_ids: text.tokenize(&captions),
                     samples: samples.iter().map(|&s| s as i64).collect(),
                     skipped: Vec::new(),
-                    caption_tags: first_caption_tags.collect(),
+                    caption_tags: Some(first_caption_tags.collect()),
                     captions,
                 })
             }
@@ -482,7 +483,7 @@ impl TagSource {
                     samples: indices,
                     skipped: Vec::new(),
                     captions: captions[start..start + count].to_vec(),
-                    caption_tags: rows.iter().map(|row| row.to_vec()).collect(),
+                    caption_tags: None,
                 })
             }
         }

@@ -45,7 +45,7 @@
 
 use super::{
     Columns, PER_TAG, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
-    open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, trainable_variables,
+    open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, tag_rows, trainable_variables,
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment::{self, KnobSpec};
@@ -953,8 +953,8 @@ struct CaptionInputs {
 
 impl CaptionInputs {
     fn of(batch: &TagBatch, tag_list: &[String], tokenizer: &BertTokenizer, device: Device) -> Self {
-        let tag_strings: Vec<String> = batch
-            .caption_tags
+        let rows = batch.caption_tags.clone().unwrap_or_else(|| tag_rows(&batch.targets));
+        let tag_strings: Vec<String> = rows
             .iter()
             .map(|columns| columns.iter().map(|&column| tag_list[column].as_str()).collect::<Vec<_>>().join(" | "))
             .collect();
