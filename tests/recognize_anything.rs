@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 use trainer::models::bert::{BertConfig, BertTextConfig};
 use trainer::models::pretrained;
-use trainer::models::ram_plus::{self, RamPlus, RamPlusConfig};
+use trainer::models::ram_plus::{self, RamPlus, RamPlusConfig, TagQueries};
 use trainer::models::swin::{BUFFER_SUFFIXES, Swin, SwinConfig};
 use trainer::models::text_generation::Search;
 
@@ -122,6 +122,7 @@ fn ram_plus_reads_recognize_anythings_pth_and_gives_its_logits() {
         tags: 8,
         descriptions: 3,
         reweighted: true,
+        queries: TagQueries::ClipText,
         text: None,
     };
     // The shape is read from the tensors, given the number of tags.
@@ -193,14 +194,13 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
     // The tagging head is as wide as the text model, whose first layers it shares.
     let head = BertConfig { hidden_size: 64, intermediate_size: 128, ..small_head() };
     let text = Some(small_text(vocab_size));
-    assert_eq!(config, RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 1, reweighted: false, text });
+    let queries = TagQueries::ClipText;
+    let expected =
+        RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 1, reweighted: false, queries, text };
+    assert_eq!(config, expected);
     let var_store = nn::VarStore::new(Device::Cpu);
     let model = RamPlus::new(&var_store.root(), &config);
-    let aliases = model.aliases();
-    let variable = |name: &str| Some(trainer::models::ram_caption::canonical_name(name, &aliases));
-    let report = pretrained::load_tensors_named(&var_store, &file, &tensors, variable, false).unwrap();
-    assert!(report.fresh.is_empty(), "{:?}", report.fresh);
-    let line = ram_plus::describe_load(&model, &var_store, &report, &tensors);
+    let line = load_whole(&model, &var_store, &file, &tensors);
     // Tied: each shared block's 16 tensors in 2 layers, and the decoder's output weights.
     let parts = "(caption branch 85, image encoder 92, label embeddings 1, tagging head 36); 10 buffers computed here; \
                  34 tied to others";
@@ -229,6 +229,32 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
     let (ours, theirs) = (t2t.double_value(&[]), expected["t2t"].double_value(&[]));
     assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "t2t: {ours} vs {theirs}");
     t2t.backward();
+    let compared = assert_gradients(&var_store, &expected);
+    assert_eq!(compared, 5, "a tied head weight, the image encoder, both text models, the output head");
+
+    // Captions as transformers' `generate` writes them, greedy and with beam search, as
+    // Tag2Text's `generate` calls it by default.
+    let prompt = Vec::<i64>::try_from(expected["prompt_ids"].view([-1])).unwrap();
+    let eos = 3;
+    let caption_search = Search { beams: 3, max_length: 30, min_length: 5, length_penalty: 1.0, eos };
+    for (name, search) in [("greedy", Search { beams: 1, ..caption_search }), ("beam", caption_search)] {
+        let ours = caption.generate(&tag_tokens.detach(), &prompt, &search, Kind::Float);
+        let theirs = Vec::<Vec<i64>>::try_from(&expected[&format!("captions.{name}")]).unwrap();
+        assert_eq!(ours, theirs.iter().map(|ids| ended(ids, prompt.len(), eos)).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+/// `model`, built for `file`'s `tensors`, loaded from them, tied tensors from each copy.
+fn load_whole(model: &RamPlus, var_store: &nn::VarStore, file: &Path, tensors: &HashMap<String, Tensor>) -> String {
+    let aliases = model.aliases();
+    let variable = |name: &str| Some(trainer::models::ram_caption::canonical_name(name, &aliases));
+    let report = pretrained::load_tensors_named(var_store, file, tensors, variable, false).unwrap();
+    assert!(report.fresh.is_empty(), "{:?}", report.fresh);
+    ram_plus::describe_load(model, var_store, &report, tensors)
+}
+
+/// Each gradient `grad.<name>` of `expected` against the variable's; returns how many.
+fn assert_gradients(var_store: &nn::VarStore, expected: &HashMap<String, Tensor>) -> usize {
     let variables = var_store.variables();
     let mut compared = 0;
     for (name, gradient) in expected.iter().filter_map(|(name, t)| name.strip_prefix("grad.").map(|n| (n, t))) {
@@ -237,23 +263,72 @@ fn ram_loads_whole_from_its_pth_and_its_caption_branch_gives_the_references_t2t(
         assert!(difference <= 1e-4 * scale, "the gradient of {name} differs by {difference} (largest {scale})");
         compared += 1;
     }
-    assert_eq!(compared, 5, "a tied head weight, the image encoder, both text models, the output head");
+    compared
+}
 
-    // Captions as transformers' `generate` writes them, greedy and with RAM's beam search.
-    let prompt = Vec::<i64>::try_from(expected["prompt_ids"].view([-1])).unwrap();
-    let eos = 3;
-    let caption_search = trainer::models::ram_caption::caption_search(eos);
-    for (name, search) in [("greedy", Search { beams: 1, ..caption_search }), ("beam", caption_search)] {
-        let ours = caption.generate(&tag_tokens.detach(), &prompt, &search, Kind::Float);
-        let theirs = Vec::<Vec<i64>>::try_from(&expected[&format!("captions.{name}")]).unwrap();
-        // transformers fills what follows the end with the end token (its pad id is 0).
-        let ended = |ids: &Vec<i64>| -> Vec<i64> {
-            let end =
-                ids[prompt.len()..].iter().position(|&id| id == eos).map_or(ids.len(), |at| prompt.len() + at + 1);
-            ids[..end].to_vec()
-        };
-        assert_eq!(ours, theirs.iter().map(ended).collect::<Vec<_>>(), "{name}");
+/// transformers' `generate` pads what follows a caption's end with the end token `eos`:
+/// the ids up to and with the first end after the `prompt`.
+fn ended(ids: &[i64], prompt: usize, eos: i64) -> Vec<i64> {
+    let end = ids[prompt..].iter().position(|&id| id == eos).map_or(ids.len(), |at| prompt + at + 1);
+    ids[..end].to_vec()
+}
+
+#[test]
+fn tag2text_loads_from_its_pth_and_gives_the_references_logits_t2t_and_captions() {
+    let file = fixtures().join("tag2text.pth");
+    let tensors = pretrained::read_tensors(&file).unwrap();
+    let config = RamPlusConfig::of_checkpoint(&file, &tensors, 8).unwrap();
+    let vocab_size = tensors["tag_encoder.embeddings.word_embeddings.weight"].size()[0];
+    // The head reads the Swin's 64-wide tokens.
+    let head = BertConfig { hidden_size: 64, intermediate_size: 128, encoder_width: 64, ..small_head() };
+    let text = Some(BertTextConfig { max_position_embeddings: 64, ..small_text(vocab_size) });
+    let queries = TagQueries::Learned;
+    let expected =
+        RamPlusConfig { vision: small_swin(), head, tags: 8, descriptions: 1, reweighted: false, queries, text };
+    assert_eq!(config, expected);
+    let wrong = RamPlusConfig::of_checkpoint(&file, &tensors, 5).unwrap_err().to_string();
+    assert!(wrong.contains("`label_embed.weight` has 8 rows") && wrong.contains("Tag2Text's has 3429"), "{wrong}");
+    let var_store = nn::VarStore::new(Device::Cpu);
+    let model = RamPlus::new(&var_store.root(), &config);
+    let line = load_whole(&model, &var_store, &file, &tensors);
+    let parts = "(caption branch 85, image encoder 90, label embeddings 1, tagging head 34); 10 buffers computed here; \
+                 34 tied to others";
+    assert!(line.ends_with(parts), "{line}");
+    assert_written_back_as(&model, &var_store, &file, "tag2text-written.pth");
+
+    let pixels = &read(&fixtures().join("ram_plus-expected.safetensors"))["pixel_values"];
+    let inputs = read(&fixtures().join("ram-expected.safetensors"));
+    let expected = read(&fixtures().join("tag2text-expected.safetensors"));
+    let embeds = model.image_embeds(pixels);
+    let logits = model.tag_logits(&embeds);
+    let difference = max_difference(&logits, &expected["logits"]);
+    assert!(difference <= 1e-4, "logits differ from the reference's by {difference}");
+    let tag = ram_plus::tag_loss(&logits, &expected["targets"]);
+    let caption = model.caption().expect("Tag2Text's checkpoint has its caption branch");
+    let tag_tokens = caption.encode_tags(&inputs["tag_ids"], &inputs["tag_mask"], &embeds, Kind::Float);
+    let difference = max_difference(&tag_tokens, &expected["tag_tokens"]);
+    assert!(difference <= 1e-4, "the tag encoder's tokens differ by {difference}");
+    let (ids, mask) = (&inputs["caption_ids"], &inputs["caption_mask"]);
+    let t2t = caption.t2t_loss(ids, mask, &tag_tokens, Kind::Float, tch::Reduction::Mean);
+    for (name, term) in [("tag", &tag), ("t2t", &t2t)] {
+        let (ours, theirs) = (term.double_value(&[]), expected[name].double_value(&[]));
+        assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "{name}: {ours} vs {theirs}");
     }
+    (tag + t2t).backward();
+    assert_eq!(assert_gradients(&var_store, &expected), 5, "queries, per-tag linear, head, image, tag encoder");
+
+    // Captions as `inference_tag2text` writes them: 3 beams, 10 to 50 tokens.
+    let prompt = Vec::<i64>::try_from(inputs["prompt_ids"].view([-1])).unwrap();
+    let eos = 3;
+    let ours = caption.generate(
+        &tag_tokens.detach(),
+        &prompt,
+        &trainer::models::ram_caption::caption_search(eos),
+        Kind::Float,
+    );
+    let theirs = Vec::<Vec<i64>>::try_from(&expected["captions.beam"]).unwrap();
+    assert_eq!(ours, theirs.iter().map(|ids| ended(ids, prompt.len(), eos)).collect::<Vec<_>>());
+    assert!(ours.iter().all(|ids| ids.len() >= 10), "at least 10 tokens: {ours:?}");
 }
 
 #[test]

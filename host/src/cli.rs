@@ -389,6 +389,10 @@ pub struct PredictArgs {
     /// The CLIP folder that embeds a RAM++/RAM's new tags (the teacher it was trained with).
     #[arg(long, value_name = "DIR")]
     pub teacher: Option<PathBuf>,
+    /// Caption every image from these tags, comma-separated (`dog,grass`), instead of from
+    /// the tags it kept: Tag2Text's captioning from a person's tags (RAM's too).
+    #[arg(long, value_name = "TAGS")]
+    pub caption_tags: Option<String>,
     /// The file to write: for tags, one `{"image": ..., "tags": [{"tag": ..., "score": ...}]}`
     /// line per image (JSONL); for boxes, a COCO results list (JSON) on the images `trainer
     /// eval` evaluates (the run's, or those of --data).
@@ -819,6 +823,7 @@ fn run_predict(args: PredictArgs) -> Result<(), EngineError> {
             tag_descriptions: args.tag_descriptions,
             teacher: args.teacher,
             text_tokenizer: args.text_tokenizer,
+            caption_tags: args.caption_tags,
         },
         device: args.device,
     };

@@ -2,8 +2,8 @@
 //! its state-dict names, so that `ram_swin_large_14m.pth` loads whole:
 //!
 //! - `tag_encoder`: a [`BertTextModel`] (BERT-base of `med_config.json`, its cross-attention
-//!   reading the 512-wide image embeddings) over the tag string `tag | tag`, padded to 40
-//!   tokens, its first token `[ENC]`. `tie_encoder_decoder_weights(tag_encoder,
+//!   reading the image tokens: RAM's 512-wide embeddings, Tag2Text's Swin tokens) over the
+//!   tag string `tag | tag`, padded to 40 tokens, its first token `[ENC]`. `tie_encoder_decoder_weights(tag_encoder,
 //!   tagging_head)` makes the cross-attention and feed-forward blocks of its first layers
 //!   *the* tagging head's layers, so training either branch trains both;
 //! - `text_decoder`: a [`BertLmHead`] over the caption, its first token `[DEC]`, attending
@@ -23,7 +23,6 @@
 use super::bert::{
     BertConfig, BertCrossLayer, BertLmHead, BertTextConfig, BertTextModel, HEAD_WIDTH, IGNORED, language_model_loss,
 };
-use super::ram_plus::EMBED_DIM;
 use super::text_generation::{self, Search};
 use crate::files::FileError;
 use std::collections::HashMap;
@@ -38,10 +37,12 @@ pub const MAX_TOKENS: i64 = 40;
 /// The text captions continue.
 pub const PROMPT: &str = "a picture of ";
 
-/// How recognize-anything's Tag2Text captions (`generate`): 3 beams, 30 tokens at most and
-/// 5 at least, the prompt included, no length penalty, ending at `[SEP]`, `eos`.
+/// How recognize-anything's inference captions with Tag2Text (`inference_tag2text`, the
+/// only `generate` of the three models): 3 beams, 50 tokens at most (`generate`'s own default
+/// is 30) and 10 at least, the prompt included, no length penalty nor repetition penalty,
+/// ending at `[SEP]`, `eos`.
 pub fn caption_search(eos: i64) -> Search {
-    Search { beams: 3, max_length: 30, min_length: 5, length_penalty: 1.0, eos }
+    Search { beams: 3, max_length: 50, min_length: 10, length_penalty: 1.0, eos }
 }
 /// The end of the names of the embeddings' position buffers.
 pub const POSITION_IDS: &str = "embeddings.position_ids";
@@ -102,11 +103,11 @@ pub struct CaptionBranch {
 
 impl CaptionBranch {
     /// The branch at `path` (the model's root), its tag encoder's first layers sharing
-    /// `head_layers`, the tagging head's.
-    pub fn new(path: &nn::Path, config: &BertTextConfig, head_layers: &[BertCrossLayer]) -> Self {
+    /// `head_layers`, the tagging head's, and attending to image tokens `image_width` wide.
+    pub fn new(path: &nn::Path, config: &BertTextConfig, head_layers: &[BertCrossLayer], image_width: i64) -> Self {
         // The tag encoder reads the image embeddings; the decoder, the tag encoder's tokens.
         let encoder_config = BertTextConfig {
-            layers: BertConfig { encoder_width: EMBED_DIM, ..config.layers.clone() },
+            layers: BertConfig { encoder_width: image_width, ..config.layers.clone() },
             ..config.clone()
         };
         CaptionBranch {
@@ -152,8 +153,11 @@ impl CaptionBranch {
     /// Captions of the images whose tag encoder tokens are `tag_tokens` (`(batch, tag
     /// tokens, hidden)`), continuing `prompt` (ids, `[DEC]` first) as `search` says: each
     /// image's ids, the prompt first, up to and with the end token when there is one.
+    /// Captions are cut at the decoder's positions.
     pub fn generate(&self, tag_tokens: &Tensor, prompt: &[i64], search: &Search, compute: Kind) -> Vec<Vec<i64>> {
         let device = tag_tokens.device();
+        let positions = self.config.max_position_embeddings as usize;
+        let search = &Search { max_length: search.max_length.min(positions), ..*search };
         let prompts = vec![prompt.to_vec(); tag_tokens.size()[0] as usize];
         tch::no_grad(|| {
             text_generation::generate(&prompts, search, |ids, images| {

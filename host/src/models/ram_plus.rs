@@ -18,10 +18,17 @@
 //! Training minimises the three terms `RAM_plus.forward` returns ([`RamPlus::losses`]).
 //! RAM's caption branch, when built, shares the head's layers ([`CaptionBranch`]).
 //!
+//! Tag2Text (`ram/models/tag2text.py`, `tag2text_swin_14m.pth`) is the same head over other
+//! inputs ([`TagQueries::Learned`]): the Swin's tokens as they are (no `image_proj`), one
+//! learned query per tag of the head's width (`label_embed.weight`, an `nn.Embedding`), and
+//! a linear of its own per tag (`fc.W`, `fc.b`, Query2Label's `GroupWiseLinear`); with the
+//! caption branch of RAM, reading those tokens.
+//!
 //! A released checkpoint carries no configuration: [`RamPlusConfig::of_checkpoint`] reads
 //! the shape from the tensors (the Swin's stages, heads and window, the image size from its
-//! shifted-window masks, the head's widths), given the number of tags, which the tag list
-//! gives; only the head's attention heads are not in any shape, and are RAM's 4.
+//! shifted-window masks, the head's widths, which of the three models it is), given the
+//! number of tags, which the tag list gives; only the head's attention heads are not in any
+//! shape, and are Query2Label's 4 in all three.
 //!
 //! What the released model has besides (`class_threshold`, the tag list) is not a tensor of
 //! its state dict; the Swin's buffers are, and [`super::swin::BUFFER_SUFFIXES`] names them.
@@ -40,8 +47,23 @@ use tch::{Kind, Tensor, nn, nn::Module};
 
 /// Width of the CLIP embeddings RAM++ works in (`image_proj`'s output, `label_embed`'s rows).
 pub const EMBED_DIM: i64 = 512;
+/// Tag2Text's learned tag queries, the `weight` of its `label_embed` embedding.
+pub const LEARNED_QUERIES: &str = "label_embed.weight";
 
-/// A RAM++ model's shape.
+/// Where the tagging head's tag queries come from, and how its outputs are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagQueries {
+    /// RAM++ and RAM: the image tokens through `image_proj`; CLIP text embeddings of the tags
+    /// (`label_embed`) through `wordvec_proj` and ReLU; one linear (`fc`) scores every tag.
+    #[default]
+    ClipText,
+    /// Tag2Text: the image tokens as they are; one learned query per tag
+    /// (`label_embed.weight`); a linear per tag (`fc.W`, `fc.b`).
+    Learned,
+}
+
+/// A RAM++ model's shape (or RAM's, or Tag2Text's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RamPlusConfig {
     pub vision: SwinConfig,
@@ -52,6 +74,8 @@ pub struct RamPlusConfig {
     /// Whether each image weighs a tag's description rows (RAM++), or the one row of each
     /// tag is its query as it is (RAM).
     pub reweighted: bool,
+    #[serde(default)]
+    pub queries: TagQueries,
     /// RAM's caption branch: the tag encoder's and the decoder's text model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<BertTextConfig>,
@@ -62,7 +86,33 @@ impl RamPlusConfig {
     /// descriptions each.
     pub fn swin_large_14m() -> Self {
         let (vision, head) = (SwinConfig::large(384), BertConfig::query2label());
-        RamPlusConfig { vision, head, tags: 4585, descriptions: 51, reweighted: true, text: None }
+        RamPlusConfig {
+            vision,
+            head,
+            tags: 4585,
+            descriptions: 51,
+            reweighted: true,
+            queries: TagQueries::ClipText,
+            text: None,
+        }
+    }
+
+    /// The width of the image tokens the head and the tag encoder attend to: `image_proj`'s
+    /// 512, or the Swin's own (Tag2Text).
+    pub fn image_width(&self) -> i64 {
+        match self.queries {
+            TagQueries::ClipText => EMBED_DIM,
+            TagQueries::Learned => self.vision.num_features(),
+        }
+    }
+
+    /// Which of recognize-anything's models this is, as its papers name them.
+    pub fn model_name(&self) -> &'static str {
+        match (self.queries, self.reweighted) {
+            (TagQueries::Learned, _) => "Tag2Text",
+            (TagQueries::ClipText, true) => "RAM++",
+            (TagQueries::ClipText, false) => "RAM",
+        }
     }
 
     /// The shape of the RAM++ (or RAM) checkpoint `tensors`, read from `file`, for a tag list
@@ -71,7 +121,7 @@ impl RamPlusConfig {
         let bad = |problem: String| FileError::format(file, problem);
         let shape = |name: &str| {
             tensors.get(name).map(Tensor::size).ok_or_else(|| {
-                bad(format!("no tensor `{name}`: not a RAM++ or RAM checkpoint of recognize-anything's"))
+                bad(format!("no tensor `{name}`: not a RAM++, RAM or Tag2Text checkpoint of recognize-anything's"))
             })
         };
         // The count of `prefix{N}.` indices among the names.
@@ -118,6 +168,26 @@ impl RamPlusConfig {
             layer_norm_eps: BertConfig::query2label().layer_norm_eps,
             encoder_width: key[1],
         };
+        let text = ram_caption::text_config_of(file, tensors)?;
+        if let Some(text) = &text
+            && text.layers.hidden_size != head.hidden_size
+        {
+            return Err(bad(format!(
+                "`tag_encoder` is {} wide and the tagging head {}: RAM ties the head's layers to the encoder's",
+                text.layers.hidden_size, head.hidden_size
+            )));
+        }
+        if let Some(learned) = tensors.get(LEARNED_QUERIES) {
+            let rows = learned.size()[0];
+            if rows != tags {
+                return Err(bad(format!(
+                    "`{LEARNED_QUERIES}` has {rows} rows and the tag list {tags} tags: the tag list is not this \
+                     checkpoint's (Tag2Text's has 3429 tags)"
+                )));
+            }
+            let queries = TagQueries::Learned;
+            return Ok(RamPlusConfig { vision, head, tags, descriptions: 1, reweighted: false, queries, text });
+        }
         let rows = shape("label_embed")?[0];
         if tags <= 0 || rows % tags != 0 {
             return Err(bad(format!(
@@ -131,16 +201,7 @@ impl RamPlusConfig {
                 "`label_embed` has {descriptions} rows per tag but no `reweight_scale` weighs them (RAM has one per tag)"
             )));
         }
-        let text = ram_caption::text_config_of(file, tensors)?;
-        if let Some(text) = &text
-            && text.layers.hidden_size != head.hidden_size
-        {
-            return Err(bad(format!(
-                "`tag_encoder` is {} wide and the tagging head {}: RAM ties the head's layers to the encoder's",
-                text.layers.hidden_size, head.hidden_size
-            )));
-        }
-        Ok(RamPlusConfig { vision, head, tags, descriptions, reweighted, text })
+        Ok(RamPlusConfig { vision, head, tags, descriptions, reweighted, queries: TagQueries::ClipText, text })
     }
 }
 
@@ -208,16 +269,37 @@ pub fn part_of(name: &str) -> &'static str {
     PARTS.iter().find(|(prefix, _)| name.starts_with(prefix)).map_or("other", |(_, part)| part)
 }
 
+/// Where the tag queries come from ([`TagQueries`]).
+#[derive(Debug)]
+enum Queries {
+    ClipText {
+        label_embed: Tensor,
+        /// RAM++'s temperature of the description weights; RAM has none.
+        reweight_scale: Option<Tensor>,
+        wordvec_proj: nn::Linear,
+    },
+    Learned {
+        label_embed: Tensor,
+    },
+}
+
+/// How the head's outputs become one logit per tag.
+#[derive(Debug)]
+enum TagScorer {
+    /// One linear for every tag (RAM++, RAM).
+    Shared(nn::Linear),
+    /// A linear per tag: `(1, tags, hidden)` weights and `(1, tags)` biases (Tag2Text).
+    PerTag { weight: Tensor, bias: Tensor },
+}
+
 #[derive(Debug)]
 pub struct RamPlus {
     visual_encoder: Swin,
-    image_proj: nn::Linear,
-    label_embed: Tensor,
-    /// RAM++'s temperature of the description weights; RAM has none.
-    reweight_scale: Option<Tensor>,
-    wordvec_proj: nn::Linear,
+    /// RAM++'s and RAM's; Tag2Text's head reads the Swin's tokens as they are.
+    image_proj: Option<nn::Linear>,
+    queries: Queries,
     tagging_head: Vec<BertCrossLayer>,
-    fc: nn::Linear,
+    fc: TagScorer,
     caption: Option<CaptionBranch>,
     compute: Compute,
     tags: i64,
@@ -232,17 +314,43 @@ impl RamPlus {
         let tagging_head: Vec<BertCrossLayer> = (0..config.head.num_hidden_layers)
             .map(|layer| BertCrossLayer::new(&layers / layer, &config.head))
             .collect();
+        let (image_proj, queries, fc) = match config.queries {
+            TagQueries::ClipText => {
+                let proj = nn::linear(path / "image_proj", config.vision.num_features(), EMBED_DIM, Default::default());
+                let queries = Queries::ClipText {
+                    label_embed: path.zeros("label_embed", &[config.tags * config.descriptions, EMBED_DIM]),
+                    reweight_scale: config
+                        .reweighted
+                        .then(|| path.var("reweight_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()))),
+                    wordvec_proj: nn::linear(path / "wordvec_proj", EMBED_DIM, hidden, Default::default()),
+                };
+                (Some(proj), queries, TagScorer::Shared(nn::linear(path / "fc", hidden, 1, Default::default())))
+            }
+            TagQueries::Learned => {
+                // nn.Embedding's and GroupWiseLinear's initialisations.
+                let label_embed = (path / "label_embed").var(
+                    "weight",
+                    &[config.tags, hidden],
+                    nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+                );
+                let bound = 1.0 / (hidden as f64).sqrt();
+                let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+                let fc = path / "fc";
+                let scorer = TagScorer::PerTag {
+                    weight: fc.var("W", &[1, config.tags, hidden], uniform),
+                    bias: fc.var("b", &[1, config.tags], uniform),
+                };
+                (None, Queries::Learned { label_embed }, scorer)
+            }
+        };
+        let image_width = config.image_width();
         RamPlus {
             visual_encoder: Swin::new(&(path / "visual_encoder"), &config.vision),
-            image_proj: nn::linear(path / "image_proj", config.vision.num_features(), EMBED_DIM, Default::default()),
-            label_embed: path.zeros("label_embed", &[config.tags * config.descriptions, EMBED_DIM]),
-            reweight_scale: config
-                .reweighted
-                .then(|| path.var("reweight_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln()))),
-            wordvec_proj: nn::linear(path / "wordvec_proj", EMBED_DIM, hidden, Default::default()),
-            caption: config.text.as_ref().map(|text| CaptionBranch::new(path, text, &tagging_head)),
+            image_proj,
+            queries,
+            caption: config.text.as_ref().map(|text| CaptionBranch::new(path, text, &tagging_head, image_width)),
             tagging_head,
-            fc: nn::linear(path / "fc", hidden, 1, Default::default()),
+            fc,
             compute: Compute::default(),
             tags: config.tags,
             descriptions: config.descriptions,
@@ -302,43 +410,54 @@ impl RamPlus {
         self.caption.as_ref()
     }
 
-    /// `image_proj` of the encoder's output: `(batch, 1 + tokens, 512)`, the average token
-    /// first.
+    /// The image tokens the head attends to, `(batch, 1 + tokens, width)`, the average token
+    /// first: `image_proj` of the encoder's output (512 wide), or the output as it is
+    /// (Tag2Text).
     pub fn image_embeds(&self, pixel_values: &Tensor) -> Tensor {
-        self.image_proj.forward(&self.visual_encoder.forward(pixel_values))
+        let tokens = self.visual_encoder.forward(pixel_values);
+        match &self.image_proj {
+            Some(proj) => proj.forward(&tokens),
+            None => tokens,
+        }
     }
 
-    /// Each image's tag queries: its mix of each tag's description embeddings through
-    /// `wordvec_proj` and ReLU, `(batch, tags, hidden)`; RAM's are the same for every image,
-    /// `(1, tags, hidden)`.
+    /// Each image's tag queries, `(batch or 1, tags, hidden)`: RAM++'s mix of each tag's
+    /// description embeddings through `wordvec_proj` and ReLU; RAM's and Tag2Text's are the
+    /// same for every image.
     fn tag_queries(&self, image_embeds: &Tensor) -> Tensor {
-        let Some(reweight_scale) = &self.reweight_scale else {
-            return self.wordvec_proj.forward(&self.label_embed).relu().unsqueeze(0);
+        let (label_embed, reweight_scale, wordvec_proj) = match &self.queries {
+            Queries::Learned { label_embed } => return label_embed.unsqueeze(0),
+            Queries::ClipText { label_embed, reweight_scale: None, wordvec_proj } => {
+                return wordvec_proj.forward(label_embed).relu().unsqueeze(0);
+            }
+            Queries::ClipText { label_embed, reweight_scale: Some(scale), wordvec_proj } => {
+                (label_embed, scale, wordvec_proj)
+            }
         };
         let average = image_embeds.select(1, 0);
         let average = &average / average.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
-        let similarity = average.matmul(&self.label_embed.tr()) * reweight_scale.exp();
+        let similarity = average.matmul(&label_embed.tr()) * reweight_scale.exp();
         let (batch, tags, descriptions) = (average.size()[0], self.tags, self.descriptions);
         let weights = similarity.view([batch, tags, descriptions]).softmax(-1, Kind::Float);
-        let rows = self.label_embed.view([tags, descriptions, EMBED_DIM]);
+        let rows = label_embed.view([tags, descriptions, EMBED_DIM]);
         let mixed = Tensor::einsum("btd,tdc->btc", &[weights, rows], None::<i64>);
-        self.wordvec_proj.forward(&mixed).relu()
+        wordvec_proj.forward(&mixed).relu()
     }
 
-    /// `(batch, tags)` logits of `queries` (`(batch or 1, count, hidden)`: the tag queries,
-    /// or any other queries of the head's width) over the image tokens.
-    fn head_logits(&self, queries: &Tensor, image_embeds: &Tensor) -> Tensor {
+    /// The head's outputs for `queries` (`(batch or 1, count, hidden)`) over the image
+    /// tokens: `(batch, count, hidden)`.
+    fn head_outputs(&self, queries: &Tensor, image_embeds: &Tensor) -> Tensor {
         let queries = queries.expand([image_embeds.size()[0], -1, -1], false);
-        let hidden = self
-            .tagging_head
-            .iter()
-            .fold(queries, |hidden, layer| layer.forward(&hidden, image_embeds, self.compute.kind));
-        self.fc.forward(&hidden).squeeze_dim(-1)
+        self.tagging_head.iter().fold(queries, |hidden, layer| layer.forward(&hidden, image_embeds, self.compute.kind))
     }
 
     /// The tag logits of images already embedded: `(batch, tags)`.
     pub fn tag_logits(&self, image_embeds: &Tensor) -> Tensor {
-        self.head_logits(&self.tag_queries(image_embeds), image_embeds)
+        let outputs = self.head_outputs(&self.tag_queries(image_embeds), image_embeds);
+        match &self.fc {
+            TagScorer::Shared(fc) => fc.forward(&outputs).squeeze_dim(-1),
+            TagScorer::PerTag { weight, bias } => (outputs * weight).sum_dim_intlist(-1, false, Kind::Float) + bias,
+        }
     }
 
     /// The tag logits of `pixel_values` (normalised, `image_res` square): `(batch, tags)`.
@@ -348,10 +467,13 @@ impl RamPlus {
 
     /// The head's logit of each image for each of `texts` (`(count, 512)` CLIP text
     /// embeddings, e.g. the batch's captions), queried through `wordvec_proj` and ReLU as
-    /// tags are: `(batch, count)`.
+    /// tags are: `(batch, count)`. RAM++'s and RAM's: Tag2Text queries no CLIP embeddings.
     pub fn alignment_logits(&self, image_embeds: &Tensor, texts: &Tensor) -> Tensor {
-        let queries = self.wordvec_proj.forward(&texts.to_kind(Kind::Float)).relu().unsqueeze(0);
-        self.head_logits(&queries, image_embeds)
+        let (Queries::ClipText { wordvec_proj, .. }, TagScorer::Shared(fc)) = (&self.queries, &self.fc) else {
+            panic!("alignment is RAM++'s and RAM's: Tag2Text has no CLIP text queries");
+        };
+        let queries = wordvec_proj.forward(&texts.to_kind(Kind::Float)).relu().unsqueeze(0);
+        fc.forward(&self.head_outputs(&queries, image_embeds)).squeeze_dim(-1)
     }
 
     /// RAM++'s loss terms for images embedded as `image_embeds`: `tag`, the asymmetric loss
@@ -386,17 +508,20 @@ impl RamPlus {
         asymmetric_loss(&alignment, &own, 0.0, 4.0, 0.05)
     }
 
-    /// The label embeddings, `(tags x descriptions, 512)`: a tag's rows are consecutive.
+    /// The label embeddings: `(tags x descriptions, 512)`, a tag's rows consecutive; or
+    /// Tag2Text's learned queries, `(tags, hidden)`.
     pub fn label_embed(&self) -> &Tensor {
-        &self.label_embed
+        match &self.queries {
+            Queries::ClipText { label_embed, .. } | Queries::Learned { label_embed } => label_embed,
+        }
     }
 
     /// exp(`reweight_scale`), RAM++'s inverse temperature of the description weights; 1 for
-    /// RAM, which weighs none.
+    /// RAM and Tag2Text, which weigh none.
     pub fn description_scale(&self) -> Tensor {
-        match &self.reweight_scale {
-            Some(scale) => scale.exp(),
-            None => Tensor::ones([], (Kind::Float, self.label_embed.device())),
+        match &self.queries {
+            Queries::ClipText { reweight_scale: Some(scale), .. } => scale.exp(),
+            _ => Tensor::ones([], (Kind::Float, self.label_embed().device())),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! `trainer predict` for taggers (the CLIP tagger, RAM++ and RAM): each image's tags with
 //! their probabilities, the same probabilities the evaluation scores (sigmoid of the head's
 //! logits in float64, images decoded as the held-out images are), at or above each tag's
-//! threshold (RAM's own per tag) or the one given, at most the top K; and RAM's `tag | tag`
-//! string of them.
+//! threshold (RAM's own per tag) or the one given, at most the top K; RAM's `tag | tag`
+//! string of them; and with a caption branch (RAM, Tag2Text), the caption.
 
 use crate::data::PixelNormalizer;
 use crate::engine::EngineError;
@@ -53,8 +53,8 @@ struct Prediction<'a> {
 
 /// The logits of pixels, with what captions need of the images.
 type Score = Box<dyn Fn(&Tensor) -> (Tensor, Option<Tensor>)>;
-/// Captions of images from what [`Score`] gave and their tag strings.
-type Caption = Box<dyn Fn(&Tensor, &[String]) -> Option<Vec<String>>>;
+/// Captions of images from what [`Score`] gave and the tags each kept.
+type Caption = Box<dyn Fn(&Tensor, &[Vec<&str>]) -> Option<Vec<String>>>;
 
 /// A saved tagger ready to score images.
 struct LoadedTagger {
@@ -88,6 +88,7 @@ impl LoadedTagger {
             ("--tag-descriptions", open_set.tag_descriptions.is_some()),
             ("--teacher", open_set.teacher.is_some()),
             ("--text-tokenizer", open_set.text_tokenizer.is_some()),
+            ("--caption-tags", open_set.caption_tags.is_some()),
         ]))?;
         let path = dir.join(pretrained::CONFIG_FILE);
         let config: TaggerConfig = pretrained::read_config(dir)?;
@@ -138,16 +139,16 @@ pub fn predict(request: &PredictRequest) -> Result<usize, EngineError> {
             lines.push(Prediction { image: file.display().to_string(), tags, tag_string, caption: None });
         }
         // RAM captions each image from the tags it kept, in the order of its tag list as
-        // `generate_tag` joins them.
-        let tag_strings: Vec<String> = lines
+        // `generate` joins them.
+        let kept: Vec<Vec<&str>> = lines
             .iter()
             .map(|line| {
                 let mut kept: Vec<&str> = line.tags.iter().map(|tag| tag.tag).collect();
                 kept.sort_by_key(|tag| tagger.tags.iter().position(|known| known == tag));
-                kept.join(" | ")
+                kept
             })
             .collect();
-        if let Some(captions) = embeds.and_then(|embeds| (tagger.captions)(&embeds, &tag_strings)) {
+        if let Some(captions) = embeds.and_then(|embeds| (tagger.captions)(&embeds, &kept)) {
             for (line, caption) in lines.iter_mut().zip(captions) {
                 line.caption = Some(caption);
             }

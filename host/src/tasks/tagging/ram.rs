@@ -45,7 +45,7 @@
 
 use super::{
     Columns, PER_TAG, TagBatch, TagLoss, TagSource, TaggingConfig, TextSide, data_vocabulary, gradient_shares,
-    open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, tag_rows, trainable_variables,
+    multi_hot, open_source, per_tag_table, predict_split, read_vocabulary, split_unseen, tag_rows, trainable_variables,
 };
 use crate::data::PixelNormalizer;
 use crate::data::augment::{self, KnobSpec};
@@ -64,7 +64,7 @@ use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::models::pth;
 use crate::models::ram_caption::{self, MAX_TOKENS, caption_targets};
-use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, tag_loss};
+use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, TagQueries, tag_loss};
 use crate::models::relative_position;
 use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
 use serde::{Deserialize, Serialize};
@@ -73,13 +73,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
-/// The `model_type` of a saved RAM++, and of a saved RAM tagging branch.
+/// The `model_type` of a saved RAM++, RAM and Tag2Text.
 pub const RAM_PLUS: &str = "ram_plus";
 pub const RAM: &str = "ram";
+pub const TAG2TEXT: &str = "tag2text";
 /// recognize-anything's checkpoint of a saved model, beside `model.safetensors`.
 pub const PTH_FILE: &str = "model.pth";
-/// The tag list looked for beside a `.pth` when `--model-tags` is not given.
+/// The tag list looked for beside a `.pth` when `--model-tags` is not given: RAM++'s and
+/// RAM's, Tag2Text's (recognize-anything's `ram/data/` names).
 pub const TAG_LIST_FILE: &str = "ram_tag_list.txt";
+pub const TAG2TEXT_TAG_LIST_FILE: &str = "tag2text_ori_tag_list.txt";
+/// Tag2Text's thresholds other than the default, by tag (`Tag2Text.__init__`).
+const TAG2TEXT_THRESHOLDS: [(&str, f64); 3] = [("person", 0.7), ("man", 0.7), ("woman", 0.7)];
+/// Tags Tag2Text leaves out of the tags it captions from, "that may disturb captioning"
+/// (`delete_tag_index`).
+const TAG2TEXT_UNCAPTIONED: [&str; 7] = ["quarter", "back", "two", "three", "four", "five", "one"];
 /// The threshold of a tag without one of its own: RAM++'s inference default.
 pub const DEFAULT_THRESHOLD: f64 = 0.68;
 /// The prompts a new tag without descriptions is embedded from (CLIP's ImageNet templates).
@@ -117,7 +125,12 @@ impl RamTaggerConfig {
         let architecture = RamPlusConfig { tags: tags.len() as i64, ..starting.architecture.clone() };
         let added = tags.iter().filter(|tag| !starting.tags.contains(tag) || starting.added.contains(tag)).cloned();
         RamTaggerConfig {
-            model_type: if architecture.reweighted { RAM_PLUS } else { RAM }.into(),
+            model_type: match architecture.model_name() {
+                "Tag2Text" => TAG2TEXT,
+                "RAM++" => RAM_PLUS,
+                _ => RAM,
+            }
+            .into(),
             added_tags: added.collect(),
             architecture,
             tag_list: tags,
@@ -126,8 +139,8 @@ impl RamTaggerConfig {
     }
 }
 
-/// Whether `--model` names a RAM++ or RAM: a `.pth` checkpoint of recognize-anything's, or
-/// a folder this trainer saved one in.
+/// Whether `--model` names a RAM++, RAM or Tag2Text: a `.pth` checkpoint of
+/// recognize-anything's, or a folder this trainer saved one in.
 pub fn is_ram(model: &Path) -> bool {
     if model.is_file() {
         return model.extension().is_some_and(|extension| extension == "pth");
@@ -136,9 +149,9 @@ pub fn is_ram(model: &Path) -> bool {
     config.is_ok_and(|config| is_ram_type(&config["model_type"]))
 }
 
-/// Whether a `config.json`'s `model_type` is a RAM's.
+/// Whether a `config.json`'s `model_type` is one of recognize-anything's.
 pub fn is_ram_type(model_type: &serde_json::Value) -> bool {
-    [RAM_PLUS, RAM].iter().any(|kind| model_type == kind)
+    [RAM_PLUS, RAM, TAG2TEXT].iter().any(|kind| model_type == kind)
 }
 
 /// Refuses the first of `given`, flags that only a RAM++ or RAM `--model` takes, given
@@ -146,7 +159,7 @@ pub fn is_ram_type(model_type: &serde_json::Value) -> bool {
 pub fn refuse_flags(given: Vec<&'static str>) -> Result<(), EngineError> {
     match given.first() {
         Some(flag) => Err(EngineError::Config(format!(
-            "{flag}: goes with a RAM++ or RAM --model (a recognize-anything .pth, or a folder saved from one)"
+            "{flag}: goes with a RAM++, RAM or Tag2Text --model (a recognize-anything .pth, or a folder saved from one)"
         ))),
         None => Ok(()),
     }
@@ -182,20 +195,30 @@ impl StartingModel {
                 added: config.added_tags,
             });
         }
+        // The architecture is read from the tensors, so a resumed run reads them too.
+        let tensors = pretrained::read_tensors(model)?;
+        // recognize-anything's loaders read the head of older checkpoints under this name.
+        let tensors: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(name, tensor)| match name.strip_prefix("vision_multi.") {
+                Some(rest) => (format!("tagging_head.{rest}"), tensor),
+                None => (name, tensor),
+            })
+            .collect();
+        let list_name =
+            if tensors.contains_key(ram_plus::LEARNED_QUERIES) { TAG2TEXT_TAG_LIST_FILE } else { TAG_LIST_FILE };
         let list = match model_tags {
             Some(list) => list.to_path_buf(),
-            None => model.with_file_name(TAG_LIST_FILE),
+            None => model.with_file_name(list_name),
         };
         if !list.is_file() {
             return Err(EngineError::Config(format!(
                 "--model {}: a .pth holds no tag names; give them with --model-tags FILE (recognize-anything's \
-                 ram/data/ram_tag_list.txt, one tag per line) or put {TAG_LIST_FILE} beside it",
+                 ram/data/{list_name}, one tag per line) or put {list_name} beside it",
                 model.display()
             )));
         }
         let tags = read_vocabulary(&list)?;
-        // The architecture is read from the tensors, so a resumed run reads them too.
-        let tensors = pretrained::read_tensors(model)?;
         let architecture = RamPlusConfig::of_checkpoint(model, &tensors, tags.len() as i64)?;
         let tensors = if load_weights { tensors } else { HashMap::new() };
         Ok(StartingModel {
@@ -220,6 +243,8 @@ pub struct OpenSet {
     pub teacher: Option<PathBuf>,
     /// BERT's tokenizer for a `.pth`'s captions (a saved folder has its own).
     pub text_tokenizer: Option<PathBuf>,
+    /// Tags, comma-separated, to caption every image from instead of those it kept.
+    pub caption_tags: Option<String>,
 }
 
 /// A RAM ready to tag and caption images.
@@ -229,16 +254,31 @@ pub struct PredictingRam {
     /// With the caption branch, the tokenizer that captions: `None` where there is either
     /// no caption branch or no tokenizer for it.
     pub text_tokenizer: Option<BertTokenizer>,
+    /// The tag string every image is captioned from, when a person gave the tags.
+    caption_tags: Option<String>,
     /// Owns the model's variables.
     _var_store: nn::VarStore,
 }
 
 impl PredictingRam {
-    /// The captions of images embedded as `image_embeds`, each from its `tags` (`tag | tag`),
-    /// as Tag2Text's `generate` writes them (beam search from `a picture of `, the prompt
-    /// cut off); `None` without a caption branch and its tokenizer.
-    pub fn captions(&self, image_embeds: &Tensor, tags: &[String]) -> Option<Vec<String>> {
+    /// The captions of images embedded as `image_embeds`, each from the tags it `kept`
+    /// (Tag2Text's leave out those that "may disturb captioning"), or all from the tags a
+    /// person gave, as Tag2Text's `generate` writes them (beam search from `a picture of `,
+    /// the prompt cut off); `None` without a caption branch and its tokenizer.
+    pub fn captions(&self, image_embeds: &Tensor, kept: &[Vec<&str>]) -> Option<Vec<String>> {
         let (tokenizer, caption) = (self.text_tokenizer.as_ref()?, self.model.caption()?);
+        let tag2text = self.config.architecture.queries == TagQueries::Learned;
+        let tags: Vec<String> = kept
+            .iter()
+            .map(|kept| match &self.caption_tags {
+                Some(given) => given.clone(),
+                None => {
+                    let captioned = kept.iter().filter(|tag| !(tag2text && TAG2TEXT_UNCAPTIONED.contains(tag)));
+                    captioned.copied().collect::<Vec<&str>>().join(" | ")
+                }
+            })
+            .collect();
+        let tags = tags.as_slice();
         let device = image_embeds.device();
         let (tag_ids, tag_mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
         let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
@@ -267,6 +307,17 @@ pub fn open_for_prediction(model: &Path, open_set: &OpenSet, device: Device) -> 
         Some(path) => read_vocabulary(path)?,
         None => starting.tags.clone(),
     };
+    let learned = starting.architecture.queries == TagQueries::Learned;
+    if let (true, Some(path), Some(new)) =
+        (learned, &open_set.tags, tags.iter().find(|tag| !starting.tags.contains(tag)))
+    {
+        return Err(EngineError::Config(format!(
+            "--tags {}: `{new}` is not among the tags of {}, a Tag2Text, whose tag queries are learned: fine-tune \
+             it on data with that tag to add it",
+            path.display(),
+            model.display()
+        )));
+    }
     let teacher = open_set.teacher.as_deref().map(|dir| Teacher::open(dir, device)).transpose()?;
     let thresholds = thresholds_of(None, &tags, &starting)?;
     let config = RamTaggerConfig::new(&starting, tags, thresholds);
@@ -281,7 +332,17 @@ pub fn open_for_prediction(model: &Path, open_set: &OpenSet, device: Device) -> 
         (None, Some(_)) if saved.is_dir() => Some(open_text_tokenizer(&saved, &config.architecture)?),
         (None, Some(_)) => None,
     };
-    Ok(PredictingRam { config, model: ram, text_tokenizer, _var_store: var_store })
+    if let (Some(_), None) = (&open_set.caption_tags, &text_tokenizer) {
+        return Err(EngineError::Config(format!(
+            "--caption-tags: {} has no caption branch, or no tokenizer for it (--text-tokenizer DIR)",
+            model.display()
+        )));
+    }
+    let caption_tags = open_set.caption_tags.as_deref().map(|given| {
+        // Tag2Text's inference turns `a,b` into `a | b`.
+        given.split(',').map(str::trim).filter(|tag| !tag.is_empty()).collect::<Vec<&str>>().join(" | ")
+    });
+    Ok(PredictingRam { config, model: ram, text_tokenizer, caption_tags, _var_store: var_store })
 }
 
 /// Where a saved RAM keeps the tokenizer of its caption branch.
@@ -299,9 +360,13 @@ fn load_starting(
     teacher: Option<&Teacher>,
     allow_partial: bool,
 ) -> Result<Vec<String>, EngineError> {
-    // A tied tensor's copies load into its one variable.
+    // A tied tensor's copies load into its one variable; the per-tag tensors are filled
+    // tag by tag.
     let aliases = model.aliases();
-    let variable = |name: &str| (name != "label_embed").then(|| ram_caption::canonical_name(name, &aliases));
+    let per_tag = per_tag_tensors(&starting.architecture);
+    let variable = |name: &str| {
+        (!per_tag.iter().any(|(per_tag, _)| *per_tag == name)).then(|| ram_caption::canonical_name(name, &aliases))
+    };
     let (tensors, resized) = fit_position_tables(var_store, starting)?;
     let report = pretrained::load_tensors_named(var_store, &starting.file, &tensors, variable, allow_partial).map_err(
         |err| match err {
@@ -316,7 +381,10 @@ fn load_starting(
     let descriptions = descriptions.map(read_descriptions).transpose()?;
     let mut lines = vec![weights];
     lines.extend(resized);
-    lines.push(fill_label_embed(model, starting, tags, descriptions.as_ref(), teacher)?);
+    lines.push(match starting.architecture.queries {
+        TagQueries::ClipText => fill_label_embed(model, starting, tags, descriptions.as_ref(), teacher)?,
+        TagQueries::Learned => fill_learned_queries(var_store, starting, tags)?,
+    });
     Ok(lines)
 }
 
@@ -453,6 +521,10 @@ fn read_descriptions(path: &Path) -> Result<HashMap<String, Vec<String>>, FileEr
 /// [`DEFAULT_THRESHOLD`].
 fn thresholds_of(file: Option<&Path>, tags: &[String], starting: &StartingModel) -> Result<Vec<f64>, EngineError> {
     let mut by_tag = starting.thresholds.clone();
+    // A Tag2Text checkpoint's own, which its code holds rather than a file.
+    if starting.thresholds.is_empty() && starting.architecture.queries == TagQueries::Learned {
+        by_tag.extend(TAG2TEXT_THRESHOLDS.iter().map(|&(tag, threshold)| (tag.to_string(), threshold)));
+    }
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
         let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
@@ -546,11 +618,26 @@ impl RamTaggingTask {
             .filter(|&i| unseen_by_flag.contains(&i) || config.added_tags.contains(&tags[i as usize]))
             .collect();
         let has_caption_branch = config.architecture.text.is_some();
+        let tag2text = config.architecture.queries == TagQueries::Learned;
         let losses = run_losses(task, has_caption_branch);
+        if tag2text && task.teacher.is_some() {
+            return Err(EngineError::Config(format!(
+                "--teacher: {} is a Tag2Text, which learns from no CLIP teacher (its terms are tag and t2t)",
+                model_path.display()
+            )));
+        }
+        if tag2text && let Some(loss) = losses.iter().find(|loss| matches!(loss, TagLoss::Align | TagLoss::Distill)) {
+            return Err(EngineError::Config(format!(
+                "--losses {}: {} is a Tag2Text, which has no CLIP embeddings to align or distil (its terms are tag \
+                 and t2t)",
+                loss.name(),
+                model_path.display()
+            )));
+        }
         if losses.contains(&TagLoss::T2t) && !has_caption_branch {
             return Err(EngineError::Config(format!(
-                "--losses t2t: {} has no caption branch (`tag_encoder`, `text_decoder`): RAM's checkpoints have one, \
-                 RAM++'s do not",
+                "--losses t2t: {} has no caption branch (`tag_encoder`, `text_decoder`): RAM's and Tag2Text's \
+                 checkpoints have one, RAM++'s do not",
                 model_path.display()
             )));
         }
@@ -571,7 +658,7 @@ impl RamTaggingTask {
                 needs.push(format!("the `{}` loss", loss.name()));
             }
         }
-        if context.load_weights && !new_tags.is_empty() {
+        if context.load_weights && !new_tags.is_empty() && !tag2text {
             needs.push(format!("the label embeddings of tags the checkpoint lacks (`{}`)", new_tags[0]));
         }
         let teacher = match (&task.teacher, needs.is_empty()) {
@@ -737,6 +824,19 @@ impl RamTaggingTask {
             .collect()
     }
 
+    /// What `tag` trains each row of `batch` towards: its image's tags; Tag2Text's, as
+    /// `finetune.py` trains it, are those of the row's caption where the data gives captions
+    /// tags of their own (`parse_label_id`).
+    fn tag_targets(&self, batch: &TagBatch) -> Tensor {
+        match &batch.caption_tags {
+            Some(rows) if self.config.architecture.queries == TagQueries::Learned => {
+                let rows: Vec<&[usize]> = rows.iter().map(Vec::as_slice).collect();
+                multi_hot(&rows, self.config.tag_list.len()).to_device(self.device)
+            }
+            _ => batch.targets.shallow_clone(),
+        }
+    }
+
     /// The caption branch's inputs of `batch`, when `t2t` trains.
     fn caption_inputs(&self, batch: &TagBatch) -> Option<CaptionInputs> {
         let tokenizer = self.text_tokenizer.as_ref()?;
@@ -768,8 +868,8 @@ impl RamTaggingTask {
         let text_pieces = text.as_ref().map(|text| text.chunk(pieces));
         let mut shares: Vec<Tensor> = Vec::with_capacity(self.losses.len());
         let mut offset = 0;
-        for (index, (pixels, targets)) in pixels.chunk(pieces, 0).iter().zip(batch.targets.chunk(pieces, 0)).enumerate()
-        {
+        let targets = self.tag_targets(batch);
+        for (index, (pixels, targets)) in pixels.chunk(pieces, 0).iter().zip(targets.chunk(pieces, 0)).enumerate() {
             let rows = pixels.size()[0];
             let image = images.as_ref().map(|images| &images[index]);
             let share = rows as f64 / global_rows;
@@ -841,7 +941,8 @@ impl RamTaggingTask {
         let text = self.caption_inputs(batch);
         let text = text.as_ref().map(|text| (text, text.counted()));
         let captions = captions.map(|captions| (captions, 0));
-        let terms = self.loss_terms(&pixels, &batch.targets, teacher.image.as_ref(), captions, 1.0, text);
+        let targets = self.tag_targets(batch);
+        let terms = self.loss_terms(&pixels, &targets, teacher.image.as_ref(), captions, 1.0, text);
         gradient_shares(&trainable, &terms, &self.weights)
     }
 }
@@ -906,9 +1007,60 @@ fn fill_label_embed(
     Ok(line)
 }
 
+/// The tensors of a model that hold a slice per tag, with the axis of the tags: RAM++'s and
+/// RAM's label embeddings (RAM++'s hold a block of rows per tag); Tag2Text's queries and its
+/// per-tag linear.
+fn per_tag_tensors(architecture: &RamPlusConfig) -> Vec<(&'static str, i64)> {
+    match architecture.queries {
+        TagQueries::ClipText => vec![("label_embed", 0)],
+        TagQueries::Learned => vec![(ram_plus::LEARNED_QUERIES, 0), ("fc.W", 1), ("fc.b", 1)],
+    }
+}
+
+/// Sets Tag2Text's per-tag tensors in `var_store` for `tags`: a tag `starting` has keeps
+/// its query and its linear; a new one keeps the model's initialisation (an `nn.Embedding`'s
+/// and `GroupWiseLinear`'s), as recognize-anything's tracker advises for fine-tuning Tag2Text
+/// on tags of one's own. Returns the start-up line saying which.
+fn fill_learned_queries(
+    var_store: &nn::VarStore,
+    starting: &StartingModel,
+    tags: &[String],
+) -> Result<String, FileError> {
+    let variables = var_store.variables();
+    let known: Vec<(i64, i64)> = tags
+        .iter()
+        .enumerate()
+        .filter_map(|(row, tag)| Some((row as i64, starting.tags.iter().position(|known| known == tag)? as i64)))
+        .collect();
+    let new: Vec<&str> = tags.iter().filter(|tag| !starting.tags.contains(tag)).map(String::as_str).collect();
+    if !starting.tensors.is_empty() && !known.is_empty() {
+        let (rows, sources): (Vec<i64>, Vec<i64>) = known.iter().copied().unzip();
+        for (name, axis) in per_tag_tensors(&starting.architecture) {
+            let source = starting.tensors.get(name).ok_or_else(|| {
+                FileError::format(&starting.file, format!("no tensor `{name}`: Tag2Text's per-tag linear is missing"))
+            })?;
+            let variable = &variables[name];
+            let device = variable.device();
+            let taken = source.index_select(axis, &Tensor::from_slice(&sources)).to_kind(Kind::Float);
+            tch::no_grad(|| {
+                let _ = variable.shallow_clone().index_copy_(
+                    axis,
+                    &Tensor::from_slice(&rows).to_device(device),
+                    &taken.to_device(device),
+                );
+            });
+        }
+    }
+    let mut line = format!("tag queries and per-tag linears: {} tags from the checkpoint", known.len());
+    if !new.is_empty() {
+        line.push_str(&format!("; {} new, initialised as Tag2Text initialises them: {}", new.len(), new.join(", ")));
+    }
+    Ok(line)
+}
+
 /// The run's terms: those of `--losses`, or the model's defaults, as recognize-anything's
 /// `finetune.py` trains it: RAM++ `tag`, `align`, `distill`; RAM `tag`, `distill`, `t2t`;
-/// `align` and `distill` only with a teacher.
+/// Tag2Text `tag`, `t2t`; `align` and `distill` only with a teacher.
 fn run_losses(task: &TaggingConfig, has_caption_branch: bool) -> Vec<TagLoss> {
     const ORDER: [TagLoss; 4] = [TagLoss::Tag, TagLoss::Align, TagLoss::Distill, TagLoss::T2t];
     if !task.losses.is_empty() {
@@ -1016,8 +1168,9 @@ impl Task for RamTaggingTask {
         &self.var_store
     }
 
-    /// `label_embed` is frozen, as in recognize-anything; a part no loss of the run reaches
-    /// is not trained (the head under `distill` alone, RAM's caption branch, which no loss
+    /// RAM++'s and RAM's `label_embed` is frozen, as in recognize-anything (`finetune.py`'s
+    /// `label_embed.requires_grad = False` leaves Tag2Text's, a module, trained); a part no
+    /// loss of the run reaches is not trained (the head under `distill` alone, RAM's caption branch, which no loss
     /// here reaches but through the layers it shares with the head).
     fn parameter_group(&self, name: &str) -> Option<usize> {
         let in_image_encoder = name.starts_with("visual_encoder.") || name.starts_with("image_proj.");
@@ -1059,7 +1212,7 @@ impl Task for RamTaggingTask {
         let mut lines = vec![format!(
             "tagging {} tags with {} (Swin {} wide at {} px, {} label embeddings per tag) and losses {} on {}",
             self.config.tag_list.len(),
-            if architecture.reweighted { "RAM++" } else { "RAM" },
+            architecture.model_name(),
             vision.embed_dim,
             vision.image_res,
             architecture.descriptions,
