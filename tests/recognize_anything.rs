@@ -555,27 +555,35 @@ fn a_pth_without_tag_names_or_a_loss_without_its_teacher_is_refused_in_one_line(
     common::assert_one_line_error(&no_teacher, 1, &["--teacher", "the `distill` loss", "`shirt`"]);
 }
 
-#[test]
-fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are_checked() {
+/// `count` mosaics in `dir` described by recognize-anything's finetune JSON, `finetune.json`
+/// (each caption's tags in `parse_label_id`: all four garments for the first, the first
+/// garment for the second), and by a manifest of the same images and tags, `tagged.jsonl`,
+/// with the mosaics' ten garments as the run's tag list `run_tags.txt`. Returns the JSON's
+/// entries.
+fn write_finetune_json(dir: &Path, count: usize) -> Vec<serde_json::Value> {
     use trainer::data::fashion_mnist::CLASS_NAMES;
-    let dir = tempfile::tempdir().unwrap();
-    let tags = tag_files();
-    let run_tags = dir.path().join("run_tags.txt");
-    std::fs::write(&run_tags, CLASS_NAMES.join("\n")).unwrap();
+    std::fs::write(dir.join("run_tags.txt"), CLASS_NAMES.join("\n")).unwrap();
     let (mut lines, mut entries) = (Vec::new(), Vec::new());
-    for mosaic in common::write_mosaics(dir.path(), 0, 40) {
+    for mosaic in common::write_mosaics(dir, 0, count) {
         let ids: Vec<usize> =
             mosaic.tags.iter().map(|tag| CLASS_NAMES.iter().position(|c| c == tag).unwrap()).collect();
         lines.push(serde_json::json!({"image": mosaic.file_name, "tags": mosaic.tags}).to_string());
-        // `parse_label_id` holds each caption's tags; `union_label_id` the image's.
         let parsed = vec![ids.clone(), ids[..1].to_vec()];
         entries.push(serde_json::json!({"image_path": mosaic.file_name, "caption": mosaic.captions,
             "union_label_id": ids, "parse_label_id": parsed}));
     }
-    let manifest = dir.path().join("tagged.jsonl");
-    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("tagged.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("finetune.json"), serde_json::Value::Array(entries.clone()).to_string()).unwrap();
+    entries
+}
+
+#[test]
+fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = tag_files();
+    let mut entries = write_finetune_json(dir.path(), 40);
+    let (run_tags, manifest) = (dir.path().join("run_tags.txt"), dir.path().join("tagged.jsonl"));
     let finetune = dir.path().join("finetune.json");
-    std::fs::write(&finetune, serde_json::Value::Array(entries.clone()).to_string()).unwrap();
     let train = |run: &Path, data: &Path, losses: &[&str]| {
         let args = ["--data", data.to_str().unwrap(), "--tags", run_tags.to_str().unwrap()];
         let rest = ["--steps", "3", "--eval-every", "3", "--workers", "1"];
@@ -642,6 +650,104 @@ fn recognize_anythings_finetune_json_trains_as_the_same_manifest_and_its_ids_are
     std::fs::write(&finetune, serde_json::Value::Array(entries).to_string()).unwrap();
     let refused = train(&dir.path().join("refused"), &finetune, &[]);
     common::assert_one_line_error(&refused, 1, &["finetune.json entry 3", "tag id 12", "10 tags of", "run_tags.txt"]);
+}
+
+/// Tag2Text fine-tuned on tags of its own, as recognize-anything's tracker advises (the
+/// queries and linears of new tags initialised afresh, those it has kept), with its terms
+/// `tag` and `t2t`; then captioning from the tags a person gives.
+#[test]
+fn tag2text_fine_tunes_on_tags_of_its_own_and_captions_from_a_persons_tags() {
+    use trainer::data::fashion_mnist::CLASS_NAMES;
+    let (dir, tags) = (tempfile::tempdir().unwrap(), tag_files());
+    write_finetune_json(dir.path(), 24);
+    let (model, model_tags) = (fixtures().join("tag2text.pth"), tags.path().join("model_tags.txt"));
+    let (finetune, run_tags) = (dir.path().join("finetune.json"), dir.path().join("run_tags.txt"));
+    let vocabulary = fixtures().join("bert_vocab");
+    let constant = [common::policy("constant").display().to_string()];
+    let train = |run: &Path, rest: &[&str]| {
+        let args = [
+            ["--task", "tagging", "--model", model.to_str().unwrap()],
+            ["--model-tags", model_tags.to_str().unwrap(), "--data", finetune.to_str().unwrap()],
+            ["--tags", run_tags.to_str().unwrap(), "--text-tokenizer", vocabulary.to_str().unwrap()],
+        ]
+        .concat();
+        common::train_cpu(run, &constant, &[&args[..], &["--batch-size", "8", "--workers", "1"], rest].concat())
+    };
+    let untrained = dir.path().join("untrained");
+    let loaded = train(&untrained, &["--steps", "1", "--lr", "0"]);
+    common::assert_success(&loaded);
+    let report = String::from_utf8_lossy(&loaded.stdout).into_owned() + &common::stderr(&loaded);
+    let lines = ["tagging 10 tags with Tag2Text", "losses tag, t2t", "6 tags from the checkpoint; 4 new"];
+    assert!(lines.iter().all(|line| report.contains(line)), "{report}");
+    let original = pretrained::read_tensors(&model).unwrap();
+    let saved = pretrained::read_tensors(&untrained.join("final/model.pth")).unwrap();
+    let names = |tensors: &HashMap<String, Tensor>| tensors.keys().cloned().collect::<BTreeSet<String>>();
+    assert_eq!(names(&saved), names(&original), "every name recognize-anything's strict load wants");
+    assert_eq!(saved["label_embed.weight"].size(), [10, 64]);
+    for (row, tag) in CLASS_NAMES.iter().enumerate() {
+        let known = CHECKPOINT_TAGS.iter().position(|known| known == tag);
+        let query = |tensors: &HashMap<String, Tensor>, row: usize| tensors["label_embed.weight"].get(row as i64);
+        let linear = |tensors: &HashMap<String, Tensor>, row: usize| tensors["fc.W"].select(1, row as i64);
+        match known {
+            Some(known) => assert!(
+                query(&saved, row).equal(&query(&original, known))
+                    && linear(&saved, row).equal(&linear(&original, known)),
+                "`{tag}` keeps its query and linear"
+            ),
+            None => assert!(
+                !CHECKPOINT_TAGS
+                    .iter()
+                    .enumerate()
+                    .any(|(known, _)| query(&saved, row).equal(&query(&original, known)))
+            ),
+        }
+    }
+
+    // Both terms fall; `tag` trains towards each drawn caption's own tags.
+    let trained = dir.path().join("trained");
+    common::assert_success(&train(&trained, &["--steps", "16", "--lr", "2e-3"]));
+    let history = common::read_jsonl(&trained.join("metrics.jsonl"));
+    let mean = |term: &str, steps: std::ops::Range<usize>| {
+        steps.clone().map(|step| history[step]["losses"][term].as_f64().unwrap()).sum::<f64>() / steps.len() as f64
+    };
+    for term in ["tag", "t2t"] {
+        assert!(mean(term, 12..16) < 0.8 * mean(term, 0..4), "{term} falls: {history:?}");
+    }
+    let held_out = |run: &Path| common::read_json(&run.join("eval.json"))["val_t2t"].as_f64().unwrap();
+    assert!(held_out(&trained) < held_out(&untrained));
+
+    // Captions from given tags are the captions of those tags kept: `dress,coat` is what an
+    // image keeping exactly those two would be captioned from.
+    let images = tempfile::tempdir().unwrap();
+    common::write_mosaics(images.path(), 100, 2);
+    let predict = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let (model, out) = (trained.join("final"), images.path().join("predicted.jsonl"));
+        let args = ["predict", "--model", model.to_str().unwrap(), "--images", images.path().to_str().unwrap()];
+        let rest = ["--out", out.to_str().unwrap(), "--device", "cpu"];
+        common::assert_success(&common::trainer(&[&args[..], &rest, extra].concat()));
+        common::read_jsonl(&out)
+    };
+    let given = predict(&["--caption-tags", "dress, coat"]);
+    let mut kept_file = images.path().join("two_tags.txt");
+    std::fs::write(&kept_file, "dress\ncoat\n").unwrap();
+    let kept = predict(&["--tags", kept_file.to_str().unwrap(), "--threshold", "0"]);
+    assert!(kept.iter().all(|line| line["tags"].as_array().unwrap().len() == 2), "both kept: {kept:?}");
+    let captions = |lines: &[serde_json::Value]| lines.iter().map(|line| line["caption"].clone()).collect::<Vec<_>>();
+    assert_eq!(captions(&given), captions(&kept));
+    assert!(captions(&given).iter().all(|caption| caption.as_str().is_some_and(|text| !text.is_empty())));
+
+    // Tags Tag2Text never learned, and a teacher it has no use for, are refused in one line.
+    kept_file = images.path().join("new_tag.txt");
+    std::fs::write(&kept_file, "dress\nzebra\n").unwrap();
+    let (model_dir, out) = (trained.join("final"), images.path().join("refused.jsonl"));
+    let args = ["predict", "--model", model_dir.to_str().unwrap(), "--images", images.path().to_str().unwrap()];
+    let refused = common::trainer(
+        &[&args[..], &["--out", out.to_str().unwrap(), "--tags", kept_file.to_str().unwrap()]].concat(),
+    );
+    common::assert_one_line_error(&refused, 1, &["new_tag.txt", "`zebra`", "Tag2Text"]);
+    let teacher = fixtures().join("teacher");
+    let refused = train(&dir.path().join("refused"), &["--teacher", teacher.to_str().unwrap()]);
+    common::assert_one_line_error(&refused, 1, &["--teacher", "tag2text.pth", "Tag2Text"]);
 }
 
 #[test]

@@ -370,8 +370,8 @@ pub struct PredictArgs {
     /// all tags, 100 boxes].
     #[arg(long, value_name = "K", value_parser = positive_usize)]
     pub top_k: Option<usize>,
-    /// The tag names of a RAM++/RAM `.pth` --model, one per line [default: ram_tag_list.txt
-    /// beside it].
+    /// The tag names of a RAM++/RAM/Tag2Text `.pth` --model, one per line [default:
+    /// ram_tag_list.txt beside it; Tag2Text's tag2text_ori_tag_list.txt].
     #[arg(long, value_name = "FILE")]
     pub model_tags: Option<PathBuf>,
     /// The tags a RAM++/RAM predicts, one per line, instead of its own: open-set tagging

@@ -160,8 +160,9 @@ pub struct TaggingArgs {
     /// [default without it: --losses tag].
     #[arg(long, value_name = "DIR")]
     pub teacher: Option<PathBuf>,
-    /// The tag names of a RAM++/RAM `.pth`, one per line (recognize-anything's
-    /// ram/data/ram_tag_list.txt) [default: ram_tag_list.txt beside it].
+    /// The tag names of a RAM++/RAM/Tag2Text `.pth`, one per line (recognize-anything's
+    /// ram/data/ram_tag_list.txt) [default: ram_tag_list.txt beside it; Tag2Text's
+    /// tag2text_ori_tag_list.txt].
     #[arg(long, value_name = "FILE")]
     pub model_tags: Option<PathBuf>,
     /// Descriptions of new tags for RAM++/RAM: JSON, tag -> list of descriptions (or RAM++'s

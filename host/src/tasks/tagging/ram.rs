@@ -1,8 +1,8 @@
-//! recognize-anything's RAM++ and RAM fine-tuned as a tagging run: `--task tagging --model
-//! ram_plus_swin_large_14m.pth --teacher DIR`, the model of [`crate::models::ram_plus`] under
-//! its own names, trained with the terms of recognize-anything's `finetune.py`, named as
+//! recognize-anything's RAM++, RAM and Tag2Text fine-tuned as a tagging run: `--task tagging
+//! --model ram_plus_swin_large_14m.pth --teacher DIR`, the model of [`crate::models::ram_plus`]
+//! under its own names, trained with the terms of recognize-anything's `finetune.py`, named as
 //! every tagging run names them (RAM++'s default `tag`, `align`, `distill`; RAM's `tag`,
-//! `distill`, `t2t`; without a teacher, those that need none):
+//! `distill`, `t2t`; Tag2Text's `tag`, `t2t`; without a teacher, those that need none):
 //!
 //! - `tag`: the asymmetric loss of the tag logits (gamma- 7, clip 0.05), summed;
 //! - `distill`: the mean L1 distance of the average image token to the frozen teacher CLIP's
@@ -29,6 +29,10 @@
 //! prompt templates when it has none. RAM++ keeps the same number of rows per tag, so a
 //! tag's descriptions are repeated in turn to fill them. Thresholds: RAM's per-tag file,
 //! 0.68 for a tag without one.
+//!
+//! Tag2Text's tag queries are learned: a tag it has keeps its query and linear, a new one
+//! starts from the model's initialisation, and no teacher is needed; its `tag` trains
+//! towards the drawn caption's tags where the data gives them, as `finetune.py` does.
 //!
 //! `unseen_mAP` scores the tags the checkpoint did not have (and any `--unseen-tags`, which
 //! `tag` leaves out), on their own. Both mAPs are recognize-anything's (`get_mAP`): a tag
