@@ -13,7 +13,8 @@
 //!   result.
 //!
 //! The model is asked for whole prefixes each step (no cache of keys and values): captions
-//! are a few tens of tokens.
+//! are a few tens of tokens. Inputs search together: one call of the model per step serves
+//! the beams of every input still searching.
 
 use tch::{Kind, Tensor};
 
@@ -41,11 +42,7 @@ pub fn generate(
     search: &Search,
     mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
 ) -> Vec<Vec<i64>> {
-    if search.beams <= 1 {
-        greedy(prompts, search, log_probs)
-    } else {
-        prompts.iter().enumerate().map(|(input, prompt)| beam_search(input, prompt, search, &mut log_probs)).collect()
-    }
+    if search.beams <= 1 { greedy(prompts, search, log_probs) } else { beam_search(prompts, search, log_probs) }
 }
 
 /// The log-probabilities of `rows` (each `(vocab)`) with `eos` ruled out while the
@@ -99,29 +96,35 @@ struct Beam {
     score: f32,
 }
 
-fn beam_search(
-    input: usize,
-    prompt: &[i64],
-    search: &Search,
-    log_probs: &mut impl FnMut(&Tensor, &[usize]) -> Tensor,
-) -> Vec<i64> {
-    let beams = search.beams;
-    let prompt_length = prompt.len();
-    // Only the first beam starts; the others are copies ruled out until they diverge.
-    let mut running: Vec<Beam> = (0..beams)
-        .map(|beam| Beam { tokens: prompt.to_vec(), score: if beam == 0 { 0.0 } else { RULED_OUT as f32 } })
-        .collect();
-    // Finished sequences with their length-normalised scores, best first, `beams` at most.
-    let mut finished: Vec<(Vec<i64>, f32)> = Vec::new();
-    let normalised = |score: f32, generated: usize| score / (generated as f32).powf(search.length_penalty as f32);
-    let mut length = prompt_length;
-    while length < search.max_length {
-        let batch: Vec<&Vec<i64>> = running.iter().map(|beam| &beam.tokens).collect();
-        let rows = processed(log_probs(&ids_tensor(&batch), &[input]), length, search);
+/// One input's search: its running beams and finished sequences.
+struct BeamSearch {
+    prompt_length: usize,
+    /// The length of every running beam.
+    length: usize,
+    running: Vec<Beam>,
+    /// Finished sequences with their length-normalised scores, best first, `beams` at most.
+    finished: Vec<(Vec<i64>, f32)>,
+    done: bool,
+}
+
+impl BeamSearch {
+    fn new(prompt: &[i64], search: &Search) -> Self {
+        // Only the first beam starts; the others are copies ruled out until they diverge.
+        let running = (0..search.beams)
+            .map(|beam| Beam { tokens: prompt.to_vec(), score: if beam == 0 { 0.0 } else { RULED_OUT as f32 } })
+            .collect();
+        let length = prompt.len();
+        BeamSearch { prompt_length: length, length, running, finished: Vec::new(), done: length >= search.max_length }
+    }
+
+    /// One step, from the next-token log-probabilities of each running beam, `rows`.
+    fn advance(&mut self, rows: &[Vec<f32>], search: &Search) {
+        let (beams, length, prompt_length) = (search.beams, self.length, self.prompt_length);
+        let normalised = |score: f32, generated: usize| score / (generated as f32).powf(search.length_penalty as f32);
         // Every (beam, token) by summed log-probability; the 2 x beams best, as topk gives
         // them (descending; the lower flat index first among equals).
         let mut candidates: Vec<(f32, usize, i64)> = Vec::with_capacity(beams * rows[0].len());
-        for (index, (beam, row)) in running.iter().zip(&rows).enumerate() {
+        for (index, (beam, row)) in self.running.iter().zip(rows).enumerate() {
             candidates.extend(row.iter().enumerate().map(|(token, &p)| (p + beam.score, index, token as i64)));
         }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
@@ -129,35 +132,65 @@ fn beam_search(
         let at_max = length + 1 >= search.max_length;
         let ends = |token: i64| token == search.eos || at_max;
         let extended = |beam: usize, token: i64| {
-            let mut tokens = running[beam].tokens.clone();
+            let mut tokens = self.running[beam].tokens.clone();
             tokens.push(token);
             tokens
         };
         for (rank, &(score, beam, token)) in candidates.iter().enumerate() {
             if rank < beams && ends(token) {
-                finished.push((extended(beam, token), normalised(score, length + 1 - prompt_length)));
+                self.finished.push((extended(beam, token), normalised(score, length + 1 - prompt_length)));
             }
         }
-        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-        finished.truncate(beams);
+        self.finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.finished.truncate(beams);
         let next: Vec<Beam> = candidates
             .iter()
             .filter(|&&(_, _, token)| !ends(token))
             .take(beams)
             .map(|&(score, beam, token)| Beam { tokens: extended(beam, token), score })
             .collect();
-        length += 1;
+        self.length += 1;
         // Go on while a slot is free or the best running beam, at its length, beats the
         // worst finished sequence.
         let improvable = next.len() == beams
-            && (finished.len() < beams
-                || normalised(next[0].score, length - prompt_length) > finished.last().expect("beams finished").1);
-        if !improvable {
-            break;
+            && (self.finished.len() < beams
+                || normalised(next[0].score, self.length - prompt_length)
+                    > self.finished.last().expect("beams finished").1);
+        if improvable && self.length < search.max_length {
+            self.running = next;
+        } else {
+            self.done = true;
         }
-        running = next;
     }
-    finished.into_iter().next().map_or_else(|| running.swap_remove(0).tokens, |(tokens, _)| tokens)
+
+    fn best(mut self) -> Vec<i64> {
+        match self.finished.into_iter().next() {
+            Some((tokens, _)) => tokens,
+            None => self.running.swap_remove(0).tokens,
+        }
+    }
+}
+
+/// Beam search of every input at once: each step asks the model for the running beams of
+/// all inputs still searching whose beams are as long as the first one's.
+fn beam_search(
+    prompts: &[Vec<i64>],
+    search: &Search,
+    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
+) -> Vec<Vec<i64>> {
+    let mut searches: Vec<BeamSearch> = prompts.iter().map(|prompt| BeamSearch::new(prompt, search)).collect();
+    while let Some(first) = searches.iter().position(|input| !input.done) {
+        let length = searches[first].length;
+        let inputs: Vec<usize> =
+            (first..searches.len()).filter(|&i| !searches[i].done && searches[i].length == length).collect();
+        let batch: Vec<&Vec<i64>> =
+            inputs.iter().flat_map(|&input| searches[input].running.iter().map(|beam| &beam.tokens)).collect();
+        let rows = processed(log_probs(&ids_tensor(&batch), &inputs), length, search);
+        for (&input, rows) in inputs.iter().zip(rows.chunks(search.beams)) {
+            searches[input].advance(rows, search);
+        }
+    }
+    searches.into_iter().map(BeamSearch::best).collect()
 }
 
 #[cfg(test)]
@@ -197,5 +230,16 @@ mod tests {
         assert_eq!(generate(&[vec![0]], &greedy, table(&next)), vec![vec![0, 1, 0]]);
         let beam = Search { beams: 2, ..greedy };
         assert_eq!(generate(&[vec![0]], &beam, table(&next)), vec![vec![0, 2, 3]]);
+        // Inputs searched together, one ending early and one of another length, each as alone.
+        let prompts = [vec![0], vec![1, 2], vec![2], vec![0, 0]];
+        let alone: Vec<Vec<i64>> = prompts.iter().flat_map(|p| generate(&[p.clone()], &beam, table(&next))).collect();
+        let mut calls = 0;
+        let together = generate(&prompts, &beam, |ids, rows| {
+            calls += 1;
+            assert_eq!(ids.size()[0] as usize, 2 * rows.len(), "two beams of each input asked");
+            table(&next)(ids, rows)
+        });
+        assert_eq!(together, alone);
+        assert!(calls < 5, "{calls} calls for the four inputs' steps");
     }
 }
