@@ -15,6 +15,8 @@ VENV := $(CACHE)/venv-torch-$(TORCH_VERSION)
 PYTHON := $(VENV)/bin/python
 TORCH_INSTALLED := $(VENV)/.installed-torch
 TEST_PACKAGES := $(VENV)/.installed-test-packages
+CAPTION_EVAL_INSTALLED := $(VENV)/.installed-pycocoevalcap
+PYCOCOEVALCAP_VERSION := 1.2
 TORCH_DIR = $(shell $(PYTHON) -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 export CARGO_TARGET_DIR := $(CACHE)/target
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
@@ -107,7 +109,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 
 # What the tests need besides: the Python packages of the reference sides and the
 # toolchains of the Python, JavaScript and C policies.
-test-setup: setup $(TEST_PACKAGES) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+test-setup: setup $(TEST_PACKAGES) $(CAPTION_EVAL_INSTALLED) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
@@ -142,6 +144,11 @@ $(TORCH_INSTALLED):
 $(TEST_PACKAGES): $(TORCH_INSTALLED)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) transformers tensorboard \
 		pycocotools scipy torchvision==$(TORCHVISION_VERSION)
+	touch $@
+
+# pycocoevalcap: the COCO caption evaluation, the reference of the caption metrics.
+$(CAPTION_EVAL_INSTALLED): $(TEST_PACKAGES)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check pycocoevalcap==$(PYCOCOEVALCAP_VERSION)
 	touch $@
 
 $(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)

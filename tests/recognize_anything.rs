@@ -331,6 +331,78 @@ fn tag2text_loads_from_its_pth_and_gives_the_references_logits_t2t_and_captions(
     assert!(ours.iter().all(|ids| ids.len() >= 10), "at least 10 tokens: {ours:?}");
 }
 
+/// BLEU and CIDEr-D of a set of captions equal pycocoevalcap's on the same words: written
+/// cases (a perfect caption, one sharing no 4-gram, one reference or five of unequal
+/// lengths, a one-word caption, repeated words) and random captions over a small vocabulary.
+#[test]
+fn caption_metrics_equal_pycocoevalcaps_bleu_and_cider() {
+    use trainer::eval::{bleu, caption_words, cider_d};
+    let mut candidates: Vec<String> = [
+        "A dress and a coat on a white background.",
+        "coat dress a",
+        "a man wearing a red coat",
+        "Sneakers",
+        "a bag a bag a bag a bag",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut references: Vec<Vec<String>> = vec![
+        vec!["a dress and a coat on a white background".into()],
+        vec!["a dress and a coat".into(), "two garments: a dress, a coat".into()],
+        vec![
+            "a man in a red coat".into(),
+            "a man wearing a coat that is red and a hat".into(),
+            "man, red coat".into(),
+            "a person wearing a red coat on the street".into(),
+            "someone's red coat".into(),
+        ],
+        vec!["a pair of sneakers".into(), "sneakers on a white background".into()],
+        vec!["a bag".into(), "a leather bag with a handle".into()],
+    ];
+    const WORDS: [&str; 12] = ["a", "the", "dress", "coat", "bag", "red", "on", "and", "of", "white", "man", "shoe"];
+    let mut state = 12345u64;
+    let mut draw = |below: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize % below
+    };
+    let mut sentence = |draw: &mut dyn FnMut(usize) -> usize| {
+        let length = 1 + draw(12);
+        (0..length).map(|_| WORDS[draw(WORDS.len())]).collect::<Vec<_>>().join(" ")
+    };
+    for _ in 0..40 {
+        candidates.push(sentence(&mut draw));
+        let count = 1 + draw(5);
+        references.push((0..count).map(|_| sentence(&mut draw)).collect());
+    }
+    let words: Vec<Vec<String>> = candidates.iter().map(|caption| caption_words(caption)).collect();
+    let reference_words: Vec<Vec<Vec<String>>> =
+        references.iter().map(|captions| captions.iter().map(|caption| caption_words(caption)).collect()).collect();
+    let joined = |words: &Vec<String>| words.join(" ");
+    let input = serde_json::json!({
+        "candidates": words.iter().map(joined).collect::<Vec<_>>(),
+        "references": reference_words.iter().map(|refs| refs.iter().map(joined).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("captions.json");
+    std::fs::write(&file, input.to_string()).unwrap();
+    let scored = common::python_fixture("captioning/coco_caption_scores.py", &[file.as_os_str()]);
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&scored.stdout).unwrap();
+    let close = |ours: f64, theirs: &serde_json::Value| (ours - theirs.as_f64().unwrap()).abs() <= 1e-9;
+    let ours = bleu(&words, &reference_words);
+    assert!((0..4).all(|order| close(ours[order], &theirs["bleu"][order])), "BLEU {ours:?} vs {}", theirs["bleu"]);
+    assert!(ours[3] > 0.0 && ours[3] < 1.0, "{ours:?}");
+    let (mean, per_image) = cider_d(&words, &reference_words);
+    assert!(close(mean, &theirs["cider"]), "CIDEr {mean} vs {}", theirs["cider"]);
+    for (image, score) in per_image.iter().enumerate() {
+        assert!(
+            close(*score, &theirs["cider_per_image"][image]),
+            "image {image}: {score} vs {}",
+            theirs["cider_per_image"][image]
+        );
+    }
+}
+
 #[test]
 fn the_bert_tokenizer_gives_transformers_ids_from_a_vocabulary_or_a_tokenizer_json() {
     use trainer::data::bert_tokenizer::{BertTokenizer, Padding};

@@ -1,11 +1,13 @@
 //! Evaluation of trained models on held-out data.
 
+mod captioning;
 mod coco;
 mod multilabel;
 mod retrieval;
 mod validation;
 mod zero_shot;
 
+pub use captioning::{CAPTION_METRICS, bleu, caption_words, cider_d};
 pub use coco::{
     AveragePrecision, COCO_METRICS, COCO_MISSING, CocoDetection, CocoEvaluation, CocoSummary, GroundTruthBox,
     coco_evaluation,
