@@ -775,23 +775,45 @@ fn tag2text_fine_tunes_on_tags_of_its_own_and_captions_from_a_persons_tags() {
         }
     }
 
-    // Both terms fall; `tag` trains towards each drawn caption's own tags.
+    // Both terms fall; `tag` trains towards each drawn caption's own tags. The mosaics'
+    // captions name their garments and where they are.
     let trained = dir.path().join("trained");
-    common::assert_success(&train(&trained, &["--steps", "16", "--lr", "2e-3"]));
+    common::assert_success(&train(&trained, &["--steps", "60", "--lr", "2e-3"]));
     let history = common::read_jsonl(&trained.join("metrics.jsonl"));
     let mean = |term: &str, steps: std::ops::Range<usize>| {
         steps.clone().map(|step| history[step]["losses"][term].as_f64().unwrap()).sum::<f64>() / steps.len() as f64
     };
     for term in ["tag", "t2t"] {
-        assert!(mean(term, 12..16) < 0.8 * mean(term, 0..4), "{term} falls: {history:?}");
+        assert!(mean(term, 56..60) < 0.8 * mean(term, 0..4), "{term} falls: {history:?}");
     }
     let held_out = |run: &Path| common::read_json(&run.join("eval.json"))["val_t2t"].as_f64().unwrap();
     assert!(held_out(&trained) < held_out(&untrained));
+    // The held-out captions, scored as the COCO caption evaluation scores them.
+    let score = |run: &Path, metric: &str| common::read_json(&run.join("eval.json"))[metric].as_f64().unwrap();
+    assert!(score(&trained, "CIDEr") > score(&untrained, "CIDEr") + 0.1);
+    assert!((0.0..=1.0).contains(&score(&trained, "Bleu_4")));
+
+    // Trained, captions name the garments of their mosaic more often.
+    let images = tempfile::tempdir().unwrap();
+    let mosaics = common::write_mosaics(images.path(), 100, 8);
+    let named = |run: &Path| -> usize {
+        let (model, out) = (run.join("final"), images.path().join("captions.jsonl"));
+        let args = ["predict", "--model", model.to_str().unwrap(), "--images", images.path().to_str().unwrap()];
+        common::assert_success(&common::trainer(
+            &[&args[..], &["--out", out.to_str().unwrap(), "--device", "cpu"]].concat(),
+        ));
+        let lines = common::read_jsonl(&out);
+        let named = mosaics.iter().zip(&lines).map(|(mosaic, line)| {
+            let caption = line["caption"].as_str().unwrap();
+            mosaic.tags.iter().filter(|garment| caption.contains(garment.as_str())).count()
+        });
+        named.sum()
+    };
+    let (before, after) = (named(&untrained), named(&trained));
+    assert!(after > before + 2, "garments named: {after} trained, {before} untrained");
 
     // Captions from given tags are the captions of those tags kept: `dress,coat` is what an
     // image keeping exactly those two would be captioned from.
-    let images = tempfile::tempdir().unwrap();
-    common::write_mosaics(images.path(), 100, 2);
     let predict = |extra: &[&str]| -> Vec<serde_json::Value> {
         let (model, out) = (trained.join("final"), images.path().join("predicted.jsonl"));
         let args = ["predict", "--model", model.to_str().unwrap(), "--images", images.path().to_str().unwrap()];

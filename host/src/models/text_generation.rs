@@ -40,7 +40,7 @@ const RULED_OUT: f64 = -1.0e9;
 pub fn generate(
     prompts: &[Vec<i64>],
     search: &Search,
-    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
+    log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
 ) -> Vec<Vec<i64>> {
     if search.beams <= 1 { greedy(prompts, search, log_probs) } else { beam_search(prompts, search, log_probs) }
 }

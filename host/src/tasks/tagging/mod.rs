@@ -336,6 +336,17 @@ enum TagSource {
 }
 
 impl TagSource {
+    /// Every caption of each of the held-out `samples` (as evaluation batches number them),
+    /// where the data keeps them all; `None` where it gives one per image.
+    fn every_caption(&self, samples: &[i64]) -> Option<Vec<Vec<String>>> {
+        match self {
+            TagSource::Files { data, .. } => {
+                Some(samples.iter().map(|&sample| data.samples()[sample as usize].captions.clone()).collect())
+            }
+            TagSource::Mosaics { .. } | TagSource::Shards { .. } => None,
+        }
+    }
+
     fn steps_per_epoch(&self) -> u64 {
         match self {
             TagSource::Mosaics { sampler, .. } => sampler.steps_per_epoch(),

@@ -60,7 +60,10 @@ use crate::data::images::{Filter, Fit, SquareResize};
 use crate::data::sampler::keyed;
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map};
+use crate::eval::{
+    CAPTION_METRICS, TAGGING_METRICS, TagScores, TaggingScores, bleu, caption_words, cider_d, per_tag_scores,
+    recognize_anything_map,
+};
 use crate::files::FileError;
 use crate::models::bert::IGNORED;
 use crate::models::clip::{Clip, ClipConfig};
@@ -270,35 +273,64 @@ impl PredictingRam {
     /// person gave, as Tag2Text's `generate` writes them (beam search from `a picture of `,
     /// the prompt cut off); `None` without a caption branch and its tokenizer.
     pub fn captions(&self, image_embeds: &Tensor, kept: &[Vec<&str>]) -> Option<Vec<String>> {
-        let (tokenizer, caption) = (self.text_tokenizer.as_ref()?, self.model.caption()?);
-        let tag2text = self.config.architecture.queries == TagQueries::Learned;
+        let tokenizer = self.text_tokenizer.as_ref()?;
         let tags: Vec<String> = kept
             .iter()
             .map(|kept| match &self.caption_tags {
                 Some(given) => given.clone(),
-                None => {
-                    let captioned = kept.iter().filter(|tag| !(tag2text && TAG2TEXT_UNCAPTIONED.contains(tag)));
-                    captioned.copied().collect::<Vec<&str>>().join(" | ")
-                }
+                None => caption_tag_string(&self.config.architecture, kept),
             })
             .collect();
-        let tags = tags.as_slice();
-        let device = image_embeds.device();
-        let (tag_ids, tag_mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
-        let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
-        let compute = self.model.compute_kind();
-        let tag_tokens = tch::no_grad(|| {
-            caption.encode_tags(&tag_ids.to_device(device), &tag_mask.to_device(device), image_embeds, compute)
-        });
-        let (prompt, _) = tokenizer.encode(&[ram_caption::PROMPT.to_string()], MAX_TOKENS as usize, Padding::Longest);
-        let mut prompt = Vec::<i64>::try_from(prompt.view([-1])).expect("one row of ids");
-        prompt[0] = tokenizer.dec_id();
-        prompt.pop();
-        let search = ram_caption::caption_search(tokenizer.sep_id());
-        let generated = caption.generate(&tag_tokens, &prompt, &search, compute);
-        let text = |ids: &Vec<i64>| tokenizer.decode(ids).get(ram_caption::PROMPT.len()..).unwrap_or("").to_string();
-        Some(generated.iter().map(text).collect())
+        write_captions(&self.model, tokenizer, image_embeds, &tags)
     }
+}
+
+/// The tags each image keeps, of the `(images, tags)` `logits`: those whose probability is at
+/// least their threshold, in tag-list order.
+fn kept_tags<'a>(logits: &Tensor, tag_list: &'a [String], thresholds: &[f64]) -> Vec<Vec<&'a str>> {
+    let probabilities = logits.sigmoid().to_kind(Kind::Double).to_device(Device::Cpu);
+    let rows = Vec::<Vec<f64>>::try_from(&probabilities).expect("logits are (images, tags)");
+    rows.iter()
+        .map(|row| {
+            let kept = row.iter().zip(thresholds).zip(tag_list).filter(|((p, threshold), _)| *p >= *threshold);
+            kept.map(|(_, tag)| tag.as_str()).collect()
+        })
+        .collect()
+}
+
+/// The tag string an image is captioned from, of the tags it `kept` (in tag-list order):
+/// `tag | tag`, Tag2Text's without the tags that "may disturb captioning".
+fn caption_tag_string(architecture: &RamPlusConfig, kept: &[&str]) -> String {
+    let tag2text = architecture.queries == TagQueries::Learned;
+    let captioned = kept.iter().filter(|tag| !(tag2text && TAG2TEXT_UNCAPTIONED.contains(tag)));
+    captioned.copied().collect::<Vec<&str>>().join(" | ")
+}
+
+/// The captions of images embedded as `image_embeds`, each from its tag string of `tags`, as
+/// recognize-anything's `inference_tag2text` writes them (beam search from `a picture of `,
+/// the prompt cut off); `None` without a caption branch.
+fn write_captions(
+    model: &RamPlus,
+    tokenizer: &BertTokenizer,
+    image_embeds: &Tensor,
+    tags: &[String],
+) -> Option<Vec<String>> {
+    let caption = model.caption()?;
+    let device = image_embeds.device();
+    let (tag_ids, tag_mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
+    let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+    let compute = model.compute_kind();
+    let tag_tokens = tch::no_grad(|| {
+        caption.encode_tags(&tag_ids.to_device(device), &tag_mask.to_device(device), image_embeds, compute)
+    });
+    let (prompt, _) = tokenizer.encode(&[ram_caption::PROMPT.to_string()], MAX_TOKENS as usize, Padding::Longest);
+    let mut prompt = Vec::<i64>::try_from(prompt.view([-1])).expect("one row of ids");
+    prompt[0] = tokenizer.dec_id();
+    prompt.pop();
+    let search = ram_caption::caption_search(tokenizer.sep_id());
+    let generated = caption.generate(&tag_tokens, &prompt, &search, compute);
+    let text = |ids: &Vec<i64>| tokenizer.decode(ids).get(ram_caption::PROMPT.len()..).unwrap_or("").to_string();
+    Some(generated.iter().map(text).collect())
 }
 
 /// A RAM++ or RAM from `model` (a `.pth` or a saved folder) ready to tag images, its tags
@@ -731,6 +763,7 @@ impl RamTaggingTask {
         }
         if losses.contains(&TagLoss::T2t) {
             metric_names.push(HELD_OUT_T2T);
+            metric_names.extend(CAPTION_METRICS);
         }
         let blocks = config.architecture.vision.block_count();
         Ok(RamTaggingTask {
@@ -902,8 +935,11 @@ impl RamTaggingTask {
         let every_tag = Tensor::arange(tag_count as i64, (Kind::Int64, self.device));
         let columns = Columns { seen: &every_tag, unseen: None };
         let (mut t2t_sum, mut t2t_counted) = (0.0, 0.0);
+        // Each held-out image's caption from the tags it kept, with its sample and first caption.
+        let (mut written, mut samples, mut first_captions) = (Vec::new(), Vec::new(), Vec::new());
         let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
             let embeds = self.model.image_embeds(&self.normalizer.normalize(&batch.pixels));
+            let logits = self.model.tag_logits(&embeds);
             if let (Some(tokenizer), Some(caption)) = (&self.text_tokenizer, self.model.caption()) {
                 let inputs = CaptionInputs::of(batch, &self.config.tag_list, tokenizer, self.device);
                 let compute = self.model.compute_kind();
@@ -912,8 +948,14 @@ impl RamTaggingTask {
                     caption.t2t_loss(&inputs.caption_ids, &inputs.caption_mask, &tag_tokens, compute, Reduction::Sum);
                 t2t_sum += sum.double_value(&[]);
                 t2t_counted += inputs.counted();
+                let kept = kept_tags(&logits, &self.config.tag_list, &self.config.thresholds);
+                let tags: Vec<String> =
+                    kept.iter().map(|kept| caption_tag_string(&self.config.architecture, kept)).collect();
+                written.extend(write_captions(&self.model, tokenizer, &embeds, &tags).unwrap_or_default());
+                samples.extend(batch.samples.iter().copied());
+                first_captions.extend(batch.captions.iter().cloned());
             }
-            (self.model.tag_logits(&embeds), None)
+            (logits, None)
         })?;
         let all = &split.seen;
         let per_tag = per_tag_scores(&all.scores, &all.targets, &self.config.thresholds);
@@ -928,6 +970,17 @@ impl RamTaggingTask {
         }
         if self.losses.contains(&TagLoss::T2t) {
             values.push(t2t_sum / t2t_counted.max(1.0));
+            let references = self
+                .source
+                .every_caption(&samples)
+                .unwrap_or_else(|| first_captions.into_iter().map(|caption| vec![caption]).collect());
+            let words: Vec<Vec<String>> = written.iter().map(|caption| caption_words(caption)).collect();
+            let reference_words: Vec<Vec<Vec<String>>> = references
+                .iter()
+                .map(|captions| captions.iter().map(|caption| caption_words(caption)).collect())
+                .collect();
+            values.push(bleu(&words, &reference_words)[3]);
+            values.push(cider_d(&words, &reference_words).0);
         }
         let mut scores = Scores::new(self.metric_names.clone(), values, split.images, split.name);
         scores.tables.insert(PER_TAG.into(), per_tag_table(&self.config.tag_list, &per_tag));
