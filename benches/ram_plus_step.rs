@@ -1,4 +1,4 @@
-//! One RAM++ training step against PyTorch: the same architecture (the `RamPlusConfig`
+//! One RAM++ (and RAM) training step against PyTorch: the same architecture (the `RamPlusConfig`
 //! written here is built on the other side by the reference of the parity tests, timm's
 //! Swin and transformers' BERT modules assembled as recognize-anything assembles them), the
 //! same batch and thread count; image embeddings, the three loss terms (`tag`, `distill`,
@@ -16,8 +16,8 @@ mod reference;
 use ram_plus_training::ram_plus_training;
 use reference::{Ratios, median};
 use std::time::Instant;
-use trainer::models::bert::BertConfig;
-use trainer::models::ram_plus::RamPlusConfig;
+use trainer::models::bert::{BertConfig, BertTextConfig};
+use trainer::models::ram_plus::{RamPlusConfig, TagQueries};
 use trainer::models::swin::SwinConfig;
 
 struct Case {
@@ -34,11 +34,16 @@ fn cases() -> Vec<Case> {
         tags,
         descriptions: 51,
         reweighted: true,
+        queries: TagQueries::ClipText,
         text: None,
     };
+    // RAM: one label embedding per tag, and the caption branch (BERT-base encoder and decoder).
+    let ram =
+        RamPlusConfig { descriptions: 1, reweighted: false, text: Some(BertTextConfig::med_config()), ..swin_b(256) };
     vec![
         Case { name: "Swin-B 224, 256 tags x 51 descriptions", config: swin_b(256), batch: 8, steps: 2 },
         Case { name: "Swin-B 224, 4585 tags x 51 descriptions", config: swin_b(4585), batch: 8, steps: 1 },
+        Case { name: "RAM Swin-B 224, 256 tags, caption branch", config: ram, batch: 8, steps: 2 },
     ]
 }
 

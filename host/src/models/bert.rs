@@ -85,19 +85,41 @@ impl BertAttention {
     /// `hidden`: `(batch, queries, hidden)`, `context`: `(batch, keys, width)`, both float32;
     /// `mask`, added to the scores, broadcasts to `(batch, heads, queries, keys)`.
     fn forward(&self, hidden: &Tensor, context: &Tensor, mask: Option<&Tensor>, heads: i64, compute: Kind) -> Tensor {
-        let split = |xs: Tensor| {
-            let (batch, tokens, width) = xs.size3().expect("attention inputs are (batch, tokens, channels)");
-            xs.view([batch, tokens, heads, width / heads]).transpose(1, 2)
-        };
-        let (compute_hidden, compute_context) = (hidden.to_kind(compute), context.to_kind(compute));
-        let q = split(linear_as_input(&self.query, &compute_hidden));
-        let k = split(linear_as_input(&self.key, &compute_context));
-        let v = split(linear_as_input(&self.value, &compute_context));
+        let (k, v) = self.keys_values(context, heads, compute);
+        self.attend(hidden, &k, &v, mask, heads, compute)
+    }
+
+    /// The keys and values of `context`, `(batch, heads, keys, head width)` in `compute`.
+    fn keys_values(&self, context: &Tensor, heads: i64, compute: Kind) -> (Tensor, Tensor) {
+        let context = context.to_kind(compute);
+        (
+            split_heads(linear_as_input(&self.key, &context), heads),
+            split_heads(linear_as_input(&self.value, &context), heads),
+        )
+    }
+
+    /// `hidden` attending to keys `k` and values `v` (of [`BertAttention::keys_values`]).
+    fn attend(
+        &self,
+        hidden: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        heads: i64,
+        compute: Kind,
+    ) -> Tensor {
+        let q = split_heads(linear_as_input(&self.query, &hidden.to_kind(compute)), heads);
         let mask = mask.map(|mask| mask.to_kind(compute));
-        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        let attended = Tensor::scaled_dot_product_attention(&q, k, v, mask, 0.0, false, None, false);
         let merged = attended.transpose(1, 2).flatten(2, -1);
         self.layer_norm.forward(&(linear_as_input(&self.dense, &merged).to_kind(Kind::Float) + hidden))
     }
+}
+
+/// `(batch, tokens, width)` as `(batch, heads, tokens, width / heads)`.
+fn split_heads(xs: Tensor, heads: i64) -> Tensor {
+    let (batch, tokens, width) = xs.size3().expect("attention inputs are (batch, tokens, channels)");
+    xs.view([batch, tokens, heads, width / heads]).transpose(1, 2)
 }
 
 /// A BERT layer of cross-attention and the feed-forward block (`intermediate`, `output`).
@@ -138,8 +160,19 @@ impl BertCrossLayer {
     /// `hidden` attends to `encoder` (all of it: recognize-anything's masks there are all
     /// ones); the residual stream stays float32, the rest computes in `compute`.
     pub fn forward(&self, hidden: &Tensor, encoder: &Tensor, compute: Kind) -> Tensor {
+        let (k, v) = self.encoder_keys_values(encoder, compute);
+        self.forward_to(hidden, &k, &v, compute)
+    }
+
+    /// The cross-attention's keys and values of `encoder`.
+    fn encoder_keys_values(&self, encoder: &Tensor, compute: Kind) -> (Tensor, Tensor) {
+        self.blocks.crossattention.keys_values(encoder, self.heads, compute)
+    }
+
+    /// [`BertCrossLayer::forward`] to the encoder's keys `k` and values `v`.
+    fn forward_to(&self, hidden: &Tensor, k: &Tensor, v: &Tensor, compute: Kind) -> Tensor {
         let blocks = &self.blocks;
-        let attended = blocks.crossattention.forward(hidden, encoder, None, self.heads, compute);
+        let attended = blocks.crossattention.attend(hidden, k, v, None, self.heads, compute);
         let inner = linear_as_input(&blocks.intermediate, &attended.to_kind(compute)).gelu("none");
         blocks.output_norm.forward(&(linear_as_input(&blocks.output, &inner).to_kind(Kind::Float) + attended))
     }
@@ -153,6 +186,22 @@ pub struct BertTextConfig {
     pub layers: BertConfig,
     pub vocab_size: i64,
     pub max_position_embeddings: i64,
+}
+
+impl BertTextConfig {
+    /// `med_config.json`'s: BERT-base (12 layers of 768 with 12 heads) reading 768-wide
+    /// tokens, over bert-base-uncased's vocabulary with `[DEC]` and `[ENC]`.
+    pub fn med_config() -> Self {
+        let layers = BertConfig {
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            layer_norm_eps: 1e-12,
+            encoder_width: 768,
+        };
+        BertTextConfig { layers, vocab_size: 30524, max_position_embeddings: 512 }
+    }
 }
 
 /// `BertEmbeddings` of `bert.py`: word and absolute position embeddings (no token types),
@@ -179,9 +228,10 @@ impl BertEmbeddings {
         }
     }
 
-    /// `input_ids`: `(batch, tokens)`, positions from 0.
-    fn forward(&self, input_ids: &Tensor) -> Tensor {
-        let positions = Tensor::arange(input_ids.size()[1], (Kind::Int64, input_ids.device()));
+    /// `input_ids`: `(batch, tokens)`, at positions from `start`.
+    fn forward(&self, input_ids: &Tensor, start: i64) -> Tensor {
+        let tokens = input_ids.size()[1];
+        let positions = Tensor::arange_start(start, start + tokens, (Kind::Int64, input_ids.device()));
         self.layer_norm.forward(&(self.word.forward(input_ids) + self.position.forward(&positions)))
     }
 }
@@ -251,13 +301,77 @@ impl BertTextModel {
             allowed = causal * allowed;
         }
         let mask = (allowed.ones_like() - allowed) * MASKED;
-        let embedded = self.embeddings.forward(input_ids);
+        let embedded = self.embeddings.forward(input_ids, 0);
         self.layers.iter().fold(embedded, |hidden, layer| layer.forward(&hidden, &mask, encoder, compute))
+    }
+
+    /// A causal model's hidden states, `(rows, new tokens, hidden)`, of `new_ids` continuing
+    /// the tokens `cache` holds (none without one: then over `encoder`'s tokens), with the
+    /// cache of every token so far. The same as [`BertTextModel::forward`] of the whole
+    /// sequences with no padding, up to rounding.
+    pub fn decode(
+        &self,
+        new_ids: &Tensor,
+        cache: Option<DecoderCache>,
+        encoder: &Tensor,
+        compute: Kind,
+    ) -> (Tensor, DecoderCache) {
+        let start = cache.as_ref().map_or(0, |cache| cache.tokens);
+        let tokens = new_ids.size()[1];
+        // Query i (at position start + i) sees keys up to its own position.
+        let mask = (tokens > 1).then(|| {
+            let options = (Kind::Float, new_ids.device());
+            let allowed = Tensor::ones([tokens, start + tokens], options).tril(start);
+            (allowed.ones_like() - allowed) * MASKED
+        });
+        let mut hidden = self.embeddings.forward(new_ids, start);
+        let previous = cache.map(|cache| cache.layers);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (index, layer) in self.layers.iter().enumerate() {
+            let [self_k, self_v, cross_k, cross_v] = match &previous {
+                Some(previous) => {
+                    let [self_k, self_v, cross_k, cross_v] = &previous[index];
+                    let (k, v) = layer.attention.keys_values(&hidden, layer.heads, compute);
+                    [
+                        Tensor::cat(&[self_k, &k], 2),
+                        Tensor::cat(&[self_v, &v], 2),
+                        cross_k.shallow_clone(),
+                        cross_v.shallow_clone(),
+                    ]
+                }
+                None => {
+                    let (k, v) = layer.attention.keys_values(&hidden, layer.heads, compute);
+                    let (cross_k, cross_v) = layer.rest.encoder_keys_values(encoder, compute);
+                    [k, v, cross_k, cross_v]
+                }
+            };
+            let attended = layer.attention.attend(&hidden, &self_k, &self_v, mask.as_ref(), layer.heads, compute);
+            hidden = layer.rest.forward_to(&attended, &cross_k, &cross_v, compute);
+            layers.push([self_k, self_v, cross_k, cross_v]);
+        }
+        (hidden, DecoderCache { layers, tokens: start + tokens })
     }
 
     /// The word embeddings, `(vocab, hidden)`.
     fn word_embeddings(&self) -> &Tensor {
         &self.embeddings.word.ws
+    }
+}
+
+/// What a decoder keeps between generation steps, per layer: its self-attention's keys and
+/// values of the tokens so far and its cross-attention's of the encoder's tokens, each
+/// `(rows, heads, tokens, head width)`.
+#[derive(Debug)]
+pub struct DecoderCache {
+    layers: Vec<[Tensor; 4]>,
+    tokens: i64,
+}
+
+impl DecoderCache {
+    /// The cache of `rows` (indices of this one's rows), in that order: the beams kept.
+    pub fn rows(&self, rows: &Tensor) -> Self {
+        let layers = self.layers.iter().map(|kept| kept.each_ref().map(|t| t.index_select(0, rows))).collect();
+        DecoderCache { layers, tokens: self.tokens }
     }
 }
 
@@ -287,7 +401,24 @@ impl BertLmHead {
     /// Each position's logits over the vocabulary for the next token, `(batch, tokens,
     /// vocab)`, of `input_ids` with `attention_mask` over `encoder`.
     pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, encoder: &Tensor, compute: Kind) -> Tensor {
-        let hidden = self.bert.forward(input_ids, attention_mask, encoder, compute);
+        self.predict(&self.bert.forward(input_ids, attention_mask, encoder, compute), compute)
+    }
+
+    /// The next token's logits after `new_ids`, `(rows, vocab)`, continuing what `cache`
+    /// holds ([`BertTextModel::decode`]), with the cache of every token so far.
+    pub fn decode(
+        &self,
+        new_ids: &Tensor,
+        cache: Option<DecoderCache>,
+        encoder: &Tensor,
+        compute: Kind,
+    ) -> (Tensor, DecoderCache) {
+        let (hidden, cache) = self.bert.decode(new_ids, cache, encoder, compute);
+        (self.predict(&hidden.select(1, hidden.size()[1] - 1), compute), cache)
+    }
+
+    /// `cls.predictions` of `hidden` states.
+    fn predict(&self, hidden: &Tensor, compute: Kind) -> Tensor {
         let transformed = self
             .transform_norm
             .forward(&linear_as_input(&self.transform, &hidden.to_kind(compute)).to_kind(Kind::Float).gelu("none"));

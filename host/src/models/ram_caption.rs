@@ -21,7 +21,8 @@
 //! they do not, and it is BERT's 64-wide heads ([`HEAD_WIDTH`]), 12 at BERT-base's 768.
 
 use super::bert::{
-    BertConfig, BertCrossLayer, BertLmHead, BertTextConfig, BertTextModel, HEAD_WIDTH, IGNORED, language_model_loss,
+    BertConfig, BertCrossLayer, BertLmHead, BertTextConfig, BertTextModel, DecoderCache, HEAD_WIDTH, IGNORED,
+    language_model_loss,
 };
 use super::text_generation::{self, Search};
 use crate::files::FileError;
@@ -153,21 +154,32 @@ impl CaptionBranch {
     /// Captions of the images whose tag encoder tokens are `tag_tokens` (`(batch, tag
     /// tokens, hidden)`), continuing `prompt` (ids, `[DEC]` first) as `search` says: each
     /// image's ids, the prompt first, up to and with the end token when there is one.
-    /// Captions are cut at the decoder's positions.
+    /// Captions are cut at the decoder's positions. Each step computes the new token alone,
+    /// over the keys and values the steps before kept.
     pub fn generate(&self, tag_tokens: &Tensor, prompt: &[i64], search: &Search, compute: Kind) -> Vec<Vec<i64>> {
         let device = tag_tokens.device();
         let positions = self.config.max_position_embeddings as usize;
         let search = &Search { max_length: search.max_length.min(positions), ..*search };
         let prompts = vec![prompt.to_vec(); tag_tokens.size()[0] as usize];
+        let mut cache: Option<DecoderCache> = None;
         tch::no_grad(|| {
-            text_generation::generate(&prompts, search, |ids, images| {
-                let rows_per_image = ids.size()[0] / images.len() as i64;
-                let images: Vec<i64> = images.iter().map(|&image| image as i64).collect();
+            text_generation::generate(&prompts, search, |prefixes| {
+                let ids = prefixes.ids.to_device(device);
+                let (new_ids, kept) = match (&prefixes.extends, cache.take()) {
+                    (Some(rows), Some(previous)) => {
+                        let rows = Tensor::from_slice(rows).to_device(device);
+                        (ids.narrow(1, ids.size()[1] - 1, 1), Some(previous.rows(&rows)))
+                    }
+                    _ => (ids, None),
+                };
+                let rows_per_image = new_ids.size()[0] / prefixes.inputs.len() as i64;
+                let images: Vec<i64> = prefixes.inputs.iter().map(|&image| image as i64).collect();
                 let index =
                     Tensor::from_slice(&images).to_device(device).repeat_interleave_self_int(rows_per_image, 0, None);
-                let ids = ids.to_device(device);
-                let logits = self.caption_logits(&ids, &ids.ones_like(), &tag_tokens.index_select(0, &index), compute);
-                logits.select(1, logits.size()[1] - 1).log_softmax(-1, Kind::Float)
+                let encoder = if kept.is_some() { Tensor::new() } else { tag_tokens.index_select(0, &index) };
+                let (logits, next) = self.text_decoder.decode(&new_ids, kept, &encoder, compute);
+                cache = Some(next);
+                logits.log_softmax(-1, Kind::Float)
             })
         })
     }

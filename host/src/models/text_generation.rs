@@ -12,9 +12,10 @@
 //!   current length, could beat the worst finished one; the best finished sequence is the
 //!   result.
 //!
-//! The model is asked for whole prefixes each step (no cache of keys and values): captions
-//! are a few tens of tokens. Inputs search together: one call of the model per step serves
-//! the beams of every input still searching.
+//! Inputs search together: one call of the model per step serves the beams of every input
+//! still searching. Each call gives the model whole prefixes and, where every row extends a
+//! row of the call before by one token, which one ([`Prefixes::extends`]), so that a model
+//! with a cache of keys and values computes the new token alone.
 
 use tch::{Kind, Tensor};
 
@@ -29,19 +30,24 @@ pub struct Search {
     pub eos: i64,
 }
 
+/// One call of the model: prefixes of one length.
+pub struct Prefixes<'a> {
+    /// `(rows, length)` token ids.
+    pub ids: &'a Tensor,
+    /// The input of each block of `rows / inputs.len()` consecutive rows.
+    pub inputs: &'a [usize],
+    /// For each row, the row of the previous call it extends by its last token, where every
+    /// row extends one; `None` at the first call, or after a call of other inputs.
+    pub extends: Option<Vec<i64>>,
+}
+
 /// What transformers' beam search adds to a score to rule a candidate out.
 const RULED_OUT: f64 = -1.0e9;
 
 /// For each of `prompts` (token ids, prompt included), the generated sequence, the prompt
-/// first, up to and with its `eos` when it has one. `log_probs(ids, rows)` gives the
-/// next-token log-probabilities `(rows.len() * k, vocab)` of the prefixes `ids`
-/// (`(rows.len() * k, length)`) where row `r` of `ids` belongs to input `rows[r / k]`,
-/// `k` being the beams.
-pub fn generate(
-    prompts: &[Vec<i64>],
-    search: &Search,
-    log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
-) -> Vec<Vec<i64>> {
+/// first, up to and with its `eos` when it has one. `log_probs(prefixes)` gives the
+/// next-token log-probabilities `(rows, vocab)` of the [`Prefixes`].
+pub fn generate(prompts: &[Vec<i64>], search: &Search, log_probs: impl FnMut(&Prefixes) -> Tensor) -> Vec<Vec<i64>> {
     if search.beams <= 1 { greedy(prompts, search, log_probs) } else { beam_search(prompts, search, log_probs) }
 }
 
@@ -64,13 +70,19 @@ fn ids_tensor(sequences: &[&Vec<i64>]) -> Tensor {
     Tensor::from_slice(&flat).view([sequences.len() as i64, length])
 }
 
-fn greedy(
-    prompts: &[Vec<i64>],
-    search: &Search,
-    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
-) -> Vec<Vec<i64>> {
+/// Where each of `rows` (keys) is in the previous call's rows (`previous`, of `previous_length`)
+/// when every one of them is and that call was one token shorter than `length`.
+fn extended_rows<K: PartialEq>(rows: &[K], previous: &[K], previous_length: usize, length: usize) -> Option<Vec<i64>> {
+    if previous_length + 1 != length {
+        return None;
+    }
+    rows.iter().map(|row| previous.iter().position(|known| known == row).map(|at| at as i64)).collect()
+}
+
+fn greedy(prompts: &[Vec<i64>], search: &Search, mut log_probs: impl FnMut(&Prefixes) -> Tensor) -> Vec<Vec<i64>> {
     let mut sequences: Vec<Vec<i64>> = prompts.to_vec();
     let mut running: Vec<usize> = (0..prompts.len()).collect();
+    let (mut previous, mut previous_length) = (Vec::new(), 0);
     while !running.is_empty() {
         // Prompts of one length run together, as a batch.
         let length = sequences[running[0]].len();
@@ -78,7 +90,10 @@ fn greedy(
             break;
         }
         let batch: Vec<&Vec<i64>> = running.iter().map(|&input| &sequences[input]).collect();
-        let rows = processed(log_probs(&ids_tensor(&batch), &running), length, search);
+        let extends = extended_rows(&running, &previous, previous_length, length);
+        let prefixes = Prefixes { ids: &ids_tensor(&batch), inputs: &running, extends };
+        let rows = processed(log_probs(&prefixes), length, search);
+        (previous, previous_length) = (running.clone(), length);
         for (&input, row) in running.iter().zip(&rows) {
             let best = (0..row.len()).fold(0, |best, token| if row[token] > row[best] { token } else { best });
             sequences[input].push(best as i64);
@@ -94,6 +109,8 @@ fn greedy(
 struct Beam {
     tokens: Vec<i64>,
     score: f32,
+    /// The beam of the step before it extends.
+    parent: usize,
 }
 
 /// One input's search: its running beams and finished sequences.
@@ -111,7 +128,11 @@ impl BeamSearch {
     fn new(prompt: &[i64], search: &Search) -> Self {
         // Only the first beam starts; the others are copies ruled out until they diverge.
         let running = (0..search.beams)
-            .map(|beam| Beam { tokens: prompt.to_vec(), score: if beam == 0 { 0.0 } else { RULED_OUT as f32 } })
+            .map(|beam| Beam {
+                tokens: prompt.to_vec(),
+                score: if beam == 0 { 0.0 } else { RULED_OUT as f32 },
+                parent: beam,
+            })
             .collect();
         let length = prompt.len();
         BeamSearch { prompt_length: length, length, running, finished: Vec::new(), done: length >= search.max_length }
@@ -127,8 +148,14 @@ impl BeamSearch {
         for (index, (beam, row)) in self.running.iter().zip(rows).enumerate() {
             candidates.extend(row.iter().enumerate().map(|(token, &p)| (p + beam.score, index, token as i64)));
         }
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-        candidates.truncate(2 * beams);
+        let order =
+            |a: &(f32, usize, i64), b: &(f32, usize, i64)| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
+        // The best 2 x beams of a vocabulary's worth: selected, then only those sorted.
+        if candidates.len() > 2 * beams {
+            candidates.select_nth_unstable_by(2 * beams, order);
+            candidates.truncate(2 * beams);
+        }
+        candidates.sort_by(order);
         let at_max = length + 1 >= search.max_length;
         let ends = |token: i64| token == search.eos || at_max;
         let extended = |beam: usize, token: i64| {
@@ -147,7 +174,7 @@ impl BeamSearch {
             .iter()
             .filter(|&&(_, _, token)| !ends(token))
             .take(beams)
-            .map(|&(score, beam, token)| Beam { tokens: extended(beam, token), score })
+            .map(|&(score, beam, token)| Beam { tokens: extended(beam, token), score, parent: beam })
             .collect();
         self.length += 1;
         // Go on while a slot is free or the best running beam, at its length, beats the
@@ -173,19 +200,25 @@ impl BeamSearch {
 
 /// Beam search of every input at once: each step asks the model for the running beams of
 /// all inputs still searching whose beams are as long as the first one's.
-fn beam_search(
-    prompts: &[Vec<i64>],
-    search: &Search,
-    mut log_probs: impl FnMut(&Tensor, &[usize]) -> Tensor,
-) -> Vec<Vec<i64>> {
+fn beam_search(prompts: &[Vec<i64>], search: &Search, mut log_probs: impl FnMut(&Prefixes) -> Tensor) -> Vec<Vec<i64>> {
     let mut searches: Vec<BeamSearch> = prompts.iter().map(|prompt| BeamSearch::new(prompt, search)).collect();
+    // The previous call's rows, as (input, beam).
+    let (mut previous, mut previous_length) = (Vec::new(), 0);
     while let Some(first) = searches.iter().position(|input| !input.done) {
         let length = searches[first].length;
         let inputs: Vec<usize> =
             (first..searches.len()).filter(|&i| !searches[i].done && searches[i].length == length).collect();
         let batch: Vec<&Vec<i64>> =
             inputs.iter().flat_map(|&input| searches[input].running.iter().map(|beam| &beam.tokens)).collect();
-        let rows = processed(log_probs(&ids_tensor(&batch), &inputs), length, search);
+        let parents: Vec<(usize, usize)> = inputs
+            .iter()
+            .flat_map(|&input| searches[input].running.iter().map(move |beam| (input, beam.parent)))
+            .collect();
+        let extends = extended_rows(&parents, &previous, previous_length, length);
+        let prefixes = Prefixes { ids: &ids_tensor(&batch), inputs: &inputs, extends };
+        let rows = processed(log_probs(&prefixes), length, search);
+        previous = inputs.iter().flat_map(|&input| (0..search.beams).map(move |beam| (input, beam))).collect();
+        previous_length = length;
         for (&input, rows) in inputs.iter().zip(rows.chunks(search.beams)) {
             searches[input].advance(rows, search);
         }
@@ -198,8 +231,9 @@ mod tests {
     use super::*;
 
     /// A "model" whose next token's log-probabilities depend on the last token only.
-    fn table(next: &[[f32; 4]; 4]) -> impl FnMut(&Tensor, &[usize]) -> Tensor + '_ {
-        move |ids: &Tensor, _rows: &[usize]| {
+    fn table(next: &[[f32; 4]; 4]) -> impl FnMut(&Prefixes) -> Tensor + '_ {
+        move |prefixes: &Prefixes| {
+            let ids = prefixes.ids;
             let last = ids.select(1, ids.size()[1] - 1);
             let last = Vec::<i64>::try_from(&last).unwrap();
             let rows: Vec<f32> = last.iter().flat_map(|&t| next[t as usize].map(f32::ln)).collect();
@@ -232,14 +266,24 @@ mod tests {
         assert_eq!(generate(&[vec![0]], &beam, table(&next)), vec![vec![0, 2, 3]]);
         // Inputs searched together, one ending early and one of another length, each as alone.
         let prompts = [vec![0], vec![1, 2], vec![2], vec![0, 0]];
+        let beam = Search { max_length: 6, ..beam };
         let alone: Vec<Vec<i64>> = prompts.iter().flat_map(|p| generate(&[p.clone()], &beam, table(&next))).collect();
-        let mut calls = 0;
-        let together = generate(&prompts, &beam, |ids, rows| {
+        let (mut calls, mut extended, mut previous) = (0, 0, None::<Tensor>);
+        let together = generate(&prompts, &beam, |prefixes| {
             calls += 1;
-            assert_eq!(ids.size()[0] as usize, 2 * rows.len(), "two beams of each input asked");
-            table(&next)(ids, rows)
+            let ids = prefixes.ids;
+            assert_eq!(ids.size()[0] as usize, 2 * prefixes.inputs.len(), "two beams of each input asked");
+            // A row said to extend a row of the previous call is that row and one token more.
+            if let (Some(rows), Some(previous)) = (&prefixes.extends, &previous) {
+                let parents = previous.index_select(0, &Tensor::from_slice(rows));
+                assert!(parents.equal(&ids.narrow(1, 0, ids.size()[1] - 1)));
+                extended += 1;
+            }
+            previous = Some(ids.shallow_clone());
+            table(&next)(prefixes)
         });
         assert_eq!(together, alone);
-        assert!(calls < 5, "{calls} calls for the four inputs' steps");
+        assert!(extended > 0, "calls after the first extend the one before");
+        assert!(calls <= 6, "{calls} calls for the four inputs' steps");
     }
 }
