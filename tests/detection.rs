@@ -8,7 +8,7 @@
 mod common;
 
 use common::{
-    assert_one_line_error, assert_success, policy, python_fixture, read_json, read_jsonl, train_cpu, trainer,
+    assert_one_line_error, assert_success, policy, python_fixture, read_json, read_jsonl, train_cpu, trainer, workspace,
 };
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -122,7 +122,14 @@ fn an_owlv2_folder_fine_tunes_on_coco_files_and_its_numbers_are_pycocotools() {
     assert_success(&trainer(&predict));
     let metrics = dir.path().join("metrics.json");
     let eval = ["eval", "--model", final_dir.to_str().unwrap(), "--out", metrics.to_str().unwrap(), "--device", "cpu"];
-    assert_success(&trainer(&eval));
+    let evaluated = trainer(&eval);
+    assert_success(&evaluated);
+    // The terminal gets the per-class table: a header, then a line per class.
+    let printed = String::from_utf8_lossy(&evaluated.stdout).into_owned();
+    let header = printed.lines().position(|line| line.starts_with("class ")).expect("a per-class header");
+    let classes: Vec<&str> =
+        printed.lines().skip(header + 1).take(10).map(|line| line.split("  ").next().unwrap()).collect();
+    assert!(classes.iter().any(|name| name.trim() == "ankle boot") && classes.len() == 10, "{printed}");
     let ours = read_json(&metrics);
     let reference = python_ok("detection/coco_reference.py", &[test.as_os_str(), results.as_os_str()]);
     let stats: Vec<f64> = serde_json::from_str(reference.trim()).unwrap();
@@ -130,11 +137,96 @@ fn an_owlv2_folder_fine_tunes_on_coco_files_and_its_numbers_are_pycocotools() {
         let got = ours[format!("val_{name}")].as_f64().unwrap();
         assert!((got - expected).abs() <= 1e-9, "{name}: {got} here, {expected} by pycocotools");
     }
+    // Per class: AP and AP50 from pycocotools' precision array, and precision, recall and F1
+    // at IoU .5 of the boxes scoring at least the default threshold, 0.1.
+    let per_class = python_ok("detection/coco_per_class.py", &[test.as_os_str(), results.as_os_str(), "0.1".as_ref()]);
+    let per_class: serde_json::Value = serde_json::from_str(per_class.trim()).unwrap();
+    let rows = ours["per_class"].as_array().expect("a per_class table");
+    assert!(run.join("plots/per_class_ap.png").is_file(), "the chart of the best and worst classes");
+    assert_eq!(rows.len(), per_class.as_object().unwrap().len());
+    for row in rows {
+        let expected = &per_class[row["category_id"].to_string()];
+        for field in ["ap", "ap50", "precision", "recall", "f1"] {
+            let (got, wanted) = (&row[field], &expected[field]);
+            let agree = match (got.as_f64(), wanted.as_f64()) {
+                (Some(got), Some(wanted)) => (got - wanted).abs() <= 1e-9,
+                (got, wanted) => got.is_none() && wanted.is_none(),
+            };
+            assert!(agree, "{} {field}: {got} here, {wanted} by pycocotools", row["class"]);
+        }
+        assert_eq!(row["ground_truth"], expected["ground_truth"]);
+    }
     let bag = python_ok("detection/coco_reference.py", &[test.as_os_str(), results.as_os_str(), "9".as_ref()]);
     let bag: Vec<f64> = serde_json::from_str(bag.trim()).unwrap();
     for (name, expected) in [("unseen_AP", bag[0]), ("unseen_AP50", bag[1])] {
         let got = ours[name].as_f64().unwrap();
         assert!((got - expected).abs() <= 1e-9, "{name}: {got} here, {expected} by pycocotools");
+    }
+}
+
+/// Per-category precision, recall and F1 at a score threshold equal pycocotools' counts on
+/// the COCO evaluation fixture (crowds, ties, more than 100 boxes in an image, categories
+/// without ground truth or without detections), at thresholds that keep some, all and none.
+#[test]
+fn precision_and_recall_per_class_at_a_threshold_are_pycocotools_counts() {
+    use trainer::eval::{CocoDetection, GroundTruthBox, coco_evaluation};
+    let fixture = workspace().join("tests/fixtures/detection/coco_eval");
+    let (instances, results) = (fixture.join("instances.json"), fixture.join("detections.json"));
+    let instances = read_json(&instances);
+    let ids = |key: &str| -> Vec<u64> {
+        instances[key].as_array().unwrap().iter().map(|item| item["id"].as_u64().unwrap()).collect()
+    };
+    let bbox = |value: &serde_json::Value| -> [f64; 4] { std::array::from_fn(|i| value[i].as_f64().unwrap()) };
+    let truth: Vec<GroundTruthBox> = instances["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| GroundTruthBox {
+            image_id: a["image_id"].as_u64().unwrap(),
+            category_id: a["category_id"].as_u64().unwrap(),
+            bbox: bbox(&a["bbox"]),
+            area: a["area"].as_f64().unwrap(),
+            iscrowd: a["iscrowd"].as_u64() == Some(1),
+        })
+        .collect();
+    let detections: Vec<CocoDetection> = read_json(&results)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| CocoDetection {
+            image_id: d["image_id"].as_u64().unwrap(),
+            category_id: d["category_id"].as_u64().unwrap(),
+            bbox: bbox(&d["bbox"]),
+            score: d["score"].as_f64().unwrap(),
+        })
+        .collect();
+    let evaluation = coco_evaluation(&ids("images"), &ids("categories"), &truth, &detections);
+    for threshold in ["0.35", "0", "2"] {
+        let reference = python_ok(
+            "detection/coco_per_class.py",
+            &[
+                fixture.join("instances.json").as_os_str(),
+                fixture.join("detections.json").as_os_str(),
+                threshold.as_ref(),
+            ],
+        );
+        let reference: serde_json::Value = serde_json::from_str(reference.trim()).unwrap();
+        for (id, matches) in &evaluation.matches {
+            let ours = matches.at(threshold.parse().unwrap());
+            let expected = &reference[id.to_string()];
+            for (field, got) in [("precision", ours.precision), ("recall", ours.recall), ("f1", ours.f1)] {
+                let agree = match (got, expected[field].as_f64()) {
+                    (Some(got), Some(wanted)) => (got - wanted).abs() <= 1e-12,
+                    (got, wanted) => got.is_none() && wanted.is_none(),
+                };
+                assert!(
+                    agree,
+                    "category {id} at {threshold}, {field}: {got:?} here, {} by pycocotools",
+                    expected[field]
+                );
+            }
+            assert_eq!(matches.ground_truth as u64, expected["ground_truth"].as_u64().unwrap());
+        }
     }
 }
 

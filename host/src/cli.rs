@@ -748,6 +748,35 @@ fn print_scores(scores: &Scores) {
         })
         .collect();
     println!("evaluation on {} {} images: {}", scores.images, scores.split, values.join(", "));
+    if let Some(rows) = scores.tables.get(detection::PER_CLASS).and_then(|table| table.as_array()) {
+        print_per_class(rows);
+    }
+}
+
+/// A detector's per-class table, a line per class: AP, AP50, and at IoU .5 precision, recall
+/// and F1 of the boxes at or above the score threshold; `-` where a figure is undefined.
+fn print_per_class(rows: &[serde_json::Value]) {
+    let threshold = rows.first().and_then(|row| row["score_threshold"].as_f64()).unwrap_or_default();
+    let width = rows.iter().filter_map(|row| row["class"].as_str()).map(str::len).max().unwrap_or(5).max(5);
+    println!(
+        "{:width$}  {:>6}  {:>6}  {:>9}  {:>6}  {:>6}  {:>6}  {:>12}   (precision, recall, F1: IoU .5, score >= {threshold})",
+        "class", "AP", "AP50", "precision", "recall", "F1", "boxes", "ground truth"
+    );
+    let percent =
+        |value: &serde_json::Value| value.as_f64().map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    for row in rows {
+        println!(
+            "{:width$}  {:>6}  {:>6}  {:>9}  {:>6}  {:>6}  {:>6}  {:>12}",
+            row["class"].as_str().unwrap_or("?"),
+            percent(&row["ap"]),
+            percent(&row["ap50"]),
+            percent(&row["precision"]),
+            percent(&row["recall"]),
+            percent(&row["f1"]),
+            row["detections"],
+            row["ground_truth"],
+        );
+    }
 }
 
 fn run_eval(args: EvalArgs) -> Result<(), EngineError> {

@@ -102,6 +102,45 @@ pub struct CocoEvaluation {
     pub summary: CocoSummary,
     /// Per evaluated category, as pycocotools with `params.catIds = [id]`.
     pub per_category: BTreeMap<u64, AveragePrecision>,
+    /// Per evaluated category, its detections as matched at IoU .5.
+    pub matches: BTreeMap<u64, CategoryMatches>,
+}
+
+/// A category's detections as pycocotools matches them at IoU .5 (all areas, 100 per image),
+/// highest score first, each a hit or not (those matched to crowds left out), and the
+/// ground truth to find: what precision and recall at a score threshold read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CategoryMatches {
+    detections: Vec<(f64, bool)>,
+    pub ground_truth: usize,
+}
+
+/// Precision, recall and F1 of the detections at or above a score threshold; `None` where
+/// undefined (no detection, no ground truth).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ThresholdScores {
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    /// Detections at or above the threshold, and the hits among them.
+    pub detections: usize,
+    pub hits: usize,
+}
+
+impl CategoryMatches {
+    /// The scores of the detections scoring at least `threshold`.
+    pub fn at(&self, threshold: f64) -> ThresholdScores {
+        let kept = &self.detections[..self.detections.partition_point(|&(score, _)| score >= threshold)];
+        let hits = kept.iter().filter(|&&(_, hit)| hit).count();
+        let ratio = |part: usize, whole: usize| (whole > 0).then(|| part as f64 / whole as f64);
+        let (precision, recall) = (ratio(hits, kept.len()), ratio(hits, self.ground_truth));
+        let f1 = match (precision, recall) {
+            (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+            (Some(_), Some(_)) => Some(0.0),
+            _ => None,
+        };
+        ThresholdScores { precision, recall, f1, detections: kept.len(), hits }
+    }
 }
 
 impl CocoEvaluation {
@@ -169,6 +208,7 @@ pub fn coco_evaluation(
     keys.sort_unstable();
     let thresholds = Thresholds::new();
     let mut categories: Vec<CategoryCurves> = category_ids.iter().map(|_| CategoryCurves::default()).collect();
+    let mut matches: Vec<CategoryMatches> = category_ids.iter().map(|_| CategoryMatches::default()).collect();
     for category_keys in keys.chunk_by(|a, b| a.category == b.category) {
         let mut category_evaluation = CategoryEvaluation::default();
         for image_keys in category_keys.chunk_by(|a, b| a.image == b.image) {
@@ -180,11 +220,13 @@ pub fn coco_evaluation(
                 detection_keys.iter().map(|key| &detections[key.index]).collect();
             category_evaluation.add_image(&image_ground_truth, image_detections, &thresholds);
         }
-        categories[category_keys[0].category] = category_evaluation.accumulate(&thresholds);
+        let category = category_keys[0].category;
+        (categories[category], matches[category]) = category_evaluation.accumulate(&thresholds);
     }
     let per_category =
         category_ids.iter().zip(&categories).map(|(&id, curves)| (id, curves.average_precision())).collect();
-    CocoEvaluation { summary: summarize(&categories), per_category }
+    let matches = category_ids.iter().copied().zip(matches).collect();
+    CocoEvaluation { summary: summarize(&categories), per_category, matches }
 }
 
 fn sorted_unique(ids: &[u64]) -> Vec<u64> {
@@ -316,12 +358,20 @@ impl CategoryEvaluation {
     }
 
     /// pycocotools' `accumulate` for one category: precision summed over the recall thresholds
-    /// (at 100 detections per image), and recall at 1, 10 and 100, per area range and IoU.
-    fn accumulate(mut self, thresholds: &Thresholds) -> CategoryCurves {
+    /// (at 100 detections per image), and recall at 1, 10 and 100, per area range and IoU;
+    /// with the detections' matches at IoU .5 over all areas.
+    fn accumulate(mut self, thresholds: &Thresholds) -> (CategoryCurves, CategoryMatches) {
         // A stable sort of the detections, which are in image order, as pycocotools' mergesort
         // of the images' lists put end to end; those ranked below N in their image then come
         // in the order pycocotools gives them at N detections per image.
         self.detections.sort_by(|a, b| by_score_descending(a.score, b.score));
+        let matched = self.detections.iter().filter_map(|detection| match detection.outcomes[ALL_AREAS][IOU_50] {
+            Outcome::TruePositive => Some((detection.score, true)),
+            Outcome::FalsePositive => Some((detection.score, false)),
+            Outcome::Ignored => None,
+        });
+        let matches =
+            CategoryMatches { detections: matched.collect(), ground_truth: self.ground_truth_counts[ALL_AREAS] };
         let mut recall_points = Vec::new();
         let mut precision_points = Vec::new();
         let areas = std::array::from_fn(|area_index| {
@@ -379,7 +429,7 @@ impl CategoryEvaluation {
             }
             Some(curves)
         });
-        CategoryCurves { areas }
+        (CategoryCurves { areas }, matches)
     }
 }
 

@@ -9,8 +9,8 @@ mod zero_shot;
 
 pub use captioning::{CAPTION_METRICS, bleu, caption_words, cider_d};
 pub use coco::{
-    AveragePrecision, COCO_METRICS, COCO_MISSING, CocoDetection, CocoEvaluation, CocoSummary, GroundTruthBox,
-    coco_evaluation,
+    AveragePrecision, COCO_METRICS, COCO_MISSING, CategoryMatches, CocoDetection, CocoEvaluation, CocoSummary,
+    GroundTruthBox, ThresholdScores, coco_evaluation,
 };
 pub use multilabel::{
     TAGGING_METRICS, TagScores, TaggingScores, per_tag_scores, recognize_anything_map, tagging_scores,

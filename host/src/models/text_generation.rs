@@ -267,7 +267,8 @@ mod tests {
         // Inputs searched together, one ending early and one of another length, each as alone.
         let prompts = [vec![0], vec![1, 2], vec![2], vec![0, 0]];
         let beam = Search { max_length: 6, ..beam };
-        let alone: Vec<Vec<i64>> = prompts.iter().flat_map(|p| generate(&[p.clone()], &beam, table(&next))).collect();
+        let alone: Vec<Vec<i64>> =
+            prompts.iter().flat_map(|p| generate(std::slice::from_ref(p), &beam, table(&next))).collect();
         let (mut calls, mut extended, mut previous) = (0, 0, None::<Tensor>);
         let together = generate(&prompts, &beam, |prefixes| {
             calls += 1;

@@ -459,15 +459,21 @@ impl Gathered {
     }
 }
 
-/// How many of the worst and of the best tags `per_tag_ap.png` shows.
+/// How many of the worst and of the best tags (or classes) `per_tag_ap.png` shows.
 const TAGS_SHOWN: usize = 10;
 
-/// The worst and best [`TAGS_SHOWN`] tags by AP of the `per_tag` table of `eval.json`, the
-/// best first; `None` when it has no such table.
-fn worst_and_best_tags(eval: &serde_json::Value) -> Option<Vec<(String, f64)>> {
-    let rows = eval.get("per_tag")?.as_array()?;
+/// The per-item tables of `eval.json` drawn as AP bars: table, the field naming a row, the
+/// chart's file and what its rows are.
+const AP_TABLES: [(&str, &str, &str, &str); 2] =
+    [("per_tag", "tag", "per_tag_ap.png", "tags"), ("per_class", "class", "per_class_ap.png", "classes")];
+
+/// The worst and best [`TAGS_SHOWN`] rows by AP of the `table` of `eval.json`, each named by
+/// its field `name`, the best first; `None` when it has no such table. Rows without an AP
+/// (nothing to find) are left out.
+fn worst_and_best(eval: &serde_json::Value, table: &str, name: &str) -> Option<Vec<(String, f64)>> {
+    let rows = eval.get(table)?.as_array()?;
     let mut scored: Vec<(String, f64)> =
-        rows.iter().filter_map(|row| Some((row.get("tag")?.as_str()?.to_string(), row.get("ap")?.as_f64()?))).collect();
+        rows.iter().filter_map(|row| Some((row.get(name)?.as_str()?.to_string(), row.get("ap")?.as_f64()?))).collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
     if scored.len() > 2 * TAGS_SHOWN {
         scored.drain(TAGS_SHOWN..scored.len() - TAGS_SHOWN);
@@ -478,7 +484,8 @@ fn worst_and_best_tags(eval: &serde_json::Value) -> Option<Vec<(String, f64)>> {
 /// Draws `run_dir/metrics.jsonl` (and `run_dir/evaluations.jsonl`, when there is one) into
 /// `run_dir/plots/`: `losses.png` (every loss term and the total), `lr.png` (per group),
 /// `logit_scale.png`, when the run has evaluations `eval.png`, and when its `eval.json` has a
-/// per-tag table `per_tag_ap.png` (the best and worst tags by AP). Returns the files written.
+/// per-tag table `per_tag_ap.png` (the best and worst tags by AP), or a per-class one
+/// `per_class_ap.png`. Returns the files written.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
     let metrics: Vec<MetricsRecord> = read_records(&run_dir.join("metrics.jsonl"))?;
     let evaluations_path = run_dir.join("evaluations.jsonl");
@@ -529,19 +536,22 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
         chart.write_png(&path)?;
         written.push(path);
     }
-    let (eval_path, tags_path) = (run_dir.join("eval.json"), plots.join("per_tag_ap.png"));
+    let eval_path = run_dir.join("eval.json");
     let eval: serde_json::Value = match std::fs::read_to_string(&eval_path) {
         Ok(text) => serde_json::from_str(&text).map_err(|err| FileError::format(&eval_path, err.to_string()))?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
         Err(error) => return Err(FileError::io(&eval_path)(error).into()),
     };
-    match worst_and_best_tags(&eval) {
-        Some(bars) => {
-            let title = format!("Average precision of the best and worst tags: {run}");
-            BarChart { title, x_label: "AP".into(), bars }.write_png(&tags_path)?;
-            written.push(tags_path);
+    for (table, name, file, rows) in AP_TABLES {
+        let path = plots.join(file);
+        match worst_and_best(&eval, table, name) {
+            Some(bars) => {
+                let title = format!("Average precision of the best and worst {rows}: {run}");
+                BarChart { title, x_label: "AP".into(), bars }.write_png(&path)?;
+                written.push(path);
+            }
+            None => remove_stale(&path)?,
         }
-        None => remove_stale(&tags_path)?,
     }
     Ok(written)
 }
@@ -611,12 +621,12 @@ mod tests {
             (0..25).map(|i| serde_json::json!({"tag": format!("t{i}"), "ap": i as f64 / 25.0})).collect();
         let mut eval = serde_json::json!({"per_tag": rows});
         eval["per_tag"][3]["ap"] = serde_json::Value::Null;
-        let bars = worst_and_best_tags(&eval).unwrap();
+        let bars = worst_and_best(&eval, "per_tag", "tag").unwrap();
         let names: Vec<&str> = bars.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names[..2], ["t24", "t23"]);
         assert_eq!(names[names.len() - 3..], ["t2", "t1", "t0"], "t3 has no AP");
         assert_eq!(bars.len(), 2 * TAGS_SHOWN);
-        assert!(worst_and_best_tags(&serde_json::json!({"mAP": 0.5})).is_none());
+        assert!(worst_and_best(&serde_json::json!({"mAP": 0.5}), "per_tag", "tag").is_none());
         let path = std::env::temp_dir().join(format!("per_tag_ap-{}.png", std::process::id()));
         BarChart { title: "tags".into(), x_label: "AP".into(), bars }.write_png(&path).unwrap();
         assert_eq!(image::open(&path).unwrap().width(), IMAGE_SIZE.0);

@@ -49,7 +49,7 @@ use crate::data::sampler::EpochSampler;
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::distributed::Team;
 use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
-use crate::eval::{CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
+use crate::eval::{COCO_MISSING, CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
 use crate::files::FileError;
 use crate::models::clip::Activation;
 use crate::models::groups::{Group, GroupLayout};
@@ -71,6 +71,16 @@ pub struct DetectionConfig {
     pub unseen_classes: Vec<String>,
     pub focal: Focal,
     pub match_costs: MatchCosts,
+    /// The score a box needs to count in the per-class precision, recall and F1.
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f64,
+}
+
+/// The per-class tables' score threshold: the one `trainer predict` keeps boxes at.
+const SCORE_THRESHOLD: f64 = 0.1;
+
+fn default_score_threshold() -> f64 {
+    SCORE_THRESHOLD
 }
 
 /// The flags only detection has.
@@ -91,6 +101,11 @@ pub struct DetectionArgs {
     /// default loss weights; --task detection].
     #[arg(long, value_name = "CLASS,L1,GIOU", value_delimiter = ',', num_args = 3)]
     pub match_costs: Option<Vec<f64>>,
+    /// The score a box needs to count in the per-class precision, recall and F1 of
+    /// evaluations (`per_class` in eval.json) [default: 0.1, where `trainer predict` keeps
+    /// boxes; --task detection].
+    #[arg(long, value_name = "S")]
+    pub score_threshold: Option<f64>,
 }
 
 impl DetectionArgs {
@@ -100,6 +115,7 @@ impl DetectionArgs {
             ("--focal-alpha", self.focal_alpha.is_some()),
             ("--focal-gamma", self.focal_gamma.is_some()),
             ("--match-costs", self.match_costs.is_some()),
+            ("--score-threshold", self.score_threshold.is_some()),
         ])
     }
 
@@ -110,6 +126,7 @@ impl DetectionArgs {
             unseen_classes: self.unseen_classes.clone().unwrap_or_default(),
             focal: Focal { alpha: self.focal_alpha.unwrap_or(0.25), gamma: self.focal_gamma.unwrap_or(2.0) },
             match_costs: MatchCosts { class: costs[0], l1: costs[1], giou: costs[2] },
+            score_threshold: self.score_threshold.unwrap_or(SCORE_THRESHOLD),
         }
     }
 }
@@ -136,6 +153,8 @@ const VAL_METRICS: [&str; 12] = [
     "val_ARl",
 ];
 const UNSEEN_METRICS: [&str; 2] = ["unseen_AP", "unseen_AP50"];
+/// The name of the per-class table in [`Scores::tables`].
+pub const PER_CLASS: &str = "per_class";
 /// The probability a model trained from scratch starts giving every patch and query: the
 /// focal loss's prior initialisation (RetinaNet's), without which the first steps' gradient,
 /// summed over every negative, swamps Adam's moment estimates for hundreds of steps.
@@ -554,7 +573,35 @@ impl DetectionTask {
             let unseen = evaluation.over_categories(&ids);
             values.extend([unseen.ap, unseen.ap50]);
         }
-        Ok(Scores::new(self.metric_names.clone(), values, images, split))
+        let mut scores = Scores::new(self.metric_names.clone(), values, images, split);
+        scores.tables.insert(PER_CLASS.into(), self.per_class_table(&evaluation));
+        Ok(scores)
+    }
+
+    /// Each category's AP and AP50 (pycocotools' per category), and its precision, recall and
+    /// F1 at IoU .5 of the boxes scoring at least the run's score threshold; `null` where a
+    /// figure is undefined (no ground truth, no box kept).
+    fn per_class_table(&self, evaluation: &CocoEvaluation) -> serde_json::Value {
+        let threshold = self.settings.score_threshold;
+        let defined = |value: f64| (value != COCO_MISSING).then_some(value);
+        let rows = self.categories.iter().map(|category| {
+            let ap = evaluation.per_category.get(&category.id);
+            let matches = evaluation.matches.get(&category.id).cloned().unwrap_or_default();
+            let at = matches.at(threshold);
+            serde_json::json!({
+                "class": category.name,
+                "category_id": category.id,
+                "ap": ap.and_then(|ap| defined(ap.ap)),
+                "ap50": ap.and_then(|ap| defined(ap.ap50)),
+                "precision": at.precision,
+                "recall": at.recall,
+                "f1": at.f1,
+                "ground_truth": matches.ground_truth,
+                "detections": at.detections,
+                "score_threshold": threshold,
+            })
+        });
+        serde_json::Value::Array(rows.collect())
     }
 
     /// Each loss term of one batch (with its graph), in the order of the loss names.
@@ -604,6 +651,10 @@ fn check_settings(task: &DetectionConfig) -> Result<(), EngineError> {
     }
     if !(gamma.is_finite() && gamma >= 0.0) {
         return Err(EngineError::Config(format!("--focal-gamma {gamma}: must be a finite number >= 0")));
+    }
+    let threshold = task.score_threshold;
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(EngineError::Config(format!("--score-threshold {threshold}: must be within [0, 1]")));
     }
     let MatchCosts { class, l1, giou } = task.match_costs;
     if [class, l1, giou].iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
