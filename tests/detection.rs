@@ -248,13 +248,23 @@ fn a_box_outside_its_image_is_named_with_its_file_and_annotation() {
 /// Exact resume holds for detection too: boxes follow the same crops and flips, and the
 /// batches come in the same order, whether or not the run was paused.
 #[test]
-fn a_paused_and_resumed_detection_run_ends_bit_identical() {
+fn a_paused_and_resumed_detection_run_with_repeat_factor_sampling_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let policies =
         [policy("cosine_warmup").display().to_string(), format!("{}:ramp_steps=2", policy("aug_curriculum").display())];
-    let args = ["--task", "detection", "--steps", "6", "--batch-size", "8"];
+    // LVIS's repeat-factor sampling too: every canvas class is in fewer than 90% of the
+    // images, so every image repeats, and the resumed run draws what the whole one drew.
+    let args = ["--task", "detection", "--steps", "6", "--batch-size", "8", "--sampling", "repeat-factor:t=0.9"];
     let (whole, paused) = (dir.path().join("whole"), dir.path().join("paused"));
-    assert_success(&train_cpu(&whole, &policies, &args));
+    let trained = train_cpu(&whole, &policies, &args);
+    assert_success(&trained);
+    let report = String::from_utf8_lossy(&trained.stdout).into_owned() + &String::from_utf8_lossy(&trained.stderr);
+    let line = report
+        .lines()
+        .find(|line| line.contains("sampling: repeat-factor t=0.9"))
+        .unwrap_or_else(|| panic!("{report}"));
+    let (repeated, of) = line.split_once(": ").unwrap().1.split_once(" of ").unwrap();
+    assert_eq!(repeated.split(' ').next_back(), of.split(' ').next(), "{line}");
     assert_success(&train_cpu(&paused, &policies, &[&args[..], &["--pause-after-steps", "3"]].concat()));
     assert_success(&trainer(&["train", "--resume", paused.to_str().unwrap(), "--device", "cpu"]));
     for file in ["final/model.safetensors", "decisions.jsonl", "eval.json"] {

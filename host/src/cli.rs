@@ -773,8 +773,8 @@ fn print_per_class(rows: &[serde_json::Value]) {
             percent(&row["precision"]),
             percent(&row["recall"]),
             percent(&row["f1"]),
-            row["detections"],
-            row["ground_truth"],
+            row["detections"].as_u64().unwrap_or_default(),
+            row["ground_truth"].as_u64().unwrap_or_default(),
         );
     }
 }

@@ -30,13 +30,16 @@ impl Shard {
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 }
 
-/// Epoch-wise shuffled batches of a data set, dropping the last partial batch.
+/// Epoch-wise shuffled batches of a data set, dropping the last partial batch; each sample
+/// once an epoch, or [`EpochSampler::repeating`] some.
 #[derive(Debug, Clone)]
 pub struct EpochSampler {
     seed: u64,
     len: usize,
     batch_size: usize,
     shard: Shard,
+    /// Each sample's repeat factor, when samples repeat.
+    repeats: Option<Vec<f64>>,
     epoch: Option<(u64, Vec<i64>)>,
 }
 
@@ -46,7 +49,22 @@ impl EpochSampler {
     pub fn new(seed: u64, len: usize, batch_size: usize, shard: Shard) -> Self {
         assert!(batch_size >= 1 && batch_size <= len, "batch size {batch_size} for {len} samples");
         assert!(batch_size.is_multiple_of(shard.count), "batch size {batch_size} over {} shards", shard.count);
-        EpochSampler { seed, len, batch_size, shard, epoch: None }
+        EpochSampler { seed, len, batch_size, shard, repeats: None, epoch: None }
+    }
+
+    /// Sample `i` seen `repeats[i]` times an epoch in expectation (each at least 1): LVIS's
+    /// repeat-factor sampling. An epoch holds `floor(r)` copies of each sample and one more
+    /// with probability `r - floor(r)`, drawn by systematic sampling over a keyed order of the
+    /// samples, so that every epoch has the same number of whole batches: the fewest copies
+    /// any epoch can hold, and a run resumes from its step number alone.
+    pub fn repeating(mut self, repeats: Vec<f64>) -> Self {
+        assert_eq!(repeats.len(), self.len, "a repeat factor per sample");
+        assert!(repeats.iter().all(|&r| r.is_finite() && r >= 1.0), "repeat factors are at least 1");
+        let fewest = repeats.iter().map(|r| r.floor() as usize).sum::<usize>()
+            + repeats.iter().map(|r| r.fract()).sum::<f64>().floor() as usize;
+        self.len = fewest;
+        self.repeats = Some(repeats);
+        self
     }
 
     /// Samples it draws from.
@@ -75,15 +93,44 @@ impl EpochSampler {
         &order[start..start + shard_size]
     }
 
-    /// Fisher-Yates over the data set, keyed by (seed, epoch).
+    /// Fisher-Yates over the epoch's samples, keyed by (seed, epoch).
     fn permutation(&self, epoch: u64) -> Vec<i64> {
-        let mut order: Vec<i64> = (0..self.len as i64).collect();
-        for i in (1..self.len).rev() {
+        let mut order: Vec<i64> = match &self.repeats {
+            None => (0..self.len as i64).collect(),
+            Some(repeats) => repeated(repeats, keyed(self.seed, &[epoch, REPEATS])),
+        };
+        for i in (1..order.len()).rev() {
             let j = (keyed(self.seed, &[epoch, i as u64]) % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         order
     }
+}
+
+/// The key of an epoch's draw of which samples repeat once more.
+const REPEATS: u64 = 0x5E9E_A75;
+
+/// Each sample `floor(r)` times, and once more where systematic sampling picks it: the
+/// samples in an order keyed by `key`, their fractions `r - floor(r)` laid end to end, and
+/// one point in each unit from a keyed offset, so that sample `i` gets its extra copy with
+/// probability exactly its fraction.
+fn repeated(repeats: &[f64], key: u64) -> Vec<i64> {
+    let mut order: Vec<usize> = (0..repeats.len()).collect();
+    order.sort_by_key(|&i| keyed(key, &[i as u64]));
+    // Uniform in [0, 1), apart from the order's draws.
+    let offset = (keyed(key, &[u64::MAX]) >> 11) as f64 / (1u64 << 53) as f64;
+    let mut samples: Vec<i64> = Vec::new();
+    let mut laid = 0.0;
+    for i in order {
+        let (whole, fraction) = (repeats[i].floor(), repeats[i].fract());
+        samples.extend(std::iter::repeat_n(i as i64, whole as usize));
+        // A point offset + k falls in [laid, laid + fraction).
+        if (laid + fraction - offset).ceil() > (laid - offset).ceil() {
+            samples.push(i as i64);
+        }
+        laid += fraction;
+    }
+    samples
 }
 
 #[cfg(test)]
@@ -112,6 +159,51 @@ mod tests {
             EpochSampler::new(2, 100, 10, Shard::WHOLE).batch(0),
             EpochSampler::new(1, 100, 10, Shard::WHOLE).batch(0)
         );
+    }
+
+    #[test]
+    fn repeated_samples_come_as_often_as_their_factor_every_epoch_of_one_length() {
+        let repeats = [1.0, 1.0, 2.5, 1.25, 4.0, 1.0, 1.75, 1.0];
+        let mut sampler = EpochSampler::new(5, 8, 4, Shard::WHOLE).repeating(repeats.to_vec());
+        // floor: 1+1+2+1+4+1+1+1 = 12, fractions 1.5: 13 copies at least, 3 batches.
+        assert_eq!(sampler.steps_per_epoch(), 3);
+        let epochs = 4000;
+        let mut counts = [0usize; 8];
+        for step in 0..epochs * 3 {
+            for &i in sampler.batch(step) {
+                counts[i as usize] += 1;
+            }
+        }
+        // Whole batches drop a copy or two an epoch: each sample's share of what is drawn
+        // is its factor's share of their sum.
+        let total: f64 = repeats.iter().sum();
+        let drawn = counts.iter().sum::<usize>() as f64;
+        for (i, &count) in counts.iter().enumerate() {
+            let (share, expected) = (count as f64 / drawn, repeats[i] / total);
+            assert!((share - expected).abs() < 0.01, "sample {i}: {share} of the draws, expected {expected}");
+        }
+        // A resumed sampler gives the same batches from a step number alone.
+        let mut resumed = EpochSampler::new(5, 8, 4, Shard::WHOLE).repeating(repeats.to_vec());
+        assert_eq!(resumed.batch(7001).to_vec(), sampler.batch(7001).to_vec());
+    }
+
+    #[test]
+    fn systematic_sampling_gives_each_extra_copy_its_probability() {
+        let repeats = [1.1, 1.9, 1.5, 1.0, 2.3];
+        let mut extra = [0usize; 5];
+        let draws = 20000;
+        for key in 0..draws {
+            let samples = repeated(&repeats, mix(key));
+            for (i, &r) in repeats.iter().enumerate() {
+                let copies = samples.iter().filter(|&&s| s == i as i64).count();
+                assert!(copies == r.floor() as usize || copies == r.floor() as usize + 1);
+                extra[i] += copies - r.floor() as usize;
+            }
+        }
+        for (i, &r) in repeats.iter().enumerate() {
+            let rate = extra[i] as f64 / draws as f64;
+            assert!((rate - r.fract()).abs() < 0.015, "sample {i}: {rate} against {}", r.fract());
+        }
     }
 
     #[test]

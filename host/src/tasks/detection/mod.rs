@@ -74,6 +74,74 @@ pub struct DetectionConfig {
     /// The score a box needs to count in the per-class precision, recall and F1.
     #[serde(default = "default_score_threshold")]
     pub score_threshold: f64,
+    /// How training images are drawn.
+    #[serde(default)]
+    pub sampling: Sampling,
+}
+
+/// How training images are drawn each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Sampling {
+    /// Each image once.
+    #[default]
+    Uniform,
+    /// LVIS's repeat-factor sampling: a category in a fraction `f` of the training images
+    /// has the factor `max(1, sqrt(threshold / f))`, an image the largest of its
+    /// categories', and is drawn that many times an epoch in expectation.
+    RepeatFactor { threshold: f64 },
+}
+
+impl Sampling {
+    /// `uniform`, or `repeat-factor:t=T`.
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "uniform" {
+            return Ok(Sampling::Uniform);
+        }
+        let threshold = text
+            .strip_prefix("repeat-factor")
+            .map(|rest| {
+                rest.strip_prefix(":t=").map_or(if rest.is_empty() { Some(0.001) } else { None }, |t| t.parse().ok())
+            })
+            .ok_or_else(|| format!("--sampling {text}: `uniform` or `repeat-factor:t=T` (LVIS's, T=0.001)"))?;
+        match threshold {
+            Some(t) if t > 0.0 && t <= 1.0 => Ok(Sampling::RepeatFactor { threshold: t }),
+            _ => Err(format!("--sampling {text}: the threshold t is a number in (0, 1], e.g. repeat-factor:t=0.001")),
+        }
+    }
+
+    /// Each of `samples`' repeat factor, with the start-up line saying what it makes of them;
+    /// `None` for uniform sampling.
+    fn repeat_factors(&self, samples: &[DetectionSample], categories: usize) -> Option<(Vec<f64>, String)> {
+        let Sampling::RepeatFactor { threshold } = *self else { return None };
+        let shown = |sample: &DetectionSample| -> Vec<usize> {
+            let mut shown: Vec<usize> = sample.boxes.iter().filter(|b| !b.iscrowd).map(|b| b.category).collect();
+            shown.sort_unstable();
+            shown.dedup();
+            shown
+        };
+        let mut images_with = vec![0usize; categories];
+        for sample in samples {
+            for category in shown(sample) {
+                images_with[category] += 1;
+            }
+        }
+        let factor = |category: usize| {
+            let fraction = images_with[category] as f64 / samples.len() as f64;
+            (threshold / fraction).sqrt().max(1.0)
+        };
+        let repeats: Vec<f64> =
+            samples.iter().map(|sample| shown(sample).into_iter().map(factor).fold(1.0, f64::max)).collect();
+        let repeated = repeats.iter().filter(|&&r| r > 1.0).count();
+        let largest = repeats.iter().copied().fold(1.0, f64::max);
+        let line = format!(
+            "sampling: repeat-factor t={threshold}: {repeated} of {} training images repeated, up to {largest:.2}x, \
+             {:.0} draws an epoch in expectation",
+            samples.len(),
+            repeats.iter().sum::<f64>()
+        );
+        Some((repeats, line))
+    }
 }
 
 /// The per-class tables' score threshold: the one `trainer predict` keeps boxes at.
@@ -106,6 +174,11 @@ pub struct DetectionArgs {
     /// boxes; --task detection].
     #[arg(long, value_name = "S")]
     pub score_threshold: Option<f64>,
+    /// How training images are drawn: `uniform`, or `repeat-factor:t=T`, LVIS's repeat-factor
+    /// sampling for rare classes (a class in a fraction f < T of the images repeats its
+    /// images sqrt(T / f) times an epoch) [default: uniform; --task detection].
+    #[arg(long, value_name = "KIND", value_parser = Sampling::parse)]
+    pub sampling: Option<Sampling>,
 }
 
 impl DetectionArgs {
@@ -116,6 +189,7 @@ impl DetectionArgs {
             ("--focal-gamma", self.focal_gamma.is_some()),
             ("--match-costs", self.match_costs.is_some()),
             ("--score-threshold", self.score_threshold.is_some()),
+            ("--sampling", self.sampling.is_some()),
         ])
     }
 
@@ -127,6 +201,7 @@ impl DetectionArgs {
             focal: Focal { alpha: self.focal_alpha.unwrap_or(0.25), gamma: self.focal_gamma.unwrap_or(2.0) },
             match_costs: MatchCosts { class: costs[0], l1: costs[1], giou: costs[2] },
             score_threshold: self.score_threshold.unwrap_or(SCORE_THRESHOLD),
+            sampling: self.sampling.unwrap_or_default(),
         }
     }
 }
@@ -425,6 +500,11 @@ impl DetectionTask {
         if !unseen.is_empty() {
             metric_names.extend(UNSEEN_METRICS);
         }
+        let mut sampler = EpochSampler::new(options.seed, splits.train.len(), options.batch_size, options.shard);
+        if let Some((repeats, line)) = task.sampling.repeat_factors(&samples[splits.train.clone()], categories.len()) {
+            sampler = sampler.repeating(repeats);
+            description.push(line);
+        }
         Ok(DetectionTask {
             model,
             var_store,
@@ -432,7 +512,7 @@ impl DetectionTask {
             groups: owlvit::parameter_groups(&config, task.inputs.group_by),
             loss_names: LOSSES[..loss_count].to_vec(),
             metric_names,
-            sampler: EpochSampler::new(options.seed, splits.train.len(), options.batch_size, options.shard),
+            sampler,
             loader: Loader::new(reader, options.workers),
             samples,
             splits,
