@@ -108,7 +108,7 @@ impl EpochSampler {
 }
 
 /// The key of an epoch's draw of which samples repeat once more.
-const REPEATS: u64 = 0x5E9E_A75;
+const REPEATS: u64 = 0x05E9_EA75;
 
 /// Each sample `floor(r)` times, and once more where systematic sampling picks it: the
 /// samples in an order keyed by `key`, their fractions `r - floor(r)` laid end to end, and
