@@ -328,10 +328,10 @@ impl BertTextModel {
         let previous = cache.map(|cache| cache.layers);
         let mut layers = Vec::with_capacity(self.layers.len());
         for (index, layer) in self.layers.iter().enumerate() {
+            let (k, v) = layer.attention.keys_values(&hidden, layer.heads, compute);
             let [self_k, self_v, cross_k, cross_v] = match &previous {
                 Some(previous) => {
                     let [self_k, self_v, cross_k, cross_v] = &previous[index];
-                    let (k, v) = layer.attention.keys_values(&hidden, layer.heads, compute);
                     [
                         Tensor::cat(&[self_k, &k], 2),
                         Tensor::cat(&[self_v, &v], 2),
@@ -340,7 +340,6 @@ impl BertTextModel {
                     ]
                 }
                 None => {
-                    let (k, v) = layer.attention.keys_values(&hidden, layer.heads, compute);
                     let (cross_k, cross_v) = layer.rest.encoder_keys_values(encoder, compute);
                     [k, v, cross_k, cross_v]
                 }

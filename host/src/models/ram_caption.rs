@@ -165,19 +165,25 @@ impl CaptionBranch {
         tch::no_grad(|| {
             text_generation::generate(&prompts, search, |prefixes| {
                 let ids = prefixes.ids.to_device(device);
-                let (new_ids, kept) = match (&prefixes.extends, cache.take()) {
+                // The new token over the kept keys and values; else the whole prefixes over
+                // each row's image's tag tokens.
+                let (logits, next) = match (&prefixes.extends, cache.take()) {
                     (Some(rows), Some(previous)) => {
-                        let rows = Tensor::from_slice(rows).to_device(device);
-                        (ids.narrow(1, ids.size()[1] - 1, 1), Some(previous.rows(&rows)))
+                        let kept = previous.rows(&Tensor::from_slice(rows).to_device(device));
+                        let new_ids = ids.narrow(1, ids.size()[1] - 1, 1);
+                        self.text_decoder.decode(&new_ids, Some(kept), &Tensor::new(), compute)
                     }
-                    _ => (ids, None),
+                    _ => {
+                        let rows_per_image = ids.size()[0] / prefixes.inputs.len() as i64;
+                        let images: Vec<i64> = prefixes.inputs.iter().map(|&image| image as i64).collect();
+                        let index = Tensor::from_slice(&images).to_device(device).repeat_interleave_self_int(
+                            rows_per_image,
+                            0,
+                            None,
+                        );
+                        self.text_decoder.decode(&ids, None, &tag_tokens.index_select(0, &index), compute)
+                    }
                 };
-                let rows_per_image = new_ids.size()[0] / prefixes.inputs.len() as i64;
-                let images: Vec<i64> = prefixes.inputs.iter().map(|&image| image as i64).collect();
-                let index =
-                    Tensor::from_slice(&images).to_device(device).repeat_interleave_self_int(rows_per_image, 0, None);
-                let encoder = if kept.is_some() { Tensor::new() } else { tag_tokens.index_select(0, &index) };
-                let (logits, next) = self.text_decoder.decode(&new_ids, kept, &encoder, compute);
                 cache = Some(next);
                 logits.log_softmax(-1, Kind::Float)
             })

@@ -63,6 +63,25 @@ pub enum TagQueries {
     Learned,
 }
 
+/// recognize-anything's three models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamFamily {
+    RamPlus,
+    Ram,
+    Tag2Text,
+}
+
+impl RamFamily {
+    /// As its paper names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RamFamily::RamPlus => "RAM++",
+            RamFamily::Ram => "RAM",
+            RamFamily::Tag2Text => "Tag2Text",
+        }
+    }
+}
+
 /// A RAM++ model's shape (or RAM's, or Tag2Text's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RamPlusConfig {
@@ -106,12 +125,12 @@ impl RamPlusConfig {
         }
     }
 
-    /// Which of recognize-anything's models this is, as its papers name them.
-    pub fn model_name(&self) -> &'static str {
+    /// Which of recognize-anything's models this is.
+    pub fn family(&self) -> RamFamily {
         match (self.queries, self.reweighted) {
-            (TagQueries::Learned, _) => "Tag2Text",
-            (TagQueries::ClipText, true) => "RAM++",
-            (TagQueries::ClipText, false) => "RAM",
+            (TagQueries::Learned, _) => RamFamily::Tag2Text,
+            (TagQueries::ClipText, true) => RamFamily::RamPlus,
+            (TagQueries::ClipText, false) => RamFamily::Ram,
         }
     }
 

@@ -71,7 +71,7 @@ use crate::models::groups::{Group, GroupLayout, Place};
 use crate::models::pretrained::{self, PretrainedError};
 use crate::models::pth;
 use crate::models::ram_caption::{self, MAX_TOKENS, caption_targets};
-use crate::models::ram_plus::{self, EMBED_DIM, RamPlus, RamPlusConfig, TagQueries, tag_loss};
+use crate::models::ram_plus::{self, EMBED_DIM, RamFamily, RamPlus, RamPlusConfig, TagQueries, tag_loss};
 use crate::models::relative_position;
 use crate::tasks::inputs::{Precision, TaskContext, load_tokenizer};
 use serde::{Deserialize, Serialize};
@@ -132,10 +132,10 @@ impl RamTaggerConfig {
         let architecture = RamPlusConfig { tags: tags.len() as i64, ..starting.architecture.clone() };
         let added = tags.iter().filter(|tag| !starting.tags.contains(tag) || starting.added.contains(tag)).cloned();
         RamTaggerConfig {
-            model_type: match architecture.model_name() {
-                "Tag2Text" => TAG2TEXT,
-                "RAM++" => RAM_PLUS,
-                _ => RAM,
+            model_type: match architecture.family() {
+                RamFamily::RamPlus => RAM_PLUS,
+                RamFamily::Ram => RAM,
+                RamFamily::Tag2Text => TAG2TEXT,
             }
             .into(),
             added_tags: added.collect(),
@@ -306,6 +306,14 @@ fn caption_tag_string(architecture: &RamPlusConfig, kept: &[&str]) -> String {
     captioned.copied().collect::<Vec<&str>>().join(" | ")
 }
 
+/// Ids and mask of tag strings (`tag | tag`) as RAM's tag encoder reads them: padded to 40
+/// tokens, the first `[ENC]`.
+fn encode_tag_strings(tokenizer: &BertTokenizer, tags: &[String]) -> (Tensor, Tensor) {
+    let (ids, mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
+    let _ = ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+    (ids, mask)
+}
+
 /// The captions of images embedded as `image_embeds`, each from its tag string of `tags`, as
 /// recognize-anything's `inference_tag2text` writes them (beam search from `a picture of `,
 /// the prompt cut off); `None` without a caption branch.
@@ -317,8 +325,7 @@ fn write_captions(
 ) -> Option<Vec<String>> {
     let caption = model.caption()?;
     let device = image_embeds.device();
-    let (tag_ids, tag_mask) = tokenizer.encode(tags, MAX_TOKENS as usize, Padding::Full);
-    let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+    let (tag_ids, tag_mask) = encode_tag_strings(tokenizer, tags);
     let compute = model.compute_kind();
     let tag_tokens = tch::no_grad(|| {
         caption.encode_tags(&tag_ids.to_device(device), &tag_mask.to_device(device), image_embeds, compute)
@@ -845,17 +852,7 @@ impl RamTaggingTask {
                 }
                 TagLoss::T2t => {
                     let (inputs, counted) = text.expect("a run with t2t tokenizes its captions");
-                    let caption = self.model.caption().expect("a run with t2t has a caption branch");
-                    let compute = self.model.compute_kind();
-                    let tag_tokens = caption.encode_tags(&inputs.tag_ids, &inputs.tag_mask, &embeds, compute);
-                    let sum = caption.t2t_loss(
-                        &inputs.caption_ids,
-                        &inputs.caption_mask,
-                        &tag_tokens,
-                        compute,
-                        Reduction::Sum,
-                    );
-                    sum / counted
+                    inputs.t2t_sum(&self.model, &embeds) / counted
                 }
             })
             .collect()
@@ -940,13 +937,9 @@ impl RamTaggingTask {
         let split = predict_split(&mut self.source, final_split, &text, columns, |batch| {
             let embeds = self.model.image_embeds(&self.normalizer.normalize(&batch.pixels));
             let logits = self.model.tag_logits(&embeds);
-            if let (Some(tokenizer), Some(caption)) = (&self.text_tokenizer, self.model.caption()) {
+            if let Some(tokenizer) = &self.text_tokenizer {
                 let inputs = CaptionInputs::of(batch, &self.config.tag_list, tokenizer, self.device);
-                let compute = self.model.compute_kind();
-                let tag_tokens = caption.encode_tags(&inputs.tag_ids, &inputs.tag_mask, &embeds, compute);
-                let sum =
-                    caption.t2t_loss(&inputs.caption_ids, &inputs.caption_mask, &tag_tokens, compute, Reduction::Sum);
-                t2t_sum += sum.double_value(&[]);
+                t2t_sum += inputs.t2t_sum(&self.model, &embeds).double_value(&[]);
                 t2t_counted += inputs.counted();
                 let kept = kept_tags(&logits, &self.config.tag_list, &self.config.thresholds);
                 let tags: Vec<String> =
@@ -1168,8 +1161,7 @@ impl CaptionInputs {
             .map(|columns| columns.iter().map(|&column| tag_list[column].as_str()).collect::<Vec<_>>().join(" | "))
             .collect();
         let captions: Vec<String> = batch.captions.iter().map(|caption| ram_caption(caption, 30)).collect();
-        let (tag_ids, tag_mask) = tokenizer.encode(&tag_strings, MAX_TOKENS as usize, Padding::Full);
-        let _ = tag_ids.narrow(1, 0, 1).fill_(tokenizer.enc_id());
+        let (tag_ids, tag_mask) = encode_tag_strings(tokenizer, &tag_strings);
         let (caption_ids, caption_mask) = tokenizer.encode(&captions, MAX_TOKENS as usize, Padding::Longest);
         let _ = caption_ids.narrow(1, 0, 1).fill_(tokenizer.dec_id());
         CaptionInputs {
@@ -1178,6 +1170,15 @@ impl CaptionInputs {
             caption_ids: caption_ids.to_device(device),
             caption_mask: caption_mask.to_device(device),
         }
+    }
+
+    /// `t2t` of these inputs over `model`'s images embedded as `embeds`, summed over the
+    /// counted tokens.
+    fn t2t_sum(&self, model: &RamPlus, embeds: &Tensor) -> Tensor {
+        let caption = model.caption().expect("a run with t2t has a caption branch");
+        let compute = model.compute_kind();
+        let tag_tokens = caption.encode_tags(&self.tag_ids, &self.tag_mask, embeds, compute);
+        caption.t2t_loss(&self.caption_ids, &self.caption_mask, &tag_tokens, compute, Reduction::Sum)
     }
 
     /// The targets `t2t` counts.
@@ -1227,8 +1228,9 @@ impl Task for RamTaggingTask {
 
     /// RAM++'s and RAM's `label_embed` is frozen, as in recognize-anything (`finetune.py`'s
     /// `label_embed.requires_grad = False` leaves Tag2Text's, a module, trained); a part no
-    /// loss of the run reaches is not trained (the head under `distill` alone, RAM's caption branch, which no loss
-    /// here reaches but through the layers it shares with the head).
+    /// loss of the run reaches is not trained (the head under `distill` alone, the caption
+    /// branch without `t2t`, which reaches it only through the layers it shares with the
+    /// head).
     fn parameter_group(&self, name: &str) -> Option<usize> {
         let in_image_encoder = name.starts_with("visual_encoder.") || name.starts_with("image_proj.");
         let in_caption_branch = ram_plus::part_of(name) == ram_plus::CAPTION_BRANCH;
@@ -1269,7 +1271,7 @@ impl Task for RamTaggingTask {
         let mut lines = vec![format!(
             "tagging {} tags with {} (Swin {} wide at {} px, {} label embeddings per tag) and losses {} on {}",
             self.config.tag_list.len(),
-            architecture.model_name(),
+            architecture.family().name(),
             vision.embed_dim,
             vision.image_res,
             architecture.descriptions,
