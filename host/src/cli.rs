@@ -4,6 +4,7 @@
 //! one-line messages and exit codes.
 
 use crate::check::{CheckOptions, check_policy};
+use crate::data::detection::{DetectionFormat, Part};
 use crate::distributed::{DistributedError, Launch, Team, launch::spawn_local};
 use crate::engine::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, EngineError, Resume, RunConfig,
@@ -52,7 +53,7 @@ pub enum Command {
     /// Fashion-MNIST with templated captions by default, COCO captions, or a JSONL manifest),
     /// `--task tagging` (a multi-label tagger: Fashion-MNIST mosaics by default, or a tagged
     /// JSONL manifest) or `--task detection` (OWL-ViT/OWLv2: Fashion-MNIST canvases by
-    /// default, COCO instances, or a JSONL manifest of boxes).
+    /// default, COCO instances, a JSONL manifest of boxes, Pascal VOC or YOLO).
     Train(Box<TrainArgs>),
     /// Evaluate a saved model (a run's final/, best/, checkpoints/step-N/, or a Hugging Face
     /// folder) with the metrics of the end of a run, on the run's data or other data.
@@ -71,6 +72,93 @@ pub enum Command {
     /// List the policies built into the trainer (`--policy NAME[:ARGS]`), with the knobs each
     /// owns and its arguments; with a NAME, print that policy's whole documentation.
     Policies(PoliciesArgs),
+    /// Prepare detection data: `convert` it between COCO, JSONL, Pascal VOC and YOLO, `check`
+    /// it for what training refuses or would learn wrong, `split` it into train, val and test.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write a detection set in another format, images linked (or copied) into its layout:
+    /// COCO `annotations/instances_P.json` and `P/`, JSONL `P.jsonl` and `images/`, VOC
+    /// `Annotations/`, `JPEGImages/` and `ImageSets/Main/P.txt`, YOLO `images/P/`,
+    /// `labels/P/` and `data.yaml` (P: the part, train by default).
+    Convert(DataConvertArgs),
+    /// Check a detection set: errors (what training refuses, images that do not decode or
+    /// are not the size annotated) and warnings (boxes under --min-box pixels, duplicate
+    /// boxes, images or classes without boxes), per-class counts and box-size histograms.
+    /// Writes check.json and PNGs; exits 1 when there are errors.
+    Check(DataCheckArgs),
+    /// Split a detection set into train, val and test, stratified by class (iterative
+    /// stratification), keeping each --group in one part; writes the parts and prints their
+    /// per-class table.
+    Split(DataSplitArgs),
+}
+
+/// The detection set a `trainer data` command reads.
+#[derive(Debug, clap::Args)]
+pub struct DataSetArgs {
+    /// A COCO instances .json, a .jsonl manifest, a Pascal VOC folder or split list
+    /// (`ImageSets/Main/train.txt`), or a YOLO data.yaml or folder (`images/`, `labels/`).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// Folder the images are in, when not the format's own (see `train --images`).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// The part of a YOLO data.yaml to read [default: convert: every part it names; others: train].
+    #[arg(long, value_enum)]
+    pub part: Option<Part>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataConvertArgs {
+    #[command(flatten)]
+    pub set: DataSetArgs,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub to: DetectionFormat,
+    /// The folder to write into; nothing there is overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataCheckArgs {
+    #[command(flatten)]
+    pub set: DataSetArgs,
+    /// Boxes narrower or lower than this many pixels are warned of.
+    #[arg(long, default_value_t = 3.0, value_name = "PIXELS")]
+    pub min_box: f64,
+    /// Two boxes of one class in one image overlapping more than this IoU are warned of.
+    #[arg(long, default_value_t = 0.95, value_name = "IOU")]
+    pub duplicate_iou: f64,
+    /// Where check.json, box_sizes.png and aspect_ratios.png are written.
+    #[arg(long, value_name = "DIR", default_value = "runs/data-check")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataSplitArgs {
+    #[command(flatten)]
+    pub set: DataSetArgs,
+    /// Fractions of train, val and test (a missing test is 0); they add up to 1.
+    #[arg(long, value_delimiter = ',', default_value = "0.8,0.1,0.1", value_name = "TRAIN,VAL,TEST")]
+    pub fractions: Vec<f64>,
+    /// Images of one group stay in one part: a field of the COCO image entries
+    /// (`video_id`), or a regular expression over the image paths whose first capture group
+    /// (or whole match) names the group (`'/(scene\d+)_'`).
+    #[arg(long, value_name = "FIELD|REGEX")]
+    pub group: Option<String>,
+    /// Seed of the order groups are placed in.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The format to write the parts in.
+    #[arg(long, value_enum, default_value = "coco")]
+    pub to: DetectionFormat,
+    /// The folder to write into; nothing there is overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -480,6 +568,9 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::CheckPolicy(args) => return run_check_policy(args),
         Command::Policies(args) => return run_policies(args),
+        Command::Data(DataCommand::Check(args)) => return run_data_check(args),
+        Command::Data(DataCommand::Convert(args)) => run_data_convert(args),
+        Command::Data(DataCommand::Split(args)) => run_data_split(args),
         Command::Simulate(args) => run_simulate(args),
         Command::Train(args) => return run_train_command(*args),
         Command::Eval(args) => run_eval(*args),
@@ -538,6 +629,89 @@ fn run_policies(args: PoliciesArgs) -> ExitCode {
         },
     }
     ExitCode::SUCCESS
+}
+
+fn run_data_convert(args: DataConvertArgs) -> Result<(), EngineError> {
+    use crate::data::detection::{read_detection_part, write::write_set, yolo};
+    let source = &args.set;
+    let parts = match source.part {
+        Some(part) => vec![part],
+        None if DetectionFormat::of(&source.data) == Some(DetectionFormat::Yolo) => {
+            [Part::Train, Part::Val, Part::Test]
+                .into_iter()
+                .filter(|&part| yolo::has_part(&source.data, part))
+                .collect()
+        }
+        None => vec![Part::Train],
+    };
+    for part in parts {
+        let set = read_detection_part(&source.data, part, source.images.as_deref(), false)?;
+        let written = write_set(&set, args.to, &args.out, part)?;
+        let crowds = match written.crowds_left_out {
+            0 => String::new(),
+            n => format!("; {n} crowd boxes left out, which the format has no flag for"),
+        };
+        println!(
+            "{}: {} images, {} boxes written as {} {}: --data {}{crowds}",
+            source.data.display(),
+            written.images,
+            written.boxes,
+            format!("{:?}", args.to).to_lowercase(),
+            part.name(),
+            written.data.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_data_check(args: DataCheckArgs) -> ExitCode {
+    use crate::data::detection::check::{CheckOptions, check_set, summary, write_report};
+    let options = CheckOptions { min_box: args.min_box, duplicate_iou: args.duplicate_iou, workers: default_workers() };
+    let part = args.set.part.unwrap_or(Part::Train);
+    let checked = check_set(&args.set.data, part, args.set.images.as_deref(), &options)
+        .and_then(|report| write_report(&report, &args.out).map(|files| (report, files)));
+    match checked {
+        Ok((report, files)) => {
+            print!("{}", summary(&report));
+            let files: Vec<String> = files.iter().map(|file| file.display().to_string()).collect();
+            println!("wrote {}", files.join(", "));
+            if report.errors > 0 { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run_data_split(args: DataSplitArgs) -> Result<(), EngineError> {
+    use crate::data::detection::read_detection_part;
+    use crate::data::detection::split::{Grouping, class_table, divided, group_keys, stratified_parts, write_parts};
+    let fractions = match args.fractions[..] {
+        [train, val] => [train, val, 0.0],
+        [train, val, test] => [train, val, test],
+        _ => return Err(EngineError::Config("--fractions: two or three numbers, train,val[,test]".into())),
+    };
+    if fractions.iter().any(|f| !(0.0..=1.0).contains(f)) || (fractions.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+        return Err(EngineError::Config(format!("--fractions {fractions:?}: each between 0 and 1, adding up to 1")));
+    }
+    let source = &args.set;
+    let set = read_detection_part(&source.data, source.part.unwrap_or(Part::Train), source.images.as_deref(), false)?;
+    let groups = match &args.group {
+        Some(text) => {
+            let grouping =
+                Grouping::parse(text).map_err(|problem| EngineError::Config(format!("--group {text}: {problem}")))?;
+            group_keys(&set, &source.data, &grouping)?
+        }
+        None => vec![None; set.samples.len()],
+    };
+    let parts = stratified_parts(&set, &groups, &fractions, args.seed);
+    let sets = divided(&set, &parts);
+    print!("{}", class_table(&sets, &set.categories));
+    for written in write_parts(&sets, args.to, &args.out)? {
+        println!("{} images, {} boxes: --data {}", written.images, written.boxes, written.data.display());
+    }
+    Ok(())
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {

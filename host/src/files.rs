@@ -48,3 +48,15 @@ pub fn sha256_file(path: &Path) -> Result<String, FileError> {
     std::io::copy(&mut file, &mut hasher).map_err(FileError::io(path))?;
     Ok(hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect())
 }
+
+/// Writes `bytes` under a temporary name beside `path`, then renames it to `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let Some(name) = path.file_name() else {
+        return Err(FileError::format(path, "not a file name"));
+    };
+    let mut staging_name = name.to_os_string();
+    staging_name.push(".tmp");
+    let staging = path.with_file_name(staging_name);
+    std::fs::write(&staging, bytes).map_err(FileError::io(&staging))?;
+    std::fs::rename(&staging, path).map_err(FileError::io(path))
+}

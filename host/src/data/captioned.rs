@@ -57,6 +57,8 @@ pub enum Origin {
         file: PathBuf,
         index: usize,
     },
+    /// A file of its own: a Pascal VOC XML file, a YOLO label file.
+    File(PathBuf),
 }
 
 impl fmt::Display for Origin {
@@ -65,6 +67,7 @@ impl fmt::Display for Origin {
             Origin::ManifestLine { manifest, line } => write!(f, "{} line {line}", manifest.display()),
             Origin::CocoImage { annotations, id } => write!(f, "{} image id {id}", annotations.display()),
             Origin::ListEntry { file, index } => write!(f, "{} entry {index}", file.display()),
+            Origin::File(file) => write!(f, "{}", file.display()),
         }
     }
 }

@@ -10,6 +10,6 @@ mod tensorboard;
 
 pub use float::{JsonFloat, float_from_json, float_to_json};
 pub use jsonl::{JsonLines, read_records};
-pub use plot::{Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
+pub use plot::{BarChart, Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;
 pub use tensorboard::EventWriter;

@@ -6,7 +6,7 @@
 
 use super::float::{JsonFloat, float_from_json};
 use super::jsonl::read_records;
-use crate::files::FileError;
+use crate::files::{FileError, write_atomically};
 use image::ImageEncoder;
 use image::codecs::png::PngEncoder;
 use plotters::coord::Shift;
@@ -80,8 +80,9 @@ pub struct Chart {
     pub log_y: bool,
 }
 
-/// Horizontal bars of values in [0, 1], each with its label, the first at the top: the rows
-/// of a table a person compares at a glance (a tagger's worst and best tags).
+/// Horizontal bars of values of at least 0, each with its label, the first at the top: the
+/// rows of a table a person compares at a glance (a tagger's worst and best tags, a
+/// histogram's bins). The axis runs to 1 (scores), or to the largest value past 1 (counts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BarChart {
     pub title: String,
@@ -100,12 +101,13 @@ impl BarChart {
             let width = IMAGE_SIZE.0;
             let rows = self.bars.len().max(1);
             let label_width = self.bars.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) as u32;
+            let end = self.bars.iter().map(|(_, value)| *value).filter(|value| value.is_finite()).fold(1.0, f64::max);
             let mut chart = ChartBuilder::on(root)
                 .caption(&self.title, (FONT, 24))
                 .margin(MARGIN as u32)
                 .x_label_area_size(40)
                 .y_label_area_size((label_width * 8 + 16).min(width / 2))
-                .build_cartesian_2d(0f64..1f64, (0..rows).into_segmented())
+                .build_cartesian_2d(0f64..end, (0..rows).into_segmented())
                 .map_err(describe)?;
             // Row 0 is at the bottom: bar i sits in row `rows - 1 - i`.
             let label_of = |value: &SegmentValue<usize>| match value {
@@ -127,7 +129,7 @@ impl BarChart {
             let [r, g, b] = series_colour(0);
             let bars = self.bars.iter().enumerate().map(|(index, (_, value))| {
                 let row = rows - 1 - index;
-                let value = if value.is_finite() { value.clamp(0.0, 1.0) } else { 0.0 };
+                let value = if value.is_finite() { value.clamp(0.0, end) } else { 0.0 };
                 let mut bar = Rectangle::new(
                     [(0.0, SegmentValue::Exact(row)), (value, SegmentValue::Exact(row + 1))],
                     RGBColor(r, g, b).filled(),
@@ -411,18 +413,6 @@ fn tick_labels(ticks: &[(f64, f64)]) -> Vec<String> {
         }
     };
     ticks.iter().map(label).collect()
-}
-
-/// Writes `bytes` under a temporary name beside `path`, then renames it to `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let Some(name) = path.file_name() else {
-        return Err(FileError::format(path, "not a file name"));
-    };
-    let mut staging_name = name.to_os_string();
-    staging_name.push(".tmp");
-    let staging = path.with_file_name(staging_name);
-    std::fs::write(&staging, bytes).map_err(FileError::io(&staging))?;
-    std::fs::rename(&staging, path).map_err(FileError::io(path))
 }
 
 /// One line of `metrics.jsonl`, as far as the plots need it.

@@ -107,7 +107,9 @@ pub struct InputArgs {
     /// Training data: a Fashion-MNIST folder of IDX files, a COCO captions file
     /// (`captions_*.json`), a JSONL manifest (`{"image": ..., "captions": [...]}` per line), or
     /// WebDataset shards (`'shards/{00000..00099}.tar'`, patterns joined by `::`, or a `.txt`
-    /// list of shards; samples of `jpg|jpeg|png|webp` with `txt` or `json` captions)
+    /// list of shards; samples of `jpg|jpeg|png|webp` with `txt` or `json` captions). For
+    /// detection: COCO instances, a JSONL manifest of boxes, a Pascal VOC folder or split list
+    /// (`ImageSets/Main/train.txt`), or a YOLO `data.yaml` or folder (`images/`, `labels/`)
     /// [default: /usr/share/datasets/fashion-mnist].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
@@ -115,8 +117,9 @@ pub struct InputArgs {
     /// COCO `annotations/captions_X.json`, the folder `X/` beside `annotations/`].
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
-    /// Held-out set (COCO, JSONL or shards) for evaluation [default: the last 5% of --data, at
-    /// most 5,000 images; of shards, the last shard].
+    /// Held-out set (as --data) for evaluation; of a YOLO `data.yaml`, its `val` images
+    /// [default: a YOLO data.yaml's `val` images, or the last 5% of --data, at most 5,000
+    /// images; of shards, the last shard].
     #[arg(long, value_name = "PATH")]
     pub val_data: Option<PathBuf>,
     /// Leave out missing or unreadable images and malformed manifest lines, counting them in

@@ -42,7 +42,9 @@ use crate::data::augment::{self, CropFlip};
 use crate::data::canvas::{self, CANVAS_SIZE};
 use crate::data::captioned::DataKind;
 use crate::data::clip_tokenizer::ClipTokenizer;
-use crate::data::detection::{Category, DetectionSample, DetectionSet, read_detection_set};
+use crate::data::detection::{
+    Category, DetectionFormat, DetectionSample, DetectionSet, Part, read_detection_part, read_detection_set, yolo,
+};
 use crate::data::images::load_rgb_padded;
 use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
@@ -346,13 +348,16 @@ struct DetectionData {
 
 fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
     let skip = options.skip_bad_samples;
-    if DataKind::of(options.data)? == DataKind::Shards {
+    let format = DetectionFormat::of(options.data);
+    // A VOC split list is a `.txt` and a VOC or YOLO set a folder, which as data of other
+    // tasks are shards and Fashion-MNIST.
+    if format.is_none() && DataKind::of(options.data)? == DataKind::Shards {
         return Err(EngineError::Config(format!(
             "--data {}: detection reads COCO box annotations, not WebDataset shards",
             options.data.display()
         )));
     }
-    if DataKind::of(options.data)? == DataKind::FashionMnist {
+    if format.is_none() && DataKind::of(options.data)? == DataKind::FashionMnist {
         options.refuse_file_flags_for_fashion_mnist()?;
         let cache = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainer/datasets"));
         let cache =
@@ -377,10 +382,15 @@ fn read_data(options: &DataOptions) -> Result<DetectionData, EngineError> {
     let mut train = read_detection_set(options.data, options.images, skip)?;
     let (held_out, line) = match options.val_data {
         Some(path) => {
-            let mut held_out = read_detection_set(path, options.images, skip)?;
+            let mut held_out = read_detection_part(path, Part::Val, options.images, skip)?;
             onto_categories(&mut held_out, &train.categories, path)?;
             let line = format!("data: {} (held out: {})", options.data.display(), path.display());
             (held_out, line)
+        }
+        None if format == Some(DetectionFormat::Yolo) && yolo::has_part(options.data, Part::Val) => {
+            let mut held_out = read_detection_part(options.data, Part::Val, options.images, skip)?;
+            onto_categories(&mut held_out, &train.categories, options.data)?;
+            (held_out, format!("data: {} (held out: its `val` images)", options.data.display()))
         }
         None => {
             let count = held_out_count(options.data, train.samples.len(), 1, options.batch_size)?;

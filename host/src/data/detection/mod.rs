@@ -1,8 +1,10 @@
-//! Detection data sets: COCO instances (`instances_*.json` and an image folder) and JSONL
+//! Detection data sets: COCO instances (`instances_*.json` and an image folder), JSONL
 //! manifests (`{"image": ..., "boxes": [[x, y, width, height], ...], "labels": [...]}` per
-//! line). Reading one gives the images with their ground-truth boxes, and the categories;
-//! each sample remembers where it was declared, so an image that fails to decode later is
-//! reported with its manifest line or COCO image id.
+//! line), Pascal VOC XML folders ([`voc`]) and YOLO data sets ([`yolo`]). Reading one gives
+//! the images with their ground-truth boxes, and the categories; each sample remembers where
+//! it was declared, so an image that fails to decode later is reported with its manifest
+//! line, COCO image id or annotation file. [`write`] writes a set in any of the four formats,
+//! [`check`] looks for what the reading lets through, [`split`] divides a set.
 //!
 //! Every box is checked here, before training starts, because a degenerate or misplaced box
 //! otherwise surfaces hours later as a NaN matching cost or a wrong mAP. Boxes are
@@ -17,7 +19,14 @@
 //!
 //! COCO crowd annotations are kept, marked `iscrowd`: evaluation needs them, so that a
 //! detection on a crowd is not counted as a false positive; training should not learn from
-//! them.
+//! them. Pascal VOC's `difficult` objects are read as crowds, since VOC's evaluation ignores
+//! them the way COCO's ignores crowds.
+
+pub mod check;
+pub mod split;
+pub mod voc;
+pub mod write;
+pub mod yolo;
 
 use super::captioned::{Origin, coco_image_dir, manifest_lines, parent};
 use crate::files::FileError;
@@ -74,23 +83,95 @@ pub struct DetectionSet {
     pub skipped: Vec<String>,
 }
 
-/// Reads the detection data set at `path`, a COCO instances `.json` or a `.jsonl` manifest;
-/// `images` is the folder image paths are relative to (by default the manifest's folder, or
-/// for COCO the sibling folder named after the split, `annotations/instances_val2017.json`
-/// -> `val2017/`).
+/// The annotation formats a detection data set may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetectionFormat {
+    /// COCO instances: one `.json` file, images in a folder beside it.
+    Coco,
+    /// A `.jsonl` manifest, a line per image.
+    Jsonl,
+    /// Pascal VOC: an XML file per image (LabelImg, CVAT).
+    Voc,
+    /// YOLO: a text file of normalised boxes per image and a list of class names.
+    Yolo,
+}
+
+impl DetectionFormat {
+    /// The format of the data set at `path`: by its extension for a file (a VOC split list is
+    /// a `.txt` in `ImageSets/Main/`), by what it holds for a folder. `None` when it is none
+    /// of the four.
+    pub fn of(path: &Path) -> Option<DetectionFormat> {
+        if path.is_dir() {
+            return if voc::is_voc_folder(path) {
+                Some(DetectionFormat::Voc)
+            } else if yolo::is_yolo_folder(path) {
+                Some(DetectionFormat::Yolo)
+            } else {
+                None
+            };
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Some(DetectionFormat::Coco),
+            Some("jsonl") => Some(DetectionFormat::Jsonl),
+            Some("yaml" | "yml") => Some(DetectionFormat::Yolo),
+            Some("txt") if voc::is_split_list(path) => Some(DetectionFormat::Voc),
+            _ => None,
+        }
+    }
+}
+
+/// Which part of a data set that holds several (a YOLO `data.yaml`) to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Train,
+    Val,
+    Test,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Train => "train",
+            Part::Val => "val",
+            Part::Test => "test",
+        }
+    }
+}
+
+/// Reads the detection data set at `path` (see [`DetectionFormat::of`]); `images` is the
+/// folder image paths are relative to (by default the manifest's folder, for COCO the sibling
+/// folder named after the split, `annotations/instances_val2017.json` -> `val2017/`, for VOC
+/// `JPEGImages/`). A YOLO `data.yaml` gives its `train` images.
 pub fn read_detection_set(path: &Path, images: Option<&Path>, skip_bad: bool) -> Result<DetectionSet, FileError> {
-    let set = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => read_coco(
+    read_detection_part(path, Part::Train, images, skip_bad)
+}
+
+/// [`read_detection_set`] for `part` of a set that holds several; a set of one part is read
+/// whole whichever is asked for.
+pub fn read_detection_part(
+    path: &Path,
+    part: Part,
+    images: Option<&Path>,
+    skip_bad: bool,
+) -> Result<DetectionSet, FileError> {
+    let set = match DetectionFormat::of(path) {
+        Some(DetectionFormat::Coco) => read_coco(
             path,
             &images.map(Path::to_path_buf).unwrap_or_else(|| coco_image_dir(path, "instances_")),
             skip_bad,
         )?,
-        Some("jsonl") => read_manifest(path, &images.map(Path::to_path_buf).unwrap_or_else(|| parent(path)), skip_bad)?,
-        _ if !path.exists() => return Err(FileError::format(path, "no such file or folder")),
-        _ => {
+        Some(DetectionFormat::Jsonl) => {
+            read_manifest(path, &images.map(Path::to_path_buf).unwrap_or_else(|| parent(path)), skip_bad)?
+        }
+        Some(DetectionFormat::Voc) => voc::read(path, images, skip_bad)?,
+        Some(DetectionFormat::Yolo) => yolo::read(path, part, skip_bad)?,
+        None if !path.exists() => return Err(FileError::format(path, "no such file or folder")),
+        None => {
             return Err(FileError::format(
                 path,
-                "not a detection data set: expected a COCO instances .json or a .jsonl manifest",
+                "not a detection data set: expected a COCO instances .json, a .jsonl manifest, a Pascal VOC \
+                 folder (Annotations/ or XML files) or split list (ImageSets/Main/*.txt), or a YOLO data.yaml \
+                 or folder (images/ and labels/)",
             ));
         }
     };
@@ -304,15 +385,18 @@ struct ManifestLine {
     labels: Vec<String>,
 }
 
-/// A manifest line that passed its checks, its labels not yet numbered: the categories are
-/// known only once every line is read.
-struct ManifestEntry {
+/// An image whose boxes are labelled by class name (a manifest line, a VOC file, a YOLO
+/// label file) and passed their checks; the labels are not yet numbered, since the categories
+/// are known only once every image is read.
+struct NamedEntry {
     image: PathBuf,
-    line: usize,
+    image_id: u64,
     width: u32,
     height: u32,
     boxes: Vec<[f64; 4]>,
     labels: Vec<String>,
+    /// Per box: ignored by evaluation and training (VOC's `difficult`).
+    crowd: Vec<bool>,
     origin: Origin,
 }
 
@@ -326,11 +410,17 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<DetectionSe
             Err(problem) => leave_out(problem, skip_bad, &mut skipped)?,
         }
     }
+    Ok(numbered(entries, None, skipped))
+}
 
-    // Only kept samples name categories: a class seen only on left-out lines has no example.
-    let names: BTreeSet<&str> = entries.iter().flat_map(|entry| entry.labels.iter().map(String::as_str)).collect();
-    let categories: Vec<Category> =
-        (1..).zip(names).map(|(id, name)| Category { id, name: name.to_string() }).collect();
+/// The set of `entries`, their labels numbered onto `categories`, or when none are given
+/// onto the sorted names the entries use: only kept samples name categories then, since a
+/// class seen only on left-out lines has no example. Every label must be in `categories`.
+fn numbered(entries: Vec<NamedEntry>, categories: Option<Vec<Category>>, skipped: Vec<String>) -> DetectionSet {
+    let categories = categories.unwrap_or_else(|| {
+        let names: BTreeSet<&str> = entries.iter().flat_map(|entry| entry.labels.iter().map(String::as_str)).collect();
+        (1..).zip(names).map(|(id, name)| Category { id, name: name.to_string() }).collect()
+    });
     let category_index: HashMap<&str, usize> =
         categories.iter().enumerate().map(|(i, category)| (category.name.as_str(), i)).collect();
 
@@ -338,29 +428,29 @@ fn read_manifest(path: &Path, base: &Path, skip_bad: bool) -> Result<DetectionSe
     let mut samples = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut boxes = Vec::with_capacity(entry.boxes.len());
-        for (bbox, label) in entry.boxes.into_iter().zip(&entry.labels) {
+        for ((bbox, label), iscrowd) in entry.boxes.into_iter().zip(&entry.labels).zip(entry.crowd) {
             annotation_id += 1;
             boxes.push(GroundTruth {
                 annotation_id,
                 category: category_index[label.as_str()],
                 bbox,
                 area: bbox[2] * bbox[3],
-                iscrowd: false,
+                iscrowd,
             });
         }
         samples.push(DetectionSample {
             image: entry.image,
-            image_id: entry.line as u64,
+            image_id: entry.image_id,
             width: entry.width,
             height: entry.height,
             boxes,
             origin: entry.origin,
         });
     }
-    Ok(DetectionSet { samples, categories, skipped })
+    DetectionSet { samples, categories, skipped }
 }
 
-fn manifest_entry(path: &Path, base: &Path, line: usize, text: &str) -> Result<ManifestEntry, FileError> {
+fn manifest_entry(path: &Path, base: &Path, line: usize, text: &str) -> Result<NamedEntry, FileError> {
     let at_line = |problem: String| FileError::format(path, format!("line {line}: {problem}"));
     let parsed: ManifestLine = serde_json::from_str(text).map_err(|err| at_line(err.to_string()))?;
     if parsed.boxes.len() != parsed.labels.len() {
@@ -374,17 +464,21 @@ fn manifest_entry(path: &Path, base: &Path, line: usize, text: &str) -> Result<M
     if !image.is_file() {
         return Err(not_found(&image, &origin));
     }
-    // The header alone: nothing is decoded.
-    let (width, height) = image::image_dimensions(&image).map_err(|err| {
-        FileError::format(&image, format!("cannot read the image size: {err} (declared in {origin})"))
-    })?;
+    let (width, height) = image_size(&image, &origin)?;
     let boxes = parsed
         .boxes
         .iter()
         .enumerate()
         .map(|(i, bbox)| checked_box(bbox, width, height).map_err(|problem| at_line(format!("boxes[{i}]: {problem}"))))
         .collect::<Result<_, _>>()?;
-    Ok(ManifestEntry { image, line, width, height, boxes, labels: parsed.labels, origin })
+    let crowd = vec![false; parsed.labels.len()];
+    Ok(NamedEntry { image, image_id: line as u64, width, height, boxes, labels: parsed.labels, crowd, origin })
+}
+
+/// The width and height in `image`'s header (nothing is decoded).
+fn image_size(image: &Path, origin: &Origin) -> Result<(u32, u32), FileError> {
+    image::image_dimensions(image)
+        .map_err(|err| FileError::format(image, format!("cannot read the image size: {err} (declared in {origin})")))
 }
 
 #[cfg(test)]
@@ -781,7 +875,7 @@ mod tests {
         let path = write(&dir.path().join("boxes.csv"), "");
         let err = read_detection_set(&path, None, false).unwrap_err().to_string();
         assert!(
-            err.ends_with("not a detection data set: expected a COCO instances .json or a .jsonl manifest"),
+            err.ends_with("or a YOLO data.yaml or folder (images/ and labels/)"),
             "{err}"
         );
 
