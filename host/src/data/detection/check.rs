@@ -24,7 +24,7 @@ pub struct CheckOptions {
     pub workers: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -286,4 +286,104 @@ pub fn summary(report: &CheckReport) -> String {
         report.warnings
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{png, write};
+    use super::*;
+
+    /// A COCO set with one planted defect per image but the first, and a class without
+    /// boxes; returns its path.
+    fn planted(dir: &Path) -> PathBuf {
+        let images = dir.join("images");
+        for name in ["good", "outside", "flat", "unknown", "tiny", "twice", "empty"] {
+            png(&images.join(format!("{name}.png")), 64, 48);
+        }
+        png(&images.join("resized.png"), 32, 24);
+        write(&images.join("garbage.png"), "not a PNG");
+        let names = ["good", "outside", "flat", "unknown", "missing", "garbage", "resized", "tiny", "twice", "empty"];
+        let entries: Vec<String> = (1..)
+            .zip(names)
+            .map(|(id, name)| format!(r#"{{"id": {id}, "file_name": "{name}.png", "width": 64, "height": 48}}"#))
+            .collect();
+        let boxes = [
+            (1, 1, [10.0, 10.0, 20.0, 20.0]),
+            (1, 2, [12.0, 12.0, 20.0, 20.0]),
+            (2, 1, [60.0, 10.0, 20.0, 20.0]),
+            (3, 1, [5.0, 5.0, 0.0, 4.0]),
+            (4, 99, [5.0, 5.0, 4.0, 4.0]),
+            (5, 1, [5.0, 5.0, 4.0, 4.0]),
+            (6, 1, [5.0, 5.0, 4.0, 4.0]),
+            (7, 1, [5.0, 5.0, 4.0, 4.0]),
+            (8, 2, [5.0, 5.0, 2.0, 2.5]),
+            (9, 1, [10.0, 10.0, 20.0, 20.0]),
+            (9, 1, [10.0, 10.0, 20.0, 20.2]),
+            (9, 2, [10.0, 10.0, 20.0, 20.0]),
+        ];
+        let annotations: Vec<String> = (1..)
+            .zip(boxes)
+            .map(|(id, (image, category, bbox))| {
+                format!(r#"{{"id": {id}, "image_id": {image}, "category_id": {category}, "bbox": {bbox:?}}}"#)
+            })
+            .collect();
+        let categories = r#"[{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "owl"}]"#;
+        let coco = format!(
+            r#"{{"images": [{}], "annotations": [{}], "categories": {categories}}}"#,
+            entries.join(", "),
+            annotations.join(", ")
+        );
+        write(&dir.join("instances.json"), &coco)
+    }
+
+    #[test]
+    fn each_planted_defect_is_found_once_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = planted(dir.path());
+        let options = CheckOptions { min_box: 3.0, duplicate_iou: 0.95, workers: 2 };
+        let report = check_set(&path, Part::Train, Some(&dir.path().join("images")), &options).unwrap();
+        let mut found: Vec<(&str, Severity, String)> = report
+            .findings
+            .iter()
+            .map(|finding| {
+                let names =
+                    ["outside", "flat", "unknown", "missing", "garbage", "resized", "tiny", "twice", "empty", "owl"];
+                let named = names.iter().filter(|name| {
+                    finding.message.contains(&format!("{name}.png")) || finding.message.contains(&format!("`{name}`"))
+                });
+                let named: Vec<&&str> = named.collect();
+                assert_eq!(named.len(), 1, "{finding:?}");
+                (*named[0], finding.severity, finding.check.to_string())
+            })
+            .collect();
+        found.sort();
+        let expected = [
+            ("empty", Severity::Warning, "image_without_boxes"),
+            ("flat", Severity::Error, "refused"),
+            ("garbage", Severity::Error, "unreadable_image"),
+            ("missing", Severity::Error, "refused"),
+            ("outside", Severity::Error, "refused"),
+            ("owl", Severity::Warning, "class_without_boxes"),
+            ("resized", Severity::Error, "image_size"),
+            ("tiny", Severity::Warning, "small_box"),
+            ("twice", Severity::Warning, "duplicate_box"),
+            ("unknown", Severity::Error, "refused"),
+        ];
+        let expected: Vec<_> =
+            expected.iter().map(|&(name, severity, check)| (name, severity, check.to_string())).collect();
+        assert_eq!(found, expected);
+        assert_eq!((report.errors, report.warnings), (6, 4));
+
+        // The images kept: good (2 boxes), garbage, resized, tiny, twice (3), empty.
+        assert_eq!((report.images, report.boxes), (6, 8));
+        let counts: Vec<_> = report.classes.iter().map(|c| (c.class.as_str(), c.boxes, c.images)).collect();
+        assert_eq!(counts, [("cat", 5, 4), ("dog", 3, 3), ("owl", 0, 0)]);
+        assert_eq!(report.imbalance_ratio, Some(5.0 / 3.0));
+        assert_eq!(report.box_sizes.counts, [1, 2, 0, 5, 0, 0, 0, 0, 0, 0]);
+
+        let written = write_report(&report, &dir.path().join("check")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&written[0]).unwrap()).unwrap();
+        assert_eq!(json["errors"], 6);
+        assert!(written[1..].iter().all(|png| image::open(png).is_ok()));
+    }
 }

@@ -295,7 +295,8 @@ fn read_coco(path: &Path, image_dir: &Path, skip_bad: bool) -> Result<DetectionS
         match coco_ground_truth(annotation, &coco.images[at], &category_index) {
             Ok(truth) => boxes[at].push(truth),
             Err(problem) => {
-                let problem = format!("annotation id {} (image id {}): {problem}", annotation.id, annotation.image_id);
+                let (id, image) = (annotation.image_id, &coco.images[at].file_name);
+                let problem = format!("annotation id {} (image id {id}, {image}): {problem}", annotation.id);
                 leave_out(FileError::format(path, problem), skip_bad, &mut skipped)?;
                 left_out[at] = true;
             }
@@ -485,17 +486,17 @@ fn image_size(image: &Path, origin: &Origin) -> Result<(u32, u32), FileError> {
 mod tests {
     use super::*;
 
-    fn touch(path: &Path) {
+    pub(super) fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"").unwrap();
     }
 
-    fn png(path: &Path, width: u32, height: u32) {
+    pub(super) fn png(path: &Path, width: u32, height: u32) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(width, height).save(path).unwrap();
     }
 
-    fn write(path: &Path, text: &str) -> PathBuf {
+    pub(super) fn write(path: &Path, text: &str) -> PathBuf {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
         path.to_path_buf()
@@ -564,39 +565,39 @@ mod tests {
         let cases = [
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [10, 10, 0, 5]"#,
-                "(image id 7): box [10, 10, 0, 5] has a width or height that is not positive",
+                "(image id 7, a.jpg): box [10, 10, 0, 5] has a width or height that is not positive",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [10, 10, 5, -2]"#,
-                "(image id 7): box [10, 10, 5, -2] has a width or height that is not positive",
+                "(image id 7, a.jpg): box [10, 10, 5, -2] has a width or height that is not positive",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [630, 10, 20, 5]"#,
-                "(image id 7): box [630, 10, 20, 5] lies outside the 640x480 image",
+                "(image id 7, a.jpg): box [630, 10, 20, 5] lies outside the 640x480 image",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [10, -3, 20, 5]"#,
-                "(image id 7): box [10, -3, 20, 5] lies outside the 640x480 image",
+                "(image id 7, a.jpg): box [10, -3, 20, 5] lies outside the 640x480 image",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [640.5, 10, 0.25, 5]"#,
-                "(image id 7): box [640.5, 10, 0.25, 5] lies outside the 640x480 image",
+                "(image id 7, a.jpg): box [640.5, 10, 0.25, 5] lies outside the 640x480 image",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [1, 2, 3]"#,
-                "(image id 7): a box is 4 numbers [x, y, width, height], not 3",
+                "(image id 7, a.jpg): a box is 4 numbers [x, y, width, height], not 3",
             ),
             (
                 r#""image_id": 7, "category_id": 99, "bbox": [1, 2, 3, 4]"#,
-                "(image id 7): category id 99 is not in `categories`",
+                "(image id 7, a.jpg): category id 99 is not in `categories`",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 2"#,
-                "(image id 7): iscrowd is 0 or 1, not 2",
+                "(image id 7, a.jpg): iscrowd is 0 or 1, not 2",
             ),
             (
                 r#""image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4], "area": -1"#,
-                "(image id 7): area -1 is not a finite number of at least 0",
+                "(image id 7, a.jpg): area -1 is not a finite number of at least 0",
             ),
         ];
         for (fields, expected) in cases {
@@ -874,10 +875,7 @@ mod tests {
 
         let path = write(&dir.path().join("boxes.csv"), "");
         let err = read_detection_set(&path, None, false).unwrap_err().to_string();
-        assert!(
-            err.ends_with("or a YOLO data.yaml or folder (images/ and labels/)"),
-            "{err}"
-        );
+        assert!(err.ends_with("or a YOLO data.yaml or folder (images/ and labels/)"), "{err}");
 
         let err = read_detection_set(&dir.path().join("gone.txt"), None, false).unwrap_err().to_string();
         assert!(err.ends_with("gone.txt: no such file or folder"), "{err}");

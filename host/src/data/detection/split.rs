@@ -225,3 +225,97 @@ pub fn class_table(sets: &[DetectionSet; 3], categories: &[Category]) -> String 
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DetectionSample, GroundTruth};
+    use super::*;
+    use crate::data::captioned::Origin;
+    use crate::data::sampler::mix;
+
+    /// 600 images of 8 classes, common to rare, 1 to 3 per image, seen in groups of 1 to 4
+    /// views named `object{N}_view{M}.png`.
+    fn grouped_set() -> DetectionSet {
+        let mut samples = Vec::new();
+        let (mut object, mut view) = (0, 0);
+        for i in 0..600u64 {
+            if view == 0 || mix(i ^ 0x5eed) % 3 == 0 {
+                (object, view) = (object + 1, 0);
+            }
+            view += 1;
+            // Classes of one object stay the same across its views.
+            let classes: Vec<usize> =
+                (0..8).filter(|&c| mix(object * 31 + c as u64) % 100 < [60, 40, 30, 20, 12, 8, 5, 3][c]).collect();
+            let boxes = classes
+                .iter()
+                .map(|&category| GroundTruth {
+                    annotation_id: 0,
+                    category,
+                    bbox: [0.0, 0.0, 4.0, 4.0],
+                    area: 16.0,
+                    iscrowd: false,
+                })
+                .collect();
+            let image = PathBuf::from(format!("/data/object{object}_view{view}.png"));
+            samples.push(DetectionSample {
+                image: image.clone(),
+                image_id: i + 1,
+                width: 8,
+                height: 8,
+                boxes,
+                origin: Origin::File(image),
+            });
+        }
+        let categories = (0..8).map(|id| Category { id: id + 1, name: format!("class{id}") }).collect();
+        DetectionSet { samples, categories, skipped: Vec::new() }
+    }
+
+    use std::path::PathBuf;
+
+    #[test]
+    fn every_class_keeps_its_share_in_each_part_and_no_group_is_split() {
+        let set = grouped_set();
+        let grouping = Grouping::parse(r"/(object\d+)_view").unwrap();
+        let groups = group_keys(&set, Path::new("set.jsonl"), &grouping).unwrap();
+        let fractions = [0.7, 0.15, 0.15];
+        let parts = stratified_parts(&set, &groups, &fractions, 0);
+
+        let mut part_of_group: HashMap<&str, usize> = HashMap::new();
+        for (key, &part) in groups.iter().zip(&parts) {
+            let key = key.as_deref().expect("every image is in a group");
+            assert_eq!(*part_of_group.entry(key).or_insert(part), part, "group {key} is split");
+        }
+        let sets = divided(&set, &parts);
+        for class in 0..8 {
+            let with =
+                |set: &DetectionSet| set.samples.iter().filter(|s| s.boxes.iter().any(|t| t.category == class)).count();
+            let counts = sets.each_ref().map(with);
+            let all: usize = counts.iter().sum();
+            // Groups of up to 4 images place whole: a class of N images can miss its share
+            // by a group or two.
+            for (count, fraction) in counts.iter().zip(fractions) {
+                let off = (*count as f64 - fraction * all as f64).abs();
+                assert!(off <= 8.0, "class {class}: {counts:?} of {all} for {fractions:?}");
+            }
+        }
+        let sizes = sets.each_ref().map(|set| set.samples.len());
+        assert!(sizes.iter().zip(fractions).all(|(&n, f)| (n as f64 - f * 600.0).abs() <= 12.0), "{sizes:?}");
+
+        assert_eq!(stratified_parts(&set, &groups, &fractions, 0), parts, "one seed, one division");
+        assert_ne!(stratified_parts(&set, &groups, &fractions, 1), parts, "another seed, another division");
+        let table = class_table(&sets, &set.categories);
+        assert!(table.lines().next().unwrap().contains("train") && table.contains("(all images)"), "{table}");
+    }
+
+    #[test]
+    fn a_name_is_a_field_only_coco_images_have_and_anything_else_a_pattern() {
+        assert!(matches!(Grouping::parse("video_id"), Ok(Grouping::Field(name)) if name == "video_id"));
+        assert!(matches!(Grouping::parse(r"^(\w+)_"), Ok(Grouping::Pattern(_))));
+        assert!(Grouping::parse("(unclosed").unwrap_err().starts_with("not a regular expression"));
+        let err = group_keys(&grouped_set(), Path::new("set.jsonl"), &Grouping::Field("video_id".into())).unwrap_err();
+        assert!(
+            err.to_string().starts_with("set.jsonl: --group video_id: only COCO image entries have fields"),
+            "{err}"
+        );
+    }
+}

@@ -203,3 +203,75 @@ pub(super) fn annotation_xml(
 pub(super) fn folders(out: &Path) -> [PathBuf; 3] {
     [out.join(ANNOTATIONS), out.join(IMAGES), out.join("ImageSets/Main")]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::read_detection_set;
+    use super::super::tests::{png, write};
+
+    /// A LabelImg file: its `path` and `source` unread, corners as LabelImg writes them.
+    fn labelimg(filename: &str, size: (u32, u32), objects: &str) -> String {
+        format!(
+            "<annotation>\n\t<folder>images</folder>\n\t<filename>{filename}</filename>\n\t<path>/home/a/{filename}</path>\n\
+             \t<source><database>Unknown</database></source>\n\t<size><width>{}</width><height>{}</height><depth>3</depth></size>\n\
+             \t<segmented>0</segmented>\n{objects}</annotation>\n",
+            size.0, size.1
+        )
+    }
+
+    fn object(name: &str, difficult: u8, corners: [&str; 4]) -> String {
+        let [xmin, ymin, xmax, ymax] = corners;
+        format!(
+            "\t<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>{difficult}</difficult>\
+             <bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>\n"
+        )
+    }
+
+    #[test]
+    fn a_voc_folder_gives_boxes_from_corners_difficult_objects_as_crowds_and_sorted_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("VOC2007");
+        png(&root.join("JPEGImages/b.jpg.png"), 40, 30);
+        png(&root.join("JPEGImages/a.png"), 64, 48);
+        let objects = object("zebra", 0, ["10", "20", "30.5", "44"]) + &object("cat", 1, ["0", "0", "64", "48"]);
+        write(&root.join("Annotations/a.xml"), &labelimg("a.png", (64, 48), &objects));
+        // Size 0: the tool did not know it, so it is read from the image.
+        write(&root.join("Annotations/b.xml"), &labelimg("b.jpg.png", (0, 0), &object("cat", 0, ["1", "1", "3", "3"])));
+        write(&root.join("ImageSets/Main/val.txt"), "b\n");
+
+        let set = read_detection_set(&root, None, false).unwrap();
+        let names: Vec<_> = set.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
+        assert_eq!(names, [(1, "cat"), (2, "zebra")]);
+        let [a, b] = &set.samples[..] else { panic!("{:?}", set.samples) };
+        assert_eq!((a.image.clone(), a.width, a.height), (root.join("JPEGImages/a.png"), 64, 48));
+        assert_eq!(a.origin.to_string(), root.join("Annotations/a.xml").display().to_string());
+        let boxes: Vec<_> = a.boxes.iter().map(|t| (t.category, t.bbox, t.area, t.iscrowd)).collect();
+        assert_eq!(boxes, [(1, [10.0, 20.0, 20.5, 24.0], 492.0, false), (0, [0.0, 0.0, 64.0, 48.0], 3072.0, true)]);
+        assert_eq!((b.width, b.height, b.boxes[0].bbox), (40, 30, [1.0, 1.0, 2.0, 2.0]));
+
+        let listed = read_detection_set(&root.join("ImageSets/Main/val.txt"), None, false).unwrap();
+        assert_eq!(listed.samples.len(), 1);
+        assert_eq!(listed.samples[0].image, root.join("JPEGImages/b.jpg.png"));
+    }
+
+    #[test]
+    fn labelimgs_xml_beside_the_images_is_read_and_a_bad_object_is_named_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("a.png"), 64, 48);
+        let objects = object("dog", 0, ["10", "20", "30", "40"]) + &object("cat", 0, ["10", "x", "30", "40"]);
+        let xml = write(&dir.path().join("a.xml"), &labelimg("a.png", (64, 48), &objects));
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: object 2 (`cat`): <ymin> \"x\" is not a number", xml.display()));
+
+        let outside = object("dog", 0, ["10", "20", "70", "40"]);
+        write(&xml, &labelimg("a.png", (64, 48), &outside));
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{}: object 1 (`dog`): box [10, 20, 60, 20] lies outside the 64x48 image", xml.display())
+        );
+        write(&xml, &labelimg("gone.png", (64, 48), ""));
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        assert!(err.contains("gone.png: image file not found (declared in ") && err.ends_with("a.xml)"), "{err}");
+    }
+}

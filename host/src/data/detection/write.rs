@@ -169,3 +169,117 @@ fn write_text(file: &Path, text: &str) -> Result<(), FileError> {
     create_parent(file)?;
     write_atomically(file, text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::png;
+    use super::super::{Category, DetectionSample, GroundTruth, read_detection_part};
+    use super::*;
+    use crate::data::captioned::Origin;
+    use std::collections::BTreeMap;
+
+    /// Three images of other sizes, one without boxes; boxes at fractions of a pixel, one on
+    /// the border; category ids out of the order of their names.
+    fn three_images(folder: &Path) -> DetectionSet {
+        let truth = |annotation_id, category, bbox: [f64; 4]| GroundTruth {
+            annotation_id,
+            category,
+            bbox,
+            area: bbox[2] * bbox[3],
+            iscrowd: false,
+        };
+        let sample = |name: &str, image_id, (width, height), boxes| {
+            let image = folder.join(name);
+            png(&image, width, height);
+            DetectionSample { image: image.clone(), image_id, width, height, boxes, origin: Origin::File(image) }
+        };
+        let samples = vec![
+            sample(
+                "a.png",
+                5,
+                (64, 48),
+                vec![truth(1, 0, [0.1, 0.2, 30.3, 7.7]), truth(2, 1, [33.0, 17.25, 31.0, 30.75])],
+            ),
+            sample("b.png", 9, (37, 53), vec![truth(3, 1, [1.0 / 3.0, 2.0 / 7.0, 11.0 / 13.0, 52.0])]),
+            sample("c.png", 11, (20, 20), Vec::new()),
+        ];
+        let categories = vec![Category { id: 3, name: "zebra".into() }, Category { id: 7, name: "cat".into() }];
+        DetectionSet { samples, categories, skipped: Vec::new() }
+    }
+
+    /// Boxes by image file name: class name, box and crowd flag, in the order written.
+    fn by_image(set: &DetectionSet) -> BTreeMap<String, Vec<(String, [f64; 4], bool)>> {
+        let name = |sample: &DetectionSample| sample.image.file_name().unwrap().to_string_lossy().into_owned();
+        let boxes = |sample: &DetectionSample| {
+            let of = |t: &GroundTruth| (set.categories[t.category].name.clone(), t.bbox, t.iscrowd);
+            sample.boxes.iter().map(of).collect()
+        };
+        set.samples.iter().map(|sample| (name(sample), boxes(sample))).collect()
+    }
+
+    #[test]
+    fn every_box_survives_every_format_and_back_to_a_millionth_of_a_pixel() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = three_images(&dir.path().join("source"));
+        let expected = by_image(&source);
+        let mut set = source;
+        let formats = [DetectionFormat::Voc, DetectionFormat::Yolo, DetectionFormat::Jsonl, DetectionFormat::Coco];
+        for (round, format) in formats.into_iter().cycle().take(8).enumerate() {
+            let written = write_set(&set, format, &dir.path().join(round.to_string()), Part::Val).unwrap();
+            assert_eq!((written.images, written.boxes, written.crowds_left_out), (3, 3, 0));
+            set = read_detection_part(&written.data, Part::Val, None, false).unwrap();
+            let read = by_image(&set);
+            assert_eq!(read.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{format:?}");
+            for (image, boxes) in &expected {
+                let names = |boxes: &[(String, [f64; 4], bool)]| boxes.iter().map(|b| b.0.clone()).collect::<Vec<_>>();
+                assert_eq!(names(boxes), names(&read[image]), "{format:?} {image}");
+                for (a, b) in boxes.iter().zip(&read[image]) {
+                    let off = a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                    assert!(off < 1e-6, "{format:?} {image}: {:?} read back as {:?}", a.1, b.1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crowds_are_voc_difficult_objects_and_yolo_leaves_them_out_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = three_images(&dir.path().join("source"));
+        set.samples[0].boxes[1].iscrowd = true;
+        let voc = write_set(&set, DetectionFormat::Voc, &dir.path().join("voc"), Part::Train).unwrap();
+        let read = read_detection_part(&voc.data, Part::Train, None, false).unwrap();
+        let crowds: Vec<bool> = read.samples[0].boxes.iter().map(|t| t.iscrowd).collect();
+        assert_eq!(crowds, [false, true]);
+        let yolo = write_set(&read, DetectionFormat::Yolo, &dir.path().join("yolo"), Part::Train).unwrap();
+        assert_eq!((yolo.boxes, yolo.crowds_left_out), (2, 1));
+        let read = read_detection_part(&yolo.data, Part::Train, None, false).unwrap();
+        assert_eq!(read.samples[0].boxes.len(), 1);
+    }
+
+    #[test]
+    fn a_second_write_into_the_same_folder_overwrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = three_images(&dir.path().join("source"));
+        let out = dir.path().join("out");
+        write_set(&set, DetectionFormat::Coco, &out, Part::Train).unwrap();
+        let file = out.join("annotations/instances_train.json");
+        let before = std::fs::read(&file).unwrap();
+        let err = write_set(&set, DetectionFormat::Coco, &out, Part::Train).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: already exists: nothing is overwritten (choose another --out)", file.display()));
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+
+        // Another image under a name already taken is refused; the same image is not.
+        let voc = dir.path().join("voc");
+        write_set(&set, DetectionFormat::Voc, &voc, Part::Train).unwrap();
+        let mut other = three_images(&dir.path().join("other"));
+        other.samples.truncate(1);
+        let err = write_set(&other, DetectionFormat::Voc, &voc, Part::Val).unwrap_err().to_string();
+        let taken = voc.join("JPEGImages/a.png");
+        assert!(err.starts_with(&format!("{}: already exists and is not ", taken.display())), "{err}");
+        let yolo = dir.path().join("yolo");
+        write_set(&set, DetectionFormat::Yolo, &yolo, Part::Train).unwrap();
+        write_set(&set, DetectionFormat::Yolo, &yolo, Part::Val).unwrap();
+        let text = std::fs::read_to_string(yolo.join("data.yaml")).unwrap();
+        assert!(text.contains("train: images/train") && text.contains("val: images/val"), "{text}");
+    }
+}

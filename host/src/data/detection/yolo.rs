@@ -301,3 +301,60 @@ pub(super) fn write_data_file(out: &Path, part: Part, images: &str, names: &[Str
     text.push('\n');
     crate::files::write_atomically(&path, text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{png, write};
+    use super::super::{read_detection_part, read_detection_set};
+    use super::*;
+
+    #[test]
+    fn a_data_yaml_gives_each_part_with_its_classes_in_order_and_polygons_as_boxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("set");
+        png(&root.join("images/train/a.png"), 100, 50);
+        png(&root.join("images/train/b.png"), 10, 10);
+        png(&root.join("images/val/c.png"), 20, 20);
+        write(&root.join("labels/train/a.txt"), "1 0.5 0.5 0.2 0.4\n\n0 0.1 0.2 0.3 0.2 0.2 0.6\n");
+        // b.png has no label file: an image without boxes.
+        write(&root.join("labels/val/c.txt"), "2 0.25 0.25 0.5 0.5\n");
+        let data = write(
+            &dir.path().join("data.yaml"),
+            "path: set\ntrain: images/train\nval: [images/val]\nnames:\n  0: zebra\n  1: cat\n  2: dog\n",
+        );
+        let set = read_detection_set(&data, None, false).unwrap();
+        let names: Vec<_> = set.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
+        assert_eq!(names, [(1, "zebra"), (2, "cat"), (3, "dog")]);
+        let [a, b] = &set.samples[..] else { panic!("{:?}", set.samples) };
+        let boxes: Vec<_> = a.boxes.iter().map(|t| (t.category, t.bbox.map(|v| (v * 1e9).round() / 1e9))).collect();
+        assert_eq!(boxes, [(1, [40.0, 15.0, 20.0, 20.0]), (0, [10.0, 10.0, 20.0, 20.0])]);
+        assert!(b.boxes.is_empty());
+        assert_eq!(a.origin.to_string(), root.join("labels/train/a.txt").display().to_string());
+        assert!(has_part(&data, Part::Val) && !has_part(&data, Part::Test));
+        let val = read_detection_part(&data, Part::Val, None, false).unwrap();
+        assert_eq!(val.samples[0].boxes[0].bbox, [0.0, 0.0, 10.0, 10.0]);
+        let err = read_detection_part(&data, Part::Test, None, false).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: no `test` images", data.display()));
+    }
+
+    #[test]
+    fn a_labelimg_folder_reads_classes_txt_and_a_bad_line_is_named_with_its_label_file() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("images/a.png"), 10, 10);
+        write(&dir.path().join("classes.txt"), "cat\ndog\n");
+        let labels = write(&dir.path().join("labels/a.txt"), "0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n");
+        assert!(is_yolo_folder(dir.path()));
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        let classes = dir.path().join("classes.txt");
+        assert_eq!(
+            err,
+            format!("{}: line 2: class 2 is not one of the 2 classes of {}", labels.display(), classes.display())
+        );
+        write(&labels, "0 0.5 0.5 0.2\n");
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        assert!(err.ends_with("not 4 numbers"), "{err}");
+        write(&labels, "1 1.1 0.5 0.2 0.2\n");
+        let err = read_detection_set(dir.path(), None, false).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: line 1: box", labels.display())) && err.contains("outside"), "{err}");
+    }
+}
