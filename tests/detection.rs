@@ -3,7 +3,7 @@
 //! COCO files with per-head learning rates from one policy and loads back into
 //! `transformers`; `trainer eval`'s numbers are pycocotools' on exactly the detections
 //! `trainer predict --threshold 0` writes; bad boxes are named by file and annotation; a
-//! paused and resumed run ends bit-identical.
+//! paused and resumed run ends bit-identical; VOC and YOLO sets train as their COCO twins.
 
 mod common;
 
@@ -271,4 +271,181 @@ fn a_paused_and_resumed_detection_run_with_repeat_factor_sampling_ends_bit_ident
         let read = |run: &Path| std::fs::read(run.join(file)).unwrap();
         assert!(read(&whole) == read(&paused), "{file} differs after the resume");
     }
+}
+
+/// The first `count` canvas validation images from `first`, as (file name, width, height,
+/// boxes of (category id, [x, y, width, height])).
+type CanvasImage = (String, u64, u64, Vec<(u64, [f64; 4])>);
+
+fn canvas_images(first: usize, count: usize) -> Vec<CanvasImage> {
+    let coco = read_json(&annotations("val"));
+    let images = coco["images"].as_array().unwrap()[first..first + count].to_vec();
+    images
+        .iter()
+        .map(|image| {
+            let boxes = coco["annotations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["image_id"] == image["id"])
+                .map(|a| (a["category_id"].as_u64().unwrap(), serde_json::from_value(a["bbox"].clone()).unwrap()))
+                .collect();
+            let file = image["file_name"].as_str().unwrap().to_string();
+            (file, image["width"].as_u64().unwrap(), image["height"].as_u64().unwrap(), boxes)
+        })
+        .collect()
+}
+
+/// Pascal VOC sets as LabelImg writes them and YOLO sets as Ultralytics lays them out, written
+/// here from the canvas boxes (not by the trainer's converter), train and evaluate exactly as
+/// the same boxes in COCO files do; `data check` passes them, `data convert` writes COCO back.
+#[test]
+fn voc_and_yolo_sets_train_and_evaluate_exactly_as_the_same_boxes_in_coco() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = canvas_folder().join("val");
+    // Names that sort as their ids, so that VOC's classes (numbered by name) are COCO's.
+    let names: Vec<String> = read_json(&annotations("val"))["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{:02} {}", c["id"].as_u64().unwrap(), c["name"].as_str().unwrap()))
+        .collect();
+    let parts = [("train", canvas_images(0, 24)), ("val", canvas_images(24, 16))];
+
+    let (coco, voc, yolo) = (dir.path().join("coco"), dir.path().join("VOC2007"), dir.path().join("yolo"));
+    let mut yaml = format!("path: {}\n", yolo.display());
+    for (part, images) in &parts {
+        let mut coco_images = Vec::new();
+        let mut coco_annotations = Vec::new();
+        let mut ids = String::new();
+        for (at, (file, width, height, boxes)) in images.iter().enumerate() {
+            let stem = file.trim_end_matches(".png");
+            let id = at + 1;
+            coco_images.push(serde_json::json!({"id": id, "file_name": file, "width": width, "height": height}));
+            let mut objects = String::new();
+            let mut lines = String::new();
+            for &(category, [x, y, w, h]) in boxes {
+                let annotation_id = coco_annotations.len() + 1;
+                coco_annotations.push(serde_json::json!({
+                    "id": annotation_id, "image_id": id, "category_id": category, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0
+                }));
+                objects += &format!(
+                    "\t<object>\n\t\t<name>{}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n\
+                     \t\t<bndbox>\n\t\t\t<xmin>{x}</xmin>\n\t\t\t<ymin>{y}</ymin>\n\t\t\t<xmax>{}</xmax>\n\t\t\t<ymax>{}</ymax>\n\t\t</bndbox>\n\t</object>\n",
+                    names[category as usize - 1],
+                    x + w,
+                    y + h
+                );
+                let (width, height) = (*width as f64, *height as f64);
+                lines += &format!(
+                    "{} {} {} {} {}\n",
+                    category - 1,
+                    (x + w / 2.0) / width,
+                    (y + h / 2.0) / height,
+                    w / width,
+                    h / height
+                );
+            }
+            let xml = format!(
+                "<annotation>\n\t<folder>JPEGImages</folder>\n\t<filename>{file}</filename>\n\t<path>/home/annotator/{file}</path>\n\
+                 \t<source>\n\t\t<database>Unknown</database>\n\t</source>\n\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\
+                 \t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n{objects}</annotation>\n"
+            );
+            write_file(&voc.join(format!("Annotations/{stem}.xml")), xml.as_bytes());
+            write_file(&voc.join("JPEGImages").join(file), &std::fs::read(source.join(file)).unwrap());
+            write_file(&yolo.join(format!("images/{part}/{file}")), &std::fs::read(source.join(file)).unwrap());
+            write_file(&yolo.join(format!("labels/{part}/{stem}.txt")), lines.as_bytes());
+            ids += &format!("{stem}\n");
+        }
+        write_file(&voc.join(format!("ImageSets/Main/{part}.txt")), ids.as_bytes());
+        let categories: Vec<_> =
+            names.iter().enumerate().map(|(i, name)| serde_json::json!({"id": i + 1, "name": name})).collect();
+        let instances =
+            serde_json::json!({"images": coco_images, "annotations": coco_annotations, "categories": categories});
+        write_file(&coco.join(format!("annotations/instances_{part}.json")), instances.to_string().as_bytes());
+        yaml += &format!("{part}: images/{part}\n");
+    }
+    yaml += "names:\n";
+    for (i, name) in names.iter().enumerate() {
+        yaml += &format!("  {i}: {name}\n");
+    }
+    write_file(&yolo.join("data.yaml"), yaml.as_bytes());
+
+    let coco_data = |part: &str| coco.join(format!("annotations/instances_{part}.json"));
+    let voc_list = |part: &str| voc.join(format!("ImageSets/Main/{part}.txt"));
+    let images = source.display().to_string();
+    let sets: [(&str, Vec<String>); 3] = [
+        (
+            "coco",
+            vec![
+                "--data".into(),
+                path(&coco_data("train")),
+                "--val-data".into(),
+                path(&coco_data("val")),
+                "--images".into(),
+                images,
+            ],
+        ),
+        ("voc", vec!["--data".into(), path(&voc_list("train")), "--val-data".into(), path(&voc_list("val"))]),
+        // The data file's `val` images are held out without --val-data.
+        ("yolo", vec!["--data".into(), path(&yolo.join("data.yaml"))]),
+    ];
+    let constant = [policy("constant").display().to_string()];
+    let mut runs = Vec::new();
+    for (name, data) in &sets {
+        let run = dir.path().join(format!("run-{name}"));
+        let args = [
+            &["--task", "detection", "--steps", "3", "--batch-size", "8", "--seed", "4"][..],
+            &data.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat();
+        assert_success(&train_cpu(&run, &constant, &args));
+        runs.push(run);
+    }
+    let losses = |run: &Path| -> Vec<serde_json::Value> {
+        read_jsonl(&run.join("metrics.jsonl")).iter().map(|r| r["losses"].clone()).collect()
+    };
+    let evaluation = |run: &Path| {
+        let eval = read_json(&run.join("eval.json"));
+        (COCO_METRICS.iter().map(|m| eval[format!("val_{m}")].clone()).collect::<Vec<_>>(), eval["per_class"].clone())
+    };
+    assert!(losses(&runs[0]).iter().all(|terms| terms.as_object().is_some_and(|terms| !terms.is_empty())));
+    for run in &runs[1..] {
+        assert_eq!(losses(run), losses(&runs[0]), "{}", run.display());
+        assert_eq!(evaluation(run), evaluation(&runs[0]), "{}", run.display());
+    }
+    assert!(evaluation(&runs[0]).1.as_array().is_some_and(|rows| rows.len() == 10));
+
+    for data in [voc.clone(), yolo.join("data.yaml")] {
+        let out = dir.path().join("check");
+        let checked = trainer(&["data", "check", "--data", &path(&data), "--out", &path(&out)]);
+        assert_success(&checked);
+        assert!(String::from_utf8_lossy(&checked.stdout).contains("0 errors"), "{}", common::stderr(&checked));
+        assert_eq!(read_json(&out.join("check.json"))["images"], if data == voc { 40 } else { 24 });
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let converted = dir.path().join("converted");
+    let output = trainer(&[
+        "data",
+        "convert",
+        "--data",
+        &path(&yolo.join("data.yaml")),
+        "--to",
+        "coco",
+        "--out",
+        &path(&converted),
+    ]);
+    assert_success(&output);
+    let instances = read_json(&converted.join("annotations/instances_val.json"));
+    assert_eq!(instances["images"].as_array().unwrap().len(), 16);
+    assert_eq!(instances["categories"][0]["name"], "01 t-shirt");
+}
+
+fn path(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
 }

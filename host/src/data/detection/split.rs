@@ -239,7 +239,7 @@ mod tests {
         let mut samples = Vec::new();
         let (mut object, mut view) = (0, 0);
         for i in 0..600u64 {
-            if view == 0 || mix(i ^ 0x5eed) % 3 == 0 {
+            if view == 0 || mix(i ^ 0x5eed).is_multiple_of(3) {
                 (object, view) = (object + 1, 0);
             }
             view += 1;
