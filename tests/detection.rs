@@ -449,3 +449,118 @@ fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+/// A COCO file of `count` canvas validation images from `first`, their boxes and the
+/// categories, at `dir/{name}.json`; its images are in the canvas folder's `val/`.
+fn canvas_subset(dir: &Path, name: &str, first: usize, count: usize) -> PathBuf {
+    let mut coco = read_json(&annotations("val"));
+    let images: Vec<serde_json::Value> = coco["images"].as_array().unwrap()[first..first + count].to_vec();
+    let ids: Vec<&serde_json::Value> = images.iter().map(|image| &image["id"]).collect();
+    let boxes: Vec<serde_json::Value> =
+        coco["annotations"].as_array().unwrap().iter().filter(|a| ids.contains(&&a["image_id"])).cloned().collect();
+    coco["images"] = images.into();
+    coco["annotations"] = boxes.into();
+    let path = dir.join(format!("{name}.json"));
+    write_file(&path, coco.to_string().as_bytes());
+    path
+}
+
+/// What a person looks at rather than reads: each evaluation draws held-out images with their
+/// ground truth and detections into TensorBoard and `plots/`, and a precision-recall curve
+/// per class that agrees with the per-class table; `--histograms` adds each group's weights
+/// and gradients; `trainer predict --draw` writes every image with its boxes.
+#[test]
+fn evaluations_draw_boxes_and_pr_curves_and_predict_draws_every_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = (canvas_subset(dir.path(), "train", 0, 24), canvas_subset(dir.path(), "val", 24, 16));
+    let images = canvas_folder().join("val");
+    let run = dir.path().join("run");
+    let data = ["--data", &path(&train), "--val-data", &path(&val), "--images", &path(&images)];
+    let args = [
+        &["--task", "detection", "--steps", "4", "--batch-size", "8", "--eval-every", "2", "--histograms", "2"][..],
+        &data,
+    ]
+    .concat();
+    assert_success(&train_cpu(&run, &[policy("constant").display().to_string()], &args));
+
+    let read = python_ok("read_tensorboard.py", &[run.as_os_str(), "--all".as_ref()]);
+    let events: serde_json::Value = serde_json::from_str(&read).unwrap();
+    // Four 64-pixel canvases enlarged to 384, two by two with 4 pixels between; the last
+    // evaluation, then the final one, at step 4.
+    let drawn = &events["images"]["detections/held-out"];
+    let shapes: Vec<(u64, u64, u64)> = drawn
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_u64().unwrap(), e[1].as_u64().unwrap(), e[2].as_u64().unwrap()))
+        .collect();
+    assert_eq!(shapes, [(2, 772, 772), (4, 772, 772), (4, 772, 772)], "{}", events["images"]);
+    let plot = image::open(run.join("plots/detections_held-out.png")).unwrap();
+    assert_eq!((plot.width(), plot.height()), (772, 772));
+
+    let per_class = read_json(&run.join("eval.json"))["per_class"].clone();
+    let mut curves = 0;
+    for row in per_class.as_array().unwrap() {
+        let Some(curve) = events["pr_curves"].get(format!("pr_curve/{}", row["class"].as_str().unwrap())) else {
+            assert_eq!((row["ground_truth"].as_u64(), row["detections"].as_u64()), (Some(0), Some(0)), "{row}");
+            continue;
+        };
+        curves += 1;
+        let last = curve.as_array().unwrap().last().unwrap();
+        assert_eq!(last[1], serde_json::json!([6, 51]));
+        let (tp, fn_) = (last[2].as_array().unwrap(), last[4].as_array().unwrap());
+        let ground_truth = row["ground_truth"].as_f64().unwrap();
+        assert!(tp.iter().zip(fn_).all(|(t, f)| t.as_f64().unwrap() + f.as_f64().unwrap() == ground_truth), "{row}");
+        assert!(tp.windows(2).all(|pair| pair[0].as_f64() >= pair[1].as_f64()), "{tp:?}");
+        // Threshold 5 of 0..50 is 0.1, the per-class table's score threshold.
+        if let Some(recall) = row["recall"].as_f64() {
+            assert!((last[6][5].as_f64().unwrap() - recall).abs() < 1e-6, "{row} {last}");
+        }
+    }
+    assert!(curves > 0, "{}", events["pr_curves"]);
+
+    let histograms = events["histograms"].as_object().unwrap();
+    for kind in ["weights", "gradients"] {
+        let tags: Vec<&String> = histograms.keys().filter(|tag| tag.starts_with(&format!("{kind}/"))).collect();
+        assert!(!tags.is_empty(), "{kind}: {:?}", histograms.keys());
+        for tag in tags {
+            let steps: Vec<u64> = histograms[tag].as_array().unwrap().iter().map(|e| e[0].as_u64().unwrap()).collect();
+            assert_eq!(steps, [2, 4], "{tag}");
+            let first = &histograms[tag][0];
+            assert!(first[1].as_f64().unwrap() > 0.0 && first[1] == first[4], "{tag}: {first}");
+        }
+    }
+
+    let drawings = dir.path().join("drawn");
+    let results = dir.path().join("results.json");
+    let model = run.join("final");
+    let predicted = trainer(&[
+        "predict",
+        "--model",
+        &path(&model),
+        "--data",
+        &path(&val),
+        "--images-of-data",
+        &path(&images),
+        "--out",
+        &path(&results),
+        "--threshold",
+        "0",
+        "--top-k",
+        "1",
+        "--draw",
+        &path(&drawings),
+    ]);
+    assert_success(&predicted);
+    let results: Vec<serde_json::Value> = serde_json::from_value(read_json(&results)).unwrap();
+    assert_eq!(results.len(), 16);
+    for result in &results {
+        let image_id = result["image_id"].as_u64().unwrap();
+        let file = format!("{image_id:06}.png");
+        let drawn = image::open(drawings.join(&file)).unwrap().to_rgb8();
+        assert_eq!((drawn.width(), drawn.height()), (384, 384), "{file}");
+        let class = result["category_id"].as_u64().unwrap() as usize - 1;
+        let colour = image::Rgb(trainer::report::series_colour(class));
+        assert!(drawn.pixels().any(|pixel| *pixel == colour), "{file}: no box in its class's colour");
+    }
+}

@@ -365,7 +365,7 @@ fn caption_metrics_equal_pycocoevalcaps_bleu_and_cider() {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) as usize % below
     };
-    let mut sentence = |draw: &mut dyn FnMut(usize) -> usize| {
+    let sentence = |draw: &mut dyn FnMut(usize) -> usize| {
         let length = 1 + draw(12);
         (0..length).map(|_| WORDS[draw(WORDS.len())]).collect::<Vec<_>>().join(" ")
     };

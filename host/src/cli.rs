@@ -275,6 +275,10 @@ pub struct TrainArgs {
     /// Evaluate on the validation images every N steps; 0: only when a policy asks [default: 0].
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// Histograms of each parameter group's weights and gradients in TensorBoard every N
+    /// steps [default: none].
+    #[arg(long, value_name = "N", value_parser = positive_u64)]
+    pub histograms: Option<u64>,
     /// Save a checkpoint every N steps; 0: only when a policy asks [default: 0].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -458,6 +462,10 @@ pub struct PredictArgs {
     /// all tags, 100 boxes].
     #[arg(long, value_name = "K", value_parser = positive_usize)]
     pub top_k: Option<usize>,
+    /// A detector's images with the boxes kept drawn on them, with class and score, as PNGs
+    /// in this folder (named as the images, their folders kept).
+    #[arg(long, value_name = "DIR")]
+    pub draw: Option<PathBuf>,
     /// The tag names of a RAM++/RAM/Tag2Text `.pth` --model, one per line [default:
     /// ram_tag_list.txt beside it; Tag2Text's tag2text_ori_tag_list.txt].
     #[arg(long, value_name = "FILE")]
@@ -844,6 +852,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
             ("--lr", args.lr.is_some()),
             ("--weight-decay", args.weight_decay.is_some()),
             ("--eval-every", args.eval_every.is_some()),
+            ("--histograms", args.histograms.is_some()),
             ("--checkpoint-every", args.checkpoint_every.is_some()),
             ("--policy-fuel", args.policy_fuel.is_some()),
             ("--best-metric", args.best_metric.is_some()),
@@ -881,6 +890,7 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         best_metric: args.best_metric,
         eval_every: args.eval_every.unwrap_or(0),
         checkpoint_every: args.checkpoint_every.unwrap_or(0),
+        histogram_every: args.histograms.unwrap_or(0),
         policy_fuel: args.policy_fuel.unwrap_or(50_000_000),
         max_skipped_steps: args.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
         keep_checkpoints: args.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS),
@@ -1059,9 +1069,13 @@ fn run_predict_boxes(args: PredictArgs) -> Result<(), EngineError> {
         out: args.out,
         threshold: args.threshold.unwrap_or(detection::DEFAULT_THRESHOLD),
         top_k: args.top_k.unwrap_or(detection::DETECTIONS_PER_IMAGE),
+        draw: args.draw,
     };
     let (images, boxes) = detection::predict(&request)?;
     println!("{boxes} boxes on {images} images: {}", request.out.display());
+    if let Some(draw) = &request.draw {
+        println!("drawn: {}", draw.display());
+    }
     Ok(())
 }
 

@@ -35,6 +35,10 @@ pub struct RunConfig {
     pub eval_every: u64,
     /// Save a checkpoint every this many steps (0: only when a policy asks, or on pause).
     pub checkpoint_every: u64,
+    /// Write histograms of each group's weights and gradients to TensorBoard every this many
+    /// steps (0: never).
+    #[serde(default)]
+    pub histogram_every: u64,
     /// Fuel budget of one policy call.
     pub policy_fuel: u64,
     /// Stop the run as diverged after this many steps in a row whose update was skipped as

@@ -35,4 +35,4 @@ pub use knobs::KnobState;
 pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, validate_config, write_json};
 pub use run_lock::{LOCK_FILE, RunLock};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
-pub use task::{Backward, Scores, StepKnobs, StepLosses, Task};
+pub use task::{Backward, Scores, StepKnobs, StepLosses, Task, Visual};

@@ -13,17 +13,17 @@ use super::knobs::KnobState;
 use super::loss_gradients::LossGradientMeter;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam, OptimizerSnapshot};
 use super::snapshot::{SnapshotPoint, Snapshots};
-use super::task::{Backward, Scores, StepKnobs, Task};
+use super::task::{Backward, Scores, StepKnobs, Task, Visual};
 use super::trace::{SavedSpec, decision_records};
 use crate::distributed::{DistributedError, Team};
-use crate::files::FileError;
+use crate::files::{FileError, write_atomically};
 use crate::models::groups::Group;
 use crate::models::pretrained;
 use crate::policy::{
     AugmentationKnob, Depth, Observation, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySet,
     PolicySource, Rollback, RollbackSource, RunSpec, SandboxLimits, StepDecision,
 };
-use crate::report::{EventWriter, JsonFloat, JsonLines, PLOTS_DIR, Progress, plot_run};
+use crate::report::{EventWriter, HistogramSummary, JsonFloat, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -562,6 +562,9 @@ impl Run {
             }
             let done = self.state.steps_done;
             let scheduled = |every: u64| every > 0 && done.is_multiple_of(every);
+            if scheduled(self.config.histogram_every) {
+                self.write_histograms(done)?;
+            }
             if decision.merged.evaluate || scheduled(self.config.eval_every) {
                 self.evaluate()?;
             }
@@ -627,6 +630,7 @@ impl Run {
             stopped_by.as_ref().map(|(policy, reason)| serde_json::json!({"policy": policy, "reason": reason}));
         record.insert("stopped_by".into(), stopped.into());
         write_json(&self.run_dir.join("eval.json"), &record)?;
+        self.write_visuals(self.state.steps_done, &scores.visuals)?;
         self.plot();
         Ok(self.outcome(started, Some(scores), stopped_by, None))
     }
@@ -961,6 +965,7 @@ impl Run {
         self.evaluations.write(&record).map_err(io_error(self.evaluations.path()))?;
         let tensorboard_values = self.eval_tags.iter().map(String::as_str).zip(scores.values.iter().copied());
         self.tensorboard.scalars(step, tensorboard_values).map_err(io_error(self.tensorboard.path()))?;
+        self.write_visuals(step, &scores.visuals)?;
         if let Some(best) = &mut self.best
             && let Some(improved) = best.offer(step, &scores, |dir| self.task.save(dir))?
         {
@@ -968,6 +973,46 @@ impl Run {
             let _ = writeln!(self.log, "{line}");
         }
         self.state.pending_evaluation = Some(PendingEvaluation { step, values: scores.values });
+        Ok(())
+    }
+
+    /// Writes histograms of each group's weights and of the gradients of the step just taken
+    /// to TensorBoard (`weights/GROUP`, `gradients/GROUP`); the leader alone, which holds the
+    /// same values as every rank.
+    fn write_histograms(&mut self, step: u64) -> Result<(), EngineError> {
+        if !self.team.is_leader() {
+            return Ok(());
+        }
+        let names: Vec<String> = self.task.groups().iter().map(|group| group.name.clone()).collect();
+        for (name, params) in names.iter().zip(&self.group_params) {
+            let gradients: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+            for (kind, tensors) in [("weights", params), ("gradients", &gradients)] {
+                if let Some(histogram) = histogram_of(tensors)? {
+                    let tag = format!("{kind}/{name}");
+                    self.tensorboard.histogram(step, &tag, &histogram).map_err(io_error(self.tensorboard.path()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an evaluation's images and curves to TensorBoard, and its images to `plots/`.
+    fn write_visuals(&mut self, step: u64, visuals: &[Visual]) -> Result<(), EngineError> {
+        for visual in visuals {
+            match visual {
+                Visual::Image { tag, png, width, height } => {
+                    self.tensorboard
+                        .image(step, tag, png, *width, *height)
+                        .map_err(io_error(self.tensorboard.path()))?;
+                    let plots = self.run_dir.join(PLOTS_DIR);
+                    std::fs::create_dir_all(&plots).map_err(io_error(&plots))?;
+                    write_atomically(&plots.join(format!("{}.png", tag.replace('/', "_"))), png)?;
+                }
+                Visual::PrCurve { tag, counts } => {
+                    self.tensorboard.pr_curve(step, tag, counts).map_err(io_error(self.tensorboard.path()))?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1246,6 +1291,43 @@ fn group_names(groups: &[Group]) -> Vec<&str> {
 
 fn by_name<'a>(names: &[&'a str], values: &[f64]) -> BTreeMap<&'a str, JsonFloat> {
     names.iter().copied().zip(values.iter().copied().map(JsonFloat)).collect()
+}
+
+/// Bins of the weight and gradient histograms.
+const HISTOGRAM_BINS: i64 = 30;
+
+/// The histogram of every value of `tensors` in [`HISTOGRAM_BINS`] bins of equal width, computed
+/// where the tensors are; `None` for no values, or for a value that is not finite (a step the
+/// divergence guard deals with).
+fn histogram_of(tensors: &[Tensor]) -> Result<Option<HistogramSummary>, EngineError> {
+    let _no_grad = tch::no_grad_guard();
+    let values: Vec<Tensor> =
+        tensors.iter().filter(|t| t.numel() > 0).map(|t| t.detach().to_kind(Kind::Float)).collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let min = values.iter().map(|t| t.min().double_value(&[])).fold(f64::INFINITY, f64::min);
+    let max = values.iter().map(|t| t.max().double_value(&[])).fold(f64::NEG_INFINITY, f64::max);
+    if !(min.is_finite() && max.is_finite()) {
+        return Ok(None);
+    }
+    let width = (max - min) / HISTOGRAM_BINS as f64;
+    let mut counts = Tensor::zeros([HISTOGRAM_BINS], (Kind::Int64, Device::Cpu));
+    let (mut sum, mut sum_squares, mut num) = (0.0, 0.0, 0usize);
+    for value in &values {
+        let bins = if width > 0.0 {
+            ((value - min) / width).floor().clamp(0, HISTOGRAM_BINS - 1).to_kind(Kind::Int64).flatten(0, -1)
+        } else {
+            Tensor::zeros([value.numel() as i64], (Kind::Int64, value.device()))
+        };
+        counts += bins.bincount(None::<Tensor>, HISTOGRAM_BINS).to_device(Device::Cpu);
+        sum += value.sum(Kind::Double).double_value(&[]);
+        sum_squares += value.square().sum(Kind::Double).double_value(&[]);
+        num += value.numel();
+    }
+    let counts: Vec<f64> = Vec::<i64>::try_from(&counts)?.into_iter().map(|count| count as f64).collect();
+    let limits = (1..=HISTOGRAM_BINS).map(|i| if i == HISTOGRAM_BINS { max } else { min + width * i as f64 }).collect();
+    Ok(Some(HistogramSummary { min, max, num: num as f64, sum, sum_squares, limits, counts }))
 }
 
 /// Writes `value` as pretty JSON to `path` (run records, evaluation results).

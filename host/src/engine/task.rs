@@ -7,7 +7,7 @@ use super::error::EngineError;
 use super::loss_gradients::LossGradientMeter;
 use crate::data::augment::{KNOBS, KnobSpec};
 use crate::models::groups::Group;
-use crate::report::float_to_json;
+use crate::report::{PrCounts, float_to_json};
 use std::path::Path;
 use tch::{Tensor, nn};
 
@@ -23,11 +23,23 @@ pub struct Scores {
     /// Tables a person reads beside the numbers (a tagger's per-tag figures), written to
     /// `eval.json` by name; not shown to policies.
     pub tables: serde_json::Map<String, serde_json::Value>,
+    /// Images and curves a person looks at, written to TensorBoard (images also to `plots/`).
+    #[serde(skip)]
+    pub visuals: Vec<Visual>,
+}
+
+/// What an evaluation shows beside its numbers.
+#[derive(Debug, Clone)]
+pub enum Visual {
+    /// A PNG, also written to `plots/{tag}.png` (`/` in the tag becoming `_`).
+    Image { tag: String, png: Vec<u8>, width: u32, height: u32 },
+    /// A precision-recall curve, for TensorBoard's PR-curve plugin.
+    PrCurve { tag: String, counts: PrCounts },
 }
 
 impl Scores {
     pub fn new(names: Vec<&'static str>, values: Vec<f64>, images: usize, split: &'static str) -> Self {
-        Scores { names, values, images, split, tables: serde_json::Map::new() }
+        Scores { names, values, images, split, tables: serde_json::Map::new(), visuals: Vec::new() }
     }
 
     /// The numbers by name, the images and split they were measured on, and the tables: what

@@ -40,7 +40,7 @@ const PALETTE: [[u8; 3]; 9] = [
     [23, 190, 207],
 ];
 /// The family the embedded font is registered under; plotters' own labels default to it.
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 const MAX_TICKS: usize = 8;
 const MARGIN: i32 = 12;
 const LEGEND_SWATCH: i32 = 24;
@@ -286,7 +286,7 @@ fn describe(error: impl Display) -> String {
 }
 
 /// Makes the embedded font the one plotters draws text with (once per process).
-fn register_font() -> Result<(), String> {
+pub(super) fn register_font() -> Result<(), String> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let registered = *REGISTERED
         .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());

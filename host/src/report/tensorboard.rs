@@ -1,12 +1,34 @@
-//! A TensorBoard event file (`events.out.tfevents.*`) of scalars, written directly: each
-//! record is a length, a masked CRC-32C of the length, an `Event` protocol buffer and its
-//! masked CRC-32C, as TensorFlow's record format defines. Only the few protobuf fields a
-//! scalar needs are encoded, so no protobuf library is needed.
+//! A TensorBoard event file (`events.out.tfevents.*`) of scalars, images, histograms and
+//! precision-recall curves, written directly: each record is a length, a masked CRC-32C of
+//! the length, an `Event` protocol buffer and its masked CRC-32C, as TensorFlow's record
+//! format defines. Only the few protobuf fields these summaries need are encoded, so no
+//! protobuf library is needed.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A histogram as TensorBoard's `HistogramProto` holds it: bin `i` counts the values from
+/// the previous limit (or `min`) up to `limits[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSummary {
+    pub min: f64,
+    pub max: f64,
+    pub num: f64,
+    pub sum: f64,
+    pub sum_squares: f64,
+    pub limits: Vec<f64>,
+    pub counts: Vec<f64>,
+}
+
+/// Counts of a precision-recall curve at each of its thresholds, `i / (n - 1)` of `n`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrCounts {
+    pub true_positives: Vec<f64>,
+    pub false_positives: Vec<f64>,
+    pub false_negatives: Vec<f64>,
+}
 
 pub struct EventWriter {
     path: PathBuf,
@@ -55,6 +77,87 @@ impl EventWriter {
         self.writer.flush()
     }
 
+    /// Writes one event holding the PNG `png` of a `width` x `height` RGB image under `tag`.
+    pub fn image(&mut self, step: u64, tag: &str, png: &[u8], width: u32, height: u32) -> std::io::Result<()> {
+        let mut image = Vec::new();
+        put_int(&mut image, 1, u64::from(height));
+        put_int(&mut image, 2, u64::from(width));
+        put_int(&mut image, 3, 3);
+        put_bytes(&mut image, 4, png);
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, tag.as_bytes());
+        put_bytes(&mut entry, 4, &image);
+        self.summary(step, &entry)
+    }
+
+    /// Writes one event holding `histogram` under `tag`.
+    pub fn histogram(&mut self, step: u64, tag: &str, histogram: &HistogramSummary) -> std::io::Result<()> {
+        let mut proto = Vec::new();
+        put_double(&mut proto, 1, histogram.min);
+        put_double(&mut proto, 2, histogram.max);
+        put_double(&mut proto, 3, histogram.num);
+        put_double(&mut proto, 4, histogram.sum);
+        put_double(&mut proto, 5, histogram.sum_squares);
+        put_doubles(&mut proto, 6, &histogram.limits);
+        put_doubles(&mut proto, 7, &histogram.counts);
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, tag.as_bytes());
+        put_bytes(&mut entry, 5, &proto);
+        self.summary(step, &entry)
+    }
+
+    /// Writes one event holding a precision-recall curve under `tag`, for TensorBoard's
+    /// PR-curve plugin: `counts` per threshold `i / (n - 1)` of `n`.
+    pub fn pr_curve(&mut self, step: u64, tag: &str, counts: &PrCounts) -> std::io::Result<()> {
+        let n = counts.true_positives.len();
+        let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
+        let precision =
+            (0..n).map(|i| ratio(counts.true_positives[i], counts.true_positives[i] + counts.false_positives[i]));
+        let recall =
+            (0..n).map(|i| ratio(counts.true_positives[i], counts.true_positives[i] + counts.false_negatives[i]));
+        let rows: Vec<f32> = [&counts.true_positives, &counts.false_positives, &vec![0.0; n], &counts.false_negatives]
+            .into_iter()
+            .flat_map(|row| row.iter().copied())
+            .chain(precision)
+            .chain(recall)
+            .map(|v| v as f32)
+            .collect();
+        let mut shape = Vec::new();
+        for size in [6, n as u64] {
+            let mut dim = Vec::new();
+            put_int(&mut dim, 1, size);
+            put_bytes(&mut shape, 2, &dim);
+        }
+        let mut tensor = Vec::new();
+        put_int(&mut tensor, 1, 1); // DT_FLOAT
+        put_bytes(&mut tensor, 2, &shape);
+        put_bytes(&mut tensor, 4, &rows.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        let mut plugin_content = Vec::new();
+        put_int(&mut plugin_content, 2, n as u64);
+        let mut plugin = Vec::new();
+        put_bytes(&mut plugin, 1, b"pr_curves");
+        put_bytes(&mut plugin, 2, &plugin_content);
+        let mut metadata = Vec::new();
+        put_bytes(&mut metadata, 1, &plugin);
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, tag.as_bytes());
+        put_bytes(&mut entry, 8, &tensor);
+        put_bytes(&mut entry, 9, &metadata);
+        self.summary(step, &entry)
+    }
+
+    /// Writes an event of one summary value, already encoded.
+    fn summary(&mut self, step: u64, value: &[u8]) -> std::io::Result<()> {
+        let mut summary = Vec::new();
+        put_bytes(&mut summary, 1, value);
+        let mut event = Vec::new();
+        put_double(&mut event, 1, wall_time());
+        put_int(&mut event, 2, step);
+        put_bytes(&mut event, 5, &summary);
+        self.record(&event)?;
+        self.writer.flush()
+    }
+
     fn record(&mut self, data: &[u8]) -> std::io::Result<()> {
         let length = (data.len() as u64).to_le_bytes();
         self.writer.write_all(&length)?;
@@ -94,6 +197,12 @@ fn put_double(out: &mut Vec<u8>, field: u64, value: f64) {
 fn put_float(out: &mut Vec<u8>, field: u64, value: f32) {
     put_key(out, field, 5);
     out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// A packed repeated `double` field.
+fn put_doubles(out: &mut Vec<u8>, field: u64, values: &[f64]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+    put_bytes(out, field, &bytes);
 }
 
 fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {

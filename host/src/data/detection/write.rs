@@ -16,7 +16,7 @@
 //! annotation file there, or an image file that is not the same file, is refused; only
 //! YOLO's `data.yaml` is added to, one part at a time.
 
-use super::{DetectionFormat, DetectionSet, Part, voc, yolo};
+use super::{DetectionFormat, DetectionSample, DetectionSet, Part, voc, yolo};
 use crate::files::{FileError, write_atomically};
 use serde_json::json;
 use std::collections::HashSet;
@@ -35,7 +35,7 @@ pub struct Written {
 
 /// Writes `set` as `part` of a `format` data set under `out`.
 pub fn write_set(set: &DetectionSet, format: DetectionFormat, out: &Path, part: Part) -> Result<Written, FileError> {
-    let names = relative_names(set)?;
+    let names = relative_image_names(&set.samples)?;
     let boxes = set.samples.iter().map(|sample| sample.boxes.len()).sum();
     let mut crowds_left_out = 0;
     let data = match format {
@@ -118,13 +118,13 @@ pub fn write_set(set: &DetectionSet, format: DetectionFormat, out: &Path, part: 
 /// Each sample's image path relative to the deepest folder holding them all, with `/`
 /// between folders, so that images of several folders keep apart; an image listed twice is
 /// refused.
-fn relative_names(set: &DetectionSet) -> Result<Vec<String>, FileError> {
-    let folders = set.samples.iter().map(|sample| sample.image.parent().unwrap_or(Path::new("")));
+pub fn relative_image_names(samples: &[DetectionSample]) -> Result<Vec<String>, FileError> {
+    let folders = samples.iter().map(|sample| sample.image.parent().unwrap_or(Path::new("")));
     let base = folders.reduce(|base, folder| base.ancestors().find(|a| folder.starts_with(a)).unwrap_or(Path::new("")));
     let base = base.unwrap_or(Path::new(""));
-    let mut seen = HashSet::with_capacity(set.samples.len());
-    let mut names = Vec::with_capacity(set.samples.len());
-    for sample in &set.samples {
+    let mut seen = HashSet::with_capacity(samples.len());
+    let mut names = Vec::with_capacity(samples.len());
+    for sample in samples {
         let relative = sample.image.strip_prefix(base).unwrap_or(&sample.image);
         let name: Vec<String> = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         let name = name.join("/");

@@ -50,13 +50,14 @@ use crate::data::loader::{EVALUATION_KEYS, Loader, ReadItem};
 use crate::data::sampler::EpochSampler;
 use crate::data::{PixelNormalizer, rgb_batch};
 use crate::distributed::Team;
-use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task};
+use crate::engine::{Backward, EngineError, Scores, StepKnobs, StepLosses, Task, Visual};
 use crate::eval::{COCO_MISSING, CocoDetection, CocoEvaluation, GroundTruthBox, coco_evaluation};
 use crate::files::FileError;
 use crate::models::clip::Activation;
 use crate::models::groups::{Group, GroupLayout};
 use crate::models::owlvit::{self, OwlConfig, OwlDetector, OwlVariant};
 use crate::models::pretrained;
+use crate::report::{DrawnBox, PrCounts, draw_boxes, png_bytes, series_colour, tiled};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -207,6 +208,14 @@ impl DetectionArgs {
         }
     }
 }
+
+/// Held-out images drawn with their boxes at each evaluation, and the most boxes drawn on one.
+const IMAGES_DRAWN: usize = 4;
+const BOXES_DRAWN: usize = 20;
+/// Ground-truth boxes are drawn in lime, which no class's colour is.
+const TRUTH_COLOUR: [u8; 3] = [0, 255, 0];
+/// Thresholds of the PR curves in TensorBoard, 0 to 1.
+const PR_THRESHOLDS: usize = 51;
 
 /// The prompt each category name is asked with.
 fn prompt(name: &str) -> String {
@@ -633,8 +642,8 @@ impl DetectionTask {
         self.detections(self.final_split().0, per_image)
     }
 
-    /// COCO evaluation of the model on the images of `range`.
-    fn coco_on(&mut self, range: Range<usize>) -> Result<CocoEvaluation, EngineError> {
+    /// COCO evaluation of the model on the images of `range`, and the detections evaluated.
+    fn coco_on(&mut self, range: Range<usize>) -> Result<(CocoEvaluation, Vec<CocoDetection>), EngineError> {
         let detections = self.detections(range.clone(), DETECTIONS_PER_IMAGE)?;
         let samples = &self.samples[range];
         let image_ids: Vec<u64> = samples.iter().map(|sample| sample.image_id).collect();
@@ -651,12 +660,12 @@ impl DetectionTask {
                 })
             })
             .collect();
-        Ok(coco_evaluation(&image_ids, &category_ids, &truth, &detections))
+        Ok((coco_evaluation(&image_ids, &category_ids, &truth, &detections), detections))
     }
 
     fn scores_on(&mut self, range: Range<usize>, split: &'static str) -> Result<Scores, EngineError> {
         let images = range.len();
-        let evaluation = self.coco_on(range)?;
+        let (evaluation, detections) = self.coco_on(range.clone())?;
         let mut values: Vec<f64> = evaluation.summary.named_values().iter().map(|(_, value)| *value).collect();
         if !self.unseen.is_empty() {
             let ids: Vec<u64> = self.unseen.iter().map(|&i| self.categories[i].id).collect();
@@ -665,7 +674,63 @@ impl DetectionTask {
         }
         let mut scores = Scores::new(self.metric_names.clone(), values, images, split);
         scores.tables.insert(PER_CLASS.into(), self.per_class_table(&evaluation));
+        scores.visuals = self.drawn_detections(range, split, &detections).into_iter().collect();
+        scores.visuals.extend(self.pr_curves(&evaluation));
         Ok(scores)
+    }
+
+    /// The first [`IMAGES_DRAWN`] images of `range` side by side, each with its ground truth
+    /// (in [`TRUTH_COLOUR`], labelled `GT`) and the detections scoring at least the run's score threshold (in
+    /// their class's colour, with their scores); `None` when none of them can be read.
+    fn drawn_detections(&self, range: Range<usize>, split: &str, detections: &[CocoDetection]) -> Option<Visual> {
+        let class_of = |id: u64| self.categories.iter().position(|category| category.id == id);
+        let mut drawn = Vec::new();
+        for sample in &self.samples[range.start..range.end.min(range.start + IMAGES_DRAWN)] {
+            // A picture is no reason to stop a run: an image that cannot be read is not drawn.
+            let Ok(image) = image::open(&sample.image) else { continue };
+            let truth = sample.boxes.iter().map(|truth| DrawnBox {
+                bbox: truth.bbox,
+                label: format!("GT {}", self.categories[truth.category].name),
+                colour: TRUTH_COLOUR,
+            });
+            let mut found: Vec<&CocoDetection> = detections
+                .iter()
+                .filter(|d| d.image_id == sample.image_id && d.score >= self.settings.score_threshold)
+                .collect();
+            found.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let found = found.into_iter().take(BOXES_DRAWN).filter_map(|detection| {
+                let class = class_of(detection.category_id)?;
+                let label = format!("{} {:.2}", self.categories[class].name, detection.score);
+                Some(DrawnBox { bbox: detection.bbox, label, colour: series_colour(class) })
+            });
+            drawn.push(draw_boxes(&image.to_rgb8(), &truth.chain(found).collect::<Vec<_>>()).ok()?);
+        }
+        if drawn.is_empty() {
+            return None;
+        }
+        let sheet = tiled(&drawn, 2);
+        let png = png_bytes(&sheet).ok()?;
+        Some(Visual::Image { tag: format!("detections/{split}"), png, width: sheet.width(), height: sheet.height() })
+    }
+
+    /// Each class's precision-recall curve at IoU .5 (pycocotools' matches), for the classes
+    /// with ground truth or detections.
+    fn pr_curves(&self, evaluation: &CocoEvaluation) -> Vec<Visual> {
+        let mut curves = Vec::new();
+        for category in &self.categories {
+            let Some(matches) = evaluation.matches.get(&category.id) else { continue };
+            let at: Vec<_> = (0..PR_THRESHOLDS).map(|i| matches.at(i as f64 / (PR_THRESHOLDS - 1) as f64)).collect();
+            if matches.ground_truth == 0 && at[0].detections == 0 {
+                continue;
+            }
+            let counts = PrCounts {
+                true_positives: at.iter().map(|scores| scores.hits as f64).collect(),
+                false_positives: at.iter().map(|scores| (scores.detections - scores.hits) as f64).collect(),
+                false_negatives: at.iter().map(|scores| (matches.ground_truth - scores.hits) as f64).collect(),
+            };
+            curves.push(Visual::PrCurve { tag: format!("pr_curve/{}", category.name), counts });
+        }
+        curves
     }
 
     /// Each category's AP and AP50 (pycocotools' per category), and its precision, recall and
