@@ -69,12 +69,7 @@ impl EventWriter {
             put_float(&mut entry, 2, value as f32);
             put_bytes(&mut summary, 1, &entry);
         }
-        let mut event = Vec::new();
-        put_double(&mut event, 1, wall_time());
-        put_int(&mut event, 2, step);
-        put_bytes(&mut event, 5, &summary);
-        self.record(&event)?;
-        self.writer.flush()
+        self.summary(step, &summary)
     }
 
     /// Writes one event holding the PNG `png` of a `width` x `height` RGB image under `tag`.
@@ -87,7 +82,7 @@ impl EventWriter {
         let mut entry = Vec::new();
         put_bytes(&mut entry, 1, tag.as_bytes());
         put_bytes(&mut entry, 4, &image);
-        self.summary(step, &entry)
+        self.value(step, &entry)
     }
 
     /// Writes one event holding `histogram` under `tag`.
@@ -103,7 +98,7 @@ impl EventWriter {
         let mut entry = Vec::new();
         put_bytes(&mut entry, 1, tag.as_bytes());
         put_bytes(&mut entry, 5, &proto);
-        self.summary(step, &entry)
+        self.value(step, &entry)
     }
 
     /// Writes one event holding a precision-recall curve under `tag`, for TensorBoard's
@@ -143,13 +138,18 @@ impl EventWriter {
         put_bytes(&mut entry, 1, tag.as_bytes());
         put_bytes(&mut entry, 8, &tensor);
         put_bytes(&mut entry, 9, &metadata);
-        self.summary(step, &entry)
+        self.value(step, &entry)
     }
 
     /// Writes an event of one summary value, already encoded.
-    fn summary(&mut self, step: u64, value: &[u8]) -> std::io::Result<()> {
+    fn value(&mut self, step: u64, value: &[u8]) -> std::io::Result<()> {
         let mut summary = Vec::new();
         put_bytes(&mut summary, 1, value);
+        self.summary(step, &summary)
+    }
+
+    /// Writes an event of a `Summary`, already encoded, and flushes it.
+    fn summary(&mut self, step: u64, summary: &[u8]) -> std::io::Result<()> {
         let mut event = Vec::new();
         put_double(&mut event, 1, wall_time());
         put_int(&mut event, 2, step);
