@@ -97,8 +97,16 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     let (costs, focal) = (MatchCosts { class: 1.0, l1: 5.0, giou: 2.0 }, Focal { alpha: 0.25, gamma: 2.0 });
     let groups = layout.groups().len();
     let mut step = || {
-        let terms = detection_losses(&model, &pixels, &ids, &batch, costs, focal, batch.box_count().max(1) as f64)
-            .expect("finite costs");
+        let terms = detection_losses(
+            &model,
+            &pixels,
+            &model.query_embeddings(&ids),
+            &batch,
+            costs,
+            focal,
+            batch.box_count().max(1) as f64,
+        )
+        .expect("finite costs");
         let loss = terms.iter().fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |sum, term| sum + term);
         optimizer.zero_grad();
         loss.backward();

@@ -564,3 +564,64 @@ fn evaluations_draw_boxes_and_pr_curves_and_predict_draws_every_image() {
         assert!(drawn.pixels().any(|pixel| *pixel == colour), "{file}: no box in its class's colour");
     }
 }
+
+/// `--prompts`: a category asked with the prompt it would have anyway trains exactly as
+/// without the file; asked with several, their averaged embedding changes what it learns;
+/// the prompts are recorded in run.json, and a name that is no category is refused.
+#[test]
+fn prompts_of_a_category_are_averaged_into_its_query_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = (canvas_subset(dir.path(), "train", 0, 16), canvas_subset(dir.path(), "val", 16, 8));
+    let images = canvas_folder().join("val");
+    let data = [
+        "--task",
+        "detection",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--data",
+        &path(&train),
+        "--val-data",
+        &path(&val),
+        "--images",
+        &path(&images),
+    ];
+    let constant = [policy("constant").display().to_string()];
+    let run = |name: &str, prompts: Option<&str>| {
+        let run = dir.path().join(name);
+        let mut args = data.to_vec();
+        let file = dir.path().join(format!("{name}.json"));
+        if let Some(prompts) = prompts {
+            std::fs::write(&file, prompts).unwrap();
+            args.extend(["--prompts", file.to_str().unwrap()]);
+        }
+        let output = train_cpu(&run, &constant, &args);
+        assert_success(&output);
+        (run, common::stderr(&output))
+    };
+    let losses = |run: &Path| -> Vec<serde_json::Value> {
+        read_jsonl(&run.join("metrics.jsonl")).iter().map(|r| r["losses"].clone()).collect()
+    };
+    let (plain, _) = run("plain", None);
+    let (same, _) = run("same", Some(r#"{"t-shirt": "a photo of a t-shirt."}"#));
+    assert_eq!(losses(&same), losses(&plain));
+    let (ensemble, report) =
+        run("ensemble", Some(r#"{"t-shirt": ["a photo of a t-shirt.", "a tee"], "bag": "a handbag"}"#));
+    assert!(
+        report.contains("prompts: 2 categories asked with prompts of their own, 1 with several averaged"),
+        "{report}"
+    );
+    assert_ne!(losses(&ensemble), losses(&plain));
+    let recorded = &read_json(&ensemble.join("run.json"))["task"]["prompts"];
+    assert_eq!(recorded["t-shirt"], serde_json::json!(["a photo of a t-shirt.", "a tee"]));
+
+    let file = dir.path().join("unknown.json");
+    std::fs::write(&file, r#"{"tshirt": "a tee"}"#).unwrap();
+    let output = train_cpu(
+        &dir.path().join("unknown"),
+        &constant,
+        &[&data[..], &["--prompts", file.to_str().unwrap()]].concat(),
+    );
+    assert_one_line_error(&output, 1, &["--prompts", "`tshirt` is not a category", "t-shirt"]);
+}

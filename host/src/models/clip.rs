@@ -578,7 +578,8 @@ pub fn contrastive_loss(image_embeddings: &Tensor, text_embeddings: &Tensor, sca
     (image_loss + text_loss) / 2.0
 }
 
-pub(super) fn normalize(xs: &Tensor) -> Tensor {
+/// `xs` divided by its L2 norm along the last dimension.
+pub fn normalize(xs: &Tensor) -> Tensor {
     xs / xs.norm_scalaropt_dim(2.0, [-1], true)
 }
 

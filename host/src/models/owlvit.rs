@@ -398,7 +398,7 @@ pub fn parameter_place(name: &str) -> Option<Place> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -434,10 +434,8 @@ mod tests {
         assert!((at(6, 2) - 0.25).abs() < 1e-3 && (at(6, 3) - 0.25).abs() < 1e-3);
     }
 
-    /// Fine-tuning trains the queries too: the class logits reach the text tower.
-    #[test]
-    fn class_logits_carry_gradient_into_both_towers() {
-        tch::manual_seed(3);
+    /// An OWL-ViT of one layer a tower, 16 wide, over 50 tokens and 16-pixel images.
+    pub(crate) fn tiny_config() -> OwlConfig {
         let mut config = OwlConfig::defaults(OwlVariant::OwlVit);
         (config.text_config.vocab_size, config.text_config.hidden_size, config.text_config.intermediate_size) =
             (50, 16, 32);
@@ -446,8 +444,15 @@ mod tests {
         (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers) = (16, 32, 1);
         (vision.num_attention_heads, vision.image_size, vision.patch_size) = (2, 16, 8);
         config.projection_dim = 16;
+        config
+    }
+
+    /// Fine-tuning trains the queries too: the class logits reach the text tower.
+    #[test]
+    fn class_logits_carry_gradient_into_both_towers() {
+        tch::manual_seed(3);
         let store = nn::VarStore::new(Device::Cpu);
-        let model = OwlDetector::new(&store.root(), &config);
+        let model = OwlDetector::new(&store.root(), &tiny_config());
         let ids = Tensor::from_slice(&[1i64, 5, 49, 0, 1, 7, 49, 0]).view([2, 4]);
         let pixels = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
         let logits = model.class_logits(&model.image_features(&pixels), &model.query_embeddings(&ids), None);

@@ -116,12 +116,12 @@ impl BatchTargets<'_> {
 /// The loss terms of one batch, with their graphs: `class`, `box_l1`, `box_giou`, and for
 /// OWLv2 `objectness`, each divided by `box_count`: the number of boxes (at least 1) of the
 /// whole batch these images are part of, so that the terms of its pieces add up to the
-/// batch's. `pixels` are normalised model input; `query_ids` `(queries, context)` the
-/// prompts, embedded here so the text tower trains too.
+/// batch's. `pixels` are normalised model input; `queries` `(queries, dim)` the query
+/// embeddings with their graph, so that the text tower trains too.
 pub fn detection_losses(
     model: &OwlDetector,
     pixels: &Tensor,
-    query_ids: &Tensor,
+    queries: &Tensor,
     targets: &BatchTargets,
     costs: MatchCosts,
     focal: Focal,
@@ -129,7 +129,7 @@ pub fn detection_losses(
 ) -> Result<Vec<Tensor>, AssignmentError> {
     let device = pixels.device();
     let features = model.image_features(pixels);
-    let logits = model.class_logits(&features, &model.query_embeddings(query_ids), None);
+    let logits = model.class_logits(&features, queries, None);
     let predicted = model.pred_boxes(&features);
     let objectness = model.objectness_logits(&features);
     let finite = logits.isfinite().all().logical_and(&predicted.isfinite().all());

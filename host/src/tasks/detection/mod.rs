@@ -30,6 +30,7 @@
 pub mod assignment;
 mod matching;
 mod predict;
+mod queries;
 
 pub use matching::{BatchTargets, Focal, MatchCosts, detection_losses};
 pub use predict::{DEFAULT_THRESHOLD, DetectionPredictRequest, predict};
@@ -58,7 +59,9 @@ use crate::models::groups::{Group, GroupLayout};
 use crate::models::owlvit::{self, OwlConfig, OwlDetector, OwlVariant};
 use crate::models::pretrained;
 use crate::report::{DrawnBox, PrCounts, draw_boxes, png_bytes, series_colour, tiled};
+use queries::{Queries, default_prompt};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +83,10 @@ pub struct DetectionConfig {
     /// How training images are drawn.
     #[serde(default)]
     pub sampling: Sampling,
+    /// The prompts of the categories that have their own (`--prompts`), by name; the others
+    /// are asked with the default prompt.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, Vec<String>>,
 }
 
 /// How training images are drawn each epoch.
@@ -182,6 +189,15 @@ pub struct DetectionArgs {
     /// images sqrt(T / f) times an epoch) [default: uniform; --task detection].
     #[arg(long, value_name = "KIND", value_parser = Sampling::parse)]
     pub sampling: Option<Sampling>,
+    /// A JSON file of prompts by category name, each one prompt or a list (synonyms,
+    /// descriptions) whose embeddings are averaged into the category's query; categories it
+    /// leaves out are asked "a photo of a {name}." [--task detection].
+    #[arg(long, value_name = "FILE", value_parser = parse_prompts_file)]
+    pub prompts: Option<BTreeMap<String, Vec<String>>>,
+}
+
+fn parse_prompts_file(path: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    queries::read_prompts(Path::new(path)).map_err(|err| err.to_string())
 }
 
 impl DetectionArgs {
@@ -193,6 +209,7 @@ impl DetectionArgs {
             ("--match-costs", self.match_costs.is_some()),
             ("--score-threshold", self.score_threshold.is_some()),
             ("--sampling", self.sampling.is_some()),
+            ("--prompts", self.prompts.is_some()),
         ])
     }
 
@@ -205,6 +222,7 @@ impl DetectionArgs {
             match_costs: MatchCosts { class: costs[0], l1: costs[1], giou: costs[2] },
             score_threshold: self.score_threshold.unwrap_or(SCORE_THRESHOLD),
             sampling: self.sampling.unwrap_or_default(),
+            prompts: self.prompts.clone().unwrap_or_default(),
         }
     }
 }
@@ -216,11 +234,6 @@ const BOXES_DRAWN: usize = 20;
 const TRUTH_COLOUR: [u8; 3] = [0, 255, 0];
 /// Thresholds of the PR curves in TensorBoard, 0 to 1.
 const PR_THRESHOLDS: usize = 51;
-
-/// The prompt each category name is asked with.
-fn prompt(name: &str) -> String {
-    format!("a photo of a {name}.")
-}
 
 const LOSSES: [&str; 4] = ["class", "box_l1", "box_giou", "objectness"];
 /// Metric names: COCO's twelve on the held-out images, then the unseen categories' AP.
@@ -313,10 +326,9 @@ pub struct DetectionTask {
     /// Categories queried in training (indices into `categories`), and those left unseen.
     seen: Vec<usize>,
     unseen: Vec<usize>,
-    /// `(categories, context)` prompt ids of every category, on the training device, and
-    /// those of the categories queried in training.
-    prompt_ids: Tensor,
-    seen_prompt_ids: Tensor,
+    /// The queries of every category, and of those queried in training.
+    queries: Queries,
+    seen_queries: Queries,
     sampler: EpochSampler,
     loader: Loader<DetectionReader>,
     normalizer: PixelNormalizer,
@@ -448,6 +460,12 @@ impl DetectionTask {
         let DetectionData { samples, splits, categories, skipped: skipped_at_start, description: data_line } =
             read_data(options)?;
         let names: Vec<&str> = categories.iter().map(|c| c.name.as_str()).collect();
+        if let Some(unknown) = task.prompts.keys().find(|name| !names.contains(&name.as_str())) {
+            return Err(EngineError::Config(format!(
+                "--prompts: `{unknown}` is not a category of the data (its categories: {})",
+                names.join(", ")
+            )));
+        }
         if let Some(unknown) = task.unseen_classes.iter().find(|name| !names.contains(&name.as_str())) {
             return Err(EngineError::Config(format!(
                 "--unseen-classes: `{unknown}` is not a category of the data (its categories: {})",
@@ -505,10 +523,20 @@ impl DetectionTask {
             description.push(format!("unseen, evaluated by name alone: {}", unseen_names.join(", ")));
         }
         let context_length = config.text_config.max_position_embeddings as usize;
-        let ids: Vec<i64> = names.iter().flat_map(|name| tokenizer.tokenize(&prompt(name), context_length)).collect();
-        let prompt_ids = Tensor::from_slice(&ids).view([names.len() as i64, -1]).to_device(device);
-        let seen_rows = Tensor::from_slice(&seen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-        let seen_prompt_ids = prompt_ids.index_select(0, &seen_rows);
+        let prompts: Vec<Vec<String>> = names
+            .iter()
+            .map(|name| task.prompts.get(*name).cloned().unwrap_or_else(|| vec![default_prompt(name)]))
+            .collect();
+        let ensembles = prompts.iter().filter(|list| list.len() > 1).count();
+        if !task.prompts.is_empty() {
+            description.push(format!(
+                "prompts: {} categories asked with prompts of their own, {ensembles} with several averaged",
+                task.prompts.len()
+            ));
+        }
+        let queries = Queries::new(&prompts, &tokenizer, context_length, device);
+        let seen_prompts: Vec<Vec<String>> = seen.iter().map(|&i| prompts[i].clone()).collect();
+        let seen_queries = Queries::new(&seen_prompts, &tokenizer, context_length, device);
         let image_size = config.vision_config.image_size;
         let normalizer = PixelNormalizer::for_model(inputs.model.as_deref(), image_size, device)?;
         let samples = Arc::new(samples);
@@ -538,8 +566,8 @@ impl DetectionTask {
             categories,
             seen,
             unseen,
-            prompt_ids,
-            seen_prompt_ids,
+            queries,
+            seen_queries,
             normalizer,
             image_size,
             skip_bad: options.skip_bad_samples,
@@ -583,7 +611,7 @@ impl DetectionTask {
     /// Each patch's best query as a COCO detection, at most `per_image` per image (the
     /// highest scores first), boxes in the image's pixels, for the images of `range`.
     fn detections(&mut self, range: Range<usize>, per_image: usize) -> Result<Vec<CocoDetection>, EngineError> {
-        let queries = tch::no_grad(|| self.model.query_embeddings(&self.prompt_ids));
+        let queries = tch::no_grad(|| self.queries.embed(&self.model));
         let mut detections = Vec::new();
         let indices: Vec<usize> = range.collect();
         let chunks: Vec<&[usize]> = indices.chunks(EVAL_BATCH_SIZE).collect();
@@ -781,9 +809,16 @@ impl DetectionTask {
             let end = (start + piece_rows).min(rows);
             let targets = BatchTargets { boxes: &boxes[start..end], labels: &labels[start..end] };
             let pixels = pixels.narrow(0, start as i64, (end - start) as i64);
-            let terms =
-                detection_losses(&self.model, &pixels, &self.seen_prompt_ids, &targets, costs, focal, box_count)
-                    .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
+            let terms = detection_losses(
+                &self.model,
+                &pixels,
+                &self.seen_queries.embed(&self.model),
+                &targets,
+                costs,
+                focal,
+                box_count,
+            )
+            .map_err(|err| EngineError::Config(format!("matching: {err}")))?;
             if let Some(backward) = backward {
                 backward.run(&terms)?;
             }
