@@ -3,7 +3,7 @@
 //! line), Pascal VOC XML folders ([`voc`]) and YOLO data sets ([`yolo`]). Reading one gives
 //! the images with their ground-truth boxes, and the categories; each sample remembers where
 //! it was declared, so an image that fails to decode later is reported with its manifest
-//! line, COCO image id or annotation file. [`write`] writes a set in any of the four formats,
+//! line, COCO image id or annotation file. [`write`](mod@write) writes a set in any of the four formats,
 //! [`check`] looks for what the reading lets through, [`split`] divides a set.
 //!
 //! Every box is checked here, before training starts, because a degenerate or misplaced box

@@ -11,21 +11,26 @@
 //! the matched patches, and for OWLv2 `objectness` (focal loss of the objectness head, whose
 //! features are detached as in `transformers`).
 //!
-//! Data: a COCO instances file or a JSONL manifest with boxes ([`crate::data::detection`]),
-//! or the offline default, Fashion-MNIST items on canvases ([`crate::data::canvas`]). Crowd
-//! boxes are left out of training and kept for evaluation. Images are resized and padded to
-//! the model's square with their boxes; the policies' crop and flip move the boxes too.
+//! Data: COCO instances, a JSONL manifest with boxes, Pascal VOC or YOLO
+//! ([`crate::data::detection`]), or the offline default, Fashion-MNIST items on canvases
+//! ([`crate::data::canvas`]). A category is asked with its own prompts where `--prompts`
+//! gives them ([`queries`]). Crowd boxes are left out of training and kept for evaluation.
+//! Images are resized and padded to the model's square with their boxes; the policies' crop
+//! and flip move the boxes too.
 //!
 //! Evaluation: COCO AP and AR exactly as pycocotools computes them, on each patch's best
 //! query (its sigmoid score), boxes in the image's pixels. `--unseen-classes` leaves
 //! categories out of the training queries; they are still queried at evaluation, and their
-//! AP is reported by name alone (`unseen_AP`, `unseen_AP50`).
+//! AP is reported by name alone (`unseen_AP`, `unseen_AP50`). Each evaluation also draws a
+//! few held-out images with their boxes, and each class's precision-recall curve, for
+//! TensorBoard and `plots/`.
 //!
 //! A batch split into micro-batches (`--accum-steps`) or over processes keeps the terms'
 //! meaning: each piece's terms are normalised by the whole global batch's number of boxes,
 //! so they add up to the batch's.
 //!
-//! Owns `--unseen-classes`, `--focal-alpha`, `--focal-gamma` and `--match-costs`.
+//! Owns `--unseen-classes`, `--focal-alpha`, `--focal-gamma`, `--match-costs`,
+//! `--score-threshold`, `--sampling` and `--prompts`.
 
 pub mod assignment;
 mod matching;
