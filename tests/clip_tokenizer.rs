@@ -85,3 +85,28 @@ fn a_missing_or_damaged_vocabulary_is_named() {
     std::fs::write(&path, b"not gzip").unwrap();
     assert!(ClipTokenizer::from_bpe_file(&path).unwrap_err().to_string().contains("bpe.txt.gz"));
 }
+
+/// Words added as tokens are whole words with ids before the end token, which moves last;
+/// the rest of the text tokenizes as before; a word of other characters, or one already a
+/// token, is refused or left out.
+#[test]
+fn added_words_are_whole_word_tokens_before_the_end_token() {
+    let mut tokenizer = ClipTokenizer::from_bpe_file(&default_bpe_path().expect("HOME is set")).unwrap();
+    let before = tokenizer.encode("florbexes on a dog");
+    let words = ["Florbex", "dog", "quandrel"].map(String::from);
+    let added = tokenizer.add_words(&words).unwrap();
+    let ids: Vec<(&str, i64)> = added.iter().map(|new| (new.word.as_str(), new.id)).collect();
+    assert_eq!(ids, [("florbex", 49407), ("quandrel", 49408)]);
+    assert!(added.iter().all(|new| new.pieces.len() > 1 && new.pieces.iter().all(|&id| id < 49406)));
+    assert_eq!((tokenizer.end_id, tokenizer.vocab_size()), (49409, 49410));
+    // A whole word only: "florbexes" keeps its pieces.
+    assert_eq!(tokenizer.encode("florbexes on a dog"), before);
+    let ids = tokenizer.tokenize("a FLORBEX, a quandrel.", 10);
+    assert_eq!(&ids[..8], [49406, 320, 49407, 267, 320, 49408, 269, 49409]);
+    assert!(
+        tokenizer
+            .add_words(&["x-ray".to_string()])
+            .unwrap_err()
+            .contains("`x-ray`: a new token is one word of letters")
+    );
+}

@@ -625,3 +625,96 @@ fn prompts_of_a_category_are_averaged_into_its_query_and_recorded() {
     );
     assert_one_line_error(&output, 1, &["--prompts", "`tshirt` is not a category", "t-shirt"]);
 }
+
+/// `--new-tokens`: invented words become one token each, placed before the end token (which
+/// OWL-ViT pools at, as the largest id) and starting as the mean of their old pieces; they
+/// train in a group of their own; the saved folder is a model of the larger vocabulary that
+/// `transformers` loads and tokenizes the words with as single tokens.
+#[test]
+fn new_words_become_single_tokens_before_the_end_token_and_the_folder_loads_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("owlvit");
+    python_ok("owlvit/make_model.py", &[model.as_os_str(), "owlvit".as_ref()]);
+    let bpe = trainer::data::clip_tokenizer::default_bpe_path().unwrap();
+    python_ok("tokenizer/make_tokenizer_json.py", &[bpe.as_os_str(), model.as_os_str()]);
+    let (train, val) = (canvas_subset(dir.path(), "train", 0, 16), canvas_subset(dir.path(), "val", 16, 8));
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "florbex\nQuandrel\n\ndog\n").unwrap();
+    let prompts = dir.path().join("prompts.json");
+    std::fs::write(&prompts, r#"{"t-shirt": "a photo of a florbex.", "bag": "a quandrel"}"#).unwrap();
+    let images = canvas_folder().join("val");
+    let args = [
+        "--task",
+        "detection",
+        "--model",
+        &path(&model),
+        "--data",
+        &path(&train),
+        "--val-data",
+        &path(&val),
+        "--images",
+        &path(&images),
+        "--new-tokens",
+        &path(&words),
+        "--prompts",
+        &path(&prompts),
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+    ];
+
+    // Nothing trains: the saved rows are the starting ones.
+    let frozen = dir.path().join("frozen");
+    let output = train_cpu(&frozen, &[format!("{}:lr=0", policy("constant").display())], &args);
+    assert_success(&output);
+    let report = common::stderr(&output);
+    assert!(
+        report.contains("new tokens: 2 (florbex 49407, quandrel 49408)")
+            && report.contains("1 already one token; end token now 49409"),
+        "{report}"
+    );
+    let checked = python_ok(
+        "owlvit/check_new_tokens.py",
+        &[
+            frozen.join("final").as_os_str(),
+            model.as_os_str(),
+            "a photo of a florbex.".as_ref(),
+            "florbex".as_ref(),
+            "quandrel".as_ref(),
+        ],
+    );
+    let checked: serde_json::Value = serde_json::from_str(&checked).unwrap();
+    assert_eq!(checked["word_ids"], serde_json::json!([[49407], [49408]]), "{checked}");
+    assert_eq!(checked["ids"].as_array().unwrap().last().unwrap(), 49409, "{checked}");
+    assert!(checked["ids"].as_array().unwrap().contains(&49407.into()), "{checked}");
+    assert_eq!((checked["rows"].as_u64(), checked["eos_token_id"].as_u64()), (Some(49410), Some(49409)));
+    for fact in ["old_rows_kept", "new_rows_are_means", "end_row_last"] {
+        assert_eq!(checked[fact], true, "{fact}: {checked}");
+    }
+
+    // Trained, the words' rows in their own group at 10 times the base rate.
+    let trained = dir.path().join("trained");
+    assert_success(&train_cpu(&trained, &[format!("{}:new_tokens=10", policy("layerwise").display())], &args));
+    let first = &read_jsonl(&trained.join("metrics.jsonl"))[0];
+    assert!(
+        (first["lr"]["new_tokens"].as_f64().unwrap() - 10.0 * first["lr"]["text"].as_f64().unwrap()).abs() < 1e-12,
+        "{first}"
+    );
+    // The folder saved reloads in the trainer as a model of the larger vocabulary.
+    let evaluated = trainer(&["eval", "--model", &path(&trained.join("final")), "--device", "cpu"]);
+    assert_success(&evaluated);
+
+    // The words go into a tokenizer.json: a model without one is refused, as is a word that
+    // is not one word of letters.
+    let constant = [policy("constant").display().to_string()];
+    let refused =
+        train_cpu(&dir.path().join("refused"), &constant, &["--task", "detection", "--new-tokens", &path(&words)]);
+    assert_one_line_error(&refused, 1, &["--new-tokens", "tokenizer.json"]);
+    std::fs::write(&words, "x-ray\n").unwrap();
+    assert_one_line_error(
+        &train_cpu(&dir.path().join("refused-word"), &constant, &args),
+        1,
+        &["--new-tokens", "`x-ray`"],
+    );
+}

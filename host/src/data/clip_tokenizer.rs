@@ -74,8 +74,20 @@ pub struct ClipTokenizer {
     pattern: Regex,
     /// The start and end tokens as written in text.
     special: [String; 2],
+    /// Whole words that are one token each (`--new-tokens`, or a folder's `tokenizer.json`),
+    /// by their cleaned spelling.
+    added: HashMap<String, i64>,
     pub start_id: i64,
     pub end_id: i64,
+}
+
+/// A word [`ClipTokenizer::add_words`] made one token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWord {
+    pub word: String,
+    pub id: i64,
+    /// Its ids before, whose embeddings the new one starts as the mean of.
+    pub pieces: Vec<i64>,
 }
 
 /// GPT-2's reversible map from bytes to printable characters.
@@ -139,8 +151,10 @@ impl ClipTokenizer {
             return Err(FileError::format(path, "not a CLIP tokenizer (expected BPE with `</w>` word ends)"));
         }
         let mut encoder = model.vocab;
-        encoder.extend(file.added_tokens.into_iter().map(|token| (token.content, token.id)));
         let special = [HF_START, HF_END].map(String::from);
+        let (specials, words): (Vec<AddedToken>, Vec<AddedToken>) =
+            file.added_tokens.into_iter().partition(|token| special.contains(&token.content));
+        encoder.extend(specials.into_iter().map(|token| (token.content, token.id)));
         if let Some(missing) = special.iter().find(|token| !encoder.contains_key(*token)) {
             return Err(FileError::format(path, format!("no `{missing}` token")));
         }
@@ -155,7 +169,14 @@ impl ClipTokenizer {
                 },
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ClipTokenizer::new(encoder, merges, special))
+        // Added words stand in the vocabulary too (see `updated_tokenizer_json`); they are
+        // matched as whole words, never as BPE pieces.
+        for word in &words {
+            encoder.remove(&word.content);
+        }
+        let mut tokenizer = ClipTokenizer::new(encoder, merges, special);
+        tokenizer.added = words.into_iter().map(|token| (clean(&token.content), token.id)).collect();
+        Ok(tokenizer)
     }
 
     fn new(encoder: HashMap<String, i64>, merges: Vec<(String, String)>, special: [String; 2]) -> Self {
@@ -174,11 +195,84 @@ impl ClipTokenizer {
             byte_encoder,
             pattern,
             special,
+            added: HashMap::new(),
         }
     }
 
     pub fn vocab_size(&self) -> i64 {
-        self.encoder.len() as i64
+        (self.encoder.len() + self.added.len()) as i64
+    }
+
+    /// Makes each of `words` one token, as `transformers`' `add_tokens` with whole-word
+    /// tokens does, and returns those it added: a word that is one token already is left as
+    /// it is. The new ids come before the end token, which moves to the last id, because
+    /// OWL-ViT pools its text at the largest id; `end_id` changes accordingly. A word must
+    /// be letters only, so that it is one piece of the text (not split at punctuation).
+    pub fn add_words(&mut self, words: &[String]) -> Result<Vec<NewWord>, String> {
+        if self.end_id != self.vocab_size() - 1 {
+            return Err(format!("the end token (id {}) is not the vocabulary's last id", self.end_id));
+        }
+        let mut added = Vec::new();
+        for word in words {
+            let cleaned = clean(word);
+            if cleaned.is_empty() || !cleaned.chars().all(char::is_alphabetic) {
+                return Err(format!("`{word}`: a new token is one word of letters"));
+            }
+            let pieces = self.encode(&cleaned);
+            if pieces.len() == 1 {
+                continue;
+            }
+            if self.encoder.contains_key(&cleaned) {
+                return Err(format!("`{word}` is spelt as a piece of the vocabulary already, which it would replace"));
+            }
+            let id = self.end_id;
+            self.end_id += 1;
+            self.added.insert(cleaned.clone(), id);
+            added.push(NewWord { word: cleaned, id, pieces });
+        }
+        self.encoder.insert(self.special[1].clone(), self.end_id);
+        Ok(added)
+    }
+
+    /// `file` (a folder's `tokenizer.json`, as JSON) with this tokenizer's added words and end
+    /// token id: the words as whole-word added tokens, the end token renumbered wherever the
+    /// file names its id (vocabulary, added tokens, post-processor, padding). The words enter
+    /// the model's vocabulary too, under their ids: the `tokenizers` library numbers an added
+    /// token that is not in it after the vocabulary, whatever id the file gives.
+    pub fn updated_tokenizer_json(&self, mut file: serde_json::Value) -> serde_json::Value {
+        let end = &self.special[1];
+        if let Some(vocab) = file.pointer_mut("/model/vocab").and_then(|vocab| vocab.as_object_mut()) {
+            vocab.insert(end.clone(), self.end_id.into());
+            vocab.extend(self.added.iter().map(|(word, &id)| (word.clone(), id.into())));
+        }
+        let mut known = std::collections::HashSet::new();
+        if let Some(tokens) = file.get_mut("added_tokens").and_then(|tokens| tokens.as_array_mut()) {
+            for token in tokens.iter_mut() {
+                let content = token["content"].as_str().unwrap_or_default().to_string();
+                if &content == end {
+                    token["id"] = self.end_id.into();
+                }
+                known.insert(content);
+            }
+            let mut words: Vec<(&String, &i64)> =
+                self.added.iter().filter(|(word, _)| !known.contains(*word)).collect();
+            words.sort_by_key(|(_, id)| **id);
+            tokens.extend(words.into_iter().map(|(word, id)| {
+                serde_json::json!({"id": id, "content": word, "single_word": true, "lstrip": false, "rstrip": false,
+                                   "normalized": true, "special": false})
+            }));
+        }
+        for field in ["sep", "cls"] {
+            if let Some(pair) = file.pointer_mut(&format!("/post_processor/{field}"))
+                && pair.get(0).and_then(|token| token.as_str()) == Some(end.as_str())
+            {
+                pair[1] = self.end_id.into();
+            }
+        }
+        if file.pointer("/padding/pad_token").and_then(|token| token.as_str()) == Some(end.as_str()) {
+            file["padding"]["pad_id"] = self.end_id.into();
+        }
+        file
     }
 
     /// Ids of `text` without start and end tokens.
@@ -189,6 +283,10 @@ impl ClipTokenizer {
             let piece = piece.as_str();
             if self.special.iter().any(|token| token == piece) {
                 ids.push(self.encoder[piece]);
+                continue;
+            }
+            if let Some(&id) = self.added.get(piece) {
+                ids.push(id);
                 continue;
             }
             let mapped: Vec<String> = piece.bytes().map(|b| self.byte_encoder[b as usize].to_string()).collect();

@@ -363,6 +363,9 @@ impl TextPooling {
 #[derive(Debug)]
 pub(super) struct TextTransformer {
     token_embedding: nn::Embedding,
+    /// Rows of words added to the vocabulary, a variable of their own so that they can train
+    /// at a rate of their own, and the id of the first: they stand before the rows from it on.
+    inserted_tokens: Option<(Tensor, i64)>,
     position_embedding: nn::Embedding,
     encoder: Encoder,
     final_layer_norm: nn::LayerNorm,
@@ -375,6 +378,7 @@ impl TextTransformer {
         let init = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
         TextTransformer {
             token_embedding: nn::embedding(&embeddings / "token_embedding", c.vocab_size, c.hidden_size, init),
+            inserted_tokens: None,
             position_embedding: nn::embedding(
                 &embeddings / "position_embedding",
                 c.max_position_embeddings,
@@ -387,11 +391,37 @@ impl TextTransformer {
         }
     }
 
+    /// Inserts `rows` (`(words, hidden)`, their starting values) as the embeddings of ids
+    /// `at..at + words`, the rows from `at` on moving after them: the variable
+    /// `embeddings.new_token_embedding` under `path`.
+    pub(super) fn insert_tokens(&mut self, path: &nn::Path, at: i64, rows: &Tensor) {
+        let variable = (path / "embeddings").var_copy("new_token_embedding", rows);
+        self.inserted_tokens = Some((variable, at));
+    }
+
+    /// The token embedding table as loaded.
+    pub(super) fn token_table(&self) -> Tensor {
+        self.token_embedding.ws.shallow_clone()
+    }
+
+    /// The token embedding with the inserted rows in place: what a model of the larger
+    /// vocabulary holds; `None` without inserted rows.
+    pub(super) fn merged_token_embedding(&self) -> Option<Tensor> {
+        let (rows, at) = self.inserted_tokens.as_ref()?;
+        let table = &self.token_embedding.ws;
+        let after = table.size()[0] - at;
+        Some(Tensor::cat(&[table.narrow(0, 0, *at), rows.shallow_clone(), table.narrow(0, *at, after)], 0))
+    }
+
     /// Pooled output at each sequence's end token: `(batch, hidden)`.
     pub(super) fn forward(&self, input_ids: &Tensor, compute: Compute) -> Tensor {
         let tokens = input_ids.size()[1];
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
-        let xs = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
+        let embedded = match self.merged_token_embedding() {
+            Some(table) => Tensor::embedding(&table, input_ids, -1, false, false),
+            None => self.token_embedding.forward(input_ids),
+        };
+        let xs = embedded + self.position_embedding.forward(&positions);
         let xs = self.final_layer_norm.forward(&self.encoder.forward(&xs, true, compute));
         let eos_index = match self.pooling {
             TextPooling::LargestId => input_ids.argmax(-1, false),

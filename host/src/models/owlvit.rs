@@ -268,6 +268,28 @@ impl OwlDetector {
         self.compute.checkpointing = on;
     }
 
+    /// Inserts embedding rows for words added to the vocabulary at ids `at..` (see
+    /// [`crate::data::clip_tokenizer::ClipTokenizer::add_words`]), each starting as the mean
+    /// of the rows of `pieces`, its ids before: the variable
+    /// `{model}.text_model.embeddings.new_token_embedding`.
+    pub fn insert_tokens(&mut self, root: &nn::Path, config: &OwlConfig, at: i64, pieces: &[Vec<i64>]) {
+        let table = self.text_model.token_table();
+        let rows: Vec<Tensor> = pieces
+            .iter()
+            .map(|ids| {
+                table.index_select(0, &Tensor::from_slice(ids).to_device(table.device())).mean_dim(0, false, None)
+            })
+            .collect();
+        let path = root / config.variant().model_type() / "text_model";
+        self.text_model.insert_tokens(&path, at, &tch::no_grad(|| Tensor::stack(&rows, 0)));
+    }
+
+    /// The token embedding with inserted rows in place, for saving under the Hugging Face
+    /// name `{model}.text_model.embeddings.token_embedding.weight`; `None` without them.
+    pub fn merged_token_embedding(&self) -> Option<Tensor> {
+        self.text_model.merged_token_embedding()
+    }
+
     /// L2-normalised query embeddings for `(queries, tokens)` ids: `text_embeds` of
     /// `transformers`' `OwlViTModel`.
     pub fn query_embeddings(&self, input_ids: &Tensor) -> Tensor {
@@ -364,18 +386,30 @@ pub fn heads(variant: OwlVariant) -> &'static [&'static str] {
 
 /// Parameter groups of detection fine-tuning, each with its own learning rate: the towers
 /// (or, by layer, each of their layers), then the [`heads`].
-pub fn parameter_groups(config: &OwlConfig, by: GroupBy) -> GroupLayout {
+/// The groups of a detector; with `new_tokens`, the rows of words added to the vocabulary
+/// are a last group of their own, `new_tokens` (see [`OwlDetector::insert_tokens`]).
+pub fn parameter_groups(config: &OwlConfig, by: GroupBy, new_tokens: bool) -> GroupLayout {
     let towers = [
         ("vision", config.vision_config.num_hidden_layers as usize),
         ("text", config.text_config.num_hidden_layers as usize),
     ];
-    GroupLayout::new(by, &towers, heads(config.variant()))
+    let mut heads = heads(config.variant()).to_vec();
+    if new_tokens {
+        heads.push(NEW_TOKENS);
+    }
+    GroupLayout::new(by, &towers, &heads)
 }
+
+/// The group of the embedding rows of words added to the vocabulary.
+pub const NEW_TOKENS: &str = "new_tokens";
 
 /// Where a parameter belongs by its Hugging Face name: in tower 0 (vision, with the norm
 /// after it) or 1 (text, with its projection), or in one of the [`heads`]; `None` for the
 /// image projection and the logit scale, which detection does not read.
 pub fn parameter_place(name: &str) -> Option<Place> {
+    if name.ends_with(".embeddings.new_token_embedding") {
+        return None;
+    }
     let towers = name.strip_prefix("owlvit.").or_else(|| name.strip_prefix("owlv2."));
     match towers {
         Some(rest) => {

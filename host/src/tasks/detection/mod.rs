@@ -30,7 +30,7 @@
 //! so they add up to the batch's.
 //!
 //! Owns `--unseen-classes`, `--focal-alpha`, `--focal-gamma`, `--match-costs`,
-//! `--score-threshold`, `--sampling` and `--prompts`.
+//! `--score-threshold`, `--sampling`, `--prompts` and `--new-tokens`.
 
 pub mod assignment;
 mod matching;
@@ -47,7 +47,7 @@ use super::inputs::{
 use crate::data::augment::{self, CropFlip};
 use crate::data::canvas::{self, CANVAS_SIZE};
 use crate::data::captioned::DataKind;
-use crate::data::clip_tokenizer::ClipTokenizer;
+use crate::data::clip_tokenizer::{ClipTokenizer, TOKENIZER_JSON};
 use crate::data::detection::{
     Category, DetectionFormat, DetectionSample, DetectionSet, Part, read_detection_part, read_detection_set, yolo,
 };
@@ -88,6 +88,9 @@ pub struct DetectionConfig {
     /// How training images are drawn.
     #[serde(default)]
     pub sampling: Sampling,
+    /// Words made one token each (`--new-tokens`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_tokens: Vec<String>,
     /// The prompts of the categories that have their own (`--prompts`), by name; the others
     /// are asked with the default prompt.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -199,6 +202,26 @@ pub struct DetectionArgs {
     /// leaves out are asked "a photo of a {name}." [--task detection].
     #[arg(long, value_name = "FILE", value_parser = parse_prompts_file)]
     pub prompts: Option<BTreeMap<String, Vec<String>>>,
+    /// A file of words, one a line, each made one token of the text tower's vocabulary: the
+    /// token embedding grows by a row per word (starting as the mean of the word's old
+    /// pieces), in a parameter group of its own, `new_tokens`; the saved folder holds the
+    /// larger vocabulary and the words in its tokenizer.json. Needs --model's
+    /// tokenizer.json [--task detection].
+    #[arg(long, value_name = "FILE", value_parser = parse_words_file)]
+    pub new_tokens: Option<Words>,
+}
+
+/// The words of a `--new-tokens` file (one value to clap, where a `Vec` would be many).
+#[derive(Debug, Clone)]
+pub struct Words(Vec<String>);
+
+fn parse_words_file(path: &str) -> Result<Words, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| format!("{path}: {err}"))?;
+    let words: Vec<String> = text.lines().map(str::trim).filter(|line| !line.is_empty()).map(String::from).collect();
+    if words.is_empty() {
+        return Err(format!("{path}: no words"));
+    }
+    Ok(Words(words))
 }
 
 fn parse_prompts_file(path: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
@@ -215,6 +238,7 @@ impl DetectionArgs {
             ("--score-threshold", self.score_threshold.is_some()),
             ("--sampling", self.sampling.is_some()),
             ("--prompts", self.prompts.is_some()),
+            ("--new-tokens", self.new_tokens.is_some()),
         ])
     }
 
@@ -228,6 +252,7 @@ impl DetectionArgs {
             score_threshold: self.score_threshold.unwrap_or(SCORE_THRESHOLD),
             sampling: self.sampling.unwrap_or_default(),
             prompts: self.prompts.clone().unwrap_or_default(),
+            new_tokens: self.new_tokens.clone().map(|words| words.0).unwrap_or_default(),
         }
     }
 }
@@ -334,6 +359,8 @@ pub struct DetectionTask {
     /// The queries of every category, and of those queried in training.
     queries: Queries,
     seen_queries: Queries,
+    /// With the words `--new-tokens` added, which a saved `tokenizer.json` is given.
+    tokenizer: ClipTokenizer,
     sampler: EpochSampler,
     loader: Loader<DetectionReader>,
     normalizer: PixelNormalizer,
@@ -489,8 +516,8 @@ impl DetectionTask {
                 splits.train.len()
             )));
         }
-        let (tokenizer, vocabulary) = load_tokenizer(inputs.model.as_deref())?;
-        let config = match &inputs.model {
+        let (mut tokenizer, vocabulary) = load_tokenizer(inputs.model.as_deref())?;
+        let mut config = match &inputs.model {
             Some(dir) => OwlConfig::read(dir)?,
             None => tiny_config(&tokenizer),
         };
@@ -502,6 +529,21 @@ impl DetectionTask {
                 vocabulary.display()
             )));
         }
+        let first_new_id = tokenizer.end_id;
+        let new_words = if task.new_tokens.is_empty() {
+            Vec::new()
+        } else {
+            if !vocabulary.ends_with(TOKENIZER_JSON) {
+                return Err(EngineError::Config(format!(
+                    "--new-tokens: the tokenizer ({}) is no {TOKENIZER_JSON} of a --model folder, where the new \
+                     words are saved",
+                    vocabulary.display()
+                )));
+            }
+            tokenizer
+                .add_words(&task.new_tokens)
+                .map_err(|problem| EngineError::Config(format!("--new-tokens: {problem}")))?
+        };
         tch::manual_seed(options.seed as i64);
         let var_store = nn::VarStore::new(device);
         let mut model = OwlDetector::new(&var_store.root(), &config);
@@ -521,6 +563,25 @@ impl DetectionTask {
             description.push(describe_weights(report.as_ref(), var_store.len(), options.seed));
         }
         description.push(format!("tokenizer: {}", vocabulary.display()));
+        if !task.new_tokens.is_empty() {
+            let pieces: Vec<Vec<i64>> = new_words.iter().map(|new| new.pieces.clone()).collect();
+            if !new_words.is_empty() {
+                model.insert_tokens(&var_store.root(), &config, first_new_id, &pieces);
+            }
+            let words: Vec<String> = new_words.iter().map(|new| format!("{} {}", new.word, new.id)).collect();
+            let known = task.new_tokens.len() - new_words.len();
+            description.push(format!(
+                "new tokens: {} ({}), each starting as the mean of its pieces, group `{}`; {known} already one \
+                 token; end token now {}",
+                new_words.len(),
+                words.join(", "),
+                owlvit::NEW_TOKENS,
+                tokenizer.end_id
+            ));
+            // What the saved folder declares: the larger vocabulary, the end token last.
+            config.text_config.vocab_size = tokenizer.vocab_size();
+            config.text_config.eos_token_id = tokenizer.end_id;
+        }
         let seen_names: Vec<&str> = seen.iter().map(|&i| names[i]).collect();
         description.push(format!("queries: {} ({})", seen_names.len(), seen_names.join(", ")));
         if !unseen.is_empty() {
@@ -561,7 +622,7 @@ impl DetectionTask {
             model,
             var_store,
             settings: task.clone(),
-            groups: owlvit::parameter_groups(&config, task.inputs.group_by),
+            groups: owlvit::parameter_groups(&config, task.inputs.group_by, !new_words.is_empty()),
             loss_names: LOSSES[..loss_count].to_vec(),
             metric_names,
             sampler,
@@ -573,6 +634,7 @@ impl DetectionTask {
             unseen,
             queries,
             seen_queries,
+            tokenizer,
             normalizer,
             image_size,
             skip_bad: options.skip_bad_samples,
@@ -878,6 +940,9 @@ impl Task for DetectionTask {
     }
 
     fn parameter_group(&self, name: &str) -> Option<usize> {
+        if name.ends_with(".embeddings.new_token_embedding") {
+            return Some(self.groups.groups().len() - 1);
+        }
         self.groups.index(owlvit::parameter_place(name)?)
     }
 
@@ -946,8 +1011,39 @@ impl Task for DetectionTask {
         self.scores_on(range, split)
     }
 
+    /// Writes the model under Hugging Face's names; with words added to the vocabulary, their
+    /// rows merged into the token embedding and the words into `tokenizer.json`, so the folder
+    /// is a model of the larger vocabulary.
     fn save(&self, dir: &Path) -> Result<(), EngineError> {
-        Ok(pretrained::save(dir, &self.var_store, &self.config, self.started_from.as_deref())?)
+        let Some(merged) = self.model.merged_token_embedding() else {
+            return Ok(pretrained::save(dir, &self.var_store, &self.config, self.started_from.as_deref())?);
+        };
+        let source = self.started_from.as_deref();
+        Ok(pretrained::save_with(dir, &self.var_store, &self.config, source, |staging| {
+            let mut tensors: Vec<(String, Tensor)> = self
+                .var_store
+                .variables()
+                .into_iter()
+                .filter(|(name, _)| !name.ends_with(".embeddings.new_token_embedding"))
+                .map(|(name, tensor)| {
+                    let tensor = if name.ends_with(".embeddings.token_embedding.weight") {
+                        merged.shallow_clone()
+                    } else {
+                        tensor
+                    };
+                    (name, tensor)
+                })
+                .collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let weights = staging.join(pretrained::WEIGHTS_FILE);
+            Tensor::write_safetensors(&tensors, &weights)
+                .map_err(|source| pretrained::PretrainedError::Torch { path: weights, source })?;
+            let tokenizer = staging.join(TOKENIZER_JSON);
+            let text = std::fs::read_to_string(&tokenizer).map_err(FileError::io(&tokenizer))?;
+            let file = serde_json::from_str(&text).map_err(|err| FileError::format(&tokenizer, err.to_string()))?;
+            let updated = serde_json::to_string(&self.tokenizer.updated_tokenizer_json(file)).expect("JSON serializes");
+            Ok(crate::files::write_atomically(&tokenizer, updated.as_bytes())?)
+        })?)
     }
 
     fn model_config(&self) -> serde_json::Value {
