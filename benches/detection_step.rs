@@ -75,7 +75,7 @@ fn rust_seconds_per_step(case: &Case) -> f64 {
     tch::manual_seed(0);
     let store = nn::VarStore::new(Device::Cpu);
     let model = OwlDetector::new(&store.root(), &case.config);
-    let layout = owlvit::parameter_groups(&case.config, GroupBy::Part);
+    let layout = owlvit::parameter_groups(&case.config, GroupBy::Part, false);
     let params = store
         .variables()
         .into_iter()
