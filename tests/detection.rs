@@ -628,8 +628,8 @@ fn prompts_of_a_category_are_averaged_into_its_query_and_recorded() {
 
 /// `--new-tokens`: invented words become one token each, placed before the end token (which
 /// OWL-ViT pools at, as the largest id) and starting as the mean of their old pieces; they
-/// train in a group of their own; the saved folder is a model of the larger vocabulary that
-/// `transformers` loads and tokenizes the words with as single tokens.
+/// train in a group of their own and resume exactly; the saved folder is a model of the larger
+/// vocabulary that `transformers` loads and tokenizes the words with as single tokens.
 #[test]
 fn new_words_become_single_tokens_before_the_end_token_and_the_folder_loads_in_transformers() {
     let dir = tempfile::tempdir().unwrap();
@@ -695,7 +695,8 @@ fn new_words_become_single_tokens_before_the_end_token_and_the_folder_loads_in_t
 
     // Trained, the words' rows in their own group at 10 times the base rate.
     let trained = dir.path().join("trained");
-    assert_success(&train_cpu(&trained, &[format!("{}:new_tokens=10", policy("layerwise").display())], &args));
+    let layerwise = [format!("{}:new_tokens=10", policy("layerwise").display())];
+    assert_success(&train_cpu(&trained, &layerwise, &args));
     let first = &read_jsonl(&trained.join("metrics.jsonl"))[0];
     assert!(
         (first["lr"]["new_tokens"].as_f64().unwrap() - 10.0 * first["lr"]["text"].as_f64().unwrap()).abs() < 1e-12,
@@ -704,6 +705,14 @@ fn new_words_become_single_tokens_before_the_end_token_and_the_folder_loads_in_t
     // The folder saved reloads in the trainer as a model of the larger vocabulary.
     let evaluated = trainer(&["eval", "--model", &path(&trained.join("final")), "--device", "cpu"]);
     assert_success(&evaluated);
+    // Checkpoints keep the words' rows apart: paused and resumed, the run ends as the whole one.
+    let paused = dir.path().join("paused");
+    assert_success(&train_cpu(&paused, &layerwise, &[&args[..], &["--pause-after-steps", "1"]].concat()));
+    assert_success(&trainer(&["train", "--resume", &path(&paused), "--device", "cpu"]));
+    for file in ["final/model.safetensors", "final/tokenizer.json"] {
+        let read = |run: &Path| std::fs::read(run.join(file)).unwrap();
+        assert!(read(&trained) == read(&paused), "{file} differs after the resume");
+    }
 
     // The words go into a tokenizer.json: a model without one is refused, as is a word that
     // is not one word of letters.
