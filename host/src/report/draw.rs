@@ -20,7 +20,7 @@ pub struct DrawnBox {
     pub colour: [u8; 3],
 }
 
-/// `image` (enlarged to [`DISPLAY_SIZE`] where smaller) with `boxes` drawn on it: a 2-pixel
+/// `image` (enlarged to `DISPLAY_SIZE` pixels where smaller) with `boxes` drawn on it: a 2-pixel
 /// outline and the label on a band of the box's colour above it (inside it at the top edge).
 pub fn draw_boxes(image: &RgbImage, boxes: &[DrawnBox]) -> Result<RgbImage, String> {
     let longer = image.width().max(image.height()).max(1);
