@@ -413,12 +413,24 @@ impl TextTransformer {
         Some(Tensor::cat(&[table.narrow(0, 0, *at), rows.shallow_clone(), table.narrow(0, *at, after)], 0))
     }
 
+    /// The embeddings of `input_ids` with `rows` standing at ids `at..at + rows`: looked up
+    /// in each table apart, since merging them would copy the whole vocabulary every step.
+    fn embed_with_inserted(&self, input_ids: &Tensor, rows: &Tensor, at: i64) -> Tensor {
+        let count = rows.size()[0];
+        let inserted = input_ids.ge(at).logical_and(&input_ids.lt(at + count));
+        // The old table's ids: those after the inserted ones shift down; inserted ones read row 0.
+        let shifted = input_ids - input_ids.ge(at + count).to_kind(Kind::Int64) * count;
+        let old = self.token_embedding.forward(&shifted.where_scalarother(&inserted.logical_not(), 0));
+        let new = Tensor::embedding(rows, &(input_ids - at).clamp(0, count - 1), -1, false, false);
+        new.where_self(&inserted.unsqueeze(-1), &old)
+    }
+
     /// Pooled output at each sequence's end token: `(batch, hidden)`.
     pub(super) fn forward(&self, input_ids: &Tensor, compute: Compute) -> Tensor {
         let tokens = input_ids.size()[1];
         let positions = Tensor::arange(tokens, (Kind::Int64, input_ids.device()));
-        let embedded = match self.merged_token_embedding() {
-            Some(table) => Tensor::embedding(&table, input_ids, -1, false, false),
+        let embedded = match &self.inserted_tokens {
+            Some((rows, at)) => self.embed_with_inserted(input_ids, rows, *at),
             None => self.token_embedding.forward(input_ids),
         };
         let xs = embedded + self.position_embedding.forward(&positions);
@@ -649,6 +661,22 @@ pub fn parameter_place(name: &str) -> Place {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Words inserted into the vocabulary are looked up as if the table were merged.
+    #[test]
+    fn inserted_rows_read_as_the_merged_table() {
+        tch::manual_seed(4);
+        let config = ClipConfig::tiny(10, 6, 8, 9, 0).text_config;
+        let store = nn::VarStore::new(Device::Cpu);
+        let mut text = TextTransformer::new(store.root() / "text", &config, TextPooling::LargestId);
+        let rows = Tensor::randn([2, config.hidden_size], (Kind::Float, Device::Cpu));
+        text.insert_tokens(&(store.root() / "text"), 9, &rows);
+        let ids = Tensor::from_slice(&[8i64, 3, 9, 10, 11, 0]).view([1, 6]);
+        let merged = text.merged_token_embedding().unwrap();
+        let expected = merged.index_select(0, &ids.view([-1])).view([1, 6, -1]);
+        let (rows, at) = text.inserted_tokens.as_ref().unwrap();
+        assert!(text.embed_with_inserted(&ids, rows, *at).equal(&expected));
+    }
 
     #[test]
     fn bfloat16_compute_stays_close_to_float32_and_trains_the_float32_weights() {
