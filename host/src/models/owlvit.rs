@@ -385,9 +385,9 @@ pub fn heads(variant: OwlVariant) -> &'static [&'static str] {
 }
 
 /// Parameter groups of detection fine-tuning, each with its own learning rate: the towers
-/// (or, by layer, each of their layers), then the [`heads`].
-/// The groups of a detector; with `new_tokens`, the rows of words added to the vocabulary
-/// are a last group of their own, `new_tokens` (see [`OwlDetector::insert_tokens`]).
+/// (or, by layer, each of their layers), then the [`heads`]; with `new_tokens`, the rows of
+/// words added to the vocabulary are a last group of their own, [`NEW_TOKENS`] (see
+/// [`OwlDetector::insert_tokens`]).
 pub fn parameter_groups(config: &OwlConfig, by: GroupBy, new_tokens: bool) -> GroupLayout {
     let towers = [
         ("vision", config.vision_config.num_hidden_layers as usize),
