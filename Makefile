@@ -46,7 +46,7 @@ C_BUILD := build/c
 WIT := wit/v1.1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-times setup test-setup policies policies-all device-check
+.PHONY: demo test test-times setup test-setup sweep-setup policies policies-all device-check
 
 # The trainer embeds the standard policies of $(POLICY_DIR) when it is built, so `policies`
 # comes first: as a prerequisite, it is done before these recipes run cargo.
@@ -78,6 +78,9 @@ OPEN_CLIP_INSTALLED := $(VENV)/.installed-open-clip-$(OPEN_CLIP_VERSION)-timm-$(
 CLIP_BPE := $(OPEN_CLIP)/bpe_simple_vocab_16e6.txt.gz
 WEBDATASET_VERSION := 1.0.2
 WEBDATASET_INSTALLED := $(VENV)/.installed-webdataset-$(WEBDATASET_VERSION)
+OPTUNA_VERSION := 5.1.0
+CMAES_VERSION := 0.13.1
+OPTUNA_INSTALLED := $(VENV)/.installed-optuna-$(OPTUNA_VERSION)
 
 # What benches/device-check.sh needs on a GPU machine that has torch but no Rust and no
 # network, in one folder git ignores, to carry there: the trainer (stripped, to fit the
@@ -109,7 +112,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 
 # What the tests need besides: the Python packages of the reference sides and the
 # toolchains of the Python, JavaScript and C policies.
-test-setup: setup $(TEST_PACKAGES) $(CAPTION_EVAL_INSTALLED) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+test-setup: setup $(TEST_PACKAGES) $(CAPTION_EVAL_INSTALLED) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(OPTUNA_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
@@ -154,6 +157,14 @@ $(CAPTION_EVAL_INSTALLED): $(TEST_PACKAGES)
 $(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) \
 		torchvision==$(TORCHVISION_VERSION) open_clip_torch==$(OPEN_CLIP_VERSION) timm==$(TIMM_VERSION)
+	touch $@
+
+# Optuna runs `trainer sweep`'s search (its version is the driver's, `sweep::OPTUNA_VERSION`);
+# cmaes is its CMA-ES sampler's. The trainer built here runs the search with this Python.
+sweep-setup: setup $(OPTUNA_INSTALLED)
+
+$(OPTUNA_INSTALLED): $(TORCH_INSTALLED)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check optuna==$(OPTUNA_VERSION) cmaes==$(CMAES_VERSION)
 	touch $@
 
 # webdataset writes the shards the tests train on, and is the reference of the shard

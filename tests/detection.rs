@@ -9,34 +9,11 @@
 mod common;
 
 use common::{
-    assert_one_line_error, assert_success, policy, python_fixture, read_json, read_jsonl, train_cpu, trainer, workspace,
+    annotations, assert_one_line_error, assert_success, canvas_detector, canvas_folder, canvas_subset, policy,
+    python_fixture, read_json, read_jsonl, train_cpu, trainer, workspace,
 };
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use trainer::eval::COCO_METRICS;
-
-/// The canvas data's COCO folder, which the trainer makes under the cache on first use and
-/// names in its start-up report (read here from a one-step run, once per test binary).
-fn canvas_folder() -> PathBuf {
-    static FOLDER: OnceLock<PathBuf> = OnceLock::new();
-    FOLDER
-        .get_or_init(|| {
-            let run = tempfile::tempdir().unwrap();
-            let constant = [policy("constant").display().to_string()];
-            let output =
-                train_cpu(run.path(), &constant, &["--task", "detection", "--steps", "1", "--batch-size", "2"]);
-            assert_success(&output);
-            // The start-up report goes to stderr, beside the progress.
-            let report = common::stderr(&output);
-            let (_, after) = report.split_once("a COCO folder made once at ").expect("the report names the folder");
-            PathBuf::from(after.lines().next().unwrap().trim())
-        })
-        .clone()
-}
-
-fn annotations(split: &str) -> PathBuf {
-    canvas_folder().join(format!("annotations/instances_{split}.json"))
-}
 
 fn python_ok(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let output = python_fixture(script, args);
@@ -47,19 +24,6 @@ fn python_ok(script: &str, args: &[&std::ffi::OsStr]) -> String {
 /// `val_AP50` of a run's `eval.json` (on the canvas data's 1000 test images).
 fn ap50(run: &Path) -> f64 {
     read_json(&run.join("eval.json"))["val_AP50"].as_f64().unwrap()
-}
-
-/// A detector trained from scratch on the canvas data (400 steps), shared by the tests that
-/// need one that has learnt something: its run folder, made once per test binary.
-fn canvas_detector() -> &'static Path {
-    static RUN: OnceLock<PathBuf> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let run = Path::new(env!("CARGO_TARGET_TMPDIR")).join("canvas-detector");
-        let cosine = [format!("{}:warmup_steps=40", policy("cosine_warmup").display())];
-        let args = ["--task", "detection", "--batch-size", "32", "--seed", "2", "--steps", "400", "--lr", "2e-3"];
-        assert_success(&train_cpu(&run, &cosine, &[&args[..], &["--overwrite"]].concat()));
-        run
-    })
 }
 
 #[test]
@@ -459,21 +423,6 @@ fn path(path: &Path) -> String {
 fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
-}
-
-/// A COCO file of `count` canvas validation images from `first`, their boxes and the
-/// categories, at `dir/{name}.json`; its images are in the canvas folder's `val/`.
-fn canvas_subset(dir: &Path, name: &str, first: usize, count: usize) -> PathBuf {
-    let mut coco = read_json(&annotations("val"));
-    let images: Vec<serde_json::Value> = coco["images"].as_array().unwrap()[first..first + count].to_vec();
-    let ids: Vec<&serde_json::Value> = images.iter().map(|image| &image["id"]).collect();
-    let boxes: Vec<serde_json::Value> =
-        coco["annotations"].as_array().unwrap().iter().filter(|a| ids.contains(&&a["image_id"])).cloned().collect();
-    coco["images"] = images.into();
-    coco["annotations"] = boxes.into();
-    let path = dir.join(format!("{name}.json"));
-    write_file(&path, coco.to_string().as_bytes());
-    path
 }
 
 /// What a person looks at rather than reads: each evaluation draws held-out images with their

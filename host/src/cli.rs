@@ -16,11 +16,13 @@ use crate::files::FileError;
 use crate::models::clip;
 use crate::models::groups::GroupBy;
 use crate::policy::{PolicyError, PolicyRuntime, PolicySource, SandboxLimits};
+use crate::sweep::results::{ResultsError, aligned, write_results};
+use crate::sweep::{Study, SweepEnd, SweepError, SweepRequest, TrainFlags, run_sweep};
 use crate::tasks::clip::{EmbedRequest, embed};
 use crate::tasks::detection::{self, DetectionPredictRequest};
 use crate::tasks::tagging::{self, PredictRequest, predict};
 use crate::tasks::use_model::{EvalRequest, ImageSource, evaluate, kind_of_folder};
-use crate::tasks::{self, Execution, TaskArgs, TaskKind};
+use crate::tasks::{self, Execution, TaskArgs, TaskConfig, TaskKind};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +78,30 @@ pub enum Command {
     /// it for what training refuses or would learn wrong, `split` it into train, val and test.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Search hyper-parameters: trials of `trainer train` over a space of its flags and its
+    /// policies' arguments, proposed by Optuna (TPE by default) and pruned on their
+    /// evaluations, each trial a run folder RUN/trials/NNNN; prints the table of trials and
+    /// writes trials.csv, best.json (with the best trial's command) and plots.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// The spec (TOML): [train] args and policies, [space], [objective], [budget], [search]
+    /// (see docs/sweep.md).
+    #[arg(required_unless_present = "resume")]
+    pub spec: Option<PathBuf>,
+    #[arg(long, default_value = "runs/sweep", conflicts_with = "resume")]
+    pub run_dir: PathBuf,
+    /// Continue the sweep in RUN_DIR from its study: interrupted trials resume from their
+    /// checkpoints, finished ones stay, new ones start while the budget lasts. A second
+    /// process given the same folder joins a sweep that is still running.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "spec")]
+    pub resume: Option<PathBuf>,
+    /// The Python to run the search with, which has Optuna [default: $TRAINER_PYTHON, else
+    /// the Python `make` set up when the trainer was built, else python3].
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +372,11 @@ pub struct TrainArgs {
     /// collective [default: 1800].
     #[arg(long, value_name = "SECONDS", value_parser = positive_u64)]
     pub dist_timeout: Option<u64>,
+    /// Open the data, the model and the policies (which check their arguments), print what
+    /// the run would train as JSON (its parameter groups, losses, metrics, steps) and exit:
+    /// nothing is written. A sweep checks its spec this way.
+    #[arg(long, conflicts_with_all = ["resume", "nproc"])]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -508,7 +539,7 @@ pub fn positive_u64(text: &str) -> Result<u64, String> {
 }
 
 /// A duration as seconds (`3600`) or hours, minutes and seconds (`2h30m`, `90m`, `45s`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected = || format!("`{text}`: expected seconds or a duration such as 2h30m, 90m or 45s");
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
@@ -581,6 +612,7 @@ pub fn main() -> ExitCode {
         Command::Data(DataCommand::Split(args)) => run_data_split(args),
         Command::Simulate(args) => run_simulate(args),
         Command::Train(args) => return run_train_command(*args),
+        Command::Sweep(args) => return run_sweep_command(args),
         Command::Eval(args) => run_eval(*args),
         Command::Embed(args) => run_embed(args),
         Command::Predict(args) => run_predict(args),
@@ -763,6 +795,74 @@ fn run_simulate(args: SimulateArgs) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// `trainer sweep`: the search, then what it found.
+fn run_sweep_command(args: SweepArgs) -> ExitCode {
+    let python = args
+        .python
+        .or_else(|| std::env::var_os("TRAINER_PYTHON").map(PathBuf::from))
+        .or_else(|| option_env!("TRAINER_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let request = SweepRequest { spec: args.spec, run_dir: args.resume.unwrap_or(args.run_dir), python };
+    let (end, sweep) = match run_sweep(&request, &TrainCommandFlags) {
+        Ok(ended) => ended,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let usage = matches!(err, SweepError::Spec(_) | SweepError::Refused(_));
+            return ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE });
+        }
+    };
+    if end == SweepEnd::SpecRefused {
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let reported = Study::read(&sweep.run_dir).map_err(ResultsError::from).and_then(|study| {
+        print!("{}", aligned(&study.table(&sweep.space)));
+        println!("{} trials: {}", study.trials.len(), study.state_counts());
+        if let Some(best) = study.best() {
+            let place = best.run_dir.as_deref().map(|dir| format!(": {}", dir.display())).unwrap_or_default();
+            println!("best: trial {:04}, {} {}{place}", best.number, study.metric, best.value.unwrap_or(f64::NAN));
+        }
+        write_results(&study, &sweep)
+    });
+    match reported {
+        Ok(files) => {
+            let files: Vec<String> = files.iter().map(|file| file.display().to_string()).collect();
+            println!("wrote {}", files.join(", "));
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    if end == SweepEnd::Interrupted {
+        println!(
+            "interrupted: the trials in flight checkpointed; continue with `trainer sweep --resume {}`",
+            request.run_dir.display()
+        );
+        return ExitCode::from(130);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `trainer train`'s flags, as a sweep's spec names them.
+struct TrainCommandFlags;
+
+impl TrainFlags for TrainCommandFlags {
+    fn has_flag(&self, flag: &str) -> bool {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        command.find_subcommand("train").is_some_and(|train| {
+            train.get_arguments().any(|arg| arg.get_long().is_some_and(|long| flag.strip_prefix("--") == Some(long)))
+        })
+    }
+
+    fn parse(&self, args: &[String]) -> Result<(), String> {
+        let line = ["trainer", "train"].into_iter().map(String::from).chain(args.iter().cloned());
+        Cli::try_parse_from(line)
+            .map(|_| ())
+            .map_err(|err| first_paragraph(&err.to_string()).trim_start_matches("error: ").to_string())
+    }
+}
+
 /// `trainer train`: one process, one rank of a launched data-parallel run, or (with
 /// `--nproc`) the launcher of local ranks.
 fn run_train_command(args: TrainArgs) -> ExitCode {
@@ -770,6 +870,9 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
         eprintln!("error: {}", one_line(&err));
         ExitCode::from(exit_code(&err))
     };
+    if args.dry_run {
+        return run_dry_run(args).map_or_else(failed, |()| ExitCode::SUCCESS);
+    }
     let launch = match Launch::from_env() {
         Ok(launch) => launch,
         Err(err) => return failed(DistributedError::from(err).into()),
@@ -877,6 +980,12 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         };
         return tasks::resume(&options, &resume, execution);
     }
+    let (run, task) = new_run_config(args)?;
+    tasks::train(&run, &task, &options, execution)
+}
+
+/// The settings of a new run from its command line.
+fn new_run_config(args: TrainArgs) -> Result<(RunConfig, TaskConfig), EngineError> {
     let task = args.task_args.config(args.task.unwrap_or_default())?;
     let run = RunConfig {
         policies: args.policy,
@@ -895,7 +1004,28 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         max_skipped_steps: args.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
         keep_checkpoints: args.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS),
     };
-    tasks::train(&run, &task, &options, execution)
+    Ok((run, task))
+}
+
+/// `trainer train --dry-run`: the plan of the run, as JSON on stdout.
+fn run_dry_run(args: TrainArgs) -> Result<(), EngineError> {
+    let options = RunOptions {
+        run_dir: args.run_dir.clone(),
+        device: args.device,
+        overwrite: false,
+        pause_after_steps: None,
+        policy_cache: PolicyRuntime::default_cache_dir(),
+        time_limit: None,
+        team: Arc::new(Team::solo()),
+    };
+    let execution = Execution {
+        workers: args.workers.unwrap_or_else(default_workers),
+        grad_checkpointing: args.grad_checkpointing,
+    };
+    let (run, task) = new_run_config(args)?;
+    let plan = tasks::plan(&run, &task, &options, execution)?;
+    println!("{}", serde_json::to_string(&plan).expect("a plan serializes"));
+    Ok(())
 }
 
 fn report_outcome(outcome: &TrainOutcome) {

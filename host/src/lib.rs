@@ -22,4 +22,5 @@ pub mod files;
 pub mod models;
 pub mod policy;
 pub mod report;
+pub mod sweep;
 pub mod tasks;

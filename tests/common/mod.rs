@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests: locating the built components, running the
-//! real `trainer` binary, reading what a run wrote.
+//! real `trainer` binary, reading what a run wrote, the canvas detection data.
 
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use trainer::policy::{Evaluation, NonFinite, Observation};
 
 /// The standard policies, as built into the binary and into `build/policies/`.
@@ -192,4 +193,58 @@ pub fn observation(step: u64, losses: Vec<f64>, evaluation: Option<Evaluation>) 
         seconds_left: None,
         loss_gradients: None,
     }
+}
+
+/// The canvas data's COCO folder, which the trainer makes under the cache on first use and
+/// names in its start-up report (read here from a one-step run, once per test binary).
+pub fn canvas_folder() -> PathBuf {
+    static FOLDER: OnceLock<PathBuf> = OnceLock::new();
+    FOLDER
+        .get_or_init(|| {
+            let run = tempfile::tempdir().unwrap();
+            let constant = [policy("constant").display().to_string()];
+            let output =
+                train_cpu(run.path(), &constant, &["--task", "detection", "--steps", "1", "--batch-size", "2"]);
+            assert_success(&output);
+            // The start-up report goes to stderr, beside the progress.
+            let report = stderr(&output);
+            let (_, after) = report.split_once("a COCO folder made once at ").expect("the report names the folder");
+            PathBuf::from(after.lines().next().unwrap().trim())
+        })
+        .clone()
+}
+
+pub fn annotations(split: &str) -> PathBuf {
+    canvas_folder().join(format!("annotations/instances_{split}.json"))
+}
+
+/// A COCO file of `count` canvas validation images from `first`, their boxes and the
+/// categories, at `dir/{name}.json`; its images are in the canvas folder's `val/`.
+pub fn canvas_subset(dir: &Path, name: &str, first: usize, count: usize) -> PathBuf {
+    let mut coco = read_json(&annotations("val"));
+    let images: Vec<serde_json::Value> = coco["images"].as_array().unwrap()[first..first + count].to_vec();
+    let ids: Vec<&serde_json::Value> = images.iter().map(|image| &image["id"]).collect();
+    let boxes: Vec<serde_json::Value> =
+        coco["annotations"].as_array().unwrap().iter().filter(|a| ids.contains(&&a["image_id"])).cloned().collect();
+    coco["images"] = images.into();
+    coco["annotations"] = boxes.into();
+    let path = dir.join(format!("{name}.json"));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&path, coco.to_string()).unwrap();
+    path
+}
+
+/// A detector trained from scratch on the canvas data (400 steps), shared by the tests that
+/// need one that has learnt something (6.7% AP50 on the canvas test images): its run
+/// folder, made once per test binary.
+pub fn canvas_detector() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        // A folder of each test binary's own, so that no two write one detector at once.
+        let run = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("canvas-detector-{}", env!("CARGO_CRATE_NAME")));
+        let cosine = [format!("{}:warmup_steps=40", policy("cosine_warmup").display())];
+        let args = ["--task", "detection", "--batch-size", "32", "--seed", "2", "--steps", "400", "--lr", "2e-3"];
+        assert_success(&train_cpu(&run, &cosine, &[&args[..], &["--overwrite"]].concat()));
+        run
+    })
 }

@@ -175,6 +175,17 @@ impl SavedRun {
     }
 }
 
+/// What a run would train, as `trainer train --dry-run` prints it: the names a policy and a
+/// sweep refer to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunPlan {
+    pub groups: Vec<String>,
+    pub losses: Vec<String>,
+    pub metrics: Vec<String>,
+    pub steps: u64,
+    pub steps_per_epoch: u64,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {

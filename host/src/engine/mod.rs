@@ -27,12 +27,12 @@ pub use best::BEST_DIR;
 pub use checkpoint::{CHECKPOINTS_DIR, MODEL_FILE};
 pub use config::{
     BestMetric, DEFAULT_KEEP_CHECKPOINTS, DEFAULT_MAX_SKIPPED_STEPS, DEFAULT_SNAPSHOTS, RUN_FILE, Resume, RunConfig,
-    RunOptions, SavedRun, TrainOutcome,
+    RunOptions, RunPlan, SavedRun, TrainOutcome,
 };
 pub use error::EngineError;
 pub use fingerprint::{DataChange, DataFingerprint, DataRecord};
 pub use knobs::KnobState;
-pub use run::{check_batch_splits, check_new_run, check_resume, resume, train, validate_config, write_json};
+pub use run::{check_batch_splits, check_new_run, check_resume, plan, resume, train, validate_config, write_json};
 pub use run_lock::{LOCK_FILE, RunLock};
 pub use simulate::{SimulateOptions, SimulateOutcome, SyntheticCurve, Trace, simulate};
 pub use task::{Backward, Scores, StepKnobs, StepLosses, Task, Visual};

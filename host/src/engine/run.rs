@@ -6,7 +6,7 @@ use super::best::{BEST_DIR, BestKeeper};
 use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
-use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, SavedRun, TrainOutcome};
+use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, RunPlan, SavedRun, TrainOutcome};
 use super::error::{EngineError, WriteProblem, io_error};
 use super::fingerprint::{DataChange, DataFingerprint, DataRecord};
 use super::knobs::KnobState;
@@ -85,6 +85,84 @@ pub fn train(
     }
     let data = DataRecord { fingerprint: data, changes: Vec::new() };
     Run::start(config, task, task_section, data, options, None)?.train(options)
+}
+
+/// What a new run of `task` would train, found by opening its policies (which check their
+/// arguments) and nothing else: no folder is read or written. `trainer train --dry-run`.
+pub fn plan(config: &RunConfig, task: Box<dyn Task>, options: &RunOptions) -> Result<RunPlan, EngineError> {
+    validate_config(config, options)?;
+    let metrics: Vec<String> = task.metric_names().iter().map(|name| name.to_string()).collect();
+    check_best_metric(config, task.metric_names())?;
+    let (_, params) = optimized_params(task.as_ref());
+    let spec = run_spec(config, task.as_ref(), &params);
+    let limits = SandboxLimits { fuel_per_call: config.policy_fuel, ..Default::default() };
+    let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());
+    PolicySet::start(&runtime, &config.policies, &config.shadow_policies, spec.clone())?;
+    Ok(RunPlan {
+        groups: spec.groups.iter().map(|group| group.name.clone()).collect(),
+        losses: spec.losses,
+        metrics,
+        steps: config.steps,
+        steps_per_epoch: spec.steps_per_epoch,
+    })
+}
+
+fn check_best_metric(config: &RunConfig, metric_names: &[&str]) -> Result<(), EngineError> {
+    match &config.best_metric {
+        Some(metric) if !metric_names.contains(&metric.name.as_str()) => Err(EngineError::Config(format!(
+            "--best-metric {}: not a metric of this run (choose from {})",
+            metric.name,
+            metric_names.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The task's variables in name order (the order every rank broadcasts them in), and those
+/// the optimizer steps, each with its group and whether it takes weight decay.
+fn optimized_params(task: &dyn Task) -> (Vec<Tensor>, Vec<OptimizedParam>) {
+    let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let all_weights = variables.iter().map(|(_, tensor)| tensor.shallow_clone()).collect();
+    let params = variables
+        .into_iter()
+        .filter_map(|(name, tensor)| {
+            let group = task.parameter_group(&name)?;
+            let decay = tensor.dim() >= 2 && name != "logit_scale";
+            Some(OptimizedParam { name, tensor, group, decay })
+        })
+        .collect();
+    (all_weights, params)
+}
+
+/// What the policies are told of the run in `init`.
+fn run_spec(config: &RunConfig, task: &dyn Task, params: &[OptimizedParam]) -> RunSpec {
+    RunSpec {
+        groups: task
+            .groups()
+            .iter()
+            .enumerate()
+            .map(|(index, group)| ParamGroup {
+                name: group.name.clone(),
+                base_lr: config.lr,
+                param_count: params.iter().filter(|p| p.group == index).map(|p| p.tensor.numel() as u64).sum(),
+                frozen: false,
+                tower: group.tower.clone(),
+                depth: group.depth.map(|(index, count)| Depth { index, count }),
+            })
+            .collect(),
+        losses: task.loss_names().iter().map(|name| name.to_string()).collect(),
+        augmentation: task
+            .augmentation_knobs()
+            .iter()
+            .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
+            .collect(),
+        metrics: task.metric_names().iter().map(|m| m.to_string()).collect(),
+        total_steps: config.steps,
+        steps_per_epoch: task.steps_per_epoch(),
+        seed: config.seed,
+        args: vec![],
+    }
 }
 
 /// Checks what can be checked before the task of a resumed run is opened: that the run has
@@ -248,59 +326,19 @@ impl Run {
         let team = options.team.clone();
         let leader = team.is_leader();
         let metric_names = task.metric_names().to_vec();
+        check_best_metric(config, &metric_names)?;
         let best = match &config.best_metric {
-            Some(metric) if !metric_names.contains(&metric.name.as_str()) => {
-                return Err(EngineError::Config(format!(
-                    "--best-metric {}: not a metric of this run (choose from {})",
-                    metric.name,
-                    metric_names.join(", ")
-                )));
-            }
             Some(metric) if leader => Some(BestKeeper::open(&run_dir, metric.clone(), from.is_some())?),
             _ => None,
         };
         let groups: Vec<Group> = task.groups().to_vec();
-        let mut variables: Vec<(String, Tensor)> = task.var_store().variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        // In the same order on every rank, for the broadcast of rank 0's weights below.
-        let all_weights: Vec<Tensor> = variables.iter().map(|(_, tensor)| tensor.shallow_clone()).collect();
+        let (all_weights, params) = optimized_params(task.as_ref());
         let mut group_params: Vec<Vec<Tensor>> = groups.iter().map(|_| Vec::new()).collect();
-        let params = variables
-            .into_iter()
-            .filter_map(|(name, tensor)| {
-                let group = task.parameter_group(&name)?;
-                group_params[group].push(tensor.shallow_clone());
-                let decay = tensor.dim() >= 2 && name != "logit_scale";
-                Some(OptimizedParam { name, tensor, group, decay })
-            })
-            .collect();
+        for param in &params {
+            group_params[param.group].push(param.tensor.shallow_clone());
+        }
+        let spec = run_spec(config, task.as_ref(), &params);
         let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: config.weight_decay, ..Default::default() });
-
-        let spec = RunSpec {
-            groups: groups
-                .iter()
-                .zip(&group_params)
-                .map(|(group, params)| ParamGroup {
-                    name: group.name.clone(),
-                    base_lr: config.lr,
-                    param_count: params.iter().map(|p| p.numel() as u64).sum(),
-                    frozen: false,
-                    tower: group.tower.clone(),
-                    depth: group.depth.map(|(index, count)| Depth { index, count }),
-                })
-                .collect(),
-            losses: task.loss_names().iter().map(|name| name.to_string()).collect(),
-            augmentation: task
-                .augmentation_knobs()
-                .iter()
-                .map(|k| AugmentationKnob { name: k.name.into(), min: k.min, max: k.max, default: k.default })
-                .collect(),
-            metrics: metric_names.iter().map(|m| m.to_string()).collect(),
-            total_steps: config.steps,
-            steps_per_epoch: task.steps_per_epoch(),
-            seed: config.seed,
-            args: vec![],
-        };
         let saved_spec = SavedSpec::from(&spec);
         let limits = SandboxLimits { fuel_per_call: config.policy_fuel, ..Default::default() };
         let runtime = PolicyRuntime::new(limits, options.policy_cache.clone());

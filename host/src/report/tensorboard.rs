@@ -153,7 +153,7 @@ impl EventWriter {
         let mut event = Vec::new();
         put_double(&mut event, 1, wall_time());
         put_int(&mut event, 2, step);
-        put_bytes(&mut event, 5, &summary);
+        put_bytes(&mut event, 5, summary);
         self.record(&event)?;
         self.writer.flush()
     }

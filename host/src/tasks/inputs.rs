@@ -249,6 +249,18 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// The context of a run with `options`; `load_weights` is false where a checkpoint
+    /// will replace the weights (a resume).
+    pub fn of_run(
+        options: &crate::engine::RunOptions,
+        execution: Execution,
+        seed: u64,
+        batch_size: usize,
+        load_weights: bool,
+    ) -> Self {
+        TaskContext { device: options.device, team: options.team.clone(), execution, seed, batch_size, load_weights }
+    }
+
     pub fn data_options<'a>(&self, inputs: &'a Inputs) -> DataOptions<'a> {
         DataOptions {
             data: &inputs.data,

@@ -19,7 +19,7 @@ pub mod use_model;
 pub use inputs::{DataOptions, Execution, InputArgs, Inputs, Precision, TaskContext};
 
 use crate::engine::{
-    self, DataFingerprint, EngineError, Resume, RunConfig, RunLock, RunOptions, SavedRun, Task, TrainOutcome,
+    self, DataFingerprint, EngineError, Resume, RunConfig, RunLock, RunOptions, RunPlan, SavedRun, Task, TrainOutcome,
 };
 use crate::files::FileError;
 use serde::{Deserialize, Serialize};
@@ -215,18 +215,23 @@ pub fn train(
     engine::validate_config(run, options)?;
     let _claim = RunLock::for_run(options, false)?;
     engine::check_new_run(run, options)?;
-    let context = TaskContext {
-        device: options.device,
-        team: options.team.clone(),
-        execution,
-        seed: run.seed,
-        batch_size: run.batch_size,
-        load_weights: true,
-    };
-    let opened = task.open(&context)?;
+    let opened = task.open(&TaskContext::of_run(options, execution, run.seed, run.batch_size, true))?;
     let data = task.data_fingerprint(opened.as_ref())?;
     let section = serde_json::to_value(task).expect("task settings serialize");
     engine::train(run, opened, section, data, options)
+}
+
+/// What a new run of the task `task` would train: its data, model and policies opened (each
+/// policy checking its arguments), nothing written and no run folder read.
+pub fn plan(
+    run: &RunConfig,
+    task: &TaskConfig,
+    options: &RunOptions,
+    execution: Execution,
+) -> Result<RunPlan, EngineError> {
+    engine::validate_config(run, options)?;
+    let context = TaskContext::of_run(options, execution, run.seed, run.batch_size, true);
+    engine::plan(run, task.open(&context)?, options)
 }
 
 /// Continues the run in `options.run_dir` with its saved settings.
@@ -235,14 +240,7 @@ pub fn resume(options: &RunOptions, resume: &Resume, execution: Execution) -> Re
     let saved = SavedRun::read(&options.run_dir)?;
     engine::check_resume(&saved, options, resume)?;
     let task = TaskConfig::of_saved(&saved, &options.run_dir)?;
-    let context = TaskContext {
-        device: options.device,
-        team: options.team.clone(),
-        execution,
-        seed: saved.train.seed,
-        batch_size: saved.train.batch_size,
-        load_weights: false,
-    };
+    let context = TaskContext::of_run(options, execution, saved.train.seed, saved.train.batch_size, false);
     let opened = task.open(&context)?;
     let data = task.data_fingerprint(opened.as_ref())?;
     engine::resume(saved, opened, data, options, resume)
