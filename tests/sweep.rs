@@ -82,6 +82,14 @@ fn states(run: &Path) -> Vec<String> {
     trials(run).iter().map(|t| t["state"].as_str().unwrap().to_string()).collect()
 }
 
+/// The HParams plugin's data in the event files of `dir`, read with the `tensorboard`
+/// package: {tag: the plugin data as a dict}.
+fn tensorboard_hparams(dir: &Path) -> serde_json::Value {
+    let output = common::python_fixture("read_tensorboard.py", &[dir.as_os_str(), "--all".as_ref()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["hparams"].clone()
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -145,8 +153,9 @@ fn a_spec_that_cannot_run_is_refused_before_any_trial_naming_its_entry() {
 
 /// Eight trials of a seeded TPE search with one worker: the same arguments, values and
 /// table twice; the best trial's held-out AP50 far above the worst's (a learning rate that
-/// destroys what the detector learnt); every trial a run folder `trainer eval` reads;
-/// best.json's command trains the best trial again.
+/// destroys what the detector learnt); the HParams dashboard's experiment and sessions read
+/// back with `tensorboard`; every trial a run folder `trainer eval` reads; best.json's
+/// command trains the best trial again.
 #[test]
 fn a_seeded_sweep_is_reproducible_and_its_best_trial_clearly_beats_its_worst() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +183,14 @@ fn a_seeded_sweep_is_reproducible_and_its_best_trial_clearly_beats_its_worst() {
         assert!(runs[0].join("plots").join(plot).is_file(), "{plot}");
     }
 
+    // TensorBoard on the sweep's folder compares the trials in its HParams dashboard.
+    let hparams = |dir: &Path| tensorboard_hparams(dir);
+    let experiment = &hparams(&runs[0])["_hparams_/experiment"]["experiment"];
+    let names: Vec<&str> =
+        experiment["hparamInfos"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["--lr", "cosine_warmup:warmup_steps"], "{experiment}");
+    assert_eq!(experiment["metricInfos"][0]["name"]["tag"], "eval/val_AP50", "{experiment}");
+
     let best_record = read_json(&runs[0].join("best.json"));
     assert_eq!(best_record["value"].as_f64(), Some(best));
     let trial_dir = PathBuf::from(best_record["run_dir"].as_str().unwrap());
@@ -182,6 +199,9 @@ fn a_seeded_sweep_is_reproducible_and_its_best_trial_clearly_beats_its_worst() {
     let run_json = read_json(&trial_dir.join("run.json"));
     let warmup_steps = ((warmup * 12.0).round() as u64).to_string();
     assert_eq!(run_json["train"]["policies"][0]["args"], serde_json::json!([["warmup_steps", warmup_steps]]));
+    let session = hparams(&trial_dir);
+    assert_eq!(session["_hparams_/session_start_info"]["sessionStartInfo"]["hparams"], best_record["params"]);
+    assert_eq!(session["_hparams_/session_end_info"]["sessionEndInfo"]["status"], "STATUS_SUCCESS");
     assert_success(&trainer(&["eval", "--model", path(&trial_dir.join("final")), "--device", "cpu"]));
     // The command, with a new folder, trains the best trial again to the same loss.
     let command: Vec<String> =

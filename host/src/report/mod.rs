@@ -14,4 +14,4 @@ pub use float::{JsonFloat, float_from_json, float_to_json};
 pub use jsonl::{JsonLines, read_records};
 pub use plot::{BarChart, Chart, IMAGE_SIZE, PLOTS_DIR, PlotError, Series, plot_run, series_colour};
 pub use progress::Progress;
-pub use tensorboard::{EventWriter, HistogramSummary, PrCounts};
+pub use tensorboard::{EventWriter, HistogramSummary, HparamDomain, HparamValue, PrCounts, SessionStatus};

@@ -1,5 +1,6 @@
-//! A TensorBoard event file (`events.out.tfevents.*`) of scalars, images, histograms and
-//! precision-recall curves, written directly: each record is a length, a masked CRC-32C of
+//! A TensorBoard event file (`events.out.tfevents.*`) of scalars, images, histograms,
+//! precision-recall curves and the HParams dashboard's experiments and sessions, written
+//! directly: each record is a length, a masked CRC-32C of
 //! the length, an `Event` protocol buffer and its masked CRC-32C, as TensorFlow's record
 //! format defines. Only the few protobuf fields these summaries need are encoded, so no
 //! protobuf library is needed.
@@ -30,6 +31,30 @@ pub struct PrCounts {
     pub false_negatives: Vec<f64>,
 }
 
+/// A hyper-parameter's value, as TensorBoard's HParams dashboard shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HparamValue {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// The values a hyper-parameter of an experiment ranges over.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HparamDomain {
+    Interval { min: f64, max: f64 },
+    Discrete(Vec<HparamValue>),
+}
+
+/// How a session (a trial) of an experiment ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SessionStatus {
+    Unknown = 0,
+    Success = 1,
+    Failure = 2,
+    Running = 3,
+}
+
 pub struct EventWriter {
     path: PathBuf,
     writer: BufWriter<Box<dyn Write>>,
@@ -41,7 +66,13 @@ impl EventWriter {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let host =
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id()));
+        Self::create_named(dir, &format!("{}.{host}.{}", now.as_secs(), std::process::id()))
+    }
+
+    /// Creates (or replaces) the event file `events.out.tfevents.{name}` in `dir`: for
+    /// summaries written again whole, such as a sweep's hyper-parameters.
+    pub fn create_named(dir: &Path, name: &str) -> std::io::Result<Self> {
+        let path = dir.join(format!("events.out.tfevents.{name}"));
         let mut writer = EventWriter { path: path.clone(), writer: BufWriter::new(Box::new(File::create(&path)?)) };
         let mut event = Vec::new();
         put_double(&mut event, 1, wall_time());
@@ -117,23 +148,113 @@ impl EventWriter {
             .chain(recall)
             .map(|v| v as f32)
             .collect();
-        let mut shape = Vec::new();
-        for size in [6, n as u64] {
+        let mut plugin_content = Vec::new();
+        put_int(&mut plugin_content, 2, n as u64);
+        self.plugin_tensor(step, tag, &[6, n as u64], &rows, "pr_curves", &plugin_content)
+    }
+
+    /// Writes the HParams dashboard's experiment: the hyper-parameters searched, with their
+    /// domains where known, and the scalar tags of the metrics to compare sessions by. It
+    /// goes in the folder above the sessions' own folders.
+    pub fn hparams_experiment(
+        &mut self,
+        hparams: &[(String, Option<HparamDomain>)],
+        metric_tags: &[String],
+    ) -> std::io::Result<()> {
+        let mut experiment = Vec::new();
+        put_double(&mut experiment, 3, wall_time());
+        for (name, domain) in hparams {
+            let mut info = Vec::new();
+            put_bytes(&mut info, 1, name.as_bytes());
+            match domain {
+                Some(HparamDomain::Interval { min, max }) => {
+                    put_int(&mut info, 4, 3); // DATA_TYPE_FLOAT64
+                    let mut interval = Vec::new();
+                    put_double(&mut interval, 1, *min);
+                    put_double(&mut interval, 2, *max);
+                    put_bytes(&mut info, 6, &interval);
+                }
+                Some(HparamDomain::Discrete(values)) => {
+                    let mut list = Vec::new();
+                    for value in values {
+                        put_bytes(&mut list, 1, &protobuf_value(value));
+                    }
+                    put_bytes(&mut info, 5, &list);
+                }
+                None => {}
+            }
+            put_bytes(&mut experiment, 4, &info);
+        }
+        for tag in metric_tags {
+            let mut name = Vec::new();
+            put_bytes(&mut name, 2, tag.as_bytes());
+            let mut info = Vec::new();
+            put_bytes(&mut info, 1, &name);
+            put_bytes(&mut experiment, 5, &info);
+        }
+        self.hparams(EXPERIMENT_FIELD, &experiment)
+    }
+
+    /// Writes a session of an experiment (a trial, in its own run folder): its
+    /// hyper-parameters' values and how it ended.
+    pub fn hparams_session(&mut self, hparams: &[(String, HparamValue)], status: SessionStatus) -> std::io::Result<()> {
+        let mut start = Vec::new();
+        for (name, value) in hparams {
+            let mut entry = Vec::new();
+            put_bytes(&mut entry, 1, name.as_bytes());
+            put_bytes(&mut entry, 2, &protobuf_value(value));
+            put_bytes(&mut start, 1, &entry);
+        }
+        put_double(&mut start, 5, wall_time());
+        self.hparams(SESSION_START_FIELD, &start)?;
+        let mut end = Vec::new();
+        put_int(&mut end, 1, status as u64);
+        put_double(&mut end, 2, wall_time());
+        self.hparams(SESSION_END_FIELD, &end)
+    }
+
+    /// Writes `message` as field `field` of the HParams plugin's data, under the tag the
+    /// plugin reads it from, with an empty float tensor as the value (as TensorBoard's own
+    /// `hparams` summaries have).
+    fn hparams(&mut self, field: u64, message: &[u8]) -> std::io::Result<()> {
+        let tag = match field {
+            EXPERIMENT_FIELD => "_hparams_/experiment",
+            SESSION_START_FIELD => "_hparams_/session_start_info",
+            _ => "_hparams_/session_end_info",
+        };
+        let mut plugin_content = Vec::new();
+        put_bytes(&mut plugin_content, field, message);
+        self.plugin_tensor(0, tag, &[0], &[], "hparams", &plugin_content)
+    }
+
+    /// Writes one event holding a float tensor of `shape` and `values` under `tag`, for the
+    /// plugin `plugin` with its own data `content`.
+    fn plugin_tensor(
+        &mut self,
+        step: u64,
+        tag: &str,
+        shape: &[u64],
+        values: &[f32],
+        plugin: &str,
+        content: &[u8],
+    ) -> std::io::Result<()> {
+        let mut dims = Vec::new();
+        for &size in shape {
             let mut dim = Vec::new();
             put_int(&mut dim, 1, size);
-            put_bytes(&mut shape, 2, &dim);
+            put_bytes(&mut dims, 2, &dim);
         }
         let mut tensor = Vec::new();
         put_int(&mut tensor, 1, 1); // DT_FLOAT
-        put_bytes(&mut tensor, 2, &shape);
-        put_bytes(&mut tensor, 4, &rows.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-        let mut plugin_content = Vec::new();
-        put_int(&mut plugin_content, 2, n as u64);
-        let mut plugin = Vec::new();
-        put_bytes(&mut plugin, 1, b"pr_curves");
-        put_bytes(&mut plugin, 2, &plugin_content);
+        put_bytes(&mut tensor, 2, &dims);
+        if !values.is_empty() {
+            put_bytes(&mut tensor, 4, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        let mut plugin_data = Vec::new();
+        put_bytes(&mut plugin_data, 1, plugin.as_bytes());
+        put_bytes(&mut plugin_data, 2, content);
         let mut metadata = Vec::new();
-        put_bytes(&mut metadata, 1, &plugin);
+        put_bytes(&mut metadata, 1, &plugin_data);
         let mut entry = Vec::new();
         put_bytes(&mut entry, 1, tag.as_bytes());
         put_bytes(&mut entry, 8, &tensor);
@@ -180,6 +301,22 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// A field's key: its number and wire type (0 varint, 1 64-bit, 2 bytes, 5 32-bit).
+/// Fields of the HParams plugin's `HParamsPluginData`.
+const EXPERIMENT_FIELD: u64 = 2;
+const SESSION_START_FIELD: u64 = 3;
+const SESSION_END_FIELD: u64 = 4;
+
+/// `google.protobuf.Value` of a hyper-parameter's value.
+fn protobuf_value(value: &HparamValue) -> Vec<u8> {
+    let mut out = Vec::new();
+    match value {
+        HparamValue::Number(x) => put_double(&mut out, 2, *x),
+        HparamValue::Text(text) => put_bytes(&mut out, 3, text.as_bytes()),
+        HparamValue::Bool(b) => put_int(&mut out, 4, u64::from(*b)),
+    }
+    out
+}
+
 fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u64) {
     varint(out, (field << 3) | wire_type);
 }

@@ -1,7 +1,8 @@
 //! What a sweep found, from the study the driver leaves in `RUN/study.json`: the table of
 //! trials (printed, and written as `trials.csv`), `best.json` with the command that
-//! reproduces the best trial, and plots: the objective by trial, the arguments' parallel
-//! coordinates and Optuna's parameter importances.
+//! reproduces the best trial, plots (the objective by trial, the arguments' parallel
+//! coordinates and Optuna's parameter importances) and the HParams dashboard's entries, so
+//! that TensorBoard on the sweep's folder compares the trials.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use super::spec::{Dimension, Range, Sweep};
 use crate::files::{FileError, write_atomically};
-use crate::report::{BarChart, Chart, PLOTS_DIR, PlotError, Series};
+use crate::report::{
+    BarChart, Chart, EventWriter, HparamDomain, HparamValue, PLOTS_DIR, PlotError, Series, SessionStatus,
+};
 
 /// The study file the driver writes.
 pub const STUDY_FILE: &str = "study.json";
@@ -189,6 +192,7 @@ pub fn write_results(study: &Study, sweep: &Sweep) -> Result<Vec<PathBuf>, Resul
             written.push(path);
         }
     }
+    written.extend(write_hparams(study, sweep).map_err(|err| FileError::io(run_dir)(err))?);
     if !study.importances.is_empty() {
         let path = plots.join("importances.png");
         let chart = BarChart {
@@ -200,6 +204,52 @@ pub fn write_results(study: &Study, sweep: &Sweep) -> Result<Vec<PathBuf>, Resul
         written.push(path);
     }
     Ok(written)
+}
+
+/// The file of the HParams entries, in the sweep's folder (the experiment) and in each
+/// trial's (its session), written whole each time so a resumed sweep leaves one of each.
+const HPARAMS_EVENTS: &str = "0.hparams";
+
+/// Writes the HParams experiment (the arguments searched, the objective's scalar tag) and
+/// each trial's session; returns the files written.
+fn write_hparams(study: &Study, sweep: &Sweep) -> std::io::Result<Vec<PathBuf>> {
+    let hparams: Vec<(String, Option<HparamDomain>)> =
+        sweep.space.iter().map(|d| (d.name.clone(), Some(domain(&d.range)))).collect();
+    let mut experiment = EventWriter::create_named(&sweep.run_dir, HPARAMS_EVENTS)?;
+    experiment.hparams_experiment(&hparams, &[format!("eval/{}", study.metric)])?;
+    let mut written = vec![experiment.path().to_path_buf()];
+    for trial in &study.trials {
+        let Some(dir) = trial.run_dir.as_deref().filter(|dir| dir.is_dir()) else { continue };
+        let values: Vec<(String, HparamValue)> =
+            trial.params.iter().filter_map(|(name, value)| Some((name.clone(), hparam_value(value)?))).collect();
+        let status = match trial.state.as_str() {
+            "complete" => SessionStatus::Success,
+            "failed" => SessionStatus::Failure,
+            "running" | "interrupted" => SessionStatus::Running,
+            _ => SessionStatus::Unknown,
+        };
+        let mut session = EventWriter::create_named(dir, HPARAMS_EVENTS)?;
+        session.hparams_session(&values, status)?;
+        written.push(session.path().to_path_buf());
+    }
+    Ok(written)
+}
+
+fn domain(range: &Range) -> HparamDomain {
+    match range {
+        Range::Float { low, high, .. } => HparamDomain::Interval { min: *low, max: *high },
+        Range::Int { low, high, .. } => HparamDomain::Interval { min: *low as f64, max: *high as f64 },
+        Range::Choice { choices } => HparamDomain::Discrete(choices.iter().filter_map(hparam_value).collect()),
+    }
+}
+
+fn hparam_value(value: &serde_json::Value) -> Option<HparamValue> {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64().map(HparamValue::Number),
+        serde_json::Value::String(text) => Some(HparamValue::Text(text.clone())),
+        serde_json::Value::Bool(b) => Some(HparamValue::Bool(*b)),
+        _ => None,
+    }
 }
 
 fn objective_chart(study: &Study, complete: &[(&TrialRecord, f64)]) -> Chart {
