@@ -1,7 +1,8 @@
 //! `trainer sweep` end to end on tiny detection runs (32 canvas images, 12 steps), with
 //! Optuna itself proposing and pruning: a spec that cannot run is refused before any trial,
 //! naming its entry; a seeded sweep with one worker is reproducible and its best trial
-//! clearly beats its worst; the median pruner stops trials early with a checkpoint each;
+//! clearly beats its worst; a failing trial is recorded with its cause; the median pruner
+//! stops trials early with a checkpoint each;
 //! two sweep processes on one journal run every trial once, and an interrupted sweep
 //! resumes its trials from their checkpoints; the detection example spec runs at toy size.
 
@@ -237,6 +238,47 @@ fn the_median_pruner_stops_trials_early_each_with_a_checkpoint_to_resume() {
     let resumed = PathBuf::from(pruned[0]["run_dir"].as_str().unwrap());
     assert_success(&trainer(&["train", "--resume", path(&resumed), "--device", "cpu"]));
     assert_eq!(read_json(&resumed.join("eval.json"))["step"], 12);
+}
+
+/// A trial that fails (here: a learning rate that makes the loss NaN, so the run stops as
+/// diverged) is recorded as failed with the trainer's own error, and the sweep goes on.
+#[test]
+fn a_failing_trial_is_recorded_with_its_cause_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = "[space]\n\"--lr\" = { choice = [1e-4, 1e12] }\n[objective]\nmetric = \"val_AP50\"\n";
+    let text = format!("{}{space}[budget]\ntrials = 4\n[search]\nsampler = \"random\"\n", toy_train(dir.path()));
+    let spec = write_spec(dir.path(), "spec.toml", &text);
+    let run = dir.path().join("run");
+    let output = sweep(&[path(&spec), "--run-dir", path(&run)]);
+    assert_success(&output);
+    let trials = trials(&run);
+    assert_eq!(trials.len(), 4);
+    for trial in &trials {
+        let diverging = trial["params"]["--lr"] == 1e12;
+        let state = trial["state"].as_str().unwrap();
+        assert_eq!(state, if diverging { "failed" } else { "complete" }, "{trial}");
+        if diverging {
+            let cause = trial["cause"].as_str().unwrap();
+            assert!(cause.starts_with("exit code 4: error: the run diverged"), "{cause}");
+        }
+    }
+    assert!(trials.iter().any(|t| t["state"] == "failed") && trials.iter().any(|t| t["state"] == "complete"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("the run diverged"));
+}
+
+/// `--nproc` in the trials' arguments trains each trial over that many processes.
+#[test]
+fn a_trial_trains_over_two_processes_with_nproc() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = toy_train(dir.path()).replace("\"--workers\", \"1\"]", "\"--workers\", \"1\", \"--nproc\", \"2\"]");
+    let space = "[space]\n\"--lr\" = { choice = [1e-4] }\n[objective]\nmetric = \"val_AP50\"\n";
+    let spec = write_spec(dir.path(), "spec.toml", &format!("{train}{space}[budget]\ntrials = 1\n"));
+    let run = dir.path().join("run");
+    assert_success(&sweep(&[path(&spec), "--run-dir", path(&run)]));
+    assert_eq!(states(&run), ["complete"]);
+    let command = trials(&run)[0]["command"].as_str().unwrap().to_string();
+    assert!(command.contains("--nproc 2"), "{command}");
+    assert_eq!(read_json(&run.join("trials/0000/eval.json"))["step"], 12);
 }
 
 /// Two processes on one journal share the budget and run every trial once; a sweep stopped

@@ -374,8 +374,9 @@ pub struct TrainArgs {
     pub dist_timeout: Option<u64>,
     /// Open the data, the model and the policies (which check their arguments), print what
     /// the run would train as JSON (its parameter groups, losses, metrics, steps) and exit:
-    /// nothing is written. A sweep checks its spec this way.
-    #[arg(long, conflicts_with_all = ["resume", "nproc"])]
+    /// nothing is written. A sweep checks its spec this way. With --nproc, the plan is one
+    /// process's, the batch checked against the split.
+    #[arg(long, conflicts_with = "resume")]
     pub dry_run: bool,
 }
 
@@ -1022,6 +1023,9 @@ fn run_dry_run(args: TrainArgs) -> Result<(), EngineError> {
         workers: args.workers.unwrap_or_else(default_workers),
         grad_checkpointing: args.grad_checkpointing,
     };
+    if let Some(nproc) = args.nproc {
+        check_batch_splits(args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), nproc)?;
+    }
     let (run, task) = new_run_config(args)?;
     let plan = tasks::plan(&run, &task, &options, execution)?;
     println!("{}", serde_json::to_string(&plan).expect("a plan serializes"));

@@ -164,6 +164,7 @@ class Sweep:
         joined = len(study(optuna.samplers.RandomSampler()).get_trials(deepcopy=False))
         self.study = study(sampler(spec["sampler"], spec["seed"] + joined))
         self.stopping = threading.Event()
+        self.failures = []
         self.children = {}
         self.children_lock = threading.Lock()
         self.ask_lock_path = os.path.join(self.run_dir, "trials", ".ask.lock")
@@ -222,6 +223,9 @@ class Sweep:
             self.write_study()
             return 130
         self.write_study()
+        if self.failures:
+            # The driver itself failed (the storage, say), not a trial: the traceback says where.
+            raise self.failures[0]
         return 0
 
     def stop(self):
@@ -232,27 +236,35 @@ class Sweep:
                     child.send_signal(signal.SIGTERM)
 
     def next_trial(self, resume):
-        """A trial to run: first one an interrupted sweep left (with `resume`), then a new
-        one while the budget lasts; `None` when there is none."""
+        """A trial to run and the steps it has reported already: first one an interrupted
+        sweep left (with `resume`), then a new one while the budget lasts; `None` when there
+        is none."""
         with self.claim():
             trials = self.study.get_trials(deepcopy=False)
             if resume:
                 for frozen in trials:
                     if frozen.state == optuna.trial.TrialState.RUNNING and frozen.user_attrs.get("interrupted"):
                         self.study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", False)
-                        return optuna.trial.Trial(self.study, frozen._trial_id), True
+                        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+                        return trial, set(frozen.intermediate_values)
             if len(trials) >= self.spec["trials"]:
-                return None, False
-            return self.study.ask(), False
+                return None, None
+            return self.study.ask(), None
 
     def worker(self, resume):
-        while not self.stopping.is_set():
-            trial, continued = self.next_trial(resume)
-            if trial is None:
-                return
-            self.run_trial(trial, continued)
+        try:
+            while not self.stopping.is_set():
+                trial, reported = self.next_trial(resume)
+                if trial is None:
+                    return
+                self.run_trial(trial, reported)
+        except Exception as failure:
+            self.failures.append(failure)
+            self.stop()
 
-    def run_trial(self, trial, continued):
+    def run_trial(self, trial, reported):
+        """Runs `trial`, or continues it from its checkpoint when it has `reported` steps."""
+        continued = reported is not None
         run_dir = self.trial_dir(trial.number)
         if continued:
             line = [self.spec["trainer"], "train", "--resume", run_dir]
@@ -269,7 +281,7 @@ class Sweep:
             child = subprocess.Popen(line, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         with self.children_lock:
             self.children[trial.number] = child
-        reported, pruned = set(), False
+        reported, pruned = reported or set(), False
         evaluations_path = os.path.join(run_dir, "evaluations.jsonl")
         while True:
             code = child.poll()
@@ -295,7 +307,7 @@ class Sweep:
         steps = steps_done(run_dir)
         trial.set_user_attr("steps", steps)
         final = read_json(os.path.join(run_dir, "eval.json"))
-        if self.stopping.is_set() and final is None and not pruned:
+        if self.stopping.is_set() and code == 0 and final is None and not pruned:
             # Ctrl-C: the run checkpointed; `trainer sweep --resume` continues it.
             trial.set_user_attr("interrupted", True)
             return
