@@ -935,7 +935,8 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
     }
 }
 
-fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineError> {
+/// The options and the execution of the run `args` asks for, trained by `team`.
+fn run_setup(args: &TrainArgs, team: Arc<Team>) -> (RunOptions, Execution) {
     let options = RunOptions {
         run_dir: args.resume.clone().unwrap_or_else(|| args.run_dir.clone()),
         device: args.device,
@@ -949,6 +950,11 @@ fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineErr
         workers: args.workers.unwrap_or_else(default_workers),
         grad_checkpointing: args.grad_checkpointing,
     };
+    (options, execution)
+}
+
+fn run_train(args: TrainArgs, team: Arc<Team>) -> Result<TrainOutcome, EngineError> {
+    let (options, execution) = run_setup(&args, team);
     if args.resume.is_some() {
         let mut fixed = vec![
             ("--batch-size", args.batch_size.is_some()),
@@ -1010,19 +1016,7 @@ fn new_run_config(args: TrainArgs) -> Result<(RunConfig, TaskConfig), EngineErro
 
 /// `trainer train --dry-run`: the plan of the run, as JSON on stdout.
 fn run_dry_run(args: TrainArgs) -> Result<(), EngineError> {
-    let options = RunOptions {
-        run_dir: args.run_dir.clone(),
-        device: args.device,
-        overwrite: false,
-        pause_after_steps: None,
-        policy_cache: PolicyRuntime::default_cache_dir(),
-        time_limit: None,
-        team: Arc::new(Team::solo()),
-    };
-    let execution = Execution {
-        workers: args.workers.unwrap_or_else(default_workers),
-        grad_checkpointing: args.grad_checkpointing,
-    };
+    let (options, execution) = run_setup(&args, Arc::new(Team::solo()));
     if let Some(nproc) = args.nproc {
         check_batch_splits(args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), nproc)?;
     }

@@ -88,9 +88,9 @@ pub fn train(
 }
 
 /// What a new run of `task` would train, found by opening its policies (which check their
-/// arguments) and nothing else: no folder is read or written. `trainer train --dry-run`.
+/// arguments) and nothing else: no folder is read or written. `trainer train --dry-run`;
+/// the settings were checked with [`validate_config`] before the task was opened.
 pub fn plan(config: &RunConfig, task: Box<dyn Task>, options: &RunOptions) -> Result<RunPlan, EngineError> {
-    validate_config(config, options)?;
     let metrics: Vec<String> = task.metric_names().iter().map(|name| name.to_string()).collect();
     check_best_metric(config, task.metric_names())?;
     let (_, params) = optimized_params(task.as_ref());

@@ -125,13 +125,9 @@ def read_json(path):
         return None
 
 
-def last_error(log_path):
-    """The trainer's own one-line error from a trial's log, or its last line."""
-    try:
-        with open(log_path, errors="replace") as file:
-            lines = [line.strip() for line in file if line.strip()]
-    except FileNotFoundError:
-        return ""
+def last_error(text):
+    """The trainer's own one-line error in its output `text`, or the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or [""])[-1]
 
@@ -197,7 +193,7 @@ class Sweep:
             line = command(self.spec, params, os.path.join(self.run_dir, "trials", "dry-run")) + ["--dry-run"]
             done = subprocess.run(line, capture_output=True, text=True)
             if done.returncode != 0:
-                error = last_error_of_text(done.stderr) or f"exit code {done.returncode}"
+                error = last_error(done.stderr).removeprefix("error: ") or f"exit code {done.returncode}"
                 raise SpecError(f"{self.spec['spec_file']}: the trials' command does not start ({end} ends): {error}")
             plan = json.loads(done.stdout)
             if self.metric not in plan["metrics"]:
@@ -315,7 +311,8 @@ class Sweep:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         if code != 0:
-            trial.set_user_attr("cause", f"exit code {code}: {last_error(log_path)}")
+            with open(log_path, errors="replace") as log:
+                trial.set_user_attr("cause", f"exit code {code}: {last_error(log.read())}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         if final is None:
@@ -373,12 +370,6 @@ class Sweep:
         with open(path + ".tmp", "w") as file:
             json.dump(study, file, indent=1)
         os.replace(path + ".tmp", path)
-
-
-def last_error_of_text(text):
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1].removeprefix("error: ")
 
 
 def steps_done(run_dir):

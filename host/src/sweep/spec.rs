@@ -304,8 +304,7 @@ fn resolve(
         if policies.iter().any(|p: &TrialPolicy| p.name == name) {
             return Err(format!("[train] policies: `{name}` is given twice"));
         }
-        let source_text = text.split_once(':').map_or(text.as_str(), |(source, _)| source).to_string();
-        policies.push(TrialPolicy { name, source: source_text, args: source.args });
+        policies.push(TrialPolicy { name, source: source.path.display().to_string(), args: source.args });
     }
     let mut probe = train.args.clone();
     for policy in &policies {
