@@ -101,6 +101,44 @@ fn resuming_with_another_policy_needs_the_explicit_swap() {
     let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
     assert!(decisions.iter().filter(|d| d["step"].as_u64().unwrap() >= 3).all(|d| d["policy"] == "constant"));
     assert_eq!(read_json(&dir.path().join("eval.json"))["step"], 30);
+    let swaps = &read_json(&dir.path().join("run.json"))["policy_swaps"];
+    assert_eq!(swaps.as_array().map(Vec::len), Some(1), "{swaps}");
+    assert_eq!((swaps[0]["step"].as_u64(), swaps[0]["from"].as_array().map(Vec::len)), (Some(3), Some(4)));
+}
+
+/// A policy given again with other arguments starts fresh, so the new arguments hold (a
+/// state saved under the old ones would undo them); `decisions.jsonl` and `run.json` record
+/// each swap, and `trainer simulate` replays the run through them line for line.
+#[test]
+fn swapped_arguments_take_effect_and_the_swaps_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let constant = |lr: &str| format!("{}:lr={lr}", policy("constant").display());
+    let first =
+        train_cpu(dir.path(), &[constant("0.001")], &["--steps", "9", "--batch-size", "8", "--pause-after-steps", "3"]);
+    assert_success(&first);
+    for (lr, pause) in [("0.0005", "6"), ("0.0002", "9")] {
+        let swap = resume(dir.path(), &["--policy", &constant(lr), "--swap-policies", "--pause-after-steps", pause]);
+        assert_success(&swap);
+    }
+    let decisions = read_jsonl(&dir.path().join("decisions.jsonl"));
+    let lr_at = |step: u64| {
+        let decided = decisions.iter().find(|d| d["step"] == step && d["lrs"].is_object()).expect("a decision");
+        decided["lrs"].as_object().unwrap().values().next().and_then(|lr| lr.as_f64()).unwrap()
+    };
+    assert_eq!([lr_at(2), lr_at(3), lr_at(8)], [0.001, 0.0005, 0.0002]);
+    let swaps: Vec<_> = decisions.iter().filter(|d| d["action"] == "swap").collect();
+    assert_eq!(swaps.len(), 2, "{swaps:?}");
+    assert!(swaps.iter().all(|d| d["state"] == "fresh"), "{swaps:?}");
+    assert_eq!(swaps[1]["source"], constant("0.0002"));
+    let recorded = &read_json(&dir.path().join("run.json"))["policy_swaps"];
+    let steps: Vec<_> = recorded.as_array().unwrap().iter().map(|swap| swap["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3, 6]);
+
+    let out = dir.path().join("simulated");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    assert_success(&trainer(&["simulate", "--trace", &path(dir.path()), "--out", &path(&out)]));
+    let replayed = std::fs::read_to_string(out.join("decisions.jsonl")).unwrap();
+    assert_eq!(replayed, std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap());
 }
 
 #[test]

@@ -152,6 +152,19 @@ pub struct SavedRun {
     /// The data it trains on; absent in runs saved before the trainer recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataRecord>,
+    /// Each change of policies on `--resume --swap-policies`, oldest first; `train.policies`
+    /// are those of the last. `trainer simulate` replays the run through them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_swaps: Vec<PolicySwap>,
+}
+
+/// From step `step` on, the run trained with the policies `to` instead of `from` (a policy
+/// named in both with the same arguments kept its state; any other started fresh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicySwap {
+    pub step: u64,
+    pub from: Vec<PolicySource>,
+    pub to: Vec<PolicySource>,
 }
 
 impl SavedRun {
@@ -172,6 +185,11 @@ impl SavedRun {
             value["task"] = task.into();
         }
         Ok(serde_json::from_value(value).map_err(not_a_run)?)
+    }
+
+    /// The policies the run started with: before its first swap, if it had one.
+    pub fn first_policies(&self) -> &[PolicySource] {
+        self.policy_swaps.first().map_or(&self.train.policies, |swap| &swap.from)
     }
 }
 

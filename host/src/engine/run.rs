@@ -6,7 +6,7 @@ use super::best::{BEST_DIR, BestKeeper};
 use super::checkpoint::{
     self, Checkpoint, CheckpointContents, LastStep, PendingEvaluation, PolicyRecord, TrainerState,
 };
-use super::config::{RUN_FILE, Resume, RunConfig, RunOptions, RunPlan, SavedRun, TrainOutcome};
+use super::config::{PolicySwap, RUN_FILE, Resume, RunConfig, RunOptions, RunPlan, SavedRun, TrainOutcome};
 use super::error::{EngineError, WriteProblem, io_error};
 use super::fingerprint::{DataChange, DataFingerprint, DataRecord};
 use super::knobs::KnobState;
@@ -14,7 +14,7 @@ use super::loss_gradients::LossGradientMeter;
 use super::optimizer::{AdamW, AdamWConfig, OptimizedParam, OptimizerSnapshot};
 use super::snapshot::{SnapshotPoint, Snapshots};
 use super::task::{Backward, Scores, StepKnobs, Task, Visual};
-use super::trace::{SavedSpec, decision_records};
+use super::trace::{SavedSpec, decision_records, swap_decision_records};
 use crate::distributed::{DistributedError, Team};
 use crate::files::{FileError, write_atomically};
 use crate::models::groups::Group;
@@ -255,7 +255,14 @@ pub fn resume(
         config.steps = steps;
     }
     validate_config(&config, options)?;
-    let resumed = Resumed { checkpoint, swap_policies: resume.swap_policies, passed_over, saved_total, data_lines };
+    let resumed = Resumed {
+        checkpoint,
+        swap_policies: resume.swap_policies,
+        passed_over,
+        saved_total,
+        data_lines,
+        earlier_swaps: saved.policy_swaps,
+    };
     Run::start(&config, task, saved.task, data_record, options, Some(resumed))?.train(options)
 }
 
@@ -264,7 +271,7 @@ fn is_zero(count: &u64) -> bool {
 }
 
 fn describe_sources(sources: &[PolicySource]) -> String {
-    sources.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>().join(", ")
+    sources.iter().map(PolicySource::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// A checkpoint to continue from, and how.
@@ -277,6 +284,8 @@ struct Resumed {
     saved_total: u64,
     /// What to say about its data (changed, or not recorded before).
     data_lines: Vec<String>,
+    /// The policy swaps of the run so far, from its run.json.
+    earlier_swaps: Vec<PolicySwap>,
 }
 
 /// Everything a run holds between steps.
@@ -368,7 +377,7 @@ impl Run {
         };
         let mut log = std::io::LineWriter::new(log_file);
 
-        let write_run_record = || {
+        let write_run_record = |policy_swaps: Vec<PolicySwap>| {
             if !leader {
                 return Ok(());
             }
@@ -378,15 +387,18 @@ impl Run {
                 model: task.model_config(),
                 spec: Some(saved_spec.clone()),
                 data: Some(data.clone()),
+                policy_swaps,
             };
             write_json(&run_dir.join(RUN_FILE), &saved)
         };
+        // The swap this resume makes, recorded in decisions.jsonl once it is reopened.
+        let mut swap_records = Vec::new();
         let state = match from {
             None => {
-                write_run_record()?;
+                write_run_record(Vec::new())?;
                 fresh_state
             }
-            Some(Resumed { checkpoint, swap_policies, passed_over, saved_total, data_lines }) => {
+            Some(Resumed { checkpoint, swap_policies, passed_over, saved_total, data_lines, earlier_swaps }) => {
                 for line in data_lines {
                     eprintln!("{line}");
                     let _ = writeln!(log, "{line}");
@@ -406,7 +418,24 @@ impl Run {
                         .map_err(|problem| FileError::format(&checkpoint.dir, format!("a snapshot: {problem}")))?;
                     snapshots.keep(*point, snapshot);
                 }
-                restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
+                let kept = restore_policies(&mut policies, &checkpoint, swap_policies, &mut log)?;
+                let steps_done = checkpoint.trainer.steps_done;
+                // Swaps after the checkpoint resumed from were undone with the steps after it.
+                let mut swaps: Vec<PolicySwap> =
+                    earlier_swaps.into_iter().filter(|swap| swap.step < steps_done).collect();
+                let before: Vec<PolicySource> =
+                    checkpoint.policies.iter().filter(|record| !record.shadow).map(|r| r.source.clone()).collect();
+                if before != config.policies {
+                    let line = format!(
+                        "policies swapped at step {steps_done}: {} instead of {}",
+                        describe_sources(&config.policies),
+                        describe_sources(&before)
+                    );
+                    let _ = writeln!(log, "{line}");
+                    let swapped_in: Vec<(&PolicySource, bool)> = config.policies.iter().zip(kept).collect();
+                    swap_records = swap_decision_records(steps_done, &swapped_in);
+                    swaps.push(PolicySwap { step: steps_done, from: before, to: config.policies.clone() });
+                }
                 if saved_total != config.steps {
                     let line = format!(
                         "run length changed from {saved_total} to {} steps at step {}; the policies re-plan from there",
@@ -417,7 +446,7 @@ impl Run {
                 }
                 // Only now that every policy took its state: what a later resume reads must
                 // be what this part of the run trains with.
-                write_run_record()?;
+                write_run_record(swaps)?;
                 let _ = writeln!(
                     log,
                     "resumed from {} after step {}",
@@ -451,7 +480,10 @@ impl Run {
             }
         };
         let metrics = open("metrics.jsonl", &keep)?;
-        let decisions = open("decisions.jsonl", &keep)?;
+        let mut decisions = open("decisions.jsonl", &keep)?;
+        for record in &swap_records {
+            decisions.write(record).map_err(io_error(decisions.path()))?;
+        }
         let evaluations = open("evaluations.jsonl", &keep_evaluations)?;
         // A resumed run adds a new event file; TensorBoard reads them all.
         let tensorboard = if leader {
@@ -1144,26 +1176,37 @@ fn policy_record(source: &PolicySource, instance: &PolicyInstance, shadow: bool)
     }
 }
 
-/// Gives each resumed policy its saved state, after checking it is the same component.
+/// Gives each resumed policy its saved state, after checking it is the same component with
+/// the same arguments; with `swap_policies`, any other starts fresh, since a state saved
+/// under other arguments (a schedule's floor, say) would undo them. Returns, per policy,
+/// whether it continues from its saved state.
 fn restore_policies(
     policies: &mut PolicySet,
     checkpoint: &Checkpoint,
     swap_policies: bool,
     log: &mut impl Write,
-) -> Result<(), EngineError> {
+) -> Result<Vec<bool>, EngineError> {
     let (saved_shadows, saved): (Vec<_>, Vec<_>) =
         checkpoint.policies.iter().zip(&checkpoint.policy_states).partition(|(record, _)| record.shadow);
     let members: Vec<_> = policies.members_mut().collect();
     let count = members.len();
     let same_count = count == saved.len();
-    for (index, (_, instance)) in members.into_iter().enumerate() {
+    let mut kept = Vec::with_capacity(count);
+    for (index, (source, instance)) in members.into_iter().enumerate() {
         let (record, state) = match saved.get(index).filter(|_| same_count) {
             Some((record, state)) => (Some(*record), state.as_ref()),
             None => (None, None),
         };
+        let same = |record: &PolicyRecord| {
+            record.sha256 == instance.sha256() && record.name == instance.name() && record.source.args == source.args
+        };
         match record {
-            Some(record) if record.sha256 == instance.sha256() && record.name == instance.name() => match state {
-                Some(state) => instance.load_state(state)?,
+            Some(record) if same(record) => match state {
+                Some(state) => {
+                    instance.load_state(state)?;
+                    kept.push(true);
+                    continue;
+                }
                 None => {
                     let _ = writeln!(
                         log,
@@ -1173,13 +1216,15 @@ fn restore_policies(
                 }
             },
             _ if swap_policies => {
-                let _ = writeln!(log, "policy `{}` swapped in on resume; it starts fresh", instance.name());
+                let _ = writeln!(log, "policy `{source}` swapped in on resume; it starts fresh");
             }
             Some(record) => {
                 return Err(EngineError::Config(format!(
-                    "policy `{}` differs from the one in checkpoint {} (sha256 {} there, {} now); pass --swap-policies to continue with it",
+                    "policy `{}` differs from the one in checkpoint {} ({} there, {source} now; sha256 {} there, {} \
+                     now); pass --swap-policies to continue with it",
                     instance.name(),
                     checkpoint.dir.display(),
+                    record.source,
                     &record.sha256[..12],
                     &instance.sha256()[..12]
                 )));
@@ -1193,6 +1238,7 @@ fn restore_policies(
                 )));
             }
         }
+        kept.push(false);
     }
     // A shadow continues from the state saved by the same component with the same arguments;
     // any other starts fresh. A shadow's failure here, as anywhere, is a warning.
@@ -1207,7 +1253,7 @@ fn restore_policies(
         let line = outcome.unwrap_or_else(|error| format!("starts fresh: {error}"));
         let _ = writeln!(log, "shadow policy `{}` {line}", shadow.name());
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Refuses a global batch that does not split evenly over `processes`.

@@ -3,7 +3,9 @@
 //! replayed from its run directory: the policies start with the run's saved specification,
 //! and step `s` shows them what the run showed them (step `s - 1`'s readings from
 //! `metrics.jsonl`, knob values replayed from their own decisions, the evaluation recorded
-//! at `s`), so the same policies reproduce the run's `decisions.jsonl` line for line.
+//! at `s`), so the same policies reproduce the run's `decisions.jsonl` line for line. A run
+//! whose policies were swapped on resume (by hand, or by a population-based sweep) is
+//! replayed through each swap at the step it happened, as the run made it.
 //! A synthetic stream is a decaying loss per term (magnitudes 100, 10, 1, ...) with seeded
 //! noise, and evaluations every `eval_every` steps or when a policy asks.
 //!
@@ -12,11 +14,11 @@
 //! run's, and the steps where they differ are counted.
 
 use super::checkpoint::{LastStep, PendingEvaluation, TrainerState};
-use super::config::{RUN_FILE, SavedRun};
+use super::config::{PolicySwap, RUN_FILE, SavedRun};
 use super::error::{EngineError, io_error};
 use super::knobs::KnobState;
 use super::loss_gradients::MeasuredGradients;
-use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records};
+use super::trace::{SavedGroup, SavedKnob, SavedSpec, decision_records, swap_decision_records};
 use crate::data::augment::KNOBS;
 use crate::data::sampler::keyed;
 use crate::files::FileError;
@@ -147,11 +149,15 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
         }
         Trace::Synthetic(curve) => (synthetic_spec(curve), None, Stream::Synthetic(curve.clone())),
     };
-    let (recorded_policies, recorded_shadows) = recorded.unzip();
+    let (recorded_policies, recorded_shadows, recorded_swaps) = match recorded {
+        Some(Recorded { policies, shadows, swaps }) => (Some(policies), Some(shadows), swaps),
+        None => (None, None, Vec::new()),
+    };
     let shadows = options.shadow_policies.clone().or(recorded_shadows).unwrap_or_default();
-    let policies = match (&options.policies, recorded_policies) {
-        (Some(policies), _) if !policies.is_empty() => policies.clone(),
-        (_, Some(recorded)) => recorded,
+    // The run's own policies are replayed through its swaps; policies given instead run alone.
+    let (policies, swaps) = match (&options.policies, recorded_policies) {
+        (Some(policies), _) if !policies.is_empty() => (policies.clone(), Vec::new()),
+        (_, Some(recorded)) => (recorded, recorded_swaps),
         _ => return Err(EngineError::Config("--policy: give at least one policy to simulate".into())),
     };
     let limits = SandboxLimits { fuel_per_call: options.policy_fuel, ..Default::default() };
@@ -189,6 +195,14 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
     let mut stopped = None;
     let steps = stream.len().min(spec.total_steps);
     for step in 0..steps {
+        if let Some(swap) = swaps.iter().find(|swap| swap.step == step) {
+            let kept = set.swap(&runtime, &swap.to)?;
+            let swapped_in: Vec<(&PolicySource, bool)> = swap.to.iter().zip(kept).collect();
+            for record in swap_decision_records(step, &swapped_in) {
+                decisions.write(&record).map_err(io_error(&decisions_path))?;
+            }
+            state.knobs.fit_policies(swap.to.len());
+        }
         state.steps_done = step;
         state.pending_evaluation =
             stream.evaluation(step, requested, &state.last).map(|values| PendingEvaluation { step, values });
@@ -256,13 +270,18 @@ pub fn simulate(options: &SimulateOptions) -> Result<SimulateOutcome, EngineErro
     Ok(SimulateOutcome { steps: history.len() as u64, stopped, decisions: decisions_path, plots, shadows })
 }
 
-/// The spec, the policies and shadows, and the stream of a recorded run.
-type Recorded = (Vec<PolicySource>, Vec<PolicySource>);
+/// The policies a recorded run started with, its shadows and its policy swaps.
+struct Recorded {
+    policies: Vec<PolicySource>,
+    shadows: Vec<PolicySource>,
+    swaps: Vec<PolicySwap>,
+}
 
+/// The spec, the policies and the stream of a recorded run.
 fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Recorded, Stream), EngineError> {
     let run_path = run_dir.join(RUN_FILE);
-    let saved = SavedRun::read(run_dir)?;
-    let spec = saved.spec.ok_or_else(|| {
+    let mut saved = SavedRun::read(run_dir)?;
+    let spec = saved.spec.take().ok_or_else(|| {
         FileError::format(&run_path, "no recorded policy specification (the run predates `trainer simulate`)")
     })?;
     let number = |value: &serde_json::Value| float_from_json(value).unwrap_or(f64::NAN);
@@ -289,7 +308,11 @@ fn read_recorded(run_dir: &Path) -> Result<(SavedSpec, Recorded, Stream), Engine
                 Some((step, spec.metrics.iter().map(|name| number(&record[name])).collect()))
             })
             .collect();
-    let policies = (saved.train.policies, saved.train.shadow_policies);
+    let policies = Recorded {
+        policies: saved.first_policies().to_vec(),
+        shadows: saved.train.shadow_policies,
+        swaps: saved.policy_swaps,
+    };
     Ok((spec, policies, Stream::Recorded { readings, evaluations }))
 }
 

@@ -7,7 +7,7 @@
 use super::checkpoint::TrainerState;
 use crate::policy::{
     AugmentationKnob, Decision, Depth, Evaluation, GradClip, LossGradients, NonFinite, Observation, ParamGroup,
-    RollbackSource, RunSpec, StepDecision,
+    PolicySource, RollbackSource, RunSpec, StepDecision,
 };
 use serde::{Deserialize, Serialize};
 
@@ -226,4 +226,22 @@ fn decision_record(
         record.insert("rollback".into(), serde_json::json!({"source": source, "skip_batches": rollback.skip_batches}));
     }
     record
+}
+
+/// The `decisions.jsonl` lines of policies swapped in before step `step` (`--resume
+/// --swap-policies`): one per policy of the new set, with its source and whether it
+/// continues from its saved state or starts fresh.
+pub fn swap_decision_records(step: u64, swapped_in: &[(&PolicySource, bool)]) -> Vec<serde_json::Value> {
+    swapped_in
+        .iter()
+        .map(|(source, kept)| {
+            serde_json::json!({
+                "step": step,
+                "policy": source.name(),
+                "action": "swap",
+                "source": source.to_string(),
+                "state": if *kept { "kept" } else { "fresh" },
+            })
+        })
+        .collect()
 }

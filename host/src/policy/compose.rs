@@ -187,6 +187,32 @@ impl PolicySet {
         lines
     }
 
+    /// Replaces the policies, not the shadows, with `sources`, as a run resumed with
+    /// `--swap-policies` does: when the count is the same, a policy with the component and
+    /// arguments of the one it replaces continues from that one's state; any other starts
+    /// fresh. Returns, per new policy, whether it continued.
+    pub fn swap(&mut self, runtime: &PolicyRuntime, sources: &[PolicySource]) -> Result<Vec<bool>, PolicyError> {
+        let PolicySet { mut members, .. } = PolicySet::start(runtime, sources, &[], self.spec.clone())?;
+        let same_count = members.len() == self.members.len();
+        let mut kept = Vec::with_capacity(members.len());
+        for (index, member) in members.iter_mut().enumerate() {
+            let old = self.members.get_mut(index).filter(|old| {
+                same_count && old.source == member.source && old.instance.sha256() == member.instance.sha256()
+            });
+            let continues = match old {
+                Some(old) if !old.instance.has_trapped() => {
+                    let state = old.instance.save_state("a swap")?;
+                    member.instance.load_state(&state)?;
+                    true
+                }
+                _ => false,
+            };
+            kept.push(continues);
+        }
+        self.members = members;
+        Ok(kept)
+    }
+
     /// The policies with their sources, in command-line order.
     pub fn members_mut(&mut self) -> impl Iterator<Item = (&PolicySource, &mut PolicyInstance)> {
         self.members.iter_mut().map(|m| (&m.source, &mut m.instance))

@@ -75,6 +75,17 @@ impl PolicySource {
     }
 }
 
+/// The source as `--policy` takes it: `path:key=value,key=value`, which parses back to it.
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        for (index, (key, value)) in self.args.iter().enumerate() {
+            write!(f, "{}{key}={value}", if index == 0 { ':' } else { ',' })?;
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for PolicySource {
     type Err = PolicyError;
 
@@ -139,6 +150,14 @@ mod tests {
         assert_eq!(source.args, pairs(&[("warmup_steps", "5")]));
         assert_eq!(source.name(), "cosine_warmup");
         assert_eq!(source.builtin_name(), Some("cosine_warmup"));
+    }
+
+    #[test]
+    fn a_source_prints_as_the_text_it_parses_from() {
+        for text in ["constant", "constant:lr=0.001", "dir/x.wasm:a=1,b=two"] {
+            assert_eq!(parse(text).to_string(), text);
+            assert_eq!(parse(&parse(text).to_string()), parse(text));
+        }
     }
 
     #[test]
