@@ -81,6 +81,8 @@ WEBDATASET_INSTALLED := $(VENV)/.installed-webdataset-$(WEBDATASET_VERSION)
 OPTUNA_VERSION := 5.1.0
 CMAES_VERSION := 0.13.1
 OPTUNA_INSTALLED := $(VENV)/.installed-optuna-$(OPTUNA_VERSION)
+RAY_VERSION := 2.60.0
+RAY_INSTALLED := $(VENV)/.installed-ray-$(RAY_VERSION)
 
 # What benches/device-check.sh needs on a GPU machine that has torch but no Rust and no
 # network, in one folder git ignores, to carry there: the trainer (stripped, to fit the
@@ -112,7 +114,7 @@ setup: .cargo/config.toml $(FASHION_MNIST)/train-images-idx3-ubyte.gz $(CACHE)/w
 
 # What the tests need besides: the Python packages of the reference sides and the
 # toolchains of the Python, JavaScript and C policies.
-test-setup: setup $(TEST_PACKAGES) $(CAPTION_EVAL_INSTALLED) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(OPTUNA_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
+test-setup: setup $(TEST_PACKAGES) $(CAPTION_EVAL_INSTALLED) $(OPEN_CLIP_INSTALLED) $(WEBDATASET_INSTALLED) $(OPTUNA_INSTALLED) $(RAY_INSTALLED) $(COMPONENTIZE_PY) $(COMPONENTIZE_JS) $(WIT_BINDGEN) $(CLANG)
 
 # Plain `cargo build` / `cargo test` find libtorch and the shared target folder through this.
 .cargo/config.toml: $(TORCH_INSTALLED) $(GLOO_INCLUDE)/gloo/algorithm.h $(CUDA_INCLUDE)/crt/host_config.h Makefile
@@ -160,11 +162,16 @@ $(OPEN_CLIP_INSTALLED): $(TEST_PACKAGES)
 	touch $@
 
 # Optuna runs `trainer sweep`'s search (its version is the driver's, `sweep::OPTUNA_VERSION`);
-# cmaes is its CMA-ES sampler's. The trainer built here runs the search with this Python.
-sweep-setup: setup $(OPTUNA_INSTALLED)
+# cmaes is its CMA-ES sampler's; Ray Tune runs population-based training
+# (`sweep::RAY_VERSION`). The trainer built here runs both with this Python.
+sweep-setup: setup $(OPTUNA_INSTALLED) $(RAY_INSTALLED)
 
 $(OPTUNA_INSTALLED): $(TORCH_INSTALLED)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check optuna==$(OPTUNA_VERSION) cmaes==$(CMAES_VERSION)
+	touch $@
+
+$(RAY_INSTALLED): $(TORCH_INSTALLED)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'ray[tune]==$(RAY_VERSION)'
 	touch $@
 
 # webdataset writes the shards the tests train on, and is the reference of the shard

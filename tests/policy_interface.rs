@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{assert_success, fixture, observation, policy, read_json, read_jsonl, stderr, train_cpu, workspace};
+use common::{
+    assert_success, fixture, metrics_without_timing, observation, policy, read_json, read_jsonl, stderr, train_cpu,
+    workspace,
+};
 use std::f64::consts::PI;
 use std::path::Path;
 use trainer::check::check_spec;
@@ -217,15 +220,6 @@ fn shadow_policies_are_recorded_never_applied_and_dropped_when_they_fail() {
     assert_success(&resumed);
     assert_eq!(read_jsonl(&paused.join("decisions.jsonl")), decisions);
     assert!(weights(&paused) == weights(&plain));
-}
-
-/// metrics.jsonl without the wall-clock throughput, which no two runs share.
-fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
-    let mut records = read_jsonl(&run_dir.join("metrics.jsonl"));
-    for record in &mut records {
-        record.as_object_mut().unwrap().remove("images_per_second");
-    }
-    records
 }
 
 /// A policy snapshots before step 2 and rolls back before step 4 with no batch skipped:

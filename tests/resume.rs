@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, assert_success, policy, read_json, read_jsonl, train_cpu, trainer};
+use common::{assert_error, assert_success, metrics_without_timing, policy, read_json, read_jsonl, train_cpu, trainer};
 use std::path::Path;
 
 const STEPS: &str = "24";
@@ -29,15 +29,6 @@ fn resume(run_dir: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["train", "--resume", run_dir.to_str().unwrap(), "--device", "cpu"];
     args.extend(extra);
     trainer(&args)
-}
-
-/// metrics.jsonl without the wall-clock throughput, which no two runs share.
-fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
-    let mut records = read_jsonl(&run_dir.join("metrics.jsonl"));
-    for record in &mut records {
-        record.as_object_mut().unwrap().remove("images_per_second");
-    }
-    records
 }
 
 fn bytes(path: &Path) -> Vec<u8> {

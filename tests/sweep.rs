@@ -9,7 +9,8 @@
 mod common;
 
 use common::{
-    assert_one_line_error, assert_success, canvas_detector, canvas_folder, canvas_subset, read_json, trainer, workspace,
+    assert_one_line_error, assert_success, canvas_detector, canvas_folder, canvas_subset, metrics_without_timing,
+    read_json, read_jsonl, trainer, workspace,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -342,4 +343,85 @@ fn the_detection_example_spec_runs_at_toy_size() {
     assert_eq!(states(&run), ["complete", "complete"]);
     let example_space = study(&run)["trials"][0]["params"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(example_space, ["--batch-size", "--lr", "--weight-decay", "cosine_warmup:warmup_steps"]);
+}
+
+/// Population-based training on Ray Tune: four members trained over three intervals of 4
+/// steps, two at a time. At each of the two comparisons the weakest member exploits the
+/// strongest (continues from its checkpoint) and explores (its learning rate scaled by 0.8
+/// or 1.2, or drawn anew). Every member trains each step once; its run.json and
+/// decisions.jsonl record each switch, so `trainer simulate` replays its decisions line
+/// for line; and the member that exploited last continued exactly as `--resume
+/// --swap-policies` from its donor's checkpoint does, to the bit.
+#[test]
+fn a_population_exploits_and_explores_and_each_member_resumes_exactly_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = toy_train(dir.path()).replace("\"cosine_warmup:warmup_steps=2\"", "\"constant\"");
+    let text = format!(
+        "{train}[space]\n\"constant:lr\" = {{ log-uniform = [1e-5, 1e-1] }}\n[objective]\nmetric = \"val_AP50\"\n\
+         [budget]\nparallel = 2\n[search]\nscheduler = \"pbt\"\n[pbt]\npopulation = 4\ninterval = 4\n"
+    );
+    let spec = write_spec(dir.path(), "spec.toml", &text);
+    let run = dir.path().join("pbt");
+    let output = sweep(&[path(&spec), "--run-dir", path(&run)]);
+    assert_success(&output);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("4 trials: 4 complete"), "{printed}");
+
+    let lineage = read_jsonl(&run.join("pbt.jsonl"));
+    let exploits: Vec<&serde_json::Value> = lineage.iter().filter(|record| record.get("from").is_some()).collect();
+    let steps: Vec<u64> = exploits.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [4, 8], "one exploit at each comparison: {lineage:?}");
+    for exploit in &exploits {
+        let lr = |params: &serde_json::Value| params["constant:lr"].as_f64().unwrap();
+        let (before, after) = (lr(&exploit["from_params"]), lr(&exploit["params"]));
+        assert!(after != before && (1e-5..=1e-1).contains(&after), "explored {before} -> {after}");
+    }
+
+    let member = |number: u64| run.join(format!("trials/{number:04}"));
+    for number in 0..4 {
+        let steps: Vec<u64> =
+            read_jsonl(&member(number).join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, (0..12).collect::<Vec<_>>(), "member {number}");
+        let out = dir.path().join(format!("simulated-{number}"));
+        assert_success(&trainer(&["simulate", "--trace", path(&member(number)), "--out", path(&out)]));
+        let replayed = std::fs::read_to_string(out.join("decisions.jsonl")).unwrap();
+        assert_eq!(replayed, std::fs::read_to_string(member(number).join("decisions.jsonl")).unwrap());
+    }
+
+    let last = exploits[1];
+    let (taker, donor) = (member(last["member"].as_u64().unwrap()), member(last["from"].as_u64().unwrap()));
+    let swaps = &read_json(&taker.join("run.json"))["policy_swaps"];
+    assert_eq!(swaps.as_array().unwrap().last().unwrap()["step"], 8, "{swaps}");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let at = |folder: &Path| std::fs::read(folder.join("checkpoints/step-8").join(file)).unwrap();
+        assert!(at(&taker) == at(&donor), "{file} at step 8 is not the donor's");
+    }
+    assert_eq!(metrics_without_timing(&taker)[..8], metrics_without_timing(&donor)[..8]);
+    // The donor's folder as it was at step 8, continued by hand with the taker's new rate.
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(reference.join("checkpoints")).unwrap();
+    for name in ["run.json", "metrics.jsonl", "decisions.jsonl", "evaluations.jsonl"] {
+        std::fs::copy(donor.join(name), reference.join(name)).unwrap();
+    }
+    copy_folder(&donor.join("checkpoints/step-8"), &reference.join("checkpoints/step-8"));
+    let rate = format!("constant:lr={}", last["params"]["constant:lr"]);
+    assert_success(&trainer(&["train", "--resume", path(&reference), "--swap-policies", "--policy", &rate]));
+    assert_eq!(metrics_without_timing(&reference), metrics_without_timing(&taker));
+    let weights = |folder: &Path| std::fs::read(folder.join("final/model.safetensors")).unwrap();
+    assert!(weights(&reference) == weights(&taker), "the continued weights differ");
+
+    let best = read_json(&run.join("best.json"));
+    let schedule = best["schedule"].as_array().unwrap();
+    assert_eq!(schedule[0][0], 0, "{best}");
+    for plot in ["objective.png", "lineage_0.png"] {
+        assert!(run.join("plots").join(plot).is_file(), "{plot}");
+    }
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }

@@ -83,6 +83,15 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A run's `metrics.jsonl` without its one field that depends on the machine's speed.
+pub fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
+    let mut records = read_jsonl(&run_dir.join("metrics.jsonl"));
+    for record in &mut records {
+        record.as_object_mut().unwrap().remove("images_per_second");
+    }
+    records
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display())))
         .expect("the file is JSON")

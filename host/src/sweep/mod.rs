@@ -5,10 +5,13 @@
 //! The search is Optuna's, not one of our own: its samplers (TPE, random, Gaussian process,
 //! CMA-ES), pruners and storages are what users know, and a journal file or a database lets
 //! several sweep processes, on one machine or many, share a study without a scheduler of
-//! ours. The binary carries the small Python driver (`optuna_driver.py`) and runs it with a
-//! Python that has Optuna; the driver talks to the trainer only through command lines and
-//! the files runs write. This module checks the spec before any trial starts, runs the
-//! driver, and reports the study it leaves ([`results`]).
+//! ours. Population-based training is Ray Tune's `PopulationBasedTraining` in the same way,
+//! its members continuing from each other's checkpoints with `--resume --swap-policies`.
+//! The binary carries the small Python drivers (`optuna_driver.py`, `pbt_driver.py`, each
+//! after `driver_common.py`) and runs one with a Python that has its library; the drivers
+//! talk to the trainer only through command lines and the files runs write. This module
+//! checks the spec before any trial starts, runs the driver, and reports the study it
+//! leaves ([`results`]).
 
 pub mod results;
 pub mod spec;
@@ -25,14 +28,18 @@ use crate::files::{FileError, write_atomically};
 pub use results::{Study, TrialRecord};
 pub use spec::{SpecError, Storage, Sweep, TrainFlags, read_spec};
 
-/// The driver, run as `python -c` so the binary needs no file beside it.
-const DRIVER: &str = include_str!("optuna_driver.py");
+/// The drivers, run as `python -c` so the binary needs no file beside it.
+const OPTUNA_DRIVER: &str = concat!(include_str!("driver_common.py"), include_str!("optuna_driver.py"));
+const PBT_DRIVER: &str = concat!(include_str!("driver_common.py"), include_str!("pbt_driver.py"));
 
 /// The resolved spec in a sweep's folder, which `--resume` reads back.
 pub const SWEEP_FILE: &str = "sweep.json";
 
 /// The Optuna release the driver is written against, which `make` installs.
 pub const OPTUNA_VERSION: &str = "5.1.0";
+
+/// The Ray release the population-based driver is written against, which `make` installs.
+pub const RAY_VERSION: &str = "2.60.0";
 
 #[derive(Debug, Error)]
 pub enum SweepError {
@@ -86,7 +93,7 @@ pub fn run_sweep(request: &SweepRequest, flags: &dyn TrainFlags) -> Result<(Swee
             let trainer = std::env::current_exe().map_err(FileError::io(Path::new("trainer")))?;
             let absolute_run_dir = cwd.join(run_dir);
             let sweep = read_spec(spec, &absolute_run_dir, &trainer, &cwd, flags)?;
-            check_python(&request.python)?;
+            check_python(&request.python, &sweep)?;
             std::fs::create_dir_all(&absolute_run_dir).map_err(FileError::io(&absolute_run_dir))?;
             write_json(&sweep_file, &sweep)?;
             sweep
@@ -101,7 +108,7 @@ pub fn run_sweep(request: &SweepRequest, flags: &dyn TrainFlags) -> Result<(Swee
                     run_dir.display()
                 )));
             }
-            check_python(&request.python)?;
+            check_python(&request.python, &sweep)?;
             sweep
         }
     };
@@ -114,7 +121,8 @@ pub fn run_sweep(request: &SweepRequest, flags: &dyn TrainFlags) -> Result<(Swee
 fn run_driver(python: &Path, sweep: &Sweep, sweep_file: &Path, resume: bool) -> Result<SweepEnd, SweepError> {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new(python);
-    command.arg("-c").arg(DRIVER).arg(sweep_file).current_dir(&sweep.cwd).stdin(Stdio::null()).process_group(0);
+    let driver = if sweep.pbt.is_some() { PBT_DRIVER } else { OPTUNA_DRIVER };
+    command.arg("-c").arg(driver).arg(sweep_file).current_dir(&sweep.cwd).stdin(Stdio::null()).process_group(0);
     if resume {
         command.arg("--resume");
     }
@@ -146,9 +154,13 @@ fn run_driver(python: &Path, sweep: &Sweep, sweep_file: &Path, resume: bool) -> 
     }
 }
 
-/// Refuses, in one line, a Python that cannot import Optuna.
-fn check_python(python: &Path) -> Result<(), SweepError> {
-    let output = Command::new(python).args(["-c", "import optuna"]).output();
+/// Refuses, in one line, a Python that cannot import the sweep's library.
+fn check_python(python: &Path, sweep: &Sweep) -> Result<(), SweepError> {
+    let (module, library, version) = match sweep.pbt {
+        Some(_) => ("ray.tune", "ray[tune]", RAY_VERSION),
+        None => ("optuna", "optuna", OPTUNA_VERSION),
+    };
+    let output = Command::new(python).args(["-c", &format!("import {module}")]).output();
     let problem = match output {
         Ok(output) if output.status.success() => return Ok(()),
         Ok(output) => {
@@ -158,8 +170,8 @@ fn check_python(python: &Path) -> Result<(), SweepError> {
         Err(err) => err.to_string(),
     };
     Err(SweepError::Refused(format!(
-        "--python {}: cannot import optuna ({problem}); `make sweep-setup` installs Optuna {OPTUNA_VERSION} into the \
-         trainer's Python, or `pip install optuna=={OPTUNA_VERSION}` into yours",
+        "--python {}: cannot import {module} ({problem}); `make sweep-setup` installs {library} {version} into the \
+         trainer's Python, or `pip install '{library}=={version}'` into yours",
         python.display()
     )))
 }

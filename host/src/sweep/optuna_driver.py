@@ -37,10 +37,6 @@ STATES = {
 }
 
 
-class SpecError(Exception):
-    """The spec cannot start a run; the message is the one line the user reads."""
-
-
 def sampler(name, seed):
     return {
         "tpe": optuna.samplers.TPESampler,
@@ -79,61 +75,6 @@ def suggest(trial, dimension):
     if kind == "int":
         return trial.suggest_int(name, dimension["low"], dimension["high"], log=dimension["log"])
     return trial.suggest_float(name, dimension["low"], dimension["high"], log=dimension["log"])
-
-
-def command(spec, params, run_dir):
-    """The `trainer train` command line of a trial with `params` (name -> value)."""
-    steps = spec["steps"]
-
-    def text(dimension, value):
-        if dimension.get("of_steps"):
-            # Halves round up, as the trainer's own rounding does (Python's round() goes to even).
-            return str(math.floor(value * steps + 0.5))
-        return json.dumps(value) if not isinstance(value, str) else value
-
-    dimensions = {d["name"]: d for d in spec["space"]}
-    flags = list(spec["args"])
-    policies = [(p["source"], dict(p["args"])) for p in spec["policies"]]
-    for name, value in params.items():
-        dimension = dimensions[name]
-        if name.startswith("--"):
-            flags += [name, text(dimension, value)]
-        else:
-            policy, argument = name.split(":", 1)
-            index = next(i for i, p in enumerate(spec["policies"]) if p["name"] == policy)
-            policies[index][1][argument] = text(dimension, value)
-    line = [spec["trainer"], "train"]
-    for source, args in policies:
-        given = ",".join(f"{k}={v}" for k, v in args.items())
-        line += ["--policy", f"{source}:{given}" if given else source]
-    return line + flags + ["--run-dir", run_dir]
-
-
-def read_jsonl(path):
-    try:
-        with open(path) as file:
-            return [json.loads(line) for line in file if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def read_json(path):
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except FileNotFoundError:
-        return None
-
-
-def last_error(text):
-    """The trainer's own one-line error in its output `text`, or the last line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1]
-
-
-def finite(value):
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class Sweep:
@@ -179,33 +120,10 @@ class Sweep:
     def trial_dir(self, number):
         return os.path.join(self.run_dir, "trials", f"{number:04d}")
 
-    def check(self):
-        """Starts nothing: a dry run of the first trial's command, with every dimension at
-        its low end and then its high end, opens the data, the model and the policies, and
-        the objective must be among the metrics the run reports."""
-        for end in ("low", "high"):
-            params = {}
-            for dimension in self.spec["space"]:
-                if dimension["kind"] == "choice":
-                    params[dimension["name"]] = dimension["choices"][0 if end == "low" else -1]
-                else:
-                    params[dimension["name"]] = dimension[end]
-            line = command(self.spec, params, os.path.join(self.run_dir, "trials", "dry-run")) + ["--dry-run"]
-            done = subprocess.run(line, capture_output=True, text=True)
-            if done.returncode != 0:
-                error = last_error(done.stderr).removeprefix("error: ") or f"exit code {done.returncode}"
-                raise SpecError(f"{self.spec['spec_file']}: the trials' command does not start ({end} ends): {error}")
-            plan = json.loads(done.stdout)
-            if self.metric not in plan["metrics"]:
-                raise SpecError(
-                    f"{self.spec['spec_file']}: [objective] metric `{self.metric}`: the run reports "
-                    f"{', '.join(plan['metrics']) or 'no metric'}"
-                )
-
     def run(self, resume):
         os.makedirs(os.path.join(self.run_dir, "trials"), exist_ok=True)
         if not resume:
-            self.check()
+            dry_run_check(self.spec)
         workers = [threading.Thread(target=self.worker, args=(resume,)) for _ in range(self.spec["parallel"])]
         for worker in workers:
             worker.start()
@@ -366,28 +284,8 @@ class Sweep:
             "trials": trials,
             "importances": [[name, value] for name, value in importances.items()],
         }
-        path = os.path.join(self.run_dir, "study.json")
-        with open(path + ".tmp", "w") as file:
-            json.dump(study, file, indent=1)
-        os.replace(path + ".tmp", path)
-
-
-def steps_done(run_dir):
-    """Steps trained: metrics.jsonl numbers its lines from step 0."""
-    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    return metrics[-1]["step"] + 1 if metrics else 0
-
-
-def main():
-    with open(sys.argv[1]) as file:
-        spec = json.load(file)
-    resume = len(sys.argv) > 2 and sys.argv[2] == "--resume"
-    try:
-        return Sweep(spec).run(resume)
-    except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        write_json(os.path.join(self.run_dir, "study.json"), study)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(lambda spec, resume: Sweep(spec).run(resume)))

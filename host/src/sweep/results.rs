@@ -1,8 +1,9 @@
 //! What a sweep found, from the study the driver leaves in `RUN/study.json`: the table of
 //! trials (printed, and written as `trials.csv`), `best.json` with the command that
 //! reproduces the best trial, plots (the objective by trial, the arguments' parallel
-//! coordinates and Optuna's parameter importances) and the HParams dashboard's entries, so
-//! that TensorBoard on the sweep's folder compares the trials.
+//! coordinates and Optuna's parameter importances; for population-based training, each
+//! member's arguments and objective by step, its lineage) and the HParams dashboard's
+//! entries, so that TensorBoard on the sweep's folder compares the trials.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ pub struct TrialRecord {
     pub command: Option<String>,
     /// Why a trial failed or was stopped.
     pub cause: Option<String>,
+    /// A population member's arguments from each step on, through the members it took
+    /// over from; empty for a trial of a search.
+    #[serde(default)]
+    pub schedule: Vec<(u64, BTreeMap<String, serde_json::Value>)>,
 }
 
 /// `best.json`.
@@ -53,7 +58,12 @@ pub struct Best<'a> {
     pub params: &'a BTreeMap<String, serde_json::Value>,
     pub run_dir: Option<&'a Path>,
     /// The `trainer train` command line of the trial, which reproduces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<&'a str>,
+    /// A population member's arguments from each step on (`run.json` in its folder records
+    /// the same swaps, which `trainer simulate` replays).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub schedule: &'a [(u64, BTreeMap<String, serde_json::Value>)],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +183,7 @@ pub fn write_results(study: &Study, sweep: &Sweep) -> Result<Vec<PathBuf>, Resul
             params: &trial.params,
             run_dir: trial.run_dir.as_deref(),
             command: trial.command.as_deref(),
+            schedule: &trial.schedule,
         };
         let path = run_dir.join("best.json");
         write_atomically(&path, serde_json::to_string_pretty(&best).expect("best.json serializes").as_bytes())?;
@@ -182,7 +193,16 @@ pub fn write_results(study: &Study, sweep: &Sweep) -> Result<Vec<PathBuf>, Resul
     std::fs::create_dir_all(&plots).map_err(FileError::io(&plots))?;
     let complete: Vec<(&TrialRecord, f64)> =
         study.trials.iter().filter(|t| t.state == "complete").filter_map(|t| Some((t, t.value?))).collect();
-    if !complete.is_empty() {
+    if sweep.pbt.is_some() {
+        let path = plots.join("objective.png");
+        objective_by_step(study).write_png(&path)?;
+        written.push(path);
+        for (index, dimension) in sweep.space.iter().enumerate() {
+            let path = plots.join(format!("lineage_{index}.png"));
+            lineage_chart(study, dimension, sweep.steps).write_png(&path)?;
+            written.push(path);
+        }
+    } else if !complete.is_empty() {
         let path = plots.join("objective.png");
         objective_chart(study, &complete).write_png(&path)?;
         written.push(path);
@@ -273,6 +293,53 @@ fn objective_chart(study: &Study, complete: &[(&TrialRecord, f64)]) -> Chart {
     chart
 }
 
+/// Each population member's objective at each interval.
+fn objective_by_step(study: &Study) -> Chart {
+    let series = study
+        .trials
+        .iter()
+        .map(|trial| {
+            let points = trial.intermediate.iter().map(|&(step, value)| (step as f64, value)).collect();
+            Series::new(format!("member {}", trial.number), points)
+        })
+        .collect();
+    let mut chart =
+        Chart::new(format!("{} of each member by step", study.metric), "step", study.metric.clone(), series);
+    chart.log_y = false;
+    chart
+}
+
+/// Each population member's value of `dimension` by step, through the members it took over
+/// from: the schedule population-based training found.
+fn lineage_chart(study: &Study, dimension: &Dimension, steps: u64) -> Chart {
+    let value = |params: &BTreeMap<String, serde_json::Value>| {
+        params.get(&dimension.name).map_or(f64::NAN, |v| match &dimension.range {
+            Range::Choice { choices } => choices.iter().position(|c| c == v).map_or(f64::NAN, |i| i as f64),
+            _ => v.as_f64().unwrap_or(f64::NAN),
+        })
+    };
+    let series = study
+        .trials
+        .iter()
+        .map(|trial| {
+            let mut points = Vec::with_capacity(2 * trial.schedule.len());
+            for (index, (from, params)) in trial.schedule.iter().enumerate() {
+                let until = trial.schedule.get(index + 1).map_or(trial.steps.unwrap_or(steps), |(next, _)| *next);
+                points.extend([(*from as f64, value(params)), (until as f64, value(params))]);
+            }
+            Series::new(format!("member {}", trial.number), points)
+        })
+        .collect();
+    let y_label = match &dimension.range {
+        Range::Choice { .. } => format!("{} (index of the choice)", dimension.name),
+        _ => dimension.name.clone(),
+    };
+    let mut chart =
+        Chart::new(format!("{} of each member by step (its lineage)", dimension.name), "step", y_label, series);
+    chart.log_y = matches!(dimension.range, Range::Float { log: true, .. } | Range::Int { log: true, .. });
+    chart
+}
+
 /// Each complete trial a line across the arguments' axes (each scaled to its range, log
 /// ranges on a log scale, choices evenly) and, last, the objective's.
 fn parallel_coordinates(study: &Study, complete: &[(&TrialRecord, f64)], space: &[Dimension]) -> Chart {
@@ -343,6 +410,7 @@ mod tests {
             run_dir: None,
             command: None,
             cause: None,
+            schedule: vec![],
         }
     }
 

@@ -55,6 +55,7 @@ struct SpecFile {
     budget: BudgetSection,
     #[serde(default)]
     search: SearchSection,
+    pbt: Option<PbtSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,8 +108,7 @@ pub enum ObjectiveValue {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct BudgetSection {
-    #[serde(default = "default_trials")]
-    trials: u32,
+    trials: Option<u32>,
     #[serde(default = "default_parallel")]
     parallel: u32,
     trial_time: Option<String>,
@@ -116,13 +116,12 @@ struct BudgetSection {
 
 impl Default for BudgetSection {
     fn default() -> Self {
-        BudgetSection { trials: default_trials(), parallel: default_parallel(), trial_time: None }
+        BudgetSection { trials: None, parallel: default_parallel(), trial_time: None }
     }
 }
 
-fn default_trials() -> u32 {
-    20
-}
+/// Trials of an Optuna search whose `[budget] trials` is not given.
+const DEFAULT_TRIALS: u32 = 20;
 
 fn default_parallel() -> u32 {
     1
@@ -131,6 +130,8 @@ fn default_parallel() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct SearchSection {
+    #[serde(default)]
+    scheduler: Scheduler,
     #[serde(default)]
     sampler: Sampler,
     #[serde(default)]
@@ -148,6 +149,7 @@ struct SearchSection {
 impl Default for SearchSection {
     fn default() -> Self {
         SearchSection {
+            scheduler: Scheduler::default(),
             sampler: Sampler::default(),
             seed: 0,
             pruner: Pruner::default(),
@@ -168,6 +170,62 @@ fn default_storage() -> String {
 
 fn default_study() -> String {
     "sweep".into()
+}
+
+/// How trials are run: each from the start with its own arguments (Optuna's search), or as
+/// a population whose weak members continue from strong ones' checkpoints with perturbed
+/// arguments (Ray Tune's population-based training).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scheduler {
+    #[default]
+    None,
+    Pbt,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PbtSection {
+    #[serde(default = "default_population")]
+    population: u32,
+    interval: Option<u64>,
+    #[serde(default = "default_quantile")]
+    quantile: f64,
+    #[serde(default = "default_quantile")]
+    resample_probability: f64,
+    address: Option<String>,
+    #[serde(default = "default_cpus_per_member")]
+    cpus_per_member: f64,
+    #[serde(default)]
+    gpus_per_member: f64,
+}
+
+fn default_population() -> u32 {
+    4
+}
+
+/// Ray Tune's defaults for both: the bottom quarter exploits the top quarter, and a quarter
+/// of the perturbations resample instead of scaling.
+fn default_quantile() -> f64 {
+    0.25
+}
+
+fn default_cpus_per_member() -> f64 {
+    1.0
+}
+
+/// Population-based training, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pbt {
+    pub population: u32,
+    /// Steps between a member's reports, at each of which it may exploit another.
+    pub interval: u64,
+    pub quantile: f64,
+    pub resample_probability: f64,
+    /// A Ray cluster to run on; a local Ray instance when absent.
+    pub address: Option<String>,
+    pub cpus_per_member: f64,
+    pub gpus_per_member: f64,
 }
 
 /// Optuna's samplers by name: TPE (the Bayesian search by default), random, a Gaussian
@@ -255,6 +313,8 @@ pub struct Sweep {
     pub pruner_startup_trials: u32,
     pub storage: Storage,
     pub study: String,
+    /// Population-based training instead of Optuna's search.
+    pub pbt: Option<Pbt>,
 }
 
 /// How `trainer train` reads the flags of a trial: whether `flag` is one of its flags, and
@@ -290,7 +350,7 @@ fn resolve(
     cwd: &Path,
     flags: &dyn TrainFlags,
 ) -> Result<Sweep, String> {
-    let SpecFile { train, space, objective, budget, search } = file;
+    let SpecFile { train, space, objective, budget, search, pbt } = file;
     if let Some(owned) = train.args.iter().find(|arg| SWEEP_FLAGS.contains(&flag_name(arg))) {
         return Err(format!("[train] args: `{owned}` is set by the sweep for each trial"));
     }
@@ -346,7 +406,7 @@ fn resolve(
         Some(direction) => direction == Direction::Max,
         None => !objective.metric.contains("loss"),
     };
-    if budget.trials == 0 {
+    if budget.trials == Some(0) {
         return Err("[budget] trials: at least 1".into());
     }
     if budget.parallel == 0 {
@@ -379,19 +439,52 @@ fn resolve(
             }
         },
     };
+    let mut args = train.args;
+    let pbt = match (search.scheduler, pbt) {
+        (Scheduler::None, None) => None,
+        (Scheduler::None, Some(_)) => {
+            return Err("[pbt]: set `scheduler = \"pbt\"` in [search] to train a population".into());
+        }
+        (Scheduler::Pbt, section) => {
+            let pbt = resolve_pbt(section.unwrap_or_default(), steps, &dimensions, &budget, &search)?;
+            // Each member is compared with the others at every interval: the runs evaluate then.
+            match args.iter().position(|arg| flag_name(arg) == "--eval-every") {
+                Some(at) => {
+                    let value = match args[at].split_once('=') {
+                        Some((_, value)) => value,
+                        None => args.get(at + 1).map(String::as_str).unwrap_or_default(),
+                    };
+                    let every: u64 = value.parse().unwrap_or(0);
+                    if every == 0 || !pbt.interval.is_multiple_of(every) {
+                        return Err(format!(
+                            "[pbt] interval {}: the members must evaluate at each interval, and [train] args \
+                             evaluate every {value} steps; give an interval that is a multiple of it",
+                            pbt.interval
+                        ));
+                    }
+                }
+                None => args.extend(["--eval-every".to_string(), pbt.interval.to_string()]),
+            }
+            Some(pbt)
+        }
+    };
+    let trials = match &pbt {
+        Some(pbt) => pbt.population,
+        None => budget.trials.unwrap_or(DEFAULT_TRIALS),
+    };
     Ok(Sweep {
         spec_file: path.to_path_buf(),
         cwd: cwd.to_path_buf(),
         run_dir: run_dir.to_path_buf(),
         trainer: trainer.to_path_buf(),
-        args: train.args,
+        args,
         policies,
         space: dimensions,
         steps,
         metric: objective.metric,
         maximize,
         value: objective.value,
-        trials: budget.trials,
+        trials,
         parallel: budget.parallel,
         trial_seconds,
         sampler: search.sampler,
@@ -400,7 +493,77 @@ fn resolve(
         pruner_startup_trials: search.pruner_startup_trials,
         storage,
         study: search.study,
+        pbt,
     })
+}
+
+impl Default for PbtSection {
+    fn default() -> Self {
+        PbtSection {
+            population: default_population(),
+            interval: None,
+            quantile: default_quantile(),
+            resample_probability: default_quantile(),
+            address: None,
+            cpus_per_member: default_cpus_per_member(),
+            gpus_per_member: 0.0,
+        }
+    }
+}
+
+/// Checks the `[pbt]` section and what population-based training cannot take: flags in the
+/// space (a member continues with new arguments on `--resume`, where the flags are those it
+/// started with), Optuna's sampler, pruner and storage, and a trial budget or time.
+fn resolve_pbt(
+    section: PbtSection,
+    steps: u64,
+    dimensions: &[Dimension],
+    budget: &BudgetSection,
+    search: &SearchSection,
+) -> Result<Pbt, String> {
+    if let Some(flag) = dimensions.iter().find(|d| d.name.starts_with("--")) {
+        return Err(format!(
+            "[space] \"{}\": population-based training changes arguments mid-run, which only policies' arguments \
+             can; search the rate through a policy (`constant:lr`, `layerwise:vision`)",
+            flag.name
+        ));
+    }
+    if dimensions.is_empty() {
+        return Err("[space]: population-based training needs at least one policy argument to perturb".into());
+    }
+    if budget.trials.is_some() {
+        return Err("[budget] trials: population-based training trains [pbt] population members".into());
+    }
+    if budget.trial_time.is_some() {
+        return Err("[budget] trial-time: not for population-based training".into());
+    }
+    if search.sampler != Sampler::Tpe || search.pruner != Pruner::None {
+        return Err("[search] sampler, pruner: Optuna's, not for population-based training".into());
+    }
+    if search.storage != default_storage() || search.study != default_study() {
+        return Err("[search] storage, study: population-based training keeps its state in RUN/ray".into());
+    }
+    let PbtSection { population, interval, quantile, resample_probability, address, cpus_per_member, gpus_per_member } =
+        section;
+    if population < 2 {
+        return Err(format!("[pbt] population {population}: at least 2 members"));
+    }
+    let Some(interval) = interval else {
+        return Err("[pbt] interval: give the steps between the members' comparisons".into());
+    };
+    if interval == 0 || interval >= steps {
+        return Err(format!("[pbt] interval {interval}: between 1 and the run's {steps} steps, exclusive"));
+    }
+    if !(quantile > 0.0 && quantile <= 0.5) {
+        return Err(format!("[pbt] quantile {quantile}: the fraction that exploits (and is exploited), in (0, 0.5]"));
+    }
+    if !(0.0..=1.0).contains(&resample_probability) {
+        return Err(format!("[pbt] resample-probability {resample_probability}: between 0 and 1"));
+    }
+    if !(cpus_per_member >= 0.0 && gpus_per_member >= 0.0) {
+        return Err("[pbt] cpus-per-member, gpus-per-member: at least 0".into());
+    }
+    Ok(Pbt { population, interval, quantile, resample_probability, address, cpus_per_member, gpus_per_member })
 }
 
 fn space_has_steps(dimensions: &[Dimension]) -> bool {
@@ -550,5 +713,51 @@ mod tests {
         assert!(err.unwrap_err().contains("[train] args: `--run-dir` is set by the sweep"));
         let err = resolved(&format!("{BASE}{objective}[search]\nstorage = \"redis\"\n")).unwrap_err();
         assert!(err.contains("[search] storage `redis`"), "{err}");
+    }
+
+    const PBT_SPACE: &str = "[space]\n\"cosine_warmup:min_lr\" = { log-uniform = [1e-6, 1e-4] }\n\
+                             [objective]\nmetric = \"val_AP50\"\n[search]\nscheduler = \"pbt\"\n";
+
+    #[test]
+    fn a_population_spec_resolves_with_an_evaluation_at_each_interval() {
+        let sweep = resolved(&format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 50\n")).unwrap();
+        let pbt = sweep.pbt.as_ref().expect("population-based");
+        assert_eq!((pbt.population, pbt.interval, pbt.quantile, sweep.trials), (4, 50, 0.25, 4));
+        assert_eq!(sweep.args, ["--steps", "200", "--eval-every", "50"]);
+        let given = BASE.replace("\"200\"]", "\"200\", \"--eval-every\", \"25\"]");
+        assert!(resolved(&format!("{given}{PBT_SPACE}[pbt]\ninterval = 50\n")).is_ok());
+    }
+
+    #[test]
+    fn what_a_population_cannot_take_is_named() {
+        let cases = [
+            (format!("{BASE}{PBT_SPACE}"), "[pbt] interval: give"),
+            (format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 200\n"), "[pbt] interval 200"),
+            (format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 50\npopulation = 1\n"), "at least 2 members"),
+            (format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 50\nquantile = 0.7\n"), "[pbt] quantile"),
+            (format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 50\n[budget]\ntrials = 8\n"), "[budget] trials"),
+            (
+                format!("{BASE}{}[pbt]\ninterval = 50\n", PBT_SPACE.replace("cosine_warmup:min_lr", "--lr")),
+                "only policies' arguments",
+            ),
+            (
+                format!(
+                    "{}{PBT_SPACE}[pbt]\ninterval = 50\n",
+                    BASE.replace("\"200\"]", "\"200\", \"--eval-every=30\"]")
+                ),
+                "multiple of it",
+            ),
+            (
+                format!(
+                    "{BASE}{}[pbt]\ninterval = 50\n",
+                    PBT_SPACE.replace("scheduler = \"pbt\"", "sampler = \"tpe\"")
+                ),
+                "set `scheduler = \"pbt\"`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = resolved(&text).unwrap_err();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
     }
 }
