@@ -346,7 +346,8 @@ fn the_detection_example_spec_runs_at_toy_size() {
 }
 
 /// Population-based training on Ray Tune: four members trained over three intervals of 4
-/// steps, two at a time. At each of the two comparisons the weakest member exploits the
+/// steps, two at a time, interrupted with Ctrl-C after the first comparison and continued
+/// with `--resume`. At each of the two comparisons the weakest member exploits the
 /// strongest (continues from its checkpoint) and explores (its learning rate scaled by 0.8
 /// or 1.2, or drawn anew). Every member trains each step once; its run.json and
 /// decisions.jsonl record each switch, so `trainer simulate` replays its decisions line
@@ -362,7 +363,22 @@ fn a_population_exploits_and_explores_and_each_member_resumes_exactly_from_its_c
     );
     let spec = write_spec(dir.path(), "spec.toml", &text);
     let run = dir.path().join("pbt");
-    let output = sweep(&[path(&spec), "--run-dir", path(&run)]);
+    let child = spawn_sweep(&[path(&spec), "--run-dir", path(&run)]);
+    let member = |number: u64| run.join(format!("trials/{number:04}"));
+    let steps_of = |number: u64| {
+        let metrics = std::fs::read_to_string(member(number).join("metrics.jsonl")).unwrap_or_default();
+        metrics.lines().filter(|line| line.ends_with('}')).count()
+    };
+    wait_for("the first comparison and a step past it", || {
+        let lineage = std::fs::read_to_string(run.join("pbt.jsonl")).unwrap_or_default();
+        lineage.contains("\"from\"") && (0..4).any(|number| steps_of(number) > 5)
+    });
+    // SAFETY: kill(2) on a child that has not been waited for.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(states(&run).contains(&"interrupted".to_string()), "{:?}", states(&run));
+    let output = sweep(&["--resume", path(&run)]);
     assert_success(&output);
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("4 trials: 4 complete"), "{printed}");
@@ -377,7 +393,6 @@ fn a_population_exploits_and_explores_and_each_member_resumes_exactly_from_its_c
         assert!(after != before && (1e-5..=1e-1).contains(&after), "explored {before} -> {after}");
     }
 
-    let member = |number: u64| run.join(format!("trials/{number:04}"));
     for number in 0..4 {
         let steps: Vec<u64> =
             read_jsonl(&member(number).join("metrics.jsonl")).iter().map(|m| m["step"].as_u64().unwrap()).collect();

@@ -81,6 +81,19 @@ def steps_done(run_dir):
     return metrics[-1]["step"] + 1 if metrics else 0
 
 
+def objective_value(spec, run_dir, final):
+    """A finished run's objective: the best of its evaluations and its final one (`final`,
+    from eval.json), or the final one with `value = "last"`; `None` if none is finite."""
+    values = [e.get(spec["metric"]) for e in read_jsonl(os.path.join(run_dir, "evaluations.jsonl"))]
+    values.append(final.get(spec["metric"]))
+    values = [value for value in values if finite(value)]
+    if not values:
+        return None
+    if spec["value"] == "last":
+        return values[-1]
+    return max(values) if spec["maximize"] else min(values)
+
+
 def dry_run_check(spec):
     """Starts nothing: a dry run of the trials' command, with every dimension at its low end
     and then its high end, opens the data, the model and the policies, and the objective

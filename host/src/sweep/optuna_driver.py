@@ -1,7 +1,7 @@
 """The search side of `trainer sweep`: an Optuna study whose trials are `trainer train` runs.
 
-`trainer sweep` checks the spec, writes it resolved to RUN/sweep.json and runs this file with
-that path. The driver talks to the trainer only through command lines and the files a run
+This continues driver_common.py. `trainer sweep` checks the spec, writes it resolved to
+RUN/sweep.json and runs the two files with that path. The driver talks to the trainer only through command lines and the files a run
 writes: each trial is `trainer train ... --run-dir RUN/trials/NNNN`, its evaluations (read
 from evaluations.jsonl as they appear) are the trial's intermediate values, a pruned trial
 is sent SIGTERM (the trainer checkpoints and exits), and the objective is read from the run's
@@ -13,13 +13,8 @@ Exit codes: 0 done, 2 the spec does not start a run (one line on stderr), 130 in
 
 import contextlib
 import fcntl
-import json
-import math
-import os
 import shlex
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -237,17 +232,11 @@ class Sweep:
             trial.set_user_attr("cause", f"time limit reached at step {steps}; resumable")
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
-        values = [e.get(self.metric) for e in read_jsonl(os.path.join(run_dir, "evaluations.jsonl"))]
-        values.append(final.get(self.metric))
-        values = [value for value in values if finite(value)]
-        if not values:
+        value = objective_value(self.spec, run_dir, final)
+        if value is None:
             trial.set_user_attr("cause", f"no finite `{self.metric}` in the run's evaluations")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        if self.spec["value"] == "last":
-            value = values[-1]
-        else:
-            value = max(values) if self.maximize else min(values)
         self.study.tell(trial, value)
 
     def write_study(self):

@@ -88,15 +88,11 @@ def snapshot(folder, step, number, params, into):
 
 
 def adopt(snapshot_dir, folder):
-    """Replaces the member's run in `folder` with the one in `snapshot_dir`."""
-    for name in os.listdir(folder):
-        if name in OWN_FILES:
-            continue
-        path = os.path.join(folder, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    """Replaces the member's run in `folder` with the one in `snapshot_dir`: built beside it
+    and renamed into place, so an interruption leaves one run or the other, never a mix."""
+    incoming, outgoing = folder + ".incoming", folder + ".outgoing"
+    for leftover in (incoming, outgoing):
+        shutil.rmtree(leftover, ignore_errors=True)
 
     def link_or_copy(source, target):
         try:
@@ -109,10 +105,16 @@ def adopt(snapshot_dir, folder):
         for name in files:
             if relative == "." and name == SNAPSHOT_FILE:
                 continue
-            target = os.path.join(folder, relative, name)
+            target = os.path.join(incoming, relative, name)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             inside_checkpoints = relative.split(os.sep)[0] == "checkpoints"
             (link_or_copy if inside_checkpoints else shutil.copy2)(os.path.join(root, name), target)
+    for name in OWN_FILES:
+        if os.path.exists(os.path.join(folder, name)):
+            shutil.copy2(os.path.join(folder, name), os.path.join(incoming, name))
+    os.rename(folder, outgoing)
+    os.rename(incoming, folder)
+    shutil.rmtree(outgoing)
 
 
 def objective(spec, folder, step):
@@ -127,18 +129,42 @@ def objective(spec, folder, step):
     return None
 
 
+def has_checkpoint(folder):
+    return bool(glob.glob(os.path.join(folder, "checkpoints", "step-*")))
+
+
+def finished(folder):
+    """Whether the member's run ended (its last step, or a policy's stop): it has a final
+    evaluation."""
+    return os.path.exists(os.path.join(folder, "eval.json"))
+
+
+def report(spec, number, params, folder, step):
+    """Reports the member's objective at `step`, with a snapshot unless the run ended."""
+    value = objective(spec, folder, step)
+    if value is None:
+        failure = f"no finite `{spec['metric']}` evaluated at step {step}"
+        append_lineage(spec, {"member": number, "step": step, "failed": failure})
+        raise RuntimeError(f"member {number}: {failure}")
+    result = {"step": spec["steps"] if finished(folder) else step, "objective": value}
+    if finished(folder):
+        tune.report(result)
+        return
+    with tempfile.TemporaryDirectory(dir=os.path.join(spec["run_dir"], "trials")) as taken:
+        snapshot(folder, step, number, params, taken)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(taken))
+
+
 def train_member(config, spec, environment):
     """One member of the population, run by Ray: trains interval by interval, reporting
-    each with a snapshot, until the run's last step."""
+    each with a snapshot, until its run ends."""
     number = member_number()
     folder = trial_dir(spec, number)
     params = config["params"]
-    os.makedirs(folder, exist_ok=True)
+    interval = spec["pbt"]["interval"]
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        append_lineage(spec, {"member": number, "step": 0, "params": params})
-        line = command(spec, params, folder)
-    else:
+    line = [spec["trainer"], "train", "--resume", folder, "--swap-policies"] + trial_arguments(spec, params)[0]
+    if checkpoint is not None:
         with checkpoint.as_directory() as taken:
             donor = read_json(os.path.join(taken, SNAPSHOT_FILE))
             if donor["member"] != number:
@@ -148,45 +174,43 @@ def train_member(config, spec, environment):
                     {"member": number, "step": donor["step"], "from": donor["member"], "from_params": donor["params"],
                      "params": params},
                 )
-        line = [spec["trainer"], "train", "--resume", folder, "--swap-policies"] + trial_arguments(spec, params)[0]
-    interval = spec["pbt"]["interval"]
+    elif has_checkpoint(folder):
+        # A continued sweep: the member goes on from its folder, first reporting where it is
+        # when that is where the population is compared.
+        step = steps_done(folder)
+        if finished(folder) or step % interval == 0:
+            report(spec, number, params, folder, step)
+            if finished(folder):
+                return
+    else:
+        # A new member, or one stopped before its first checkpoint: it starts from the beginning.
+        append_lineage(spec, {"member": number, "step": 0, "params": params})
+        line = command(spec, params, folder) + ["--overwrite"]
     # CUDA_VISIBLE_DEVICES is Ray's choice of this member's GPUs; the rest is the sweep's own
     # environment, not the worker's (Ray sets a thread count of its own there).
     child_environment = dict(environment)
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         child_environment["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     while True:
-        step = steps_done(folder)
-        if step >= spec["steps"]:
-            value = objective(spec, folder, step)
-            tune.report({"step": step, "objective": value if value is not None else math.nan})
-            return
-        pause = (step // interval + 1) * interval
+        pause = (steps_done(folder) // interval + 1) * interval
         # The last interval ends the run as any run ends: its final evaluation and weights.
         until = ["--pause-after-steps", str(pause)] if pause < spec["steps"] else []
+        os.makedirs(folder, exist_ok=True)
         log_path = os.path.join(folder, "sweep.log")
         with open(log_path, "a") as log:
             code = subprocess.call(
-                line + until,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_environment,
-                preexec_fn=die_with_parent,
+                line + until, stdout=log, stderr=subprocess.STDOUT, env=child_environment, preexec_fn=die_with_parent
             )
+        step = steps_done(folder)
         if code != 0:
             with open(log_path, errors="replace") as log:
-                raise RuntimeError(f"member {number}: exit code {code}: {last_error(log.read())}")
-        step = steps_done(folder)
-        value = objective(spec, folder, step)
-        if value is None:
-            raise RuntimeError(f"member {number}: no finite `{spec['metric']}` evaluated at step {step}")
-        result = {"step": step, "objective": value}
-        if step < spec["steps"]:
-            with tempfile.TemporaryDirectory(dir=os.path.join(spec["run_dir"], "trials")) as taken:
-                snapshot(folder, step, number, params, taken)
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(taken))
-        else:
-            tune.report(result)
+                failure = f"exit code {code}: {last_error(log.read())}"
+            append_lineage(spec, {"member": number, "step": step, "failed": failure})
+            raise RuntimeError(f"member {number}: {failure}")
+        if step < pause and not finished(folder):
+            raise RuntimeError(f"member {number}: stopped at step {step}; `trainer sweep --resume` continues it")
+        report(spec, number, params, folder, step)
+        if finished(folder):
             return
         line = [spec["trainer"], "train", "--resume", folder]
 
@@ -256,8 +280,16 @@ def drive(spec, resume):
         ray.init(num_cpus=spec["parallel"] * settings["cpus_per_member"], include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR)
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    # Members continued from their folders are first compared once all reach the step the
+    # furthest one reports at; until then PBT leaves them be.
+    comparisons = [0]
+    for number in range(settings["population"]):
+        folder = trial_dir(spec, number)
+        if has_checkpoint(folder) and not finished(folder):
+            comparisons.append(math.ceil(steps_done(folder) / settings["interval"]) * settings["interval"])
     scheduler = PopulationBasedTraining(
         time_attr="step",
+        burn_in_period=max(comparisons),
         perturbation_interval=settings["interval"],
         hyperparam_mutations={"params": {d["name"]: mutation(d) for d in spec["space"]}},
         quantile_fraction=settings["quantile"],
@@ -272,40 +304,41 @@ def drive(spec, resume):
         resources,
     )
     storage = os.path.join(spec["run_dir"], "ray")
-    experiment = os.path.join(storage, EXPERIMENT)
-    if resume and tune.Tuner.can_restore(experiment):
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"params": tune.grid_search([m["params"] for m in initial_population(spec)])},
-            tune_config=tune.TuneConfig(scheduler=scheduler, metric="objective",
-                                        mode="max" if spec["maximize"] else "min", num_samples=1),
-            run_config=tune.RunConfig(
-                storage_path=storage,
-                name=EXPERIMENT,
-                verbose=0,
-                # A finished member stops before PBT sees its last result, which would
-                # otherwise send it back to an earlier checkpoint.
-                stop={"step": spec["steps"]},
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-    grid = tuner.fit()
-    write_json(os.path.join(spec["run_dir"], "study.json"), study(spec, grid))
-    members = [steps_done(trial_dir(spec, n)) for n in range(settings["population"])]
-    if all(steps >= spec["steps"] for steps in members):
-        # Ray's copies of the members' checkpoints serve only a sweep still to be continued.
-        for copy in glob.glob(os.path.join(experiment, "*", "checkpoint_*")):
-            shutil.rmtree(copy)
-        return 0
-    # A member that failed is recorded with its cause; the others went on to the end.
-    return 0 if any_errors(grid) else 130
-
-
-def any_errors(grid):
-    return any(result.error is not None for result in grid)
+    # A continued sweep is a new Ray experiment whose members go on from their folders, with
+    # the arguments their lineage reached: Ray's own restore does not bring synchronous PBT
+    # back to a consistent state.
+    attempt = len(glob.glob(os.path.join(storage, f"{EXPERIMENT}*")))
+    experiment = os.path.join(storage, EXPERIMENT if attempt == 0 else f"{EXPERIMENT}-{attempt}")
+    lineage = schedules(spec)
+    population = [
+        lineage[number][-1][1] if number in lineage else params
+        for number, params in enumerate(m["params"] for m in initial_population(spec))
+    ]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"params": tune.grid_search(population)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, metric="objective",
+                                    mode="max" if spec["maximize"] else "min", num_samples=1),
+        run_config=tune.RunConfig(
+            storage_path=storage,
+            name=os.path.basename(experiment),
+            verbose=0,
+            # A finished member stops before PBT sees its last result, which would
+            # otherwise send it back to an earlier checkpoint.
+            stop={"step": spec["steps"]},
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()
+    members = study(spec)
+    write_json(os.path.join(spec["run_dir"], "study.json"), members)
+    if any(member["state"] == "interrupted" for member in members["trials"]):
+        return 130
+    # Ray's copies of the members' checkpoints serve only a sweep still to be continued.
+    for copy in glob.glob(os.path.join(storage, "*", "*", "checkpoint_*")):
+        shutil.rmtree(copy)
+    return 0
 
 
 def schedules(spec):
@@ -313,6 +346,8 @@ def schedules(spec):
     another keeps that one's schedule before the step it took over at."""
     members = {}
     for record in read_jsonl(os.path.join(spec["run_dir"], "pbt.jsonl")):
+        if "params" not in record:
+            continue
         before = [] if "from" not in record else [
             entry for entry in members.get(record["from"], []) if entry[0] < record["step"]
         ]
@@ -320,33 +355,36 @@ def schedules(spec):
     return members
 
 
-def study(spec, grid):
-    """The members as the trainer reports trials: final arguments, objective, state, the
-    values reported at each interval and the schedule of arguments."""
+def study(spec):
+    """The members as the trainer reports trials, from their folders and the lineage: the
+    arguments they ended with, objective, state, the evaluations at each interval and the
+    schedule of arguments."""
     lineage = schedules(spec)
+    failures = {}
+    for record in read_jsonl(os.path.join(spec["run_dir"], "pbt.jsonl")):
+        failures.pop(record["member"], None)
+        if "failed" in record:
+            failures[record["member"]] = record["failed"]
     trials = []
-    for result in grid:
-        number = int(result.metrics.get("trial_id", "0").rsplit("_", 1)[-1]) if result.metrics else None
-        if number is None:
-            continue
+    for number in range(spec["pbt"]["population"]):
         folder = trial_dir(spec, number)
-        history = result.metrics_dataframe
-        intermediate = []
-        if history is not None and "step" in history:
-            intermediate = [[int(s), float(v)] for s, v in zip(history["step"], history["objective"]) if finite(v)]
         steps = steps_done(folder)
-        value = result.metrics.get("objective") if result.error is None and steps >= spec["steps"] else None
-        cause = None
-        if result.error is not None:
-            cause = str(result.error).strip().splitlines()[-1]
+        final = read_json(os.path.join(folder, "eval.json"))
+        value = objective_value(spec, folder, final) if final is not None else None
+        if value is not None:
+            state, cause = "complete", None
+        elif number in failures:
+            state, cause = "failed", failures[number]
+        else:
+            state, cause = "interrupted", None
+        evaluations = read_jsonl(os.path.join(folder, "evaluations.jsonl"))
         trials.append(
             {
                 "number": number,
-                "state": "complete" if value is not None and finite(value) else (
-                    "failed" if result.error is not None else "interrupted"),
-                "value": value if value is not None and finite(value) else None,
-                "params": result.config["params"],
-                "intermediate": intermediate,
+                "state": state,
+                "value": value,
+                "params": lineage[number][-1][1] if number in lineage else {},
+                "intermediate": [[e["step"], e[spec["metric"]]] for e in evaluations if finite(e.get(spec["metric"]))],
                 "steps": steps,
                 "run_dir": folder,
                 "command": None,
@@ -354,7 +392,6 @@ def study(spec, grid):
                 "schedule": lineage.get(number, []),
             }
         )
-    trials.sort(key=lambda t: t["number"])
     return {"metric": spec["metric"], "maximize": spec["maximize"], "trials": trials, "importances": []}
 
 
