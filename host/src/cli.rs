@@ -80,26 +80,27 @@ pub enum Command {
     Data(DataCommand),
     /// Search hyper-parameters: trials of `trainer train` over a space of its flags and its
     /// policies' arguments, proposed by Optuna (TPE by default) and pruned on their
-    /// evaluations, each trial a run folder RUN/trials/NNNN; prints the table of trials and
-    /// writes trials.csv, best.json (with the best trial's command) and plots.
+    /// evaluations, or a population trained by Ray Tune's population-based training
+    /// (`scheduler = "pbt"`), each trial a run folder RUN/trials/NNNN; prints the table of
+    /// trials and writes trials.csv, best.json (the best trial's command or schedule) and plots.
     Sweep(SweepArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
-    /// The spec (TOML): [train] args and policies, [space], [objective], [budget], [search]
-    /// (see docs/sweep.md).
+    /// The spec (TOML): [train] args and policies, [space], [objective], [budget], [search],
+    /// [pbt] (see docs/sweep.md).
     #[arg(required_unless_present = "resume")]
     pub spec: Option<PathBuf>,
     #[arg(long, default_value = "runs/sweep", conflicts_with = "resume")]
     pub run_dir: PathBuf,
     /// Continue the sweep in RUN_DIR from its study: interrupted trials resume from their
     /// checkpoints, finished ones stay, new ones start while the budget lasts. A second
-    /// process given the same folder joins a sweep that is still running.
+    /// process given the same folder joins a search that is still running.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "spec")]
     pub resume: Option<PathBuf>,
-    /// The Python to run the search with, which has Optuna [default: $TRAINER_PYTHON, else
-    /// the Python `make` set up when the trainer was built, else python3].
+    /// The Python to run the search with, which has Optuna (Ray Tune for PBT) [default:
+    /// $TRAINER_PYTHON, else the Python `make` set up when the trainer was built, else python3].
     #[arg(long)]
     pub python: Option<PathBuf>,
 }

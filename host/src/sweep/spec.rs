@@ -729,6 +729,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_population_spec_resolves() {
+        let file: SpecFile = toml::from_str(include_str!("../../../examples/sweeps/pbt.toml")).unwrap();
+        let dir = Path::new("/runs/pbt");
+        let sweep = resolve(file, Path::new("pbt.toml"), dir, Path::new("/bin/trainer"), Path::new("/work"), &Flags);
+        let pbt = sweep.unwrap().pbt.expect("population-based");
+        assert_eq!((pbt.population, pbt.interval), (8, 250));
+    }
+
+    #[test]
     fn what_a_population_cannot_take_is_named() {
         let cases = [
             (format!("{BASE}{PBT_SPACE}"), "[pbt] interval: give"),
