@@ -351,8 +351,9 @@ fn the_detection_example_spec_runs_at_toy_size() {
 /// strongest (continues from its checkpoint) and explores (its learning rate scaled by 0.8
 /// or 1.2, or drawn anew). Every member trains each step once; its run.json and
 /// decisions.jsonl record each switch, so `trainer simulate` replays its decisions line
-/// for line; and the member that exploited last continued exactly as `--resume
-/// --swap-policies` from its donor's checkpoint does, to the bit.
+/// for line; the member that exploited last continued exactly as `--resume --swap-policies`
+/// from its donor's checkpoint does, and a member that never exploited ends as its run
+/// uninterrupted, to the bit.
 #[test]
 fn a_population_exploits_and_explores_and_each_member_resumes_exactly_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -424,6 +425,25 @@ fn a_population_exploits_and_explores_and_each_member_resumes_exactly_from_its_c
     assert_eq!(metrics_without_timing(&reference), metrics_without_timing(&taker));
     let weights = |folder: &Path| std::fs::read(folder.join("final/model.safetensors")).unwrap();
     assert!(weights(&reference) == weights(&taker), "the continued weights differ");
+
+    // A member that never took another's place ends as its run uninterrupted, to the bit.
+    let kept = (0..4).find(|number| !exploits.iter().any(|e| e["member"] == *number)).expect("a member kept its run");
+    let rate = lineage.iter().find(|r| r["member"] == kept && r["step"] == 0).unwrap()["params"]["constant:lr"].clone();
+    let mut straight: Vec<String> = read_json(&run.join("sweep.json"))["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap().to_string())
+        .collect();
+    let uninterrupted = dir.path().join("uninterrupted");
+    straight.extend([
+        "--policy".into(),
+        format!("constant:lr={rate}"),
+        "--run-dir".into(),
+        path(&uninterrupted).into(),
+    ]);
+    assert_success(&trainer(&[&["train"][..], &straight.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
+    assert!(weights(&uninterrupted) == weights(&member(kept)), "member {kept} differs from its run uninterrupted");
 
     let best = read_json(&run.join("best.json"));
     let schedule = best["schedule"].as_array().unwrap();

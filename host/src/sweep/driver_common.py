@@ -48,6 +48,11 @@ def command(spec, params, run_dir):
     return [spec["trainer"], "train"] + policy_line + flags + ["--run-dir", run_dir]
 
 
+def trial_dir(spec, number):
+    """The run folder of trial (or member) `number`."""
+    return os.path.join(spec["run_dir"], "trials", f"{number:04d}")
+
+
 def read_jsonl(path):
     try:
         with open(path) as file:

@@ -112,9 +112,6 @@ class Sweep:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def trial_dir(self, number):
-        return os.path.join(self.run_dir, "trials", f"{number:04d}")
-
     def run(self, resume):
         os.makedirs(os.path.join(self.run_dir, "trials"), exist_ok=True)
         if not resume:
@@ -174,7 +171,7 @@ class Sweep:
     def run_trial(self, trial, reported):
         """Runs `trial`, or continues it from its checkpoint when it has `reported` steps."""
         continued = reported is not None
-        run_dir = self.trial_dir(trial.number)
+        run_dir = trial_dir(self.spec, trial.number)
         if continued:
             line = [self.spec["trainer"], "train", "--resume", run_dir]
         else:

@@ -9,20 +9,19 @@ in RUN/ray. When PBT has a weak member exploit a strong one, Ray restarts the we
 with the strong one's snapshot and perturbed arguments; the member replaces its folder with
 the snapshot and continues with `trainer train --resume --swap-policies --policy ...`, so
 its run.json and decisions.jsonl record the switch and `trainer simulate` replays it.
-RUN/pbt.jsonl holds the lineage: each member's start and every exploit.
+RUN/pbt.jsonl holds the lineage: each member's start, every exploit and any failure.
 
 Exit codes: 0 done, 2 the spec does not start a run (one line on stderr), 130 interrupted.
 """
 
 import ctypes
 import fcntl
+import glob
+import logging
 import random
 import shutil
 import signal
 import tempfile
-
-import glob
-import logging
 import warnings
 
 import numpy
@@ -41,10 +40,6 @@ SNAPSHOT_FILE = "member.json"
 OWN_FILES = {"sweep.log", "run.lock"}
 EXPERIMENT = "pbt"
 PR_SET_PDEATHSIG = 1
-
-
-def trial_dir(spec, number):
-    return os.path.join(spec["run_dir"], "trials", f"{number:04d}")
 
 
 def member_number():
@@ -317,8 +312,10 @@ def drive(spec, resume):
     tuner = tune.Tuner(
         trainable,
         param_space={"params": tune.grid_search(population)},
+        # A member's Ray worker is kept between its intervals and reused for the next member
+        # to run, rather than started anew each time.
         tune_config=tune.TuneConfig(scheduler=scheduler, metric="objective",
-                                    mode="max" if spec["maximize"] else "min", num_samples=1),
+                                    mode="max" if spec["maximize"] else "min", num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
             storage_path=storage,
             name=os.path.basename(experiment),
