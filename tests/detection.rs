@@ -12,7 +12,7 @@ use common::{
     annotations, assert_one_line_error, assert_success, canvas_detector, canvas_folder, canvas_subset, policy,
     python_fixture, read_json, read_jsonl, train_cpu, trainer, workspace,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use trainer::eval::COCO_METRICS;
 
 fn python_ok(script: &str, args: &[&std::ffi::OsStr]) -> String {
