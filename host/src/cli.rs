@@ -857,6 +857,10 @@ impl TrainFlags for TrainCommandFlags {
         })
     }
 
+    fn given_again_on_resume(&self, flag: &str) -> bool {
+        EXECUTION_FLAGS.contains(&flag)
+    }
+
     fn parse(&self, args: &[String]) -> Result<(), String> {
         let line = ["trainer", "train"].into_iter().map(String::from).chain(args.iter().cloned());
         Cli::try_parse_from(line)
@@ -935,6 +939,10 @@ fn run_train_command(args: TrainArgs) -> ExitCode {
         Err(err) => failed(err),
     }
 }
+
+/// The flags of `trainer train` that say how this process trains, not what the run is
+/// (`run_setup` reads them): run.json does not keep them, so a resumed run is given them again.
+const EXECUTION_FLAGS: [&str; 5] = ["--device", "--workers", "--grad-checkpointing", "--nproc", "--dist-timeout"];
 
 /// The options and the execution of the run `args` asks for, trained by `team`.
 fn run_setup(args: &TrainArgs, team: Arc<Team>) -> (RunOptions, Execution) {

@@ -173,7 +173,7 @@ class Sweep:
         continued = reported is not None
         run_dir = trial_dir(self.spec, trial.number)
         if continued:
-            line = [self.spec["trainer"], "train", "--resume", run_dir]
+            line = [self.spec["trainer"], "train", "--resume", run_dir] + self.spec["resume_args"]
         else:
             params = {d["name"]: suggest(trial, d) for d in self.spec["space"]}
             line = command(self.spec, params, run_dir)

@@ -29,6 +29,8 @@ import numpy
 # Ray's console reporter and its INFO lines would bury the table the trainer prints at the end;
 # the lineage is in RUN/pbt.jsonl, Ray's own records in RUN/ray.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Ray reports usage to its makers unless told not to; a trainer does not do that for its users.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
 
 import ray
@@ -159,6 +161,7 @@ def train_member(config, spec, environment):
     interval = spec["pbt"]["interval"]
     checkpoint = tune.get_checkpoint()
     line = [spec["trainer"], "train", "--resume", folder, "--swap-policies"] + trial_arguments(spec, params)[0]
+    line += spec["resume_args"]
     if checkpoint is not None:
         with checkpoint.as_directory() as taken:
             donor = read_json(os.path.join(taken, SNAPSHOT_FILE))
@@ -207,7 +210,7 @@ def train_member(config, spec, environment):
         report(spec, number, params, folder, step)
         if finished(folder):
             return
-        line = [spec["trainer"], "train", "--resume", folder]
+        line = [spec["trainer"], "train", "--resume", folder] + spec["resume_args"]
 
 
 def mutation(dimension):

@@ -298,6 +298,9 @@ pub struct Sweep {
     pub run_dir: PathBuf,
     pub trainer: PathBuf,
     pub args: Vec<String>,
+    /// The entries of `args` a trial continued with `--resume` is given again.
+    #[serde(default)]
+    pub resume_args: Vec<String>,
     pub policies: Vec<TrialPolicy>,
     pub space: Vec<Dimension>,
     pub steps: u64,
@@ -321,6 +324,9 @@ pub struct Sweep {
 /// whether a whole argument list parses (the reason if not).
 pub trait TrainFlags {
     fn has_flag(&self, flag: &str) -> bool;
+    /// Whether `trainer train --resume` needs `flag` again (how the process trains, such as
+    /// `--device` or `--nproc`, which run.json does not keep).
+    fn given_again_on_resume(&self, flag: &str) -> bool;
     fn parse(&self, args: &[String]) -> Result<(), String>;
 }
 
@@ -468,6 +474,7 @@ fn resolve(
             Some(pbt)
         }
     };
+    let resume_args = execution_args(&args, flags);
     let trials = match &pbt {
         Some(pbt) => pbt.population,
         None => budget.trials.unwrap_or(DEFAULT_TRIALS),
@@ -478,6 +485,7 @@ fn resolve(
         run_dir: run_dir.to_path_buf(),
         trainer: trainer.to_path_buf(),
         args,
+        resume_args,
         policies,
         space: dimensions,
         steps,
@@ -564,6 +572,21 @@ fn resolve_pbt(
         return Err("[pbt] cpus-per-member, gpus-per-member: at least 0".into());
     }
     Ok(Pbt { population, interval, quantile, resample_probability, address, cpus_per_member, gpus_per_member })
+}
+
+/// The flags of `args`, with their values, that a resumed run is given again.
+fn execution_args(args: &[String], flags: &dyn TrainFlags) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut keeping = false;
+    for arg in args {
+        if arg.starts_with("--") {
+            keeping = flags.given_again_on_resume(flag_name(arg));
+        }
+        if keeping {
+            kept.push(arg.clone());
+        }
+    }
+    kept
 }
 
 fn space_has_steps(dimensions: &[Dimension]) -> bool {
@@ -660,6 +683,9 @@ mod tests {
         fn has_flag(&self, flag: &str) -> bool {
             ["--lr", "--steps", "--batch-size", "--weight-decay"].contains(&flag)
         }
+        fn given_again_on_resume(&self, flag: &str) -> bool {
+            ["--device", "--grad-checkpointing", "--nproc"].contains(&flag)
+        }
         fn parse(&self, _: &[String]) -> Result<(), String> {
             Ok(())
         }
@@ -690,6 +716,16 @@ mod tests {
         assert!(sweep.space[2].of_steps);
         assert_eq!(sweep.storage, Storage::Database { url: "sqlite:////runs/s/study.db".into() });
         assert_eq!((sweep.trials, sweep.parallel, sweep.sampler, sweep.pruner), (20, 1, Sampler::Tpe, Pruner::None));
+    }
+
+    #[test]
+    fn a_resumed_trial_is_given_the_execution_flags_again() {
+        let base = BASE.replace(
+            "\"200\"]",
+            "\"200\", \"--device\", \"cpu\", \"--grad-checkpointing\", \"--batch-size\", \"8\", \"--nproc=2\"]",
+        );
+        let sweep = resolved(&format!("{base}[objective]\nmetric = \"val_AP50\"\n")).unwrap();
+        assert_eq!(sweep.resume_args, ["--device", "cpu", "--grad-checkpointing", "--nproc=2"]);
     }
 
     #[test]
