@@ -83,8 +83,7 @@ struct DimensionEntry {
 struct ObjectiveSection {
     metric: String,
     direction: Option<Direction>,
-    #[serde(default)]
-    value: ObjectiveValue,
+    value: Option<ObjectiveValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -94,12 +93,12 @@ enum Direction {
     Min,
 }
 
-/// Which of a trial's evaluations is its objective value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Which of a trial's evaluations is its objective value: by default the best for a search,
+/// the last for a population (whose members' earlier evaluations may be their donors').
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectiveValue {
     /// The best of every evaluation of the run, the final one included.
-    #[default]
     Best,
     /// The final evaluation's.
     Last,
@@ -491,7 +490,7 @@ fn resolve(
         steps,
         metric: objective.metric,
         maximize,
-        value: objective.value,
+        value: objective.value.unwrap_or(if pbt.is_some() { ObjectiveValue::Last } else { ObjectiveValue::Best }),
         trials,
         parallel: budget.parallel,
         trial_seconds,
@@ -759,6 +758,7 @@ mod tests {
         let sweep = resolved(&format!("{BASE}{PBT_SPACE}[pbt]\ninterval = 50\n")).unwrap();
         let pbt = sweep.pbt.as_ref().expect("population-based");
         assert_eq!((pbt.population, pbt.interval, pbt.quantile, sweep.trials), (4, 50, 0.25, 4));
+        assert_eq!(sweep.value, ObjectiveValue::Last, "a member is judged by where it ended");
         assert_eq!(sweep.args, ["--steps", "200", "--eval-every", "50"]);
         let given = BASE.replace("\"200\"]", "\"200\", \"--eval-every\", \"25\"]");
         assert!(resolved(&format!("{given}{PBT_SPACE}[pbt]\ninterval = 50\n")).is_ok());
