@@ -21,7 +21,7 @@ use crate::models::groups::Group;
 use crate::models::pretrained;
 use crate::policy::{
     AugmentationKnob, Depth, Observation, ParamGroup, PolicyError, PolicyInstance, PolicyRuntime, PolicySet,
-    PolicySource, Rollback, RollbackSource, RunSpec, SandboxLimits, StepDecision,
+    PolicySource, Rollback, RollbackSource, RunSpec, SandboxLimits, StepDecision, continues_state,
 };
 use crate::report::{EventWriter, HistogramSummary, JsonFloat, JsonLines, PLOTS_DIR, Progress, plot_run};
 use serde::Serialize;
@@ -1198,7 +1198,7 @@ fn restore_policies(
             None => (None, None),
         };
         let same = |record: &PolicyRecord| {
-            record.sha256 == instance.sha256() && record.name == instance.name() && record.source.args == source.args
+            continues_state(instance, source, &record.name, &record.sha256, &record.source.args)
         };
         match record {
             Some(record) if same(record) => match state {

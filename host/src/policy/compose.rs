@@ -197,7 +197,14 @@ impl PolicySet {
         let mut kept = Vec::with_capacity(members.len());
         for (index, member) in members.iter_mut().enumerate() {
             let old = self.members.get_mut(index).filter(|old| {
-                same_count && old.source == member.source && old.instance.sha256() == member.instance.sha256()
+                same_count
+                    && continues_state(
+                        &member.instance,
+                        &member.source,
+                        old.instance.name(),
+                        old.instance.sha256(),
+                        &old.source.args,
+                    )
             });
             let continues = match old {
                 Some(old) if !old.instance.has_trapped() => {
@@ -222,6 +229,21 @@ impl PolicySet {
     pub fn shadows_mut(&mut self) -> impl Iterator<Item = (&PolicySource, &mut PolicyInstance)> {
         self.shadows.iter_mut().map(|m| (&m.source, &mut m.instance))
     }
+}
+
+/// Whether a policy started from `source` as `instance`, in the place of one that ran as
+/// `name` (component hash `sha256`) with arguments `args`, continues that one's state: the
+/// same component with the same arguments. A state saved under other arguments (a
+/// schedule's floor, say) would undo them, so any other starts fresh. A resumed run and
+/// `trainer simulate`'s replay of its swaps both decide by this.
+pub fn continues_state(
+    instance: &PolicyInstance,
+    source: &PolicySource,
+    name: &str,
+    sha256: &str,
+    args: &[(String, String)],
+) -> bool {
+    instance.sha256() == sha256 && instance.name() == name && source.args == args
 }
 
 /// The warning for a shadow left out of the run.

@@ -11,7 +11,7 @@ mod v1_0;
 mod validate;
 
 pub use component::{LogLine, PolicyInstance, PolicyRuntime, PreparedPolicy, SandboxLimits};
-pub use compose::{KNOB_NAMES, PolicySet, StepDecision, knob_name};
+pub use compose::{KNOB_NAMES, PolicySet, StepDecision, continues_state, knob_name};
 pub use source::PolicySource;
 pub use validate::validate_decision;
 

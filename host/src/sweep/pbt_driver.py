@@ -213,38 +213,27 @@ def train_member(config, spec, environment):
         line = [spec["trainer"], "train", "--resume", folder] + spec["resume_args"]
 
 
+def draw(dimension, rng):
+    """A value of `dimension` drawn with `rng` (a `random.Random`, or the module itself)."""
+    if dimension["kind"] == "choice":
+        return rng.choice(dimension["choices"])
+    low, high = dimension["low"], dimension["high"]
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if dimension["log"] else rng.uniform(low, high)
+    return round(value) if dimension["kind"] == "int" else value
+
+
 def mutation(dimension):
     """How PBT resamples a dimension: a list for choices (a step left or right, or any),
-    otherwise a function drawing from the range."""
+    otherwise a function drawing from the range with the generator PBT itself draws from."""
     if dimension["kind"] == "choice":
         return list(dimension["choices"])
-    low, high, log = dimension["low"], dimension["high"], dimension["log"]
-
-    def draw():
-        value = math.exp(random.uniform(math.log(low), math.log(high))) if log else random.uniform(low, high)
-        return round(value) if dimension["kind"] == "int" else value
-
-    return draw
+    return lambda: draw(dimension, random)
 
 
 def initial_population(spec):
     """Each member's starting arguments, drawn from the space with the spec's seed."""
     rng = random.Random(spec["seed"])
-    members = []
-    for _ in range(spec["pbt"]["population"]):
-        params = {}
-        for dimension in spec["space"]:
-            if dimension["kind"] == "choice":
-                params[dimension["name"]] = rng.choice(dimension["choices"])
-                continue
-            low, high = dimension["low"], dimension["high"]
-            if dimension["log"]:
-                value = math.exp(rng.uniform(math.log(low), math.log(high)))
-            else:
-                value = rng.uniform(low, high)
-            params[dimension["name"]] = round(value) if dimension["kind"] == "int" else value
-        members.append({"params": params})
-    return members
+    return [{d["name"]: draw(d, rng) for d in spec["space"]} for _ in range(spec["pbt"]["population"])]
 
 
 def within_range(spec):
@@ -306,11 +295,10 @@ def drive(spec, resume):
     # the arguments their lineage reached: Ray's own restore does not bring synchronous PBT
     # back to a consistent state.
     attempt = len(glob.glob(os.path.join(storage, f"{EXPERIMENT}*")))
-    experiment = os.path.join(storage, EXPERIMENT if attempt == 0 else f"{EXPERIMENT}-{attempt}")
     lineage = schedules(spec)
     population = [
         lineage[number][-1][1] if number in lineage else params
-        for number, params in enumerate(m["params"] for m in initial_population(spec))
+        for number, params in enumerate(initial_population(spec))
     ]
     tuner = tune.Tuner(
         trainable,
@@ -321,7 +309,7 @@ def drive(spec, resume):
                                     mode="max" if spec["maximize"] else "min", num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
             storage_path=storage,
-            name=os.path.basename(experiment),
+            name=EXPERIMENT if attempt == 0 else f"{EXPERIMENT}-{attempt}",
             verbose=0,
             # A finished member stops before PBT sees its last result, which would
             # otherwise send it back to an earlier checkpoint.

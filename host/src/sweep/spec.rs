@@ -376,14 +376,8 @@ fn resolve(
         probe.extend(["--policy".to_string(), policy.source.clone()]);
     }
     flags.parse(&probe).map_err(|err| format!("[train] args: {err}"))?;
-    let steps = match train.args.iter().position(|arg| flag_name(arg) == "--steps") {
-        Some(at) => {
-            let value = match train.args[at].split_once('=') {
-                Some((_, value)) => value,
-                None => train.args.get(at + 1).map(String::as_str).unwrap_or_default(),
-            };
-            value.parse().map_err(|_| format!("[train] args: --steps `{value}` is not a whole number"))?
-        }
+    let steps = match flag_value(&train.args, "--steps") {
+        Some(value) => value.parse().map_err(|_| format!("[train] args: --steps `{value}` is not a whole number"))?,
         None => DEFAULT_STEPS,
     };
 
@@ -453,12 +447,8 @@ fn resolve(
         (Scheduler::Pbt, section) => {
             let pbt = resolve_pbt(section.unwrap_or_default(), steps, &dimensions, &budget, &search)?;
             // Each member is compared with the others at every interval: the runs evaluate then.
-            match args.iter().position(|arg| flag_name(arg) == "--eval-every") {
-                Some(at) => {
-                    let value = match args[at].split_once('=') {
-                        Some((_, value)) => value,
-                        None => args.get(at + 1).map(String::as_str).unwrap_or_default(),
-                    };
+            match flag_value(&args, "--eval-every") {
+                Some(value) => {
                     let every: u64 = value.parse().unwrap_or(0);
                     if every == 0 || !pbt.interval.is_multiple_of(every) {
                         return Err(format!(
@@ -590,6 +580,15 @@ fn execution_args(args: &[String], flags: &dyn TrainFlags) -> Vec<String> {
 
 fn space_has_steps(dimensions: &[Dimension]) -> bool {
     dimensions.iter().any(|d| d.name == "--steps")
+}
+
+/// The value `args` give `flag` (`--flag value` or `--flag=value`), if they give it.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|arg| flag_name(arg) == flag)?;
+    Some(match args[at].split_once('=') {
+        Some((_, value)) => value,
+        None => args.get(at + 1).map(String::as_str).unwrap_or_default(),
+    })
 }
 
 /// `--flag` of `--flag` or `--flag=value`; anything else as it is.
