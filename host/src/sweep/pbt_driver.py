@@ -116,7 +116,7 @@ def adopt(snapshot_dir, folder):
 
 def objective(spec, folder, step):
     """The objective at `step`: the evaluation the run made then, or its final one."""
-    if step >= spec["steps"]:
+    if finished(folder):
         final = read_json(os.path.join(folder, "eval.json"))
         if final is not None and finite(final.get(spec["metric"])):
             return final[spec["metric"]]
